@@ -1,0 +1,115 @@
+//! Ferric's stateless REST API: Ironic's v1 API, so `baremetal`,
+//! openstacksdk and metalsmith work unchanged.
+//!
+//! Layout: [`version`] (microversions), [`error`] (Ironic's error body),
+//! [`render`] (field sets, masking, links), [`patch`] (JSON Patch),
+//! [`forward`] (the owner-aware gRPC forwarder), and one module per
+//! resource ([`nodes`], [`ports`], [`drivers`], [`root`]).
+//!
+//! The invariant: the API reads from the database but never changes a
+//! node itself; every change goes to the node's owning conductor, which
+//! makes it under the node lock.
+
+pub mod context;
+pub mod drivers;
+pub mod error;
+pub mod fields;
+pub mod forward;
+pub mod nodes;
+pub mod paging;
+pub mod patch;
+pub mod ports;
+pub mod render;
+pub mod root;
+pub mod version;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::{any, get, put};
+use ferric_common::config::Config;
+use ferric_common::db::Db;
+use ferric_common::ring::Ring;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use context::{AppState, State};
+
+/// The routes of API v1, mounted both under `/v1` and at the root (the
+/// `bookmark` links have no `/v1`).
+fn v1_routes() -> Router<State> {
+    Router::new()
+        .route("/nodes", get(nodes::list_nodes).post(nodes::create_node))
+        .route("/nodes/detail", get(nodes::list_nodes_detail))
+        .route("/nodes/{node}", get(nodes::get_node).patch(nodes::patch_node).delete(nodes::delete_node))
+        .route("/nodes/{node}/states", get(nodes::get_states))
+        .route("/nodes/{node}/states/provision", put(nodes::set_provision_state))
+        .route("/nodes/{node}/states/power", put(nodes::set_power_state))
+        .route("/nodes/{node}/validate", get(nodes::validate))
+        .route("/nodes/{node}/maintenance", put(nodes::put_maintenance).delete(nodes::delete_maintenance))
+        .route("/nodes/{node}/ports", get(nodes::node_ports))
+        .route("/nodes/{node}/vendor_passthru/methods", get(nodes::vendor_methods))
+        .route("/nodes/{node}/vendor_passthru/{method}", any(nodes::vendor_call))
+        .route("/nodes/{node}/vendor_passthru", any(nodes::vendor_call_query))
+        .route("/ports", get(ports::list_ports).post(ports::create_port))
+        .route("/ports/detail", get(ports::list_ports_detail))
+        .route("/ports/{port}", get(ports::get_port).patch(ports::patch_port).delete(ports::delete_port))
+        .route("/drivers", get(drivers::list_drivers))
+        .route("/drivers/{driver}", get(drivers::get_driver))
+        .route("/drivers/{driver}/properties", get(drivers::driver_properties))
+        .route("/drivers/{driver}/vendor_passthru/methods", get(drivers::driver_vendor_methods))
+        .route("/drivers/{driver}/vendor_passthru/{method}", any(drivers::driver_vendor_call))
+        .route("/drivers/{driver}/vendor_passthru", any(drivers::driver_vendor_call_query))
+        .route("/conductors", get(drivers::list_conductors))
+        .route("/conductors/{host}", get(drivers::get_conductor))
+        .route("/lookup", get(root::lookup))
+        .route("/heartbeat/{node}", axum::routing::post(root::heartbeat))
+}
+
+pub fn router(state: State) -> Router {
+    let public = context::PublicUrl(state.cfg.api.public_url.clone());
+    let v1_doc = get(root::v1).fallback(|| async {
+        error::ApiError::new(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            "The server could not comply with the request since it is either malformed or otherwise incorrect.",
+        )
+    });
+    Router::new()
+        .route("/", get(root::root))
+        .route("/v1", v1_doc.clone())
+        .route("/v1/", v1_doc)
+        .nest("/v1", v1_routes())
+        .merge(v1_routes())
+        .fallback(root::not_found)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(version::middleware))
+        .layer(axum::Extension(public))
+}
+
+/// A running API server.
+pub struct ApiHandle {
+    pub addr: SocketAddr,
+    pub join: tokio::task::JoinHandle<()>,
+}
+
+/// Bind and serve the API until `shutdown` is cancelled.
+pub async fn serve(cfg: Config, db: Db, ring: watch::Receiver<Ring>, shutdown: CancellationToken) -> anyhow::Result<ApiHandle> {
+    let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
+        .await
+        .with_context(|| format!("binding the API address {}", cfg.api.listen))?;
+    let addr = listener.local_addr()?;
+    let fwd = forward::Forwarder::new(ring, Duration::from_millis(cfg.api.request_deadline_ms));
+    let state = Arc::new(AppState { cfg, db, fwd });
+    let app = router(state);
+    let join = tokio::spawn(async move {
+        let res = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        if let Err(e) = res {
+            tracing::error!("API server stopped: {e}");
+        }
+    });
+    tracing::info!(%addr, "Ironic API listening");
+    Ok(ApiHandle { addr, join })
+}

@@ -1,0 +1,555 @@
+//! `/v1/nodes`: reads come from the database; every action on a node goes
+//! to its owner over gRPC.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use ferric_common::db::{DbError, NODE_SORT_KEYS, NodeQuery, PortQuery};
+use ferric_common::model::{NODE_INTERFACES, Node};
+use ferric_common::proto::{
+    DriverRef, NodeRef, NodeVendorRequest, PowerStateRequest, ProvisionActionRequest, UpdateNodeRequest,
+    VendorMethodsRequest,
+};
+use ferric_common::states::{ProvisionState, Verb, VerbError, verb_check};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::context::{AppState, Ctx, State};
+use crate::error::{ApiError, ApiResult};
+use crate::fields::{self, check_node, set_node_field};
+use crate::forward::Route;
+use crate::render::{self, NODE_FIELDS};
+use crate::{paging, patch};
+
+fn parse_bool(name: &str, v: &str) -> ApiResult<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(ApiError::bad_request(format!("Invalid value for {name}: {v:?} is not a boolean"))),
+    }
+}
+
+async fn list(st: &AppState, ctx: &Ctx, q: &HashMap<String, String>, detail: bool, path: &str) -> ApiResult<Value> {
+    let fields = render::parse_fields(q.get("fields").map(String::as_str), NODE_FIELDS, ctx.v)?;
+    if detail && fields.is_some() {
+        return Err(ApiError::bad_request("Can not specify ?detail=True and fields in the same request."));
+    }
+    let detail = detail || q.get("detail").map(|d| parse_bool("detail", d)).transpose()?.unwrap_or(false);
+    let paging = paging::parse(q, st.cfg.api.max_limit, NODE_SORT_KEYS)?;
+    let limit = paging.limit.unwrap_or(i64::from(st.cfg.api.max_limit));
+    let mut query = NodeQuery {
+        provision_state: q.get("provision_state").cloned(),
+        driver: q.get("driver").cloned(),
+        resource_class: q.get("resource_class").cloned(),
+        conductor_group: q.get("conductor_group").cloned(),
+        maintenance: q.get("maintenance").map(|v| parse_bool("maintenance", v)).transpose()?,
+        associated: q.get("associated").map(|v| parse_bool("associated", v)).transpose()?,
+        owner: q.get("owner").cloned(),
+        lessee: q.get("lessee").cloned(),
+        fault: q.get("fault").cloned(),
+        retired: q.get("retired").map(|v| parse_bool("retired", v)).transpose()?,
+        shard: q.get("shard").cloned(),
+        instance_uuid: q.get("instance_uuid").cloned(),
+        description_contains: q.get("description_contains").cloned(),
+        partitions: None,
+        paging,
+    };
+    if let Some(s) = &query.provision_state
+        && ProvisionState::parse(s).is_none()
+    {
+        return Err(ApiError::bad_request(format!("Invalid provision_state filter {s:?}")));
+    }
+    let conductor_filter = q.get("conductor").cloned();
+    // fetch one more than a page to know whether there is a next one
+    query.paging.limit = Some(limit + 1);
+    let mut nodes = st.db.list_nodes(&query).await.map_err(|e| match e {
+        DbError::NotFound => ApiError::bad_request(format!(
+            "Marker {} could not be found.",
+            query.paging.marker.map(|m| m.to_string()).unwrap_or_default()
+        )),
+        e => ApiError::from_db(e, String::new),
+    })?;
+    if let Some(c) = &conductor_filter {
+        nodes.retain(|n| st.conductor_of(n).as_deref() == Some(c.as_str()));
+    }
+    let more = nodes.len() as i64 > limit;
+    nodes.truncate(limit as usize);
+    let items: Vec<Value> = nodes
+        .iter()
+        .map(|n| render::node_view(n, &ctx.base, st.conductor_of(n).as_deref(), ctx.v, fields.as_deref(), !detail && fields.is_none()))
+        .collect();
+    let mut out = json!({"nodes": items});
+    if more && let Some(last) = nodes.last() {
+        out["next"] = Value::String(paging::next_url(&ctx.base, path, q, limit, &last.uuid));
+    }
+    Ok(out)
+}
+
+pub async fn list_nodes(AxState(st): AxState<State>, ctx: Ctx, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+    list(&st, &ctx, &q, false, "nodes").await.map(Json)
+}
+
+pub async fn list_nodes_detail(AxState(st): AxState<State>, ctx: Ctx, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+    list(&st, &ctx, &q, true, "nodes/detail").await.map(Json)
+}
+
+pub async fn get_node(
+    AxState(st): AxState<State>,
+    ctx: Ctx,
+    Path(ident): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let fields = render::parse_fields(q.get("fields").map(String::as_str), NODE_FIELDS, ctx.v)?;
+    let node = st.node(&ident, ctx.v).await?;
+    Ok(Json(render::node_view(&node, &ctx.base, st.conductor_of(&node).as_deref(), ctx.v, fields.as_deref(), false)))
+}
+
+fn json_body(body: &Bytes) -> ApiResult<Value> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("The request body is empty; a JSON document is required"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))
+}
+
+/// Fill unset interfaces with the hardware type's defaults and check the
+/// set ones are enabled, asking a conductor that serves the driver.
+async fn resolve_interfaces(st: &AppState, node: &mut Node) -> ApiResult<()> {
+    let driver = node.driver.clone();
+    let props = st
+        .fwd
+        .call(Route::Driver(&driver), |mut c, epoch| {
+            let driver = driver.clone();
+            async move { c.get_driver_properties(DriverRef { epoch, driver }).await }
+        })
+        .await?;
+    for iface in NODE_INTERFACES {
+        let slot = node.interfaces.get_mut(iface).expect("known interface");
+        let enabled = props.enabled_interfaces.get(iface).map(|l| l.names.clone()).unwrap_or_default();
+        match slot {
+            Some(chosen) if !enabled.contains(chosen) => {
+                return Err(ApiError::bad_request(format!(
+                    "Could not find the following interface in the 'ironic.hardware.interfaces.{iface}' entrypoint: {chosen}. Valid interfaces are {}.",
+                    enabled.join(", ")
+                )));
+            }
+            Some(_) => {}
+            None => *slot = props.default_interfaces.get(iface).cloned(),
+        }
+    }
+    Ok(())
+}
+
+fn no_valid_host(driver: &str, group: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "No valid host was found. Reason: No conductor service registered which supports driver {driver} for conductor group \"{group}\"."
+    ))
+}
+
+pub async fn create_node(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> ApiResult<Response> {
+    let body = json_body(&body)?;
+    let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The node must be a JSON object"))?;
+    let uuid = match obj.get("uuid") {
+        None | Some(Value::Null) => Uuid::new_v4(),
+        Some(Value::String(s)) => Uuid::parse_str(s).map_err(|_| ApiError::bad_request(format!("Expected a UUID but received {s}.")))?,
+        Some(other) => return Err(ApiError::bad_request(format!("Expected a UUID but received {other}."))),
+    };
+    let driver = match obj.get("driver") {
+        Some(Value::String(d)) if !d.is_empty() => d.clone(),
+        Some(other) => return Err(ApiError::bad_request(format!("Invalid value for field driver: expected a string, got {other}"))),
+        None => return Err(ApiError::bad_request("Mandatory field missing: 'driver'")),
+    };
+    // below 1.11 a new node is immediately available
+    let state = if ctx.v.at_least(11) { ProvisionState::Enroll } else { ProvisionState::Available };
+    let mut node = Node::new(uuid, &driver, state, st.cfg.membership.partition_exponent);
+    let writable = fields::node_writable();
+    for (k, v) in obj {
+        if k == "uuid" || k == "driver" {
+            continue;
+        }
+        if !writable.iter().any(|w| w == k) || k == "maintenance" || k == "maintenance_reason" {
+            return Err(ApiError::bad_request(format!("Unknown attribute for node: '{k}' is not a field a node can be created with")));
+        }
+        set_node_field(&mut node, k, v)?;
+    }
+    check_node(&mut node, obj.contains_key("protected_reason"))?;
+    if !st.fwd.ring().serves(&node.conductor_group, &node.driver) {
+        return Err(no_valid_host(&node.driver, &node.conductor_group));
+    }
+    resolve_interfaces(&st, &mut node).await?;
+    node.created_at = Utc::now();
+    st.db.create_node(&node).await.map_err(|e| match e {
+        DbError::Duplicate { field: "name" } => ApiError::conflict(format!("A node with name {} already exists.", node.name.clone().unwrap_or_default())),
+        DbError::Duplicate { field: "instance_uuid" } => ApiError::conflict(format!(
+            "Instance {} is already associated with a node.",
+            node.instance_uuid.clone().unwrap_or_default()
+        )),
+        DbError::Duplicate { .. } => ApiError::conflict(format!("A node with UUID {uuid} already exists.")),
+        e => ApiError::from_db(e, String::new),
+    })?;
+    let stored = st.db.get_node(uuid).await.map_err(|e| ApiError::from_db(e, String::new))?;
+    let view = render::node_view(&stored, &ctx.base, st.conductor_of(&stored).as_deref(), ctx.v, None, false);
+    let location = format!("{}/v1/nodes/{uuid}", ctx.base);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)).into_response())
+}
+
+/// Send a changed node to its owner, which applies it under the lock.
+async fn push_update(st: &AppState, node: &Node) -> ApiResult<Node> {
+    let node_json = serde_json::to_string(node).expect("nodes serialise");
+    let reply = st
+        .fwd
+        .call(AppState::route(node), |mut c, epoch| {
+            let req = UpdateNodeRequest { epoch, node_uuid: node.uuid.to_string(), node_json: node_json.clone() };
+            async move { c.update_node(req).await }
+        })
+        .await?;
+    serde_json::from_str(&reply.node_json).map_err(|e| ApiError::internal(format!("conductor sent a bad node: {e}")))
+}
+
+pub async fn patch_node(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+    let ops = patch::parse(&json_body(&body)?)?;
+    let node = st.node(&ident, ctx.v).await?;
+    let before = render::node_document(&node, &ctx.base, st.conductor_of(&node).as_deref());
+    let mut after = before.clone();
+    patch::apply(&mut after, &ops)?;
+    let mut changed = node.clone();
+    fields::apply_document(&mut changed, &before, &after)?;
+    if changed.driver != node.driver || changed.conductor_group != node.conductor_group {
+        if !st.fwd.ring().serves(&changed.conductor_group, &changed.driver) {
+            return Err(no_valid_host(&changed.driver, &changed.conductor_group));
+        }
+        if changed.driver != node.driver {
+            // interfaces not set explicitly go back to the new type's defaults
+            for iface in NODE_INTERFACES {
+                let key = format!("{iface}_interface");
+                if before.get(&key) == after.get(&key) {
+                    *changed.interfaces.get_mut(iface).expect("known") = None;
+                }
+            }
+        }
+    }
+    if changed.interfaces != node.interfaces || changed.driver != node.driver {
+        resolve_interfaces(&st, &mut changed).await?;
+    }
+    let stored = push_update(&st, &changed).await?;
+    Ok(Json(render::node_view(&stored, &ctx.base, st.conductor_of(&stored).as_deref(), ctx.v, None, false)))
+}
+
+pub async fn delete_node(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>) -> ApiResult<StatusCode> {
+    let node = st.node(&ident, ctx.v).await?;
+    st.fwd
+        .call(AppState::route(&node), |mut c, epoch| {
+            let req = NodeRef { epoch, node_uuid: node.uuid.to_string() };
+            async move { c.destroy_node(req).await }
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn get_states(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>) -> ApiResult<Json<Value>> {
+    let n = st.node(&ident, ctx.v).await?;
+    let view = render::node_view(&n, &ctx.base, None, ctx.v, None, false);
+    let mut out = Map::new();
+    for k in [
+        "console_enabled",
+        "last_error",
+        "power_state",
+        "provision_state",
+        "target_power_state",
+        "target_provision_state",
+        "provision_updated_at",
+        "raid_config",
+        "target_raid_config",
+        "boot_mode",
+        "secure_boot",
+    ] {
+        if let Some(v) = view.get(k) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+    Ok(Json(Value::Object(out)))
+}
+
+fn accepted(ctx: &Ctx, ident: &str) -> Response {
+    let loc = format!("{}/v1/nodes/{ident}/states", ctx.base);
+    (StatusCode::ACCEPTED, [(header::LOCATION, loc)]).into_response()
+}
+
+fn json_text(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(v) => v.to_string(),
+    }
+}
+
+pub async fn set_provision_state(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>, body: Bytes) -> ApiResult<Response> {
+    let body = json_body(&body)?;
+    let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The request body must be a JSON object"))?;
+    const KEYS: [&str; 7] = ["target", "configdrive", "clean_steps", "deploy_steps", "service_steps", "rescue_password", "disable_ramdisk"];
+    if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!("Unknown argument: \"{k}\"")));
+    }
+    let target = obj.get("target").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("Mandatory field missing: 'target'"))?;
+    let verb = Verb::parse(target).ok_or_else(|| ApiError::bad_request(format!("\"{target}\" is not a valid provision target")))?;
+    let only = |key: &str, verbs: &[Verb]| -> ApiResult<()> {
+        if obj.get(key).is_some_and(|v| !v.is_null()) && !verbs.contains(&verb) {
+            return Err(ApiError::bad_request(format!(
+                "\"{key}\" is not valid when setting target provision state to {}",
+                verb.as_str()
+            )));
+        }
+        Ok(())
+    };
+    only("configdrive", &[Verb::Active, Verb::Deploy, Verb::Rebuild])?;
+    only("deploy_steps", &[Verb::Active, Verb::Deploy, Verb::Rebuild])?;
+    only("clean_steps", &[Verb::Clean])?;
+    only("service_steps", &[Verb::Service])?;
+    only("rescue_password", &[Verb::Rescue])?;
+    only("disable_ramdisk", &[Verb::Clean, Verb::Service])?;
+    let rescue_password = match obj.get("rescue_password") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => return Err(ApiError::bad_request(format!("rescue_password must be a string, not {other}"))),
+    };
+    let node = st.node(&ident, ctx.v).await?;
+    match verb_check(verb, ctx.v.0, node.provision_state) {
+        Ok(_) => {}
+        Err(VerbError::NotAcceptable { min_minor }) => {
+            return Err(ApiError::not_acceptable(format!(
+                "The provision target \"{}\" needs API version 1.{min_minor} or later",
+                verb.as_str()
+            )));
+        }
+        Err(VerbError::InvalidState) => {
+            if let Some(holder) = &node.reservation {
+                return Err(ApiError::conflict(format!(
+                    "Node {} is locked by host {holder}, please retry after the current operation is completed.",
+                    node.uuid
+                )));
+            }
+            return Err(ApiError::bad_request(format!(
+                "The requested action \"{}\" can not be performed on node \"{}\" while it is in state \"{}\".",
+                verb.as_str(),
+                node.uuid,
+                node.provision_state
+            )));
+        }
+    }
+    if matches!(verb, Verb::Active | Verb::Deploy | Verb::Rebuild) && node.maintenance {
+        return Err(ApiError::bad_request(format!("The node {} is in maintenance mode.", node.uuid)));
+    }
+    let req = ProvisionActionRequest {
+        epoch: 0,
+        node_uuid: node.uuid.to_string(),
+        target: verb.as_str().to_string(),
+        configdrive_json: json_text(obj.get("configdrive")),
+        clean_steps_json: json_text(obj.get("clean_steps")),
+        deploy_steps_json: json_text(obj.get("deploy_steps")),
+        service_steps_json: json_text(obj.get("service_steps")),
+        rescue_password,
+        disable_ramdisk: obj.get("disable_ramdisk").and_then(Value::as_bool).unwrap_or(false),
+    };
+    st.fwd
+        .call(AppState::route(&node), |mut c, epoch| {
+            let mut r = req.clone();
+            r.epoch = epoch;
+            async move { c.do_provision_action(r).await }
+        })
+        .await?;
+    Ok(accepted(&ctx, &ident))
+}
+
+pub async fn set_power_state(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>, body: Bytes) -> ApiResult<Response> {
+    let body = json_body(&body)?;
+    let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The request body must be a JSON object"))?;
+    if let Some(k) = obj.keys().find(|k| !["target", "timeout"].contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!("Unknown argument: \"{k}\"")));
+    }
+    let target = obj.get("target").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("Mandatory field missing: 'target'"))?;
+    if !["power on", "power off", "rebooting", "soft power off", "soft rebooting"].contains(&target) {
+        return Err(ApiError::bad_request(format!("Invalid power state {target}.")));
+    }
+    if target.starts_with("soft") && !ctx.v.at_least(27) {
+        return Err(ApiError::not_acceptable(format!("Power target \"{target}\" needs API version 1.27 or later")));
+    }
+    let timeout = match obj.get("timeout") {
+        None | Some(Value::Null) => 0,
+        Some(_) if !ctx.v.at_least(27) => return Err(ApiError::not_acceptable("\"timeout\" needs API version 1.27 or later")),
+        Some(v) => match v.as_u64() {
+            Some(t) if t > 0 && t <= u64::from(u32::MAX) => t as u32,
+            _ => return Err(ApiError::bad_request(format!("Invalid timeout {v}: must be a positive integer"))),
+        },
+    };
+    let node = st.node(&ident, ctx.v).await?;
+    if matches!(node.provision_state, ProvisionState::Cleaning | ProvisionState::CleanWait) {
+        return Err(ApiError::bad_request(format!(
+            "Can not change power state of node {} while it is in state {}.",
+            node.uuid, node.provision_state
+        )));
+    }
+    st.fwd
+        .call(AppState::route(&node), |mut c, epoch| {
+            let r = PowerStateRequest { epoch, node_uuid: node.uuid.to_string(), target: target.to_string(), timeout };
+            async move { c.change_power_state(r).await }
+        })
+        .await?;
+    Ok(accepted(&ctx, &ident))
+}
+
+pub async fn validate(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>) -> ApiResult<Json<Value>> {
+    let node = st.node(&ident, ctx.v).await?;
+    let reply = st
+        .fwd
+        .call(AppState::route(&node), |mut c, epoch| {
+            let r = NodeRef { epoch, node_uuid: node.uuid.to_string() };
+            async move { c.validate(r).await }
+        })
+        .await?;
+    let mut out = Map::new();
+    for i in reply.interfaces {
+        let mut entry = json!({"result": i.result});
+        if !i.result {
+            entry["reason"] = Value::String(i.reason);
+        }
+        out.insert(i.interface, entry);
+    }
+    Ok(Json(Value::Object(out)))
+}
+
+async fn set_maintenance(st: &AppState, ctx: &Ctx, ident: &str, on: bool, reason: Option<String>) -> ApiResult<Response> {
+    let mut node = st.node(ident, ctx.v).await?;
+    node.maintenance = on;
+    node.maintenance_reason = if on { reason } else { None };
+    if !on {
+        node.fault = None;
+    }
+    push_update(st, &node).await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+pub async fn put_maintenance(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>, body: Bytes) -> ApiResult<Response> {
+    let reason = if body.is_empty() {
+        None
+    } else {
+        match json_body(&body)? {
+            Value::Object(m) => match m.get("reason") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(other) => return Err(ApiError::bad_request(format!("reason must be a string, not {other}"))),
+            },
+            _ => return Err(ApiError::bad_request("The request body must be a JSON object")),
+        }
+    };
+    set_maintenance(&st, &ctx, &ident, true, reason).await
+}
+
+pub async fn delete_maintenance(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>) -> ApiResult<Response> {
+    set_maintenance(&st, &ctx, &ident, false, None).await
+}
+
+pub fn methods_json(methods: Vec<ferric_common::proto::VendorMethod>) -> Value {
+    let mut out = Map::new();
+    for m in methods {
+        out.insert(
+            m.name,
+            json!({"http_methods": m.http_methods, "async": m.r#async, "description": m.description,
+                   "attach": m.attach, "require_exclusive_lock": m.require_exclusive_lock}),
+        );
+    }
+    Value::Object(out)
+}
+
+pub async fn vendor_methods(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>) -> ApiResult<Json<Value>> {
+    let node = st.node(&ident, ctx.v).await?;
+    let reply = st
+        .fwd
+        .call(AppState::route(&node), |mut c, epoch| {
+            let r = VendorMethodsRequest { epoch, node_uuid: node.uuid.to_string(), driver: String::new() };
+            async move { c.get_vendor_methods(r).await }
+        })
+        .await?;
+    Ok(Json(methods_json(reply.methods)))
+}
+
+/// Turn a vendor method's reply into the HTTP answer Ironic gives.
+pub fn vendor_response(reply: ferric_common::proto::VendorReply) -> Response {
+    if reply.r#async {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    if reply.attach {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
+        return (StatusCode::OK, h, reply.return_value).into_response();
+    }
+    let body = if reply.return_value.is_empty() { b"null".to_vec() } else { reply.return_value };
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+pub fn vendor_body(method: &Method, body: &Bytes) -> ApiResult<String> {
+    if body.is_empty() || *method == Method::GET || *method == Method::DELETE {
+        return Ok(String::new());
+    }
+    let v = json_body(body)?;
+    Ok(v.to_string())
+}
+
+async fn node_vendor_call(st: &AppState, ctx: &Ctx, ident: &str, name: &str, method: Method, body: Bytes) -> ApiResult<Response> {
+    let node = st.node(ident, ctx.v).await?;
+    let body_json = vendor_body(&method, &body)?;
+    let reply = st
+        .fwd
+        .call(AppState::route(&node), |mut c, epoch| {
+            let r = NodeVendorRequest {
+                epoch,
+                node_uuid: node.uuid.to_string(),
+                method: name.to_string(),
+                http_method: method.as_str().to_string(),
+                body_json: body_json.clone(),
+            };
+            async move { c.node_vendor_passthru(r).await }
+        })
+        .await?;
+    Ok(vendor_response(reply))
+}
+
+pub async fn vendor_call(
+    AxState(st): AxState<State>,
+    ctx: Ctx,
+    method: Method,
+    Path((ident, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    node_vendor_call(&st, &ctx, &ident, &name, method, body).await
+}
+
+pub async fn vendor_call_query(
+    AxState(st): AxState<State>,
+    ctx: Ctx,
+    method: Method,
+    Path(ident): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let name = q.get("method").ok_or_else(|| ApiError::bad_request("Missing argument: \"method\""))?;
+    node_vendor_call(&st, &ctx, &ident, name, method, body).await
+}
+
+pub async fn node_ports(
+    AxState(st): AxState<State>,
+    ctx: Ctx,
+    Path(ident): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let node = st.node(&ident, ctx.v).await?;
+    let fields = render::parse_fields(q.get("fields").map(String::as_str), render::PORT_FIELDS, ctx.v)?;
+    let query = PortQuery { node_uuid: Some(node.uuid), ..Default::default() };
+    let ports = st.db.list_ports(&query).await.map_err(|e| ApiError::from_db(e, String::new))?;
+    let items: Vec<Value> =
+        ports.iter().map(|p| render::port_view(p, &ctx.base, ctx.v, fields.as_deref(), fields.is_none())).collect();
+    Ok(Json(json!({"ports": items})))
+}

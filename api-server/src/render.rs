@@ -1,0 +1,352 @@
+//! How nodes and ports look on the wire: Ironic's field set for the
+//! negotiated microversion, links from the request's base URL, and secrets
+//! masked on every read.
+
+use ferric_common::model::{JsonObject, NODE_INTERFACES, Node, Port};
+use ferric_common::states::ProvisionState;
+use serde_json::{Map, Value, json};
+
+use crate::error::ApiError;
+use crate::version::Version;
+
+/// Node fields and the microversion that introduced each (Ironic's API).
+pub const NODE_FIELDS: &[(&str, u32)] = &[
+    ("uuid", 1),
+    ("instance_uuid", 1),
+    ("power_state", 1),
+    ("target_power_state", 1),
+    ("provision_state", 1),
+    ("target_provision_state", 1),
+    ("maintenance", 1),
+    ("maintenance_reason", 1),
+    ("last_error", 1),
+    ("console_enabled", 1),
+    ("driver", 1),
+    ("driver_info", 1),
+    ("driver_internal_info", 1),
+    ("extra", 1),
+    ("instance_info", 1),
+    ("properties", 1),
+    ("chassis_uuid", 1),
+    ("created_at", 1),
+    ("updated_at", 1),
+    ("provision_updated_at", 1),
+    ("reservation", 1),
+    ("links", 1),
+    ("ports", 1),
+    ("states", 1),
+    ("name", 5),
+    ("inspection_finished_at", 6),
+    ("inspection_started_at", 6),
+    ("clean_step", 7),
+    ("raid_config", 12),
+    ("target_raid_config", 12),
+    ("network_interface", 20),
+    ("resource_class", 21),
+    ("portgroups", 24),
+    ("boot_interface", 31),
+    ("console_interface", 31),
+    ("deploy_interface", 31),
+    ("inspect_interface", 31),
+    ("management_interface", 31),
+    ("power_interface", 31),
+    ("raid_interface", 31),
+    ("vendor_interface", 31),
+    ("storage_interface", 33),
+    ("volume", 33),
+    ("traits", 37),
+    ("rescue_interface", 38),
+    ("bios_interface", 40),
+    ("fault", 42),
+    ("deploy_step", 44),
+    ("conductor_group", 46),
+    ("automated_clean", 47),
+    ("protected", 48),
+    ("protected_reason", 48),
+    ("conductor", 49),
+    ("owner", 50),
+    ("description", 51),
+    ("allocation_uuid", 52),
+    ("retired", 61),
+    ("retired_reason", 61),
+    ("lessee", 65),
+    ("network_data", 66),
+    ("boot_mode", 75),
+    ("secure_boot", 75),
+    ("shard", 82),
+    ("parent_node", 83),
+    ("firmware_interface", 86),
+    ("service_step", 89),
+    ("disable_power_off", 95),
+    ("instance_name", 104),
+    ("health", 109),
+];
+
+pub const NODE_LIST_FIELDS: &[&str] = &["uuid", "instance_uuid", "maintenance", "power_state", "provision_state", "name", "links"];
+
+pub const PORT_FIELDS: &[(&str, u32)] = &[
+    ("uuid", 1),
+    ("address", 1),
+    ("node_uuid", 1),
+    ("extra", 1),
+    ("created_at", 1),
+    ("updated_at", 1),
+    ("links", 1),
+    ("internal_info", 18),
+    ("local_link_connection", 19),
+    ("pxe_enabled", 19),
+    ("portgroup_uuid", 24),
+    ("physical_network", 34),
+    ("is_smartnic", 53),
+    ("name", 88),
+];
+
+pub const PORT_LIST_FIELDS: &[&str] = &["uuid", "address", "links"];
+
+/// Substrings of a key that mark its value as secret (oslo's list).
+const SECRET_KEYS: &[&str] = &[
+    "adminpass",
+    "admin_pass",
+    "password",
+    "admin_password",
+    "auth_token",
+    "new_pass",
+    "auth_password",
+    "secret_uuid",
+    "secret",
+    "sys_pswd",
+    "token",
+    "configdrive",
+    "chappassword",
+    "encrypted_key",
+    "private_key",
+    "fernetkey",
+    "sslkey",
+    "passphrase",
+    "cephclusterfsid",
+    "octaviaheartbeatkey",
+    "rabbitcookie",
+    "cephmanilaclientkey",
+    "pacemakerremoteauthkey",
+    "designaterndckey",
+    "cephadminkey",
+    "heatauthencryptionkey",
+    "cephclientkey",
+    "keystonecredential",
+    "barbicansimplecryptokek",
+    "cephrgwkey",
+    "swifthashsuffix",
+    "migrationsshkey",
+    "cephmdskey",
+    "cephmonkey",
+    "chapsecret",
+];
+
+pub const MASK: &str = "******";
+
+/// Replace secret values (recursively) by `******`.
+pub fn mask(obj: &JsonObject, extra_keys: &[&str]) -> JsonObject {
+    obj.iter()
+        .map(|(k, v)| {
+            let lower = k.to_ascii_lowercase();
+            let secret = SECRET_KEYS.iter().any(|s| lower.contains(s)) || extra_keys.contains(&k.as_str());
+            let v = if secret {
+                Value::String(MASK.into())
+            } else {
+                match v {
+                    Value::Object(m) => Value::Object(mask(m, &[])),
+                    other => other.clone(),
+                }
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+pub fn link_pair(base: &str, kind: &str, id: &str) -> Value {
+    let suffix = if id.is_empty() { String::new() } else { format!("/{id}") };
+    json!([
+        {"href": format!("{base}/v1/{kind}{suffix}"), "rel": "self"},
+        {"href": format!("{base}/{kind}{suffix}"), "rel": "bookmark"},
+    ])
+}
+
+fn ts(t: Option<chrono::DateTime<chrono::Utc>>) -> Value {
+    t.map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, false))).unwrap_or(Value::Null)
+}
+
+fn state_value(s: Option<ProvisionState>, v: Version) -> Value {
+    s.and_then(|s| s.render(v.0)).map(|s| Value::String(s.into())).unwrap_or(Value::Null)
+}
+
+/// The node with every field (unmasked, unfiltered): the document JSON
+/// Patch operates on.
+pub fn node_document(n: &Node, base: &str, conductor: Option<&str>) -> Map<String, Value> {
+    let id = n.uuid.to_string();
+    let mut m = Map::new();
+    let mut put = |k: &str, v: Value| {
+        m.insert(k.to_string(), v);
+    };
+    put("uuid", json!(id));
+    put("name", json!(n.name));
+    put("driver", json!(n.driver));
+    for iface in NODE_INTERFACES {
+        put(&format!("{iface}_interface"), json!(n.interfaces.get(iface).cloned().flatten()));
+    }
+    put("provision_state", json!(n.provision_state.as_str()));
+    put("target_provision_state", json!(n.target_provision_state.map(|s| s.as_str())));
+    put("provision_updated_at", ts(n.provision_updated_at));
+    put("power_state", json!(n.power_state));
+    put("target_power_state", json!(n.target_power_state));
+    put("maintenance", json!(n.maintenance));
+    put("maintenance_reason", json!(n.maintenance_reason));
+    put("fault", json!(n.fault));
+    put("reservation", json!(n.reservation));
+    put("conductor_group", json!(n.conductor_group));
+    put("conductor", json!(conductor));
+    put("driver_info", Value::Object(n.driver_info.clone()));
+    put("driver_internal_info", Value::Object(n.driver_internal_info.clone()));
+    put("instance_info", Value::Object(n.instance_info.clone()));
+    put("properties", Value::Object(n.properties.clone()));
+    put("extra", Value::Object(n.extra.clone()));
+    put("network_data", Value::Object(n.network_data.clone()));
+    put("instance_uuid", json!(n.instance_uuid));
+    put("instance_name", json!(n.instance_name));
+    put("last_error", json!(n.last_error));
+    put("resource_class", json!(n.resource_class));
+    put("owner", json!(n.owner));
+    put("lessee", json!(n.lessee));
+    put("description", json!(n.description));
+    put("shard", json!(n.shard));
+    put("parent_node", json!(n.parent_node));
+    put("chassis_uuid", json!(n.chassis_uuid));
+    put("automated_clean", json!(n.automated_clean));
+    put("protected", json!(n.protected));
+    put("protected_reason", json!(n.protected_reason));
+    put("retired", json!(n.retired));
+    put("retired_reason", json!(n.retired_reason));
+    put("disable_power_off", json!(n.disable_power_off));
+    put("console_enabled", json!(n.console_enabled));
+    put("boot_mode", json!(n.boot_mode));
+    put("secure_boot", json!(n.secure_boot));
+    put("traits", json!(n.traits));
+    put("clean_step", Value::Object(n.clean_step.clone()));
+    put("deploy_step", Value::Object(n.deploy_step.clone()));
+    put("service_step", Value::Object(n.service_step.clone()));
+    put("raid_config", Value::Object(n.raid_config.clone()));
+    put("target_raid_config", Value::Object(n.target_raid_config.clone()));
+    put("inspection_started_at", Value::Null);
+    put("inspection_finished_at", Value::Null);
+    put("allocation_uuid", Value::Null);
+    put("health", Value::Null);
+    put("created_at", ts(Some(n.created_at)));
+    put("updated_at", ts(n.updated_at));
+    put("links", link_pair(base, "nodes", &id));
+    put("ports", link_pair(base, "nodes", &format!("{id}/ports")));
+    put("states", link_pair(base, "nodes", &format!("{id}/states")));
+    put("portgroups", link_pair(base, "nodes", &format!("{id}/portgroups")));
+    put("volume", link_pair(base, "nodes", &format!("{id}/volume")));
+    m
+}
+
+/// Check a `fields=` list against what the version offers.
+pub fn parse_fields(raw: Option<&str>, table: &[(&str, u32)], v: Version) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    if !v.at_least(8) {
+        return Err(ApiError::not_acceptable("The fields parameter is not supported at this API version (needs 1.8)."));
+    }
+    let fields: Vec<String> = raw.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let bad: Vec<&String> = fields.iter().filter(|f| !table.iter().any(|(k, min)| k == f && v.at_least(*min))).collect();
+    if !bad.is_empty() {
+        let list: Vec<&str> = bad.iter().map(|s| s.as_str()).collect();
+        return Err(ApiError::bad_request(format!("Field(s) \"{}\" are not valid", list.join(", "))));
+    }
+    Ok(Some(fields))
+}
+
+/// Keep only the fields the version has (and, if given, the requested ones).
+fn select(doc: Map<String, Value>, table: &[(&str, u32)], v: Version, only: Option<&[String]>, default: Option<&[&str]>) -> Value {
+    let mut out = Map::new();
+    for (k, min) in table {
+        if !v.at_least(*min) {
+            continue;
+        }
+        let wanted = match (only, default) {
+            (Some(f), _) => f.iter().any(|x| x == k) || *k == "links",
+            (None, Some(d)) => d.contains(k),
+            (None, None) => true,
+        };
+        if wanted && let Some(val) = doc.get(*k) {
+            out.insert(k.to_string(), val.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+/// A node as a client sees it: masked, versioned, optionally narrowed.
+pub fn node_view(n: &Node, base: &str, conductor: Option<&str>, v: Version, fields: Option<&[String]>, list_item: bool) -> Value {
+    let mut doc = node_document(n, base, conductor);
+    doc.insert("driver_info".into(), Value::Object(mask(&n.driver_info, &["snmp_auth_key", "snmp_priv_key"])));
+    doc.insert("driver_internal_info".into(), Value::Object(mask(&n.driver_internal_info, &[])));
+    doc.insert("instance_info".into(), Value::Object(mask(&n.instance_info, &["image_url", "configdrive"])));
+    doc.insert("provision_state".into(), state_value(Some(n.provision_state), v));
+    doc.insert("target_provision_state".into(), state_value(n.target_provision_state, v));
+    select(doc, NODE_FIELDS, v, fields, list_item.then_some(NODE_LIST_FIELDS))
+}
+
+pub fn port_document(p: &Port, base: &str) -> Map<String, Value> {
+    let id = p.uuid.to_string();
+    let mut m = Map::new();
+    m.insert("uuid".into(), json!(id));
+    m.insert("address".into(), json!(p.address));
+    m.insert("node_uuid".into(), json!(p.node_uuid.to_string()));
+    m.insert("name".into(), json!(p.name));
+    m.insert("pxe_enabled".into(), json!(p.pxe_enabled));
+    m.insert("local_link_connection".into(), Value::Object(p.local_link_connection.clone()));
+    m.insert("physical_network".into(), json!(p.physical_network));
+    m.insert("extra".into(), Value::Object(p.extra.clone()));
+    m.insert("internal_info".into(), Value::Object(p.internal_info.clone()));
+    m.insert("is_smartnic".into(), json!(p.is_smartnic));
+    m.insert("portgroup_uuid".into(), json!(p.portgroup_uuid));
+    m.insert("created_at".into(), ts(Some(p.created_at)));
+    m.insert("updated_at".into(), ts(p.updated_at));
+    m.insert("links".into(), link_pair(base, "ports", &id));
+    m
+}
+
+pub fn port_view(p: &Port, base: &str, v: Version, fields: Option<&[String]>, list_item: bool) -> Value {
+    select(port_document(p, base), PORT_FIELDS, v, fields, list_item.then_some(PORT_LIST_FIELDS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked_recursively() {
+        let o: JsonObject = serde_json::from_value(json!({
+            "redfish_password": "p", "redfish_username": "u", "nested": {"agent_secret_token": "t", "x": 1},
+            "snmp_auth_key": "k"
+        }))
+        .unwrap();
+        let m = mask(&o, &["snmp_auth_key"]);
+        assert_eq!(m["redfish_password"], MASK);
+        assert_eq!(m["redfish_username"], "u");
+        assert_eq!(m["nested"]["agent_secret_token"], MASK);
+        assert_eq!(m["nested"]["x"], 1);
+        assert_eq!(m["snmp_auth_key"], MASK);
+    }
+
+    #[test]
+    fn node_view_hides_fields_newer_than_the_version() {
+        let n = Node::new(uuid::Uuid::new_v4(), "fake-hardware", ProvisionState::Available, 16);
+        let v1 = node_view(&n, "http://h", None, Version(1), None, false);
+        assert!(v1.get("name").is_none());
+        assert_eq!(v1["provision_state"], Value::Null, "available renders as null below 1.2");
+        let latest = node_view(&n, "http://h", None, Version(115), None, false);
+        assert_eq!(latest.as_object().unwrap().len(), NODE_FIELDS.len());
+        assert_eq!(latest["provision_state"], "available");
+        let list = node_view(&n, "http://h", None, Version(115), None, true);
+        assert_eq!(list.as_object().unwrap().len(), NODE_LIST_FIELDS.len());
+    }
+}

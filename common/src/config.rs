@@ -1,0 +1,264 @@
+//! Configuration: one TOML file, every key overridable by `FERRIC_…`
+//! environment variables (`FERRIC_<SECTION>__<KEY>`, e.g.
+//! `FERRIC_DATABASE__URL`) and by command-line flags, in that order of
+//! precedence (flags win). Option names follow Ironic's where one exists.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where all-in-one keeps its SQLite file and HTTP root by default.
+    pub data_dir: PathBuf,
+    pub api: ApiConfig,
+    pub conductor: ConductorConfig,
+    pub database: DatabaseConfig,
+    pub membership: MembershipConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address the Ironic REST API listens on.
+    pub listen: String,
+    /// Base URL put into links; empty = taken from each request's Host.
+    pub public_url: String,
+    /// Largest page a list returns (Ironic's `[api] max_limit`).
+    pub max_limit: u32,
+    /// How long one REST request may spend finding the node's owner and
+    /// retrying across ring changes before it answers 503.
+    pub request_deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConductorConfig {
+    /// Stable identity (e.g. the StatefulSet pod name); empty = hostname.
+    pub id: String,
+    pub conductor_group: String,
+    /// gRPC listen address; port 0 picks a free one.
+    pub grpc_listen: String,
+    /// URL other processes use to reach the gRPC service; empty = derived
+    /// from the bound address.
+    pub grpc_url: String,
+    pub enabled_hardware_types: Vec<String>,
+    /// Node lock attempts before answering NODE_LOCKED (Ironic: 3 × 1 s).
+    pub lock_attempts: u32,
+    pub lock_retry_interval_ms: u64,
+    /// Operations that may run at once; beyond it new ones get 503
+    /// ("lack of free conductor workers"), never an unbounded queue.
+    pub max_operations: usize,
+    /// How long a graceful shutdown waits for running operations to reach
+    /// a step boundary.
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://<path>` or `postgres://user@host:port/db`; empty =
+    /// `sqlite://<data_dir>/ferric.sqlite`.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MembershipConfig {
+    /// `local` (in-process, single conductor) or `etcd`.
+    pub backend: String,
+    pub etcd_endpoints: Vec<String>,
+    pub lease_ttl_secs: u64,
+    /// 2^partition_exponent ring partitions.
+    pub partition_exponent: u8,
+    /// A conductor takes at most ⌈(1+ε)·P/N⌉ partitions.
+    pub load_epsilon: f64,
+    pub replicas: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: String,
+    /// tracing-subscriber EnvFilter directives; RUST_LOG overrides.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from(".ferric"),
+            api: ApiConfig::default(),
+            conductor: ConductorConfig::default(),
+            database: DatabaseConfig::default(),
+            membership: MembershipConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:6385".into(),
+            public_url: String::new(),
+            max_limit: 1000,
+            request_deadline_ms: 30_000,
+        }
+    }
+}
+
+impl Default for ConductorConfig {
+    fn default() -> Self {
+        ConductorConfig {
+            id: String::new(),
+            conductor_group: String::new(),
+            grpc_listen: "127.0.0.1:0".into(),
+            grpc_url: String::new(),
+            enabled_hardware_types: vec!["fake-hardware".into()],
+            lock_attempts: 3,
+            lock_retry_interval_ms: 1000,
+            max_operations: 256,
+            shutdown_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { url: String::new(), max_connections: 10 }
+    }
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            backend: "local".into(),
+            etcd_endpoints: Vec::new(),
+            lease_ttl_secs: 6,
+            partition_exponent: 16,
+            load_epsilon: 0.05,
+            replicas: 0,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "human".into(), filter: "info".into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Defaults, then the TOML file (if given; it must exist), then
+    /// `FERRIC_*` variables, then `overrides` (from flags, as a TOML-shaped
+    /// value with only the keys the user set).
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", f.display())));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(Env::prefixed("FERRIC_").split("__")).merge(Serialized::defaults(overrides));
+        let cfg: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.membership.backend.as_str(), "local" | "etcd") {
+            return Err(ConfigError(format!(
+                "membership.backend must be \"local\" or \"etcd\", not {:?}",
+                self.membership.backend
+            )));
+        }
+        if self.membership.backend == "etcd" && self.membership.etcd_endpoints.is_empty() {
+            return Err(ConfigError("membership.backend = \"etcd\" needs membership.etcd_endpoints".into()));
+        }
+        if !(1..=24).contains(&self.membership.partition_exponent) {
+            return Err(ConfigError("membership.partition_exponent must be within 1..=24".into()));
+        }
+        if self.conductor.lock_attempts == 0 {
+            return Err(ConfigError("conductor.lock_attempts must be at least 1".into()));
+        }
+        if self.conductor.max_operations == 0 {
+            return Err(ConfigError("conductor.max_operations must be at least 1".into()));
+        }
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            return Err(ConfigError(format!("log.format must be \"human\" or \"json\", not {:?}", self.log.format)));
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to a SQLite file in the data dir.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("ferric.sqlite").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    /// The conductor id, defaulting to the host name.
+    pub fn conductor_id(&self) -> String {
+        if !self.conductor.id.is_empty() {
+            return self.conductor.id.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "ferric-conductor".into())
+    }
+}
+
+/// Install the global tracing subscriber (human or JSON lines on stderr).
+pub fn init_logging(cfg: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if cfg.format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layering_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ferric.toml");
+        std::fs::write(&f, "[api]\nlisten = \"127.0.0.1:7000\"\nmax_limit = 50\n[conductor]\nid = \"c-file\"\n").unwrap();
+        let flags = serde_json::json!({"conductor": {"id": "c-flag"}});
+        let cfg = Config::load(Some(&f), flags).unwrap();
+        assert_eq!(cfg.api.listen, "127.0.0.1:7000");
+        assert_eq!(cfg.api.max_limit, 50);
+        assert_eq!(cfg.conductor.id, "c-flag");
+        assert_eq!(cfg.conductor.lock_attempts, 3);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ferric.toml");
+        std::fs::write(&f, "[api]\nlisten_addr = \"x\"\n").unwrap();
+        let err = Config::load(Some(&f), serde_json::json!({})).unwrap_err().to_string();
+        assert!(err.contains("listen_addr"), "{err}");
+        let err = Config::load(None, serde_json::json!({"membership": {"backend": "zk"}})).unwrap_err().to_string();
+        assert!(err.contains("membership.backend"), "{err}");
+        let err = Config::load(Some(Path::new("/nonexistent/ferric.toml")), serde_json::json!({})).unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+    }
+}

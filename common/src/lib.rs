@@ -1,0 +1,25 @@
+//! Ferric's shared core.
+//!
+//! Layout: [`model`] (nodes, ports), [`states`] (the provision state
+//! machine, pure), [`db`] (SQLite + PostgreSQL, one set of queries),
+//! [`ring`] (pure placement of nodes on conductors), [`membership`] (who is
+//! in the ring, as a `watch::Receiver<Ring>`), [`config`], [`rpc`] (typed
+//! errors across gRPC) and [`proto`] (the generated API↔conductor contract).
+//!
+//! The invariant a newcomer must not break: a node is acted on only by the
+//! conductor that owns it at the current ring epoch, and only while it
+//! holds the node's lock (`reservation` = its incarnation). Every write a
+//! conductor makes under a lock is conditional on still holding it.
+
+pub mod config;
+pub mod db;
+pub mod membership;
+pub mod model;
+pub mod ring;
+pub mod rpc;
+pub mod states;
+
+/// The gRPC contract (`proto/ferric/v1/conductor.proto`).
+pub mod proto {
+    tonic::include_proto!("ferric.v1");
+}

@@ -1,0 +1,100 @@
+//! Conductor membership: who is in the ring, published to every interested
+//! task as a `watch::Receiver<Ring>`. Code that needs a node's owner reads
+//! the current ring from the receiver; it never keeps a copy of its own.
+//!
+//! Backends: [`LocalMembership`] (in-process, for all-in-one: one process,
+//! no etcd) and the etcd backend (leases + a prefix watch), with the same
+//! interface.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+use crate::ring::{Member, MemberState, Ring, RingSettings};
+
+/// In-process membership. Every change bumps the epoch by one, exactly as
+/// an etcd revision would.
+pub struct LocalMembership {
+    settings: RingSettings,
+    state: Mutex<(u64, BTreeMap<String, Member>)>,
+    tx: watch::Sender<Ring>,
+}
+
+impl LocalMembership {
+    pub fn new(settings: RingSettings) -> LocalMembership {
+        let (tx, _) = watch::channel(Ring::empty(settings.clone()));
+        LocalMembership { settings, state: Mutex::new((0, BTreeMap::new())), tx }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Ring> {
+        self.tx.subscribe()
+    }
+
+    pub fn current(&self) -> Ring {
+        self.tx.borrow().clone()
+    }
+
+    fn publish(&self, f: impl FnOnce(&mut BTreeMap<String, Member>)) {
+        let mut st = self.state.lock().expect("membership lock poisoned");
+        f(&mut st.1);
+        st.0 += 1;
+        let ring = Ring::new(st.0, st.1.values().cloned().collect(), self.settings.clone());
+        self.tx.send_replace(ring);
+    }
+
+    /// Add or replace a member (a restart replaces the old incarnation).
+    pub fn join(&self, member: Member) {
+        self.publish(|m| {
+            m.insert(member.id.clone(), member);
+        });
+    }
+
+    pub fn set_state(&self, id: &str, state: MemberState) {
+        self.publish(|m| {
+            if let Some(member) = m.get_mut(id) {
+                member.state = state;
+            }
+        });
+    }
+
+    pub fn leave(&self, id: &str) {
+        self.publish(|m| {
+            m.remove(id);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str) -> Member {
+        Member {
+            id: id.into(),
+            incarnation: format!("{id}-1"),
+            grpc_url: "http://127.0.0.1:1".into(),
+            http_url: String::new(),
+            conductor_group: String::new(),
+            hardware_types: vec!["fake-hardware".into()],
+            state: MemberState::Active,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_change_is_a_new_epoch_seen_by_watchers() {
+        let m = LocalMembership::new(RingSettings::default());
+        let mut rx = m.subscribe();
+        assert_eq!(rx.borrow().epoch(), 0);
+        m.join(member("a"));
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow().epoch(), 1);
+        assert!(rx.borrow().serves("", "fake-hardware"));
+        m.set_state("a", MemberState::Draining);
+        rx.changed().await.unwrap();
+        assert!(!rx.borrow().serves("", "fake-hardware"));
+        m.leave("a");
+        assert_eq!(m.current().epoch(), 3);
+        assert!(m.current().members().is_empty());
+    }
+}

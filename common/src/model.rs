@@ -1,0 +1,276 @@
+//! The persisted resources: nodes, ports and the conductors' view of
+//! themselves. These are the database rows; the REST rendering (links,
+//! microversion-gated fields, secret masking) lives in the API crate.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::states::ProvisionState;
+
+/// JSON object columns (driver_info, properties, ...). Stored as JSON text
+/// in both databases so SQLite and PostgreSQL behave the same.
+pub type JsonObject = Map<String, Value>;
+
+/// The interface fields a node row carries (`<name>_interface`).
+pub const NODE_INTERFACES: [&str; 13] = [
+    "bios",
+    "boot",
+    "console",
+    "deploy",
+    "firmware",
+    "inspect",
+    "management",
+    "network",
+    "power",
+    "raid",
+    "rescue",
+    "storage",
+    "vendor",
+];
+
+/// A bare-metal machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub uuid: Uuid,
+    pub name: Option<String>,
+    pub driver: String,
+    /// `<iface>_interface` values, one per entry of [`NODE_INTERFACES`].
+    pub interfaces: Interfaces,
+    pub provision_state: ProvisionState,
+    pub target_provision_state: Option<ProvisionState>,
+    pub provision_updated_at: Option<DateTime<Utc>>,
+    pub power_state: Option<String>,
+    pub target_power_state: Option<String>,
+    pub maintenance: bool,
+    pub maintenance_reason: Option<String>,
+    pub fault: Option<String>,
+    /// The node lock: the holder's incarnation, or None.
+    pub reservation: Option<String>,
+    /// The conductor whose HTTP root holds the node's boot artefacts.
+    pub conductor_affinity: Option<String>,
+    pub conductor_group: String,
+    /// SHA-256 of the UUID bytes reduced to the ring's partition space;
+    /// indexed so "my nodes" is an index scan.
+    pub ring_partition: i64,
+    pub driver_info: JsonObject,
+    pub driver_internal_info: JsonObject,
+    pub instance_info: JsonObject,
+    pub properties: JsonObject,
+    pub extra: JsonObject,
+    pub network_data: JsonObject,
+    pub instance_uuid: Option<String>,
+    pub instance_name: Option<String>,
+    pub last_error: Option<String>,
+    pub resource_class: Option<String>,
+    pub owner: Option<String>,
+    pub lessee: Option<String>,
+    pub description: Option<String>,
+    pub shard: Option<String>,
+    pub parent_node: Option<String>,
+    pub chassis_uuid: Option<String>,
+    pub automated_clean: Option<bool>,
+    pub protected: bool,
+    pub protected_reason: Option<String>,
+    pub retired: bool,
+    pub retired_reason: Option<String>,
+    pub disable_power_off: bool,
+    pub console_enabled: bool,
+    pub boot_mode: Option<String>,
+    pub secure_boot: Option<bool>,
+    pub traits: Vec<String>,
+    /// The step a running operation is in (deploy, clean, service), as
+    /// Ironic shows it: `{}` when none.
+    pub deploy_step: JsonObject,
+    pub clean_step: JsonObject,
+    pub service_step: JsonObject,
+    pub raid_config: JsonObject,
+    pub target_raid_config: JsonObject,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// The interface implementations of a node; `None` means "the hardware
+/// type's default", resolved when the node is created or its driver changes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Interfaces {
+    pub bios: Option<String>,
+    pub boot: Option<String>,
+    pub console: Option<String>,
+    pub deploy: Option<String>,
+    pub firmware: Option<String>,
+    pub inspect: Option<String>,
+    pub management: Option<String>,
+    pub network: Option<String>,
+    pub power: Option<String>,
+    pub raid: Option<String>,
+    pub rescue: Option<String>,
+    pub storage: Option<String>,
+    pub vendor: Option<String>,
+}
+
+impl Interfaces {
+    pub fn get(&self, name: &str) -> Option<&Option<String>> {
+        Some(match name {
+            "bios" => &self.bios,
+            "boot" => &self.boot,
+            "console" => &self.console,
+            "deploy" => &self.deploy,
+            "firmware" => &self.firmware,
+            "inspect" => &self.inspect,
+            "management" => &self.management,
+            "network" => &self.network,
+            "power" => &self.power,
+            "raid" => &self.raid,
+            "rescue" => &self.rescue,
+            "storage" => &self.storage,
+            "vendor" => &self.vendor,
+            _ => return None,
+        })
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Option<String>> {
+        Some(match name {
+            "bios" => &mut self.bios,
+            "boot" => &mut self.boot,
+            "console" => &mut self.console,
+            "deploy" => &mut self.deploy,
+            "firmware" => &mut self.firmware,
+            "inspect" => &mut self.inspect,
+            "management" => &mut self.management,
+            "network" => &mut self.network,
+            "power" => &mut self.power,
+            "raid" => &mut self.raid,
+            "rescue" => &mut self.rescue,
+            "storage" => &mut self.storage,
+            "vendor" => &mut self.vendor,
+            _ => return None,
+        })
+    }
+}
+
+impl Node {
+    /// A new node in `state` with every optional field empty.
+    pub fn new(uuid: Uuid, driver: &str, state: ProvisionState, partition_exponent: u8) -> Node {
+        Node {
+            uuid,
+            name: None,
+            driver: driver.to_string(),
+            interfaces: Interfaces::default(),
+            provision_state: state,
+            target_provision_state: None,
+            provision_updated_at: None,
+            power_state: None,
+            target_power_state: None,
+            maintenance: false,
+            maintenance_reason: None,
+            fault: None,
+            reservation: None,
+            conductor_affinity: None,
+            conductor_group: String::new(),
+            ring_partition: i64::from(crate::ring::partition_of(uuid.as_bytes(), partition_exponent)),
+            driver_info: JsonObject::new(),
+            driver_internal_info: JsonObject::new(),
+            instance_info: JsonObject::new(),
+            properties: JsonObject::new(),
+            extra: JsonObject::new(),
+            network_data: JsonObject::new(),
+            instance_uuid: None,
+            instance_name: None,
+            last_error: None,
+            resource_class: None,
+            owner: None,
+            lessee: None,
+            description: None,
+            shard: None,
+            parent_node: None,
+            chassis_uuid: None,
+            automated_clean: None,
+            protected: false,
+            protected_reason: None,
+            retired: false,
+            retired_reason: None,
+            disable_power_off: false,
+            console_enabled: false,
+            boot_mode: None,
+            secure_boot: None,
+            traits: Vec::new(),
+            deploy_step: JsonObject::new(),
+            clean_step: JsonObject::new(),
+            service_step: JsonObject::new(),
+            raid_config: JsonObject::new(),
+            target_raid_config: JsonObject::new(),
+            created_at: Utc::now(),
+            updated_at: None,
+        }
+    }
+
+    /// The hardware type the ring places this node by.
+    pub fn hardware_type(&self) -> &str {
+        &self.driver
+    }
+}
+
+/// A NIC of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Port {
+    pub uuid: Uuid,
+    /// Lower-case colon-separated MAC address; unique.
+    pub address: String,
+    pub node_uuid: Uuid,
+    pub name: Option<String>,
+    pub pxe_enabled: bool,
+    pub local_link_connection: JsonObject,
+    pub physical_network: Option<String>,
+    pub extra: JsonObject,
+    pub internal_info: JsonObject,
+    pub is_smartnic: bool,
+    pub portgroup_uuid: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Port {
+    pub fn new(uuid: Uuid, address: &str, node_uuid: Uuid) -> Port {
+        Port {
+            uuid,
+            address: address.to_string(),
+            node_uuid,
+            name: None,
+            pxe_enabled: true,
+            local_link_connection: JsonObject::new(),
+            physical_network: None,
+            extra: JsonObject::new(),
+            internal_info: JsonObject::new(),
+            is_smartnic: false,
+            portgroup_uuid: None,
+            created_at: Utc::now(),
+            updated_at: None,
+        }
+    }
+}
+
+/// Normalise a MAC address to lower-case `aa:bb:cc:dd:ee:ff`, or None if it
+/// is not one.
+pub fn normalize_mac(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit())) {
+        return None;
+    }
+    Some(parts.join(":").to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_normalisation() {
+        assert_eq!(normalize_mac("52:54:00:AB:cd:01").as_deref(), Some("52:54:00:ab:cd:01"));
+        assert_eq!(normalize_mac("52-54-00-ab-cd-01").as_deref(), Some("52:54:00:ab:cd:01"));
+        assert_eq!(normalize_mac("52:54:00:ab:cd"), None);
+        assert_eq!(normalize_mac("52:54:00:ab:cd:zz"), None);
+        assert_eq!(normalize_mac("525400abcd01"), None);
+    }
+}

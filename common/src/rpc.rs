@@ -1,0 +1,66 @@
+//! Typed errors across the gRPC boundary: a `tonic::Status` code plus an
+//! [`ErrorDetail`] in the status details — never a message to parse.
+
+use prost::Message;
+use tonic::{Code, Status};
+
+pub use crate::proto::ErrorDetail;
+pub use crate::proto::error_detail::Reason;
+
+/// Build a Status carrying a machine-readable reason.
+pub fn status(reason: Reason, message: impl Into<String>, epoch: u64, holder: &str) -> Status {
+    let message = message.into();
+    let code = match reason {
+        Reason::NotOwner | Reason::Conflict => Code::FailedPrecondition,
+        Reason::NodeLocked => Code::Aborted,
+        Reason::Invalid => Code::InvalidArgument,
+        Reason::NotFound => Code::NotFound,
+        Reason::Forbidden => Code::PermissionDenied,
+        Reason::Unavailable => Code::Unavailable,
+        Reason::Internal | Reason::Unspecified => Code::Internal,
+    };
+    let detail = ErrorDetail { reason: reason as i32, epoch, holder: holder.to_string(), message: message.clone() };
+    Status::with_details(code, message, detail.encode_to_vec().into())
+}
+
+/// The reason a Status carries; transport failures (no details) are
+/// reported as `Unavailable` so callers retry them.
+pub fn detail(status: &Status) -> ErrorDetail {
+    match ErrorDetail::decode(status.details()) {
+        Ok(d) if d.reason != Reason::Unspecified as i32 => d,
+        _ => ErrorDetail {
+            reason: match status.code() {
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => Reason::Unavailable,
+                Code::NotFound => Reason::NotFound,
+                Code::InvalidArgument => Reason::Invalid,
+                _ => Reason::Internal,
+            } as i32,
+            epoch: 0,
+            holder: String::new(),
+            message: status.message().to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_round_trips_through_status() {
+        let s = status(Reason::NotOwner, "not mine", 42, "");
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        let d = detail(&s);
+        assert_eq!(d.reason(), Reason::NotOwner);
+        assert_eq!(d.epoch, 42);
+        let d = detail(&status(Reason::NodeLocked, "busy", 1, "inc-7"));
+        assert_eq!(d.reason(), Reason::NodeLocked);
+        assert_eq!(d.holder, "inc-7");
+    }
+
+    #[test]
+    fn transport_errors_are_unavailable() {
+        let d = detail(&Status::unavailable("connection refused"));
+        assert_eq!(d.reason(), Reason::Unavailable);
+    }
+}

@@ -1,0 +1,181 @@
+//! The conductor: owns the nodes the ring gives it and acts on them.
+//!
+//! Layout: [`service`] (the gRPC service the API calls), [`lock`] (node
+//! locks by incarnation), [`operation`] (the persisted, resumable step
+//! engine), [`recovery`] (what the conductor does on every new ring epoch:
+//! clear dead incarnations' locks, resume orphaned operations).
+//!
+//! The invariant: a conductor acts on a node only if the ring at its own
+//! epoch says it owns the node, and only while it holds the node's lock;
+//! everything it writes under the lock is conditional on still holding it.
+
+pub mod lock;
+pub mod operation;
+pub mod recovery;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferric_common::config::Config;
+use ferric_common::db::{Db, PortQuery};
+use ferric_common::membership::LocalMembership;
+use ferric_common::model::{Node, Port};
+use ferric_common::proto::conductor_server::ConductorServer;
+use ferric_common::ring::{Member, MemberState, Ring};
+use ferric_deploy::driver::Registry;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+/// Shared state of one running conductor incarnation.
+pub struct Inner {
+    pub cfg: Config,
+    pub db: Db,
+    pub registry: Registry,
+    /// Stable identity (hostname / pod name).
+    pub id: String,
+    /// This start's identity; node locks are taken by it.
+    pub incarnation: String,
+    pub ring: watch::Receiver<Ring>,
+    /// Bounds how many operations run at once.
+    pub operations: Arc<Semaphore>,
+    /// Every background operation, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Cancelled on shutdown: operations stop at the next step boundary.
+    pub cancel: CancellationToken,
+}
+
+impl Inner {
+    pub fn lock_interval(&self) -> Duration {
+        Duration::from_millis(self.cfg.conductor.lock_retry_interval_ms)
+    }
+
+    /// Whether the ring at our epoch gives us this node.
+    pub fn owns(&self, node: &Node) -> bool {
+        let ring = self.ring.borrow();
+        ring.owner(node.uuid.as_bytes(), &node.conductor_group, node.hardware_type())
+            .is_some_and(|m| m.id == self.id && m.incarnation == self.incarnation)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.ring.borrow().epoch()
+    }
+
+    pub async fn ports_of(&self, node: Uuid) -> Vec<Port> {
+        let q = PortQuery { node_uuid: Some(node), ..Default::default() };
+        self.db.list_ports(&q).await.unwrap_or_default()
+    }
+
+    /// Append to the node's operation log; a failure to log is not a
+    /// failure of the operation.
+    pub async fn history(&self, node: Uuid, event: &str, detail: &str) {
+        if let Err(e) = self.db.record_history(node, &self.id, &self.incarnation, event, detail).await {
+            warn!(%node, "recording history failed: {e}");
+        }
+    }
+
+    pub fn operations_in_flight(&self) -> usize {
+        self.cfg.conductor.max_operations - self.operations.available_permits()
+    }
+}
+
+/// A started conductor.
+pub struct ConductorHandle {
+    pub inner: Arc<Inner>,
+    pub grpc_addr: SocketAddr,
+    pub grpc_url: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl ConductorHandle {
+    /// Wait until the conductor has stopped: the gRPC server is down and
+    /// every operation reached a step boundary (or the shutdown timeout).
+    pub async fn wait(self) {
+        let _ = self.server.await;
+        self.inner.tasks.close();
+        let timeout = Duration::from_millis(self.inner.cfg.conductor.shutdown_timeout_ms);
+        if tokio::time::timeout(timeout, self.inner.tasks.wait()).await.is_err() {
+            warn!("operations still running after the shutdown timeout; their nodes stay locked until this incarnation is declared dead");
+        }
+    }
+}
+
+/// Start a conductor: bind gRPC, join the membership, recover the nodes
+/// the ring gives it, and serve until `shutdown` is cancelled.
+pub async fn start(
+    cfg: Config,
+    db: Db,
+    membership: Arc<LocalMembership>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ConductorHandle> {
+    let registry = Registry::new(&cfg.conductor.enabled_hardware_types).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listener = tokio::net::TcpListener::bind(&cfg.conductor.grpc_listen)
+        .await
+        .with_context(|| format!("binding the conductor gRPC address {}", cfg.conductor.grpc_listen))?;
+    let grpc_addr = listener.local_addr()?;
+    let grpc_url = if cfg.conductor.grpc_url.is_empty() {
+        format!("http://{grpc_addr}")
+    } else {
+        cfg.conductor.grpc_url.clone()
+    };
+    let id = cfg.conductor_id();
+    let incarnation = format!("{id}/{}", Uuid::new_v4());
+    let inner = Arc::new(Inner {
+        registry,
+        id: id.clone(),
+        incarnation: incarnation.clone(),
+        ring: membership.subscribe(),
+        operations: Arc::new(Semaphore::new(cfg.conductor.max_operations)),
+        tasks: TaskTracker::new(),
+        cancel: shutdown.child_token(),
+        db,
+        cfg,
+    });
+
+    let svc = service::ConductorService::new(inner.clone());
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        let res = tonic::transport::Server::builder()
+            .add_service(ConductorServer::new(svc))
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+            .await;
+        if let Err(e) = res {
+            warn!("conductor gRPC server stopped: {e}");
+        }
+    });
+
+    membership.join(Member {
+        id: id.clone(),
+        incarnation: incarnation.clone(),
+        grpc_url: grpc_url.clone(),
+        http_url: String::new(),
+        conductor_group: inner.cfg.conductor.conductor_group.to_ascii_lowercase(),
+        hardware_types: inner.registry.names().iter().map(|s| s.to_string()).collect(),
+        state: MemberState::Active,
+    });
+    info!(%id, %incarnation, %grpc_url, "conductor joined the ring");
+
+    // react to every ring epoch (the first one is start-up)
+    let watcher = inner.clone();
+    inner.tasks.spawn(recovery::watch_ring(watcher));
+
+    // leave the ring when shutting down
+    let leave = membership.clone();
+    let leave_id = id.clone();
+    let leave_inc = incarnation.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        if leave.current().member(&leave_id).is_some_and(|m| m.incarnation == leave_inc) {
+            leave.leave(&leave_id);
+        }
+    });
+
+    Ok(ConductorHandle { inner, grpc_addr, grpc_url, server })
+}

@@ -1,0 +1,300 @@
+//! The step engine that runs every long operation (verify, deploy, clean,
+//! tear-down, inspect, adopt, rescue, unrescue, service).
+//!
+//! An operation is the list of steps planned when its `*ING` state is
+//! entered, stored in the node's `driver_internal_info.ferric_operation`
+//! together with the index of the next step. The engine saves the node
+//! before a step runs (the API shows it as `deploy_step`/`clean_step`) and
+//! after it, each save conditional on still holding the node lock. Steps
+//! are idempotent, so whoever finds a node in an `*ING` state with a record
+//! — this conductor after a restart, or a new owner after a take-over —
+//! continues at `next` instead of failing the node. A step that answers
+//! `Wait` parks the node in the matching wait state (e.g. `wait call-back`)
+//! with `next` already advanced; the ramdisk's callback resumes it.
+//!
+//! Cancellation (shutdown, drain, fencing) is honoured between steps: the
+//! record stays, the lock is released, the next owner resumes.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use ferric_common::model::{JsonObject, Node};
+use ferric_common::states::{Event, ProvisionState, transition};
+use ferric_deploy::driver::{Driver, DriverError, Step, StepOutcome, Task};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::Inner;
+use crate::lock::NodeLock;
+
+pub const RECORD_KEY: &str = "ferric_operation";
+/// User-given steps for a manual clean / service, stored by the action.
+pub const CLEAN_STEPS_KEY: &str = "clean_steps";
+pub const DEPLOY_STEPS_KEY: &str = "user_deploy_steps";
+pub const SERVICE_STEPS_KEY: &str = "service_steps";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperationRecord {
+    /// The `*ING` state these steps belong to.
+    pub state: ProvisionState,
+    pub steps: Vec<Step>,
+    /// Index of the next step to run.
+    pub next: usize,
+    /// Conductor that planned the operation.
+    pub started_by: String,
+    /// Conductor that ran the latest step.
+    #[serde(default)]
+    pub last_run_by: String,
+}
+
+impl OperationRecord {
+    pub fn load(node: &Node) -> Option<OperationRecord> {
+        node.driver_internal_info.get(RECORD_KEY).and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+
+    fn store(&self, node: &mut Node) {
+        node.driver_internal_info
+            .insert(RECORD_KEY.into(), serde_json::to_value(self).expect("a record serialises"));
+    }
+}
+
+fn user_steps(node: &Node, key: &str) -> Vec<Step> {
+    node.driver_internal_info.get(key).and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default()
+}
+
+/// The steps an operation in `state` runs, in order.
+pub fn plan(driver: &Driver, task: &Task) -> Vec<Step> {
+    let node = &task.node;
+    match node.provision_state {
+        ProvisionState::Verifying => vec![Step::new("power", "get_power_state", 0)],
+        ProvisionState::Deploying => {
+            let user = user_steps(node, DEPLOY_STEPS_KEY);
+            if user.is_empty() { driver.deploy.deploy_steps(task) } else { user }
+        }
+        ProvisionState::Cleaning if node.target_provision_state == Some(ProvisionState::Manageable) => {
+            user_steps(node, CLEAN_STEPS_KEY)
+        }
+        ProvisionState::Cleaning => {
+            if node.automated_clean == Some(false) {
+                Vec::new()
+            } else {
+                let mut steps = driver.deploy.clean_steps(task);
+                steps.push(Step::new("power", "power_off", 0));
+                steps
+            }
+        }
+        ProvisionState::Deleting => driver.deploy.tear_down_steps(task),
+        ProvisionState::Inspecting => vec![Step::new("inspect", "inspect_hardware", 0)],
+        ProvisionState::Adopting => vec![Step::new("boot", "prepare_instance", 0)],
+        ProvisionState::Rescuing => vec![Step::new("rescue", "rescue", 0)],
+        ProvisionState::Unrescuing => vec![Step::new("rescue", "unrescue", 0)],
+        ProvisionState::Servicing => user_steps(node, SERVICE_STEPS_KEY),
+        _ => Vec::new(),
+    }
+}
+
+/// Which node field shows the current step of an operation in `state`.
+fn step_field(node: &mut Node) -> Option<&mut JsonObject> {
+    match node.provision_state {
+        ProvisionState::Deploying => Some(&mut node.deploy_step),
+        ProvisionState::Cleaning => Some(&mut node.clean_step),
+        ProvisionState::Servicing => Some(&mut node.service_step),
+        _ => None,
+    }
+}
+
+fn show_step(node: &mut Node, step: Option<&Step>) {
+    if let Some(field) = step_field(node) {
+        *field = match step {
+            Some(s) => match serde_json::to_value(s) {
+                Ok(Value::Object(m)) => m,
+                _ => JsonObject::new(),
+            },
+            None => JsonObject::new(),
+        };
+    }
+}
+
+/// How an engine run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Reached a stable, failed or wait state; lock released.
+    Settled,
+    /// Stopped at a step boundary because of cancellation; record kept,
+    /// lock released, to be resumed.
+    HandedOff,
+    /// The lock was no longer ours (we were declared dead): stopped
+    /// without writing anything more.
+    LostLock,
+}
+
+/// Run the node's operation from its recorded step until it settles.
+/// Consumes the lock and always gives it up (unless it was lost).
+pub async fn run(inner: Arc<Inner>, lock: NodeLock, mut node: Node, cancel: CancellationToken) -> Finish {
+    let finish = drive(&inner, &lock, &mut node, &cancel).await;
+    if finish != Finish::LostLock
+        && let Err(e) = lock.release().await
+    {
+        error!(node = %node.uuid, "releasing the node lock failed: {e}");
+    }
+    finish
+}
+
+async fn save(inner: &Inner, lock: &NodeLock, node: &Node) -> bool {
+    match lock.save(node).await {
+        Ok(true) => true,
+        Ok(false) => {
+            error!(node = %node.uuid, conductor = %inner.id, "lost the node lock; stopping the operation");
+            false
+        }
+        Err(e) => {
+            // A database outage: stop here and leave the record; whoever
+            // holds the node next resumes from it.
+            error!(node = %node.uuid, "saving the node failed: {e}; stopping the operation");
+            false
+        }
+    }
+}
+
+async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &CancellationToken) -> Finish {
+    loop {
+        let state = node.provision_state;
+        if !state.is_in_progress() {
+            return Finish::Settled;
+        }
+        let driver = match inner.registry.driver_for(node) {
+            Ok(d) => d,
+            Err(e) => return fail(inner, lock, node, &e.to_string()).await,
+        };
+        let ports = inner.ports_of(node.uuid).await;
+        let mut record = match OperationRecord::load(node) {
+            Some(r) if r.state == state => {
+                if r.next > 0 {
+                    info!(node = %node.uuid, state = %state, next = r.next, "resuming operation at recorded step");
+                    inner.history(node.uuid, "resume", &format!("{state} at step {}", r.next)).await;
+                }
+                r
+            }
+            _ => {
+                let task = Task { node: node.clone(), ports: ports.clone(), conductor_id: inner.id.clone() };
+                let steps = plan(&driver, &task);
+                OperationRecord { state, steps, next: 0, started_by: inner.id.clone(), last_run_by: String::new() }
+            }
+        };
+        while record.next < record.steps.len() {
+            if cancel.is_cancelled() {
+                record.store(node);
+                show_step(node, None);
+                return if save(inner, lock, node).await { Finish::HandedOff } else { Finish::LostLock };
+            }
+            let step = record.steps[record.next].clone();
+            record.last_run_by = inner.id.clone();
+            record.store(node);
+            show_step(node, Some(&step));
+            if !save(inner, lock, node).await {
+                return Finish::LostLock;
+            }
+            inner.history(node.uuid, "step", &format!("{state} {}", step.full_name())).await;
+            let mut task = Task { node: node.clone(), ports: ports.clone(), conductor_id: inner.id.clone() };
+            let outcome = driver.execute_step(&mut task, &step).await;
+            *node = task.node;
+            match outcome {
+                Ok(StepOutcome::Done) => {
+                    record.next += 1;
+                    record.store(node);
+                    if !save(inner, lock, node).await {
+                        return Finish::LostLock;
+                    }
+                }
+                Ok(StepOutcome::Wait) => {
+                    record.next += 1;
+                    record.store(node);
+                    return match transition(state, node.target_provision_state, Event::Wait) {
+                        Ok(t) => {
+                            node.provision_state = t.to;
+                            node.target_provision_state = t.target;
+                            node.provision_updated_at = Some(Utc::now());
+                            if save(inner, lock, node).await { Finish::Settled } else { Finish::LostLock }
+                        }
+                        Err(e) => fail(inner, lock, node, &e.to_string()).await,
+                    };
+                }
+                Err(e) => {
+                    let msg = step_error(&step, &e);
+                    return fail(inner, lock, node, &msg).await;
+                }
+            }
+        }
+        // every step ran
+        node.driver_internal_info.remove(RECORD_KEY);
+        show_step(node, None);
+        finish_state(node, state);
+        let t = match transition(state, node.target_provision_state, Event::Done) {
+            Ok(t) => t,
+            Err(e) => return fail(inner, lock, node, &e.to_string()).await,
+        };
+        node.provision_state = t.to;
+        node.target_provision_state = t.target;
+        node.provision_updated_at = Some(Utc::now());
+        node.last_error = None;
+        if !save(inner, lock, node).await {
+            return Finish::LostLock;
+        }
+        inner.history(node.uuid, "done", &format!("{state} -> {}", t.to)).await;
+        info!(node = %node.uuid, from = %state, to = %t.to, "operation finished");
+    }
+}
+
+/// Side effects of completing the steps of `state` successfully.
+fn finish_state(node: &mut Node, state: ProvisionState) {
+    match state {
+        ProvisionState::Deleting => {
+            // an undeployed node forgets its instance (Ironic's tear-down)
+            node.instance_info = JsonObject::new();
+            node.instance_uuid = None;
+            node.instance_name = None;
+            node.driver_internal_info.remove(DEPLOY_STEPS_KEY);
+        }
+        ProvisionState::Cleaning => {
+            node.driver_internal_info.remove(CLEAN_STEPS_KEY);
+        }
+        ProvisionState::Servicing => {
+            node.driver_internal_info.remove(SERVICE_STEPS_KEY);
+        }
+        _ => {}
+    }
+}
+
+fn step_error(step: &Step, e: &DriverError) -> String {
+    format!("Step {} failed: {e}", step.full_name())
+}
+
+async fn fail(inner: &Inner, lock: &NodeLock, node: &mut Node, message: &str) -> Finish {
+    let state = node.provision_state;
+    warn!(node = %node.uuid, state = %state, "operation failed: {message}");
+    node.driver_internal_info.remove(RECORD_KEY);
+    show_step(node, None);
+    match transition(state, node.target_provision_state, Event::Fail) {
+        Ok(t) => {
+            node.provision_state = t.to;
+            node.target_provision_state = t.target;
+        }
+        Err(_) => {
+            node.provision_state = ProvisionState::Error;
+            node.target_provision_state = None;
+        }
+    }
+    if state == ProvisionState::Cleaning {
+        // as Ironic does: a node that failed cleaning must not be handed
+        // out again until an operator looked at it
+        node.maintenance = true;
+        node.fault = Some("clean failure".into());
+        node.maintenance_reason = Some(message.to_string());
+    }
+    node.last_error = Some(message.to_string());
+    node.provision_updated_at = Some(Utc::now());
+    inner.history(node.uuid, "fail", message).await;
+    if save(inner, lock, node).await { Finish::Settled } else { Finish::LostLock }
+}
