@@ -27,21 +27,41 @@ pub fn ring_settings(cfg: &Config) -> RingSettings {
 /// boundary (and resume at the next start).
 pub async fn run_all_in_one(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     if cfg.membership.backend != "local" {
-        anyhow::bail!("all-in-one uses in-process membership; membership.backend must be \"local\"");
+        anyhow::bail!(
+            "all-in-one uses in-process membership; membership.backend must be \"local\""
+        );
     }
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let url = cfg.database_url();
-    let db = Db::connect(&url, cfg.database.max_connections).await.with_context(|| format!("opening database {url}"))?;
+    let db = Db::connect(&url, cfg.database.max_connections)
+        .await
+        .with_context(|| format!("opening database {url}"))?;
     let membership = Arc::new(LocalMembership::new(ring_settings(&cfg)));
-    let conductor = ferric_conductor::start(cfg.clone(), db.clone(), membership.clone(), shutdown.clone()).await?;
-    let api = ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), shutdown.clone()).await?;
+    let conductor = ferric_conductor::start(
+        cfg.clone(),
+        db.clone(),
+        membership.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    let api = ferric_api::serve(
+        cfg.clone(),
+        db.clone(),
+        membership.subscribe(),
+        shutdown.clone(),
+    )
+    .await?;
     info!(
         api = %format!("http://{}", api.addr),
         conductor = %conductor.inner.id,
         database = %redact(&url),
         "ferric all-in-one ready"
     );
-    println!("Ferric all-in-one: Ironic API on http://{0}\n  try: baremetal --os-auth-type none --os-endpoint http://{0} driver list", api.addr);
+    println!(
+        "Ferric all-in-one: Ironic API on http://{0}\n  try: baremetal --os-auth-type none --os-endpoint http://{0} driver list",
+        api.addr
+    );
     shutdown.cancelled().await;
     info!("shutting down");
     let _ = api.join.await;
@@ -67,7 +87,8 @@ pub fn redact(url: &str) -> String {
 /// Cancel `token` on SIGINT or SIGTERM.
 pub fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -80,7 +101,10 @@ pub fn cancel_on_signals(token: CancellationToken) {
 mod tests {
     #[test]
     fn redacts_passwords() {
-        assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            super::redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(super::redact("sqlite://x.sqlite"), "sqlite://x.sqlite");
     }

@@ -24,7 +24,11 @@ pub struct LocalMembership {
 impl LocalMembership {
     pub fn new(settings: RingSettings) -> LocalMembership {
         let (tx, _) = watch::channel(Ring::empty(settings.clone()));
-        LocalMembership { settings, state: Mutex::new((0, BTreeMap::new())), tx }
+        LocalMembership {
+            settings,
+            state: Mutex::new((0, BTreeMap::new())),
+            tx,
+        }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Ring> {
@@ -39,7 +43,11 @@ impl LocalMembership {
         let mut st = self.state.lock().expect("membership lock poisoned");
         f(&mut st.1);
         st.0 += 1;
-        let ring = Ring::new(st.0, st.1.values().cloned().collect(), self.settings.clone());
+        let ring = Ring::new(
+            st.0,
+            st.1.values().cloned().collect(),
+            self.settings.clone(),
+        );
         self.tx.send_replace(ring);
     }
 

@@ -58,8 +58,12 @@ impl Inner {
     /// Whether the ring at our epoch gives us this node.
     pub fn owns(&self, node: &Node) -> bool {
         let ring = self.ring.borrow();
-        ring.owner(node.uuid.as_bytes(), &node.conductor_group, node.hardware_type())
-            .is_some_and(|m| m.id == self.id && m.incarnation == self.incarnation)
+        ring.owner(
+            node.uuid.as_bytes(),
+            &node.conductor_group,
+            node.hardware_type(),
+        )
+        .is_some_and(|m| m.id == self.id && m.incarnation == self.incarnation)
     }
 
     pub fn epoch(&self) -> u64 {
@@ -67,14 +71,21 @@ impl Inner {
     }
 
     pub async fn ports_of(&self, node: Uuid) -> Vec<Port> {
-        let q = PortQuery { node_uuid: Some(node), ..Default::default() };
+        let q = PortQuery {
+            node_uuid: Some(node),
+            ..Default::default()
+        };
         self.db.list_ports(&q).await.unwrap_or_default()
     }
 
     /// Append to the node's operation log; a failure to log is not a
     /// failure of the operation.
     pub async fn history(&self, node: Uuid, event: &str, detail: &str) {
-        if let Err(e) = self.db.record_history(node, &self.id, &self.incarnation, event, detail).await {
+        if let Err(e) = self
+            .db
+            .record_history(node, &self.id, &self.incarnation, event, detail)
+            .await
+        {
             warn!(%node, "recording history failed: {e}");
         }
     }
@@ -99,8 +110,13 @@ impl ConductorHandle {
         let _ = self.server.await;
         self.inner.tasks.close();
         let timeout = Duration::from_millis(self.inner.cfg.conductor.shutdown_timeout_ms);
-        if tokio::time::timeout(timeout, self.inner.tasks.wait()).await.is_err() {
-            warn!("operations still running after the shutdown timeout; their nodes stay locked until this incarnation is declared dead");
+        if tokio::time::timeout(timeout, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                "operations still running after the shutdown timeout; their nodes stay locked until this incarnation is declared dead"
+            );
         }
     }
 }
@@ -113,10 +129,16 @@ pub async fn start(
     membership: Arc<LocalMembership>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ConductorHandle> {
-    let registry = Registry::new(&cfg.conductor.enabled_hardware_types).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let registry =
+        Registry::new(&cfg.conductor.enabled_hardware_types).map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = tokio::net::TcpListener::bind(&cfg.conductor.grpc_listen)
         .await
-        .with_context(|| format!("binding the conductor gRPC address {}", cfg.conductor.grpc_listen))?;
+        .with_context(|| {
+            format!(
+                "binding the conductor gRPC address {}",
+                cfg.conductor.grpc_listen
+            )
+        })?;
     let grpc_addr = listener.local_addr()?;
     let grpc_url = if cfg.conductor.grpc_url.is_empty() {
         format!("http://{grpc_addr}")
@@ -156,7 +178,12 @@ pub async fn start(
         grpc_url: grpc_url.clone(),
         http_url: String::new(),
         conductor_group: inner.cfg.conductor.conductor_group.to_ascii_lowercase(),
-        hardware_types: inner.registry.names().iter().map(|s| s.to_string()).collect(),
+        hardware_types: inner
+            .registry
+            .names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         state: MemberState::Active,
     });
     info!(%id, %incarnation, %grpc_url, "conductor joined the ring");
@@ -172,10 +199,19 @@ pub async fn start(
     let stop = shutdown.clone();
     tokio::spawn(async move {
         stop.cancelled().await;
-        if leave.current().member(&leave_id).is_some_and(|m| m.incarnation == leave_inc) {
+        if leave
+            .current()
+            .member(&leave_id)
+            .is_some_and(|m| m.incarnation == leave_inc)
+        {
             leave.leave(&leave_id);
         }
     });
 
-    Ok(ConductorHandle { inner, grpc_addr, grpc_url, server })
+    Ok(ConductorHandle {
+        inner,
+        grpc_addr,
+        grpc_url,
+        server,
+    })
 }

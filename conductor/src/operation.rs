@@ -51,17 +51,24 @@ pub struct OperationRecord {
 
 impl OperationRecord {
     pub fn load(node: &Node) -> Option<OperationRecord> {
-        node.driver_internal_info.get(RECORD_KEY).and_then(|v| serde_json::from_value(v.clone()).ok())
+        node.driver_internal_info
+            .get(RECORD_KEY)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
     }
 
     fn store(&self, node: &mut Node) {
-        node.driver_internal_info
-            .insert(RECORD_KEY.into(), serde_json::to_value(self).expect("a record serialises"));
+        node.driver_internal_info.insert(
+            RECORD_KEY.into(),
+            serde_json::to_value(self).expect("a record serialises"),
+        );
     }
 }
 
 fn user_steps(node: &Node, key: &str) -> Vec<Step> {
-    node.driver_internal_info.get(key).and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default()
+    node.driver_internal_info
+        .get(key)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
 }
 
 /// The steps an operation in `state` runs, in order.
@@ -71,9 +78,15 @@ pub fn plan(driver: &Driver, task: &Task) -> Vec<Step> {
         ProvisionState::Verifying => vec![Step::new("power", "get_power_state", 0)],
         ProvisionState::Deploying => {
             let user = user_steps(node, DEPLOY_STEPS_KEY);
-            if user.is_empty() { driver.deploy.deploy_steps(task) } else { user }
+            if user.is_empty() {
+                driver.deploy.deploy_steps(task)
+            } else {
+                user
+            }
         }
-        ProvisionState::Cleaning if node.target_provision_state == Some(ProvisionState::Manageable) => {
+        ProvisionState::Cleaning
+            if node.target_provision_state == Some(ProvisionState::Manageable) =>
+        {
             user_steps(node, CLEAN_STEPS_KEY)
         }
         ProvisionState::Cleaning => {
@@ -132,7 +145,12 @@ pub enum Finish {
 
 /// Run the node's operation from its recorded step until it settles.
 /// Consumes the lock and always gives it up (unless it was lost).
-pub async fn run(inner: Arc<Inner>, lock: NodeLock, mut node: Node, cancel: CancellationToken) -> Finish {
+pub async fn run(
+    inner: Arc<Inner>,
+    lock: NodeLock,
+    mut node: Node,
+    cancel: CancellationToken,
+) -> Finish {
     let finish = drive(&inner, &lock, &mut node, &cancel).await;
     if finish != Finish::LostLock
         && let Err(e) = lock.release().await
@@ -158,7 +176,12 @@ async fn save(inner: &Inner, lock: &NodeLock, node: &Node) -> bool {
     }
 }
 
-async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &CancellationToken) -> Finish {
+async fn drive(
+    inner: &Arc<Inner>,
+    lock: &NodeLock,
+    node: &mut Node,
+    cancel: &CancellationToken,
+) -> Finish {
     loop {
         let state = node.provision_state;
         if !state.is_in_progress() {
@@ -173,21 +196,37 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
             Some(r) if r.state == state => {
                 if r.next > 0 {
                     info!(node = %node.uuid, state = %state, next = r.next, "resuming operation at recorded step");
-                    inner.history(node.uuid, "resume", &format!("{state} at step {}", r.next)).await;
+                    inner
+                        .history(node.uuid, "resume", &format!("{state} at step {}", r.next))
+                        .await;
                 }
                 r
             }
             _ => {
-                let task = Task { node: node.clone(), ports: ports.clone(), conductor_id: inner.id.clone() };
+                let task = Task {
+                    node: node.clone(),
+                    ports: ports.clone(),
+                    conductor_id: inner.id.clone(),
+                };
                 let steps = plan(&driver, &task);
-                OperationRecord { state, steps, next: 0, started_by: inner.id.clone(), last_run_by: String::new() }
+                OperationRecord {
+                    state,
+                    steps,
+                    next: 0,
+                    started_by: inner.id.clone(),
+                    last_run_by: String::new(),
+                }
             }
         };
         while record.next < record.steps.len() {
             if cancel.is_cancelled() {
                 record.store(node);
                 show_step(node, None);
-                return if save(inner, lock, node).await { Finish::HandedOff } else { Finish::LostLock };
+                return if save(inner, lock, node).await {
+                    Finish::HandedOff
+                } else {
+                    Finish::LostLock
+                };
             }
             let step = record.steps[record.next].clone();
             record.last_run_by = inner.id.clone();
@@ -196,8 +235,14 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
             if !save(inner, lock, node).await {
                 return Finish::LostLock;
             }
-            inner.history(node.uuid, "step", &format!("{state} {}", step.full_name())).await;
-            let mut task = Task { node: node.clone(), ports: ports.clone(), conductor_id: inner.id.clone() };
+            inner
+                .history(node.uuid, "step", &format!("{state} {}", step.full_name()))
+                .await;
+            let mut task = Task {
+                node: node.clone(),
+                ports: ports.clone(),
+                conductor_id: inner.id.clone(),
+            };
             let outcome = driver.execute_step(&mut task, &step).await;
             *node = task.node;
             match outcome {
@@ -216,7 +261,11 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                             node.provision_state = t.to;
                             node.target_provision_state = t.target;
                             node.provision_updated_at = Some(Utc::now());
-                            if save(inner, lock, node).await { Finish::Settled } else { Finish::LostLock }
+                            if save(inner, lock, node).await {
+                                Finish::Settled
+                            } else {
+                                Finish::LostLock
+                            }
                         }
                         Err(e) => fail(inner, lock, node, &e.to_string()).await,
                     };
@@ -242,7 +291,9 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
         if !save(inner, lock, node).await {
             return Finish::LostLock;
         }
-        inner.history(node.uuid, "done", &format!("{state} -> {}", t.to)).await;
+        inner
+            .history(node.uuid, "done", &format!("{state} -> {}", t.to))
+            .await;
         info!(node = %node.uuid, from = %state, to = %t.to, "operation finished");
     }
 }
@@ -296,5 +347,9 @@ async fn fail(inner: &Inner, lock: &NodeLock, node: &mut Node, message: &str) ->
     node.last_error = Some(message.to_string());
     node.provision_updated_at = Some(Utc::now());
     inner.history(node.uuid, "fail", message).await;
-    if save(inner, lock, node).await { Finish::Settled } else { Finish::LostLock }
+    if save(inner, lock, node).await {
+        Finish::Settled
+    } else {
+        Finish::LostLock
+    }
 }

@@ -41,7 +41,13 @@ pub async fn recover(inner: &Arc<Inner>) {
             return;
         }
     };
-    let live: HashSet<String> = inner.ring.borrow().members().iter().map(|m| m.incarnation.clone()).collect();
+    let live: HashSet<String> = inner
+        .ring
+        .borrow()
+        .members()
+        .iter()
+        .map(|m| m.incarnation.clone())
+        .collect();
     for node in nodes {
         if !inner.owns(&node) {
             continue;
@@ -50,7 +56,9 @@ pub async fn recover(inner: &Arc<Inner>) {
             && !live.contains(holder)
         {
             match inner.db.clear_reservations_of(holder).await {
-                Ok(n) => info!(dead = %holder, cleared = n, "cleared the locks of a dead incarnation"),
+                Ok(n) => {
+                    info!(dead = %holder, cleared = n, "cleared the locks of a dead incarnation")
+                }
                 Err(e) => warn!("clearing locks of {holder} failed: {e}"),
             }
         }
@@ -64,7 +72,15 @@ async fn resume(inner: &Arc<Inner>, uuid: uuid::Uuid) {
     let Ok(permit) = inner.operations.clone().try_acquire_owned() else {
         return; // busy; the next epoch or periodic pass picks it up
     };
-    let (lock, node) = match NodeLock::acquire(&inner.db, uuid, &inner.incarnation, 1, inner.lock_interval()).await {
+    let (lock, node) = match NodeLock::acquire(
+        &inner.db,
+        uuid,
+        &inner.incarnation,
+        1,
+        inner.lock_interval(),
+    )
+    .await
+    {
         Ok(x) => x,
         Err(LockError::Busy { .. }) | Err(LockError::NotFound(_)) => return,
         Err(e) => {

@@ -1,1 +1,448 @@
+//! Test harness: real peers on loopback, started per test and stopped when
+//! dropped.
+//!
+//! * [`Postgres`]: a throw-away PostgreSQL cluster (`initdb` + `pg_ctl`, as
+//!   the `postgres` user when run as root), on a free port.
+//! * [`Ferric`]: the real `ferric` binary in all-in-one mode, on a free
+//!   port, with SQLite or a PostgreSQL URL; its log is printed when a test
+//!   fails while it runs.
+//! * [`Baremetal`]: the real `baremetal` CLI (python-ironicclient) from the
+//!   venv `scripts/deps.sh` creates (`FERRIC_TEST_VENV`).
 
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// The directory of the workspace's built binaries (next to this test's
+/// own executable: `target/<profile>/deps/..`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("deps dir");
+    if dir.ends_with("deps") {
+        dir.parent().expect("profile dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+pub fn ferric_bin() -> PathBuf {
+    let p = bin_dir().join("ferric");
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, as scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < timeout,
+            "{what} not ready after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn tcp_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+// ---- PostgreSQL -----------------------------------------------------------
+
+pub struct Postgres {
+    pub url: String,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    as_root: bool,
+}
+
+fn pg_bin_dir() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.pop().expect(
+        "PostgreSQL server binaries not found under /usr/lib/postgresql (run scripts/deps.sh)",
+    )
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let bin = pg_bin_dir();
+        let as_root = unsafe { libc::geteuid() } == 0;
+        let dir = tempfile::Builder::new()
+            .prefix("ferric-pg")
+            .tempdir()
+            .expect("tempdir");
+        let port = free_port();
+        let data = dir.path().join("data");
+        let run = |cmd: String| {
+            let out = if as_root {
+                std::fs::set_permissions(
+                    dir.path(),
+                    std::os::unix::fs::PermissionsExt::from_mode(0o777),
+                )
+                .expect("chmod");
+                Command::new("runuser")
+                    .args(["-u", "postgres", "--", "sh", "-c", &cmd])
+                    .output()
+            } else {
+                Command::new("sh").args(["-c", &cmd]).output()
+            }
+            .expect("run postgres tool");
+            assert!(
+                out.status.success(),
+                "`{cmd}` failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let d = dir.path().display();
+        run(format!(
+            "{}/initdb -D {} -A trust -U postgres -E UTF8 --no-sync >/dev/null",
+            bin.display(),
+            data.display()
+        ));
+        run(format!(
+            "{}/pg_ctl -D {} -l {d}/postgres.log -w -o \"-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off\" start >/dev/null",
+            bin.display(),
+            data.display()
+        ));
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        Postgres {
+            url,
+            dir,
+            bin,
+            as_root,
+        }
+    }
+
+    /// A fresh database in this cluster.
+    pub fn database(&self, name: &str) -> String {
+        let out = Command::new("psql")
+            .args([
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port().to_string(),
+                "-U",
+                "postgres",
+                "-c",
+                &format!("CREATE DATABASE {name}"),
+            ])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "create database: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|s| s.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .expect("port in url")
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let cmd = format!(
+            "{}/pg_ctl -D {}/data -m immediate stop >/dev/null 2>&1",
+            self.bin.display(),
+            self.dir.path().display()
+        );
+        let _ = if self.as_root {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--", "sh", "-c", &cmd])
+                .status()
+        } else {
+            Command::new("sh").args(["-c", &cmd]).status()
+        };
+    }
+}
+
+// ---- Ferric -------------------------------------------------------------
+
+pub struct Ferric {
+    pub endpoint: String,
+    pub port: u16,
+    pub data_dir: tempfile::TempDir,
+    child: Option<Child>,
+    log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Ferric {
+    /// Start `ferric all-in-one` on a free port; `database_url` None = SQLite
+    /// in its data dir. `env` adds FERRIC_* settings.
+    pub fn start(database_url: Option<&str>, env: &[(&str, &str)]) -> Ferric {
+        let data_dir = tempfile::Builder::new()
+            .prefix("ferric-aio")
+            .tempdir()
+            .expect("tempdir");
+        let port = free_port();
+        let mut args = vec![
+            "all-in-one".to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            data_dir.path().display().to_string(),
+            "--conductor-id".into(),
+            "conductor-1".into(),
+        ];
+        if let Some(u) = database_url {
+            args.push("--database-url".into());
+            args.push(u.into());
+        }
+        let log = data_dir.path().join("ferric.log");
+        let mut f = Ferric {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+            data_dir,
+            child: None,
+            log,
+            args,
+        };
+        f.spawn(env);
+        f
+    }
+
+    fn spawn(&mut self, env: &[(&str, &str)]) {
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut cmd = Command::new(ferric_bin());
+        cmd.args(&self.args)
+            .stdout(logf.try_clone().expect("dup"))
+            .stderr(logf)
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn ferric"));
+        let port = self.port;
+        let start = Instant::now();
+        while !tcp_open(port) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "ferric exited with {status} before listening:\n{}",
+                    self.log_tail(60)
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "ferric did not listen within 30 s:\n{}",
+                self.log_tail(60)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL the process (a crash), keeping its data dir.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Start again with the same data dir and port (a restart).
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        self.kill();
+        wait_until("port release", Duration::from_secs(10), || {
+            !tcp_open(self.port)
+        });
+        self.spawn(env);
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        let all: Vec<&str> = s.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Ferric {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- tail of the ferric log ({}) ----\n{}",
+                self.log.display(),
+                self.log_tail(80)
+            );
+        }
+        self.kill();
+    }
+}
+
+// ---- the baremetal CLI ------------------------------------------------------
+
+pub fn venv() -> PathBuf {
+    let v = std::env::var_os("FERRIC_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
+    assert!(
+        v.join("bin/baremetal").exists(),
+        "no baremetal CLI in {} — run scripts/deps.sh (scripts/test.sh does) or set FERRIC_TEST_VENV",
+        v.display()
+    );
+    v
+}
+
+pub struct Baremetal {
+    pub endpoint: String,
+    bin: PathBuf,
+}
+
+impl Baremetal {
+    pub fn new(endpoint: &str) -> Baremetal {
+        Baremetal {
+            endpoint: endpoint.to_string(),
+            bin: venv().join("bin/baremetal"),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args(["--os-auth-type", "none", "--os-endpoint", &self.endpoint])
+            // no client-side retries: the test must see the server's answer
+            .args(["--max-retries", "0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run baremetal")
+    }
+
+    /// Run and insist on success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "baremetal {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run and insist on failure; returns stderr (the server's message and
+    /// `(HTTP nnn)`).
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "baremetal {args:?} succeeded but should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// `-f json` output parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-f", "json"]);
+        let out = self.ok(&a);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("baremetal {args:?} printed no JSON ({e}): {out}"))
+    }
+
+    pub fn field(&self, node: &str, field: &str) -> String {
+        self.ok(&["node", "show", node, "-f", "value", "-c", field])
+            .trim()
+            .to_string()
+    }
+
+    /// Poll until the node reaches `state` (fails fast on `error` and
+    /// `* failed`, as `--wait` does).
+    pub fn wait_state(&self, node: &str, state: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let s = self.field(node, "provision_state");
+            if s == state {
+                return;
+            }
+            assert!(
+                s != "error" && !s.ends_with(" failed"),
+                "node {node} went to {s} while waiting for {state}: last_error={}",
+                self.field(node, "last_error")
+            );
+            assert!(
+                start.elapsed() < timeout,
+                "node {node} still {s} after {timeout:?}, waiting for {state}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A plain HTTP client for raw API checks (status codes, headers, bodies).
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// Decode Ironic's double-encoded error body.
+pub fn error_body(body: &str) -> serde_json::Value {
+    let outer: serde_json::Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"));
+    let inner = outer["error_message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error_message in {body}"));
+    serde_json::from_str(inner)
+        .unwrap_or_else(|e| panic!("error_message is not JSON text ({e}): {inner}"))
+}

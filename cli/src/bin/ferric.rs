@@ -8,7 +8,11 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "ferric", version, about = "Ferric: bare-metal provisioning with an Ironic-compatible API")]
+#[command(
+    name = "ferric",
+    version,
+    about = "Ferric: bare-metal provisioning with an Ironic-compatible API"
+)]
 struct Cli {
     /// TOML configuration file. Every key can also be set as
     /// FERRIC_<SECTION>__<KEY> (e.g. FERRIC_DATABASE__URL); flags win over both.
@@ -42,7 +46,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut overrides = Map::new();
     match &cli.mode {
-        Mode::AllInOne { listen, data_dir, database_url, conductor_id } => {
+        Mode::AllInOne {
+            listen,
+            data_dir,
+            database_url,
+            conductor_id,
+        } => {
             if let Some(l) = listen {
                 overrides.insert("api".into(), json!({"listen": l}));
             }

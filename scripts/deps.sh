@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install what building and testing Ferric needs, if it is missing:
+#   system packages (protobuf-compiler for gRPC code generation; etcd,
+#   PostgreSQL, mtools/dosfstools/xorriso for the test peers and image checks)
+#   and a Python venv (.venv) with the OpenStack clients the compatibility
+#   tests drive.  Idempotent and quiet when everything is there.
+#
+#   scripts/deps.sh            everything
+#   scripts/deps.sh build      only what `cargo build` needs (protoc)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want=${1:-all}
+BUILD_PKGS="protobuf-compiler"
+TEST_PKGS="etcd-server etcd-client postgresql mtools dosfstools xorriso"
+PY_PKGS="python-ironicclient==6.3.0 openstacksdk==4.22.0"
+
+sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+pkgs=$BUILD_PKGS
+[ "$want" = build ] || pkgs="$pkgs $TEST_PKGS"
+for p in $pkgs; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}" >&2
+  sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+[ "$want" = build ] && exit 0
+
+stamp=".venv/.ferric-deps"
+if [ ! -x .venv/bin/baremetal ] || [ "$(cat "$stamp" 2>/dev/null)" != "$PY_PKGS" ]; then
+  echo "deps: creating .venv with $PY_PKGS" >&2
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check $PY_PKGS
+  echo "$PY_PKGS" > "$stamp"
+fi
