@@ -9,8 +9,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use ferric_common::config::Config;
 use ferric_common::db::Db;
-use ferric_common::membership::LocalMembership;
+use ferric_common::membership::etcd::EtcdMembership;
+use ferric_common::membership::{LocalMembership, Membership};
 use ferric_common::ring::RingSettings;
+use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -37,7 +39,7 @@ pub async fn run_all_in_one(cfg: Config, shutdown: CancellationToken) -> anyhow:
     let db = Db::connect(&url, cfg.database.max_connections)
         .await
         .with_context(|| format!("opening database {url}"))?;
-    let membership = Arc::new(LocalMembership::new(ring_settings(&cfg)));
+    let membership = Membership::Local(Arc::new(LocalMembership::new(ring_settings(&cfg))));
     let conductor = ferric_conductor::start(
         cfg.clone(),
         db.clone(),
@@ -65,6 +67,77 @@ pub async fn run_all_in_one(cfg: Config, shutdown: CancellationToken) -> anyhow:
     shutdown.cancelled().await;
     info!("shutting down");
     let _ = api.join.await;
+    conductor.wait().await;
+    db.close().await;
+    Ok(())
+}
+
+async fn etcd_membership(cfg: &Config, shutdown: &CancellationToken) -> anyhow::Result<Membership> {
+    if cfg.membership.backend != "etcd" {
+        anyhow::bail!(
+            "a separate API or conductor process needs membership.backend = \"etcd\" and membership.etcd_endpoints \
+             (FERRIC_MEMBERSHIP__BACKEND=etcd FERRIC_MEMBERSHIP__ETCD_ENDPOINTS=[...] or --etcd-endpoints)"
+        );
+    }
+    let m = EtcdMembership::start(
+        cfg.membership.etcd_endpoints.clone(),
+        ring_settings(cfg),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "connecting to etcd at {}",
+            cfg.membership.etcd_endpoints.join(",")
+        )
+    })?;
+    Ok(Membership::Etcd(m))
+}
+
+async fn open_db(cfg: &Config) -> anyhow::Result<Db> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let url = cfg.database_url();
+    Db::connect(&url, cfg.database.max_connections)
+        .await
+        .with_context(|| format!("opening database {}", redact(&url)))
+}
+
+/// A stateless API process: watches the ring in etcd, serves the Ironic
+/// API, forwards node actions to their owners.
+pub async fn run_api(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let watch_token = CancellationToken::new();
+    let _stop_watch = watch_token.clone().drop_guard();
+    let membership = etcd_membership(&cfg, &watch_token).await?;
+    let db = open_db(&cfg).await?;
+    let api = ferric_api::serve(
+        cfg.clone(),
+        db.clone(),
+        membership.subscribe(),
+        shutdown.clone(),
+    )
+    .await?;
+    info!(api = %format!("http://{}", api.addr), epoch = membership.current().epoch(), "ferric api ready");
+    shutdown.cancelled().await;
+    let _ = api.join.await;
+    db.close().await;
+    Ok(())
+}
+
+/// A conductor process: registers in etcd under a lease and owns the nodes
+/// the ring gives it.
+pub async fn run_conductor(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // the lease and the watch outlive the conductor's shutdown: it leaves
+    // the ring only after its operations stopped (else others would clear
+    // its locks while it still acts)
+    let membership_token = CancellationToken::new();
+    let _stop_membership = membership_token.clone().drop_guard();
+    let membership = etcd_membership(&cfg, &membership_token).await?;
+    let db = open_db(&cfg).await?;
+    let conductor =
+        ferric_conductor::start(cfg.clone(), db.clone(), membership, shutdown.clone()).await?;
+    info!(id = %conductor.inner.id, incarnation = %conductor.inner.incarnation, grpc = %conductor.grpc_url, "ferric conductor ready");
+    shutdown.cancelled().await;
     conductor.wait().await;
     db.close().await;
     Ok(())
@@ -108,4 +181,93 @@ mod tests {
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(super::redact("sqlite://x.sqlite"), "sqlite://x.sqlite");
     }
+}
+
+/// Flags shared by the process modes; each maps onto a config key.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct CommonFlags {
+    /// Directory for local state (and the SQLite file by default) [default: .ferric]
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB [default: sqlite://<data-dir>/ferric.sqlite]
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// etcd endpoints, comma-separated (sets membership.backend = etcd)
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// Lease TTL in seconds for conductor membership [default: 6]
+    #[arg(long)]
+    pub lease_ttl: Option<u64>,
+}
+
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ApiFlags {
+    /// Address of the Ironic API [default: 127.0.0.1:6385]
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ConductorFlags {
+    /// Conductor id, stable across restarts [default: the host name]
+    #[arg(long)]
+    pub conductor_id: Option<String>,
+    /// Conductor group this conductor serves [default: ""]
+    #[arg(long)]
+    pub conductor_group: Option<String>,
+    /// gRPC listen address [default: 127.0.0.1:0]
+    #[arg(long)]
+    pub grpc_listen: Option<String>,
+    /// URL other processes reach the gRPC service at [default: from the bound address]
+    #[arg(long)]
+    pub grpc_url: Option<String>,
+}
+
+fn section<'a>(o: &'a mut Map<String, Value>, name: &str) -> &'a mut Map<String, Value> {
+    o.entry(name)
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .expect("sections are objects")
+}
+
+/// The config overrides the flags stand for.
+pub fn overrides(
+    common: &CommonFlags,
+    api: Option<&ApiFlags>,
+    conductor: Option<&ConductorFlags>,
+) -> Value {
+    let mut o = Map::new();
+    if let Some(d) = &common.data_dir {
+        o.insert("data_dir".into(), json!(d));
+    }
+    if let Some(u) = &common.database_url {
+        section(&mut o, "database").insert("url".into(), json!(u));
+    }
+    if let Some(e) = &common.etcd_endpoints {
+        let m = section(&mut o, "membership");
+        m.insert("backend".into(), json!("etcd"));
+        m.insert("etcd_endpoints".into(), json!(e));
+    }
+    if let Some(t) = common.lease_ttl {
+        section(&mut o, "membership").insert("lease_ttl_secs".into(), json!(t));
+    }
+    if let Some(a) = api
+        && let Some(l) = &a.listen
+    {
+        section(&mut o, "api").insert("listen".into(), json!(l));
+    }
+    if let Some(c) = conductor {
+        let s = section(&mut o, "conductor");
+        for (k, v) in [
+            ("id", &c.conductor_id),
+            ("conductor_group", &c.conductor_group),
+            ("grpc_listen", &c.grpc_listen),
+            ("grpc_url", &c.grpc_url),
+        ] {
+            if let Some(v) = v {
+                s.insert(k.into(), json!(v));
+            }
+        }
+    }
+    Value::Object(o)
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ferric_common::config::Config;
 use ferric_common::db::{Db, PortQuery};
-use ferric_common::membership::LocalMembership;
+use ferric_common::membership::Membership;
 use ferric_common::model::{Node, Port};
 use ferric_common::proto::conductor_server::ConductorServer;
 use ferric_common::ring::{Member, MemberState, Ring};
@@ -101,11 +101,15 @@ pub struct ConductorHandle {
     pub grpc_addr: SocketAddr,
     pub grpc_url: String,
     server: tokio::task::JoinHandle<()>,
+    membership: Membership,
 }
 
 impl ConductorHandle {
     /// Wait until the conductor has stopped: the gRPC server is down and
     /// every operation reached a step boundary (or the shutdown timeout).
+    /// Leaves the ring only after its operations stopped: its locks are
+    /// cleared by others once it is no longer a member, so it must not be
+    /// acting on any node by then.
     pub async fn wait(self) {
         let _ = self.server.await;
         self.inner.tasks.close();
@@ -115,8 +119,16 @@ impl ConductorHandle {
             .is_err()
         {
             warn!(
-                "operations still running after the shutdown timeout; their nodes stay locked until this incarnation is declared dead"
+                "operations still running after the shutdown timeout; not leaving the ring, the lease will expire"
             );
+            return;
+        }
+        if let Err(e) = self
+            .membership
+            .leave(&self.inner.id, &self.inner.incarnation)
+            .await
+        {
+            warn!("leaving the ring failed: {e}; the lease will expire");
         }
     }
 }
@@ -126,7 +138,7 @@ impl ConductorHandle {
 pub async fn start(
     cfg: Config,
     db: Db,
-    membership: Arc<LocalMembership>,
+    membership: Membership,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ConductorHandle> {
     let registry =
@@ -172,7 +184,7 @@ pub async fn start(
         }
     });
 
-    membership.join(Member {
+    let member = Member {
         id: id.clone(),
         incarnation: incarnation.clone(),
         grpc_url: grpc_url.clone(),
@@ -185,33 +197,25 @@ pub async fn start(
             .map(|s| s.to_string())
             .collect(),
         state: MemberState::Active,
-    });
+    };
+    if let Err(e) = membership
+        .join(member, inner.cfg.membership.lease_ttl_secs)
+        .await
+    {
+        shutdown.cancel();
+        return Err(anyhow::anyhow!("joining the ring: {e}"));
+    }
     info!(%id, %incarnation, %grpc_url, "conductor joined the ring");
 
     // react to every ring epoch (the first one is start-up)
     let watcher = inner.clone();
     inner.tasks.spawn(recovery::watch_ring(watcher));
 
-    // leave the ring when shutting down
-    let leave = membership.clone();
-    let leave_id = id.clone();
-    let leave_inc = incarnation.clone();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        if leave
-            .current()
-            .member(&leave_id)
-            .is_some_and(|m| m.incarnation == leave_inc)
-        {
-            leave.leave(&leave_id);
-        }
-    });
-
     Ok(ConductorHandle {
         inner,
         grpc_addr,
         grpc_url,
         server,
+        membership,
     })
 }

@@ -6,12 +6,74 @@
 //! no etcd) and the etcd backend (leases + a prefix watch), with the same
 //! interface.
 
+pub mod etcd;
+
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
 use crate::ring::{Member, MemberState, Ring, RingSettings};
+
+/// The membership backend a process uses.
+#[derive(Clone)]
+pub enum Membership {
+    Local(Arc<LocalMembership>),
+    Etcd(Arc<etcd::EtcdMembership>),
+}
+
+impl Membership {
+    pub fn subscribe(&self) -> watch::Receiver<Ring> {
+        match self {
+            Membership::Local(m) => m.subscribe(),
+            Membership::Etcd(m) => m.subscribe(),
+        }
+    }
+
+    pub fn current(&self) -> Ring {
+        match self {
+            Membership::Local(m) => m.current(),
+            Membership::Etcd(m) => m.current(),
+        }
+    }
+
+    /// Register a conductor (under a lease of `ttl_secs` in etcd).
+    pub async fn join(&self, member: Member, ttl_secs: u64) -> Result<(), etcd::EtcdError> {
+        match self {
+            Membership::Local(m) => {
+                m.join(member);
+                Ok(())
+            }
+            Membership::Etcd(m) => m.register(member, ttl_secs as i64).await.map(|_| ()),
+        }
+    }
+
+    pub async fn set_state(&self, id: &str, state: MemberState) -> Result<(), etcd::EtcdError> {
+        match self {
+            Membership::Local(m) => {
+                m.set_state(id, state);
+                Ok(())
+            }
+            Membership::Etcd(m) => m.set_state(state).await,
+        }
+    }
+
+    /// Leave the ring now (the conductor has stopped acting on nodes).
+    pub async fn leave(&self, id: &str, incarnation: &str) -> Result<(), etcd::EtcdError> {
+        match self {
+            Membership::Local(m) => {
+                if m.current()
+                    .member(id)
+                    .is_some_and(|x| x.incarnation == incarnation)
+                {
+                    m.leave(id);
+                }
+                Ok(())
+            }
+            Membership::Etcd(m) => m.leave().await,
+        }
+    }
+}
 
 /// In-process membership. Every change bumps the epoch by one, exactly as
 /// an etcd revision would.

@@ -1,0 +1,35 @@
+//! `ferric-api`: the same as `ferric api`. See `ferric-api --help`.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use ferric_common::config::{Config, init_logging};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "ferric-api",
+    version,
+    about = "Ferric api process (membership in etcd, shared database)"
+)]
+struct Cli {
+    /// TOML configuration file; FERRIC_<SECTION>__<KEY> variables and flags override it.
+    #[arg(long, short, env = "FERRIC_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    common: ferric_cli::CommonFlags,
+    #[command(flatten)]
+    flags: ferric_cli::ApiFlags,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let flags = ferric_cli::overrides(&cli.common, Some(&cli.flags), None);
+    let cfg = Config::load(cli.config.as_deref(), flags)?;
+    init_logging(&cfg.log);
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let shutdown = CancellationToken::new();
+        ferric_cli::cancel_on_signals(shutdown.clone());
+        ferric_cli::run_api(cfg, shutdown).await
+    })
+}

@@ -1,0 +1,35 @@
+//! `ferric-conductor`: the same as `ferric conductor`. See `ferric-conductor --help`.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use ferric_common::config::{Config, init_logging};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "ferric-conductor",
+    version,
+    about = "Ferric conductor process (membership in etcd, shared database)"
+)]
+struct Cli {
+    /// TOML configuration file; FERRIC_<SECTION>__<KEY> variables and flags override it.
+    #[arg(long, short, env = "FERRIC_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    common: ferric_cli::CommonFlags,
+    #[command(flatten)]
+    flags: ferric_cli::ConductorFlags,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let flags = ferric_cli::overrides(&cli.common, None, Some(&cli.flags));
+    let cfg = Config::load(cli.config.as_deref(), flags)?;
+    init_logging(&cfg.log);
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let shutdown = CancellationToken::new();
+        ferric_cli::cancel_on_signals(shutdown.clone());
+        ferric_cli::run_conductor(cfg, shutdown).await
+    })
+}

@@ -1,0 +1,360 @@
+//! Membership in etcd.
+//!
+//! Each conductor puts `/ferric/conductors/<id>` → JSON [`Member`] attached
+//! to its own lease (TTL `lease_ttl_secs`, kept alive every TTL/3 by a task
+//! of its own, apart from every worker pool). Every process — conductors,
+//! API servers, ferricctl — reads the prefix at a consistent revision, then
+//! watches it from the next revision, and publishes a new [`Ring`] (epoch =
+//! the etcd revision of the change) whenever the set of members changes.
+//!
+//! When etcd goes away, the watch breaks: the watcher keeps the ring it has,
+//! reconnects with back-off, re-reads the snapshot and publishes only if the
+//! members differ — an etcd restart that lost nobody changes no ownership.
+//! A conductor's keep-alive retries likewise; if its lease is gone when
+//! etcd answers again (it expired meanwhile), it registers again with a new
+//! lease and reports it on the `lost` receiver, so its owner can fence
+//! itself (fencing is the take-over issue's work).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use tokio::sync::{Mutex, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::ring::{Member, MemberState, Ring, RingSettings};
+
+pub const PREFIX: &str = "/ferric/conductors/";
+
+#[derive(Debug, thiserror::Error)]
+#[error("etcd: {0}")]
+pub struct EtcdError(String);
+
+impl From<etcd_client::Error> for EtcdError {
+    fn from(e: etcd_client::Error) -> Self {
+        EtcdError(e.to_string())
+    }
+}
+
+/// A client for etcd. No per-request timeout: it would also cut the
+/// long-lived watch and keep-alive streams. HTTP/2 pings detect a silently
+/// dead server; their interval stays above etcd's
+/// `--grpc-keepalive-min-time` (5 s), or etcd closes the connection
+/// ("too many pings").
+async fn connect(endpoints: &[String]) -> Result<Client, EtcdError> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+    Ok(Client::connect(endpoints, Some(opts)).await?)
+}
+
+/// Watches the membership and publishes the ring; optionally registers
+/// this process as a member.
+pub struct EtcdMembership {
+    endpoints: Vec<String>,
+    tx: watch::Sender<Ring>,
+    cancel: CancellationToken,
+    registration: Mutex<Option<Registration>>,
+}
+
+/// A conductor's entry and lease.
+struct Registration {
+    member: Member,
+    lease: i64,
+    stop: CancellationToken,
+}
+
+impl EtcdMembership {
+    /// Read the membership and keep watching it until `cancel`.
+    pub async fn start(
+        endpoints: Vec<String>,
+        settings: RingSettings,
+        cancel: CancellationToken,
+    ) -> Result<Arc<EtcdMembership>, EtcdError> {
+        let mut client = connect(&endpoints).await?;
+        let (members, rev) = snapshot(&mut client).await?;
+        let (tx, _) = watch::channel(Ring::new(
+            rev as u64,
+            members.values().cloned().collect(),
+            settings.clone(),
+        ));
+        let m = Arc::new(EtcdMembership {
+            endpoints,
+            tx,
+            cancel: cancel.clone(),
+            registration: Mutex::new(None),
+        });
+        tokio::spawn(watch_loop(
+            m.endpoints.clone(),
+            m.tx.clone(),
+            settings,
+            members,
+            rev,
+            cancel,
+        ));
+        Ok(m)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Ring> {
+        self.tx.subscribe()
+    }
+
+    pub fn current(&self) -> Ring {
+        self.tx.borrow().clone()
+    }
+
+    /// Register this conductor under a lease of `ttl` seconds and keep it
+    /// alive; returns once our own watch has seen the entry. The receiver
+    /// turns true if the lease was ever found expired.
+    pub async fn register(
+        &self,
+        member: Member,
+        ttl: i64,
+    ) -> Result<watch::Receiver<bool>, EtcdError> {
+        let mut client = connect(&self.endpoints).await?;
+        let lease = put_with_lease(&mut client, &member, ttl).await?;
+        let (lost_tx, lost) = watch::channel(false);
+        let stop = self.cancel.child_token();
+        tokio::spawn(keep_alive(
+            self.endpoints.clone(),
+            member.clone(),
+            lease,
+            ttl,
+            lost_tx,
+            stop.clone(),
+        ));
+        *self.registration.lock().await = Some(Registration {
+            member: member.clone(),
+            lease,
+            stop,
+        });
+        let mut rx = self.subscribe();
+        let seen = rx.wait_for(|r| {
+            r.member(&member.id)
+                .is_some_and(|m| m.incarnation == member.incarnation)
+        });
+        tokio::time::timeout(Duration::from_secs(10), seen)
+            .await
+            .map_err(|_| {
+                EtcdError("our own registration did not show up in the watch within 10 s".into())
+            })?
+            .map_err(|_| EtcdError("membership watch stopped".into()))?;
+        Ok(lost)
+    }
+
+    /// Change our entry's state (active → draining), keeping the lease.
+    pub async fn set_state(&self, state: MemberState) -> Result<(), EtcdError> {
+        let mut reg = self.registration.lock().await;
+        let reg = reg
+            .as_mut()
+            .ok_or_else(|| EtcdError("not registered".into()))?;
+        reg.member.state = state;
+        let mut client = connect(&self.endpoints).await?;
+        let value = serde_json::to_string(&reg.member).expect("members serialise");
+        client
+            .put(
+                key(&reg.member.id),
+                value,
+                Some(PutOptions::new().with_lease(reg.lease)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Leave at once: revoke the lease, which deletes the entry.
+    pub async fn leave(&self) -> Result<(), EtcdError> {
+        let Some(reg) = self.registration.lock().await.take() else {
+            return Ok(());
+        };
+        reg.stop.cancel();
+        let mut client = connect(&self.endpoints).await?;
+        client.lease_revoke(reg.lease).await?;
+        info!(id = %reg.member.id, "left the ring (lease revoked)");
+        Ok(())
+    }
+}
+
+fn key(id: &str) -> String {
+    format!("{PREFIX}{id}")
+}
+
+async fn put_with_lease(client: &mut Client, member: &Member, ttl: i64) -> Result<i64, EtcdError> {
+    let lease = client.lease_grant(ttl, None).await?.id();
+    let value = serde_json::to_string(member).expect("members serialise");
+    client
+        .put(
+            key(&member.id),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await?;
+    info!(id = %member.id, incarnation = %member.incarnation, lease, ttl, "registered in etcd");
+    Ok(lease)
+}
+
+async fn snapshot(client: &mut Client) -> Result<(BTreeMap<String, Member>, i64), EtcdError> {
+    let resp = client
+        .get(PREFIX, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let mut members = BTreeMap::new();
+    for kv in resp.kvs() {
+        match serde_json::from_slice::<Member>(kv.value()) {
+            Ok(m) => {
+                members.insert(String::from_utf8_lossy(kv.key()).into_owned(), m);
+            }
+            Err(e) => {
+                warn!(key = %String::from_utf8_lossy(kv.key()), "ignoring a malformed membership entry: {e}")
+            }
+        }
+    }
+    Ok((members, rev))
+}
+
+/// Publish a ring for `members` at `rev` unless the members are unchanged.
+fn publish(
+    tx: &watch::Sender<Ring>,
+    members: &BTreeMap<String, Member>,
+    rev: i64,
+    settings: &RingSettings,
+) {
+    let mut list: Vec<Member> = members.values().cloned().collect();
+    list.sort_by(|a, b| a.id.cmp(&b.id));
+    if tx.borrow().members() == list.as_slice() {
+        return;
+    }
+    info!(epoch = rev, members = list.len(), "ring changed");
+    tx.send_replace(Ring::new(rev as u64, list, settings.clone()));
+}
+
+async fn watch_loop(
+    endpoints: Vec<String>,
+    tx: watch::Sender<Ring>,
+    settings: RingSettings,
+    mut members: BTreeMap<String, Member>,
+    mut rev: i64,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let res: Result<(), EtcdError> = async {
+            let mut client = connect(&endpoints).await?;
+            let mut stream = client
+                .watch(
+                    PREFIX,
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(rev + 1),
+                    ),
+                )
+                .await?;
+            loop {
+                let msg = tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    m = stream.message() => m?,
+                };
+                let Some(resp) = msg else {
+                    return Err(EtcdError("watch stream ended".into()));
+                };
+                if resp.canceled() {
+                    return Err(EtcdError(format!(
+                        "watch cancelled (compacted at {})",
+                        resp.compact_revision()
+                    )));
+                }
+                if resp.events().is_empty() {
+                    continue; // the "created" message or a progress notification
+                }
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let k = String::from_utf8_lossy(kv.key()).into_owned();
+                    match ev.event_type() {
+                        EventType::Put => match serde_json::from_slice::<Member>(kv.value()) {
+                            Ok(m) => {
+                                members.insert(k, m);
+                            }
+                            Err(e) => warn!(key = %k, "ignoring a malformed membership entry: {e}"),
+                        },
+                        EventType::Delete => {
+                            members.remove(&k);
+                        }
+                    }
+                    rev = rev.max(kv.mod_revision());
+                }
+                publish(&tx, &members, rev, &settings);
+                backoff = Duration::from_millis(100);
+            }
+        }
+        .await;
+        if cancel.is_cancelled() {
+            return;
+        }
+        if let Err(e) = res {
+            warn!("membership watch interrupted: {e}; resyncing");
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+        // resync from a fresh snapshot; publish only a real change
+        if let Ok(mut client) = connect(&endpoints).await
+            && let Ok((m, r)) = snapshot(&mut client).await
+        {
+            members = m;
+            rev = r;
+            publish(&tx, &members, rev, &settings);
+        }
+    }
+}
+
+/// Renew the lease every TTL/3 on a task of its own. On a lost lease,
+/// register again and flag it.
+async fn keep_alive(
+    endpoints: Vec<String>,
+    member: Member,
+    mut lease: i64,
+    ttl: i64,
+    lost: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
+    let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(100));
+    loop {
+        let res: Result<(), EtcdError> = async {
+            let mut client = connect(&endpoints).await?;
+            let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
+            loop {
+                keeper.keep_alive().await?;
+                let resp = tokio::time::timeout(period, stream.message())
+                    .await
+                    .map_err(|_| EtcdError("keep-alive answer timed out".into()))??
+                    .ok_or_else(|| EtcdError("keep-alive stream ended".into()))?;
+                if resp.ttl() <= 0 {
+                    // the lease expired while we could not renew it
+                    warn!(id = %member.id, lease, "lease expired; registering again");
+                    lease = put_with_lease(&mut client, &member, ttl).await?;
+                    let _ = lost.send(true);
+                    return Err(EtcdError("lease replaced".into()));
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(period) => {}
+                }
+            }
+        }
+        .await;
+        if stop.is_cancelled() {
+            return;
+        }
+        if let Err(e) = res {
+            warn!(id = %member.id, "lease keep-alive: {e}; retrying");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
