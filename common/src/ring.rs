@@ -34,7 +34,6 @@
 //! no virtual nodes or bounded loads, and re-sorts on every insert. The
 //! measured numbers are in `docs/ring.md`.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -132,22 +131,22 @@ impl Table {
                 owner: Vec::new(),
             };
         }
-        // phase 1: rendezvous
+        // phase 1: rendezvous, member-major so the inner loop streams
+        // through two arrays (ties go to the lower index, i.e. smaller id)
         let mut owner = vec![0u16; parts as usize];
-        let mut best_w = vec![0u64; parts as usize];
-        let mut load = vec![0usize; n];
-        for p in 0..parts {
-            let (mut bi, mut bw) = (0usize, 0u64);
-            for (i, s) in seeds.iter().enumerate() {
-                let w = weight(*s, p);
-                if w > bw || i == 0 {
-                    bi = i;
-                    bw = w;
+        let mut best_w: Vec<u64> = (0..parts).map(|p| weight(seeds[0], p)).collect();
+        for (i, s) in seeds.iter().enumerate().skip(1) {
+            for (p, (bw, o)) in best_w.iter_mut().zip(owner.iter_mut()).enumerate() {
+                let w = weight(*s, p as u32);
+                if w > *bw {
+                    *bw = w;
+                    *o = i as u16;
                 }
             }
-            owner[p as usize] = bi as u16;
-            best_w[p as usize] = bw;
-            load[bi] += 1;
+        }
+        let mut load = vec![0usize; n];
+        for o in &owner {
+            load[*o as usize] += 1;
         }
         // phase 2: bounded loads
         let cap =
@@ -195,7 +194,9 @@ struct Inner {
     epoch: RingEpoch,
     members: Vec<Member>,
     settings: RingSettings,
-    tables: Mutex<HashMap<(String, String), Arc<Table>>>,
+    /// Tables built so far, by (group, hardware type); a handful at most,
+    /// so a linear search that allocates nothing.
+    tables: Mutex<Vec<(String, String, Arc<Table>)>>,
 }
 
 /// The immutable placement for one membership snapshot. Cheap to clone;
@@ -215,7 +216,7 @@ impl Ring {
                 epoch,
                 members,
                 settings,
-                tables: Mutex::new(HashMap::new()),
+                tables: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -250,9 +251,8 @@ impl Ring {
     }
 
     fn table(&self, group: &str, hw: &str) -> Arc<Table> {
-        let key = (group.to_string(), hw.to_string());
         let mut tables = self.inner.tables.lock().expect("ring table cache poisoned");
-        if let Some(t) = tables.get(&key) {
+        if let Some((_, _, t)) = tables.iter().find(|(g, h, _)| g == group && h == hw) {
             return t.clone();
         }
         let eligible: Vec<usize> = self
@@ -272,7 +272,7 @@ impl Ring {
             .map(|i| self.inner.members[*i].id.as_str())
             .collect();
         let t = Arc::new(Table::build(eligible, &ids, &self.inner.settings));
-        tables.insert(key, t.clone());
+        tables.push((group.to_string(), hw.to_string(), t.clone()));
         t
     }
 
@@ -385,6 +385,7 @@ pub fn diff(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
     pub fn member(id: &str, group: &str, hw: &[&str]) -> Member {
         Member {

@@ -326,6 +326,225 @@ impl Drop for Ferric {
     }
 }
 
+// ---- etcd -------------------------------------------------------------------
+
+/// A single-member etcd (Debian's 3.4) on free loopback ports.
+pub struct Etcd {
+    pub endpoint: String,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let dir = tempfile::Builder::new()
+            .prefix("ferric-etcd")
+            .tempdir()
+            .expect("tempdir");
+        let (client_port, peer_port) = (free_port(), free_port());
+        let mut e = Etcd {
+            endpoint: format!("http://127.0.0.1:{client_port}"),
+            dir,
+            client_port,
+            peer_port,
+            child: None,
+        };
+        e.spawn();
+        e
+    }
+
+    fn spawn(&mut self) {
+        let c = format!("http://127.0.0.1:{}", self.client_port);
+        let p = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("log");
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--logger=zap",
+                "--log-level=error",
+                "--listen-client-urls",
+                &c,
+                "--advertise-client-urls",
+                &c,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+                "--initial-cluster",
+                &format!("t={p}"),
+            ])
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("etcd not found (run scripts/deps.sh)");
+        self.child = Some(child);
+        wait_until("etcd", Duration::from_secs(20), || {
+            Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &c, "endpoint", "health"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    }
+
+    /// Stop etcd (SIGKILL) and start it again on the same data and ports.
+    pub fn restart(&mut self, down_for: Duration) {
+        self.kill();
+        std::thread::sleep(down_for);
+        self.spawn();
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---- any Ferric process -------------------------------------------------------
+
+/// A `ferric <mode> ...` process with its own log; printed when a test
+/// fails while it is alive.
+pub struct Process {
+    pub name: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+    /// Port to wait for after spawning, if any.
+    ready_port: Option<u16>,
+}
+
+impl Process {
+    pub fn start(
+        name: &str,
+        log_dir: &Path,
+        args: Vec<String>,
+        env: &[(&str, &str)],
+        ready_port: Option<u16>,
+    ) -> Process {
+        let mut p = Process {
+            name: name.into(),
+            args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+            ready_port,
+        };
+        p.spawn();
+        p
+    }
+
+    pub fn spawn(&mut self) {
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut cmd = Command::new(ferric_bin());
+        cmd.args(&self.args)
+            .stdout(logf.try_clone().expect("dup"))
+            .stderr(logf)
+            .env("RUST_LOG", "info");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn ferric"));
+        if let Some(port) = self.ready_port {
+            let start = Instant::now();
+            while !tcp_open(port) {
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!(
+                        "{} exited with {status} before listening:\n{}",
+                        self.name,
+                        self.log_tail(60)
+                    );
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "{} did not listen within 30 s",
+                    self.name
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = s.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- tail of {} ({}) ----\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail(40)
+            );
+        }
+        self.kill();
+    }
+}
+
 // ---- the baremetal CLI ------------------------------------------------------
 
 pub fn venv() -> PathBuf {
