@@ -4,6 +4,8 @@
 //! and in-process membership: the same code paths as a cluster, with the
 //! gRPC hop over loopback.
 
+pub mod ctl;
+
 use std::sync::Arc;
 
 use anyhow::Context;

@@ -146,7 +146,7 @@ impl Default for MembershipConfig {
             etcd_endpoints: Vec::new(),
             lease_ttl_secs: 6,
             partition_exponent: 16,
-            load_epsilon: 0.05,
+            load_epsilon: 0.02,
             replicas: 0,
         }
     }

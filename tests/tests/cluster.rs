@@ -228,6 +228,7 @@ async fn ownership_across_conductor_death_rejoin_and_etcd_restart() {
         );
     }
     let epoch_before = status(cl.conductors[0].1).await.unwrap().epoch;
+    ferricctl_agrees(&cl, &before, &spread);
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
@@ -335,4 +336,42 @@ async fn futures_epochs(cl: &Cluster) -> Vec<u64> {
         out.push(status(*port).await.expect("status").epoch);
     }
     out
+}
+
+fn ferricctl(cl: &Cluster, args: &[&str]) -> String {
+    let out = std::process::Command::new(ferric_tests::bin_dir().join("ferricctl"))
+        .args(["--etcd-endpoints", &cl.etcd.endpoint, "--api", &cl.api_url])
+        .args(args)
+        .output()
+        .expect("run ferricctl");
+    assert!(out.status.success(), "ferricctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// ferricctl, a separate process with its own ring, places every node where
+/// the API and the conductors do.
+fn ferricctl_agrees(cl: &Cluster, owners: &BTreeMap<String, String>, spread: &HashMap<String, usize>) {
+    let show = ferricctl(cl, &["ring", "show"]);
+    assert!(show.contains("members 3  nodes 60"), "{show}");
+    for (c, k) in spread {
+        let line = show.lines().find(|l| l.starts_with(c.as_str())).unwrap_or_else(|| panic!("{c} missing: {show}"));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[1], "active");
+        assert_eq!(cols[3].parse::<usize>().unwrap(), *k, "{line}");
+    }
+    assert!(show.contains("balance: max/mean"), "{show}");
+    let (node, owner) = owners.iter().next().unwrap();
+    let o = ferricctl(cl, &["node", "owner", node]);
+    assert!(o.contains(&format!("owner {owner} ")), "{o}");
+    let sim = ferricctl(cl, &["ring", "simulate", "--remove", "c1"]);
+    let moved: usize = sim.split_whitespace().next().unwrap().parse().unwrap();
+    let from_c1: usize = sim.lines().filter(|l| l.trim_start().starts_with("c1 -> ")).map(|l| l.rsplit(' ').next().unwrap().parse::<usize>().unwrap()).sum();
+    assert_eq!(from_c1, spread["c1"], "every node of c1 moves: {sim}");
+    assert!(moved >= from_c1 && moved <= from_c1 + 60 / 10, "only c1's nodes plus little spill move: {sim}");
+    let bad = std::process::Command::new(ferric_tests::bin_dir().join("ferricctl"))
+        .args(["--etcd-endpoints", &cl.etcd.endpoint, "--api", &cl.api_url, "ring", "simulate", "--remove", "nope"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no member \"nope\""));
 }
