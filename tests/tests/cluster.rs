@@ -344,17 +344,28 @@ fn ferricctl(cl: &Cluster, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run ferricctl");
-    assert!(out.status.success(), "ferricctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ferricctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// ferricctl, a separate process with its own ring, places every node where
 /// the API and the conductors do.
-fn ferricctl_agrees(cl: &Cluster, owners: &BTreeMap<String, String>, spread: &HashMap<String, usize>) {
+fn ferricctl_agrees(
+    cl: &Cluster,
+    owners: &BTreeMap<String, String>,
+    spread: &HashMap<String, usize>,
+) {
     let show = ferricctl(cl, &["ring", "show"]);
     assert!(show.contains("members 3  nodes 60"), "{show}");
     for (c, k) in spread {
-        let line = show.lines().find(|l| l.starts_with(c.as_str())).unwrap_or_else(|| panic!("{c} missing: {show}"));
+        let line = show
+            .lines()
+            .find(|l| l.starts_with(c.as_str()))
+            .unwrap_or_else(|| panic!("{c} missing: {show}"));
         let cols: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(cols[1], "active");
         assert_eq!(cols[3].parse::<usize>().unwrap(), *k, "{line}");
@@ -365,11 +376,27 @@ fn ferricctl_agrees(cl: &Cluster, owners: &BTreeMap<String, String>, spread: &Ha
     assert!(o.contains(&format!("owner {owner} ")), "{o}");
     let sim = ferricctl(cl, &["ring", "simulate", "--remove", "c1"]);
     let moved: usize = sim.split_whitespace().next().unwrap().parse().unwrap();
-    let from_c1: usize = sim.lines().filter(|l| l.trim_start().starts_with("c1 -> ")).map(|l| l.rsplit(' ').next().unwrap().parse::<usize>().unwrap()).sum();
+    let from_c1: usize = sim
+        .lines()
+        .filter(|l| l.trim_start().starts_with("c1 -> "))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
+        .sum();
     assert_eq!(from_c1, spread["c1"], "every node of c1 moves: {sim}");
-    assert!(moved >= from_c1 && moved <= from_c1 + 60 / 10, "only c1's nodes plus little spill move: {sim}");
+    assert!(
+        moved >= from_c1 && moved <= from_c1 + 60 / 10,
+        "only c1's nodes plus little spill move: {sim}"
+    );
     let bad = std::process::Command::new(ferric_tests::bin_dir().join("ferricctl"))
-        .args(["--etcd-endpoints", &cl.etcd.endpoint, "--api", &cl.api_url, "ring", "simulate", "--remove", "nope"])
+        .args([
+            "--etcd-endpoints",
+            &cl.etcd.endpoint,
+            "--api",
+            &cl.api_url,
+            "ring",
+            "simulate",
+            "--remove",
+            "nope",
+        ])
         .output()
         .unwrap();
     assert!(!bad.status.success());

@@ -7,10 +7,19 @@ use ferric_common::ring::{Member, MemberState};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "ferricctl", version, about = "Ferric operator CLI: the ring, node ownership, what-if rebalancing")]
+#[command(
+    name = "ferricctl",
+    version,
+    about = "Ferric operator CLI: the ring, node ownership, what-if rebalancing"
+)]
 struct Cli {
     /// etcd endpoints, comma-separated
-    #[arg(long, env = "FERRIC_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "FERRIC_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
     etcd_endpoints: Vec<String>,
     /// Ferric API base URL (for the node list)
     #[arg(long, env = "FERRIC_API_URL", default_value = "http://127.0.0.1:6385")]
@@ -80,9 +89,21 @@ fn main() -> anyhow::Result<()> {
                 let nodes = ctl::fetch_nodes(&cli.api).await?;
                 print!("{}", ctl::show(&ring, &nodes));
             }
-            Cmd::Ring { cmd: RingCmd::Simulate { remove, add, add_group, add_hardware_types } } => {
+            Cmd::Ring {
+                cmd:
+                    RingCmd::Simulate {
+                        remove,
+                        add,
+                        add_group,
+                        add_hardware_types,
+                    },
+            } => {
                 let hw = if add_hardware_types.is_empty() {
-                    let mut all: Vec<String> = ring.members().iter().flat_map(|m| m.hardware_types.clone()).collect();
+                    let mut all: Vec<String> = ring
+                        .members()
+                        .iter()
+                        .flat_map(|m| m.hardware_types.clone())
+                        .collect();
                     all.sort();
                     all.dedup();
                     all
@@ -104,7 +125,9 @@ fn main() -> anyhow::Result<()> {
                 let nodes = ctl::fetch_nodes(&cli.api).await?;
                 print!("{}", ctl::simulate(&ring, &nodes, &remove, &added)?);
             }
-            Cmd::Node { cmd: NodeCmd::Owner { node } } => {
+            Cmd::Node {
+                cmd: NodeCmd::Owner { node },
+            } => {
                 let n = ctl::fetch_node(&cli.api, &node).await?;
                 print!("{}", ctl::owner(&ring, &n));
             }
