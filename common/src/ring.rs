@@ -153,8 +153,8 @@ impl Table {
             ((1.0 + settings.load_epsilon.max(0.0)) * f64::from(parts) / n as f64).ceil() as usize;
         let cap = cap.max((parts as usize).div_ceil(n));
         let mut homeless: Vec<u32> = Vec::new();
-        for m in 0..n {
-            if load[m] <= cap {
+        for (m, l) in load.iter_mut().enumerate() {
+            if *l <= cap {
                 continue;
             }
             let mut mine: Vec<u32> = (0..parts)
@@ -162,9 +162,8 @@ impl Table {
                 .collect();
             // lowest weight first; ties by partition
             mine.sort_by_key(|p| (best_w[*p as usize], *p));
-            let excess = load[m] - cap;
-            homeless.extend_from_slice(&mine[..excess]);
-            load[m] = cap;
+            homeless.extend_from_slice(&mine[..*l - cap]);
+            *l = cap;
         }
         homeless.sort_unstable();
         for p in homeless {
