@@ -262,6 +262,8 @@ pub async fn create_node(
         return Err(no_valid_host(&node.driver, &node.conductor_group));
     }
     resolve_interfaces(&st, &mut node).await?;
+    // a new node has no boot artefacts anywhere: its owner needs no take-over
+    node.conductor_affinity = st.conductor_of(&node);
     node.created_at = Utc::now();
     st.db.create_node(&node).await.map_err(|e| match e {
         DbError::Duplicate { field: "name" } => ApiError::conflict(format!(

@@ -263,3 +263,54 @@ pub fn settings(partition_exponent: u8, load_epsilon: f64, replicas: usize) -> R
         replicas,
     }
 }
+
+/// Ask a conductor to drain; with `wait`, show progress until it exited.
+pub async fn drain(grpc_url: &str, id: &str, wait: bool) -> anyhow::Result<()> {
+    use ferric_common::proto::Empty;
+    use ferric_common::proto::conductor_client::ConductorClient;
+    let mut c = ConductorClient::connect(grpc_url.to_string())
+        .await
+        .with_context(|| format!("connecting to {id} at {grpc_url}"))?;
+    let s = c
+        .drain(Empty {})
+        .await
+        .with_context(|| format!("asking {id} to drain"))?
+        .into_inner();
+    println!(
+        "{id}: draining ({} nodes held, {} operations in flight)",
+        s.nodes_held, s.operations_in_flight
+    );
+    if !wait {
+        return Ok(());
+    }
+    let total = s.nodes_held.max(1);
+    let mut last = String::new();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        match c.get_conductor_status(Empty {}).await {
+            Ok(s) => {
+                let s = s.into_inner();
+                let done = total.saturating_sub(s.nodes_held);
+                let width = 30u64;
+                let filled = (done * width / total) as usize;
+                let line = format!(
+                    "[{}{}] nodes still held {:>5}, operations in flight {:>3}, locks {:>3}",
+                    "#".repeat(filled),
+                    "-".repeat(width as usize - filled),
+                    s.nodes_held,
+                    s.operations_in_flight,
+                    s.locks_held
+                );
+                if line != last {
+                    println!("{line}");
+                    last = line;
+                }
+            }
+            // the conductor exited: the drain is complete
+            Err(_) => {
+                println!("{id}: drained and stopped");
+                return Ok(());
+            }
+        }
+    }
+}

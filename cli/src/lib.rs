@@ -136,10 +136,17 @@ pub async fn run_conductor(cfg: Config, shutdown: CancellationToken) -> anyhow::
     let _stop_membership = membership_token.clone().drop_guard();
     let membership = etcd_membership(&cfg, &membership_token).await?;
     let db = open_db(&cfg).await?;
+    let stop = CancellationToken::new();
     let conductor =
-        ferric_conductor::start(cfg.clone(), db.clone(), membership, shutdown.clone()).await?;
+        ferric_conductor::start(cfg.clone(), db.clone(), membership, stop.clone()).await?;
     info!(id = %conductor.inner.id, incarnation = %conductor.inner.incarnation, grpc = %conductor.grpc_url, "ferric conductor ready");
-    shutdown.cancelled().await;
+    tokio::select! {
+        // SIGTERM/SIGINT: drain first, so nothing fails (bounded by drain_timeout_ms)
+        _ = shutdown.cancelled() => ferric_conductor::drain::drain_and_wait(&conductor.inner).await,
+        // a drain requested over gRPC (ferricctl conductor drain) finished
+        _ = conductor.inner.exit_requested.cancelled() => {}
+    }
+    stop.cancel();
     conductor.wait().await;
     db.close().await;
     Ok(())

@@ -56,6 +56,16 @@ pub struct ConductorConfig {
     /// How long a graceful shutdown waits for running operations to reach
     /// a step boundary.
     pub shutdown_timeout_ms: u64,
+    /// Nodes taken over at once after a ring change; bounds the BMC and
+    /// image work a rebalance starts.
+    pub takeover_concurrency: usize,
+    /// How often a take-over pass runs when the ring did not change (retries
+    /// nodes that were busy, resumes orphaned operations).
+    pub takeover_interval_ms: u64,
+    /// How long a drain (ferricctl conductor drain, SIGTERM of a conductor
+    /// process) waits for every node to have a new owner before it exits
+    /// anyway.
+    pub drain_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -126,6 +136,9 @@ impl Default for ConductorConfig {
             lock_retry_interval_ms: 1000,
             max_operations: 256,
             shutdown_timeout_ms: 60_000,
+            takeover_concurrency: 16,
+            takeover_interval_ms: 1000,
+            drain_timeout_ms: 300_000,
         }
     }
 }

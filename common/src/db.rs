@@ -164,6 +164,13 @@ pub const PORT_SORT_KEYS: &[&str] = &[
     "updated_at",
 ];
 
+/// Columns that name a conductor on a node row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRef {
+    Affinity,
+    Reservation,
+}
+
 /// Filters and paging for a node list.
 #[derive(Debug, Clone, Default)]
 pub struct NodeQuery {
@@ -957,6 +964,25 @@ impl Db {
             )
             .await?;
         Ok(rows == 1)
+    }
+
+    /// How many nodes have `column = value` (column is one of
+    /// `conductor_affinity` or `reservation`).
+    pub async fn count_nodes_with(&self, column: NodeRef, value: &str) -> Result<i64, DbError> {
+        #[derive(FromRow)]
+        struct Count {
+            n: i64,
+        }
+        let col = match column {
+            NodeRef::Affinity => "conductor_affinity",
+            NodeRef::Reservation => "reservation",
+        };
+        let sql = format!("SELECT COUNT(*) AS n FROM nodes WHERE {col} = $1");
+        Ok(self
+            .fetch_one_opt::<Count>(sql, vec![value.into()])
+            .await?
+            .map(|c| c.n)
+            .unwrap_or(0))
     }
 
     // ---- ports -----------------------------------------------------------

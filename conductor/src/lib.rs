@@ -2,17 +2,19 @@
 //!
 //! Layout: [`service`] (the gRPC service the API calls), [`lock`] (node
 //! locks by incarnation), [`operation`] (the persisted, resumable step
-//! engine), [`recovery`] (what the conductor does on every new ring epoch:
-//! clear dead incarnations' locks, resume orphaned operations).
+//! engine), [`takeover`] (what the conductor does on every new ring epoch:
+//! clear dead incarnations' locks, take over gained nodes, resume orphaned
+//! operations), [`drain`] (leave the ring without failing anything).
 //!
 //! The invariant: a conductor acts on a node only if the ring at its own
 //! epoch says it owns the node, and only while it holds the node's lock;
 //! everything it writes under the lock is conditional on still holding it.
 
+pub mod drain;
 pub mod lock;
 pub mod operation;
-pub mod recovery;
 pub mod service;
+pub mod takeover;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferric_common::config::Config;
-use ferric_common::db::{Db, PortQuery};
+use ferric_common::db::{Db, DbError, NodeQuery, PortQuery};
 use ferric_common::membership::Membership;
 use ferric_common::model::{Node, Port};
 use ferric_common::proto::conductor_server::ConductorServer;
@@ -48,6 +50,36 @@ pub struct Inner {
     pub tasks: TaskTracker,
     /// Cancelled on shutdown: operations stop at the next step boundary.
     pub cancel: CancellationToken,
+    pub membership: Membership,
+    /// Cancelled when the conductor asks its process to exit (a drain that
+    /// finished).
+    pub exit_requested: CancellationToken,
+    /// Set by a drain: no new operations, no take-overs.
+    pub draining: std::sync::atomic::AtomicBool,
+    pub stats: Stats,
+}
+
+/// Counters for status and metrics.
+#[derive(Default)]
+pub struct Stats {
+    pub takeovers: std::sync::atomic::AtomicU64,
+    pub takeovers_failed: std::sync::atomic::AtomicU64,
+    /// Take-over latency histogram: counts per bucket of
+    /// [`Stats::LATENCY_BUCKETS_MS`] (last = above the largest).
+    pub takeover_latency: [std::sync::atomic::AtomicU64; 8],
+}
+
+impl Stats {
+    pub const LATENCY_BUCKETS_MS: [u64; 7] = [10, 50, 100, 500, 1000, 5000, 30000];
+
+    pub fn record_takeover_latency(&self, d: Duration) {
+        let ms = d.as_millis() as u64;
+        let i = Self::LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(Self::LATENCY_BUCKETS_MS.len());
+        self.takeover_latency[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Inner {
@@ -88,6 +120,40 @@ impl Inner {
         {
             warn!(%node, "recording history failed: {e}");
         }
+    }
+
+    /// The nodes the ring gives me, read through the `ring_partition`
+    /// index, one query per (group, hardware type) I serve.
+    pub async fn my_nodes(&self) -> Result<Vec<Node>, DbError> {
+        let ring = self.ring.borrow().clone();
+        let Some(me) = ring
+            .member(&self.id)
+            .filter(|m| m.incarnation == self.incarnation)
+            .cloned()
+        else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for hw in &me.hardware_types {
+            let parts: Vec<i64> = ring
+                .partitions_of(&me.id, &me.conductor_group, hw)
+                .into_iter()
+                .map(i64::from)
+                .collect();
+            // bounded statement size: a few thousand partitions per query
+            for chunk in parts.chunks(4096) {
+                let q = NodeQuery {
+                    conductor_group: Some(me.conductor_group.clone()),
+                    driver: Some(hw.clone()),
+                    partitions: Some(chunk.to_vec()),
+                    ..Default::default()
+                };
+                out.extend(self.db.list_nodes(&q).await?);
+            }
+        }
+        // the ring may have moved on while we read
+        out.retain(|n| self.owns(n));
+        Ok(out)
     }
 
     pub fn operations_in_flight(&self) -> usize {
@@ -167,6 +233,10 @@ pub async fn start(
         operations: Arc::new(Semaphore::new(cfg.conductor.max_operations)),
         tasks: TaskTracker::new(),
         cancel: shutdown.child_token(),
+        membership: membership.clone(),
+        draining: std::sync::atomic::AtomicBool::new(false),
+        exit_requested: CancellationToken::new(),
+        stats: Stats::default(),
         db,
         cfg,
     });
@@ -209,7 +279,7 @@ pub async fn start(
 
     // react to every ring epoch (the first one is start-up)
     let watcher = inner.clone();
-    inner.tasks.spawn(recovery::watch_ring(watcher));
+    inner.tasks.spawn(takeover::run(watcher));
 
     Ok(ConductorHandle {
         inner,

@@ -219,7 +219,19 @@ async fn drive(
             }
         };
         while record.next < record.steps.len() {
-            if cancel.is_cancelled() {
+            // hand off at a step boundary: shutdown, drain, or the ring
+            // gave the node to someone else
+            if cancel.is_cancelled() || !inner.owns(node) {
+                if !cancel.is_cancelled() {
+                    info!(node = %node.uuid, "the ring moved the node; handing the operation off at a step boundary");
+                    inner
+                        .history(
+                            node.uuid,
+                            "hand_off",
+                            &format!("{state} at step {}", record.next),
+                        )
+                        .await;
+                }
                 record.store(node);
                 show_step(node, None);
                 return if save(inner, lock, node).await {

@@ -382,6 +382,8 @@ impl Conductor for ConductorService {
         node.provision_updated_at = Some(Utc::now());
         node.last_error = None;
         node.driver_internal_info.remove(RECORD_KEY);
+        // the operation's artefacts will live here
+        node.conductor_affinity = Some(self.inner.id.clone());
         if let Some((key, steps)) = steps_arg {
             node.driver_internal_info.insert(
                 key.into(),
@@ -1037,6 +1039,10 @@ impl Conductor for ConductorService {
         }))
     }
 
+    async fn drain(&self, _req: Request<Empty>) -> Rpc<ConductorStatus> {
+        self.drain_rpc().await
+    }
+
     async fn get_conductor_status(&self, _req: Request<Empty>) -> Rpc<ConductorStatus> {
         let ring = self.inner.ring.borrow().clone();
         let me = ring.member(&self.inner.id);
@@ -1044,7 +1050,23 @@ impl Conductor for ConductorService {
             Ok(nodes) => nodes.iter().filter(|n| self.inner.owns(n)).count() as u64,
             Err(e) => return Err(self.db_err(e)),
         };
+        let progress = crate::drain::progress(&self.inner).await;
         Ok(Response::new(ConductorStatus {
+            nodes_held: progress.nodes_held,
+            draining: self
+                .inner
+                .draining
+                .load(std::sync::atomic::Ordering::Relaxed),
+            takeovers: self
+                .inner
+                .stats
+                .takeovers
+                .load(std::sync::atomic::Ordering::Relaxed),
+            takeovers_failed: self
+                .inner
+                .stats
+                .takeovers_failed
+                .load(std::sync::atomic::Ordering::Relaxed),
             id: self.inner.id.clone(),
             incarnation: self.inner.incarnation.clone(),
             conductor_group: self.inner.cfg.conductor.conductor_group.clone(),
@@ -1060,9 +1082,27 @@ impl Conductor for ConductorService {
                 .unwrap_or_else(|| "stopped".into()),
             epoch: ring.epoch(),
             owned_nodes: owned,
-            locks_held: 0,
+            locks_held: progress.locks_held,
             operations_in_flight: self.inner.operations_in_flight() as u64,
         }))
+    }
+}
+
+impl ConductorService {
+    async fn drain_rpc(&self) -> Rpc<ConductorStatus> {
+        let inner = self.inner.clone();
+        match crate::drain::begin(&inner).await {
+            Ok(true) => {
+                let exit = self.inner.exit_requested.clone();
+                tokio::spawn(async move {
+                    crate::drain::drain_and_wait(&inner).await;
+                    exit.cancel();
+                });
+            }
+            Ok(false) => {}
+            Err(e) => return Err(self.err(Reason::Unavailable, e)),
+        }
+        self.get_conductor_status(Request::new(Empty {})).await
     }
 }
 

@@ -9,6 +9,8 @@
 //! * [`Baremetal`]: the real `baremetal` CLI (python-ironicclient) from the
 //!   venv `scripts/deps.sh` creates (`FERRIC_TEST_VENV`).
 
+pub mod cluster;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -47,6 +47,25 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
+    /// Conductor operations
+    Conductor {
+        #[command(subcommand)]
+        cmd: ConductorCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConductorCmd {
+    /// Take a conductor out of service: it leaves the ring, hands its
+    /// operations off at a step boundary, waits until every node it held has
+    /// a new owner, then exits. Nothing fails.
+    Drain {
+        /// Conductor id
+        id: String,
+        /// Wait until it is done, showing progress
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -130,6 +149,14 @@ fn main() -> anyhow::Result<()> {
             } => {
                 let n = ctl::fetch_node(&cli.api, &node).await?;
                 print!("{}", ctl::owner(&ring, &n));
+            }
+            Cmd::Conductor {
+                cmd: ConductorCmd::Drain { id, wait },
+            } => {
+                let member = ring
+                    .member(&id)
+                    .ok_or_else(|| anyhow::anyhow!("no conductor {id:?} in the ring"))?;
+                ctl::drain(&member.grpc_url, &id, wait).await?;
             }
         }
         Ok(())

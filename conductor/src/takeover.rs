@@ -1,0 +1,381 @@
+//! Take-over: what a conductor does with the nodes the ring gives it.
+//!
+//! # Protocol
+//!
+//! A conductor runs a *pass* on every new ring epoch (start-up is the first)
+//! and every `conductor.takeover_interval_ms` while work is left:
+//!
+//! 1. **My nodes** are read through the `ring_partition` index: for every
+//!    (group, hardware type) I serve, the partitions the ring gives me.
+//! 2. **Dead locks**: a node locked by an incarnation that is no longer a
+//!    ring member has its lock cleared. Members leave the ring only when
+//!    their lease is gone (etcd deletes the key at expiry; a stopping
+//!    conductor revokes it only after its operations stopped), so such a
+//!    lock cannot be in use — and a live member's lock is never touched.
+//! 3. **Gained nodes** (owned by me, `conductor_affinity` ≠ me) are taken
+//!    over in order of urgency — nodes waiting for a ramdisk callback first,
+//!    then nodes with an operation in flight, then active/rescue nodes, then
+//!    the rest — at most `conductor.takeover_concurrency` at a time:
+//!    lock → (per [`policy`]) `boot.take_over` + `deploy.take_over` →
+//!    `conductor_affinity = me` → unlock, or keep the lock and resume the
+//!    operation at its recorded step. A node still locked by a live member
+//!    (e.g. a draining conductor finishing a step) is retried next pass.
+//! 4. **Orphaned operations** (owned by me, affinity = me, `*ING`, unlocked:
+//!    e.g. after a restart or a hand-off at a step boundary) resume.
+//!
+//! A conductor killed in the middle of a take-over leaves the node either
+//! locked by a dead incarnation (cleared in step 2 by the next owner) or
+//! with the old affinity (so the next owner's step 3 does it again):
+//! take-over hooks are idempotent (same inputs, same artefacts), so doing
+//! one twice is harmless. Lost nodes need nothing here: periodic work only
+//! ever iterates *my* partitions, and an operation checks ownership at
+//! every step boundary and hands off when the ring moved its node.
+//!
+//! | provision state | the new owner |
+//! |---|---|
+//! | `wait call-back`, `clean wait`, `inspect wait`, `rescue wait`, `service wait`, `* hold` | take over (rebuild the ramdisk's boot artefacts, re-point the BMC); keep waiting, deadline unchanged |
+//! | `deploying`, `cleaning`, `deleting`, `verifying`, `inspecting`, `adopting`, `rescuing`, `unrescuing`, `servicing` | take over, then resume at the recorded step |
+//! | `active`, `rescue` | take over (boot ISO / instance boot config), nothing else |
+//! | `enroll`, `manageable`, `available`, `* failed`, `error` | record affinity only: no artefacts exist |
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ferric_common::model::Node;
+use ferric_common::states::ProvisionState;
+use ferric_deploy::driver::Task;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::Inner;
+use crate::lock::{LockError, NodeLock};
+use crate::operation;
+
+/// What the new owner of a node does, by provision state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Rebuild artefacts, re-point the BMC, then resume the operation.
+    Resume,
+    /// Rebuild artefacts and re-point the BMC.
+    TakeOver,
+    /// Nothing to rebuild: record the affinity.
+    AffinityOnly,
+}
+
+pub fn policy(state: ProvisionState) -> Policy {
+    if state.is_in_progress() {
+        Policy::Resume
+    } else if state.is_wait()
+        || state.is_hold()
+        || matches!(state, ProvisionState::Active | ProvisionState::Rescue)
+    {
+        Policy::TakeOver
+    } else {
+        Policy::AffinityOnly
+    }
+}
+
+/// Lower is more urgent.
+pub fn urgency(state: ProvisionState) -> u8 {
+    if state.is_wait() || state.is_hold() {
+        0
+    } else if state.is_in_progress() {
+        1
+    } else if matches!(state, ProvisionState::Active | ProvisionState::Rescue) {
+        2
+    } else {
+        3
+    }
+}
+
+/// Which of my nodes to take over, in order.
+pub fn plan(me: &str, mine: &[Node]) -> Vec<Uuid> {
+    let mut gained: Vec<(u8, Uuid)> = mine
+        .iter()
+        .filter(|n| n.conductor_affinity.as_deref() != Some(me))
+        .map(|n| (urgency(n.provision_state), n.uuid))
+        .collect();
+    gained.sort();
+    gained.into_iter().map(|(_, u)| u).collect()
+}
+
+/// Take-over passes until shutdown: on every ring change and periodically.
+pub async fn run(inner: Arc<Inner>) {
+    let mut rx = inner.ring.clone();
+    let interval = Duration::from_millis(inner.cfg.conductor.takeover_interval_ms);
+    loop {
+        rx.borrow_and_update();
+        pass(&inner).await;
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// One pass; returns how many nodes were taken over.
+pub async fn pass(inner: &Arc<Inner>) -> usize {
+    if inner.draining.load(Ordering::Relaxed) {
+        return 0;
+    }
+    let mine = match inner.my_nodes().await {
+        Ok(n) => n,
+        Err(e) => {
+            warn!("take-over: listing my nodes failed: {e}");
+            return 0;
+        }
+    };
+    // dead incarnations' locks
+    let live: HashSet<String> = inner
+        .ring
+        .borrow()
+        .members()
+        .iter()
+        .map(|m| m.incarnation.clone())
+        .collect();
+    let dead: HashSet<&String> = mine
+        .iter()
+        .filter_map(|n| n.reservation.as_ref())
+        .filter(|h| !live.contains(*h))
+        .collect();
+    for holder in dead {
+        match inner.db.clear_reservations_of(holder).await {
+            Ok(n) => info!(dead = %holder, cleared = n, "cleared the locks of a dead incarnation"),
+            Err(e) => warn!("clearing locks of {holder} failed: {e}"),
+        }
+    }
+    let order = plan(&inner.id, &mine);
+    let mut taken = 0;
+    if !order.is_empty() {
+        info!(
+            nodes = order.len(),
+            epoch = inner.epoch(),
+            "taking over nodes"
+        );
+        let limit = inner.cfg.conductor.takeover_concurrency.max(1);
+        let mut set = JoinSet::new();
+        for uuid in order {
+            if inner.cancel.is_cancelled() {
+                break;
+            }
+            while set.len() >= limit {
+                if let Some(Ok(true)) = set.join_next().await {
+                    taken += 1;
+                }
+            }
+            let inner = inner.clone();
+            set.spawn(async move { take_over_one(&inner, uuid).await });
+        }
+        while let Some(r) = set.join_next().await {
+            if let Ok(true) = r {
+                taken += 1;
+            }
+        }
+    }
+    // orphaned operations on nodes already mine
+    for n in &mine {
+        if n.conductor_affinity.as_deref() == Some(inner.id.as_str())
+            && n.provision_state.is_in_progress()
+            && n.reservation.is_none()
+        {
+            resume(inner, n.uuid).await;
+        }
+    }
+    taken
+}
+
+/// Take one node over; true if done (false: busy, gone, or failed — the
+/// next pass tries again).
+async fn take_over_one(inner: &Arc<Inner>, uuid: Uuid) -> bool {
+    let started = std::time::Instant::now();
+    let (lock, mut node) = match NodeLock::acquire(
+        &inner.db,
+        uuid,
+        &inner.incarnation,
+        1,
+        inner.lock_interval(),
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(LockError::Busy { .. }) | Err(LockError::NotFound(_)) => return false,
+        Err(e) => {
+            warn!(node = %uuid, "take-over: locking failed: {e}");
+            return false;
+        }
+    };
+    if !inner.owns(&node) || node.conductor_affinity.as_deref() == Some(inner.id.as_str()) {
+        let _ = lock.release().await;
+        return false;
+    }
+    let previous = node.conductor_affinity.clone().unwrap_or_default();
+    let p = policy(node.provision_state);
+    if p != Policy::AffinityOnly {
+        let driver = match inner.registry.driver_for(&node) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(node = %uuid, "take-over: {e}");
+                let _ = lock.release().await;
+                return false;
+            }
+        };
+        let mut task = Task {
+            ports: inner.ports_of(uuid).await,
+            node: node.clone(),
+            conductor_id: inner.id.clone(),
+        };
+        let res = async {
+            driver.boot.take_over(&mut task).await?;
+            driver.deploy.take_over(&mut task).await
+        }
+        .await;
+        if let Err(e) = res {
+            // retryable or not, the node stays with its old affinity and the
+            // next pass tries again; the error is on the node for operators
+            warn!(node = %uuid, "take-over failed: {e}");
+            task.node.last_error = Some(format!("Take-over by {} failed: {e}", inner.id));
+            let _ = lock.save(&task.node).await;
+            let _ = lock.release().await;
+            inner.stats.takeovers_failed.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        node = task.node;
+    }
+    node.conductor_affinity = Some(inner.id.clone());
+    match lock.save(&node).await {
+        Ok(true) => {}
+        _ => return false,
+    }
+    inner
+        .history(
+            uuid,
+            "take_over",
+            &format!("{} from {previous:?} ({p:?})", node.provision_state),
+        )
+        .await;
+    inner.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+    inner.stats.record_takeover_latency(started.elapsed());
+    if p == Policy::Resume {
+        match inner.operations.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let inner2 = inner.clone();
+                let cancel = inner.cancel.clone();
+                inner.tasks.spawn(async move {
+                    operation::run(inner2, lock, node, cancel).await;
+                    drop(permit);
+                });
+            }
+            // no free worker: leave it for the orphan pass
+            Err(_) => {
+                let _ = lock.release().await;
+            }
+        }
+    } else {
+        let _ = lock.release().await;
+    }
+    true
+}
+
+async fn resume(inner: &Arc<Inner>, uuid: Uuid) {
+    let Ok(permit) = inner.operations.clone().try_acquire_owned() else {
+        return; // busy; a later pass picks it up
+    };
+    let (lock, node) = match NodeLock::acquire(
+        &inner.db,
+        uuid,
+        &inner.incarnation,
+        1,
+        inner.lock_interval(),
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(_) => return,
+    };
+    if !node.provision_state.is_in_progress() || !inner.owns(&node) {
+        let _ = lock.release().await;
+        return;
+    }
+    info!(node = %uuid, state = %node.provision_state, "resuming an orphaned operation");
+    let inner2 = inner.clone();
+    let cancel = inner.cancel.clone();
+    inner.tasks.spawn(async move {
+        operation::run(inner2, lock, node, cancel).await;
+        drop(permit);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(state: ProvisionState, affinity: Option<&str>) -> Node {
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", state, 16);
+        n.conductor_affinity = affinity.map(String::from);
+        n
+    }
+
+    #[test]
+    fn plan_orders_by_urgency_and_skips_mine() {
+        let nodes = vec![
+            node(ProvisionState::Available, Some("old")),
+            node(ProvisionState::Active, Some("old")),
+            node(ProvisionState::Deploying, None),
+            node(ProvisionState::DeployWait, Some("old")),
+            node(ProvisionState::Active, Some("me")),
+            node(ProvisionState::CleanWait, Some("old")),
+        ];
+        let order = plan("me", &nodes);
+        assert_eq!(order.len(), 5, "my own node is not taken over");
+        let state = |u: &Uuid| nodes.iter().find(|n| n.uuid == *u).unwrap().provision_state;
+        let states: Vec<ProvisionState> = order.iter().map(state).collect();
+        assert!(states[..2].iter().all(|s| s.is_wait()), "{states:?}");
+        assert_eq!(states[2], ProvisionState::Deploying);
+        assert_eq!(states[3], ProvisionState::Active);
+        assert_eq!(states[4], ProvisionState::Available);
+    }
+
+    #[test]
+    fn policy_table_row_by_row() {
+        use ProvisionState as S;
+        for s in ProvisionState::ALL {
+            let expected = match s {
+                S::Verifying
+                | S::Deploying
+                | S::Deleting
+                | S::Cleaning
+                | S::Inspecting
+                | S::Adopting
+                | S::Rescuing
+                | S::Unrescuing
+                | S::Servicing => Policy::Resume,
+                S::DeployWait
+                | S::CleanWait
+                | S::InspectWait
+                | S::RescueWait
+                | S::ServiceWait
+                | S::DeployHold
+                | S::CleanHold
+                | S::ServiceHold
+                | S::Active
+                | S::Rescue => Policy::TakeOver,
+                S::Enroll
+                | S::Manageable
+                | S::Available
+                | S::Error
+                | S::DeployFailed
+                | S::CleanFailed
+                | S::InspectFailed
+                | S::AdoptFailed
+                | S::RescueFailed
+                | S::UnrescueFailed
+                | S::ServiceFailed => Policy::AffinityOnly,
+            };
+            assert_eq!(policy(s), expected, "{s}");
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! A multi-process Ferric cluster on real etcd and PostgreSQL: N conductor
+//! processes and one API process, each on its own loopback ports.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ferric_common::proto::conductor_client::ConductorClient;
+use ferric_common::proto::{ConductorStatus, Empty};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::{Etcd, Postgres, Process, free_port, http};
+
+/// Fields drop in order: the processes stop before etcd and PostgreSQL.
+pub struct Cluster {
+    pub api: Process,
+    /// (process, gRPC port), conductor i+1 at index i (ids c1, c2, ...).
+    pub conductors: Vec<(Process, u16)>,
+    pub api_url: String,
+    pub etcd: Etcd,
+    pub db_url: String,
+    pub pg: Postgres,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+pub fn conductor_process(
+    dir: &Path,
+    etcd: &str,
+    db: &str,
+    i: usize,
+    grpc: u16,
+    ttl: u64,
+    env: &[(&str, &str)],
+) -> Process {
+    let args: Vec<String> = [
+        "conductor",
+        "--etcd-endpoints",
+        etcd,
+        "--database-url",
+        db,
+        "--lease-ttl",
+        &ttl.to_string(),
+        "--conductor-id",
+        &format!("c{i}"),
+        "--grpc-listen",
+        &format!("127.0.0.1:{grpc}"),
+        "--data-dir",
+        &dir.join(format!("c{i}")).display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Process::start(&format!("c{i}"), dir, args, env, Some(grpc))
+}
+
+impl Cluster {
+    /// `n` conductors with lease TTL `ttl` seconds; `env` goes to every
+    /// conductor (FERRIC_* settings).
+    pub fn start(n: usize, ttl: u64, env: &[(&str, &str)]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let etcd = Etcd::start();
+        let pg = Postgres::start();
+        let db_url = pg.database("ferric_cluster");
+        let mut conductors = Vec::new();
+        for i in 1..=n {
+            let grpc = free_port();
+            conductors.push((
+                conductor_process(dir.path(), &etcd.endpoint, &db_url, i, grpc, ttl, env),
+                grpc,
+            ));
+        }
+        let port = free_port();
+        let args: Vec<String> = [
+            "api",
+            "--etcd-endpoints",
+            &etcd.endpoint,
+            "--database-url",
+            &db_url,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            &dir.path().join("api").display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let api = Process::start(
+            "api",
+            dir.path(),
+            args,
+            &[("FERRIC_API__REQUEST_DEADLINE_MS", "30000")],
+            Some(port),
+        );
+        Cluster {
+            etcd,
+            api,
+            api_url: format!("http://127.0.0.1:{port}"),
+            conductors,
+            db_url,
+            pg,
+            dir,
+            client: http(),
+        }
+    }
+
+    pub async fn status(&self, i: usize) -> Option<ConductorStatus> {
+        status(self.conductors[i].1).await
+    }
+
+    pub async fn req(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self
+            .client
+            .request(method, format!("{}{path}", self.api_url))
+            .header("X-OpenStack-Ironic-API-Version", "1.115");
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Like `req`, insisting on success.
+    pub async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.req(method.clone(), path, body).await;
+        assert!((200..300).contains(&s), "{method} {path} -> {s}: {v}");
+        v
+    }
+
+    pub async fn wait_conductors(&self, n: usize) {
+        let start = Instant::now();
+        loop {
+            let v = self.ok(Method::GET, "/v1/conductors", None).await;
+            if v["conductors"].as_array().map(|a| a.len()) == Some(n) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "API never saw {n} conductors: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Create `n` fake-hardware nodes named `{prefix}{i}`; returns uuids.
+    pub async fn create_nodes(&self, prefix: &str, n: usize, driver_info: Value) -> Vec<String> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let v = self
+                .ok(Method::POST, "/v1/nodes", Some(json!({"driver": "fake-hardware", "name": format!("{prefix}{i}"), "driver_info": driver_info})))
+                .await;
+            out.push(v["uuid"].as_str().expect("uuid").to_string());
+        }
+        out
+    }
+
+    /// Every node's full document, by uuid.
+    pub async fn nodes(&self) -> BTreeMap<String, Value> {
+        let v = self
+            .ok(Method::GET, "/v1/nodes/detail?limit=1000", None)
+            .await;
+        v["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| (n["uuid"].as_str().unwrap().to_string(), n.clone()))
+            .collect()
+    }
+
+    /// Move nodes to `state` with `verb`, a few requests at a time, and wait.
+    pub async fn drive(&self, uuids: &[String], verb: &str, state: &str, timeout: Duration) {
+        for u in uuids {
+            self.ok(
+                Method::PUT,
+                &format!("/v1/nodes/{u}/states/provision"),
+                Some(json!({"target": verb})),
+            )
+            .await;
+        }
+        self.wait_all(uuids, state, timeout).await;
+    }
+
+    pub async fn wait_all(&self, uuids: &[String], state: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let all = self.nodes().await;
+            let failed: Vec<&Value> = uuids
+                .iter()
+                .filter_map(|u| all.get(u))
+                .filter(|n| {
+                    let s = n["provision_state"].as_str().unwrap_or_default();
+                    s.ends_with("failed") || s == "error"
+                })
+                .collect();
+            assert!(
+                failed.is_empty(),
+                "nodes failed: {:?}",
+                failed
+                    .iter()
+                    .map(|n| (&n["uuid"], &n["provision_state"], &n["last_error"]))
+                    .collect::<Vec<_>>()
+            );
+            let pending = uuids
+                .iter()
+                .filter(|u| {
+                    all.get(*u)
+                        .map(|n| n["provision_state"] != state)
+                        .unwrap_or(true)
+                })
+                .count();
+            if pending == 0 {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{pending} nodes not {state} after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+pub async fn status(port: u16) -> Option<ConductorStatus> {
+    let mut c = ConductorClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .ok()?;
+    c.get_conductor_status(Empty {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+/// Continuous API requests that each go over gRPC to a node's owner
+/// (`GET /v1/nodes/<n>/validate`), counting failures, until stopped.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: tokio::task::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Load {
+    pub fn start(api: &str, nodes: Vec<String>) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let api = api.to_string();
+        let handle = tokio::spawn(async move {
+            let c = http();
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            let mut i = 0usize;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let node = &nodes[i % nodes.len()];
+                i += 1;
+                match c
+                    .get(format!("{api}/v1/nodes/{node}/validate"))
+                    .header("X-OpenStack-Ironic-API-Version", "1.115")
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => ok += 1,
+                    Ok(r) => {
+                        let s = r.status();
+                        let body = r.text().await.unwrap_or_default();
+                        failed.push(format!("{node}: {s} {body}"));
+                    }
+                    Err(e) => failed.push(format!("{node}: {e}")),
+                }
+            }
+            (ok, failed)
+        });
+        Load { stop, handle }
+    }
+
+    /// Stop; returns (successful requests, failures).
+    pub async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.await.expect("load task")
+    }
+}
