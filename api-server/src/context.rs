@@ -29,11 +29,7 @@ pub struct Ctx {
 impl<S: Send + Sync> FromRequestParts<S> for Ctx {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Ctx, ApiError> {
-        let v = parts
-            .extensions
-            .get::<Version>()
-            .copied()
-            .unwrap_or(Version(1));
+        let v = parts.extensions.get::<Version>().copied().unwrap_or(Version(1));
         let base = match parts.extensions.get::<PublicUrl>() {
             Some(PublicUrl(u)) if !u.is_empty() => u.trim_end_matches('/').to_string(),
             _ => {
@@ -66,18 +62,11 @@ impl AppState {
     }
 
     pub fn route(node: &Node) -> Route<'_> {
-        Route::Node {
-            uuid: &node.uuid,
-            group: &node.conductor_group,
-            hardware_type: &node.driver,
-        }
+        Route::Node { uuid: &node.uuid, group: &node.conductor_group, hardware_type: &node.driver }
     }
 
     /// The conductor the ring gives a node to (the `conductor` field).
     pub fn conductor_of(&self, node: &Node) -> Option<String> {
-        self.fwd
-            .ring()
-            .owner(node.uuid.as_bytes(), &node.conductor_group, &node.driver)
-            .map(|m| m.id.clone())
+        self.fwd.ring().owner(node.uuid.as_bytes(), &node.conductor_group, &node.driver).map(|m| m.id.clone())
     }
 }

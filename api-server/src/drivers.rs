@@ -21,11 +21,7 @@ use crate::render::link_pair;
 /// hardware type → conductors that enable it (active members only).
 fn hosts(ring: &Ring) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for m in ring
-        .members()
-        .iter()
-        .filter(|m| m.state == MemberState::Active)
-    {
+    for m in ring.members().iter().filter(|m| m.state == MemberState::Active) {
         for hw in &m.hardware_types {
             out.entry(hw.clone()).or_default().push(m.id.clone());
         }
@@ -39,10 +35,7 @@ fn driver_summary(ctx: &Ctx, name: &str, hosts: &[String]) -> Map<String, Value>
     m.insert("hosts".into(), json!(hosts));
     m.insert("type".into(), json!("dynamic"));
     m.insert("links".into(), link_pair(&ctx.base, "drivers", name));
-    m.insert(
-        "properties".into(),
-        link_pair(&ctx.base, "drivers", &format!("{name}/properties")),
-    );
+    m.insert("properties".into(), link_pair(&ctx.base, "drivers", &format!("{name}/properties")));
     m
 }
 
@@ -73,15 +66,10 @@ pub async fn list_drivers(
         None | Some("dynamic") => {}
         Some("classic") => return Ok(Json(json!({"drivers": []}))),
         Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "Invalid driver type {other:?}: must be classic or dynamic"
-            )));
+            return Err(ApiError::bad_request(format!("Invalid driver type {other:?}: must be classic or dynamic")));
         }
     }
-    let detail = matches!(
-        q.get("detail").map(|s| s.to_ascii_lowercase()).as_deref(),
-        Some("true" | "1")
-    );
+    let detail = matches!(q.get("detail").map(|s| s.to_ascii_lowercase()).as_deref(), Some("true" | "1"));
     let mut out = Vec::new();
     for (name, h) in hosts(&st.fwd.ring()) {
         out.push(if detail {
@@ -94,25 +82,16 @@ pub async fn list_drivers(
 }
 
 fn unknown_driver(name: &str) -> ApiError {
-    ApiError::not_found(format!(
-        "Could not find the following driver(s) or hardware type(s): {name}."
-    ))
+    ApiError::not_found(format!("Could not find the following driver(s) or hardware type(s): {name}."))
 }
 
-pub async fn get_driver(
-    AxState(st): AxState<State>,
-    ctx: Ctx,
-    Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+pub async fn get_driver(AxState(st): AxState<State>, ctx: Ctx, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     let all = hosts(&st.fwd.ring());
     let h = all.get(&name).ok_or_else(|| unknown_driver(&name))?;
     driver_detail(&st, &ctx, &name, h).await.map(Json)
 }
 
-pub async fn driver_properties(
-    AxState(st): AxState<State>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+pub async fn driver_properties(AxState(st): AxState<State>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     if !hosts(&st.fwd.ring()).contains_key(&name) {
         return Err(unknown_driver(&name));
     }
@@ -123,39 +102,24 @@ pub async fn driver_properties(
             async move { c.get_driver_properties(DriverRef { epoch, driver }).await }
         })
         .await?;
-    Ok(Json(json!(
-        props.properties.into_iter().collect::<BTreeMap<_, _>>()
-    )))
+    Ok(Json(json!(props.properties.into_iter().collect::<BTreeMap<_, _>>())))
 }
 
-pub async fn driver_vendor_methods(
-    AxState(st): AxState<State>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+pub async fn driver_vendor_methods(AxState(st): AxState<State>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     if !hosts(&st.fwd.ring()).contains_key(&name) {
         return Err(unknown_driver(&name));
     }
     let reply = st
         .fwd
         .call(Route::Driver(&name), |mut c, epoch| {
-            let r = VendorMethodsRequest {
-                epoch,
-                node_uuid: String::new(),
-                driver: name.clone(),
-            };
+            let r = VendorMethodsRequest { epoch, node_uuid: String::new(), driver: name.clone() };
             async move { c.get_vendor_methods(r).await }
         })
         .await?;
     Ok(Json(methods_json(reply.methods)))
 }
 
-async fn driver_vendor(
-    st: &State,
-    name: &str,
-    method_name: &str,
-    method: Method,
-    body: Bytes,
-) -> ApiResult<Response> {
+async fn driver_vendor(st: &State, name: &str, method_name: &str, method: Method, body: Bytes) -> ApiResult<Response> {
     if !hosts(&st.fwd.ring()).contains_key(name) {
         return Err(unknown_driver(name));
     }
@@ -192,9 +156,7 @@ pub async fn driver_vendor_call_query(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let m = q
-        .get("method")
-        .ok_or_else(|| ApiError::bad_request("Missing argument: \"method\""))?;
+    let m = q.get("method").ok_or_else(|| ApiError::bad_request("Missing argument: \"method\""))?;
     driver_vendor(&st, &name, m, method, body).await
 }
 
@@ -218,11 +180,7 @@ fn conductor_json(ctx: &Ctx, m: &ferric_common::ring::Member, detail: bool) -> V
 }
 
 fn check_conductors_version(ctx: &Ctx) -> ApiResult<()> {
-    if ctx.v.at_least(49) {
-        Ok(())
-    } else {
-        Err(ApiError::not_found("The resource could not be found."))
-    }
+    if ctx.v.at_least(49) { Ok(()) } else { Err(ApiError::not_found("The resource could not be found.")) }
 }
 
 pub async fn list_conductors(
@@ -231,28 +189,15 @@ pub async fn list_conductors(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     check_conductors_version(&ctx)?;
-    let detail = matches!(
-        q.get("detail").map(|s| s.to_ascii_lowercase()).as_deref(),
-        Some("true" | "1")
-    );
+    let detail = matches!(q.get("detail").map(|s| s.to_ascii_lowercase()).as_deref(), Some("true" | "1"));
     let ring = st.fwd.ring();
-    let list: Vec<Value> = ring
-        .members()
-        .iter()
-        .map(|m| conductor_json(&ctx, m, detail))
-        .collect();
+    let list: Vec<Value> = ring.members().iter().map(|m| conductor_json(&ctx, m, detail)).collect();
     Ok(Json(json!({"conductors": list})))
 }
 
-pub async fn get_conductor(
-    AxState(st): AxState<State>,
-    ctx: Ctx,
-    Path(host): Path<String>,
-) -> ApiResult<Json<Value>> {
+pub async fn get_conductor(AxState(st): AxState<State>, ctx: Ctx, Path(host): Path<String>) -> ApiResult<Json<Value>> {
     check_conductors_version(&ctx)?;
     let ring = st.fwd.ring();
-    let m = ring
-        .member(&host)
-        .ok_or_else(|| ApiError::not_found(format!("Conductor {host} could not be found.")))?;
+    let m = ring.member(&host).ok_or_else(|| ApiError::not_found(format!("Conductor {host} could not be found.")))?;
     Ok(Json(conductor_json(&ctx, m, true)))
 }

@@ -19,11 +19,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-            framework: false,
-        }
+        ApiError { status, message: message.into(), framework: false }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -35,11 +31,7 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, message)
     }
     pub fn not_acceptable(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::NOT_ACCEPTABLE,
-            message: message.into(),
-            framework: true,
-        }
+        ApiError { status: StatusCode::NOT_ACCEPTABLE, message: message.into(), framework: true }
     }
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
@@ -75,20 +67,11 @@ impl IntoResponse for ApiError {
         let inner = if self.framework {
             json!({"code": self.status.as_u16(), "title": self.status.canonical_reason().unwrap_or(""), "description": self.message})
         } else {
-            let faultcode = if self.status.is_server_error() {
-                "Server"
-            } else {
-                "Client"
-            };
+            let faultcode = if self.status.is_server_error() { "Server" } else { "Client" };
             json!({"faultcode": faultcode, "faultstring": self.message, "debuginfo": null})
         };
         let body = json!({"error_message": inner.to_string()});
-        (
-            self.status,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response()
+        (self.status, [(axum::http::header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
     }
 }
 

@@ -44,9 +44,7 @@ pub fn node_writable() -> Vec<String> {
 }
 
 fn bad_type(field: &str, want: &str, got: &Value) -> ApiError {
-    ApiError::bad_request(format!(
-        "Invalid value for field {field}: expected {want}, got {got}"
-    ))
+    ApiError::bad_request(format!("Invalid value for field {field}: expected {want}, got {got}"))
 }
 
 pub fn opt_string(field: &str, v: &Value) -> ApiResult<Option<String>> {
@@ -93,9 +91,7 @@ pub fn opt_bool(field: &str, v: &Value) -> ApiResult<Option<bool>> {
 pub fn check_name(name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 255
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
         && Uuid::parse_str(name).is_err();
     if ok {
         Ok(())
@@ -132,9 +128,7 @@ pub fn set_node_field(node: &mut Node, field: &str, v: &Value) -> ApiResult<()> 
             if let Some(u) = &node.instance_uuid
                 && Uuid::parse_str(u).is_err()
             {
-                return Err(ApiError::bad_request(format!(
-                    "Expected a UUID for instance_uuid but received {u}."
-                )));
+                return Err(ApiError::bad_request(format!("Expected a UUID for instance_uuid but received {u}.")));
             }
         }
         "instance_name" => node.instance_name = opt_string(field, v)?,
@@ -154,14 +148,8 @@ pub fn set_node_field(node: &mut Node, field: &str, v: &Value) -> ApiResult<()> 
         "maintenance" => node.maintenance = boolean(field, v)?,
         "maintenance_reason" => node.maintenance_reason = opt_string(field, v)?,
         "conductor_group" => {
-            let g = opt_string(field, v)?
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            if g.len() > 255
-                || !g
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c))
-            {
+            let g = opt_string(field, v)?.unwrap_or_default().to_ascii_lowercase();
+            if g.len() > 255 || !g.chars().all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c)) {
                 return Err(ApiError::bad_request(format!(
                     "Invalid conductor_group {g:?}: letters, digits and -._: only"
                 )));
@@ -169,9 +157,7 @@ pub fn set_node_field(node: &mut Node, field: &str, v: &Value) -> ApiResult<()> 
             node.conductor_group = g;
         }
         other => {
-            return Err(ApiError::bad_request(format!(
-                "'/{other}' is an internal attribute and can not be updated"
-            )));
+            return Err(ApiError::bad_request(format!("'/{other}' is an internal attribute and can not be updated")));
         }
     }
     Ok(())
@@ -181,9 +167,7 @@ pub fn set_node_field(node: &mut Node, field: &str, v: &Value) -> ApiResult<()> 
 pub fn check_node(node: &mut Node, reason_given: bool) -> ApiResult<()> {
     if !node.protected {
         if reason_given && node.protected_reason.is_some() {
-            return Err(ApiError::bad_request(
-                "Cannot set protected_reason without protected=True",
-            ));
+            return Err(ApiError::bad_request("Cannot set protected_reason without protected=True"));
         }
         node.protected_reason = None;
     }
@@ -192,20 +176,14 @@ pub fn check_node(node: &mut Node, reason_given: bool) -> ApiResult<()> {
 
 /// Apply a whole document's writable fields to `node`, refusing changes to
 /// internal ones.
-pub fn apply_document(
-    node: &mut Node,
-    before: &Map<String, Value>,
-    after: &Map<String, Value>,
-) -> ApiResult<()> {
+pub fn apply_document(node: &mut Node, before: &Map<String, Value>, after: &Map<String, Value>) -> ApiResult<()> {
     let writable = node_writable();
     for (k, v) in after {
         if before.get(k) == Some(v) {
             continue;
         }
         if !writable.iter().any(|w| w == k) {
-            return Err(ApiError::bad_request(format!(
-                "'/{k}' is an internal attribute and can not be updated"
-            )));
+            return Err(ApiError::bad_request(format!("'/{k}' is an internal attribute and can not be updated")));
         }
         set_node_field(node, k, v)?;
     }

@@ -35,22 +35,14 @@ pub struct Forwarder {
 #[derive(Debug, Clone, Copy)]
 pub enum Route<'a> {
     /// The owner of a node.
-    Node {
-        uuid: &'a uuid::Uuid,
-        group: &'a str,
-        hardware_type: &'a str,
-    },
+    Node { uuid: &'a uuid::Uuid, group: &'a str, hardware_type: &'a str },
     /// Any active conductor that enables a hardware type.
     Driver(&'a str),
 }
 
 impl Forwarder {
     pub fn new(ring: watch::Receiver<Ring>, deadline: Duration) -> Forwarder {
-        Forwarder {
-            ring,
-            channels: Mutex::new(HashMap::new()),
-            deadline,
-        }
+        Forwarder { ring, channels: Mutex::new(HashMap::new()), deadline }
     }
 
     pub fn ring(&self) -> Ring {
@@ -73,17 +65,12 @@ impl Forwarder {
 
     fn pick(ring: &Ring, route: Route<'_>) -> Option<Member> {
         match route {
-            Route::Node {
-                uuid,
-                group,
-                hardware_type,
-            } => ring.owner(uuid.as_bytes(), group, hardware_type).cloned(),
+            Route::Node { uuid, group, hardware_type } => ring.owner(uuid.as_bytes(), group, hardware_type).cloned(),
             Route::Driver(hw) => ring
                 .members()
                 .iter()
                 .find(|m| {
-                    m.state == ferric_common::ring::MemberState::Active
-                        && m.hardware_types.iter().any(|h| h == hw)
+                    m.state == ferric_common::ring::MemberState::Active && m.hardware_types.iter().any(|h| h == hw)
                 })
                 .cloned(),
         }
@@ -104,21 +91,13 @@ impl Forwarder {
             let ring = rx.borrow_and_update().clone();
             let Some(member) = Self::pick(&ring, route) else {
                 // nobody serves it right now: a conductor may be joining
-                let wait =
-                    Duration::from_secs(3).min(deadline.saturating_duration_since(Instant::now()));
-                if tokio::time::timeout(wait, rx.changed())
-                    .await
-                    .is_ok_and(|r| r.is_ok())
-                    && Instant::now() < deadline
+                let wait = Duration::from_secs(3).min(deadline.saturating_duration_since(Instant::now()));
+                if tokio::time::timeout(wait, rx.changed()).await.is_ok_and(|r| r.is_ok()) && Instant::now() < deadline
                 {
                     continue;
                 }
                 let (group, hw) = match route {
-                    Route::Node {
-                        group,
-                        hardware_type,
-                        ..
-                    } => (group, hardware_type),
+                    Route::Node { group, hardware_type, .. } => (group, hardware_type),
                     Route::Driver(hw) => ("", hw),
                 };
                 return Err(ApiError::bad_request(format!(

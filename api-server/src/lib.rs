@@ -44,62 +44,25 @@ fn v1_routes() -> Router<State> {
     Router::new()
         .route("/nodes", get(nodes::list_nodes).post(nodes::create_node))
         .route("/nodes/detail", get(nodes::list_nodes_detail))
-        .route(
-            "/nodes/{node}",
-            get(nodes::get_node)
-                .patch(nodes::patch_node)
-                .delete(nodes::delete_node),
-        )
+        .route("/nodes/{node}", get(nodes::get_node).patch(nodes::patch_node).delete(nodes::delete_node))
         .route("/nodes/{node}/states", get(nodes::get_states))
-        .route(
-            "/nodes/{node}/states/provision",
-            put(nodes::set_provision_state),
-        )
+        .route("/nodes/{node}/states/provision", put(nodes::set_provision_state))
         .route("/nodes/{node}/states/power", put(nodes::set_power_state))
         .route("/nodes/{node}/validate", get(nodes::validate))
-        .route(
-            "/nodes/{node}/maintenance",
-            put(nodes::put_maintenance).delete(nodes::delete_maintenance),
-        )
+        .route("/nodes/{node}/maintenance", put(nodes::put_maintenance).delete(nodes::delete_maintenance))
         .route("/nodes/{node}/ports", get(nodes::node_ports))
-        .route(
-            "/nodes/{node}/vendor_passthru/methods",
-            get(nodes::vendor_methods),
-        )
-        .route(
-            "/nodes/{node}/vendor_passthru/{method}",
-            any(nodes::vendor_call),
-        )
-        .route(
-            "/nodes/{node}/vendor_passthru",
-            any(nodes::vendor_call_query),
-        )
+        .route("/nodes/{node}/vendor_passthru/methods", get(nodes::vendor_methods))
+        .route("/nodes/{node}/vendor_passthru/{method}", any(nodes::vendor_call))
+        .route("/nodes/{node}/vendor_passthru", any(nodes::vendor_call_query))
         .route("/ports", get(ports::list_ports).post(ports::create_port))
         .route("/ports/detail", get(ports::list_ports_detail))
-        .route(
-            "/ports/{port}",
-            get(ports::get_port)
-                .patch(ports::patch_port)
-                .delete(ports::delete_port),
-        )
+        .route("/ports/{port}", get(ports::get_port).patch(ports::patch_port).delete(ports::delete_port))
         .route("/drivers", get(drivers::list_drivers))
         .route("/drivers/{driver}", get(drivers::get_driver))
-        .route(
-            "/drivers/{driver}/properties",
-            get(drivers::driver_properties),
-        )
-        .route(
-            "/drivers/{driver}/vendor_passthru/methods",
-            get(drivers::driver_vendor_methods),
-        )
-        .route(
-            "/drivers/{driver}/vendor_passthru/{method}",
-            any(drivers::driver_vendor_call),
-        )
-        .route(
-            "/drivers/{driver}/vendor_passthru",
-            any(drivers::driver_vendor_call_query),
-        )
+        .route("/drivers/{driver}/properties", get(drivers::driver_properties))
+        .route("/drivers/{driver}/vendor_passthru/methods", get(drivers::driver_vendor_methods))
+        .route("/drivers/{driver}/vendor_passthru/{method}", any(drivers::driver_vendor_call))
+        .route("/drivers/{driver}/vendor_passthru", any(drivers::driver_vendor_call_query))
         .route("/conductors", get(drivers::list_conductors))
         .route("/conductors/{host}", get(drivers::get_conductor))
         .route("/lookup", get(root::lookup))
@@ -146,15 +109,11 @@ pub async fn serve(
     let fwd = forward::Forwarder::new(ring, Duration::from_millis(cfg.api.request_deadline_ms));
     let state = Arc::new(AppState { cfg, db, fwd });
     // clients ask for collections with a trailing slash (`/v1/ports/`)
-    let app = tower::Layer::layer(
-        &tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(),
-        router(state),
-    );
+    let app =
+        tower::Layer::layer(&tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(), router(state));
     let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
     let join = tokio::spawn(async move {
-        let res = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        let res = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
         if let Err(e) = res {
             tracing::error!("API server stopped: {e}");
         }

@@ -12,8 +12,8 @@ use chrono::Utc;
 use ferric_common::db::{DbError, NODE_SORT_KEYS, NodeQuery, PortQuery};
 use ferric_common::model::{NODE_INTERFACES, Node};
 use ferric_common::proto::{
-    DriverRef, NodeRef, NodeVendorRequest, PowerStateRequest, ProvisionActionRequest,
-    UpdateNodeRequest, VendorMethodsRequest,
+    DriverRef, NodeRef, NodeVendorRequest, PowerStateRequest, ProvisionActionRequest, UpdateNodeRequest,
+    VendorMethodsRequest,
 };
 use ferric_common::states::{ProvisionState, Verb, VerbError, verb_check};
 use serde_json::{Map, Value, json};
@@ -30,30 +30,16 @@ fn parse_bool(name: &str, v: &str) -> ApiResult<bool> {
     match v.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(ApiError::bad_request(format!(
-            "Invalid value for {name}: {v:?} is not a boolean"
-        ))),
+        _ => Err(ApiError::bad_request(format!("Invalid value for {name}: {v:?} is not a boolean"))),
     }
 }
 
-async fn list(
-    st: &AppState,
-    ctx: &Ctx,
-    q: &HashMap<String, String>,
-    detail: bool,
-    path: &str,
-) -> ApiResult<Value> {
+async fn list(st: &AppState, ctx: &Ctx, q: &HashMap<String, String>, detail: bool, path: &str) -> ApiResult<Value> {
     let fields = render::parse_fields(q.get("fields").map(String::as_str), NODE_FIELDS, ctx.v)?;
     if detail && fields.is_some() {
-        return Err(ApiError::bad_request(
-            "Can not specify ?detail=True and fields in the same request.",
-        ));
+        return Err(ApiError::bad_request("Can not specify ?detail=True and fields in the same request."));
     }
-    let detail = detail
-        || q.get("detail")
-            .map(|d| parse_bool("detail", d))
-            .transpose()?
-            .unwrap_or(false);
+    let detail = detail || q.get("detail").map(|d| parse_bool("detail", d)).transpose()?.unwrap_or(false);
     let paging = paging::parse(q, st.cfg.api.max_limit, NODE_SORT_KEYS)?;
     let limit = paging.limit.unwrap_or(i64::from(st.cfg.api.max_limit));
     let mut query = NodeQuery {
@@ -61,21 +47,12 @@ async fn list(
         driver: q.get("driver").cloned(),
         resource_class: q.get("resource_class").cloned(),
         conductor_group: q.get("conductor_group").cloned(),
-        maintenance: q
-            .get("maintenance")
-            .map(|v| parse_bool("maintenance", v))
-            .transpose()?,
-        associated: q
-            .get("associated")
-            .map(|v| parse_bool("associated", v))
-            .transpose()?,
+        maintenance: q.get("maintenance").map(|v| parse_bool("maintenance", v)).transpose()?,
+        associated: q.get("associated").map(|v| parse_bool("associated", v)).transpose()?,
         owner: q.get("owner").cloned(),
         lessee: q.get("lessee").cloned(),
         fault: q.get("fault").cloned(),
-        retired: q
-            .get("retired")
-            .map(|v| parse_bool("retired", v))
-            .transpose()?,
+        retired: q.get("retired").map(|v| parse_bool("retired", v)).transpose()?,
         shard: q.get("shard").cloned(),
         instance_uuid: q.get("instance_uuid").cloned(),
         description_contains: q.get("description_contains").cloned(),
@@ -85,9 +62,7 @@ async fn list(
     if let Some(s) = &query.provision_state
         && ProvisionState::parse(s).is_none()
     {
-        return Err(ApiError::bad_request(format!(
-            "Invalid provision_state filter {s:?}"
-        )));
+        return Err(ApiError::bad_request(format!("Invalid provision_state filter {s:?}")));
     }
     let conductor_filter = q.get("conductor").cloned();
     // fetch one more than a page to know whether there is a next one
@@ -95,11 +70,7 @@ async fn list(
     let mut nodes = st.db.list_nodes(&query).await.map_err(|e| match e {
         DbError::NotFound => ApiError::bad_request(format!(
             "Marker {} could not be found.",
-            query
-                .paging
-                .marker
-                .map(|m| m.to_string())
-                .unwrap_or_default()
+            query.paging.marker.map(|m| m.to_string()).unwrap_or_default()
         )),
         e => ApiError::from_db(e, String::new),
     })?;
@@ -152,24 +123,14 @@ pub async fn get_node(
 ) -> ApiResult<Json<Value>> {
     let fields = render::parse_fields(q.get("fields").map(String::as_str), NODE_FIELDS, ctx.v)?;
     let node = st.node(&ident, ctx.v).await?;
-    Ok(Json(render::node_view(
-        &node,
-        &ctx.base,
-        st.conductor_of(&node).as_deref(),
-        ctx.v,
-        fields.as_deref(),
-        false,
-    )))
+    Ok(Json(render::node_view(&node, &ctx.base, st.conductor_of(&node).as_deref(), ctx.v, fields.as_deref(), false)))
 }
 
 fn json_body(body: &Bytes) -> ApiResult<Value> {
     if body.is_empty() {
-        return Err(ApiError::bad_request(
-            "The request body is empty; a JSON document is required",
-        ));
+        return Err(ApiError::bad_request("The request body is empty; a JSON document is required"));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))
 }
 
 /// Fill unset interfaces with the hardware type's defaults and check the
@@ -185,11 +146,7 @@ async fn resolve_interfaces(st: &AppState, node: &mut Node) -> ApiResult<()> {
         .await?;
     for iface in NODE_INTERFACES {
         let slot = node.interfaces.get_mut(iface).expect("known interface");
-        let enabled = props
-            .enabled_interfaces
-            .get(iface)
-            .map(|l| l.names.clone())
-            .unwrap_or_default();
+        let enabled = props.enabled_interfaces.get(iface).map(|l| l.names.clone()).unwrap_or_default();
         match slot {
             Some(chosen) if !enabled.contains(chosen) => {
                 return Err(ApiError::bad_request(format!(
@@ -210,23 +167,16 @@ fn no_valid_host(driver: &str, group: &str) -> ApiError {
     ))
 }
 
-pub async fn create_node(
-    AxState(st): AxState<State>,
-    ctx: Ctx,
-    body: Bytes,
-) -> ApiResult<Response> {
+pub async fn create_node(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> ApiResult<Response> {
     let body = json_body(&body)?;
-    let obj = body
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("The node must be a JSON object"))?;
+    let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The node must be a JSON object"))?;
     let uuid = match obj.get("uuid") {
         None | Some(Value::Null) => Uuid::new_v4(),
-        Some(Value::String(s)) => Uuid::parse_str(s)
-            .map_err(|_| ApiError::bad_request(format!("Expected a UUID but received {s}.")))?,
+        Some(Value::String(s)) => {
+            Uuid::parse_str(s).map_err(|_| ApiError::bad_request(format!("Expected a UUID but received {s}.")))?
+        }
         Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "Expected a UUID but received {other}."
-            )));
+            return Err(ApiError::bad_request(format!("Expected a UUID but received {other}.")));
         }
     };
     let driver = match obj.get("driver") {
@@ -239,11 +189,7 @@ pub async fn create_node(
         None => return Err(ApiError::bad_request("Mandatory field missing: 'driver'")),
     };
     // below 1.11 a new node is immediately available
-    let state = if ctx.v.at_least(11) {
-        ProvisionState::Enroll
-    } else {
-        ProvisionState::Available
-    };
+    let state = if ctx.v.at_least(11) { ProvisionState::Enroll } else { ProvisionState::Available };
     let mut node = Node::new(uuid, &driver, state, st.cfg.membership.partition_exponent);
     let writable = fields::node_writable();
     for (k, v) in obj {
@@ -266,41 +212,20 @@ pub async fn create_node(
     node.conductor_affinity = st.conductor_of(&node);
     node.created_at = Utc::now();
     st.db.create_node(&node).await.map_err(|e| match e {
-        DbError::Duplicate { field: "name" } => ApiError::conflict(format!(
-            "A node with name {} already exists.",
-            node.name.clone().unwrap_or_default()
-        )),
-        DbError::Duplicate {
-            field: "instance_uuid",
-        } => ApiError::conflict(format!(
+        DbError::Duplicate { field: "name" } => {
+            ApiError::conflict(format!("A node with name {} already exists.", node.name.clone().unwrap_or_default()))
+        }
+        DbError::Duplicate { field: "instance_uuid" } => ApiError::conflict(format!(
             "Instance {} is already associated with a node.",
             node.instance_uuid.clone().unwrap_or_default()
         )),
-        DbError::Duplicate { .. } => {
-            ApiError::conflict(format!("A node with UUID {uuid} already exists."))
-        }
+        DbError::Duplicate { .. } => ApiError::conflict(format!("A node with UUID {uuid} already exists.")),
         e => ApiError::from_db(e, String::new),
     })?;
-    let stored = st
-        .db
-        .get_node(uuid)
-        .await
-        .map_err(|e| ApiError::from_db(e, String::new))?;
-    let view = render::node_view(
-        &stored,
-        &ctx.base,
-        st.conductor_of(&stored).as_deref(),
-        ctx.v,
-        None,
-        false,
-    );
+    let stored = st.db.get_node(uuid).await.map_err(|e| ApiError::from_db(e, String::new))?;
+    let view = render::node_view(&stored, &ctx.base, st.conductor_of(&stored).as_deref(), ctx.v, None, false);
     let location = format!("{}/v1/nodes/{uuid}", ctx.base);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(view),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)).into_response())
 }
 
 /// Send a changed node to its owner, which applies it under the lock.
@@ -309,16 +234,11 @@ async fn push_update(st: &AppState, node: &Node) -> ApiResult<Node> {
     let reply = st
         .fwd
         .call(AppState::route(node), |mut c, epoch| {
-            let req = UpdateNodeRequest {
-                epoch,
-                node_uuid: node.uuid.to_string(),
-                node_json: node_json.clone(),
-            };
+            let req = UpdateNodeRequest { epoch, node_uuid: node.uuid.to_string(), node_json: node_json.clone() };
             async move { c.update_node(req).await }
         })
         .await?;
-    serde_json::from_str(&reply.node_json)
-        .map_err(|e| ApiError::internal(format!("conductor sent a bad node: {e}")))
+    serde_json::from_str(&reply.node_json).map_err(|e| ApiError::internal(format!("conductor sent a bad node: {e}")))
 }
 
 pub async fn patch_node(
@@ -335,11 +255,7 @@ pub async fn patch_node(
     let mut changed = node.clone();
     fields::apply_document(&mut changed, &before, &after)?;
     if changed.driver != node.driver || changed.conductor_group != node.conductor_group {
-        if !st
-            .fwd
-            .ring()
-            .serves(&changed.conductor_group, &changed.driver)
-        {
+        if !st.fwd.ring().serves(&changed.conductor_group, &changed.driver) {
             return Err(no_valid_host(&changed.driver, &changed.conductor_group));
         }
         if changed.driver != node.driver {
@@ -356,39 +272,21 @@ pub async fn patch_node(
         resolve_interfaces(&st, &mut changed).await?;
     }
     let stored = push_update(&st, &changed).await?;
-    Ok(Json(render::node_view(
-        &stored,
-        &ctx.base,
-        st.conductor_of(&stored).as_deref(),
-        ctx.v,
-        None,
-        false,
-    )))
+    Ok(Json(render::node_view(&stored, &ctx.base, st.conductor_of(&stored).as_deref(), ctx.v, None, false)))
 }
 
-pub async fn delete_node(
-    AxState(st): AxState<State>,
-    ctx: Ctx,
-    Path(ident): Path<String>,
-) -> ApiResult<StatusCode> {
+pub async fn delete_node(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>) -> ApiResult<StatusCode> {
     let node = st.node(&ident, ctx.v).await?;
     st.fwd
         .call(AppState::route(&node), |mut c, epoch| {
-            let req = NodeRef {
-                epoch,
-                node_uuid: node.uuid.to_string(),
-            };
+            let req = NodeRef { epoch, node_uuid: node.uuid.to_string() };
             async move { c.destroy_node(req).await }
         })
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn get_states(
-    AxState(st): AxState<State>,
-    ctx: Ctx,
-    Path(ident): Path<String>,
-) -> ApiResult<Json<Value>> {
+pub async fn get_states(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>) -> ApiResult<Json<Value>> {
     let n = st.node(&ident, ctx.v).await?;
     let view = render::node_view(&n, &ctx.base, None, ctx.v, None, false);
     let mut out = Map::new();
@@ -431,18 +329,9 @@ pub async fn set_provision_state(
     body: Bytes,
 ) -> ApiResult<Response> {
     let body = json_body(&body)?;
-    let obj = body
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("The request body must be a JSON object"))?;
-    const KEYS: [&str; 7] = [
-        "target",
-        "configdrive",
-        "clean_steps",
-        "deploy_steps",
-        "service_steps",
-        "rescue_password",
-        "disable_ramdisk",
-    ];
+    let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The request body must be a JSON object"))?;
+    const KEYS: [&str; 7] =
+        ["target", "configdrive", "clean_steps", "deploy_steps", "service_steps", "rescue_password", "disable_ramdisk"];
     if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!("Unknown argument: \"{k}\"")));
     }
@@ -450,9 +339,8 @@ pub async fn set_provision_state(
         .get("target")
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::bad_request("Mandatory field missing: 'target'"))?;
-    let verb = Verb::parse(target).ok_or_else(|| {
-        ApiError::bad_request(format!("\"{target}\" is not a valid provision target"))
-    })?;
+    let verb = Verb::parse(target)
+        .ok_or_else(|| ApiError::bad_request(format!("\"{target}\" is not a valid provision target")))?;
     let only = |key: &str, verbs: &[Verb]| -> ApiResult<()> {
         if obj.get(key).is_some_and(|v| !v.is_null()) && !verbs.contains(&verb) {
             return Err(ApiError::bad_request(format!(
@@ -472,9 +360,7 @@ pub async fn set_provision_state(
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
         Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "rescue_password must be a string, not {other}"
-            )));
+            return Err(ApiError::bad_request(format!("rescue_password must be a string, not {other}")));
         }
     };
     let node = st.node(&ident, ctx.v).await?;
@@ -502,10 +388,7 @@ pub async fn set_provision_state(
         }
     }
     if matches!(verb, Verb::Active | Verb::Deploy | Verb::Rebuild) && node.maintenance {
-        return Err(ApiError::bad_request(format!(
-            "The node {} is in maintenance mode.",
-            node.uuid
-        )));
+        return Err(ApiError::bad_request(format!("The node {} is in maintenance mode.", node.uuid)));
     }
     let req = ProvisionActionRequest {
         epoch: 0,
@@ -516,10 +399,7 @@ pub async fn set_provision_state(
         deploy_steps_json: json_text(obj.get("deploy_steps")),
         service_steps_json: json_text(obj.get("service_steps")),
         rescue_password,
-        disable_ramdisk: obj
-            .get("disable_ramdisk")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        disable_ramdisk: obj.get("disable_ramdisk").and_then(Value::as_bool).unwrap_or(false),
     };
     st.fwd
         .call(AppState::route(&node), |mut c, epoch| {
@@ -538,58 +418,34 @@ pub async fn set_power_state(
     body: Bytes,
 ) -> ApiResult<Response> {
     let body = json_body(&body)?;
-    let obj = body
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("The request body must be a JSON object"))?;
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !["target", "timeout"].contains(&k.as_str()))
-    {
+    let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The request body must be a JSON object"))?;
+    if let Some(k) = obj.keys().find(|k| !["target", "timeout"].contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!("Unknown argument: \"{k}\"")));
     }
     let target = obj
         .get("target")
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::bad_request("Mandatory field missing: 'target'"))?;
-    if ![
-        "power on",
-        "power off",
-        "rebooting",
-        "soft power off",
-        "soft rebooting",
-    ]
-    .contains(&target)
-    {
-        return Err(ApiError::bad_request(format!(
-            "Invalid power state {target}."
-        )));
+    if !["power on", "power off", "rebooting", "soft power off", "soft rebooting"].contains(&target) {
+        return Err(ApiError::bad_request(format!("Invalid power state {target}.")));
     }
     if target.starts_with("soft") && !ctx.v.at_least(27) {
-        return Err(ApiError::not_acceptable(format!(
-            "Power target \"{target}\" needs API version 1.27 or later"
-        )));
+        return Err(ApiError::not_acceptable(format!("Power target \"{target}\" needs API version 1.27 or later")));
     }
     let timeout = match obj.get("timeout") {
         None | Some(Value::Null) => 0,
         Some(_) if !ctx.v.at_least(27) => {
-            return Err(ApiError::not_acceptable(
-                "\"timeout\" needs API version 1.27 or later",
-            ));
+            return Err(ApiError::not_acceptable("\"timeout\" needs API version 1.27 or later"));
         }
         Some(v) => match v.as_u64() {
             Some(t) if t > 0 && t <= u64::from(u32::MAX) => t as u32,
             _ => {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid timeout {v}: must be a positive integer"
-                )));
+                return Err(ApiError::bad_request(format!("Invalid timeout {v}: must be a positive integer")));
             }
         },
     };
     let node = st.node(&ident, ctx.v).await?;
-    if matches!(
-        node.provision_state,
-        ProvisionState::Cleaning | ProvisionState::CleanWait
-    ) {
+    if matches!(node.provision_state, ProvisionState::Cleaning | ProvisionState::CleanWait) {
         return Err(ApiError::bad_request(format!(
             "Can not change power state of node {} while it is in state {}.",
             node.uuid, node.provision_state
@@ -597,31 +453,19 @@ pub async fn set_power_state(
     }
     st.fwd
         .call(AppState::route(&node), |mut c, epoch| {
-            let r = PowerStateRequest {
-                epoch,
-                node_uuid: node.uuid.to_string(),
-                target: target.to_string(),
-                timeout,
-            };
+            let r = PowerStateRequest { epoch, node_uuid: node.uuid.to_string(), target: target.to_string(), timeout };
             async move { c.change_power_state(r).await }
         })
         .await?;
     Ok(accepted(&ctx, &ident))
 }
 
-pub async fn validate(
-    AxState(st): AxState<State>,
-    ctx: Ctx,
-    Path(ident): Path<String>,
-) -> ApiResult<Json<Value>> {
+pub async fn validate(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>) -> ApiResult<Json<Value>> {
     let node = st.node(&ident, ctx.v).await?;
     let reply = st
         .fwd
         .call(AppState::route(&node), |mut c, epoch| {
-            let r = NodeRef {
-                epoch,
-                node_uuid: node.uuid.to_string(),
-            };
+            let r = NodeRef { epoch, node_uuid: node.uuid.to_string() };
             async move { c.validate(r).await }
         })
         .await?;
@@ -667,15 +511,11 @@ pub async fn put_maintenance(
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(s.clone()),
                 Some(other) => {
-                    return Err(ApiError::bad_request(format!(
-                        "reason must be a string, not {other}"
-                    )));
+                    return Err(ApiError::bad_request(format!("reason must be a string, not {other}")));
                 }
             },
             _ => {
-                return Err(ApiError::bad_request(
-                    "The request body must be a JSON object",
-                ));
+                return Err(ApiError::bad_request("The request body must be a JSON object"));
             }
         }
     };
@@ -711,11 +551,7 @@ pub async fn vendor_methods(
     let reply = st
         .fwd
         .call(AppState::route(&node), |mut c, epoch| {
-            let r = VendorMethodsRequest {
-                epoch,
-                node_uuid: node.uuid.to_string(),
-                driver: String::new(),
-            };
+            let r = VendorMethodsRequest { epoch, node_uuid: node.uuid.to_string(), driver: String::new() };
             async move { c.get_vendor_methods(r).await }
         })
         .await?;
@@ -729,27 +565,12 @@ pub fn vendor_response(reply: ferric_common::proto::VendorReply) -> Response {
     }
     if reply.attach {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        h.insert(
-            header::CONTENT_DISPOSITION,
-            HeaderValue::from_static("attachment"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
         return (StatusCode::OK, h, reply.return_value).into_response();
     }
-    let body = if reply.return_value.is_empty() {
-        b"null".to_vec()
-    } else {
-        reply.return_value
-    };
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response()
+    let body = if reply.return_value.is_empty() { b"null".to_vec() } else { reply.return_value };
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 pub fn vendor_body(method: &Method, body: &Bytes) -> ApiResult<String> {
@@ -804,9 +625,7 @@ pub async fn vendor_call_query(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let name = q
-        .get("method")
-        .ok_or_else(|| ApiError::bad_request("Missing argument: \"method\""))?;
+    let name = q.get("method").ok_or_else(|| ApiError::bad_request("Missing argument: \"method\""))?;
     node_vendor_call(&st, &ctx, &ident, name, method, body).await
 }
 
@@ -817,23 +636,10 @@ pub async fn node_ports(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let node = st.node(&ident, ctx.v).await?;
-    let fields = render::parse_fields(
-        q.get("fields").map(String::as_str),
-        render::PORT_FIELDS,
-        ctx.v,
-    )?;
-    let query = PortQuery {
-        node_uuid: Some(node.uuid),
-        ..Default::default()
-    };
-    let ports = st
-        .db
-        .list_ports(&query)
-        .await
-        .map_err(|e| ApiError::from_db(e, String::new))?;
-    let items: Vec<Value> = ports
-        .iter()
-        .map(|p| render::port_view(p, &ctx.base, ctx.v, fields.as_deref(), fields.is_none()))
-        .collect();
+    let fields = render::parse_fields(q.get("fields").map(String::as_str), render::PORT_FIELDS, ctx.v)?;
+    let query = PortQuery { node_uuid: Some(node.uuid), ..Default::default() };
+    let ports = st.db.list_ports(&query).await.map_err(|e| ApiError::from_db(e, String::new))?;
+    let items: Vec<Value> =
+        ports.iter().map(|p| render::port_view(p, &ctx.base, ctx.v, fields.as_deref(), fields.is_none())).collect();
     Ok(Json(json!({"ports": items})))
 }

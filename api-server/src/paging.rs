@@ -9,14 +9,10 @@ use uuid::Uuid;
 use crate::error::{ApiError, ApiResult};
 
 pub fn parse(q: &HashMap<String, String>, max_limit: u32, sort_keys: &[&str]) -> ApiResult<Paging> {
-    let mut p = Paging {
-        limit: Some(i64::from(max_limit)),
-        ..Default::default()
-    };
+    let mut p = Paging { limit: Some(i64::from(max_limit)), ..Default::default() };
     if let Some(l) = q.get("limit") {
-        let n: i64 = l.parse().map_err(|_| {
-            ApiError::bad_request(format!("Invalid limit {l:?}: must be an integer"))
-        })?;
+        let n: i64 =
+            l.parse().map_err(|_| ApiError::bad_request(format!("Invalid limit {l:?}: must be an integer")))?;
         if n < 0 {
             return Err(ApiError::bad_request("Limit must be positive"));
         }
@@ -25,16 +21,13 @@ pub fn parse(q: &HashMap<String, String>, max_limit: u32, sort_keys: &[&str]) ->
         }
     }
     if let Some(m) = q.get("marker") {
-        p.marker =
-            Some(Uuid::parse_str(m).map_err(|_| {
-                ApiError::bad_request(format!("Invalid marker {m}: expected a UUID"))
-            })?);
+        p.marker = Some(
+            Uuid::parse_str(m).map_err(|_| ApiError::bad_request(format!("Invalid marker {m}: expected a UUID")))?,
+        );
     }
     if let Some(k) = q.get("sort_key") {
         if !sort_keys.contains(&k.as_str()) {
-            return Err(ApiError::bad_request(format!(
-                "The sort_key value \"{k}\" is an invalid field for sorting"
-            )));
+            return Err(ApiError::bad_request(format!("The sort_key value \"{k}\" is an invalid field for sorting")));
         }
         p.sort_key = k.clone();
     }
@@ -54,18 +47,9 @@ pub fn parse(q: &HashMap<String, String>, max_limit: u32, sort_keys: &[&str]) ->
 
 /// The `next` URL for a page that was cut at `limit`, keeping the other
 /// query arguments.
-pub fn next_url(
-    base: &str,
-    path: &str,
-    q: &HashMap<String, String>,
-    limit: i64,
-    last: &Uuid,
-) -> String {
-    let mut args: Vec<(String, String)> = q
-        .iter()
-        .filter(|(k, _)| *k != "limit" && *k != "marker")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+pub fn next_url(base: &str, path: &str, q: &HashMap<String, String>, limit: i64, last: &Uuid) -> String {
+    let mut args: Vec<(String, String)> =
+        q.iter().filter(|(k, _)| *k != "limit" && *k != "marker").map(|(k, v)| (k.clone(), v.clone())).collect();
     args.sort();
     let mut s = String::new();
     for (k, v) in args {

@@ -19,46 +19,38 @@ fn unescape(s: &str) -> String {
 
 /// Parse and check a patch document.
 pub fn parse(body: &Value) -> Result<Vec<Op>, ApiError> {
-    let list = body.as_array().ok_or_else(|| {
-        ApiError::bad_request("Invalid patch: a JSON Patch must be a list of operations")
-    })?;
+    let list = body
+        .as_array()
+        .ok_or_else(|| ApiError::bad_request("Invalid patch: a JSON Patch must be a list of operations"))?;
     if list.is_empty() {
-        return Err(ApiError::bad_request(
-            "Invalid patch: the list of operations is empty",
-        ));
+        return Err(ApiError::bad_request("Invalid patch: the list of operations is empty"));
     }
     list.iter()
         .map(|o| {
-            let obj = o.as_object().ok_or_else(|| {
-                ApiError::bad_request("Invalid patch: every operation must be an object")
-            })?;
-            let op = obj.get("op").and_then(Value::as_str).ok_or_else(|| {
-                ApiError::bad_request("Invalid patch: an operation is missing \"op\"")
-            })?;
+            let obj = o
+                .as_object()
+                .ok_or_else(|| ApiError::bad_request("Invalid patch: every operation must be an object"))?;
+            let op = obj
+                .get("op")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad_request("Invalid patch: an operation is missing \"op\""))?;
             if !matches!(op, "add" | "replace" | "remove") {
                 return Err(ApiError::bad_request(format!(
                     "Invalid patch: operation \"{op}\" is not supported; use add, replace or remove"
                 )));
             }
-            let path = obj.get("path").and_then(Value::as_str).ok_or_else(|| {
-                ApiError::bad_request("Invalid patch: an operation is missing \"path\"")
-            })?;
+            let path = obj
+                .get("path")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad_request("Invalid patch: an operation is missing \"path\""))?;
             if !path.starts_with('/') || path.len() < 2 {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid patch: '{path}' is not a valid JSON pointer"
-                )));
+                return Err(ApiError::bad_request(format!("Invalid patch: '{path}' is not a valid JSON pointer")));
             }
             let value = obj.get("value").cloned();
             if op != "remove" && value.is_none() {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid patch: '{op}' on '{path}' needs a \"value\""
-                )));
+                return Err(ApiError::bad_request(format!("Invalid patch: '{op}' on '{path}' needs a \"value\"")));
             }
-            Ok(Op {
-                op: op.to_string(),
-                path: path[1..].split('/').map(unescape).collect(),
-                value,
-            })
+            Ok(Op { op: op.to_string(), path: path[1..].split('/').map(unescape).collect(), value })
         })
         .collect()
 }
@@ -74,9 +66,7 @@ pub fn apply(doc: &mut Map<String, Value>, ops: &[Op]) -> Result<(), ApiError> {
             match op.op.as_str() {
                 "remove" => {
                     if !doc.contains_key(first) {
-                        return Err(ApiError::bad_request(format!(
-                            "Can't remove non-existent object '{first}'"
-                        )));
+                        return Err(ApiError::bad_request(format!("Can't remove non-existent object '{first}'")));
                     }
                     doc.insert(first.clone(), Value::Null);
                 }
@@ -91,9 +81,8 @@ pub fn apply(doc: &mut Map<String, Value>, ops: &[Op]) -> Result<(), ApiError> {
             }
             continue;
         }
-        let mut cur = doc
-            .get_mut(first)
-            .ok_or_else(|| ApiError::bad_request(format!("Can't find the path {display}")))?;
+        let mut cur =
+            doc.get_mut(first).ok_or_else(|| ApiError::bad_request(format!("Can't find the path {display}")))?;
         for (i, key) in rest.iter().enumerate() {
             let last = i == rest.len() - 1;
             if last {
@@ -115,12 +104,13 @@ pub fn apply(doc: &mut Map<String, Value>, ops: &[Op]) -> Result<(), ApiError> {
 fn apply_leaf(parent: &mut Value, key: &str, op: &Op, display: &str) -> Result<(), ApiError> {
     match parent {
         Value::Object(m) => match op.op.as_str() {
-            "remove" => m.remove(key).map(|_| ()).ok_or_else(|| {
-                ApiError::bad_request(format!("Can't remove non-existent object '{key}'"))
-            }),
-            "replace" if !m.contains_key(key) => Err(ApiError::bad_request(format!(
-                "Can't replace non-existent object '{key}'"
-            ))),
+            "remove" => m
+                .remove(key)
+                .map(|_| ())
+                .ok_or_else(|| ApiError::bad_request(format!("Can't remove non-existent object '{key}'"))),
+            "replace" if !m.contains_key(key) => {
+                Err(ApiError::bad_request(format!("Can't replace non-existent object '{key}'")))
+            }
             _ => {
                 m.insert(key.to_string(), op.value.clone().expect("checked"));
                 Ok(())
@@ -130,9 +120,7 @@ fn apply_leaf(parent: &mut Value, key: &str, op: &Op, display: &str) -> Result<(
             let idx = if key == "-" && op.op == "add" {
                 a.len()
             } else {
-                key.parse::<usize>().map_err(|_| {
-                    ApiError::bad_request(format!("Invalid array index in {display}"))
-                })?
+                key.parse::<usize>().map_err(|_| ApiError::bad_request(format!("Invalid array index in {display}")))?
             };
             match op.op.as_str() {
                 "add" if idx <= a.len() => {
@@ -147,14 +135,10 @@ fn apply_leaf(parent: &mut Value, key: &str, op: &Op, display: &str) -> Result<(
                     a.remove(idx);
                     Ok(())
                 }
-                _ => Err(ApiError::bad_request(format!(
-                    "Array index out of range in {display}"
-                ))),
+                _ => Err(ApiError::bad_request(format!("Array index out of range in {display}"))),
             }
         }
-        _ => Err(ApiError::bad_request(format!(
-            "Can't find the path {display}: its parent is not an object"
-        ))),
+        _ => Err(ApiError::bad_request(format!("Can't find the path {display}: its parent is not an object"))),
     }
 }
 
@@ -164,10 +148,7 @@ mod tests {
     use serde_json::json;
 
     fn doc() -> Map<String, Value> {
-        json!({"name": "n1", "extra": {"a": 1}, "driver_info": {}, "traits": ["x"]})
-            .as_object()
-            .unwrap()
-            .clone()
+        json!({"name": "n1", "extra": {"a": 1}, "driver_info": {}, "traits": ["x"]}).as_object().unwrap().clone()
     }
 
     #[test]
@@ -191,30 +172,15 @@ mod tests {
     #[test]
     fn errors_name_the_problem() {
         let mut d = doc();
-        let e = apply(
-            &mut d,
-            &parse(&json!([{"op": "add", "path": "/foo", "value": 1}])).unwrap(),
-        )
-        .unwrap_err();
-        assert_eq!(
-            e.message,
-            "Adding a new attribute (/foo) to the root of the resource is not allowed"
-        );
-        let e = apply(
-            &mut d,
-            &parse(&json!([{"op": "remove", "path": "/extra/zz"}])).unwrap(),
-        )
-        .unwrap_err();
+        let e = apply(&mut d, &parse(&json!([{"op": "add", "path": "/foo", "value": 1}])).unwrap()).unwrap_err();
+        assert_eq!(e.message, "Adding a new attribute (/foo) to the root of the resource is not allowed");
+        let e = apply(&mut d, &parse(&json!([{"op": "remove", "path": "/extra/zz"}])).unwrap()).unwrap_err();
         assert!(e.message.contains("non-existent"), "{}", e.message);
         assert!(parse(&json!([{"op": "move", "path": "/a", "from": "/b"}])).is_err());
         assert!(parse(&json!({"op": "add"})).is_err());
         assert!(parse(&json!([{"op": "add", "path": "/name"}])).is_err());
         // root remove resets to null
-        apply(
-            &mut d,
-            &parse(&json!([{"op": "remove", "path": "/name"}])).unwrap(),
-        )
-        .unwrap();
+        apply(&mut d, &parse(&json!([{"op": "remove", "path": "/name"}])).unwrap()).unwrap();
         assert_eq!(d["name"], Value::Null);
     }
 }

@@ -58,20 +58,11 @@ pub async fn list_ports_detail(
     list(&st, &ctx, &q, true, "ports/detail").await.map(Json)
 }
 
-async fn list(
-    st: &AppState,
-    ctx: &Ctx,
-    q: &HashMap<String, String>,
-    detail: bool,
-    path: &str,
-) -> ApiResult<Value> {
+async fn list(st: &AppState, ctx: &Ctx, q: &HashMap<String, String>, detail: bool, path: &str) -> ApiResult<Value> {
     let fields = render::parse_fields(q.get("fields").map(String::as_str), PORT_FIELDS, ctx.v)?;
     let paging = paging::parse(q, st.cfg.api.max_limit, PORT_SORT_KEYS)?;
     let limit = paging.limit.unwrap_or(i64::from(st.cfg.api.max_limit));
-    let mut query = PortQuery {
-        paging,
-        ..Default::default()
-    };
+    let mut query = PortQuery { paging, ..Default::default() };
     if let Some(n) = q.get("node").or(q.get("node_uuid")) {
         match st.node(n, ctx.v).await {
             Ok(node) => query.node_uuid = Some(node.uuid),
@@ -80,9 +71,10 @@ async fn list(
         }
     }
     if let Some(a) = q.get("address") {
-        query.address = Some(normalize_mac(a).ok_or_else(|| {
-            ApiError::bad_request(format!("Expected a MAC address but received {a}."))
-        })?);
+        query.address = Some(
+            normalize_mac(a)
+                .ok_or_else(|| ApiError::bad_request(format!("Expected a MAC address but received {a}.")))?,
+        );
     }
     query.paging.limit = Some(limit + 1);
     let mut ports = st.db.list_ports(&query).await.map_err(|e| match e {
@@ -93,15 +85,7 @@ async fn list(
     ports.truncate(limit as usize);
     let items: Vec<Value> = ports
         .iter()
-        .map(|p| {
-            render::port_view(
-                p,
-                &ctx.base,
-                ctx.v,
-                fields.as_deref(),
-                !detail && fields.is_none(),
-            )
-        })
+        .map(|p| render::port_view(p, &ctx.base, ctx.v, fields.as_deref(), !detail && fields.is_none()))
         .collect();
     let mut out = json!({"ports": items});
     if more && let Some(last) = ports.last() {
@@ -118,28 +102,20 @@ pub async fn get_port(
 ) -> ApiResult<Json<Value>> {
     let fields = render::parse_fields(q.get("fields").map(String::as_str), PORT_FIELDS, ctx.v)?;
     let p = get(&st, &ident).await?;
-    Ok(Json(render::port_view(
-        &p,
-        &ctx.base,
-        ctx.v,
-        fields.as_deref(),
-        false,
-    )))
+    Ok(Json(render::port_view(&p, &ctx.base, ctx.v, fields.as_deref(), false)))
 }
 
 fn set_field(p: &mut Port, k: &str, v: &Value) -> ApiResult<()> {
     match k {
         "address" => {
             let s = opt_string(k, v)?.unwrap_or_default();
-            p.address = normalize_mac(&s).ok_or_else(|| {
-                ApiError::bad_request(format!("Expected a MAC address but received {s}."))
-            })?;
+            p.address = normalize_mac(&s)
+                .ok_or_else(|| ApiError::bad_request(format!("Expected a MAC address but received {s}.")))?;
         }
         "node_uuid" => {
             let s = opt_string(k, v)?.unwrap_or_default();
-            p.node_uuid = Uuid::parse_str(&s).map_err(|_| {
-                ApiError::bad_request(format!("Expected a UUID for node_uuid but received {s}."))
-            })?;
+            p.node_uuid = Uuid::parse_str(&s)
+                .map_err(|_| ApiError::bad_request(format!("Expected a UUID for node_uuid but received {s}.")))?;
         }
         "name" => p.name = opt_string(k, v)?,
         "pxe_enabled" => p.pxe_enabled = if v.is_null() { true } else { boolean(k, v)? },
@@ -149,9 +125,7 @@ fn set_field(p: &mut Port, k: &str, v: &Value) -> ApiResult<()> {
         "is_smartnic" => p.is_smartnic = boolean(k, v)?,
         "portgroup_uuid" => p.portgroup_uuid = opt_string(k, v)?,
         other => {
-            return Err(ApiError::bad_request(format!(
-                "'/{other}' is an internal attribute and can not be updated"
-            )));
+            return Err(ApiError::bad_request(format!("'/{other}' is an internal attribute and can not be updated")));
         }
     }
     Ok(())
@@ -159,9 +133,7 @@ fn set_field(p: &mut Port, k: &str, v: &Value) -> ApiResult<()> {
 
 async fn push(st: &AppState, op: Op, port: &Port) -> ApiResult<Port> {
     let node = st.db.get_node(port.node_uuid).await.map_err(|e| match e {
-        DbError::NotFound => {
-            ApiError::bad_request(format!("Node {} could not be found.", port.node_uuid))
-        }
+        DbError::NotFound => ApiError::bad_request(format!("Node {} could not be found.", port.node_uuid)),
         e => ApiError::from_db(e, String::new),
     })?;
     let port_json = serde_json::to_string(port).expect("ports serialise");
@@ -177,47 +149,32 @@ async fn push(st: &AppState, op: Op, port: &Port) -> ApiResult<Port> {
             async move { c.update_port(r).await }
         })
         .await?;
-    serde_json::from_str(&reply.port_json)
-        .map_err(|e| ApiError::internal(format!("conductor sent a bad port: {e}")))
+    serde_json::from_str(&reply.port_json).map_err(|e| ApiError::internal(format!("conductor sent a bad port: {e}")))
 }
 
-pub async fn create_port(
-    AxState(st): AxState<State>,
-    ctx: Ctx,
-    body: Bytes,
-) -> ApiResult<Response> {
+pub async fn create_port(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> ApiResult<Response> {
     let body: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
-    let obj = body
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("The port must be a JSON object"))?;
+    let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The port must be a JSON object"))?;
     let uuid = match obj.get("uuid") {
         None | Some(Value::Null) => Uuid::new_v4(),
         Some(v) => {
             let s = v.as_str().unwrap_or_default();
-            Uuid::parse_str(s)
-                .map_err(|_| ApiError::bad_request(format!("Expected a UUID but received {v}.")))?
+            Uuid::parse_str(s).map_err(|_| ApiError::bad_request(format!("Expected a UUID but received {v}.")))?
         }
     };
     let node_ref = match (obj.get("node_uuid"), obj.get("node_ident")) {
         (Some(Value::String(s)), _) => s.clone(),
         (_, Some(Value::String(s))) if ctx.v.at_least(94) => s.clone(),
         _ => {
-            return Err(ApiError::bad_request(
-                "Mandatory field missing: 'node_uuid'",
-            ));
+            return Err(ApiError::bad_request("Mandatory field missing: 'node_uuid'"));
         }
     };
-    let node = st.node(&node_ref, ctx.v).await.map_err(|e| {
-        if e.status == StatusCode::NOT_FOUND {
-            ApiError::bad_request(e.message)
-        } else {
-            e
-        }
-    })?;
-    let address = obj
-        .get("address")
-        .ok_or_else(|| ApiError::bad_request("Mandatory field missing: 'address'"))?;
+    let node = st
+        .node(&node_ref, ctx.v)
+        .await
+        .map_err(|e| if e.status == StatusCode::NOT_FOUND { ApiError::bad_request(e.message) } else { e })?;
+    let address = obj.get("address").ok_or_else(|| ApiError::bad_request("Mandatory field missing: 'address'"))?;
     let mut port = Port::new(uuid, "", node.uuid);
     set_field(&mut port, "address", address)?;
     for (k, v) in obj {
@@ -225,9 +182,7 @@ pub async fn create_port(
             continue;
         }
         if !PORT_WRITABLE.contains(&k.as_str()) {
-            return Err(ApiError::bad_request(format!(
-                "Unknown attribute for port: '{k}'"
-            )));
+            return Err(ApiError::bad_request(format!("Unknown attribute for port: '{k}'")));
         }
         set_field(&mut port, k, v)?;
     }
@@ -262,20 +217,13 @@ pub async fn patch_port(
         }
     }
     if changed.node_uuid != port.node_uuid {
-        return Err(ApiError::bad_request(
-            "Moving a port to another node is not supported; delete and re-create it",
-        ));
+        return Err(ApiError::bad_request("Moving a port to another node is not supported; delete and re-create it"));
     }
     let stored = push(&st, Op::Update, &changed).await?;
-    Ok(Json(render::port_view(
-        &stored, &ctx.base, ctx.v, None, false,
-    )))
+    Ok(Json(render::port_view(&stored, &ctx.base, ctx.v, None, false)))
 }
 
-pub async fn delete_port(
-    AxState(st): AxState<State>,
-    Path(ident): Path<String>,
-) -> ApiResult<StatusCode> {
+pub async fn delete_port(AxState(st): AxState<State>, Path(ident): Path<String>) -> ApiResult<StatusCode> {
     let port = get(&st, &ident).await?;
     push(&st, Op::Delete, &port).await?;
     Ok(StatusCode::NO_CONTENT)

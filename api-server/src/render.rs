@@ -82,15 +82,8 @@ pub const NODE_FIELDS: &[(&str, u32)] = &[
     ("health", 109),
 ];
 
-pub const NODE_LIST_FIELDS: &[&str] = &[
-    "uuid",
-    "instance_uuid",
-    "maintenance",
-    "power_state",
-    "provision_state",
-    "name",
-    "links",
-];
+pub const NODE_LIST_FIELDS: &[&str] =
+    &["uuid", "instance_uuid", "maintenance", "power_state", "provision_state", "name", "links"];
 
 pub const PORT_FIELDS: &[(&str, u32)] = &[
     ("uuid", 1),
@@ -157,8 +150,7 @@ pub fn mask(obj: &JsonObject, extra_keys: &[&str]) -> JsonObject {
     obj.iter()
         .map(|(k, v)| {
             let lower = k.to_ascii_lowercase();
-            let secret =
-                SECRET_KEYS.iter().any(|s| lower.contains(s)) || extra_keys.contains(&k.as_str());
+            let secret = SECRET_KEYS.iter().any(|s| lower.contains(s)) || extra_keys.contains(&k.as_str());
             let v = if secret {
                 Value::String(MASK.into())
             } else {
@@ -173,11 +165,7 @@ pub fn mask(obj: &JsonObject, extra_keys: &[&str]) -> JsonObject {
 }
 
 pub fn link_pair(base: &str, kind: &str, id: &str) -> Value {
-    let suffix = if id.is_empty() {
-        String::new()
-    } else {
-        format!("/{id}")
-    };
+    let suffix = if id.is_empty() { String::new() } else { format!("/{id}") };
     json!([
         {"href": format!("{base}/v1/{kind}{suffix}"), "rel": "self"},
         {"href": format!("{base}/{kind}{suffix}"), "rel": "bookmark"},
@@ -185,14 +173,11 @@ pub fn link_pair(base: &str, kind: &str, id: &str) -> Value {
 }
 
 fn ts(t: Option<chrono::DateTime<chrono::Utc>>) -> Value {
-    t.map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, false)))
-        .unwrap_or(Value::Null)
+    t.map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, false))).unwrap_or(Value::Null)
 }
 
 fn state_value(s: Option<ProvisionState>, v: Version) -> Value {
-    s.and_then(|s| s.render(v.0))
-        .map(|s| Value::String(s.into()))
-        .unwrap_or(Value::Null)
+    s.and_then(|s| s.render(v.0)).map(|s| Value::String(s.into())).unwrap_or(Value::Null)
 }
 
 /// The node with every field (unmasked, unfiltered): the document JSON
@@ -207,16 +192,10 @@ pub fn node_document(n: &Node, base: &str, conductor: Option<&str>) -> Map<Strin
     put("name", json!(n.name));
     put("driver", json!(n.driver));
     for iface in NODE_INTERFACES {
-        put(
-            &format!("{iface}_interface"),
-            json!(n.interfaces.get(iface).cloned().flatten()),
-        );
+        put(&format!("{iface}_interface"), json!(n.interfaces.get(iface).cloned().flatten()));
     }
     put("provision_state", json!(n.provision_state.as_str()));
-    put(
-        "target_provision_state",
-        json!(n.target_provision_state.map(|s| s.as_str())),
-    );
+    put("target_provision_state", json!(n.target_provision_state.map(|s| s.as_str())));
     put("provision_updated_at", ts(n.provision_updated_at));
     put("power_state", json!(n.power_state));
     put("target_power_state", json!(n.target_power_state));
@@ -227,10 +206,7 @@ pub fn node_document(n: &Node, base: &str, conductor: Option<&str>) -> Map<Strin
     put("conductor_group", json!(n.conductor_group));
     put("conductor", json!(conductor));
     put("driver_info", Value::Object(n.driver_info.clone()));
-    put(
-        "driver_internal_info",
-        Value::Object(n.driver_internal_info.clone()),
-    );
+    put("driver_internal_info", Value::Object(n.driver_internal_info.clone()));
     put("instance_info", Value::Object(n.instance_info.clone()));
     put("properties", Value::Object(n.properties.clone()));
     put("extra", Value::Object(n.extra.clone()));
@@ -259,10 +235,7 @@ pub fn node_document(n: &Node, base: &str, conductor: Option<&str>) -> Map<Strin
     put("deploy_step", Value::Object(n.deploy_step.clone()));
     put("service_step", Value::Object(n.service_step.clone()));
     put("raid_config", Value::Object(n.raid_config.clone()));
-    put(
-        "target_raid_config",
-        Value::Object(n.target_raid_config.clone()),
-    );
+    put("target_raid_config", Value::Object(n.target_raid_config.clone()));
     put("inspection_started_at", Value::Null);
     put("inspection_finished_at", Value::Null);
     put("allocation_uuid", Value::Null);
@@ -272,41 +245,23 @@ pub fn node_document(n: &Node, base: &str, conductor: Option<&str>) -> Map<Strin
     put("links", link_pair(base, "nodes", &id));
     put("ports", link_pair(base, "nodes", &format!("{id}/ports")));
     put("states", link_pair(base, "nodes", &format!("{id}/states")));
-    put(
-        "portgroups",
-        link_pair(base, "nodes", &format!("{id}/portgroups")),
-    );
+    put("portgroups", link_pair(base, "nodes", &format!("{id}/portgroups")));
     put("volume", link_pair(base, "nodes", &format!("{id}/volume")));
     m
 }
 
 /// Check a `fields=` list against what the version offers.
-pub fn parse_fields(
-    raw: Option<&str>,
-    table: &[(&str, u32)],
-    v: Version,
-) -> Result<Option<Vec<String>>, ApiError> {
+pub fn parse_fields(raw: Option<&str>, table: &[(&str, u32)], v: Version) -> Result<Option<Vec<String>>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
     if !v.at_least(8) {
-        return Err(ApiError::not_acceptable(
-            "The fields parameter is not supported at this API version (needs 1.8).",
-        ));
+        return Err(ApiError::not_acceptable("The fields parameter is not supported at this API version (needs 1.8)."));
     }
-    let fields: Vec<String> = raw
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    let bad: Vec<&String> = fields
-        .iter()
-        .filter(|f| !table.iter().any(|(k, min)| k == f && v.at_least(*min)))
-        .collect();
+    let fields: Vec<String> = raw.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let bad: Vec<&String> =
+        fields.iter().filter(|f| !table.iter().any(|(k, min)| k == f && v.at_least(*min))).collect();
     if !bad.is_empty() {
         let list: Vec<&str> = bad.iter().map(|s| s.as_str()).collect();
-        return Err(ApiError::bad_request(format!(
-            "Field(s) \"{}\" are not valid",
-            list.join(", ")
-        )));
+        return Err(ApiError::bad_request(format!("Field(s) \"{}\" are not valid", list.join(", "))));
     }
     Ok(Some(fields))
 }
@@ -346,33 +301,12 @@ pub fn node_view(
     list_item: bool,
 ) -> Value {
     let mut doc = node_document(n, base, conductor);
-    doc.insert(
-        "driver_info".into(),
-        Value::Object(mask(&n.driver_info, &["snmp_auth_key", "snmp_priv_key"])),
-    );
-    doc.insert(
-        "driver_internal_info".into(),
-        Value::Object(mask(&n.driver_internal_info, &[])),
-    );
-    doc.insert(
-        "instance_info".into(),
-        Value::Object(mask(&n.instance_info, &["image_url", "configdrive"])),
-    );
-    doc.insert(
-        "provision_state".into(),
-        state_value(Some(n.provision_state), v),
-    );
-    doc.insert(
-        "target_provision_state".into(),
-        state_value(n.target_provision_state, v),
-    );
-    select(
-        doc,
-        NODE_FIELDS,
-        v,
-        fields,
-        list_item.then_some(NODE_LIST_FIELDS),
-    )
+    doc.insert("driver_info".into(), Value::Object(mask(&n.driver_info, &["snmp_auth_key", "snmp_priv_key"])));
+    doc.insert("driver_internal_info".into(), Value::Object(mask(&n.driver_internal_info, &[])));
+    doc.insert("instance_info".into(), Value::Object(mask(&n.instance_info, &["image_url", "configdrive"])));
+    doc.insert("provision_state".into(), state_value(Some(n.provision_state), v));
+    doc.insert("target_provision_state".into(), state_value(n.target_provision_state, v));
+    select(doc, NODE_FIELDS, v, fields, list_item.then_some(NODE_LIST_FIELDS))
 }
 
 pub fn port_document(p: &Port, base: &str) -> Map<String, Value> {
@@ -383,16 +317,10 @@ pub fn port_document(p: &Port, base: &str) -> Map<String, Value> {
     m.insert("node_uuid".into(), json!(p.node_uuid.to_string()));
     m.insert("name".into(), json!(p.name));
     m.insert("pxe_enabled".into(), json!(p.pxe_enabled));
-    m.insert(
-        "local_link_connection".into(),
-        Value::Object(p.local_link_connection.clone()),
-    );
+    m.insert("local_link_connection".into(), Value::Object(p.local_link_connection.clone()));
     m.insert("physical_network".into(), json!(p.physical_network));
     m.insert("extra".into(), Value::Object(p.extra.clone()));
-    m.insert(
-        "internal_info".into(),
-        Value::Object(p.internal_info.clone()),
-    );
+    m.insert("internal_info".into(), Value::Object(p.internal_info.clone()));
     m.insert("is_smartnic".into(), json!(p.is_smartnic));
     m.insert("portgroup_uuid".into(), json!(p.portgroup_uuid));
     m.insert("created_at".into(), ts(Some(p.created_at)));
@@ -401,20 +329,8 @@ pub fn port_document(p: &Port, base: &str) -> Map<String, Value> {
     m
 }
 
-pub fn port_view(
-    p: &Port,
-    base: &str,
-    v: Version,
-    fields: Option<&[String]>,
-    list_item: bool,
-) -> Value {
-    select(
-        port_document(p, base),
-        PORT_FIELDS,
-        v,
-        fields,
-        list_item.then_some(PORT_LIST_FIELDS),
-    )
+pub fn port_view(p: &Port, base: &str, v: Version, fields: Option<&[String]>, list_item: bool) -> Value {
+    select(port_document(p, base), PORT_FIELDS, v, fields, list_item.then_some(PORT_LIST_FIELDS))
 }
 
 #[cfg(test)]
@@ -438,19 +354,10 @@ mod tests {
 
     #[test]
     fn node_view_hides_fields_newer_than_the_version() {
-        let n = Node::new(
-            uuid::Uuid::new_v4(),
-            "fake-hardware",
-            ProvisionState::Available,
-            16,
-        );
+        let n = Node::new(uuid::Uuid::new_v4(), "fake-hardware", ProvisionState::Available, 16);
         let v1 = node_view(&n, "http://h", None, Version(1), None, false);
         assert!(v1.get("name").is_none());
-        assert_eq!(
-            v1["provision_state"],
-            Value::Null,
-            "available renders as null below 1.2"
-        );
+        assert_eq!(v1["provision_state"], Value::Null, "available renders as null below 1.2");
         let latest = node_view(&n, "http://h", None, Version(115), None, false);
         assert_eq!(latest.as_object().unwrap().len(), NODE_FIELDS.len());
         assert_eq!(latest["provision_state"], "available");

@@ -53,15 +53,7 @@ pub async fn v1(ctx: Ctx) -> Json<Value> {
         }
     }
     // the listing links end in a slash, as Ironic's do
-    for key in [
-        "chassis",
-        "nodes",
-        "ports",
-        "drivers",
-        "lookup",
-        "heartbeat",
-        "conductors",
-    ] {
+    for key in ["chassis", "nodes", "ports", "drivers", "lookup", "heartbeat", "conductors"] {
         if let Some(Value::Array(links)) = doc.get_mut(key) {
             for l in links {
                 if let Some(Value::String(h)) = l.get_mut("href") {
@@ -95,20 +87,13 @@ pub async fn lookup(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     if !ctx.v.at_least(22) {
-        return Err(ApiError {
-            framework: true,
-            ..generic_not_found()
-        });
+        return Err(ApiError { framework: true, ..generic_not_found() });
     }
     let node_uuid = q.get("node_uuid").and_then(|s| Uuid::parse_str(s).ok());
-    let macs: Vec<String> = q
-        .get("addresses")
-        .map(|a| a.split(',').filter_map(normalize_mac).collect())
-        .unwrap_or_default();
+    let macs: Vec<String> =
+        q.get("addresses").map(|a| a.split(',').filter_map(normalize_mac).collect()).unwrap_or_default();
     if node_uuid.is_none() && macs.is_empty() {
-        return Err(ApiError::bad_request(
-            "At least one of 'addresses' and 'node_uuid' parameters is required",
-        ));
+        return Err(ApiError::bad_request("At least one of 'addresses' and 'node_uuid' parameters is required"));
     }
     let node = match node_uuid {
         Some(u) => st.db.get_node(u).await.map_err(|_| generic_not_found())?,
@@ -117,10 +102,7 @@ pub async fn lookup(
             for mac in &macs {
                 let ports = st
                     .db
-                    .list_ports(&PortQuery {
-                        address: Some(mac.clone()),
-                        ..Default::default()
-                    })
+                    .list_ports(&PortQuery { address: Some(mac.clone()), ..Default::default() })
                     .await
                     .map_err(|e| ApiError::from_db(e, String::new))?;
                 if let Some(p) = ports.first() {
@@ -138,19 +120,12 @@ pub async fn lookup(
     let reply = st
         .fwd
         .call(AppState::route(&node), |mut c, epoch| {
-            let r = NodeRef {
-                epoch,
-                node_uuid: node.uuid.to_string(),
-            };
+            let r = NodeRef { epoch, node_uuid: node.uuid.to_string() };
             async move { c.lookup(r).await }
         })
         .await?;
     // the token is only ever handed out once, and only to agents that speak 1.62
-    let token = if reply.agent_token.is_empty() || !ctx.v.at_least(62) {
-        MASK.to_string()
-    } else {
-        reply.agent_token
-    };
+    let token = if reply.agent_token.is_empty() || !ctx.v.at_least(62) { MASK.to_string() } else { reply.agent_token };
     Ok(Json(json!({
         "node": {
             "uuid": node.uuid,
@@ -170,33 +145,17 @@ pub async fn heartbeat(
     body: Bytes,
 ) -> ApiResult<Response> {
     if !ctx.v.at_least(22) {
-        return Err(ApiError {
-            framework: true,
-            ..generic_not_found()
-        });
+        return Err(ApiError { framework: true, ..generic_not_found() });
     }
     let body: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
-    let obj = body
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("The request body must be a JSON object"))?;
-    let allowed = [
-        "callback_url",
-        "agent_token",
-        "agent_version",
-        "agent_verify_ca",
-        "agent_status",
-        "agent_status_message",
-    ];
+    let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The request body must be a JSON object"))?;
+    let allowed =
+        ["callback_url", "agent_token", "agent_version", "agent_verify_ca", "agent_status", "agent_status_message"];
     if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!("Unknown argument: \"{k}\"")));
     }
-    let s = |k: &str| {
-        obj.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
+    let s = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
     if s("agent_version").is_empty() && s("agent_status").is_empty() {
         return Err(ApiError::bad_request(
             "Agent did not transmit a version, and a version is required. Please update the agent being used.",
@@ -204,9 +163,7 @@ pub async fn heartbeat(
     }
     let status = s("agent_status");
     if !status.is_empty() && !["start", "end", "error"].contains(&status.as_str()) {
-        return Err(ApiError::bad_request(format!(
-            "Unknown agent status {status:?}: must be start, end or error"
-        )));
+        return Err(ApiError::bad_request(format!("Unknown agent status {status:?}: must be start, end or error")));
     }
     let node = st.node(&ident, ctx.v).await?;
     st.fwd
@@ -228,8 +185,5 @@ pub async fn heartbeat(
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError {
-        framework: true,
-        ..ApiError::not_found("")
-    }
+    ApiError { framework: true, ..ApiError::not_found("") }
 }

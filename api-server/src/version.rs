@@ -30,23 +30,15 @@ fn range() -> String {
 }
 
 pub fn negotiate(headers: &HeaderMap) -> Result<Version, ApiError> {
-    let standard = headers
-        .get_all("openstack-api-version")
-        .iter()
-        .find_map(|v| {
-            let s = v.to_str().ok()?.trim();
-            let (service, version) = s.split_once(char::is_whitespace)?;
-            service
-                .eq_ignore_ascii_case("baremetal")
-                .then(|| version.trim().to_string())
-        });
+    let standard = headers.get_all("openstack-api-version").iter().find_map(|v| {
+        let s = v.to_str().ok()?.trim();
+        let (service, version) = s.split_once(char::is_whitespace)?;
+        service.eq_ignore_ascii_case("baremetal").then(|| version.trim().to_string())
+    });
     let (raw, header) = match standard {
         Some(v) => (v, "OpenStack-API-Version"),
         None => match headers.get("x-openstack-ironic-api-version") {
-            Some(v) => (
-                v.to_str().unwrap_or("").trim().to_string(),
-                "X-OpenStack-Ironic-API-Version",
-            ),
+            Some(v) => (v.to_str().unwrap_or("").trim().to_string(), "X-OpenStack-Ironic-API-Version"),
             None => return Ok(Version(MIN_MINOR)),
         },
     };
@@ -81,16 +73,12 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
             req.extensions_mut().insert(v);
             let mut resp = next.run(req).await;
             let value = HeaderValue::from_str(&format!("1.{}", v.0)).expect("ascii");
-            resp.headers_mut()
-                .insert("x-openstack-ironic-api-version", value.clone());
+            resp.headers_mut().insert("x-openstack-ironic-api-version", value.clone());
             resp.headers_mut().insert(
                 "openstack-api-version",
                 HeaderValue::from_str(&format!("baremetal 1.{}", v.0)).expect("ascii"),
             );
-            resp.headers_mut().insert(
-                "vary",
-                HeaderValue::from_static("X-OpenStack-Ironic-API-Version"),
-            );
+            resp.headers_mut().insert("vary", HeaderValue::from_static("X-OpenStack-Ironic-API-Version"));
             resp
         }
         Err(e) => e.into_response(),
@@ -125,36 +113,17 @@ mod tests {
     #[test]
     fn negotiation_rules() {
         assert_eq!(negotiate(&hdrs(&[])).unwrap(), Version(1));
-        assert_eq!(
-            negotiate(&hdrs(&[("x-openstack-ironic-api-version", "latest")])).unwrap(),
-            Version(MAX_MINOR)
-        );
-        assert_eq!(
-            negotiate(&hdrs(&[("x-openstack-ironic-api-version", "1.31")])).unwrap(),
-            Version(31)
-        );
+        assert_eq!(negotiate(&hdrs(&[("x-openstack-ironic-api-version", "latest")])).unwrap(), Version(MAX_MINOR));
+        assert_eq!(negotiate(&hdrs(&[("x-openstack-ironic-api-version", "1.31")])).unwrap(), Version(31));
         // the standard header wins
-        let both = hdrs(&[
-            ("openstack-api-version", "baremetal 1.50"),
-            ("x-openstack-ironic-api-version", "1.2"),
-        ]);
+        let both = hdrs(&[("openstack-api-version", "baremetal 1.50"), ("x-openstack-ironic-api-version", "1.2")]);
         assert_eq!(negotiate(&both).unwrap(), Version(50));
         let e = negotiate(&hdrs(&[("x-openstack-ironic-api-version", "1.200")])).unwrap_err();
         assert_eq!(e.status.as_u16(), 406);
-        assert!(
-            e.message.contains("minor version is not supported"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("minor version is not supported"), "{}", e.message);
         let e = negotiate(&hdrs(&[("x-openstack-ironic-api-version", "2.1")])).unwrap_err();
-        assert!(
-            e.message
-                .starts_with("Mutually exclusive versions requested")
-        );
+        assert!(e.message.starts_with("Mutually exclusive versions requested"));
         let e = negotiate(&hdrs(&[("x-openstack-ironic-api-version", "1.abc")])).unwrap_err();
-        assert_eq!(
-            e.message,
-            "Invalid value for X-OpenStack-Ironic-API-Version header"
-        );
+        assert_eq!(e.message, "Invalid value for X-OpenStack-Ironic-API-Version header");
     }
 }

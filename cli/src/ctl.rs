@@ -23,10 +23,7 @@ pub struct NodeKey {
 pub async fn fetch_nodes(api: &str) -> anyhow::Result<Vec<NodeKey>> {
     let c = client();
     let mut out = Vec::new();
-    let mut url = format!(
-        "{}/v1/nodes?fields=uuid,name,driver,conductor_group&limit=1000",
-        api.trim_end_matches('/')
-    );
+    let mut url = format!("{}/v1/nodes?fields=uuid,name,driver,conductor_group&limit=1000", api.trim_end_matches('/'));
     loop {
         let r = c
             .get(&url)
@@ -40,16 +37,9 @@ pub async fn fetch_nodes(api: &str) -> anyhow::Result<Vec<NodeKey>> {
         let v: Value = r.json().await?;
         for n in v["nodes"].as_array().cloned().unwrap_or_default() {
             out.push(NodeKey {
-                uuid: n["uuid"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .parse()
-                    .context("node uuid")?,
+                uuid: n["uuid"].as_str().unwrap_or_default().parse().context("node uuid")?,
                 name: n["name"].as_str().map(String::from),
-                group: n["conductor_group"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
+                group: n["conductor_group"].as_str().unwrap_or_default().to_string(),
                 driver: n["driver"].as_str().unwrap_or_default().to_string(),
             });
         }
@@ -61,10 +51,7 @@ pub async fn fetch_nodes(api: &str) -> anyhow::Result<Vec<NodeKey>> {
 }
 
 pub async fn fetch_node(api: &str, ident: &str) -> anyhow::Result<NodeKey> {
-    let url = format!(
-        "{}/v1/nodes/{ident}?fields=uuid,name,driver,conductor_group",
-        api.trim_end_matches('/')
-    );
+    let url = format!("{}/v1/nodes/{ident}?fields=uuid,name,driver,conductor_group", api.trim_end_matches('/'));
     let r = client()
         .get(&url)
         .header("X-OpenStack-Ironic-API-Version", "1.115")
@@ -76,31 +63,20 @@ pub async fn fetch_node(api: &str, ident: &str) -> anyhow::Result<NodeKey> {
     }
     let n: Value = r.error_for_status()?.json().await?;
     Ok(NodeKey {
-        uuid: n["uuid"]
-            .as_str()
-            .unwrap_or_default()
-            .parse()
-            .context("node uuid")?,
+        uuid: n["uuid"].as_str().unwrap_or_default().parse().context("node uuid")?,
         name: n["name"].as_str().map(String::from),
-        group: n["conductor_group"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
+        group: n["conductor_group"].as_str().unwrap_or_default().to_string(),
         driver: n["driver"].as_str().unwrap_or_default().to_string(),
     })
 }
 
 fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .expect("http client")
+    reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().expect("http client")
 }
 
 fn owner_id(ring: &Ring, n: &NodeKey) -> Option<String> {
-    ring.owner(n.uuid.as_bytes(), &n.group, &n.driver)
-        .map(|m| m.id.clone())
+    ring.owner(n.uuid.as_bytes(), &n.group, &n.driver).map(|m| m.id.clone())
 }
 
 /// `ring show`: members, epoch, nodes per conductor, balance.
@@ -137,29 +113,17 @@ pub fn show(ring: &Ring, nodes: &[NodeKey]) -> String {
             "{:<24} {:<9} {:<12} {:>7}  {:<24} {}",
             m.id,
             state,
-            if m.conductor_group.is_empty() {
-                "(default)"
-            } else {
-                &m.conductor_group
-            },
+            if m.conductor_group.is_empty() { "(default)" } else { &m.conductor_group },
             per.get(&m.id).copied().unwrap_or(0),
             m.hardware_types.join(","),
             m.incarnation
         );
     }
-    let active = ring
-        .members()
-        .iter()
-        .filter(|m| m.state == MemberState::Active)
-        .count();
+    let active = ring.members().iter().filter(|m| m.state == MemberState::Active).count();
     if active > 0 && !nodes.is_empty() {
         let max = per.values().copied().max().unwrap_or(0) as f64;
         let mean = (nodes.len() - orphans) as f64 / active as f64;
-        let _ = writeln!(
-            s,
-            "balance: max/mean {:.3}",
-            if mean > 0.0 { max / mean } else { 0.0 }
-        );
+        let _ = writeln!(s, "balance: max/mean {:.3}", if mean > 0.0 { max / mean } else { 0.0 });
     }
     if orphans > 0 {
         let _ = writeln!(
@@ -174,54 +138,30 @@ pub fn show(ring: &Ring, nodes: &[NodeKey]) -> String {
 pub fn owner(ring: &Ring, n: &NodeKey) -> String {
     let p = partition_of(n.uuid.as_bytes(), ring.settings().partition_exponent);
     let owner = owner_id(ring, n).unwrap_or_else(|| "(none: no active conductor serves it)".into());
-    let replicas: Vec<String> = ring
-        .replicas(n.uuid.as_bytes(), &n.group, &n.driver)
-        .iter()
-        .map(|m| m.id.clone())
-        .collect();
+    let replicas: Vec<String> =
+        ring.replicas(n.uuid.as_bytes(), &n.group, &n.driver).iter().map(|m| m.id.clone()).collect();
     format!(
         "node {}{}\n  partition {p}  group {:?}  hardware type {}\n  owner {owner}  (ring epoch {})\n  replicas {}\n",
         n.uuid,
-        n.name
-            .as_ref()
-            .map(|x| format!(" ({x})"))
-            .unwrap_or_default(),
+        n.name.as_ref().map(|x| format!(" ({x})")).unwrap_or_default(),
         n.group,
         n.driver,
         ring.epoch(),
-        if replicas.is_empty() {
-            "-".into()
-        } else {
-            replicas.join(", ")
-        }
+        if replicas.is_empty() { "-".into() } else { replicas.join(", ") }
     )
 }
 
 /// `ring simulate`: what would move if members were removed or added.
-pub fn simulate(
-    ring: &Ring,
-    nodes: &[NodeKey],
-    remove: &[String],
-    add: &[Member],
-) -> anyhow::Result<String> {
+pub fn simulate(ring: &Ring, nodes: &[NodeKey], remove: &[String], add: &[Member]) -> anyhow::Result<String> {
     for r in remove {
         if ring.member(r).is_none() {
             bail!(
                 "no member {r:?} in the ring (members: {})",
-                ring.members()
-                    .iter()
-                    .map(|m| m.id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                ring.members().iter().map(|m| m.id.as_str()).collect::<Vec<_>>().join(", ")
             );
         }
     }
-    let mut members: Vec<Member> = ring
-        .members()
-        .iter()
-        .filter(|m| !remove.contains(&m.id))
-        .cloned()
-        .collect();
+    let mut members: Vec<Member> = ring.members().iter().filter(|m| !remove.contains(&m.id)).cloned().collect();
     for a in add {
         if members.iter().any(|m| m.id == a.id) {
             bail!("member {:?} is already in the ring", a.id);
@@ -235,20 +175,12 @@ pub fn simulate(
         let (a, b) = (owner_id(ring, n), owner_id(&next, n));
         if a != b {
             moved += 1;
-            *flows
-                .entry((
-                    a.unwrap_or_else(|| "(none)".into()),
-                    b.unwrap_or_else(|| "(none)".into()),
-                ))
-                .or_default() += 1;
+            *flows.entry((a.unwrap_or_else(|| "(none)".into()), b.unwrap_or_else(|| "(none)".into()))).or_default() +=
+                1;
         }
     }
     let mut s = String::new();
-    let pct = if nodes.is_empty() {
-        0.0
-    } else {
-        100.0 * moved as f64 / nodes.len() as f64
-    };
+    let pct = if nodes.is_empty() { 0.0 } else { 100.0 * moved as f64 / nodes.len() as f64 };
     let _ = writeln!(s, "{moved} of {} nodes would move ({pct:.1}%)", nodes.len());
     for ((from, to), k) in flows {
         let _ = writeln!(s, "  {from} -> {to}: {k}");
@@ -257,11 +189,7 @@ pub fn simulate(
 }
 
 pub fn settings(partition_exponent: u8, load_epsilon: f64, replicas: usize) -> RingSettings {
-    RingSettings {
-        partition_exponent,
-        load_epsilon,
-        replicas,
-    }
+    RingSettings { partition_exponent, load_epsilon, replicas }
 }
 
 /// Ask a conductor to drain; with `wait`, show progress until it exited.
@@ -271,15 +199,8 @@ pub async fn drain(grpc_url: &str, id: &str, wait: bool) -> anyhow::Result<()> {
     let mut c = ConductorClient::connect(grpc_url.to_string())
         .await
         .with_context(|| format!("connecting to {id} at {grpc_url}"))?;
-    let s = c
-        .drain(Empty {})
-        .await
-        .with_context(|| format!("asking {id} to drain"))?
-        .into_inner();
-    println!(
-        "{id}: draining ({} nodes held, {} operations in flight)",
-        s.nodes_held, s.operations_in_flight
-    );
+    let s = c.drain(Empty {}).await.with_context(|| format!("asking {id} to drain"))?.into_inner();
+    println!("{id}: draining ({} nodes held, {} operations in flight)", s.nodes_held, s.operations_in_flight);
     if !wait {
         return Ok(());
     }

@@ -31,31 +31,15 @@ pub fn ring_settings(cfg: &Config) -> RingSettings {
 /// boundary (and resume at the next start).
 pub async fn run_all_in_one(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     if cfg.membership.backend != "local" {
-        anyhow::bail!(
-            "all-in-one uses in-process membership; membership.backend must be \"local\""
-        );
+        anyhow::bail!("all-in-one uses in-process membership; membership.backend must be \"local\"");
     }
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let url = cfg.database_url();
-    let db = Db::connect(&url, cfg.database.max_connections)
-        .await
-        .with_context(|| format!("opening database {url}"))?;
+    let db =
+        Db::connect(&url, cfg.database.max_connections).await.with_context(|| format!("opening database {url}"))?;
     let membership = Membership::Local(Arc::new(LocalMembership::new(ring_settings(&cfg))));
-    let conductor = ferric_conductor::start(
-        cfg.clone(),
-        db.clone(),
-        membership.clone(),
-        shutdown.clone(),
-    )
-    .await?;
-    let api = ferric_api::serve(
-        cfg.clone(),
-        db.clone(),
-        membership.subscribe(),
-        shutdown.clone(),
-    )
-    .await?;
+    let conductor = ferric_conductor::start(cfg.clone(), db.clone(), membership.clone(), shutdown.clone()).await?;
+    let api = ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), shutdown.clone()).await?;
     info!(
         api = %format!("http://{}", api.addr),
         conductor = %conductor.inner.id,
@@ -81,28 +65,16 @@ async fn etcd_membership(cfg: &Config, shutdown: &CancellationToken) -> anyhow::
              (FERRIC_MEMBERSHIP__BACKEND=etcd FERRIC_MEMBERSHIP__ETCD_ENDPOINTS=[...] or --etcd-endpoints)"
         );
     }
-    let m = EtcdMembership::start(
-        cfg.membership.etcd_endpoints.clone(),
-        ring_settings(cfg),
-        shutdown.clone(),
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "connecting to etcd at {}",
-            cfg.membership.etcd_endpoints.join(",")
-        )
-    })?;
+    let m = EtcdMembership::start(cfg.membership.etcd_endpoints.clone(), ring_settings(cfg), shutdown.clone())
+        .await
+        .with_context(|| format!("connecting to etcd at {}", cfg.membership.etcd_endpoints.join(",")))?;
     Ok(Membership::Etcd(m))
 }
 
 async fn open_db(cfg: &Config) -> anyhow::Result<Db> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let url = cfg.database_url();
-    Db::connect(&url, cfg.database.max_connections)
-        .await
-        .with_context(|| format!("opening database {}", redact(&url)))
+    Db::connect(&url, cfg.database.max_connections).await.with_context(|| format!("opening database {}", redact(&url)))
 }
 
 /// A stateless API process: watches the ring in etcd, serves the Ironic
@@ -112,13 +84,7 @@ pub async fn run_api(cfg: Config, shutdown: CancellationToken) -> anyhow::Result
     let _stop_watch = watch_token.clone().drop_guard();
     let membership = etcd_membership(&cfg, &watch_token).await?;
     let db = open_db(&cfg).await?;
-    let api = ferric_api::serve(
-        cfg.clone(),
-        db.clone(),
-        membership.subscribe(),
-        shutdown.clone(),
-    )
-    .await?;
+    let api = ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), shutdown.clone()).await?;
     info!(api = %format!("http://{}", api.addr), epoch = membership.current().epoch(), "ferric api ready");
     shutdown.cancelled().await;
     let _ = api.join.await;
@@ -136,18 +102,36 @@ pub async fn run_conductor(cfg: Config, shutdown: CancellationToken) -> anyhow::
     let _stop_membership = membership_token.clone().drop_guard();
     let membership = etcd_membership(&cfg, &membership_token).await?;
     let db = open_db(&cfg).await?;
-    let stop = CancellationToken::new();
-    let conductor =
-        ferric_conductor::start(cfg.clone(), db.clone(), membership, stop.clone()).await?;
-    info!(id = %conductor.inner.id, incarnation = %conductor.inner.incarnation, grpc = %conductor.grpc_url, "ferric conductor ready");
-    tokio::select! {
-        // SIGTERM/SIGINT: drain first, so nothing fails (bounded by drain_timeout_ms)
-        _ = shutdown.cancelled() => ferric_conductor::drain::drain_and_wait(&conductor.inner).await,
-        // a drain requested over gRPC (ferricctl conductor drain) finished
-        _ = conductor.inner.exit_requested.cancelled() => {}
+    let mut restarting = false;
+    loop {
+        let stop = CancellationToken::new();
+        let conductor = match ferric_conductor::start(cfg.clone(), db.clone(), membership.clone(), stop.clone()).await {
+            Ok(c) => c,
+            // after fencing: etcd may still be unreachable; keep trying
+            Err(e) if restarting => {
+                tracing::warn!("starting a new incarnation failed: {e:#}; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        info!(id = %conductor.inner.id, incarnation = %conductor.inner.incarnation, grpc = %conductor.grpc_url, "ferric conductor ready");
+        tokio::select! {
+            // SIGTERM/SIGINT: drain first, so nothing fails (bounded by drain_timeout_ms)
+            _ = shutdown.cancelled() => ferric_conductor::drain::drain_and_wait(&conductor.inner).await,
+            // a finished drain (ferricctl conductor drain), or fencing
+            _ = conductor.inner.exit_requested.cancelled() => {}
+        }
+        let fenced = conductor.inner.fenced.load(std::sync::atomic::Ordering::SeqCst);
+        stop.cancel();
+        conductor.wait().await;
+        if !fenced || shutdown.is_cancelled() {
+            break;
+        }
+        restarting = true;
     }
-    stop.cancel();
-    conductor.wait().await;
     db.close().await;
     Ok(())
 }
@@ -169,8 +153,8 @@ pub fn redact(url: &str) -> String {
 /// Cancel `token` on SIGINT or SIGTERM.
 pub fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -183,10 +167,7 @@ pub fn cancel_on_signals(token: CancellationToken) {
 mod tests {
     #[test]
     fn redacts_passwords() {
-        assert_eq!(
-            super::redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
+        assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(super::redact("sqlite://x.sqlite"), "sqlite://x.sqlite");
     }
@@ -233,18 +214,11 @@ pub struct ConductorFlags {
 }
 
 fn section<'a>(o: &'a mut Map<String, Value>, name: &str) -> &'a mut Map<String, Value> {
-    o.entry(name)
-        .or_insert_with(|| json!({}))
-        .as_object_mut()
-        .expect("sections are objects")
+    o.entry(name).or_insert_with(|| json!({})).as_object_mut().expect("sections are objects")
 }
 
 /// The config overrides the flags stand for.
-pub fn overrides(
-    common: &CommonFlags,
-    api: Option<&ApiFlags>,
-    conductor: Option<&ConductorFlags>,
-) -> Value {
+pub fn overrides(common: &CommonFlags, api: Option<&ApiFlags>, conductor: Option<&ConductorFlags>) -> Value {
     let mut o = Map::new();
     if let Some(d) = &common.data_dir {
         o.insert("data_dir".into(), json!(d));

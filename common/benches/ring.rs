@@ -22,9 +22,7 @@ fn members(n: usize) -> Vec<Member> {
 }
 
 fn nodes(n: usize) -> Vec<[u8; 16]> {
-    (0..n as u128)
-        .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)).to_le_bytes())
-        .collect()
+    (0..n as u128).map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)).to_le_bytes()).collect()
 }
 
 fn bench(c: &mut Criterion) {
@@ -32,10 +30,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("build table, 100 conductors, 2^16 partitions", |b| {
         b.iter(|| {
             let ring = Ring::new(1, black_box(ms.clone()), RingSettings::default());
-            black_box(
-                ring.owner_of_partition(0, "", "fake-hardware")
-                    .map(|m| m.id.len()),
-            )
+            black_box(ring.owner_of_partition(0, "", "fake-hardware").map(|m| m.id.len()))
         })
     });
     let ring = Ring::new(1, ms.clone(), RingSettings::default());

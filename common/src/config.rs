@@ -84,6 +84,12 @@ pub struct MembershipConfig {
     pub backend: String,
     pub etcd_endpoints: Vec<String>,
     pub lease_ttl_secs: u64,
+    /// A conductor fences itself (stops every BMC/image action and task at
+    /// once) when its lease might expire within this margin: at
+    /// `last acknowledged renewal (send time) + TTL − margin`, by its own
+    /// monotonic clock. Safety assumes clocks drift less than the margin
+    /// over one TTL; keep it well above scheduling hiccups.
+    pub fence_margin_ms: u64,
     /// 2^partition_exponent ring partitions.
     pub partition_exponent: u8,
     /// A conductor takes at most ⌈(1+ε)·P/N⌉ partitions.
@@ -145,10 +151,7 @@ impl Default for ConductorConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig {
-            url: String::new(),
-            max_connections: 10,
-        }
+        DatabaseConfig { url: String::new(), max_connections: 10 }
     }
 }
 
@@ -158,6 +161,7 @@ impl Default for MembershipConfig {
             backend: "local".into(),
             etcd_endpoints: Vec::new(),
             lease_ttl_secs: 6,
+            fence_margin_ms: 1000,
             partition_exponent: 16,
             load_epsilon: 0.02,
             replicas: 0,
@@ -167,10 +171,7 @@ impl Default for MembershipConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: "human".into(),
-            filter: "info".into(),
-        }
+        LogConfig { format: "human".into(), filter: "info".into() }
     }
 }
 
@@ -186,18 +187,13 @@ impl Config {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
             if !f.exists() {
-                return Err(ConfigError(format!(
-                    "config file {} does not exist",
-                    f.display()
-                )));
+                return Err(ConfigError(format!("config file {} does not exist", f.display())));
             }
             fig = fig.merge(Toml::file(f));
         }
         // only FERRIC_<SECTION>__<KEY> and FERRIC_DATA_DIR are settings;
         // other FERRIC_* variables (FERRIC_CONFIG, test knobs) are not
-        let env = Env::prefixed("FERRIC_")
-            .filter(|k| k.as_str().contains("__") || k == "data_dir")
-            .split("__");
+        let env = Env::prefixed("FERRIC_").filter(|k| k.as_str().contains("__") || k == "data_dir").split("__");
         fig = fig.merge(env).merge(Serialized::defaults(overrides));
         let cfg: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
         cfg.validate()?;
@@ -212,30 +208,25 @@ impl Config {
             )));
         }
         if self.membership.backend == "etcd" && self.membership.etcd_endpoints.is_empty() {
-            return Err(ConfigError(
-                "membership.backend = \"etcd\" needs membership.etcd_endpoints".into(),
-            ));
+            return Err(ConfigError("membership.backend = \"etcd\" needs membership.etcd_endpoints".into()));
         }
         if !(1..=24).contains(&self.membership.partition_exponent) {
-            return Err(ConfigError(
-                "membership.partition_exponent must be within 1..=24".into(),
-            ));
+            return Err(ConfigError("membership.partition_exponent must be within 1..=24".into()));
+        }
+        if self.membership.fence_margin_ms >= self.membership.lease_ttl_secs * 1000 {
+            return Err(ConfigError(format!(
+                "membership.fence_margin_ms ({}) must be below the lease TTL ({} s)",
+                self.membership.fence_margin_ms, self.membership.lease_ttl_secs
+            )));
         }
         if self.conductor.lock_attempts == 0 {
-            return Err(ConfigError(
-                "conductor.lock_attempts must be at least 1".into(),
-            ));
+            return Err(ConfigError("conductor.lock_attempts must be at least 1".into()));
         }
         if self.conductor.max_operations == 0 {
-            return Err(ConfigError(
-                "conductor.max_operations must be at least 1".into(),
-            ));
+            return Err(ConfigError("conductor.max_operations must be at least 1".into()));
         }
         if !matches!(self.log.format.as_str(), "human" | "json") {
-            return Err(ConfigError(format!(
-                "log.format must be \"human\" or \"json\", not {:?}",
-                self.log.format
-            )));
+            return Err(ConfigError(format!("log.format must be \"human\" or \"json\", not {:?}", self.log.format)));
         }
         Ok(())
     }
@@ -266,14 +257,8 @@ impl Config {
 pub fn init_logging(cfg: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if cfg.format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if cfg.format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
 
 #[cfg(test)]
@@ -284,11 +269,8 @@ mod tests {
     fn layering_file_env_flags() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("ferric.toml");
-        std::fs::write(
-            &f,
-            "[api]\nlisten = \"127.0.0.1:7000\"\nmax_limit = 50\n[conductor]\nid = \"c-file\"\n",
-        )
-        .unwrap();
+        std::fs::write(&f, "[api]\nlisten = \"127.0.0.1:7000\"\nmax_limit = 50\n[conductor]\nid = \"c-file\"\n")
+            .unwrap();
         let flags = serde_json::json!({"conductor": {"id": "c-flag"}});
         let cfg = Config::load(Some(&f), flags).unwrap();
         assert_eq!(cfg.api.listen, "127.0.0.1:7000");
@@ -303,38 +285,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("ferric.toml");
         std::fs::write(&f, "[api]\nlisten_addr = \"x\"\n").unwrap();
-        let err = Config::load(Some(&f), serde_json::json!({}))
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(Some(&f), serde_json::json!({})).unwrap_err().to_string();
         assert!(err.contains("listen_addr"), "{err}");
         // a misspelt key in the environment is named too
         figment::Jail::expect_with(|jail| {
             jail.set_env("FERRIC_CONFIG", "ignored.toml");
             jail.set_env("FERRIC_TEST_KNOB", "ignored");
             jail.set_env("FERRIC_API__MAX_LIMIT", "7");
-            assert_eq!(
-                Config::load(None, serde_json::json!({}))
-                    .unwrap()
-                    .api
-                    .max_limit,
-                7
-            );
+            assert_eq!(Config::load(None, serde_json::json!({})).unwrap().api.max_limit, 7);
             jail.set_env("FERRIC_API__LISTN", "x");
-            let err = Config::load(None, serde_json::json!({}))
-                .unwrap_err()
-                .to_string();
+            let err = Config::load(None, serde_json::json!({})).unwrap_err().to_string();
             assert!(err.contains("listn"), "{err}");
             Ok(())
         });
-        let err = Config::load(None, serde_json::json!({"membership": {"backend": "zk"}}))
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(None, serde_json::json!({"membership": {"backend": "zk"}})).unwrap_err().to_string();
         assert!(err.contains("membership.backend"), "{err}");
-        let err = Config::load(
-            Some(Path::new("/nonexistent/ferric.toml")),
-            serde_json::json!({}),
-        )
-        .unwrap_err();
+        let err = Config::load(Some(Path::new("/nonexistent/ferric.toml")), serde_json::json!({})).unwrap_err();
         assert!(err.to_string().contains("does not exist"));
     }
 }

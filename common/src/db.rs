@@ -14,9 +14,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, FromRow, PgPool, SqlitePool};
 use uuid::Uuid;
 
@@ -41,10 +39,7 @@ pub enum DbError {
 impl DbError {
     /// Connection trouble that a retry may cure (as opposed to bad data).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            DbError::Sqlx(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
-        )
+        matches!(self, DbError::Sqlx(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed))
     }
 }
 
@@ -154,15 +149,7 @@ pub const NODE_SORT_KEYS: &[&str] = &[
     "instance_uuid",
 ];
 
-pub const PORT_SORT_KEYS: &[&str] = &[
-    "id",
-    "uuid",
-    "address",
-    "node_uuid",
-    "name",
-    "created_at",
-    "updated_at",
-];
+pub const PORT_SORT_KEYS: &[&str] = &["id", "uuid", "address", "node_uuid", "name", "created_at", "updated_at"];
 
 /// Columns that name a conductor on a node row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,12 +191,7 @@ pub struct Paging {
 
 impl Default for Paging {
     fn default() -> Self {
-        Paging {
-            limit: None,
-            marker: None,
-            sort_key: "id".into(),
-            descending: false,
-        }
+        Paging { limit: None, marker: None, sort_key: "id".into(), descending: false }
     }
 }
 
@@ -386,15 +368,12 @@ struct NodeRow {
 fn obj(column: &str, s: &str) -> Result<JsonObject, DbError> {
     match serde_json::from_str::<Value>(s) {
         Ok(Value::Object(m)) => Ok(m),
-        _ => Err(DbError::Corrupt(format!(
-            "column {column} is not a JSON object"
-        ))),
+        _ => Err(DbError::Corrupt(format!("column {column} is not a JSON object"))),
     }
 }
 
 fn state(column: &str, s: &str) -> Result<ProvisionState, DbError> {
-    ProvisionState::parse(s)
-        .ok_or_else(|| DbError::Corrupt(format!("{column}: unknown provision state {s:?}")))
+    ProvisionState::parse(s).ok_or_else(|| DbError::Corrupt(format!("{column}: unknown provision state {s:?}")))
 }
 
 fn text(o: &JsonObject) -> String {
@@ -464,8 +443,7 @@ impl TryFrom<NodeRow> for Node {
             console_enabled: r.console_enabled,
             boot_mode: r.boot_mode,
             secure_boot: r.secure_boot,
-            traits: serde_json::from_str(&r.traits)
-                .map_err(|e| DbError::Corrupt(format!("traits: {e}")))?,
+            traits: serde_json::from_str(&r.traits).map_err(|e| DbError::Corrupt(format!("traits: {e}")))?,
             deploy_step: obj("deploy_step", &r.deploy_step)?,
             clean_step: obj("clean_step", &r.clean_step)?,
             service_step: obj("service_step", &r.service_step)?,
@@ -497,9 +475,7 @@ fn node_save_args(n: &Node, now: DateTime<Utc>) -> Vec<Arg> {
         i.storage.clone().into(),
         i.vendor.clone().into(),
         n.provision_state.as_str().into(),
-        n.target_provision_state
-            .map(|s| s.as_str().to_string())
-            .into(),
+        n.target_provision_state.map(|s| s.as_str().to_string()).into(),
         n.provision_updated_at.into(),
         n.power_state.clone().into(),
         n.target_power_state.clone().into(),
@@ -534,9 +510,7 @@ fn node_save_args(n: &Node, now: DateTime<Utc>) -> Vec<Arg> {
         n.console_enabled.into(),
         n.boot_mode.clone().into(),
         n.secure_boot.into(),
-        serde_json::to_string(&n.traits)
-            .expect("a list of strings serialises")
-            .into(),
+        serde_json::to_string(&n.traits).expect("a list of strings serialises").into(),
         text(&n.deploy_step).into(),
         text(&n.clean_step).into(),
         text(&n.service_step).into(),
@@ -571,8 +545,7 @@ const PORT_COLUMNS: &str = "id, uuid, address, node_uuid, name, pxe_enabled, loc
 impl TryFrom<PortRow> for Port {
     type Error = DbError;
     fn try_from(r: PortRow) -> Result<Port, DbError> {
-        let id =
-            |s: &str| Uuid::parse_str(s).map_err(|e| DbError::Corrupt(format!("port uuid: {e}")));
+        let id = |s: &str| Uuid::parse_str(s).map_err(|e| DbError::Corrupt(format!("port uuid: {e}")));
         Ok(Port {
             uuid: id(&r.uuid)?,
             address: r.address,
@@ -611,14 +584,9 @@ impl Db {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbError> {
         let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
-            let pool = PgPoolOptions::new()
-                .max_connections(max_connections)
-                .connect_with(opts)
-                .await?;
+            let pool = PgPoolOptions::new().max_connections(max_connections).connect_with(opts).await?;
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-            Db {
-                pool: Pool::Postgres(pool),
-            }
+            Db { pool: Pool::Postgres(pool) }
         } else {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -626,14 +594,9 @@ impl Db {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(std::time::Duration::from_secs(10))
                 .foreign_keys(true);
-            let pool = SqlitePoolOptions::new()
-                .max_connections(max_connections)
-                .connect_with(opts)
-                .await?;
+            let pool = SqlitePoolOptions::new().max_connections(max_connections).connect_with(opts).await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-            Db {
-                pool: Pool::Sqlite(pool),
-            }
+            Db { pool: Pool::Sqlite(pool) }
         };
         Ok(db)
     }
@@ -654,14 +617,8 @@ impl Db {
 
     async fn execute(&self, sql: String, args: Vec<Arg>) -> Result<u64, sqlx::Error> {
         Ok(match &self.pool {
-            Pool::Sqlite(p) => bind_all!(sqlx::query(AssertSqlSafe(sql)), args)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            Pool::Postgres(p) => bind_all!(sqlx::query(AssertSqlSafe(sql)), args)
-                .execute(p)
-                .await?
-                .rows_affected(),
+            Pool::Sqlite(p) => bind_all!(sqlx::query(AssertSqlSafe(sql)), args).execute(p).await?.rows_affected(),
+            Pool::Postgres(p) => bind_all!(sqlx::query(AssertSqlSafe(sql)), args).execute(p).await?.rows_affected(),
         })
     }
 
@@ -670,16 +627,8 @@ impl Db {
         T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin,
     {
         match &self.pool {
-            Pool::Sqlite(p) => {
-                bind_all!(sqlx::query_as::<_, T>(AssertSqlSafe(sql)), args)
-                    .fetch_all(p)
-                    .await
-            }
-            Pool::Postgres(p) => {
-                bind_all!(sqlx::query_as::<_, T>(AssertSqlSafe(sql)), args)
-                    .fetch_all(p)
-                    .await
-            }
+            Pool::Sqlite(p) => bind_all!(sqlx::query_as::<_, T>(AssertSqlSafe(sql)), args).fetch_all(p).await,
+            Pool::Postgres(p) => bind_all!(sqlx::query_as::<_, T>(AssertSqlSafe(sql)), args).fetch_all(p).await,
         }
     }
 
@@ -688,16 +637,8 @@ impl Db {
         T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin,
     {
         match &self.pool {
-            Pool::Sqlite(p) => {
-                bind_all!(sqlx::query_as::<_, T>(AssertSqlSafe(sql)), args)
-                    .fetch_optional(p)
-                    .await
-            }
-            Pool::Postgres(p) => {
-                bind_all!(sqlx::query_as::<_, T>(AssertSqlSafe(sql)), args)
-                    .fetch_optional(p)
-                    .await
-            }
+            Pool::Sqlite(p) => bind_all!(sqlx::query_as::<_, T>(AssertSqlSafe(sql)), args).fetch_optional(p).await,
+            Pool::Postgres(p) => bind_all!(sqlx::query_as::<_, T>(AssertSqlSafe(sql)), args).fetch_optional(p).await,
         }
     }
 
@@ -706,51 +647,32 @@ impl Db {
     pub async fn create_node(&self, n: &Node) -> Result<(), DbError> {
         let mut cols = vec!["uuid", "reservation", "created_at"];
         cols.extend_from_slice(NODE_SAVE_COLUMNS);
-        let mut args: Vec<Arg> = vec![
-            n.uuid.to_string().into(),
-            n.reservation.clone().into(),
-            n.created_at.into(),
-        ];
+        let mut args: Vec<Arg> = vec![n.uuid.to_string().into(), n.reservation.clone().into(), n.created_at.into()];
         args.extend(node_save_args(n, n.created_at));
         // a fresh node has never been updated
         *args.last_mut().expect("updated_at is last") = Arg::Time(None);
         let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "INSERT INTO nodes ({}) VALUES ({})",
-            cols.join(", "),
-            placeholders.join(", ")
-        );
-        self.execute(sql, args).await.map_err(|e| {
-            match unique_field(&e, &["instance_uuid", "name", "uuid"]) {
-                Some(field) => DbError::Duplicate { field },
-                None => DbError::Sqlx(e),
-            }
+        let sql = format!("INSERT INTO nodes ({}) VALUES ({})", cols.join(", "), placeholders.join(", "));
+        self.execute(sql, args).await.map_err(|e| match unique_field(&e, &["instance_uuid", "name", "uuid"]) {
+            Some(field) => DbError::Duplicate { field },
+            None => DbError::Sqlx(e),
         })?;
         Ok(())
     }
 
     pub async fn get_node(&self, uuid: Uuid) -> Result<Node, DbError> {
         let sql = format!("SELECT {NODE_COLUMNS} FROM nodes WHERE uuid = $1");
-        self.fetch_one_opt::<NodeRow>(sql, vec![uuid.to_string().into()])
-            .await?
-            .ok_or(DbError::NotFound)?
-            .try_into()
+        self.fetch_one_opt::<NodeRow>(sql, vec![uuid.to_string().into()]).await?.ok_or(DbError::NotFound)?.try_into()
     }
 
     pub async fn get_node_by_name(&self, name: &str) -> Result<Node, DbError> {
         let sql = format!("SELECT {NODE_COLUMNS} FROM nodes WHERE name = $1");
-        self.fetch_one_opt::<NodeRow>(sql, vec![name.into()])
-            .await?
-            .ok_or(DbError::NotFound)?
-            .try_into()
+        self.fetch_one_opt::<NodeRow>(sql, vec![name.into()]).await?.ok_or(DbError::NotFound)?.try_into()
     }
 
     pub async fn get_node_by_instance(&self, instance_uuid: &str) -> Result<Node, DbError> {
         let sql = format!("SELECT {NODE_COLUMNS} FROM nodes WHERE instance_uuid = $1");
-        self.fetch_one_opt::<NodeRow>(sql, vec![instance_uuid.into()])
-            .await?
-            .ok_or(DbError::NotFound)?
-            .try_into()
+        self.fetch_one_opt::<NodeRow>(sql, vec![instance_uuid.into()]).await?.ok_or(DbError::NotFound)?.try_into()
     }
 
     pub async fn list_nodes(&self, q: &NodeQuery) -> Result<Vec<Node>, DbError> {
@@ -799,15 +721,7 @@ impl Db {
             None => {}
         }
         if let Some(v) = &q.description_contains {
-            args.push(
-                format!(
-                    "%{}%",
-                    v.replace('\\', "\\\\")
-                        .replace('%', "\\%")
-                        .replace('_', "\\_")
-                )
-                .into(),
-            );
+            args.push(format!("%{}%", v.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")).into());
             wh.push(format!("description LIKE ${} ESCAPE '\\'", args.len()));
         }
         if let Some(parts) = &q.partitions {
@@ -819,16 +733,7 @@ impl Db {
                 wh.push(format!("ring_partition IN ({})", list.join(",")));
             }
         }
-        let sql = self
-            .paged(
-                "nodes",
-                NODE_COLUMNS,
-                NODE_SORT_KEYS,
-                wh,
-                &mut args,
-                &q.paging,
-            )
-            .await?;
+        let sql = self.paged("nodes", NODE_COLUMNS, NODE_SORT_KEYS, wh, &mut args, &q.paging).await?;
         let rows = self.fetch_all::<NodeRow>(sql, args).await?;
         rows.into_iter().map(Node::try_from).collect()
     }
@@ -844,11 +749,7 @@ impl Db {
         args: &mut Vec<Arg>,
         p: &Paging,
     ) -> Result<String, DbError> {
-        let key = sort_keys
-            .iter()
-            .find(|k| **k == p.sort_key)
-            .copied()
-            .unwrap_or("id");
+        let key = sort_keys.iter().find(|k| **k == p.sort_key).copied().unwrap_or("id");
         let dir = if p.descending { "DESC" } else { "ASC" };
         let cmp = if p.descending { "<" } else { ">" };
         // NULLs sort as the empty string so keyset paging stays total.
@@ -863,10 +764,7 @@ impl Db {
             struct Id {
                 id: i64,
             }
-            let Some(Id { id }) = self
-                .fetch_one_opt::<Id>(sql, vec![marker.to_string().into()])
-                .await?
-            else {
+            let Some(Id { id }) = self.fetch_one_opt::<Id>(sql, vec![marker.to_string().into()]).await? else {
                 return Err(DbError::NotFound);
             };
             args.push(Arg::Int(id));
@@ -896,11 +794,8 @@ impl Db {
     /// Returns false (and writes nothing) if `holder` no longer holds it.
     pub async fn save_node_locked(&self, n: &Node, holder: &str) -> Result<bool, DbError> {
         let mut args = node_save_args(n, Utc::now());
-        let sets: Vec<String> = NODE_SAVE_COLUMNS
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c} = ${}", i + 1))
-            .collect();
+        let sets: Vec<String> =
+            NODE_SAVE_COLUMNS.iter().enumerate().map(|(i, c)| format!("{c} = ${}", i + 1)).collect();
         args.push(n.uuid.to_string().into());
         args.push(holder.into());
         let sql = format!(
@@ -909,11 +804,9 @@ impl Db {
             args.len() - 1,
             args.len()
         );
-        let rows = self.execute(sql, args).await.map_err(|e| {
-            match unique_field(&e, &["instance_uuid", "name"]) {
-                Some(field) => DbError::Duplicate { field },
-                None => DbError::Sqlx(e),
-            }
+        let rows = self.execute(sql, args).await.map_err(|e| match unique_field(&e, &["instance_uuid", "name"]) {
+            Some(field) => DbError::Duplicate { field },
+            None => DbError::Sqlx(e),
         })?;
         Ok(rows == 1)
     }
@@ -948,10 +841,7 @@ impl Db {
     /// Clear every lock held by a (dead) incarnation. Returns how many.
     pub async fn clear_reservations_of(&self, holder: &str) -> Result<u64, DbError> {
         Ok(self
-            .execute(
-                "UPDATE nodes SET reservation = NULL WHERE reservation = $1".into(),
-                vec![holder.into()],
-            )
+            .execute("UPDATE nodes SET reservation = NULL WHERE reservation = $1".into(), vec![holder.into()])
             .await?)
     }
 
@@ -978,11 +868,7 @@ impl Db {
             NodeRef::Reservation => "reservation",
         };
         let sql = format!("SELECT COUNT(*) AS n FROM nodes WHERE {col} = $1");
-        Ok(self
-            .fetch_one_opt::<Count>(sql, vec![value.into()])
-            .await?
-            .map(|c| c.n)
-            .unwrap_or(0))
+        Ok(self.fetch_one_opt::<Count>(sql, vec![value.into()]).await?.map(|c| c.n).unwrap_or(0))
     }
 
     // ---- ports -----------------------------------------------------------
@@ -1028,30 +914,19 @@ impl Db {
         let mut args: Vec<Arg> = vec![p.uuid.to_string().into(), p.created_at.into()];
         args.extend(Self::port_args(p));
         let ph: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "INSERT INTO ports ({}) VALUES ({})",
-            cols.join(", "),
-            ph.join(", ")
-        );
+        let sql = format!("INSERT INTO ports ({}) VALUES ({})", cols.join(", "), ph.join(", "));
         self.execute(sql, args).await.map_err(Self::port_error)?;
         Ok(())
     }
 
     pub async fn update_port(&self, p: &Port) -> Result<(), DbError> {
         let mut args = Self::port_args(p);
-        let mut sets: Vec<String> = Self::PORT_SAVE
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c} = ${}", i + 1))
-            .collect();
+        let mut sets: Vec<String> =
+            Self::PORT_SAVE.iter().enumerate().map(|(i, c)| format!("{c} = ${}", i + 1)).collect();
         args.push(Utc::now().into());
         sets.push(format!("updated_at = ${}", args.len()));
         args.push(p.uuid.to_string().into());
-        let sql = format!(
-            "UPDATE ports SET {} WHERE uuid = ${}",
-            sets.join(", "),
-            args.len()
-        );
+        let sql = format!("UPDATE ports SET {} WHERE uuid = ${}", sets.join(", "), args.len());
         match self.execute(sql, args).await.map_err(Self::port_error)? {
             0 => Err(DbError::NotFound),
             _ => Ok(()),
@@ -1059,13 +934,7 @@ impl Db {
     }
 
     pub async fn delete_port(&self, uuid: Uuid) -> Result<(), DbError> {
-        match self
-            .execute(
-                "DELETE FROM ports WHERE uuid = $1".into(),
-                vec![uuid.to_string().into()],
-            )
-            .await?
-        {
+        match self.execute("DELETE FROM ports WHERE uuid = $1".into(), vec![uuid.to_string().into()]).await? {
             0 => Err(DbError::NotFound),
             _ => Ok(()),
         }
@@ -1073,18 +942,12 @@ impl Db {
 
     pub async fn get_port(&self, uuid: Uuid) -> Result<Port, DbError> {
         let sql = format!("SELECT {PORT_COLUMNS} FROM ports WHERE uuid = $1");
-        self.fetch_one_opt::<PortRow>(sql, vec![uuid.to_string().into()])
-            .await?
-            .ok_or(DbError::NotFound)?
-            .try_into()
+        self.fetch_one_opt::<PortRow>(sql, vec![uuid.to_string().into()]).await?.ok_or(DbError::NotFound)?.try_into()
     }
 
     pub async fn get_port_by_name(&self, name: &str) -> Result<Port, DbError> {
         let sql = format!("SELECT {PORT_COLUMNS} FROM ports WHERE name = $1");
-        self.fetch_one_opt::<PortRow>(sql, vec![name.into()])
-            .await?
-            .ok_or(DbError::NotFound)?
-            .try_into()
+        self.fetch_one_opt::<PortRow>(sql, vec![name.into()]).await?.ok_or(DbError::NotFound)?.try_into()
     }
 
     pub async fn list_ports(&self, q: &PortQuery) -> Result<Vec<Port>, DbError> {
@@ -1098,21 +961,8 @@ impl Db {
             args.push(a.as_str().into());
             wh.push(format!("address = ${}", args.len()));
         }
-        let sql = self
-            .paged(
-                "ports",
-                PORT_COLUMNS,
-                PORT_SORT_KEYS,
-                wh,
-                &mut args,
-                &q.paging,
-            )
-            .await?;
-        self.fetch_all::<PortRow>(sql, args)
-            .await?
-            .into_iter()
-            .map(Port::try_from)
-            .collect()
+        let sql = self.paged("ports", PORT_COLUMNS, PORT_SORT_KEYS, wh, &mut args, &q.paging).await?;
+        self.fetch_all::<PortRow>(sql, args).await?.into_iter().map(Port::try_from).collect()
     }
 
     // ---- history -----------------------------------------------------------

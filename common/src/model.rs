@@ -169,10 +169,7 @@ impl Node {
             reservation: None,
             conductor_affinity: None,
             conductor_group: String::new(),
-            ring_partition: i64::from(crate::ring::partition_of(
-                uuid.as_bytes(),
-                partition_exponent,
-            )),
+            ring_partition: i64::from(crate::ring::partition_of(uuid.as_bytes(), partition_exponent)),
             driver_info: JsonObject::new(),
             driver_internal_info: JsonObject::new(),
             instance_info: JsonObject::new(),
@@ -258,11 +255,7 @@ impl Port {
 /// is not one.
 pub fn normalize_mac(s: &str) -> Option<String> {
     let parts: Vec<&str> = s.split([':', '-']).collect();
-    if parts.len() != 6
-        || parts
-            .iter()
-            .any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()))
-    {
+    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit())) {
         return None;
     }
     Some(parts.join(":").to_ascii_lowercase())
@@ -274,14 +267,8 @@ mod tests {
 
     #[test]
     fn mac_normalisation() {
-        assert_eq!(
-            normalize_mac("52:54:00:AB:cd:01").as_deref(),
-            Some("52:54:00:ab:cd:01")
-        );
-        assert_eq!(
-            normalize_mac("52-54-00-ab-cd-01").as_deref(),
-            Some("52:54:00:ab:cd:01")
-        );
+        assert_eq!(normalize_mac("52:54:00:AB:cd:01").as_deref(), Some("52:54:00:ab:cd:01"));
+        assert_eq!(normalize_mac("52-54-00-ab-cd-01").as_deref(), Some("52:54:00:ab:cd:01"));
         assert_eq!(normalize_mac("52:54:00:ab:cd"), None);
         assert_eq!(normalize_mac("52:54:00:ab:cd:zz"), None);
         assert_eq!(normalize_mac("525400abcd01"), None);

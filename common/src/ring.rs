@@ -75,11 +75,7 @@ impl Default for RingSettings {
         // ε = 0.02 keeps the node-level max/mean under 1.10 at 100
         // conductors and 100k nodes while removal/addition stay within
         // 1.2/N of the nodes (measured; docs/ring.md).
-        RingSettings {
-            partition_exponent: 16,
-            load_epsilon: 0.02,
-            replicas: 0,
-        }
+        RingSettings { partition_exponent: 16, load_epsilon: 0.02, replicas: 0 }
     }
 }
 
@@ -125,11 +121,7 @@ impl Table {
         let n = eligible.len();
         let seeds: Vec<u64> = ids.iter().map(|id| seed(id)).collect();
         if n == 0 {
-            return Table {
-                eligible,
-                seeds,
-                owner: Vec::new(),
-            };
+            return Table { eligible, seeds, owner: Vec::new() };
         }
         // phase 1: rendezvous, member-major so the inner loop streams
         // through two arrays (ties go to the lower index, i.e. smaller id)
@@ -149,17 +141,14 @@ impl Table {
             load[*o as usize] += 1;
         }
         // phase 2: bounded loads
-        let cap =
-            ((1.0 + settings.load_epsilon.max(0.0)) * f64::from(parts) / n as f64).ceil() as usize;
+        let cap = ((1.0 + settings.load_epsilon.max(0.0)) * f64::from(parts) / n as f64).ceil() as usize;
         let cap = cap.max((parts as usize).div_ceil(n));
         let mut homeless: Vec<u32> = Vec::new();
         for (m, l) in load.iter_mut().enumerate() {
             if *l <= cap {
                 continue;
             }
-            let mut mine: Vec<u32> = (0..parts)
-                .filter(|p| owner[*p as usize] as usize == m)
-                .collect();
+            let mut mine: Vec<u32> = (0..parts).filter(|p| owner[*p as usize] as usize == m).collect();
             // lowest weight first; ties by partition
             mine.sort_by_key(|p| (best_w[*p as usize], *p));
             homeless.extend_from_slice(&mine[..*l - cap]);
@@ -167,24 +156,13 @@ impl Table {
         }
         homeless.sort_unstable();
         for p in homeless {
-            let mut ranked: Vec<(u64, usize)> = seeds
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (weight(*s, p), i))
-                .collect();
+            let mut ranked: Vec<(u64, usize)> = seeds.iter().enumerate().map(|(i, s)| (weight(*s, p), i)).collect();
             ranked.sort_unstable_by(|a, b| b.cmp(a));
-            let (_, to) = *ranked
-                .iter()
-                .find(|(_, i)| load[*i] < cap)
-                .expect("n·cap ≥ P leaves room");
+            let (_, to) = *ranked.iter().find(|(_, i)| load[*i] < cap).expect("n·cap ≥ P leaves room");
             owner[p as usize] = to as u16;
             load[to] += 1;
         }
-        Table {
-            eligible,
-            seeds,
-            owner,
-        }
+        Table { eligible, seeds, owner }
     }
 }
 
@@ -210,14 +188,7 @@ impl Ring {
     pub fn new(epoch: RingEpoch, mut members: Vec<Member>, settings: RingSettings) -> Ring {
         members.sort_by(|a, b| a.id.cmp(&b.id));
         members.dedup_by(|a, b| a.id == b.id);
-        Ring {
-            inner: Arc::new(Inner {
-                epoch,
-                members,
-                settings,
-                tables: Mutex::new(Vec::new()),
-            }),
-        }
+        Ring { inner: Arc::new(Inner { epoch, members, settings, tables: Mutex::new(Vec::new()) }) }
     }
 
     pub fn empty(settings: RingSettings) -> Ring {
@@ -234,11 +205,7 @@ impl Ring {
     }
 
     pub fn member(&self, id: &str) -> Option<&Member> {
-        self.inner
-            .members
-            .binary_search_by(|m| m.id.as_str().cmp(id))
-            .ok()
-            .map(|i| &self.inner.members[i])
+        self.inner.members.binary_search_by(|m| m.id.as_str().cmp(id)).ok().map(|i| &self.inner.members[i])
     }
 
     pub fn settings(&self) -> &RingSettings {
@@ -260,16 +227,11 @@ impl Ring {
             .iter()
             .enumerate()
             .filter(|(_, m)| {
-                m.state == MemberState::Active
-                    && m.conductor_group == group
-                    && m.hardware_types.iter().any(|h| h == hw)
+                m.state == MemberState::Active && m.conductor_group == group && m.hardware_types.iter().any(|h| h == hw)
             })
             .map(|(i, _)| i)
             .collect();
-        let ids: Vec<&str> = eligible
-            .iter()
-            .map(|i| self.inner.members[*i].id.as_str())
-            .collect();
+        let ids: Vec<&str> = eligible.iter().map(|i| self.inner.members[*i].id.as_str()).collect();
         let t = Arc::new(Table::build(eligible, &ids, &self.inner.settings));
         tables.push((group.to_string(), hw.to_string(), t.clone()));
         t
@@ -283,11 +245,7 @@ impl Ring {
 
     /// The conductor that owns a node.
     pub fn owner(&self, node_uuid: &[u8; 16], group: &str, hw: &str) -> Option<&Member> {
-        self.owner_of_partition(
-            partition_of(node_uuid, self.inner.settings.partition_exponent),
-            group,
-            hw,
-        )
+        self.owner_of_partition(partition_of(node_uuid, self.inner.settings.partition_exponent), group, hw)
     }
 
     /// The warm replicas of a node: the next members by weight after the owner.
@@ -297,12 +255,7 @@ impl Ring {
         let Some(owner) = t.owner.get(p as usize).map(|o| *o as usize) else {
             return Vec::new();
         };
-        let mut ranked: Vec<(u64, usize)> = t
-            .seeds
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (weight(*s, p), i))
-            .collect();
+        let mut ranked: Vec<(u64, usize)> = t.seeds.iter().enumerate().map(|(i, s)| (weight(*s, p), i)).collect();
         ranked.sort_unstable_by(|a, b| b.cmp(a));
         ranked
             .into_iter()
@@ -315,28 +268,17 @@ impl Ring {
     /// Whether an active member serves this (group, hardware type).
     pub fn serves(&self, group: &str, hw: &str) -> bool {
         self.inner.members.iter().any(|m| {
-            m.state == MemberState::Active
-                && m.conductor_group == group
-                && m.hardware_types.iter().any(|h| h == hw)
+            m.state == MemberState::Active && m.conductor_group == group && m.hardware_types.iter().any(|h| h == hw)
         })
     }
 
     /// The partitions a member owns for (group, hardware type).
     pub fn partitions_of(&self, member_id: &str, group: &str, hw: &str) -> Vec<u32> {
         let t = self.table(group, hw);
-        let Some(pos) = t
-            .eligible
-            .iter()
-            .position(|i| self.inner.members[*i].id == member_id)
-        else {
+        let Some(pos) = t.eligible.iter().position(|i| self.inner.members[*i].id == member_id) else {
             return Vec::new();
         };
-        t.owner
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| **o as usize == pos)
-            .map(|(p, _)| p as u32)
-            .collect()
+        t.owner.iter().enumerate().filter(|(_, o)| **o as usize == pos).map(|(p, _)| p as u32).collect()
     }
 
     /// (group, hardware type) pairs some member serves.
@@ -346,11 +288,7 @@ impl Ring {
             .members
             .iter()
             .filter(|m| m.state == MemberState::Active)
-            .flat_map(|m| {
-                m.hardware_types
-                    .iter()
-                    .map(|h| (m.conductor_group.clone(), h.clone()))
-            })
+            .flat_map(|m| m.hardware_types.iter().map(|h| (m.conductor_group.clone(), h.clone())))
             .collect();
         out.sort();
         out.dedup();
@@ -360,17 +298,8 @@ impl Ring {
 
 /// Partitions whose owner differs between two rings for (group, hardware
 /// type): (partition, old owner id, new owner id).
-pub fn diff(
-    old: &Ring,
-    new: &Ring,
-    group: &str,
-    hw: &str,
-) -> Vec<(u32, Option<String>, Option<String>)> {
-    assert_eq!(
-        old.partitions(),
-        new.partitions(),
-        "rings with different partition counts cannot be compared"
-    );
+pub fn diff(old: &Ring, new: &Ring, group: &str, hw: &str) -> Vec<(u32, Option<String>, Option<String>)> {
+    assert_eq!(old.partitions(), new.partitions(), "rings with different partition counts cannot be compared");
     (0..old.partitions())
         .filter_map(|p| {
             let a = old.owner_of_partition(p, group, hw).map(|m| m.id.clone());
@@ -399,9 +328,7 @@ mod tests {
     }
 
     fn members(n: usize) -> Vec<Member> {
-        (0..n)
-            .map(|i| member(&format!("conductor-{i:03}"), "", &["fake-hardware"]))
-            .collect()
+        (0..n).map(|i| member(&format!("conductor-{i:03}"), "", &["fake-hardware"])).collect()
     }
 
     /// Deterministic pseudo-random node UUIDs (SplitMix64 stream).
@@ -420,21 +347,13 @@ mod tests {
     }
 
     fn owners(ring: &Ring, nodes: &[[u8; 16]]) -> Vec<Option<String>> {
-        nodes
-            .iter()
-            .map(|u| ring.owner(u, "", "fake-hardware").map(|m| m.id.clone()))
-            .collect()
+        nodes.iter().map(|u| ring.owner(u, "", "fake-hardware").map(|m| m.id.clone())).collect()
     }
 
     fn checksum(ring: &Ring) -> u64 {
         let mut h = Sha256::new();
         for p in 0..ring.partitions() {
-            h.update(
-                ring.owner_of_partition(p, "", "fake-hardware")
-                    .unwrap()
-                    .id
-                    .as_bytes(),
-            );
+            h.update(ring.owner_of_partition(p, "", "fake-hardware").unwrap().id.as_bytes());
             h.update([0]);
         }
         let d = h.finalize();
@@ -447,12 +366,7 @@ mod tests {
         // of a cluster must agree on it, so such a change is a protocol
         // change (rolling upgrades would split ownership).
         let ring = Ring::new(1, members(5), RingSettings::default());
-        assert_eq!(
-            checksum(&ring),
-            GOLDEN,
-            "placement changed: {:#x}",
-            checksum(&ring)
-        );
+        assert_eq!(checksum(&ring), GOLDEN, "placement changed: {:#x}", checksum(&ring));
         assert_eq!(partition_of(&[0u8; 16], 16), PARTITION_OF_NIL);
     }
     const GOLDEN: u64 = 0x4dd4_b37f_e4c3_9343;
@@ -471,28 +385,13 @@ mod tests {
             let before = owners(&base, &nodes);
             // remove one
             let removed = &all[n / 2].id;
-            let fewer: Vec<Member> = all[..n]
-                .iter()
-                .filter(|m| &m.id != removed)
-                .cloned()
-                .collect();
+            let fewer: Vec<Member> = all[..n].iter().filter(|m| &m.id != removed).cloned().collect();
             let after = owners(&Ring::new(2, fewer, RingSettings::default()), &nodes);
             let frac = moved(&before, &after) as f64 / nodes.len() as f64;
-            println!(
-                "n={n}: removing one moved {frac:.4} of the nodes (x{:.3} of 1/N)",
-                frac * n as f64
-            );
-            assert!(
-                frac <= 1.2 / n as f64,
-                "n={n}: removing one moved {frac:.4} > {:.4}",
-                1.2 / n as f64
-            );
+            println!("n={n}: removing one moved {frac:.4} of the nodes (x{:.3} of 1/N)", frac * n as f64);
+            assert!(frac <= 1.2 / n as f64, "n={n}: removing one moved {frac:.4} > {:.4}", 1.2 / n as f64);
             // only the removed member's nodes plus spill move
-            let foreign = before
-                .iter()
-                .zip(&after)
-                .filter(|(b, a)| b != a && b.as_deref() != Some(removed))
-                .count();
+            let foreign = before.iter().zip(&after).filter(|(b, a)| b != a && b.as_deref() != Some(removed)).count();
             assert!(
                 foreign as f64 <= 0.2 / n as f64 * nodes.len() as f64,
                 "n={n}: {foreign} nodes of other members moved"
@@ -500,15 +399,8 @@ mod tests {
             // add one
             let after = owners(&Ring::new(3, all.clone(), RingSettings::default()), &nodes);
             let frac = moved(&before, &after) as f64 / nodes.len() as f64;
-            println!(
-                "n={n}: adding one moved {frac:.4} of the nodes (x{:.3} of 1/(N+1))",
-                frac * (n + 1) as f64
-            );
-            assert!(
-                frac <= 1.2 / (n + 1) as f64,
-                "n={n}: adding one moved {frac:.4} > {:.4}",
-                1.2 / (n + 1) as f64
-            );
+            println!("n={n}: adding one moved {frac:.4} of the nodes (x{:.3} of 1/(N+1))", frac * (n + 1) as f64);
+            assert!(frac <= 1.2 / (n + 1) as f64, "n={n}: adding one moved {frac:.4} > {:.4}", 1.2 / (n + 1) as f64);
         }
     }
 
@@ -517,9 +409,7 @@ mod tests {
         let ring = Ring::new(1, members(100), RingSettings::default());
         let mut count: HashMap<String, usize> = HashMap::new();
         for u in uuids(100_000, 11) {
-            *count
-                .entry(ring.owner(&u, "", "fake-hardware").unwrap().id.clone())
-                .or_default() += 1;
+            *count.entry(ring.owner(&u, "", "fake-hardware").unwrap().id.clone()).or_default() += 1;
         }
         assert_eq!(count.len(), 100, "every conductor owns nodes");
         let max = *count.values().max().unwrap() as f64;
@@ -540,10 +430,7 @@ mod tests {
             member("c", "rack2", &["fake-hardware"]),
             member("d", "rack2", &["redfish"]),
         ];
-        ms.push(Member {
-            state: MemberState::Draining,
-            ..member("e", "", &["fake-hardware", "redfish"])
-        });
+        ms.push(Member { state: MemberState::Draining, ..member("e", "", &["fake-hardware", "redfish"]) });
         let ring = Ring::new(1, ms, RingSettings::default());
         for u in uuids(2000, 3) {
             let o = ring.owner(&u, "", "fake-hardware").unwrap();
@@ -556,36 +443,19 @@ mod tests {
         }
         assert!(ring.serves("rack2", "redfish"));
         assert!(!ring.serves("", "ilo"));
-        assert!(
-            ring.partitions_of("e", "", "fake-hardware").is_empty(),
-            "draining members own nothing"
-        );
-        assert!(
-            Ring::empty(RingSettings::default())
-                .owner(&[1; 16], "", "fake-hardware")
-                .is_none()
-        );
-        let total: usize = ["a", "b"]
-            .iter()
-            .map(|m| ring.partitions_of(m, "", "fake-hardware").len())
-            .sum();
+        assert!(ring.partitions_of("e", "", "fake-hardware").is_empty(), "draining members own nothing");
+        assert!(Ring::empty(RingSettings::default()).owner(&[1; 16], "", "fake-hardware").is_none());
+        let total: usize = ["a", "b"].iter().map(|m| ring.partitions_of(m, "", "fake-hardware").len()).sum();
         assert_eq!(total, 65536);
     }
 
     #[test]
     fn replicas_are_distinct_and_exclude_the_owner() {
-        let s = RingSettings {
-            replicas: 2,
-            ..RingSettings::default()
-        };
+        let s = RingSettings { replicas: 2, ..RingSettings::default() };
         let ring = Ring::new(1, members(5), s);
         for u in uuids(500, 5) {
             let owner = ring.owner(&u, "", "fake-hardware").unwrap().id.clone();
-            let reps: Vec<String> = ring
-                .replicas(&u, "", "fake-hardware")
-                .iter()
-                .map(|m| m.id.clone())
-                .collect();
+            let reps: Vec<String> = ring.replicas(&u, "", "fake-hardware").iter().map(|m| m.id.clone()).collect();
             assert_eq!(reps.len(), 2);
             assert!(!reps.contains(&owner));
             assert_ne!(reps[0], reps[1]);

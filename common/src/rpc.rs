@@ -19,12 +19,7 @@ pub fn status(reason: Reason, message: impl Into<String>, epoch: u64, holder: &s
         Reason::Unavailable => Code::Unavailable,
         Reason::Internal | Reason::Unspecified => Code::Internal,
     };
-    let detail = ErrorDetail {
-        reason: reason as i32,
-        epoch,
-        holder: holder.to_string(),
-        message: message.clone(),
-    };
+    let detail = ErrorDetail { reason: reason as i32, epoch, holder: holder.to_string(), message: message.clone() };
     Status::with_details(code, message, detail.encode_to_vec().into())
 }
 
@@ -35,9 +30,7 @@ pub fn detail(status: &Status) -> ErrorDetail {
         Ok(d) if d.reason != Reason::Unspecified as i32 => d,
         _ => ErrorDetail {
             reason: match status.code() {
-                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-                    Reason::Unavailable
-                }
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => Reason::Unavailable,
                 Code::NotFound => Reason::NotFound,
                 Code::InvalidArgument => Reason::Invalid,
                 _ => Reason::Internal,

@@ -124,10 +124,7 @@ impl ProvisionState {
 
     /// `enroll`, `manageable`, `available`, `active`, `error`, `rescue`.
     pub fn is_stable(self) -> bool {
-        matches!(
-            self,
-            S::Enroll | S::Manageable | S::Available | S::Active | S::Error | S::Rescue
-        )
+        matches!(self, S::Enroll | S::Manageable | S::Available | S::Active | S::Error | S::Rescue)
     }
 
     /// `* failed` and `error`.
@@ -147,10 +144,7 @@ impl ProvisionState {
 
     /// Waiting for a ramdisk callback.
     pub fn is_wait(self) -> bool {
-        matches!(
-            self,
-            S::DeployWait | S::CleanWait | S::InspectWait | S::RescueWait | S::ServiceWait
-        )
+        matches!(self, S::DeployWait | S::CleanWait | S::InspectWait | S::RescueWait | S::ServiceWait)
     }
 
     pub fn is_hold(self) -> bool {
@@ -206,8 +200,7 @@ impl Serialize for ProvisionState {
 impl<'de> Deserialize<'de> for ProvisionState {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        ProvisionState::parse(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown provision state {s:?}")))
+        ProvisionState::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown provision state {s:?}")))
     }
 }
 
@@ -279,10 +272,7 @@ impl Event {
     }
 
     pub fn is_api_verb(self) -> bool {
-        !matches!(
-            self,
-            Event::Done | Event::Fail | Event::Wait | Event::Resume | Event::Hold
-        )
+        !matches!(self, Event::Done | Event::Fail | Event::Wait | Event::Resume | Event::Hold)
     }
 }
 
@@ -411,9 +401,7 @@ pub struct InvalidTransition {
 /// whether the clean is automated (→ available) or manual (→ manageable).
 pub fn goal_of(state: ProvisionState, target: Option<ProvisionState>) -> Option<ProvisionState> {
     match state {
-        S::Deploying | S::DeployWait | S::DeployHold | S::Adopting | S::Unrescuing => {
-            Some(S::Active)
-        }
+        S::Deploying | S::DeployWait | S::DeployHold | S::Adopting | S::Unrescuing => Some(S::Active),
         S::Servicing | S::ServiceWait | S::ServiceHold => Some(S::Active),
         S::Deleting => Some(S::Available),
         S::Cleaning | S::CleanWait | S::CleanHold => match target {
@@ -437,9 +425,7 @@ pub fn transition(
     let to = match (from, event) {
         // manage
         (S::Enroll, E::Manage) => S::Verifying,
-        (S::Available | S::CleanFailed | S::InspectFailed | S::AdoptFailed, E::Manage) => {
-            S::Manageable
-        }
+        (S::Available | S::CleanFailed | S::InspectFailed | S::AdoptFailed, E::Manage) => S::Manageable,
         (S::Verifying, E::Done) => S::Manageable,
         (S::Verifying, E::Fail) => S::Enroll,
         // provide / clean
@@ -490,10 +476,7 @@ pub fn transition(
         (S::Adopting, E::Done) => S::Active,
         (S::Adopting, E::Fail) => S::AdoptFailed,
         // rescue
-        (
-            S::Active | S::Rescue | S::RescueFailed | S::UnrescueFailed | S::ServiceFailed,
-            E::Rescue,
-        ) => S::Rescuing,
+        (S::Active | S::Rescue | S::RescueFailed | S::UnrescueFailed | S::ServiceFailed, E::Rescue) => S::Rescuing,
         (S::Rescuing, E::Done) => S::Rescue,
         (S::Rescuing | S::RescueWait, E::Fail) => S::RescueFailed,
         (S::Rescuing, E::Wait) => S::RescueWait,
@@ -513,10 +496,7 @@ pub fn transition(
         (S::ServiceWait | S::ServiceHold, E::Abort) => S::ServiceFailed,
         (S::ServiceFailed, E::Abort) => S::Active,
         _ => {
-            return Err(InvalidTransition {
-                state: from,
-                event: event.as_str(),
-            });
+            return Err(InvalidTransition { state: from, event: event.as_str() });
         }
     };
     // a manual clean (clean verb) works toward manageable, everything else
@@ -526,20 +506,12 @@ pub fn transition(
         _ if to.is_stable() || to.is_failed() => None,
         _ => goal_of(to, target),
     };
-    Ok(Transition {
-        from,
-        event,
-        to,
-        target: new_target,
-    })
+    Ok(Transition { from, event, to, target: new_target })
 }
 
 /// The API verbs' events that are valid from `state`.
 pub fn api_events_from(state: ProvisionState) -> Vec<Event> {
-    Event::ALL
-        .into_iter()
-        .filter(|e| e.is_api_verb() && transition(state, None, *e).is_ok())
-        .collect()
+    Event::ALL.into_iter().filter(|e| e.is_api_verb() && transition(state, None, *e).is_ok()).collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -553,17 +525,13 @@ pub enum VerbError {
 /// Check a verb at API version 1.`minor` against the node's state.
 pub fn verb_check(verb: Verb, minor: u32, state: ProvisionState) -> Result<Event, VerbError> {
     if minor < verb.min_minor() {
-        return Err(VerbError::NotAcceptable {
-            min_minor: verb.min_minor(),
-        });
+        return Err(VerbError::NotAcceptable { min_minor: verb.min_minor() });
     }
     if verb == Verb::Abort && state == S::DeployWait && minor < 110 {
         return Err(VerbError::NotAcceptable { min_minor: 110 });
     }
     let event = verb.event();
-    transition(state, goal_of(state, None), event)
-        .map(|_| event)
-        .map_err(|_| VerbError::InvalidState)
+    transition(state, goal_of(state, None), event).map(|_| event).map_err(|_| VerbError::InvalidState)
 }
 
 #[cfg(test)]
@@ -581,72 +549,28 @@ mod tests {
     fn api_table() {
         use Event as E;
         // manage
-        assert_eq!(
-            t(S::Enroll, None, E::Manage),
-            (S::Verifying, Some(S::Manageable))
-        );
-        assert_eq!(
-            t(S::Verifying, Some(S::Manageable), E::Done),
-            (S::Manageable, None)
-        );
-        assert_eq!(
-            t(S::Verifying, Some(S::Manageable), E::Fail),
-            (S::Enroll, None)
-        );
-        for s in [
-            S::Available,
-            S::CleanFailed,
-            S::InspectFailed,
-            S::AdoptFailed,
-        ] {
+        assert_eq!(t(S::Enroll, None, E::Manage), (S::Verifying, Some(S::Manageable)));
+        assert_eq!(t(S::Verifying, Some(S::Manageable), E::Done), (S::Manageable, None));
+        assert_eq!(t(S::Verifying, Some(S::Manageable), E::Fail), (S::Enroll, None));
+        for s in [S::Available, S::CleanFailed, S::InspectFailed, S::AdoptFailed] {
             assert_eq!(t(s, None, E::Manage), (S::Manageable, None));
         }
         // provide
-        assert_eq!(
-            t(S::Manageable, None, E::Provide),
-            (S::Cleaning, Some(S::Available))
-        );
-        assert_eq!(
-            t(S::Cleaning, Some(S::Available), E::Done),
-            (S::Available, None)
-        );
-        assert_eq!(
-            t(S::Cleaning, Some(S::Available), E::Wait),
-            (S::CleanWait, Some(S::Available))
-        );
-        assert_eq!(
-            t(S::CleanWait, Some(S::Available), E::Resume),
-            (S::Cleaning, Some(S::Available))
-        );
-        assert_eq!(
-            t(S::Cleaning, Some(S::Available), E::Fail),
-            (S::CleanFailed, None)
-        );
+        assert_eq!(t(S::Manageable, None, E::Provide), (S::Cleaning, Some(S::Available)));
+        assert_eq!(t(S::Cleaning, Some(S::Available), E::Done), (S::Available, None));
+        assert_eq!(t(S::Cleaning, Some(S::Available), E::Wait), (S::CleanWait, Some(S::Available)));
+        assert_eq!(t(S::CleanWait, Some(S::Available), E::Resume), (S::Cleaning, Some(S::Available)));
+        assert_eq!(t(S::Cleaning, Some(S::Available), E::Fail), (S::CleanFailed, None));
         // deploy
         for s in [S::Available, S::DeployFailed] {
             assert_eq!(t(s, None, E::Deploy), (S::Deploying, Some(S::Active)));
         }
-        assert_eq!(
-            t(S::Deploying, Some(S::Active), E::Wait),
-            (S::DeployWait, Some(S::Active))
-        );
-        assert_eq!(
-            t(S::DeployWait, Some(S::Active), E::Resume),
-            (S::Deploying, Some(S::Active))
-        );
+        assert_eq!(t(S::Deploying, Some(S::Active), E::Wait), (S::DeployWait, Some(S::Active)));
+        assert_eq!(t(S::DeployWait, Some(S::Active), E::Resume), (S::Deploying, Some(S::Active)));
         assert_eq!(t(S::Deploying, Some(S::Active), E::Done), (S::Active, None));
-        assert_eq!(
-            t(S::Deploying, Some(S::Active), E::Fail),
-            (S::DeployFailed, None)
-        );
-        assert_eq!(
-            t(S::Deploying, Some(S::Active), E::Hold),
-            (S::DeployHold, Some(S::Active))
-        );
-        assert_eq!(
-            t(S::DeployHold, Some(S::Active), E::Unhold),
-            (S::DeployWait, Some(S::Active))
-        );
+        assert_eq!(t(S::Deploying, Some(S::Active), E::Fail), (S::DeployFailed, None));
+        assert_eq!(t(S::Deploying, Some(S::Active), E::Hold), (S::DeployHold, Some(S::Active)));
+        assert_eq!(t(S::DeployHold, Some(S::Active), E::Unhold), (S::DeployWait, Some(S::Active)));
         // rebuild
         for s in [S::Active, S::DeployFailed, S::Error] {
             assert_eq!(t(s, None, E::Rebuild), (S::Deploying, Some(S::Active)));
@@ -664,140 +588,58 @@ mod tests {
             S::ServiceWait,
             S::ServiceFailed,
         ] {
-            assert_eq!(
-                t(s, None, E::Delete),
-                (S::Deleting, Some(S::Available)),
-                "{s}"
-            );
+            assert_eq!(t(s, None, E::Delete), (S::Deleting, Some(S::Available)), "{s}");
         }
-        assert_eq!(
-            t(S::Deleting, Some(S::Available), E::Done),
-            (S::Cleaning, Some(S::Available))
-        );
-        assert_eq!(
-            t(S::Deleting, Some(S::Available), E::Fail),
-            (S::Error, None)
-        );
+        assert_eq!(t(S::Deleting, Some(S::Available), E::Done), (S::Cleaning, Some(S::Available)));
+        assert_eq!(t(S::Deleting, Some(S::Available), E::Fail), (S::Error, None));
         // inspect
         for s in [S::Manageable, S::InspectFailed] {
             assert_eq!(t(s, None, E::Inspect), (S::Inspecting, Some(S::Manageable)));
         }
-        assert_eq!(
-            t(S::Inspecting, Some(S::Manageable), E::Wait),
-            (S::InspectWait, Some(S::Manageable))
-        );
-        assert_eq!(
-            t(S::Inspecting, Some(S::Manageable), E::Done),
-            (S::Manageable, None)
-        );
-        assert_eq!(
-            t(S::Inspecting, Some(S::Manageable), E::Fail),
-            (S::InspectFailed, None)
-        );
+        assert_eq!(t(S::Inspecting, Some(S::Manageable), E::Wait), (S::InspectWait, Some(S::Manageable)));
+        assert_eq!(t(S::Inspecting, Some(S::Manageable), E::Done), (S::Manageable, None));
+        assert_eq!(t(S::Inspecting, Some(S::Manageable), E::Fail), (S::InspectFailed, None));
         // manual clean
-        assert_eq!(
-            t(S::Manageable, None, E::Clean),
-            (S::Cleaning, Some(S::Manageable))
-        );
-        assert_eq!(
-            t(S::Cleaning, Some(S::Manageable), E::Done),
-            (S::Manageable, None)
-        );
-        assert_eq!(
-            t(S::Cleaning, Some(S::Manageable), E::Wait),
-            (S::CleanWait, Some(S::Manageable))
-        );
+        assert_eq!(t(S::Manageable, None, E::Clean), (S::Cleaning, Some(S::Manageable)));
+        assert_eq!(t(S::Cleaning, Some(S::Manageable), E::Done), (S::Manageable, None));
+        assert_eq!(t(S::Cleaning, Some(S::Manageable), E::Wait), (S::CleanWait, Some(S::Manageable)));
         // abort
-        assert_eq!(
-            t(S::DeployWait, Some(S::Active), E::Abort),
-            (S::DeployFailed, None)
-        );
-        assert_eq!(
-            t(S::DeployHold, Some(S::Active), E::Abort),
-            (S::DeployFailed, None)
-        );
-        assert_eq!(
-            t(S::CleanWait, Some(S::Available), E::Abort),
-            (S::CleanFailed, None)
-        );
-        assert_eq!(
-            t(S::CleanHold, Some(S::Available), E::Abort),
-            (S::CleanFailed, None)
-        );
-        assert_eq!(
-            t(S::InspectWait, Some(S::Manageable), E::Abort),
-            (S::InspectFailed, None)
-        );
-        assert_eq!(
-            t(S::RescueWait, Some(S::Rescue), E::Abort),
-            (S::RescueFailed, None)
-        );
-        assert_eq!(
-            t(S::ServiceWait, Some(S::Active), E::Abort),
-            (S::ServiceFailed, None)
-        );
-        assert_eq!(
-            t(S::ServiceHold, Some(S::Active), E::Abort),
-            (S::ServiceFailed, None)
-        );
+        assert_eq!(t(S::DeployWait, Some(S::Active), E::Abort), (S::DeployFailed, None));
+        assert_eq!(t(S::DeployHold, Some(S::Active), E::Abort), (S::DeployFailed, None));
+        assert_eq!(t(S::CleanWait, Some(S::Available), E::Abort), (S::CleanFailed, None));
+        assert_eq!(t(S::CleanHold, Some(S::Available), E::Abort), (S::CleanFailed, None));
+        assert_eq!(t(S::InspectWait, Some(S::Manageable), E::Abort), (S::InspectFailed, None));
+        assert_eq!(t(S::RescueWait, Some(S::Rescue), E::Abort), (S::RescueFailed, None));
+        assert_eq!(t(S::ServiceWait, Some(S::Active), E::Abort), (S::ServiceFailed, None));
+        assert_eq!(t(S::ServiceHold, Some(S::Active), E::Abort), (S::ServiceFailed, None));
         assert_eq!(t(S::ServiceFailed, None, E::Abort), (S::Active, None));
         // adopt
         for s in [S::Manageable, S::AdoptFailed] {
             assert_eq!(t(s, None, E::Adopt), (S::Adopting, Some(S::Active)));
         }
         assert_eq!(t(S::Adopting, Some(S::Active), E::Done), (S::Active, None));
-        assert_eq!(
-            t(S::Adopting, Some(S::Active), E::Fail),
-            (S::AdoptFailed, None)
-        );
+        assert_eq!(t(S::Adopting, Some(S::Active), E::Fail), (S::AdoptFailed, None));
         // rescue / unrescue
-        for s in [
-            S::Active,
-            S::Rescue,
-            S::RescueFailed,
-            S::UnrescueFailed,
-            S::ServiceFailed,
-        ] {
+        for s in [S::Active, S::Rescue, S::RescueFailed, S::UnrescueFailed, S::ServiceFailed] {
             assert_eq!(t(s, None, E::Rescue), (S::Rescuing, Some(S::Rescue)), "{s}");
         }
-        assert_eq!(
-            t(S::Rescuing, Some(S::Rescue), E::Wait),
-            (S::RescueWait, Some(S::Rescue))
-        );
+        assert_eq!(t(S::Rescuing, Some(S::Rescue), E::Wait), (S::RescueWait, Some(S::Rescue)));
         assert_eq!(t(S::Rescuing, Some(S::Rescue), E::Done), (S::Rescue, None));
-        assert_eq!(
-            t(S::Rescuing, Some(S::Rescue), E::Fail),
-            (S::RescueFailed, None)
-        );
+        assert_eq!(t(S::Rescuing, Some(S::Rescue), E::Fail), (S::RescueFailed, None));
         for s in [S::Rescue, S::RescueFailed, S::UnrescueFailed] {
             assert_eq!(t(s, None, E::Unrescue), (S::Unrescuing, Some(S::Active)));
         }
-        assert_eq!(
-            t(S::Unrescuing, Some(S::Active), E::Done),
-            (S::Active, None)
-        );
-        assert_eq!(
-            t(S::Unrescuing, Some(S::Active), E::Fail),
-            (S::UnrescueFailed, None)
-        );
+        assert_eq!(t(S::Unrescuing, Some(S::Active), E::Done), (S::Active, None));
+        assert_eq!(t(S::Unrescuing, Some(S::Active), E::Fail), (S::UnrescueFailed, None));
         // unhold
-        assert_eq!(
-            t(S::CleanHold, Some(S::Available), E::Unhold),
-            (S::CleanWait, Some(S::Available))
-        );
-        assert_eq!(
-            t(S::ServiceHold, Some(S::Active), E::Unhold),
-            (S::ServiceWait, Some(S::Active))
-        );
+        assert_eq!(t(S::CleanHold, Some(S::Available), E::Unhold), (S::CleanWait, Some(S::Available)));
+        assert_eq!(t(S::ServiceHold, Some(S::Active), E::Unhold), (S::ServiceWait, Some(S::Active)));
         // service
         for s in [S::Active, S::ServiceHold, S::ServiceFailed] {
             assert_eq!(t(s, None, E::Service), (S::Servicing, Some(S::Active)));
         }
         assert_eq!(t(S::Servicing, Some(S::Active), E::Done), (S::Active, None));
-        assert_eq!(
-            t(S::Servicing, Some(S::Active), E::Fail),
-            (S::ServiceFailed, None)
-        );
+        assert_eq!(t(S::Servicing, Some(S::Active), E::Fail), (S::ServiceFailed, None));
     }
 
     #[test]
@@ -820,25 +662,13 @@ mod tests {
 
     #[test]
     fn verb_versions() {
-        assert_eq!(
-            verb_check(Verb::Manage, 3, S::Enroll),
-            Err(VerbError::NotAcceptable { min_minor: 4 })
-        );
+        assert_eq!(verb_check(Verb::Manage, 3, S::Enroll), Err(VerbError::NotAcceptable { min_minor: 4 }));
         assert_eq!(verb_check(Verb::Manage, 4, S::Enroll), Ok(Event::Manage));
-        assert_eq!(
-            verb_check(Verb::Deploy, 72, S::Available),
-            Err(VerbError::NotAcceptable { min_minor: 73 })
-        );
+        assert_eq!(verb_check(Verb::Deploy, 72, S::Available), Err(VerbError::NotAcceptable { min_minor: 73 }));
         assert_eq!(verb_check(Verb::Active, 1, S::Available), Ok(Event::Deploy));
-        assert_eq!(
-            verb_check(Verb::Abort, 109, S::DeployWait),
-            Err(VerbError::NotAcceptable { min_minor: 110 })
-        );
+        assert_eq!(verb_check(Verb::Abort, 109, S::DeployWait), Err(VerbError::NotAcceptable { min_minor: 110 }));
         assert_eq!(verb_check(Verb::Abort, 109, S::CleanWait), Ok(Event::Abort));
-        assert_eq!(
-            verb_check(Verb::Provide, 115, S::Enroll),
-            Err(VerbError::InvalidState)
-        );
+        assert_eq!(verb_check(Verb::Provide, 115, S::Enroll), Err(VerbError::InvalidState));
         assert_eq!(S::Available.render(1), None);
         assert_eq!(S::InspectWait.render(38), Some("inspecting"));
         assert_eq!(S::InspectWait.render(39), Some("inspect wait"));
@@ -881,13 +711,7 @@ mod tests {
                     escapes = true;
                     break;
                 }
-                for e in [
-                    Event::Done,
-                    Event::Fail,
-                    Event::Resume,
-                    Event::Abort,
-                    Event::Unhold,
-                ] {
+                for e in [Event::Done, Event::Fail, Event::Resume, Event::Abort, Event::Unhold] {
                     if let Ok(t) = transition(x, tg, e)
                         && seen.insert(t.to)
                     {
@@ -902,13 +726,9 @@ mod tests {
     #[test]
     fn verbs_match_api_events() {
         for s in S::ALL {
-            let by_verb: BTreeSet<&str> = Verb::ALL
-                .into_iter()
-                .filter(|v| verb_check(*v, 115, s).is_ok())
-                .map(|v| v.event().as_str())
-                .collect();
-            let by_table: BTreeSet<&str> =
-                api_events_from(s).into_iter().map(|e| e.as_str()).collect();
+            let by_verb: BTreeSet<&str> =
+                Verb::ALL.into_iter().filter(|v| verb_check(*v, 115, s).is_ok()).map(|v| v.event().as_str()).collect();
+            let by_table: BTreeSet<&str> = api_events_from(s).into_iter().map(|e| e.as_str()).collect();
             assert_eq!(by_verb, by_table, "{s}");
         }
     }

@@ -36,16 +36,8 @@ impl Progress {
 }
 
 pub async fn progress(inner: &Inner) -> Progress {
-    let held = inner
-        .db
-        .count_nodes_with(NodeRef::Affinity, &inner.id)
-        .await
-        .unwrap_or(i64::MAX);
-    let locks = inner
-        .db
-        .count_nodes_with(NodeRef::Reservation, &inner.incarnation)
-        .await
-        .unwrap_or(i64::MAX);
+    let held = inner.db.count_nodes_with(NodeRef::Affinity, &inner.id).await.unwrap_or(i64::MAX);
+    let locks = inner.db.count_nodes_with(NodeRef::Reservation, &inner.incarnation).await.unwrap_or(i64::MAX);
     Progress {
         nodes_held: held.max(0) as u64,
         locks_held: locks.max(0) as u64,
@@ -59,11 +51,7 @@ pub async fn begin(inner: &Arc<Inner>) -> Result<bool, String> {
         return Ok(false);
     }
     info!(id = %inner.id, "draining: leaving the ring, keeping the lease");
-    if let Err(e) = inner
-        .membership
-        .set_state(&inner.id, MemberState::Draining)
-        .await
-    {
+    if let Err(e) = inner.membership.set_state(&inner.id, MemberState::Draining).await {
         inner.draining.store(false, Ordering::SeqCst);
         return Err(format!("could not mark the conductor draining: {e}"));
     }
@@ -95,10 +83,7 @@ pub async fn drain_and_wait(inner: &Arc<Inner>) {
             return;
         }
         if Instant::now() >= deadline {
-            warn!(
-                nodes_held = p.nodes_held,
-                "drain timed out; stopping anyway"
-            );
+            warn!(nodes_held = p.nodes_held, "drain timed out; stopping anyway");
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

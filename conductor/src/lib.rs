@@ -11,6 +11,7 @@
 //! everything it writes under the lock is conditional on still holding it.
 
 pub mod drain;
+pub mod fence;
 pub mod lock;
 pub mod operation;
 pub mod service;
@@ -54,6 +55,10 @@ pub struct Inner {
     /// Cancelled when the conductor asks its process to exit (a drain that
     /// finished).
     pub exit_requested: CancellationToken,
+    /// Set when this incarnation fenced itself (see [`fence`]).
+    pub fenced: std::sync::atomic::AtomicBool,
+    /// Cancelled on fencing: every in-flight action is dropped at once.
+    pub fence: CancellationToken,
     /// Set by a drain: no new operations, no take-overs.
     pub draining: std::sync::atomic::AtomicBool,
     pub stats: Stats,
@@ -74,10 +79,7 @@ impl Stats {
 
     pub fn record_takeover_latency(&self, d: Duration) {
         let ms = d.as_millis() as u64;
-        let i = Self::LATENCY_BUCKETS_MS
-            .iter()
-            .position(|b| ms <= *b)
-            .unwrap_or(Self::LATENCY_BUCKETS_MS.len());
+        let i = Self::LATENCY_BUCKETS_MS.iter().position(|b| ms <= *b).unwrap_or(Self::LATENCY_BUCKETS_MS.len());
         self.takeover_latency[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
@@ -89,13 +91,12 @@ impl Inner {
 
     /// Whether the ring at our epoch gives us this node.
     pub fn owns(&self, node: &Node) -> bool {
+        if self.fenced.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
         let ring = self.ring.borrow();
-        ring.owner(
-            node.uuid.as_bytes(),
-            &node.conductor_group,
-            node.hardware_type(),
-        )
-        .is_some_and(|m| m.id == self.id && m.incarnation == self.incarnation)
+        ring.owner(node.uuid.as_bytes(), &node.conductor_group, node.hardware_type())
+            .is_some_and(|m| m.id == self.id && m.incarnation == self.incarnation)
     }
 
     pub fn epoch(&self) -> u64 {
@@ -103,21 +104,14 @@ impl Inner {
     }
 
     pub async fn ports_of(&self, node: Uuid) -> Vec<Port> {
-        let q = PortQuery {
-            node_uuid: Some(node),
-            ..Default::default()
-        };
+        let q = PortQuery { node_uuid: Some(node), ..Default::default() };
         self.db.list_ports(&q).await.unwrap_or_default()
     }
 
     /// Append to the node's operation log; a failure to log is not a
     /// failure of the operation.
     pub async fn history(&self, node: Uuid, event: &str, detail: &str) {
-        if let Err(e) = self
-            .db
-            .record_history(node, &self.id, &self.incarnation, event, detail)
-            .await
-        {
+        if let Err(e) = self.db.record_history(node, &self.id, &self.incarnation, event, detail).await {
             warn!(%node, "recording history failed: {e}");
         }
     }
@@ -126,20 +120,13 @@ impl Inner {
     /// index, one query per (group, hardware type) I serve.
     pub async fn my_nodes(&self) -> Result<Vec<Node>, DbError> {
         let ring = self.ring.borrow().clone();
-        let Some(me) = ring
-            .member(&self.id)
-            .filter(|m| m.incarnation == self.incarnation)
-            .cloned()
-        else {
+        let Some(me) = ring.member(&self.id).filter(|m| m.incarnation == self.incarnation).cloned() else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for hw in &me.hardware_types {
-            let parts: Vec<i64> = ring
-                .partitions_of(&me.id, &me.conductor_group, hw)
-                .into_iter()
-                .map(i64::from)
-                .collect();
+            let parts: Vec<i64> =
+                ring.partitions_of(&me.id, &me.conductor_group, hw).into_iter().map(i64::from).collect();
             // bounded statement size: a few thousand partitions per query
             for chunk in parts.chunks(4096) {
                 let q = NodeQuery {
@@ -177,23 +164,23 @@ impl ConductorHandle {
     /// cleared by others once it is no longer a member, so it must not be
     /// acting on any node by then.
     pub async fn wait(self) {
+        if self.inner.fenced.load(std::sync::atomic::Ordering::SeqCst) {
+            // everything was dropped mid-flight; the lease must expire on its
+            // own before anybody may touch our nodes
+            let _ = self.server.await;
+            self.inner.tasks.close();
+            self.inner.tasks.wait().await;
+            self.membership.abandon().await;
+            return;
+        }
         let _ = self.server.await;
         self.inner.tasks.close();
         let timeout = Duration::from_millis(self.inner.cfg.conductor.shutdown_timeout_ms);
-        if tokio::time::timeout(timeout, self.inner.tasks.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                "operations still running after the shutdown timeout; not leaving the ring, the lease will expire"
-            );
+        if tokio::time::timeout(timeout, self.inner.tasks.wait()).await.is_err() {
+            warn!("operations still running after the shutdown timeout; not leaving the ring, the lease will expire");
             return;
         }
-        if let Err(e) = self
-            .membership
-            .leave(&self.inner.id, &self.inner.incarnation)
-            .await
-        {
+        if let Err(e) = self.membership.leave(&self.inner.id, &self.inner.incarnation).await {
             warn!("leaving the ring failed: {e}; the lease will expire");
         }
     }
@@ -207,22 +194,13 @@ pub async fn start(
     membership: Membership,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ConductorHandle> {
-    let registry =
-        Registry::new(&cfg.conductor.enabled_hardware_types).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let registry = Registry::new(&cfg.conductor.enabled_hardware_types).map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = tokio::net::TcpListener::bind(&cfg.conductor.grpc_listen)
         .await
-        .with_context(|| {
-            format!(
-                "binding the conductor gRPC address {}",
-                cfg.conductor.grpc_listen
-            )
-        })?;
+        .with_context(|| format!("binding the conductor gRPC address {}", cfg.conductor.grpc_listen))?;
     let grpc_addr = listener.local_addr()?;
-    let grpc_url = if cfg.conductor.grpc_url.is_empty() {
-        format!("http://{grpc_addr}")
-    } else {
-        cfg.conductor.grpc_url.clone()
-    };
+    let grpc_url =
+        if cfg.conductor.grpc_url.is_empty() { format!("http://{grpc_addr}") } else { cfg.conductor.grpc_url.clone() };
     let id = cfg.conductor_id();
     let incarnation = format!("{id}/{}", Uuid::new_v4());
     let inner = Arc::new(Inner {
@@ -236,6 +214,8 @@ pub async fn start(
         membership: membership.clone(),
         draining: std::sync::atomic::AtomicBool::new(false),
         exit_requested: CancellationToken::new(),
+        fenced: std::sync::atomic::AtomicBool::new(false),
+        fence: CancellationToken::new(),
         stats: Stats::default(),
         db,
         cfg,
@@ -260,20 +240,19 @@ pub async fn start(
         grpc_url: grpc_url.clone(),
         http_url: String::new(),
         conductor_group: inner.cfg.conductor.conductor_group.to_ascii_lowercase(),
-        hardware_types: inner
-            .registry
-            .names()
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        hardware_types: inner.registry.names().iter().map(|s| s.to_string()).collect(),
         state: MemberState::Active,
     };
-    if let Err(e) = membership
-        .join(member, inner.cfg.membership.lease_ttl_secs)
-        .await
-    {
-        shutdown.cancel();
-        return Err(anyhow::anyhow!("joining the ring: {e}"));
+    match membership.join(member, inner.cfg.membership.lease_ttl_secs).await {
+        Ok(Some(valid_until)) => {
+            // the watchdog runs on its own task, apart from every worker pool
+            tokio::spawn(fence::watchdog(inner.clone(), valid_until));
+        }
+        Ok(None) => {}
+        Err(e) => {
+            shutdown.cancel();
+            return Err(anyhow::anyhow!("joining the ring: {e}"));
+        }
     }
     info!(%id, %incarnation, %grpc_url, "conductor joined the ring");
 
@@ -281,11 +260,5 @@ pub async fn start(
     let watcher = inner.clone();
     inner.tasks.spawn(takeover::run(watcher));
 
-    Ok(ConductorHandle {
-        inner,
-        grpc_addr,
-        grpc_url,
-        server,
-        membership,
-    })
+    Ok(ConductorHandle { inner, grpc_addr, grpc_url, server, membership })
 }

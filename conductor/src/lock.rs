@@ -15,9 +15,7 @@ use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error(
-        "Node {node} is locked by host {holder}, please retry after the current operation is completed."
-    )]
+    #[error("Node {node} is locked by host {holder}, please retry after the current operation is completed.")]
     Busy { node: Uuid, holder: String },
     #[error("Node {0} could not be found.")]
     NotFound(Uuid),
@@ -50,23 +48,13 @@ impl NodeLock {
             }
             match db.reserve_node(node, holder).await? {
                 LockOutcome::Acquired(n) => {
-                    return Ok((
-                        NodeLock {
-                            node,
-                            holder: holder.to_string(),
-                            db: db.clone(),
-                        },
-                        *n,
-                    ));
+                    return Ok((NodeLock { node, holder: holder.to_string(), db: db.clone() }, *n));
                 }
                 LockOutcome::Busy(h) => last_holder = h,
                 LockOutcome::NotFound => return Err(LockError::NotFound(node)),
             }
         }
-        Err(LockError::Busy {
-            node,
-            holder: last_holder,
-        })
+        Err(LockError::Busy { node, holder: last_holder })
     }
 
     /// Write the node, as long as this lock is still ours.

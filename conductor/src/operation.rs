@@ -51,24 +51,16 @@ pub struct OperationRecord {
 
 impl OperationRecord {
     pub fn load(node: &Node) -> Option<OperationRecord> {
-        node.driver_internal_info
-            .get(RECORD_KEY)
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
+        node.driver_internal_info.get(RECORD_KEY).and_then(|v| serde_json::from_value(v.clone()).ok())
     }
 
     fn store(&self, node: &mut Node) {
-        node.driver_internal_info.insert(
-            RECORD_KEY.into(),
-            serde_json::to_value(self).expect("a record serialises"),
-        );
+        node.driver_internal_info.insert(RECORD_KEY.into(), serde_json::to_value(self).expect("a record serialises"));
     }
 }
 
 fn user_steps(node: &Node, key: &str) -> Vec<Step> {
-    node.driver_internal_info
-        .get(key)
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default()
+    node.driver_internal_info.get(key).and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default()
 }
 
 /// The steps an operation in `state` runs, in order.
@@ -78,15 +70,9 @@ pub fn plan(driver: &Driver, task: &Task) -> Vec<Step> {
         ProvisionState::Verifying => vec![Step::new("power", "get_power_state", 0)],
         ProvisionState::Deploying => {
             let user = user_steps(node, DEPLOY_STEPS_KEY);
-            if user.is_empty() {
-                driver.deploy.deploy_steps(task)
-            } else {
-                user
-            }
+            if user.is_empty() { driver.deploy.deploy_steps(task) } else { user }
         }
-        ProvisionState::Cleaning
-            if node.target_provision_state == Some(ProvisionState::Manageable) =>
-        {
+        ProvisionState::Cleaning if node.target_provision_state == Some(ProvisionState::Manageable) => {
             user_steps(node, CLEAN_STEPS_KEY)
         }
         ProvisionState::Cleaning => {
@@ -145,12 +131,7 @@ pub enum Finish {
 
 /// Run the node's operation from its recorded step until it settles.
 /// Consumes the lock and always gives it up (unless it was lost).
-pub async fn run(
-    inner: Arc<Inner>,
-    lock: NodeLock,
-    mut node: Node,
-    cancel: CancellationToken,
-) -> Finish {
+pub async fn run(inner: Arc<Inner>, lock: NodeLock, mut node: Node, cancel: CancellationToken) -> Finish {
     let finish = drive(&inner, &lock, &mut node, &cancel).await;
     if finish != Finish::LostLock
         && let Err(e) = lock.release().await
@@ -161,6 +142,9 @@ pub async fn run(
 }
 
 async fn save(inner: &Inner, lock: &NodeLock, node: &Node) -> bool {
+    if inner.fence.is_cancelled() {
+        return false;
+    }
     match lock.save(node).await {
         Ok(true) => true,
         Ok(false) => {
@@ -176,12 +160,7 @@ async fn save(inner: &Inner, lock: &NodeLock, node: &Node) -> bool {
     }
 }
 
-async fn drive(
-    inner: &Arc<Inner>,
-    lock: &NodeLock,
-    node: &mut Node,
-    cancel: &CancellationToken,
-) -> Finish {
+async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &CancellationToken) -> Finish {
     loop {
         let state = node.provision_state;
         if !state.is_in_progress() {
@@ -196,26 +175,14 @@ async fn drive(
             Some(r) if r.state == state => {
                 if r.next > 0 {
                     info!(node = %node.uuid, state = %state, next = r.next, "resuming operation at recorded step");
-                    inner
-                        .history(node.uuid, "resume", &format!("{state} at step {}", r.next))
-                        .await;
+                    inner.history(node.uuid, "resume", &format!("{state} at step {}", r.next)).await;
                 }
                 r
             }
             _ => {
-                let task = Task {
-                    node: node.clone(),
-                    ports: ports.clone(),
-                    conductor_id: inner.id.clone(),
-                };
+                let task = Task { node: node.clone(), ports: ports.clone(), conductor_id: inner.id.clone() };
                 let steps = plan(&driver, &task);
-                OperationRecord {
-                    state,
-                    steps,
-                    next: 0,
-                    started_by: inner.id.clone(),
-                    last_run_by: String::new(),
-                }
+                OperationRecord { state, steps, next: 0, started_by: inner.id.clone(), last_run_by: String::new() }
             }
         };
         while record.next < record.steps.len() {
@@ -224,21 +191,11 @@ async fn drive(
             if cancel.is_cancelled() || !inner.owns(node) {
                 if !cancel.is_cancelled() {
                     info!(node = %node.uuid, "the ring moved the node; handing the operation off at a step boundary");
-                    inner
-                        .history(
-                            node.uuid,
-                            "hand_off",
-                            &format!("{state} at step {}", record.next),
-                        )
-                        .await;
+                    inner.history(node.uuid, "hand_off", &format!("{state} at step {}", record.next)).await;
                 }
                 record.store(node);
                 show_step(node, None);
-                return if save(inner, lock, node).await {
-                    Finish::HandedOff
-                } else {
-                    Finish::LostLock
-                };
+                return if save(inner, lock, node).await { Finish::HandedOff } else { Finish::LostLock };
             }
             let step = record.steps[record.next].clone();
             record.last_run_by = inner.id.clone();
@@ -247,15 +204,13 @@ async fn drive(
             if !save(inner, lock, node).await {
                 return Finish::LostLock;
             }
-            inner
-                .history(node.uuid, "step", &format!("{state} {}", step.full_name()))
-                .await;
-            let mut task = Task {
-                node: node.clone(),
-                ports: ports.clone(),
-                conductor_id: inner.id.clone(),
+            inner.history(node.uuid, "step", &format!("{state} {}", step.full_name())).await;
+            let mut task = Task { node: node.clone(), ports: ports.clone(), conductor_id: inner.id.clone() };
+            let outcome = tokio::select! {
+                r = driver.execute_step(&mut task, &step) => r,
+                // fenced: drop the step mid-flight and write nothing more
+                _ = inner.fence.cancelled() => return Finish::LostLock,
             };
-            let outcome = driver.execute_step(&mut task, &step).await;
             *node = task.node;
             match outcome {
                 Ok(StepOutcome::Done) => {
@@ -273,11 +228,7 @@ async fn drive(
                             node.provision_state = t.to;
                             node.target_provision_state = t.target;
                             node.provision_updated_at = Some(Utc::now());
-                            if save(inner, lock, node).await {
-                                Finish::Settled
-                            } else {
-                                Finish::LostLock
-                            }
+                            if save(inner, lock, node).await { Finish::Settled } else { Finish::LostLock }
                         }
                         Err(e) => fail(inner, lock, node, &e.to_string()).await,
                     };
@@ -303,9 +254,7 @@ async fn drive(
         if !save(inner, lock, node).await {
             return Finish::LostLock;
         }
-        inner
-            .history(node.uuid, "done", &format!("{state} -> {}", t.to))
-            .await;
+        inner.history(node.uuid, "done", &format!("{state} -> {}", t.to)).await;
         info!(node = %node.uuid, from = %state, to = %t.to, "operation finished");
     }
 }
@@ -359,9 +308,5 @@ async fn fail(inner: &Inner, lock: &NodeLock, node: &mut Node, message: &str) ->
     node.last_error = Some(message.to_string());
     node.provision_updated_at = Some(Utc::now());
     inner.history(node.uuid, "fail", message).await;
-    if save(inner, lock, node).await {
-        Finish::Settled
-    } else {
-        Finish::LostLock
-    }
+    if save(inner, lock, node).await { Finish::Settled } else { Finish::LostLock }
 }

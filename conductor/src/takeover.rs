@@ -68,10 +68,7 @@ pub enum Policy {
 pub fn policy(state: ProvisionState) -> Policy {
     if state.is_in_progress() {
         Policy::Resume
-    } else if state.is_wait()
-        || state.is_hold()
-        || matches!(state, ProvisionState::Active | ProvisionState::Rescue)
-    {
+    } else if state.is_wait() || state.is_hold() || matches!(state, ProvisionState::Active | ProvisionState::Rescue) {
         Policy::TakeOver
     } else {
         Policy::AffinityOnly
@@ -130,18 +127,9 @@ pub async fn pass(inner: &Arc<Inner>) -> usize {
         }
     };
     // dead incarnations' locks
-    let live: HashSet<String> = inner
-        .ring
-        .borrow()
-        .members()
-        .iter()
-        .map(|m| m.incarnation.clone())
-        .collect();
-    let dead: HashSet<&String> = mine
-        .iter()
-        .filter_map(|n| n.reservation.as_ref())
-        .filter(|h| !live.contains(*h))
-        .collect();
+    let live: HashSet<String> = inner.ring.borrow().members().iter().map(|m| m.incarnation.clone()).collect();
+    let dead: HashSet<&String> =
+        mine.iter().filter_map(|n| n.reservation.as_ref()).filter(|h| !live.contains(*h)).collect();
     for holder in dead {
         match inner.db.clear_reservations_of(holder).await {
             Ok(n) => info!(dead = %holder, cleared = n, "cleared the locks of a dead incarnation"),
@@ -151,11 +139,7 @@ pub async fn pass(inner: &Arc<Inner>) -> usize {
     let order = plan(&inner.id, &mine);
     let mut taken = 0;
     if !order.is_empty() {
-        info!(
-            nodes = order.len(),
-            epoch = inner.epoch(),
-            "taking over nodes"
-        );
+        info!(nodes = order.len(), epoch = inner.epoch(), "taking over nodes");
         let limit = inner.cfg.conductor.takeover_concurrency.max(1);
         let mut set = JoinSet::new();
         for uuid in order {
@@ -192,14 +176,7 @@ pub async fn pass(inner: &Arc<Inner>) -> usize {
 /// next pass tries again).
 async fn take_over_one(inner: &Arc<Inner>, uuid: Uuid) -> bool {
     let started = std::time::Instant::now();
-    let (lock, mut node) = match NodeLock::acquire(
-        &inner.db,
-        uuid,
-        &inner.incarnation,
-        1,
-        inner.lock_interval(),
-    )
-    .await
+    let (lock, mut node) = match NodeLock::acquire(&inner.db, uuid, &inner.incarnation, 1, inner.lock_interval()).await
     {
         Ok(x) => x,
         Err(LockError::Busy { .. }) | Err(LockError::NotFound(_)) => return false,
@@ -223,16 +200,16 @@ async fn take_over_one(inner: &Arc<Inner>, uuid: Uuid) -> bool {
                 return false;
             }
         };
-        let mut task = Task {
-            ports: inner.ports_of(uuid).await,
-            node: node.clone(),
-            conductor_id: inner.id.clone(),
-        };
-        let res = async {
+        let mut task = Task { ports: inner.ports_of(uuid).await, node: node.clone(), conductor_id: inner.id.clone() };
+        let hooks = async {
             driver.boot.take_over(&mut task).await?;
             driver.deploy.take_over(&mut task).await
-        }
-        .await;
+        };
+        let res = tokio::select! {
+            r = hooks => r,
+            // fenced: stop at once, write nothing
+            _ = inner.fence.cancelled() => return false,
+        };
         if let Err(e) = res {
             // retryable or not, the node stays with its old affinity and the
             // next pass tries again; the error is on the node for operators
@@ -250,13 +227,7 @@ async fn take_over_one(inner: &Arc<Inner>, uuid: Uuid) -> bool {
         Ok(true) => {}
         _ => return false,
     }
-    inner
-        .history(
-            uuid,
-            "take_over",
-            &format!("{} from {previous:?} ({p:?})", node.provision_state),
-        )
-        .await;
+    inner.history(uuid, "take_over", &format!("{} from {previous:?} ({p:?})", node.provision_state)).await;
     inner.stats.takeovers.fetch_add(1, Ordering::Relaxed);
     inner.stats.record_takeover_latency(started.elapsed());
     if p == Policy::Resume {
@@ -284,15 +255,7 @@ async fn resume(inner: &Arc<Inner>, uuid: Uuid) {
     let Ok(permit) = inner.operations.clone().try_acquire_owned() else {
         return; // busy; a later pass picks it up
     };
-    let (lock, node) = match NodeLock::acquire(
-        &inner.db,
-        uuid,
-        &inner.incarnation,
-        1,
-        inner.lock_interval(),
-    )
-    .await
-    {
+    let (lock, node) = match NodeLock::acquire(&inner.db, uuid, &inner.incarnation, 1, inner.lock_interval()).await {
         Ok(x) => x,
         Err(_) => return,
     };

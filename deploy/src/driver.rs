@@ -72,12 +72,7 @@ pub struct Step {
 
 impl Step {
     pub fn new(interface: &str, step: &str, priority: u32) -> Step {
-        Step {
-            interface: interface.into(),
-            step: step.into(),
-            priority,
-            args: JsonObject::new(),
-        }
+        Step { interface: interface.into(), step: step.into(), priority, args: JsonObject::new() }
     }
 
     /// `interface.step`, the name used in logs and failure injection.
@@ -138,12 +133,8 @@ pub trait PowerInterface: Send + Sync {
     }
     async fn validate(&self, task: &Task) -> DriverResult<()>;
     async fn get_power_state(&self, task: &Task) -> DriverResult<PowerState>;
-    async fn set_power_state(
-        &self,
-        task: &mut Task,
-        target: PowerState,
-        timeout: Option<Duration>,
-    ) -> DriverResult<()>;
+    async fn set_power_state(&self, task: &mut Task, target: PowerState, timeout: Option<Duration>)
+    -> DriverResult<()>;
     async fn reboot(&self, task: &mut Task, timeout: Option<Duration>) -> DriverResult<()>;
 }
 
@@ -155,12 +146,7 @@ pub trait ManagementInterface: Send + Sync {
     }
     async fn validate(&self, task: &Task) -> DriverResult<()>;
     /// One-time or persistent boot device (`pxe`, `cdrom`, `disk`).
-    async fn set_boot_device(
-        &self,
-        task: &mut Task,
-        device: &str,
-        persistent: bool,
-    ) -> DriverResult<()>;
+    async fn set_boot_device(&self, task: &mut Task, device: &str, persistent: bool) -> DriverResult<()>;
 }
 
 #[async_trait]
@@ -172,11 +158,7 @@ pub trait BootInterface: Send + Sync {
     async fn validate(&self, task: &Task) -> DriverResult<()>;
     /// Make the node boot the deploy/rescue ramdisk; `params` are extra
     /// kernel/ramdisk parameters (agent token, callback URL, ...).
-    async fn prepare_ramdisk(
-        &self,
-        task: &mut Task,
-        params: &BTreeMap<String, String>,
-    ) -> DriverResult<()>;
+    async fn prepare_ramdisk(&self, task: &mut Task, params: &BTreeMap<String, String>) -> DriverResult<()>;
     async fn clean_up_ramdisk(&self, task: &mut Task) -> DriverResult<()>;
     async fn prepare_instance(&self, task: &mut Task) -> DriverResult<()>;
     async fn clean_up_instance(&self, task: &mut Task) -> DriverResult<()>;
@@ -211,17 +193,8 @@ pub trait VendorInterface: Send + Sync {
     fn methods(&self) -> Vec<VendorMethod>;
     fn driver_methods(&self) -> Vec<VendorMethod>;
     async fn validate(&self, task: &Task) -> DriverResult<()>;
-    async fn call(
-        &self,
-        task: &mut Task,
-        method: &str,
-        body: &serde_json::Value,
-    ) -> DriverResult<VendorReturn>;
-    async fn driver_call(
-        &self,
-        method: &str,
-        body: &serde_json::Value,
-    ) -> DriverResult<VendorReturn>;
+    async fn call(&self, task: &mut Task, method: &str, body: &serde_json::Value) -> DriverResult<VendorReturn>;
+    async fn driver_call(&self, method: &str, body: &serde_json::Value) -> DriverResult<VendorReturn>;
 }
 
 /// An interface with no behaviour beyond validation and named steps
@@ -262,47 +235,21 @@ impl Driver {
                     "power_on" => PowerState::On,
                     "power_off" => PowerState::Off,
                     other => {
-                        return Err(DriverError::Invalid(format!(
-                            "power interface has no step {other}"
-                        )));
+                        return Err(DriverError::Invalid(format!("power interface has no step {other}")));
                     }
                 };
-                self.power
-                    .set_power_state(task, target, None)
-                    .await
-                    .map(|_| StepOutcome::Done)
+                self.power.set_power_state(task, target, None).await.map(|_| StepOutcome::Done)
             }
             "boot" => match step.step.as_str() {
-                "prepare_ramdisk" => self
-                    .boot
-                    .prepare_ramdisk(task, &BTreeMap::new())
-                    .await
-                    .map(|_| StepOutcome::Done),
-                "clean_up_ramdisk" => self
-                    .boot
-                    .clean_up_ramdisk(task)
-                    .await
-                    .map(|_| StepOutcome::Done),
-                "prepare_instance" => self
-                    .boot
-                    .prepare_instance(task)
-                    .await
-                    .map(|_| StepOutcome::Done),
-                "clean_up_instance" => self
-                    .boot
-                    .clean_up_instance(task)
-                    .await
-                    .map(|_| StepOutcome::Done),
-                other => Err(DriverError::Invalid(format!(
-                    "boot interface has no step {other}"
-                ))),
+                "prepare_ramdisk" => self.boot.prepare_ramdisk(task, &BTreeMap::new()).await.map(|_| StepOutcome::Done),
+                "clean_up_ramdisk" => self.boot.clean_up_ramdisk(task).await.map(|_| StepOutcome::Done),
+                "prepare_instance" => self.boot.prepare_instance(task).await.map(|_| StepOutcome::Done),
+                "clean_up_instance" => self.boot.clean_up_instance(task).await.map(|_| StepOutcome::Done),
+                other => Err(DriverError::Invalid(format!("boot interface has no step {other}"))),
             },
             other => match self.others.get(other) {
                 Some(iface) => iface.execute_step(task, step).await,
-                None => Err(DriverError::Invalid(format!(
-                    "unknown interface {other:?} in step {}",
-                    step.full_name()
-                ))),
+                None => Err(DriverError::Invalid(format!("unknown interface {other:?} in step {}", step.full_name()))),
             },
         }
     }
@@ -313,10 +260,7 @@ impl Driver {
         let mut out = vec![
             ("boot".to_string(), self.boot.validate(task).await),
             ("deploy".to_string(), self.deploy.validate(task).await),
-            (
-                "management".to_string(),
-                self.management.validate(task).await,
-            ),
+            ("management".to_string(), self.management.validate(task).await),
             ("power".to_string(), self.power.validate(task).await),
         ];
         for (kind, iface) in &self.others {
@@ -387,17 +331,13 @@ impl Registry {
     /// Resolve a node's interface names (defaults for unset ones) and
     /// check each is enabled for its hardware type.
     pub fn resolve(&self, node: &Node) -> DriverResult<BTreeMap<&'static str, String>> {
-        let ht = self.types.get(node.driver.as_str()).ok_or_else(|| {
-            DriverError::Invalid(format!("hardware type {} is not enabled", node.driver))
-        })?;
+        let ht = self
+            .types
+            .get(node.driver.as_str())
+            .ok_or_else(|| DriverError::Invalid(format!("hardware type {} is not enabled", node.driver)))?;
         let mut out = BTreeMap::new();
         for (kind, (default, enabled)) in &ht.interfaces {
-            let chosen = node
-                .interfaces
-                .get(kind)
-                .cloned()
-                .flatten()
-                .unwrap_or_else(|| default.to_string());
+            let chosen = node.interfaces.get(kind).cloned().flatten().unwrap_or_else(|| default.to_string());
             if !enabled.contains(&chosen.as_str()) {
                 return Err(DriverError::Invalid(format!(
                     "Could not find the following interface in the 'ironic.hardware.interfaces.{kind}' entrypoint: {chosen}. Valid interfaces are {}.",
@@ -411,10 +351,7 @@ impl Registry {
 
     pub fn driver_for(&self, node: &Node) -> DriverResult<Driver> {
         let names = self.resolve(node)?;
-        let ht = self
-            .types
-            .get(node.driver.as_str())
-            .expect("resolve checked it");
+        let ht = self.types.get(node.driver.as_str()).expect("resolve checked it");
         (ht.build)(&names)
     }
 }

@@ -20,9 +20,7 @@ use crate::driver::*;
 
 pub const HARDWARE_TYPE: &str = "fake-hardware";
 
-const OTHER_KINDS: [&str; 8] = [
-    "bios", "console", "firmware", "inspect", "network", "raid", "rescue", "storage",
-];
+const OTHER_KINDS: [&str; 8] = ["bios", "console", "firmware", "inspect", "network", "raid", "rescue", "storage"];
 
 pub fn hardware_type() -> HardwareType {
     let mut interfaces = BTreeMap::new();
@@ -42,20 +40,13 @@ pub fn hardware_type() -> HardwareType {
         };
         interfaces.insert(kind, (default, enabled));
     }
-    HardwareType {
-        name: HARDWARE_TYPE,
-        interfaces,
-        build,
-    }
+    HardwareType { name: HARDWARE_TYPE, interfaces, build }
 }
 
 fn build(names: &BTreeMap<&'static str, String>) -> DriverResult<Driver> {
     let mut others: BTreeMap<&'static str, Arc<dyn GenericInterface>> = BTreeMap::new();
     for kind in OTHER_KINDS {
-        let implemented = names
-            .get(kind)
-            .map(|n| n == "fake" || n == "noop")
-            .unwrap_or(false);
+        let implemented = names.get(kind).map(|n| n == "fake" || n == "noop").unwrap_or(false);
         others.insert(kind, Arc::new(FakeGeneric { kind, implemented }));
     }
     Ok(Driver {
@@ -71,32 +62,17 @@ fn build(names: &BTreeMap<&'static str, String>) -> DriverResult<Driver> {
 
 /// Apply the injected delay, then the injected failure for `name`.
 async fn hooks(task: &Task, name: &str) -> DriverResult<()> {
-    if let Some(ms) = task
-        .node
-        .driver_info
-        .get("fake_step_delay_ms")
-        .and_then(Value::as_u64)
-    {
+    if let Some(ms) = task.node.driver_info.get("fake_step_delay_ms").and_then(Value::as_u64) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    if task
-        .node
-        .driver_info
-        .get("fake_fail_step")
-        .and_then(Value::as_str)
-        == Some(name)
-    {
-        return Err(DriverError::Failed(format!(
-            "fake-hardware: injected failure in {name}"
-        )));
+    if task.node.driver_info.get("fake_fail_step").and_then(Value::as_str) == Some(name) {
+        return Err(DriverError::Failed(format!("fake-hardware: injected failure in {name}")));
     }
     Ok(())
 }
 
 fn record(task: &mut Task, key: &str, value: Value) {
-    task.node
-        .driver_internal_info
-        .insert(key.to_string(), value);
+    task.node.driver_internal_info.insert(key.to_string(), value);
 }
 
 struct FakePower;
@@ -108,23 +84,15 @@ impl PowerInterface for FakePower {
     }
     fn properties(&self) -> BTreeMap<&'static str, &'static str> {
         BTreeMap::from([
-            (
-                "fake_step_delay_ms",
-                "Milliseconds every fake step sleeps. Optional.",
-            ),
-            (
-                "fake_fail_step",
-                "The step (interface.step) that fails, for testing. Optional.",
-            ),
+            ("fake_step_delay_ms", "Milliseconds every fake step sleeps. Optional."),
+            ("fake_fail_step", "The step (interface.step) that fails, for testing. Optional."),
         ])
     }
     async fn validate(&self, task: &Task) -> DriverResult<()> {
         if let Some(v) = task.node.driver_info.get("fake_step_delay_ms")
             && v.as_u64().is_none()
         {
-            return Err(DriverError::Invalid(
-                "driver_info.fake_step_delay_ms must be a non-negative integer".into(),
-            ));
+            return Err(DriverError::Invalid("driver_info.fake_step_delay_ms must be a non-negative integer".into()));
         }
         Ok(())
     }
@@ -159,17 +127,8 @@ impl ManagementInterface for FakeManagement {
     async fn validate(&self, _task: &Task) -> DriverResult<()> {
         Ok(())
     }
-    async fn set_boot_device(
-        &self,
-        task: &mut Task,
-        device: &str,
-        persistent: bool,
-    ) -> DriverResult<()> {
-        record(
-            task,
-            "fake_boot_device",
-            json!({"boot_device": device, "persistent": persistent}),
-        );
+    async fn set_boot_device(&self, task: &mut Task, device: &str, persistent: bool) -> DriverResult<()> {
+        record(task, "fake_boot_device", json!({"boot_device": device, "persistent": persistent}));
         Ok(())
     }
 }
@@ -184,11 +143,7 @@ impl BootInterface for FakeBoot {
     async fn validate(&self, _task: &Task) -> DriverResult<()> {
         Ok(())
     }
-    async fn prepare_ramdisk(
-        &self,
-        task: &mut Task,
-        _params: &BTreeMap<String, String>,
-    ) -> DriverResult<()> {
+    async fn prepare_ramdisk(&self, task: &mut Task, _params: &BTreeMap<String, String>) -> DriverResult<()> {
         hooks(task, "boot.prepare_ramdisk").await?;
         record(task, "fake_boot", json!("ramdisk"));
         Ok(())
@@ -208,18 +163,9 @@ impl BootInterface for FakeBoot {
     }
     async fn take_over(&self, task: &mut Task) -> DriverResult<()> {
         hooks(task, "boot.take_over").await?;
-        let what = task
-            .node
-            .driver_internal_info
-            .get("fake_boot")
-            .cloned()
-            .unwrap_or(Value::Null);
+        let what = task.node.driver_internal_info.get("fake_boot").cloned().unwrap_or(Value::Null);
         let by = task.conductor_id.clone();
-        record(
-            task,
-            "fake_take_over",
-            json!({"by": by, "regenerated": what}),
-        );
+        record(task, "fake_take_over", json!({"by": by, "regenerated": what}));
         Ok(())
     }
 }
@@ -255,12 +201,7 @@ impl DeployInterface for FakeDeploy {
                 record(task, "fake_boot", json!("ramdisk"));
             }
             "write_image" => {
-                let image = task
-                    .node
-                    .instance_info
-                    .get("image_source")
-                    .cloned()
-                    .unwrap_or(Value::Null);
+                let image = task.node.instance_info.get("image_source").cloned().unwrap_or(Value::Null);
                 record(task, "fake_image_written", image);
             }
             "prepare_instance_boot" => record(task, "fake_boot", json!("instance")),
@@ -274,9 +215,7 @@ impl DeployInterface for FakeDeploy {
                 record(task, "fake_cleaned", json!(true));
             }
             other => {
-                return Err(DriverError::Invalid(format!(
-                    "deploy interface fake has no step {other}"
-                )));
+                return Err(DriverError::Invalid(format!("deploy interface fake has no step {other}")));
             }
         }
         Ok(StepOutcome::Done)
@@ -298,14 +237,7 @@ fn method(
     attach: bool,
     description: &'static str,
 ) -> VendorMethod {
-    VendorMethod {
-        name,
-        http_methods: http.to_vec(),
-        is_async,
-        description,
-        attach,
-        require_exclusive_lock: is_async,
-    }
+    VendorMethod { name, http_methods: http.to_vec(), is_async, description, attach, require_exclusive_lock: is_async }
 }
 
 #[async_trait]
@@ -315,74 +247,35 @@ impl VendorInterface for FakeVendor {
     }
     fn methods(&self) -> Vec<VendorMethod> {
         vec![
-            method(
-                "first_method",
-                &["POST"],
-                true,
-                false,
-                "Records its argument bar in driver_internal_info",
-            ),
-            method(
-                "second_method",
-                &["POST"],
-                false,
-                false,
-                "Returns its arguments",
-            ),
-            method(
-                "get_log",
-                &["GET"],
-                false,
-                true,
-                "Returns a log file as an attachment",
-            ),
+            method("first_method", &["POST"], true, false, "Records its argument bar in driver_internal_info"),
+            method("second_method", &["POST"], false, false, "Returns its arguments"),
+            method("get_log", &["GET"], false, true, "Returns a log file as an attachment"),
         ]
     }
     fn driver_methods(&self) -> Vec<VendorMethod> {
-        vec![method(
-            "driver_method",
-            &["POST", "GET"],
-            false,
-            false,
-            "Echoes its arguments",
-        )]
+        vec![method("driver_method", &["POST", "GET"], false, false, "Echoes its arguments")]
     }
     async fn validate(&self, _task: &Task) -> DriverResult<()> {
         Ok(())
     }
-    async fn call(
-        &self,
-        task: &mut Task,
-        method: &str,
-        body: &Value,
-    ) -> DriverResult<VendorReturn> {
+    async fn call(&self, task: &mut Task, method: &str, body: &Value) -> DriverResult<VendorReturn> {
         match method {
             "first_method" => {
                 let bar = body.get("bar").cloned().ok_or_else(|| {
-                    DriverError::Invalid(
-                        "Parameter 'bar' not passed to method 'first_method'.".into(),
-                    )
+                    DriverError::Invalid("Parameter 'bar' not passed to method 'first_method'.".into())
                 })?;
                 record(task, "fake_vendor_bar", bar);
                 Ok(VendorReturn::None)
             }
-            "second_method" => Ok(VendorReturn::Json(
-                json!({"node": task.node.uuid, "args": body}),
-            )),
-            "get_log" => Ok(VendorReturn::Bytes(
-                format!("log of node {}\n", task.node.uuid).into_bytes(),
-            )),
-            other => Err(DriverError::Invalid(format!(
-                "No handler for method {other}"
-            ))),
+            "second_method" => Ok(VendorReturn::Json(json!({"node": task.node.uuid, "args": body}))),
+            "get_log" => Ok(VendorReturn::Bytes(format!("log of node {}\n", task.node.uuid).into_bytes())),
+            other => Err(DriverError::Invalid(format!("No handler for method {other}"))),
         }
     }
     async fn driver_call(&self, method: &str, body: &Value) -> DriverResult<VendorReturn> {
         match method {
             "driver_method" => Ok(VendorReturn::Json(json!({"args": body}))),
-            other => Err(DriverError::Invalid(format!(
-                "No handler for method {other}"
-            ))),
+            other => Err(DriverError::Invalid(format!("No handler for method {other}"))),
         }
     }
 }
@@ -421,10 +314,7 @@ impl GenericInterface for FakeGeneric {
             }
             ("inspect", "inspect_hardware") => {
                 task.node.properties.entry("cpus").or_insert(json!(4));
-                task.node
-                    .properties
-                    .entry("memory_mb")
-                    .or_insert(json!(8192));
+                task.node.properties.entry("memory_mb").or_insert(json!(8192));
             }
             _ => {}
         }

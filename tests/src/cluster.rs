@@ -66,10 +66,7 @@ impl Cluster {
         let mut conductors = Vec::new();
         for i in 1..=n {
             let grpc = free_port();
-            conductors.push((
-                conductor_process(dir.path(), &etcd.endpoint, &db_url, i, grpc, ttl, env),
-                grpc,
-            ));
+            conductors.push((conductor_process(dir.path(), &etcd.endpoint, &db_url, i, grpc, ttl, env), grpc));
         }
         let port = free_port();
         let args: Vec<String> = [
@@ -86,23 +83,8 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let api = Process::start(
-            "api",
-            dir.path(),
-            args,
-            &[("FERRIC_API__REQUEST_DEADLINE_MS", "30000")],
-            Some(port),
-        );
-        Cluster {
-            etcd,
-            api,
-            api_url: format!("http://127.0.0.1:{port}"),
-            conductors,
-            db_url,
-            pg,
-            dir,
-            client: http(),
-        }
+        let api = Process::start("api", dir.path(), args, &[("FERRIC_API__REQUEST_DEADLINE_MS", "30000")], Some(port));
+        Cluster { etcd, api, api_url: format!("http://127.0.0.1:{port}"), conductors, db_url, pg, dir, client: http() }
     }
 
     pub async fn status(&self, i: usize) -> Option<ConductorStatus> {
@@ -120,10 +102,7 @@ impl Cluster {
         let resp = r.send().await.expect("request");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     /// Like `req`, insisting on success.
@@ -140,10 +119,7 @@ impl Cluster {
             if v["conductors"].as_array().map(|a| a.len()) == Some(n) {
                 return;
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "API never saw {n} conductors: {v}"
-            );
+            assert!(start.elapsed() < Duration::from_secs(30), "API never saw {n} conductors: {v}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -153,7 +129,13 @@ impl Cluster {
         let mut out = Vec::new();
         for i in 0..n {
             let v = self
-                .ok(Method::POST, "/v1/nodes", Some(json!({"driver": "fake-hardware", "name": format!("{prefix}{i}"), "driver_info": driver_info})))
+                .ok(
+                    Method::POST,
+                    "/v1/nodes",
+                    Some(
+                        json!({"driver": "fake-hardware", "name": format!("{prefix}{i}"), "driver_info": driver_info}),
+                    ),
+                )
                 .await;
             out.push(v["uuid"].as_str().expect("uuid").to_string());
         }
@@ -162,9 +144,7 @@ impl Cluster {
 
     /// Every node's full document, by uuid.
     pub async fn nodes(&self) -> BTreeMap<String, Value> {
-        let v = self
-            .ok(Method::GET, "/v1/nodes/detail?limit=1000", None)
-            .await;
+        let v = self.ok(Method::GET, "/v1/nodes/detail?limit=1000", None).await;
         v["nodes"]
             .as_array()
             .expect("nodes")
@@ -173,17 +153,36 @@ impl Cluster {
             .collect()
     }
 
-    /// Move nodes to `state` with `verb`, a few requests at a time, and wait.
+    /// Move nodes to `state` with `verb` and wait.
     pub async fn drive(&self, uuids: &[String], verb: &str, state: &str, timeout: Duration) {
-        for u in uuids {
-            self.ok(
-                Method::PUT,
-                &format!("/v1/nodes/{u}/states/provision"),
-                Some(json!({"target": verb})),
-            )
-            .await;
-        }
+        self.act(uuids, verb).await;
         self.wait_all(uuids, state, timeout).await;
+    }
+
+    /// Send a provision verb to every node, 16 requests at a time.
+    pub async fn act(&self, uuids: &[String], verb: &str) {
+        for chunk in uuids.chunks(16) {
+            let mut set = tokio::task::JoinSet::new();
+            for u in chunk {
+                let (c, url) = (self.client.clone(), format!("{}/v1/nodes/{u}/states/provision", self.api_url));
+                let body = json!({"target": verb});
+                set.spawn(async move {
+                    let r = c
+                        .put(url)
+                        .header("X-OpenStack-Ironic-API-Version", "1.115")
+                        .json(&body)
+                        .send()
+                        .await
+                        .expect("request");
+                    let s = r.status();
+                    (s, r.text().await.unwrap_or_default())
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                let (s, body) = r.expect("task");
+                assert_eq!(s.as_u16(), 202, "{verb}: {body}");
+            }
+        }
     }
 
     pub async fn wait_all(&self, uuids: &[String], state: &str, timeout: Duration) {
@@ -201,39 +200,22 @@ impl Cluster {
             assert!(
                 failed.is_empty(),
                 "nodes failed: {:?}",
-                failed
-                    .iter()
-                    .map(|n| (&n["uuid"], &n["provision_state"], &n["last_error"]))
-                    .collect::<Vec<_>>()
+                failed.iter().map(|n| (&n["uuid"], &n["provision_state"], &n["last_error"])).collect::<Vec<_>>()
             );
-            let pending = uuids
-                .iter()
-                .filter(|u| {
-                    all.get(*u)
-                        .map(|n| n["provision_state"] != state)
-                        .unwrap_or(true)
-                })
-                .count();
+            let pending =
+                uuids.iter().filter(|u| all.get(*u).map(|n| n["provision_state"] != state).unwrap_or(true)).count();
             if pending == 0 {
                 return;
             }
-            assert!(
-                start.elapsed() < timeout,
-                "{pending} nodes not {state} after {timeout:?}"
-            );
+            assert!(start.elapsed() < timeout, "{pending} nodes not {state} after {timeout:?}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
 
 pub async fn status(port: u16) -> Option<ConductorStatus> {
-    let mut c = ConductorClient::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .ok()?;
-    c.get_conductor_status(Empty {})
-        .await
-        .ok()
-        .map(|r| r.into_inner())
+    let mut c = ConductorClient::connect(format!("http://127.0.0.1:{port}")).await.ok()?;
+    c.get_conductor_status(Empty {}).await.ok().map(|r| r.into_inner())
 }
 
 /// Continuous API requests that each go over gRPC to a node's owner

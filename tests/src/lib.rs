@@ -18,11 +18,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
 }
 
 /// The directory of the workspace's built binaries (next to this test's
@@ -30,11 +26,7 @@ pub fn free_port() -> u16 {
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().expect("deps dir");
-    if dir.ends_with("deps") {
-        dir.parent().expect("profile dir").to_path_buf()
-    } else {
-        dir.to_path_buf()
-    }
+    if dir.ends_with("deps") { dir.parent().expect("profile dir").to_path_buf() } else { dir.to_path_buf() }
 }
 
 pub fn ferric_bin() -> PathBuf {
@@ -50,10 +42,7 @@ pub fn ferric_bin() -> PathBuf {
 fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ok() {
-        assert!(
-            start.elapsed() < timeout,
-            "{what} not ready after {timeout:?}"
-        );
+        assert!(start.elapsed() < timeout, "{what} not ready after {timeout:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -74,38 +63,25 @@ pub struct Postgres {
 fn pg_bin_dir() -> PathBuf {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.path().join("bin"))
-                .filter(|p| p.join("initdb").exists())
-                .collect()
+            rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).collect()
         })
         .unwrap_or_default();
     found.sort();
-    found.pop().expect(
-        "PostgreSQL server binaries not found under /usr/lib/postgresql (run scripts/deps.sh)",
-    )
+    found.pop().expect("PostgreSQL server binaries not found under /usr/lib/postgresql (run scripts/deps.sh)")
 }
 
 impl Postgres {
     pub fn start() -> Postgres {
         let bin = pg_bin_dir();
         let as_root = unsafe { libc::geteuid() } == 0;
-        let dir = tempfile::Builder::new()
-            .prefix("ferric-pg")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("ferric-pg").tempdir().expect("tempdir");
         let port = free_port();
         let data = dir.path().join("data");
         let run = |cmd: String| {
             let out = if as_root {
-                std::fs::set_permissions(
-                    dir.path(),
-                    std::os::unix::fs::PermissionsExt::from_mode(0o777),
-                )
-                .expect("chmod");
-                Command::new("runuser")
-                    .args(["-u", "postgres", "--", "sh", "-c", &cmd])
-                    .output()
+                std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
+                    .expect("chmod");
+                Command::new("runuser").args(["-u", "postgres", "--", "sh", "-c", &cmd]).output()
             } else {
                 Command::new("sh").args(["-c", &cmd]).output()
             }
@@ -129,12 +105,7 @@ impl Postgres {
             data.display()
         ));
         let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-        Postgres {
-            url,
-            dir,
-            bin,
-            as_root,
-        }
+        Postgres { url, dir, bin, as_root }
     }
 
     /// A fresh database in this cluster.
@@ -153,21 +124,12 @@ impl Postgres {
             ])
             .output()
             .expect("psql");
-        assert!(
-            out.status.success(),
-            "create database: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "create database: {}", String::from_utf8_lossy(&out.stderr));
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port())
     }
 
     pub fn port(&self) -> u16 {
-        self.url
-            .rsplit(':')
-            .next()
-            .and_then(|s| s.split('/').next())
-            .and_then(|p| p.parse().ok())
-            .expect("port in url")
+        self.url.rsplit(':').next().and_then(|s| s.split('/').next()).and_then(|p| p.parse().ok()).expect("port in url")
     }
 }
 
@@ -179,9 +141,7 @@ impl Drop for Postgres {
             self.dir.path().display()
         );
         let _ = if self.as_root {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--", "sh", "-c", &cmd])
-                .status()
+            Command::new("runuser").args(["-u", "postgres", "--", "sh", "-c", &cmd]).status()
         } else {
             Command::new("sh").args(["-c", &cmd]).status()
         };
@@ -203,10 +163,7 @@ impl Ferric {
     /// Start `ferric all-in-one` on a free port; `database_url` None = SQLite
     /// in its data dir. `env` adds FERRIC_* settings.
     pub fn start(database_url: Option<&str>, env: &[(&str, &str)]) -> Ferric {
-        let data_dir = tempfile::Builder::new()
-            .prefix("ferric-aio")
-            .tempdir()
-            .expect("tempdir");
+        let data_dir = tempfile::Builder::new().prefix("ferric-aio").tempdir().expect("tempdir");
         let port = free_port();
         let mut args = vec![
             "all-in-one".to_string(),
@@ -222,29 +179,15 @@ impl Ferric {
             args.push(u.into());
         }
         let log = data_dir.path().join("ferric.log");
-        let mut f = Ferric {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            port,
-            data_dir,
-            child: None,
-            log,
-            args,
-        };
+        let mut f = Ferric { endpoint: format!("http://127.0.0.1:{port}"), port, data_dir, child: None, log, args };
         f.spawn(env);
         f
     }
 
     fn spawn(&mut self, env: &[(&str, &str)]) {
-        let logf = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let mut cmd = Command::new(ferric_bin());
-        cmd.args(&self.args)
-            .stdout(logf.try_clone().expect("dup"))
-            .stderr(logf)
-            .env("RUST_LOG", "info");
+        cmd.args(&self.args).stdout(logf.try_clone().expect("dup")).stderr(logf).env("RUST_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -252,15 +195,8 @@ impl Ferric {
         let port = self.port;
         let start = Instant::now();
         while !tcp_open(port) {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "ferric exited with {status} before listening:\n{}",
-                    self.log_tail(60)
-                );
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("ferric exited with {status} before listening:\n{}", self.log_tail(60));
             }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
@@ -299,9 +235,7 @@ impl Ferric {
     /// Start again with the same data dir and port (a restart).
     pub fn restart(&mut self, env: &[(&str, &str)]) {
         self.kill();
-        wait_until("port release", Duration::from_secs(10), || {
-            !tcp_open(self.port)
-        });
+        wait_until("port release", Duration::from_secs(10), || !tcp_open(self.port));
         self.spawn(env);
     }
 
@@ -318,11 +252,7 @@ impl Ferric {
 impl Drop for Ferric {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "---- tail of the ferric log ({}) ----\n{}",
-                self.log.display(),
-                self.log_tail(80)
-            );
+            eprintln!("---- tail of the ferric log ({}) ----\n{}", self.log.display(), self.log_tail(80));
         }
         self.kill();
     }
@@ -341,18 +271,10 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start() -> Etcd {
-        let dir = tempfile::Builder::new()
-            .prefix("ferric-etcd")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("ferric-etcd").tempdir().expect("tempdir");
         let (client_port, peer_port) = (free_port(), free_port());
-        let mut e = Etcd {
-            endpoint: format!("http://127.0.0.1:{client_port}"),
-            dir,
-            client_port,
-            peer_port,
-            child: None,
-        };
+        let mut e =
+            Etcd { endpoint: format!("http://127.0.0.1:{client_port}"), dir, client_port, peer_port, child: None };
         e.spawn();
         e
     }
@@ -360,22 +282,12 @@ impl Etcd {
     fn spawn(&mut self) {
         let c = format!("http://127.0.0.1:{}", self.client_port);
         let p = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("etcd.log"))
-            .expect("log");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("etcd.log")).expect("log");
         let child = Command::new("etcd")
             .args(["--name", "t", "--data-dir"])
             .arg(self.dir.path().join("data"))
-            .args([
-                "--logger=zap",
-                "--log-level=error",
-                "--listen-client-urls",
-                &c,
-                "--advertise-client-urls",
-                &c,
-            ])
+            .args(["--logger=zap", "--log-level=error", "--listen-client-urls", &c, "--advertise-client-urls", &c])
             .args([
                 "--listen-peer-urls",
                 &p,
@@ -446,10 +358,7 @@ impl Process {
         let mut p = Process {
             name: name.into(),
             args,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             log: log_dir.join(format!("{name}.log")),
             child: None,
             ready_port,
@@ -459,16 +368,9 @@ impl Process {
     }
 
     pub fn spawn(&mut self) {
-        let logf = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let mut cmd = Command::new(ferric_bin());
-        cmd.args(&self.args)
-            .stdout(logf.try_clone().expect("dup"))
-            .stderr(logf)
-            .env("RUST_LOG", "info");
+        cmd.args(&self.args).stdout(logf.try_clone().expect("dup")).stderr(logf).env("RUST_LOG", "info");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -476,22 +378,10 @@ impl Process {
         if let Some(port) = self.ready_port {
             let start = Instant::now();
             while !tcp_open(port) {
-                if let Some(status) = self
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten())
-                {
-                    panic!(
-                        "{} exited with {status} before listening:\n{}",
-                        self.name,
-                        self.log_tail(60)
-                    );
+                if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    panic!("{} exited with {status} before listening:\n{}", self.name, self.log_tail(60));
                 }
-                assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "{} did not listen within 30 s",
-                    self.name
-                );
+                assert!(start.elapsed() < Duration::from_secs(30), "{} did not listen within 30 s", self.name);
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -521,9 +411,7 @@ impl Process {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
@@ -536,12 +424,7 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "---- tail of {} ({}) ----\n{}",
-                self.name,
-                self.log.display(),
-                self.log_tail(40)
-            );
+            eprintln!("---- tail of {} ({}) ----\n{}", self.name, self.log.display(), self.log_tail(40));
         }
         self.kill();
     }
@@ -568,10 +451,7 @@ pub struct Baremetal {
 
 impl Baremetal {
     pub fn new(endpoint: &str) -> Baremetal {
-        Baremetal {
-            endpoint: endpoint.to_string(),
-            bin: venv().join("bin/baremetal"),
-        }
+        Baremetal { endpoint: endpoint.to_string(), bin: venv().join("bin/baremetal") }
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
@@ -615,14 +495,11 @@ impl Baremetal {
         let mut a = args.to_vec();
         a.extend(["-f", "json"]);
         let out = self.ok(&a);
-        serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("baremetal {args:?} printed no JSON ({e}): {out}"))
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("baremetal {args:?} printed no JSON ({e}): {out}"))
     }
 
     pub fn field(&self, node: &str, field: &str) -> String {
-        self.ok(&["node", "show", node, "-f", "value", "-c", field])
-            .trim()
-            .to_string()
+        self.ok(&["node", "show", node, "-f", "value", "-c", field]).trim().to_string()
     }
 
     /// Poll until the node reaches `state` (fails fast on `error` and
@@ -639,10 +516,7 @@ impl Baremetal {
                 "node {node} went to {s} while waiting for {state}: last_error={}",
                 self.field(node, "last_error")
             );
-            assert!(
-                start.elapsed() < timeout,
-                "node {node} still {s} after {timeout:?}, waiting for {state}"
-            );
+            assert!(start.elapsed() < timeout, "node {node} still {s} after {timeout:?}, waiting for {state}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -651,19 +525,13 @@ impl Baremetal {
 /// A plain HTTP client for raw API checks (status codes, headers, bodies).
 pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("http client")
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client")
 }
 
 /// Decode Ironic's double-encoded error body.
 pub fn error_body(body: &str) -> serde_json::Value {
-    let outer: serde_json::Value = serde_json::from_str(body)
-        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"));
-    let inner = outer["error_message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error_message in {body}"));
-    serde_json::from_str(inner)
-        .unwrap_or_else(|e| panic!("error_message is not JSON text ({e}): {inner}"))
+    let outer: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"));
+    let inner = outer["error_message"].as_str().unwrap_or_else(|| panic!("no error_message in {body}"));
+    serde_json::from_str(inner).unwrap_or_else(|e| panic!("error_message is not JSON text ({e}): {inner}"))
 }

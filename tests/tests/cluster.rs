@@ -73,31 +73,13 @@ fn cluster() -> Cluster {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let api = Process::start(
-        "api",
-        dir.path(),
-        args,
-        &[("FERRIC_API__REQUEST_DEADLINE_MS", "20000")],
-        Some(port),
-    );
-    Cluster {
-        etcd,
-        api,
-        api_url: format!("http://127.0.0.1:{port}"),
-        conductors,
-        _pg: pg,
-        _dir: dir,
-    }
+    let api = Process::start("api", dir.path(), args, &[("FERRIC_API__REQUEST_DEADLINE_MS", "20000")], Some(port));
+    Cluster { etcd, api, api_url: format!("http://127.0.0.1:{port}"), conductors, _pg: pg, _dir: dir }
 }
 
 async fn status(port: u16) -> Option<ferric_common::proto::ConductorStatus> {
-    let mut c = ConductorClient::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .ok()?;
-    c.get_conductor_status(Empty {})
-        .await
-        .ok()
-        .map(|r| r.into_inner())
+    let mut c = ConductorClient::connect(format!("http://127.0.0.1:{port}")).await.ok()?;
+    c.get_conductor_status(Empty {}).await.ok().map(|r| r.into_inner())
 }
 
 /// node uuid → owning conductor, as the API process's ring says.
@@ -115,12 +97,7 @@ async fn owners(c: &reqwest::Client, api: &str) -> BTreeMap<String, String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|n| {
-            (
-                n["uuid"].as_str().unwrap().to_string(),
-                n["conductor"].as_str().unwrap_or("").to_string(),
-            )
-        })
+        .map(|n| (n["uuid"].as_str().unwrap().to_string(), n["conductor"].as_str().unwrap_or("").to_string()))
         .collect()
 }
 
@@ -187,10 +164,7 @@ async fn ownership_across_conductor_death_rejoin_and_etcd_restart() {
         if r["conductors"].as_array().unwrap().len() == 3 {
             break;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "API never saw 3 conductors: {r}"
-        );
+        assert!(start.elapsed() < Duration::from_secs(20), "API never saw 3 conductors: {r}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut nodes = Vec::new();
@@ -203,29 +177,15 @@ async fn ownership_across_conductor_death_rejoin_and_etcd_restart() {
             .await
             .unwrap();
         assert_eq!(r.status(), 201);
-        nodes.push(
-            r.json::<Value>().await.unwrap()["uuid"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        nodes.push(r.json::<Value>().await.unwrap()["uuid"].as_str().unwrap().to_string());
     }
     let before = owners(&c, &api).await;
     let spread = counts(&before);
-    assert_eq!(
-        spread.len(),
-        3,
-        "nodes spread over all three conductors: {spread:?}"
-    );
+    assert_eq!(spread.len(), 3, "nodes spread over all three conductors: {spread:?}");
     // every process agrees: each conductor owns exactly what the API routes to it
     for (i, (_, port)) in cl.conductors.iter().enumerate() {
         let s = status(*port).await.expect("status");
-        assert_eq!(
-            s.owned_nodes as usize,
-            spread[&format!("c{}", i + 1)],
-            "c{} disagrees with the API's ring",
-            i + 1
-        );
+        assert_eq!(s.owned_nodes as usize, spread[&format!("c{}", i + 1)], "c{} disagrees with the API's ring", i + 1);
     }
     let epoch_before = status(cl.conductors[0].1).await.unwrap().epoch;
     ferricctl_agrees(&cl, &before, &spread);
@@ -233,13 +193,7 @@ async fn ownership_across_conductor_death_rejoin_and_etcd_restart() {
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let loader = load(
-        api.clone(),
-        nodes.clone(),
-        stop.clone(),
-        ok.clone(),
-        failed.clone(),
-    );
+    let loader = load(api.clone(), nodes.clone(), stop.clone(), ok.clone(), failed.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // SIGKILL c3: within TTL + 1 s no process routes anything to it
@@ -250,24 +204,15 @@ async fn ownership_across_conductor_death_rejoin_and_etcd_restart() {
         let o = owners(&c, &api).await;
         let s1 = status(cl.conductors[0].1).await.unwrap();
         let s2 = status(cl.conductors[1].1).await.unwrap();
-        if !o.values().any(|v| v == "c3")
-            && (s1.owned_nodes + s2.owned_nodes) as usize == nodes.len()
-        {
+        if !o.values().any(|v| v == "c3") && (s1.owned_nodes + s2.owned_nodes) as usize == nodes.len() {
             break;
         }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(30),
-            "c3's nodes never moved: {:?}",
-            counts(&o)
-        );
+        assert!(killed_at.elapsed() < Duration::from_secs(30), "c3's nodes never moved: {:?}", counts(&o));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = killed_at.elapsed();
     println!("SIGKILL -> every process re-owned c3's nodes in {took:?} (lease TTL {TTL} s)");
-    assert!(
-        took <= Duration::from_secs(TTL + 1),
-        "took {took:?}, more than TTL + 1 s"
-    );
+    assert!(took <= Duration::from_secs(TTL + 1), "took {took:?}, more than TTL + 1 s");
     let after_kill = owners(&c, &api).await;
     for (n, o) in &before {
         if o != "c3" {
@@ -286,10 +231,7 @@ async fn ownership_across_conductor_death_rejoin_and_etcd_restart() {
             assert_ne!(s.incarnation, inc3, "a restart is a new incarnation");
             break;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "c3 never rejoined"
-        );
+        assert!(start.elapsed() < Duration::from_secs(30), "c3 never rejoined");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let rejoined = owners(&c, &api).await;
@@ -299,30 +241,15 @@ async fn ownership_across_conductor_death_rejoin_and_etcd_restart() {
     let epochs: Vec<u64> = futures_epochs(&cl).await;
     cl.etcd.restart(Duration::from_millis(500));
     tokio::time::sleep(Duration::from_secs(TTL + 2)).await;
-    assert_eq!(
-        owners(&c, &api).await,
-        before,
-        "etcd restart changed ownership"
-    );
-    assert_eq!(
-        futures_epochs(&cl).await,
-        epochs,
-        "etcd restart changed a conductor's ring"
-    );
+    assert_eq!(owners(&c, &api).await, before, "etcd restart changed ownership");
+    assert_eq!(futures_epochs(&cl).await, epochs, "etcd restart changed a conductor's ring");
     assert!(epochs[0] > epoch_before);
 
     stop.store(true, Ordering::Relaxed);
     loader.await.unwrap();
     let failed = failed.lock().unwrap().clone();
-    println!(
-        "{} requests during kill, rejoin and etcd restart; {} failed",
-        ok.load(Ordering::Relaxed),
-        failed.len()
-    );
-    assert!(
-        failed.is_empty(),
-        "requests failed during ring churn: {failed:?}"
-    );
+    println!("{} requests during kill, rejoin and etcd restart; {} failed", ok.load(Ordering::Relaxed), failed.len());
+    assert!(failed.is_empty(), "requests failed during ring churn: {failed:?}");
     assert!(ok.load(Ordering::Relaxed) > 50, "the load ran");
     for (p, _) in &mut cl.conductors {
         assert!(p.is_running(), "{} died", p.name);
@@ -344,28 +271,17 @@ fn ferricctl(cl: &Cluster, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run ferricctl");
-    assert!(
-        out.status.success(),
-        "ferricctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "ferricctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// ferricctl, a separate process with its own ring, places every node where
 /// the API and the conductors do.
-fn ferricctl_agrees(
-    cl: &Cluster,
-    owners: &BTreeMap<String, String>,
-    spread: &HashMap<String, usize>,
-) {
+fn ferricctl_agrees(cl: &Cluster, owners: &BTreeMap<String, String>, spread: &HashMap<String, usize>) {
     let show = ferricctl(cl, &["ring", "show"]);
     assert!(show.contains("members 3  nodes 60"), "{show}");
     for (c, k) in spread {
-        let line = show
-            .lines()
-            .find(|l| l.starts_with(c.as_str()))
-            .unwrap_or_else(|| panic!("{c} missing: {show}"));
+        let line = show.lines().find(|l| l.starts_with(c.as_str())).unwrap_or_else(|| panic!("{c} missing: {show}"));
         let cols: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(cols[1], "active");
         assert_eq!(cols[3].parse::<usize>().unwrap(), *k, "{line}");
@@ -382,21 +298,9 @@ fn ferricctl_agrees(
         .map(|l| l.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
         .sum();
     assert_eq!(from_c1, spread["c1"], "every node of c1 moves: {sim}");
-    assert!(
-        moved >= from_c1 && moved <= from_c1 + 60 / 10,
-        "only c1's nodes plus little spill move: {sim}"
-    );
+    assert!(moved >= from_c1 && moved <= from_c1 + 60 / 10, "only c1's nodes plus little spill move: {sim}");
     let bad = std::process::Command::new(ferric_tests::bin_dir().join("ferricctl"))
-        .args([
-            "--etcd-endpoints",
-            &cl.etcd.endpoint,
-            "--api",
-            &cl.api_url,
-            "ring",
-            "simulate",
-            "--remove",
-            "nope",
-        ])
+        .args(["--etcd-endpoints", &cl.etcd.endpoint, "--api", &cl.api_url, "ring", "simulate", "--remove", "nope"])
         .output()
         .unwrap();
     assert!(!bad.status.success());

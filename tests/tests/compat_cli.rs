@@ -39,10 +39,7 @@ fn lifecycle(bm: &Baremetal) {
     assert_eq!(node["provision_state"], "enroll");
     assert_eq!(node["conductor"], "conductor-1");
     assert_eq!(node["properties"]["cpus"], 4);
-    assert_eq!(
-        node["driver_info"]["fake_password"], "******",
-        "secrets are masked"
-    );
+    assert_eq!(node["driver_info"]["fake_password"], "******", "secrets are masked");
     assert_eq!(node["boot_interface"], "fake", "defaults are filled in");
 
     let port = bm.json(&["port", "create", "52:54:00:12:34:56", "--node", &uuid]);
@@ -87,40 +84,24 @@ fn lifecycle(bm: &Baremetal) {
 
     // a verb the state does not allow
     let err = bm.fails(&["node", "provide", "n1"]);
-    assert!(
-        err.contains("can not be performed on node") && err.contains("(HTTP 400)"),
-        "{err}"
-    );
+    assert!(err.contains("can not be performed on node") && err.contains("(HTTP 400)"), "{err}");
 
     // enroll -> manageable -> available -> active
     bm.ok(&["node", "manage", "n1", "--wait", "60"]);
     assert_eq!(bm.field("n1", "provision_state"), "manageable");
-    assert_eq!(
-        bm.field("n1", "power_state"),
-        "power off",
-        "verify read the power state"
-    );
+    assert_eq!(bm.field("n1", "power_state"), "power off", "verify read the power state");
     bm.ok(&["node", "provide", "n1"]);
     bm.wait_state("n1", "available", WAIT);
     let err = bm.fails(&["node", "provide", "n1"]);
     assert!(err.contains("while it is in state \"available\""), "{err}");
-    bm.ok(&[
-        "node",
-        "set",
-        "n1",
-        "--instance-info",
-        "image_source=http://127.0.0.1:1/disk.raw",
-    ]);
+    bm.ok(&["node", "set", "n1", "--instance-info", "image_source=http://127.0.0.1:1/disk.raw"]);
     bm.ok(&["node", "deploy", "n1"]);
     bm.wait_state("n1", "active", WAIT);
     let active = bm.json(&["node", "show", "n1"]);
     assert_eq!(active["power_state"], "power on");
     assert_eq!(active["target_provision_state"], Value::Null);
     assert_eq!(active["deploy_step"], serde_json::json!({}));
-    assert_eq!(
-        active["instance_info"]["image_source"],
-        "http://127.0.0.1:1/disk.raw"
-    );
+    assert_eq!(active["instance_info"]["image_source"], "http://127.0.0.1:1/disk.raw");
 
     // power
     bm.ok(&["node", "power", "off", "n1"]);
@@ -136,44 +117,15 @@ fn lifecycle(bm: &Baremetal) {
         assert_eq!(row["Result"], true, "{row}");
     }
     let methods = bm.json(&["node", "passthru", "list", "n1"]);
-    assert!(
-        methods
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["Name"] == "second_method"),
-        "{methods}"
-    );
-    let out = bm.ok(&[
-        "node",
-        "passthru",
-        "call",
-        "n1",
-        "second_method",
-        "--arg",
-        "a=1",
-    ]);
+    assert!(methods.as_array().unwrap().iter().any(|m| m["Name"] == "second_method"), "{methods}");
+    let out = bm.ok(&["node", "passthru", "call", "n1", "second_method", "--arg", "a=1"]);
     assert!(out.contains("'a': 1"), "{out}");
-    bm.ok(&[
-        "node",
-        "passthru",
-        "call",
-        "n1",
-        "first_method",
-        "--arg",
-        "bar=baz",
-    ]);
-    assert_eq!(
-        bm.json(&["node", "show", "n1"])["driver_internal_info"]["fake_vendor_bar"],
-        "baz"
-    );
+    bm.ok(&["node", "passthru", "call", "n1", "first_method", "--arg", "bar=baz"]);
+    assert_eq!(bm.json(&["node", "show", "n1"])["driver_internal_info"]["fake_vendor_bar"], "baz");
 
     // an active node cannot be deleted
     let err = bm.fails(&["node", "delete", "n1"]);
-    assert!(
-        err.contains("(HTTP 409)") && err.contains("Can not delete node"),
-        "{err}"
-    );
+    assert!(err.contains("(HTTP 409)") && err.contains("Can not delete node"), "{err}");
 
     // undeploy -> cleaning -> available, instance forgotten
     bm.ok(&["node", "undeploy", "n1"]);
@@ -181,10 +133,7 @@ fn lifecycle(bm: &Baremetal) {
     let n = bm.json(&["node", "show", "n1"]);
     assert_eq!(n["instance_info"], serde_json::json!({}));
     assert_eq!(n["power_state"], "power off");
-    assert_eq!(
-        n["driver_internal_info"]["fake_cleaned"], true,
-        "automated cleaning ran"
-    );
+    assert_eq!(n["driver_internal_info"]["fake_cleaned"], true, "automated cleaning ran");
 
     // delete port and node
     bm.ok(&["port", "delete", port["uuid"].as_str().unwrap()]);
@@ -192,28 +141,19 @@ fn lifecycle(bm: &Baremetal) {
     bm.ok(&["node", "delete", "n1"]);
     assert!(bm.json(&["node", "list"]).as_array().unwrap().is_empty());
     let err = bm.fails(&["node", "show", &uuid]);
-    assert!(
-        err.contains(&format!("Node {uuid} could not be found.")) && err.contains("(HTTP 404)"),
-        "{err}"
-    );
+    assert!(err.contains(&format!("Node {uuid} could not be found.")) && err.contains("(HTTP 404)"), "{err}");
 
     // an API version outside the server's range
     let out = bm.run(&["--os-baremetal-api-version", "1.200", "node", "list"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("Supported version range is 1.1 to 1.115"),
-        "{err}"
-    );
+    assert!(err.contains("Supported version range is 1.1 to 1.115"), "{err}");
 }
 
 fn wait_field(bm: &Baremetal, node: &str, field: &str, want: &str) {
     let start = std::time::Instant::now();
     while bm.field(node, field) != want {
-        assert!(
-            start.elapsed() < WAIT,
-            "{field} of {node} never became {want}"
-        );
+        assert!(start.elapsed() < WAIT, "{field} of {node} never became {want}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }

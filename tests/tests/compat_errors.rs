@@ -37,11 +37,7 @@ impl Api {
     async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
         let (s, _, b) = self.call(method.clone(), path, "1.115", body).await;
         assert!(s.is_success(), "{method} {path} -> {s}: {b}");
-        if b.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&b).expect("json")
-        }
+        if b.is_empty() { Value::Null } else { serde_json::from_str(&b).expect("json") }
     }
 
     /// Expect an application error: status and a faultstring containing `text`.
@@ -57,37 +53,25 @@ impl Api {
         let (s, h, b) = self.call(method.clone(), path, version, body).await;
         assert_eq!(s.as_u16(), status, "{method} {path}: {b}");
         assert_eq!(h.get("content-type").unwrap(), "application/json");
-        assert!(
-            h.contains_key("x-openstack-ironic-api-maximum-version"),
-            "errors carry the version headers"
-        );
+        assert!(h.contains_key("x-openstack-ironic-api-maximum-version"), "errors carry the version headers");
         let e = error_body(&b);
         let msg = e
             .get("faultstring")
             .or(e.get("description"))
             .and_then(Value::as_str)
             .unwrap_or_else(|| panic!("no message in {e}"));
-        assert!(
-            msg.contains(text),
-            "{method} {path}: expected {text:?} in {msg:?}"
-        );
+        assert!(msg.contains(text), "{method} {path}: expected {text:?} in {msg:?}");
         e
     }
 
     async fn wait_state(&self, node: &str, state: &str) {
         let start = std::time::Instant::now();
         loop {
-            let n = self
-                .ok(Method::GET, &format!("/v1/nodes/{node}"), None)
-                .await;
+            let n = self.ok(Method::GET, &format!("/v1/nodes/{node}"), None).await;
             if n["provision_state"] == state {
                 return;
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{node} stuck in {}",
-                n["provision_state"]
-            );
+            assert!(start.elapsed() < Duration::from_secs(60), "{node} stuck in {}", n["provision_state"]);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -98,15 +82,9 @@ async fn bad_input_and_protocol_details() {
     // short lock retries so the 409 path is quick
     let ferric = Ferric::start(
         None,
-        &[
-            ("FERRIC_CONDUCTOR__LOCK_ATTEMPTS", "2"),
-            ("FERRIC_CONDUCTOR__LOCK_RETRY_INTERVAL_MS", "100"),
-        ],
+        &[("FERRIC_CONDUCTOR__LOCK_ATTEMPTS", "2"), ("FERRIC_CONDUCTOR__LOCK_RETRY_INTERVAL_MS", "100")],
     );
-    let api = Api {
-        base: ferric.endpoint.clone(),
-        c: http(),
-    };
+    let api = Api { base: ferric.endpoint.clone(), c: http() };
     use Method as M;
 
     // --- versions
@@ -114,70 +92,28 @@ async fn bad_input_and_protocol_details() {
     assert_eq!(s, StatusCode::NOT_ACCEPTABLE);
     assert_eq!(h["x-openstack-ironic-api-minimum-version"], "1.1");
     assert_eq!(h["x-openstack-ironic-api-maximum-version"], "1.115");
-    assert!(
-        !h.contains_key("x-openstack-ironic-api-version"),
-        "a 406 has no negotiated version"
-    );
+    assert!(!h.contains_key("x-openstack-ironic-api-version"), "a 406 has no negotiated version");
     let e = error_body(&b);
     assert_eq!(e["code"], 406);
-    assert!(
-        e["description"]
-            .as_str()
-            .unwrap()
-            .contains("The supported version range is: [1.1, 1.115].")
-    );
-    api.fault(
-        M::GET,
-        "/v1/nodes",
-        "2.1",
-        None,
-        406,
-        "Mutually exclusive versions requested",
-    )
-    .await;
-    api.fault(
-        M::GET,
-        "/v1/nodes",
-        "1.abc",
-        None,
-        406,
-        "Invalid value for X-OpenStack-Ironic-API-Version header",
-    )
-    .await;
+    assert!(e["description"].as_str().unwrap().contains("The supported version range is: [1.1, 1.115]."));
+    api.fault(M::GET, "/v1/nodes", "2.1", None, 406, "Mutually exclusive versions requested").await;
+    api.fault(M::GET, "/v1/nodes", "1.abc", None, 406, "Invalid value for X-OpenStack-Ironic-API-Version header").await;
     let (s, h, _) = api.call(M::GET, "/v1", "", None).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(
-        h["x-openstack-ironic-api-version"], "1.1",
-        "no header means 1.1"
-    );
+    assert_eq!(h["x-openstack-ironic-api-version"], "1.1", "no header means 1.1");
     assert_eq!(h["x-openstack-ironic-api-maximum-version"], "1.115");
-    assert!(
-        h["openstack-request-id"]
-            .to_str()
-            .unwrap()
-            .starts_with("req-")
-    );
+    assert!(h["openstack-request-id"].to_str().unwrap().starts_with("req-"));
     let (s, _, _) = api.call(M::POST, "/v1", "", Some(json!({}))).await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
     let (s, _, b) = api.call(M::GET, "/v1/nope", "1.115", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    assert_eq!(
-        error_body(&b),
-        json!({"code": 404, "title": "Not Found", "description": ""})
-    );
+    assert_eq!(error_body(&b), json!({"code": 404, "title": "Not Found", "description": ""}));
     let root = api.ok(M::GET, "/", None).await;
     assert_eq!(root["default_version"]["version"], "1.115");
 
     // --- node create
-    api.fault(
-        M::POST,
-        "/v1/nodes",
-        "1.115",
-        Some(json!({"driver": "fake-hardware", "bogus": 1})),
-        400,
-        "'bogus'",
-    )
-    .await;
+    api.fault(M::POST, "/v1/nodes", "1.115", Some(json!({"driver": "fake-hardware", "bogus": 1})), 400, "'bogus'")
+        .await;
     api.fault(
         M::POST,
         "/v1/nodes",
@@ -187,24 +123,8 @@ async fn bad_input_and_protocol_details() {
         "Expected a UUID but received zzz.",
     )
     .await;
-    api.fault(
-        M::POST,
-        "/v1/nodes",
-        "1.115",
-        Some(json!({"name": "x"})),
-        400,
-        "'driver'",
-    )
-    .await;
-    api.fault(
-        M::POST,
-        "/v1/nodes",
-        "1.115",
-        Some(json!({"driver": "ipmi"})),
-        400,
-        "No valid host was found",
-    )
-    .await;
+    api.fault(M::POST, "/v1/nodes", "1.115", Some(json!({"name": "x"})), 400, "'driver'").await;
+    api.fault(M::POST, "/v1/nodes", "1.115", Some(json!({"driver": "ipmi"})), 400, "No valid host was found").await;
     api.fault(
         M::POST,
         "/v1/nodes",
@@ -223,15 +143,7 @@ async fn bad_input_and_protocol_details() {
         "driver_info",
     )
     .await;
-    api.fault(
-        M::POST,
-        "/v1/nodes",
-        "1.115",
-        Some(json!({"driver": "fake-hardware", "name": "a b"})),
-        400,
-        "a b",
-    )
-    .await;
+    api.fault(M::POST, "/v1/nodes", "1.115", Some(json!({"driver": "fake-hardware", "name": "a b"})), 400, "a b").await;
     let (s, _, b) = api.call(M::POST, "/v1/nodes", "1.115", None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     let (s, h, b) = api
@@ -240,10 +152,7 @@ async fn bad_input_and_protocol_details() {
     assert_eq!(s, StatusCode::CREATED, "{b}");
     let n1: Value = serde_json::from_str(&b).unwrap();
     let uuid = n1["uuid"].as_str().unwrap().to_string();
-    assert_eq!(
-        h["location"].to_str().unwrap(),
-        format!("{}/v1/nodes/{uuid}", ferric.endpoint)
-    );
+    assert_eq!(h["location"].to_str().unwrap(), format!("{}/v1/nodes/{uuid}", ferric.endpoint));
     assert_eq!(n1["driver_info"]["fake_password"], "******");
     api.fault(
         M::POST,
@@ -264,49 +173,16 @@ async fn bad_input_and_protocol_details() {
     )
     .await;
     // below 1.11 a new node is available at once; below 1.2 that renders as null
-    let old = api
-        .call(
-            M::POST,
-            "/v1/nodes",
-            "1.10",
-            Some(json!({"driver": "fake-hardware"})),
-        )
-        .await;
+    let old = api.call(M::POST, "/v1/nodes", "1.10", Some(json!({"driver": "fake-hardware"}))).await;
     let old: Value = serde_json::from_str(&old.2).unwrap();
     assert_eq!(old["provision_state"], "available");
-    let (_, _, b) = api
-        .call(
-            M::GET,
-            &format!("/v1/nodes/{}", old["uuid"].as_str().unwrap()),
-            "1.1",
-            None,
-        )
-        .await;
+    let (_, _, b) = api.call(M::GET, &format!("/v1/nodes/{}", old["uuid"].as_str().unwrap()), "1.1", None).await;
     let v1: Value = serde_json::from_str(&b).unwrap();
     assert_eq!(v1["provision_state"], Value::Null);
-    assert!(
-        v1.get("name").is_none(),
-        "fields newer than the version are hidden"
-    );
+    assert!(v1.get("name").is_none(), "fields newer than the version are hidden");
     // names in URLs only from 1.5
-    api.fault(
-        M::GET,
-        "/v1/nodes/n1",
-        "1.4",
-        None,
-        404,
-        "Node n1 could not be found.",
-    )
-    .await;
-    api.fault(
-        M::GET,
-        "/v1/nodes/00000000-0000-0000-0000-000000000000",
-        "1.115",
-        None,
-        404,
-        "could not be found",
-    )
-    .await;
+    api.fault(M::GET, "/v1/nodes/n1", "1.4", None, 404, "Node n1 could not be found.").await;
+    api.fault(M::GET, "/v1/nodes/00000000-0000-0000-0000-000000000000", "1.115", None, 404, "could not be found").await;
 
     // --- node patch
     let p = |ops: Value| Some(ops);
@@ -346,15 +222,7 @@ async fn bad_input_and_protocol_details() {
         "not supported",
     )
     .await;
-    api.fault(
-        M::PATCH,
-        "/v1/nodes/n1",
-        "1.115",
-        p(json!({"op": "add"})),
-        400,
-        "list of operations",
-    )
-    .await;
+    api.fault(M::PATCH, "/v1/nodes/n1", "1.115", p(json!({"op": "add"})), 400, "list of operations").await;
     api.fault(
         M::PATCH,
         "/v1/nodes/n1",
@@ -379,8 +247,17 @@ async fn bad_input_and_protocol_details() {
     assert_eq!(n["driver_info"]["fake_password"], "******");
 
     // --- provision and power verbs
-    api.fault(M::PUT, "/v1/nodes/n1/states/provision", "1.115", Some(json!({"target": "provide"})), 400,
-        &format!("The requested action \"provide\" can not be performed on node \"{uuid}\" while it is in state \"enroll\".")).await;
+    api.fault(
+        M::PUT,
+        "/v1/nodes/n1/states/provision",
+        "1.115",
+        Some(json!({"target": "provide"})),
+        400,
+        &format!(
+            "The requested action \"provide\" can not be performed on node \"{uuid}\" while it is in state \"enroll\"."
+        ),
+    )
+    .await;
     api.fault(
         M::PUT,
         "/v1/nodes/n1/states/provision",
@@ -426,15 +303,8 @@ async fn bad_input_and_protocol_details() {
         "Invalid power state",
     )
     .await;
-    api.fault(
-        M::PUT,
-        "/v1/nodes/n1/states/power",
-        "1.26",
-        Some(json!({"target": "soft power off"})),
-        406,
-        "1.27",
-    )
-    .await;
+    api.fault(M::PUT, "/v1/nodes/n1/states/power", "1.26", Some(json!({"target": "soft power off"})), 406, "1.27")
+        .await;
     api.fault(
         M::PUT,
         "/v1/nodes/n1/states/power",
@@ -444,19 +314,9 @@ async fn bad_input_and_protocol_details() {
         "timeout",
     )
     .await;
-    let (s, h, _) = api
-        .call(
-            M::PUT,
-            "/v1/nodes/n1/states/provision",
-            "1.115",
-            Some(json!({"target": "manage"})),
-        )
-        .await;
+    let (s, h, _) = api.call(M::PUT, "/v1/nodes/n1/states/provision", "1.115", Some(json!({"target": "manage"}))).await;
     assert_eq!(s, StatusCode::ACCEPTED);
-    assert_eq!(
-        h["location"].to_str().unwrap(),
-        format!("{}/v1/nodes/n1/states", ferric.endpoint)
-    );
+    assert_eq!(h["location"].to_str().unwrap(), format!("{}/v1/nodes/n1/states", ferric.endpoint));
     api.wait_state("n1", "manageable").await;
     api.fault(
         M::PUT,
@@ -477,14 +337,14 @@ async fn bad_input_and_protocol_details() {
     )
     .await;
     // a manual clean with given steps returns to manageable
-    api.ok(M::PUT, "/v1/nodes/n1/states/provision", Some(json!({"target": "clean", "clean_steps": [{"interface": "deploy", "step": "erase_devices"}]}))).await;
-    api.wait_state("n1", "manageable").await;
     api.ok(
         M::PUT,
         "/v1/nodes/n1/states/provision",
-        Some(json!({"target": "provide"})),
+        Some(json!({"target": "clean", "clean_steps": [{"interface": "deploy", "step": "erase_devices"}]})),
     )
     .await;
+    api.wait_state("n1", "manageable").await;
+    api.ok(M::PUT, "/v1/nodes/n1/states/provision", Some(json!({"target": "provide"}))).await;
     api.wait_state("n1", "available").await;
 
     // a slow deploy holds the lock: changes get 409 NodeLocked, delete 409
@@ -494,25 +354,11 @@ async fn bad_input_and_protocol_details() {
         p(json!([{"op": "add", "path": "/driver_info/fake_step_delay_ms", "value": 1500}])),
     )
     .await;
-    api.ok(
-        M::PUT,
-        "/v1/nodes/n1/states/provision",
-        Some(json!({"target": "active"})),
-    )
-    .await;
+    api.ok(M::PUT, "/v1/nodes/n1/states/provision", Some(json!({"target": "active"}))).await;
     let n = api.ok(M::GET, "/v1/nodes/n1", None).await;
-    assert_eq!(
-        n["provision_state"], "deploying",
-        "the transient state is persisted before the 202"
-    );
+    assert_eq!(n["provision_state"], "deploying", "the transient state is persisted before the 202");
     assert_eq!(n["target_provision_state"], "active");
-    assert!(
-        n["reservation"]
-            .as_str()
-            .unwrap()
-            .starts_with("conductor-1/"),
-        "{n}"
-    );
+    assert!(n["reservation"].as_str().unwrap().starts_with("conductor-1/"), "{n}");
     api.fault(
         M::PATCH,
         "/v1/nodes/n1",
@@ -531,29 +377,12 @@ async fn bad_input_and_protocol_details() {
         "is locked by host",
     )
     .await;
-    api.fault(M::DELETE, "/v1/nodes/n1", "1.115", None, 409, "locked")
-        .await;
+    api.fault(M::DELETE, "/v1/nodes/n1", "1.115", None, 409, "locked").await;
     api.wait_state("n1", "active").await;
     let n = api.ok(M::GET, "/v1/nodes/n1", None).await;
     assert_eq!(n["reservation"], Value::Null, "the lock is released");
-    api.fault(
-        M::DELETE,
-        "/v1/nodes/n1",
-        "1.115",
-        None,
-        409,
-        "Can not delete node",
-    )
-    .await;
-    api.fault(
-        M::PUT,
-        "/v1/nodes/n1/states/provision",
-        "1.72",
-        Some(json!({"target": "undeploy"})),
-        406,
-        "1.73",
-    )
-    .await;
+    api.fault(M::DELETE, "/v1/nodes/n1", "1.115", None, 409, "Can not delete node").await;
+    api.fault(M::PUT, "/v1/nodes/n1/states/provision", "1.72", Some(json!({"target": "undeploy"})), 406, "1.73").await;
     // a failing step fails the deploy with a clear last_error
     api.ok(
         M::PATCH,
@@ -563,53 +392,21 @@ async fn bad_input_and_protocol_details() {
         {"op": "add", "path": "/driver_info/fake_fail_step", "value": "deploy.write_image"}])),
     )
     .await;
-    api.ok(
-        M::PUT,
-        "/v1/nodes/n1/states/provision",
-        Some(json!({"target": "rebuild"})),
-    )
-    .await;
+    api.ok(M::PUT, "/v1/nodes/n1/states/provision", Some(json!({"target": "rebuild"}))).await;
     api.wait_state("n1", "deploy failed").await;
     let n = api.ok(M::GET, "/v1/nodes/n1", None).await;
-    assert!(
-        n["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("deploy.write_image"),
-        "{n}"
-    );
+    assert!(n["last_error"].as_str().unwrap().contains("deploy.write_image"), "{n}");
     assert_eq!(n["target_provision_state"], Value::Null);
 
     // --- maintenance
-    let (s, _, _) = api
-        .call(
-            M::PUT,
-            "/v1/nodes/n1/maintenance",
-            "1.115",
-            Some(json!({"reason": "disk"})),
-        )
-        .await;
+    let (s, _, _) = api.call(M::PUT, "/v1/nodes/n1/maintenance", "1.115", Some(json!({"reason": "disk"}))).await;
     assert_eq!(s, StatusCode::ACCEPTED);
     let n = api.ok(M::GET, "/v1/nodes/n1", None).await;
-    assert_eq!(
-        (n["maintenance"].clone(), n["maintenance_reason"].clone()),
-        (json!(true), json!("disk"))
-    );
-    api.fault(
-        M::PUT,
-        "/v1/nodes/n1/states/provision",
-        "1.115",
-        Some(json!({"target": "active"})),
-        400,
-        "maintenance",
-    )
-    .await;
-    api.call(M::DELETE, "/v1/nodes/n1/maintenance", "1.115", None)
+    assert_eq!((n["maintenance"].clone(), n["maintenance_reason"].clone()), (json!(true), json!("disk")));
+    api.fault(M::PUT, "/v1/nodes/n1/states/provision", "1.115", Some(json!({"target": "active"})), 400, "maintenance")
         .await;
-    assert_eq!(
-        api.ok(M::GET, "/v1/nodes/n1", None).await["maintenance"],
-        false
-    );
+    api.call(M::DELETE, "/v1/nodes/n1/maintenance", "1.115", None).await;
+    assert_eq!(api.ok(M::GET, "/v1/nodes/n1", None).await["maintenance"], false);
 
     // --- ports
     api.fault(
@@ -621,22 +418,17 @@ async fn bad_input_and_protocol_details() {
         "Expected a MAC address but received zz:zz.",
     )
     .await;
+    api.fault(M::POST, "/v1/ports", "1.115", Some(json!({"address": "52:54:00:00:00:01"})), 400, "node_uuid").await;
     api.fault(
         M::POST,
         "/v1/ports",
         "1.115",
-        Some(json!({"address": "52:54:00:00:00:01"})),
+        Some(json!({"address": "52:54:00:00:00:01", "node_uuid": "00000000-0000-0000-0000-000000000000"})),
         400,
-        "node_uuid",
+        "could not be found",
     )
     .await;
-    api.fault(M::POST, "/v1/ports", "1.115", Some(json!({"address": "52:54:00:00:00:01", "node_uuid": "00000000-0000-0000-0000-000000000000"})), 400, "could not be found").await;
-    api.ok(
-        M::POST,
-        "/v1/ports",
-        Some(json!({"address": "52:54:00:00:00:01", "node_uuid": uuid})),
-    )
-    .await;
+    api.ok(M::POST, "/v1/ports", Some(json!({"address": "52:54:00:00:00:01", "node_uuid": uuid}))).await;
     api.fault(
         M::POST,
         "/v1/ports",
@@ -646,19 +438,16 @@ async fn bad_input_and_protocol_details() {
         "A port with MAC address 52:54:00:00:00:01 already exists.",
     )
     .await;
-    api.fault(
-        M::GET,
-        "/v1/ports/00000000-0000-0000-0000-000000000000",
-        "1.115",
-        None,
-        404,
-        "could not be found",
-    )
-    .await;
+    api.fault(M::GET, "/v1/ports/00000000-0000-0000-0000-000000000000", "1.115", None, 404, "could not be found").await;
 
     // --- lists: paging, sorting, fields, filters
     for i in 0..5 {
-        api.ok(M::POST, "/v1/nodes", Some(json!({"driver": "fake-hardware", "name": format!("page-{i}"), "resource_class": "rc-page"}))).await;
+        api.ok(
+            M::POST,
+            "/v1/nodes",
+            Some(json!({"driver": "fake-hardware", "name": format!("page-{i}"), "resource_class": "rc-page"})),
+        )
+        .await;
     }
     let mut seen = Vec::new();
     let mut url = "/v1/nodes?limit=2&resource_class=rc-page".to_string();
@@ -666,138 +455,38 @@ async fn bad_input_and_protocol_details() {
         let page = api.ok(M::GET, &url, None).await;
         let items = page["nodes"].as_array().unwrap();
         assert!(items.len() <= 2);
-        seen.extend(
-            items
-                .iter()
-                .map(|n| n["name"].as_str().unwrap().to_string()),
-        );
+        seen.extend(items.iter().map(|n| n["name"].as_str().unwrap().to_string()));
         match page.get("next").and_then(Value::as_str) {
             Some(next) => url = next.strip_prefix(&ferric.endpoint).unwrap().to_string(),
             None => break,
         }
     }
     assert_eq!(seen, ["page-0", "page-1", "page-2", "page-3", "page-4"]);
-    let desc = api
-        .ok(
-            M::GET,
-            "/v1/nodes?resource_class=rc-page&sort_key=name&sort_dir=desc&limit=3",
-            None,
-        )
-        .await;
-    let names: Vec<&str> = desc["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["name"].as_str().unwrap())
-        .collect();
+    let desc = api.ok(M::GET, "/v1/nodes?resource_class=rc-page&sort_key=name&sort_dir=desc&limit=3", None).await;
+    let names: Vec<&str> = desc["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["page-4", "page-3", "page-2"]);
-    api.fault(
-        M::GET,
-        "/v1/nodes?sort_key=driver_info",
-        "1.115",
-        None,
-        400,
-        "is an invalid field for sorting",
-    )
-    .await;
-    api.fault(
-        M::GET,
-        "/v1/nodes?sort_dir=up",
-        "1.115",
-        None,
-        400,
-        "Invalid sort direction",
-    )
-    .await;
-    api.fault(
-        M::GET,
-        "/v1/nodes?limit=-1",
-        "1.115",
-        None,
-        400,
-        "Limit must be positive",
-    )
-    .await;
-    api.fault(
-        M::GET,
-        "/v1/nodes?marker=00000000-0000-0000-0000-000000000000",
-        "1.115",
-        None,
-        400,
-        "Marker",
-    )
-    .await;
-    api.fault(
-        M::GET,
-        "/v1/nodes?fields=uuid,bogus",
-        "1.115",
-        None,
-        400,
-        "bogus",
-    )
-    .await;
-    api.fault(M::GET, "/v1/nodes?fields=uuid", "1.7", None, 406, "1.8")
-        .await;
-    let narrow = api
-        .ok(
-            M::GET,
-            "/v1/nodes?fields=uuid,provision_state&resource_class=rc-page",
-            None,
-        )
-        .await;
+    api.fault(M::GET, "/v1/nodes?sort_key=driver_info", "1.115", None, 400, "is an invalid field for sorting").await;
+    api.fault(M::GET, "/v1/nodes?sort_dir=up", "1.115", None, 400, "Invalid sort direction").await;
+    api.fault(M::GET, "/v1/nodes?limit=-1", "1.115", None, 400, "Limit must be positive").await;
+    api.fault(M::GET, "/v1/nodes?marker=00000000-0000-0000-0000-000000000000", "1.115", None, 400, "Marker").await;
+    api.fault(M::GET, "/v1/nodes?fields=uuid,bogus", "1.115", None, 400, "bogus").await;
+    api.fault(M::GET, "/v1/nodes?fields=uuid", "1.7", None, 406, "1.8").await;
+    let narrow = api.ok(M::GET, "/v1/nodes?fields=uuid,provision_state&resource_class=rc-page", None).await;
     let keys: Vec<&String> = narrow["nodes"][0].as_object().unwrap().keys().collect();
     assert_eq!(keys, ["links", "provision_state", "uuid"]);
-    let list = api
-        .ok(M::GET, "/v1/nodes?resource_class=rc-page", None)
-        .await;
-    assert_eq!(
-        list["nodes"][0].as_object().unwrap().len(),
-        7,
-        "a list item has Ironic's seven fields"
-    );
-    let detail = api
-        .ok(M::GET, "/v1/nodes/detail?resource_class=rc-page", None)
-        .await;
-    assert_eq!(
-        detail["nodes"][0].as_object().unwrap().len(),
-        69,
-        "detail has every field at 1.115"
-    );
+    let list = api.ok(M::GET, "/v1/nodes?resource_class=rc-page", None).await;
+    assert_eq!(list["nodes"][0].as_object().unwrap().len(), 7, "a list item has Ironic's seven fields");
+    let detail = api.ok(M::GET, "/v1/nodes/detail?resource_class=rc-page", None).await;
+    assert_eq!(detail["nodes"][0].as_object().unwrap().len(), 69, "detail has every field at 1.115");
     let maint = api.ok(M::GET, "/v1/nodes?maintenance=true", None).await;
     assert!(maint["nodes"].as_array().unwrap().is_empty());
-    api.fault(
-        M::GET,
-        "/v1/nodes?maintenance=maybe",
-        "1.115",
-        None,
-        400,
-        "maintenance",
-    )
-    .await;
-    api.fault(
-        M::GET,
-        "/v1/nodes?provision_state=flying",
-        "1.115",
-        None,
-        400,
-        "provision_state",
-    )
-    .await;
+    api.fault(M::GET, "/v1/nodes?maintenance=maybe", "1.115", None, 400, "maintenance").await;
+    api.fault(M::GET, "/v1/nodes?provision_state=flying", "1.115", None, 400, "provision_state").await;
 
     // --- drivers and conductors
-    api.fault(M::GET, "/v1/drivers/ipmi", "1.115", None, 404, "ipmi")
-        .await;
-    api.fault(M::GET, "/v1/conductors", "1.48", None, 404, "")
-        .await;
-    api.fault(
-        M::GET,
-        "/v1/conductors/nope",
-        "1.115",
-        None,
-        404,
-        "Conductor nope could not be found.",
-    )
-    .await;
+    api.fault(M::GET, "/v1/drivers/ipmi", "1.115", None, 404, "ipmi").await;
+    api.fault(M::GET, "/v1/conductors", "1.48", None, 404, "").await;
+    api.fault(M::GET, "/v1/conductors/nope", "1.115", None, 404, "Conductor nope could not be found.").await;
     api.fault(
         M::POST,
         "/v1/nodes/n1/vendor_passthru/nope",
@@ -807,32 +496,12 @@ async fn bad_input_and_protocol_details() {
         "No handler for method nope",
     )
     .await;
-    api.fault(
-        M::GET,
-        "/v1/nodes/n1/vendor_passthru/second_method",
-        "1.115",
-        None,
-        400,
-        "does not support HTTP GET",
-    )
-    .await;
-    let (s, h, b) = api
-        .call(
-            M::GET,
-            "/v1/nodes/n1/vendor_passthru?method=get_log",
-            "1.115",
-            None,
-        )
+    api.fault(M::GET, "/v1/nodes/n1/vendor_passthru/second_method", "1.115", None, 400, "does not support HTTP GET")
         .await;
+    let (s, h, b) = api.call(M::GET, "/v1/nodes/n1/vendor_passthru?method=get_log", "1.115", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(h["content-disposition"], "attachment");
     assert_eq!(b, format!("log of node {uuid}\n"));
-    let r = api
-        .ok(
-            M::POST,
-            "/v1/drivers/fake-hardware/vendor_passthru/driver_method",
-            Some(json!({"x": 1})),
-        )
-        .await;
+    let r = api.ok(M::POST, "/v1/drivers/fake-hardware/vendor_passthru/driver_method", Some(json!({"x": 1}))).await;
     assert_eq!(r, json!({"args": {"x": 1}}));
 }

@@ -8,11 +8,7 @@ use ferric_tests::{Ferric, Postgres, venv};
 
 fn run_sdk(endpoint: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sdk_lifecycle.py");
-    let out = Command::new(venv().join("bin/python"))
-        .arg(script)
-        .arg(endpoint)
-        .output()
-        .expect("run python");
+    let out = Command::new(venv().join("bin/python")).arg(script).arg(endpoint).output().expect("run python");
     assert!(
         out.status.success(),
         "openstacksdk lifecycle failed:\n{}\n{}",

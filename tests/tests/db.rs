@@ -18,10 +18,7 @@ fn node(name: &str) -> Node {
 async fn suite(db: Db) {
     // create / get / by name, JSON and timestamps round-trip
     let mut a = node("a");
-    a.driver_info = json!({"k": "v", "nested": {"x": [1, 2]}})
-        .as_object()
-        .unwrap()
-        .clone();
+    a.driver_info = json!({"k": "v", "nested": {"x": [1, 2]}}).as_object().unwrap().clone();
     a.traits = vec!["CUSTOM_X".into()];
     a.provision_updated_at = Some(Utc::now());
     db.create_node(&a).await.unwrap();
@@ -34,43 +31,25 @@ async fn suite(db: Db) {
         a.provision_updated_at.unwrap().timestamp_micros()
     );
     assert_eq!(db.get_node_by_name("a").await.unwrap().uuid, a.uuid);
-    assert!(matches!(
-        db.get_node(Uuid::new_v4()).await,
-        Err(DbError::NotFound)
-    ));
+    assert!(matches!(db.get_node(Uuid::new_v4()).await, Err(DbError::NotFound)));
 
     // unique constraints name the field
-    assert!(matches!(
-        db.create_node(&node("a")).await,
-        Err(DbError::Duplicate { field: "name" })
-    ));
+    assert!(matches!(db.create_node(&node("a")).await, Err(DbError::Duplicate { field: "name" })));
     let mut dup = node("b");
     dup.uuid = a.uuid;
-    assert!(matches!(
-        db.create_node(&dup).await,
-        Err(DbError::Duplicate { field: "uuid" })
-    ));
+    assert!(matches!(db.create_node(&dup).await, Err(DbError::Duplicate { field: "uuid" })));
 
     // locks: one holder at a time, conditional writes
     match db.reserve_node(a.uuid, "inc-1").await.unwrap() {
         LockOutcome::Acquired(n) => assert_eq!(n.reservation.as_deref(), Some("inc-1")),
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        db.reserve_node(a.uuid, "inc-2").await.unwrap(),
-        LockOutcome::Busy("inc-1".into())
-    );
-    assert_eq!(
-        db.reserve_node(Uuid::new_v4(), "inc-2").await.unwrap(),
-        LockOutcome::NotFound
-    );
+    assert_eq!(db.reserve_node(a.uuid, "inc-2").await.unwrap(), LockOutcome::Busy("inc-1".into()));
+    assert_eq!(db.reserve_node(Uuid::new_v4(), "inc-2").await.unwrap(), LockOutcome::NotFound);
     let mut changed = db.get_node(a.uuid).await.unwrap();
     changed.provision_state = ProvisionState::Verifying;
     changed.target_provision_state = Some(ProvisionState::Manageable);
-    assert!(
-        !db.save_node_locked(&changed, "inc-2").await.unwrap(),
-        "a non-holder cannot write"
-    );
+    assert!(!db.save_node_locked(&changed, "inc-2").await.unwrap(), "a non-holder cannot write");
     assert!(db.save_node_locked(&changed, "inc-1").await.unwrap());
     let got = db.get_node(a.uuid).await.unwrap();
     assert_eq!(got.provision_state, ProvisionState::Verifying);
@@ -95,121 +74,54 @@ async fn suite(db: Db) {
     }
     let q = |rc: &str, limit: Option<i64>, marker: Option<Uuid>, key: &str, desc: bool| NodeQuery {
         resource_class: Some(rc.into()),
-        paging: Paging {
-            limit,
-            marker,
-            sort_key: key.into(),
-            descending: desc,
-        },
+        paging: Paging { limit, marker, sort_key: key.into(), descending: desc },
         ..Default::default()
     };
-    let even = db
-        .list_nodes(&q("even", None, None, "id", false))
-        .await
-        .unwrap();
-    assert_eq!(
-        even.iter()
-            .map(|n| n.name.clone().unwrap())
-            .collect::<Vec<_>>(),
-        ["p0", "p2", "p4", "p6"]
-    );
-    let page1 = db
-        .list_nodes(&q("even", Some(2), None, "name", true))
-        .await
-        .unwrap();
-    let page2 = db
-        .list_nodes(&q("even", Some(2), Some(page1[1].uuid), "name", true))
-        .await
-        .unwrap();
-    let names: Vec<String> = page1
-        .iter()
-        .chain(&page2)
-        .map(|n| n.name.clone().unwrap())
-        .collect();
+    let even = db.list_nodes(&q("even", None, None, "id", false)).await.unwrap();
+    assert_eq!(even.iter().map(|n| n.name.clone().unwrap()).collect::<Vec<_>>(), ["p0", "p2", "p4", "p6"]);
+    let page1 = db.list_nodes(&q("even", Some(2), None, "name", true)).await.unwrap();
+    let page2 = db.list_nodes(&q("even", Some(2), Some(page1[1].uuid), "name", true)).await.unwrap();
+    let names: Vec<String> = page1.iter().chain(&page2).map(|n| n.name.clone().unwrap()).collect();
     assert_eq!(names, ["p6", "p4", "p2", "p0"]);
     assert!(matches!(
-        db.list_nodes(&q("even", Some(2), Some(Uuid::new_v4()), "id", false))
-            .await,
+        db.list_nodes(&q("even", Some(2), Some(Uuid::new_v4()), "id", false)).await,
         Err(DbError::NotFound)
     ));
-    let like = NodeQuery {
-        description_contains: Some("k_3%".into()),
-        ..Default::default()
-    };
-    assert_eq!(
-        db.list_nodes(&like).await.unwrap().len(),
-        1,
-        "LIKE wildcards in the filter are literal"
-    );
-    let by_part = NodeQuery {
-        partitions: Some(vec![a.ring_partition]),
-        ..Default::default()
-    };
-    assert!(
-        db.list_nodes(&by_part)
-            .await
-            .unwrap()
-            .iter()
-            .any(|n| n.uuid == a.uuid)
-    );
-    let none = NodeQuery {
-        partitions: Some(vec![]),
-        ..Default::default()
-    };
+    let like = NodeQuery { description_contains: Some("k_3%".into()), ..Default::default() };
+    assert_eq!(db.list_nodes(&like).await.unwrap().len(), 1, "LIKE wildcards in the filter are literal");
+    let by_part = NodeQuery { partitions: Some(vec![a.ring_partition]), ..Default::default() };
+    assert!(db.list_nodes(&by_part).await.unwrap().iter().any(|n| n.uuid == a.uuid));
+    let none = NodeQuery { partitions: Some(vec![]), ..Default::default() };
     assert!(db.list_nodes(&none).await.unwrap().is_empty());
 
     // ports: unique MAC, cascade with the node
     let p = Port::new(Uuid::new_v4(), "52:54:00:00:00:01", b.uuid);
     db.create_port(&p).await.unwrap();
     let p2 = Port::new(Uuid::new_v4(), "52:54:00:00:00:01", b.uuid);
-    assert!(matches!(
-        db.create_port(&p2).await,
-        Err(DbError::Duplicate { field: "address" })
-    ));
+    assert!(matches!(db.create_port(&p2).await, Err(DbError::Duplicate { field: "address" })));
     let mut p3 = p.clone();
     p3.extra = json!({"switch": "sw1"}).as_object().unwrap().clone();
     db.update_port(&p3).await.unwrap();
     assert_eq!(db.get_port(p.uuid).await.unwrap().extra, p3.extra);
-    let listed = db
-        .list_ports(&PortQuery {
-            node_uuid: Some(b.uuid),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let listed = db.list_ports(&PortQuery { node_uuid: Some(b.uuid), ..Default::default() }).await.unwrap();
     assert_eq!(listed.len(), 1);
     db.reserve_node(b.uuid, "inc-9").await.unwrap();
-    assert!(
-        !db.delete_node_locked(b.uuid, "inc-1").await.unwrap(),
-        "delete needs the lock"
-    );
+    assert!(!db.delete_node_locked(b.uuid, "inc-1").await.unwrap(), "delete needs the lock");
     assert!(db.delete_node_locked(b.uuid, "inc-9").await.unwrap());
-    assert!(
-        matches!(db.get_port(p.uuid).await, Err(DbError::NotFound)),
-        "ports go with their node"
-    );
+    assert!(matches!(db.get_port(p.uuid).await, Err(DbError::NotFound)), "ports go with their node");
 
     // history keeps order
-    db.record_history(a.uuid, "c1", "c1/1", "step", "deploying deploy.deploy")
-        .await
-        .unwrap();
-    db.record_history(a.uuid, "c2", "c2/1", "resume", "deploying at step 1")
-        .await
-        .unwrap();
+    db.record_history(a.uuid, "c1", "c1/1", "step", "deploying deploy.deploy").await.unwrap();
+    db.record_history(a.uuid, "c2", "c2/1", "resume", "deploying at step 1").await.unwrap();
     let h = db.history(a.uuid).await.unwrap();
-    assert_eq!(
-        h.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(),
-        ["step", "resume"]
-    );
+    assert_eq!(h.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(), ["step", "resume"]);
     assert_eq!(h[1].conductor, "c2");
 }
 
 #[tokio::test]
 async fn same_behaviour_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::connect(&format!("sqlite://{}/t.sqlite", dir.path().display()), 4)
-        .await
-        .unwrap();
+    let db = Db::connect(&format!("sqlite://{}/t.sqlite", dir.path().display()), 4).await.unwrap();
     suite(db).await;
 }
 

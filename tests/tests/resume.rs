@@ -9,23 +9,12 @@ use ferric_tests::{Ferric, http};
 use serde_json::{Value, json};
 
 async fn get(c: &reqwest::Client, base: &str, path: &str) -> Value {
-    let r = c
-        .get(format!("{base}{path}"))
-        .header("X-OpenStack-Ironic-API-Version", "1.115")
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(format!("{base}{path}")).header("X-OpenStack-Ironic-API-Version", "1.115").send().await.unwrap();
     assert!(r.status().is_success(), "GET {path}: {}", r.status());
     r.json().await.unwrap()
 }
 
-async fn send(
-    c: &reqwest::Client,
-    method: reqwest::Method,
-    base: &str,
-    path: &str,
-    body: Value,
-) -> Value {
+async fn send(c: &reqwest::Client, method: reqwest::Method, base: &str, path: &str, body: Value) -> Value {
     let r = c
         .request(method, format!("{base}{path}"))
         .header("X-OpenStack-Ironic-API-Version", "1.115")
@@ -39,31 +28,16 @@ async fn send(
     serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
-async fn wait_for(
-    c: &reqwest::Client,
-    base: &str,
-    node: &str,
-    what: &str,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
+async fn wait_for(c: &reqwest::Client, base: &str, node: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
         let n = get(c, base, &format!("/v1/nodes/{node}")).await;
         if pred(&n) {
             return n;
         }
-        let s = n["provision_state"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        assert!(
-            !s.ends_with("failed") && s != "error",
-            "node failed while waiting for {what}: {n}"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}: {n}"
-        );
+        let s = n["provision_state"].as_str().unwrap_or_default().to_string();
+        assert!(!s.ends_with("failed") && s != "error", "node failed while waiting for {what}: {n}");
+        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}: {n}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -82,46 +56,19 @@ async fn deploy_until_second_step(c: &reqwest::Client, base: &str) -> String {
     .await;
     let uuid = n["uuid"].as_str().unwrap().to_string();
     for (verb, state) in [("manage", "manageable"), ("provide", "available")] {
-        send(
-            c,
-            reqwest::Method::PUT,
-            base,
-            "/v1/nodes/slow/states/provision",
-            json!({"target": verb}),
-        )
-        .await;
+        send(c, reqwest::Method::PUT, base, "/v1/nodes/slow/states/provision", json!({"target": verb})).await;
         wait_for(c, base, "slow", state, |n| n["provision_state"] == state).await;
     }
-    send(
-        c,
-        reqwest::Method::PUT,
-        base,
-        "/v1/nodes/slow/states/provision",
-        json!({"target": "active"}),
-    )
-    .await;
-    wait_for(c, base, "slow", "step write_image", |n| {
-        n["deploy_step"]["step"] == "write_image"
-    })
-    .await;
+    send(c, reqwest::Method::PUT, base, "/v1/nodes/slow/states/provision", json!({"target": "active"})).await;
+    wait_for(c, base, "slow", "step write_image", |n| n["deploy_step"]["step"] == "write_image").await;
     uuid
 }
 
 async fn history(ferric: &Ferric, uuid: &str) -> Vec<(String, String, String)> {
-    let db = Db::connect(
-        &format!(
-            "sqlite://{}/ferric.sqlite",
-            ferric.data_dir.path().display()
-        ),
-        1,
-    )
-    .await
-    .unwrap();
+    let db = Db::connect(&format!("sqlite://{}/ferric.sqlite", ferric.data_dir.path().display()), 1).await.unwrap();
     let h = db.history(uuid.parse().unwrap()).await.unwrap();
     db.close().await;
-    h.into_iter()
-        .map(|e| (e.incarnation, e.event, e.detail))
-        .collect()
+    h.into_iter().map(|e| (e.incarnation, e.event, e.detail)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -134,36 +81,19 @@ async fn sigkill_mid_deploy_then_restart_resumes() {
     let dead = before["reservation"].as_str().unwrap().to_string();
 
     ferric.restart(&[]);
-    let n = wait_for(&c, &base, "slow", "active", |n| {
-        n["provision_state"] == "active"
-    })
-    .await;
+    let n = wait_for(&c, &base, "slow", "active", |n| n["provision_state"] == "active").await;
     assert_eq!(n["reservation"], Value::Null);
     assert_eq!(n["power_state"], "power on");
-    assert!(
-        n["driver_internal_info"].get("ferric_operation").is_none(),
-        "the operation record is gone: {n}"
-    );
+    assert!(n["driver_internal_info"].get("ferric_operation").is_none(), "the operation record is gone: {n}");
 
     let h = history(&ferric, &uuid).await;
-    let steps = |name: &str| {
-        h.iter()
-            .filter(|(_, e, d)| e == "step" && d.ends_with(name))
-            .count()
-    };
-    assert_eq!(
-        steps("deploy.deploy"),
-        1,
-        "the finished first step is not run again: {h:?}"
-    );
+    let steps = |name: &str| h.iter().filter(|(_, e, d)| e == "step" && d.ends_with(name)).count();
+    assert_eq!(steps("deploy.deploy"), 1, "the finished first step is not run again: {h:?}");
     assert!(steps("deploy.write_image") >= 1);
     let resumed: Vec<_> = h.iter().filter(|(_, e, _)| e == "resume").collect();
     assert_eq!(resumed.len(), 1, "{h:?}");
     assert_ne!(resumed[0].0, dead, "a new incarnation resumed it");
-    let done = h
-        .iter()
-        .find(|(_, e, d)| e == "done" && d.starts_with("deploying"))
-        .expect("deploy finished");
+    let done = h.iter().find(|(_, e, d)| e == "done" && d.starts_with("deploying")).expect("deploy finished");
     assert_ne!(done.0, dead);
 }
 
@@ -177,15 +107,7 @@ async fn sigterm_mid_deploy_hands_off_at_a_step_boundary() {
     let status = ferric.stop().expect("was running");
     assert!(status.success(), "graceful stop exits 0, got {status}");
     // stopped between steps: lock released, record kept, still deploying
-    let db = Db::connect(
-        &format!(
-            "sqlite://{}/ferric.sqlite",
-            ferric.data_dir.path().display()
-        ),
-        1,
-    )
-    .await
-    .unwrap();
+    let db = Db::connect(&format!("sqlite://{}/ferric.sqlite", ferric.data_dir.path().display()), 1).await.unwrap();
     let n = db.get_node(uuid.parse().unwrap()).await.unwrap();
     db.close().await;
     assert_eq!(n.reservation, None, "the lock was released on shutdown");
@@ -194,16 +116,7 @@ async fn sigterm_mid_deploy_hands_off_at_a_step_boundary() {
     assert!(record["next"].as_u64().unwrap() >= 2, "{record}");
 
     ferric.restart(&[]);
-    wait_for(&c, &base, "slow", "active", |n| {
-        n["provision_state"] == "active"
-    })
-    .await;
+    wait_for(&c, &base, "slow", "active", |n| n["provision_state"] == "active").await;
     let h = history(&ferric, &uuid).await;
-    assert_eq!(
-        h.iter()
-            .filter(|(_, e, d)| e == "step" && d.ends_with("deploy.write_image"))
-            .count(),
-        1,
-        "{h:?}"
-    );
+    assert_eq!(h.iter().filter(|(_, e, d)| e == "step" && d.ends_with("deploy.write_image")).count(), 1, "{h:?}");
 }

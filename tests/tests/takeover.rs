@@ -12,16 +12,11 @@ use serde_json::{Value, json};
 const TTL: u64 = 2;
 
 /// (incarnation, event, detail, at) per node, from the operation log.
-async fn history(
-    cl: &Cluster,
-    uuid: &str,
-) -> Vec<(String, String, String, chrono::DateTime<chrono::Utc>)> {
+async fn history(cl: &Cluster, uuid: &str) -> Vec<(String, String, String, chrono::DateTime<chrono::Utc>)> {
     let db = Db::connect(&cl.db_url, 1).await.unwrap();
     let h = db.history(uuid.parse().unwrap()).await.unwrap();
     db.close().await;
-    h.into_iter()
-        .map(|e| (e.incarnation, e.event, e.detail, e.created_at))
-        .collect()
+    h.into_iter().map(|e| (e.incarnation, e.event, e.detail, e.created_at)).collect()
 }
 
 /// No two incarnations acted on a node in overlapping time: the log, in
@@ -40,10 +35,8 @@ fn assert_no_overlap(uuid: &str, h: &[(String, String, String, chrono::DateTime<
 }
 
 async fn to_available(cl: &Cluster, uuids: &[String]) {
-    cl.drive(uuids, "manage", "manageable", Duration::from_secs(60))
-        .await;
-    cl.drive(uuids, "provide", "available", Duration::from_secs(60))
-        .await;
+    cl.drive(uuids, "manage", "manageable", Duration::from_secs(60)).await;
+    cl.drive(uuids, "provide", "available", Duration::from_secs(60)).await;
 }
 
 async fn set_delay(cl: &Cluster, uuids: &[String], ms: u64) {
@@ -60,61 +53,39 @@ async fn set_delay(cl: &Cluster, uuids: &[String], ms: u64) {
 fn owner_counts(nodes: &BTreeMap<String, Value>) -> HashMap<String, Vec<String>> {
     let mut m: HashMap<String, Vec<String>> = HashMap::new();
     for (u, n) in nodes {
-        m.entry(n["conductor"].as_str().unwrap_or("").to_string())
-            .or_default()
-            .push(u.clone());
+        m.entry(n["conductor"].as_str().unwrap_or("").to_string()).or_default().push(u.clone());
     }
     m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_mid_deploy_every_deploy_finishes() {
-    let n: usize = std::env::var("FERRIC_CHAOS_NODES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let n: usize = std::env::var("FERRIC_CHAOS_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     let mut cl = Cluster::start(3, TTL, &[]);
     cl.wait_conductors(3).await;
     let uuids = cl.create_nodes("d", n, json!({})).await;
     to_available(&cl, &uuids).await;
-    // four deploy steps of 1.5 s each: every deploy is still running when
+    // four deploy steps of 2 s each: every deploy is still running when
     // the last request has been accepted
-    set_delay(&cl, &uuids, 1500).await;
-    for u in &uuids {
-        cl.ok(
-            Method::PUT,
-            &format!("/v1/nodes/{u}/states/provision"),
-            Some(json!({"target": "active"})),
-        )
-        .await;
-    }
+    set_delay(&cl, &uuids, 2000).await;
+    cl.act(&uuids, "active").await;
     // kill the conductor that owns the most nodes (about a third), mid-deploy
     let before = cl.nodes().await;
     let by_owner = owner_counts(&before);
-    let (victim_id, _) = by_owner
-        .iter()
-        .max_by_key(|(id, v)| (v.len(), id.to_string()))
-        .unwrap();
+    let (victim_id, _) = by_owner.iter().max_by_key(|(id, v)| (v.len(), id.to_string())).unwrap();
     let victim: usize = victim_id.trim_start_matches('c').parse::<usize>().unwrap() - 1;
     let dead_inc = cl.status(victim).await.unwrap().incarnation;
     cl.conductors[victim].0.kill();
-    let victims: Vec<String> = by_owner[victim_id]
-        .iter()
-        .filter(|u| before[*u]["provision_state"] == "deploying")
-        .cloned()
-        .collect();
+    let victims: Vec<String> =
+        by_owner[victim_id].iter().filter(|u| before[*u]["provision_state"] == "deploying").cloned().collect();
     println!(
         "killed {victim_id} while {} of its {} nodes (of {n}) were deploying",
         victims.len(),
         by_owner[victim_id].len()
     );
-    assert!(
-        victims.len() * 4 >= n,
-        "the kill must land mid-deploy for about a third of the nodes"
-    );
+    assert!(victims.len() * 4 >= n, "the kill must land mid-deploy for about a third of the nodes");
 
-    cl.wait_all(&uuids, "active", Duration::from_secs(240))
-        .await;
+    cl.wait_all(&uuids, "active", Duration::from_secs(240)).await;
     let after = cl.nodes().await;
     for u in &uuids {
         let node = &after[u];
@@ -128,19 +99,12 @@ async fn sigkill_mid_deploy_every_deploy_finishes() {
     for u in &victims {
         let h = history(&cl, u).await;
         assert_no_overlap(u, &h);
-        let done = h
-            .iter()
-            .rev()
-            .find(|(_, e, d, _)| e == "done" && d.starts_with("deploying"))
-            .expect("deploy finished");
+        let done =
+            h.iter().rev().find(|(_, e, d, _)| e == "done" && d.starts_with("deploying")).expect("deploy finished");
         assert_ne!(done.0, dead_inc, "{u} finished by a live conductor");
         if h.iter().any(|(i, e, _, _)| i == &dead_inc && e == "step") {
             resumed += 1;
-            assert!(
-                h.iter()
-                    .any(|(i, e, _, _)| i != &dead_inc && (e == "take_over" || e == "resume")),
-                "{u}: {h:?}"
-            );
+            assert!(h.iter().any(|(i, e, _, _)| i != &dead_inc && (e == "take_over" || e == "resume")), "{u}: {h:?}");
         }
     }
     println!("{resumed} deploys started by the killed conductor were finished by another");
@@ -159,61 +123,28 @@ async fn drain_under_load_fails_nothing() {
     set_delay(&cl, &uuids, 300).await;
     let load = Load::start(&cl.api_url, uuids.clone());
     for u in &uuids {
-        cl.ok(
-            Method::PUT,
-            &format!("/v1/nodes/{u}/states/provision"),
-            Some(json!({"target": "active"})),
-        )
-        .await;
+        cl.ok(Method::PUT, &format!("/v1/nodes/{u}/states/provision"), Some(json!({"target": "active"}))).await;
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let held: Vec<String> = owner_counts(&cl.nodes().await)
-        .remove("c2")
-        .unwrap_or_default();
+    let held: Vec<String> = owner_counts(&cl.nodes().await).remove("c2").unwrap_or_default();
     assert!(!held.is_empty());
 
     let out = std::process::Command::new(ferric_tests::bin_dir().join("ferricctl"))
-        .args([
-            "--etcd-endpoints",
-            &cl.etcd.endpoint,
-            "--api",
-            &cl.api_url,
-            "conductor",
-            "drain",
-            "c2",
-            "--wait",
-        ])
+        .args(["--etcd-endpoints", &cl.etcd.endpoint, "--api", &cl.api_url, "conductor", "drain", "c2", "--wait"])
         .output()
         .expect("ferricctl");
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}");
-    assert!(
-        out.status.success(),
-        "ferricctl drain failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        text.contains("c2: draining") && text.contains("c2: drained and stopped"),
-        "{text}"
-    );
-    assert!(
-        text.contains("nodes still held"),
-        "progress is shown: {text}"
-    );
+    assert!(out.status.success(), "ferricctl drain failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("c2: draining") && text.contains("c2: drained and stopped"), "{text}");
+    assert!(text.contains("nodes still held"), "progress is shown: {text}");
     let status = cl.conductors[1].0.stop().expect("c2 was running");
-    assert!(
-        status.success(),
-        "the drained conductor exits cleanly: {status}"
-    );
+    assert!(status.success(), "the drained conductor exits cleanly: {status}");
 
-    cl.wait_all(&uuids, "active", Duration::from_secs(120))
-        .await;
+    cl.wait_all(&uuids, "active", Duration::from_secs(120)).await;
     let (ok, failed) = load.finish().await;
     println!("{ok} requests during the drain, {} failed", failed.len());
-    assert!(
-        failed.is_empty(),
-        "requests failed during the drain: {failed:?}"
-    );
+    assert!(failed.is_empty(), "requests failed during the drain: {failed:?}");
     let nodes = cl.nodes().await;
     for u in &held {
         let n = &nodes[u];
@@ -221,18 +152,10 @@ async fn drain_under_load_fails_nothing() {
         assert_eq!(n["reservation"], Value::Null);
         let h = history(&cl, u).await;
         assert_no_overlap(u, &h);
-        assert!(
-            h.iter()
-                .any(|(i, e, _, _)| !i.starts_with("c2/") && e == "take_over"),
-            "{u} was taken over: {h:?}"
-        );
+        assert!(h.iter().any(|(i, e, _, _)| !i.starts_with("c2/") && e == "take_over"), "{u} was taken over: {h:?}");
     }
     let v = cl.ok(Method::GET, "/v1/conductors", None).await;
-    assert_eq!(
-        v["conductors"].as_array().unwrap().len(),
-        2,
-        "c2 left the ring: {v}"
-    );
+    assert_eq!(v["conductors"].as_array().unwrap().len(), 2, "c2 left the ring: {v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -241,8 +164,7 @@ async fn conductor_killed_during_a_take_over_is_completed_by_the_next() {
     cl.wait_conductors(3).await;
     let uuids = cl.create_nodes("t", 30, json!({})).await;
     to_available(&cl, &uuids).await;
-    cl.drive(&uuids, "active", "active", Duration::from_secs(60))
-        .await;
+    cl.drive(&uuids, "active", "active", Duration::from_secs(60)).await;
     // every take-over hook now takes 3 s
     set_delay(&cl, &uuids, 3000).await;
     let inc2 = cl.status(1).await.unwrap().incarnation;
@@ -255,9 +177,7 @@ async fn conductor_killed_during_a_take_over_is_completed_by_the_next() {
         let mut mid = 0;
         for u in &c1_nodes {
             let n = db.get_node(u.parse().unwrap()).await.unwrap();
-            if n.reservation.as_deref() == Some(inc2.as_str())
-                && n.conductor_affinity.as_deref() == Some("c1")
-            {
+            if n.reservation.as_deref() == Some(inc2.as_str()) && n.conductor_affinity.as_deref() == Some("c1") {
                 mid += 1;
             }
         }
@@ -265,10 +185,7 @@ async fn conductor_killed_during_a_take_over_is_completed_by_the_next() {
             println!("c2 is taking over {mid} nodes; killing it");
             break;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "c2 never started a take-over"
-        );
+        assert!(start.elapsed() < Duration::from_secs(30), "c2 never started a take-over");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     db.close().await;
@@ -278,27 +195,18 @@ async fn conductor_killed_during_a_take_over_is_completed_by_the_next() {
     let start = Instant::now();
     loop {
         let nodes = db.list_nodes(&Default::default()).await.unwrap();
-        let pending = nodes
-            .iter()
-            .filter(|n| n.conductor_affinity.as_deref() != Some("c3") || n.reservation.is_some())
-            .count();
+        let pending =
+            nodes.iter().filter(|n| n.conductor_affinity.as_deref() != Some("c3") || n.reservation.is_some()).count();
         if pending == 0 {
             for n in &nodes {
                 assert_eq!(n.provision_state.as_str(), "active");
                 if c1_nodes.contains(&n.uuid.to_string()) {
-                    assert_eq!(
-                        n.driver_internal_info["fake_take_over"]["by"], "c3",
-                        "{}",
-                        n.uuid
-                    );
+                    assert_eq!(n.driver_internal_info["fake_take_over"]["by"], "c3", "{}", n.uuid);
                 }
             }
             break;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "{pending} nodes not taken over by c3"
-        );
+        assert!(start.elapsed() < Duration::from_secs(90), "{pending} nodes not taken over by c3");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     db.close().await;

@@ -7,11 +7,7 @@ use ferric_common::config::{Config, init_logging};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "ferric-conductor",
-    version,
-    about = "Ferric conductor process (membership in etcd, shared database)"
-)]
+#[command(name = "ferric-conductor", version, about = "Ferric conductor process (membership in etcd, shared database)")]
 struct Cli {
     /// TOML configuration file; FERRIC_<SECTION>__<KEY> variables and flags override it.
     #[arg(long, short, env = "FERRIC_CONFIG")]

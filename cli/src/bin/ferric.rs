@@ -8,11 +8,7 @@ use ferric_common::config::{Config, init_logging};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "ferric",
-    version,
-    about = "Ferric: bare-metal provisioning with an Ironic-compatible API"
-)]
+#[command(name = "ferric", version, about = "Ferric: bare-metal provisioning with an Ironic-compatible API")]
 struct Cli {
     /// TOML configuration file. Every key can also be set as
     /// FERRIC_<SECTION>__<KEY> (e.g. FERRIC_DATABASE__URL); flags win over both.
@@ -53,11 +49,7 @@ enum Mode {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let flags = match &cli.mode {
-        Mode::AllInOne {
-            common,
-            api,
-            conductor,
-        } => overrides(common, Some(api), Some(conductor)),
+        Mode::AllInOne { common, api, conductor } => overrides(common, Some(api), Some(conductor)),
         Mode::Api { common, api } => overrides(common, Some(api), None),
         Mode::Conductor { common, conductor } => overrides(common, None, Some(conductor)),
     };

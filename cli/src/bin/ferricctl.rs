@@ -7,19 +7,10 @@ use ferric_common::ring::{Member, MemberState};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "ferricctl",
-    version,
-    about = "Ferric operator CLI: the ring, node ownership, what-if rebalancing"
-)]
+#[command(name = "ferricctl", version, about = "Ferric operator CLI: the ring, node ownership, what-if rebalancing")]
 struct Cli {
     /// etcd endpoints, comma-separated
-    #[arg(
-        long,
-        env = "FERRIC_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
+    #[arg(long, env = "FERRIC_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     etcd_endpoints: Vec<String>,
     /// Ferric API base URL (for the node list)
     #[arg(long, env = "FERRIC_API_URL", default_value = "http://127.0.0.1:6385")]
@@ -108,21 +99,9 @@ fn main() -> anyhow::Result<()> {
                 let nodes = ctl::fetch_nodes(&cli.api).await?;
                 print!("{}", ctl::show(&ring, &nodes));
             }
-            Cmd::Ring {
-                cmd:
-                    RingCmd::Simulate {
-                        remove,
-                        add,
-                        add_group,
-                        add_hardware_types,
-                    },
-            } => {
+            Cmd::Ring { cmd: RingCmd::Simulate { remove, add, add_group, add_hardware_types } } => {
                 let hw = if add_hardware_types.is_empty() {
-                    let mut all: Vec<String> = ring
-                        .members()
-                        .iter()
-                        .flat_map(|m| m.hardware_types.clone())
-                        .collect();
+                    let mut all: Vec<String> = ring.members().iter().flat_map(|m| m.hardware_types.clone()).collect();
                     all.sort();
                     all.dedup();
                     all
@@ -144,18 +123,12 @@ fn main() -> anyhow::Result<()> {
                 let nodes = ctl::fetch_nodes(&cli.api).await?;
                 print!("{}", ctl::simulate(&ring, &nodes, &remove, &added)?);
             }
-            Cmd::Node {
-                cmd: NodeCmd::Owner { node },
-            } => {
+            Cmd::Node { cmd: NodeCmd::Owner { node } } => {
                 let n = ctl::fetch_node(&cli.api, &node).await?;
                 print!("{}", ctl::owner(&ring, &n));
             }
-            Cmd::Conductor {
-                cmd: ConductorCmd::Drain { id, wait },
-            } => {
-                let member = ring
-                    .member(&id)
-                    .ok_or_else(|| anyhow::anyhow!("no conductor {id:?} in the ring"))?;
+            Cmd::Conductor { cmd: ConductorCmd::Drain { id, wait } } => {
+                let member = ring.member(&id).ok_or_else(|| anyhow::anyhow!("no conductor {id:?} in the ring"))?;
                 ctl::drain(&member.grpc_url, &id, wait).await?;
             }
         }

@@ -10,14 +10,15 @@
 //! When etcd goes away, the watch breaks: the watcher keeps the ring it has,
 //! reconnects with back-off, re-reads the snapshot and publishes only if the
 //! members differ — an etcd restart that lost nobody changes no ownership.
-//! A conductor's keep-alive retries likewise; if its lease is gone when
-//! etcd answers again (it expired meanwhile), it registers again with a new
-//! lease and reports it on the `lost` receiver, so its owner can fence
-//! itself (fencing is the take-over issue's work).
+//! A conductor's keep-alive retries likewise and publishes, after every
+//! acknowledged renewal, until when the lease is surely valid; the
+//! conductor fences itself before that instant (see `ferric_conductor::fence`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
 use tokio::sync::{Mutex, watch};
@@ -75,25 +76,9 @@ impl EtcdMembership {
     ) -> Result<Arc<EtcdMembership>, EtcdError> {
         let mut client = connect(&endpoints).await?;
         let (members, rev) = snapshot(&mut client).await?;
-        let (tx, _) = watch::channel(Ring::new(
-            rev as u64,
-            members.values().cloned().collect(),
-            settings.clone(),
-        ));
-        let m = Arc::new(EtcdMembership {
-            endpoints,
-            tx,
-            cancel: cancel.clone(),
-            registration: Mutex::new(None),
-        });
-        tokio::spawn(watch_loop(
-            m.endpoints.clone(),
-            m.tx.clone(),
-            settings,
-            members,
-            rev,
-            cancel,
-        ));
+        let (tx, _) = watch::channel(Ring::new(rev as u64, members.values().cloned().collect(), settings.clone()));
+        let m = Arc::new(EtcdMembership { endpoints, tx, cancel: cancel.clone(), registration: Mutex::new(None) });
+        tokio::spawn(watch_loop(m.endpoints.clone(), m.tx.clone(), settings, members, rev, cancel));
         Ok(m)
     }
 
@@ -107,60 +92,44 @@ impl EtcdMembership {
 
     /// Register this conductor under a lease of `ttl` seconds and keep it
     /// alive; returns once our own watch has seen the entry. The receiver
-    /// turns true if the lease was ever found expired.
-    pub async fn register(
-        &self,
-        member: Member,
-        ttl: i64,
-    ) -> Result<watch::Receiver<bool>, EtcdError> {
+    /// holds this process's conservative estimate of when the lease
+    /// expires: the send time of the last renewal etcd acknowledged, plus
+    /// the TTL (etcd counts from when it *received* it, which is later).
+    pub async fn register(&self, member: Member, ttl: i64) -> Result<watch::Receiver<Instant>, EtcdError> {
         let mut client = connect(&self.endpoints).await?;
+        let sent = Instant::now();
         let lease = put_with_lease(&mut client, &member, ttl).await?;
-        let (lost_tx, lost) = watch::channel(false);
+        let (valid_tx, valid_until) = watch::channel(sent + Duration::from_secs(ttl as u64));
         let stop = self.cancel.child_token();
-        tokio::spawn(keep_alive(
-            self.endpoints.clone(),
-            member.clone(),
-            lease,
-            ttl,
-            lost_tx,
-            stop.clone(),
-        ));
-        *self.registration.lock().await = Some(Registration {
-            member: member.clone(),
-            lease,
-            stop,
-        });
+        tokio::spawn(keep_alive(self.endpoints.clone(), member.clone(), lease, ttl, valid_tx, stop.clone()));
+        *self.registration.lock().await = Some(Registration { member: member.clone(), lease, stop });
         let mut rx = self.subscribe();
-        let seen = rx.wait_for(|r| {
-            r.member(&member.id)
-                .is_some_and(|m| m.incarnation == member.incarnation)
-        });
+        let seen = rx.wait_for(|r| r.member(&member.id).is_some_and(|m| m.incarnation == member.incarnation));
         tokio::time::timeout(Duration::from_secs(10), seen)
             .await
-            .map_err(|_| {
-                EtcdError("our own registration did not show up in the watch within 10 s".into())
-            })?
+            .map_err(|_| EtcdError("our own registration did not show up in the watch within 10 s".into()))?
             .map_err(|_| EtcdError("membership watch stopped".into()))?;
-        Ok(lost)
+        Ok(valid_until)
     }
 
     /// Change our entry's state (active → draining), keeping the lease.
     pub async fn set_state(&self, state: MemberState) -> Result<(), EtcdError> {
         let mut reg = self.registration.lock().await;
-        let reg = reg
-            .as_mut()
-            .ok_or_else(|| EtcdError("not registered".into()))?;
+        let reg = reg.as_mut().ok_or_else(|| EtcdError("not registered".into()))?;
         reg.member.state = state;
         let mut client = connect(&self.endpoints).await?;
         let value = serde_json::to_string(&reg.member).expect("members serialise");
-        client
-            .put(
-                key(&reg.member.id),
-                value,
-                Some(PutOptions::new().with_lease(reg.lease)),
-            )
-            .await?;
+        client.put(key(&reg.member.id), value, Some(PutOptions::new().with_lease(reg.lease))).await?;
         Ok(())
+    }
+
+    /// Stop renewing without revoking: a fenced conductor gives its lease up
+    /// to expiry, so the others clear its locks only when it is gone.
+    pub async fn abandon(&self) {
+        if let Some(reg) = self.registration.lock().await.take() {
+            reg.stop.cancel();
+            warn!(id = %reg.member.id, incarnation = %reg.member.incarnation, "abandoned the lease; it will expire");
+        }
     }
 
     /// Leave at once: revoke the lease, which deletes the entry.
@@ -183,21 +152,13 @@ fn key(id: &str) -> String {
 async fn put_with_lease(client: &mut Client, member: &Member, ttl: i64) -> Result<i64, EtcdError> {
     let lease = client.lease_grant(ttl, None).await?.id();
     let value = serde_json::to_string(member).expect("members serialise");
-    client
-        .put(
-            key(&member.id),
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        )
-        .await?;
+    client.put(key(&member.id), value, Some(PutOptions::new().with_lease(lease))).await?;
     info!(id = %member.id, incarnation = %member.incarnation, lease, ttl, "registered in etcd");
     Ok(lease)
 }
 
 async fn snapshot(client: &mut Client) -> Result<(BTreeMap<String, Member>, i64), EtcdError> {
-    let resp = client
-        .get(PREFIX, Some(GetOptions::new().with_prefix()))
-        .await?;
+    let resp = client.get(PREFIX, Some(GetOptions::new().with_prefix())).await?;
     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
     let mut members = BTreeMap::new();
     for kv in resp.kvs() {
@@ -214,12 +175,7 @@ async fn snapshot(client: &mut Client) -> Result<(BTreeMap<String, Member>, i64)
 }
 
 /// Publish a ring for `members` at `rev` unless the members are unchanged.
-fn publish(
-    tx: &watch::Sender<Ring>,
-    members: &BTreeMap<String, Member>,
-    rev: i64,
-    settings: &RingSettings,
-) {
+fn publish(tx: &watch::Sender<Ring>, members: &BTreeMap<String, Member>, rev: i64, settings: &RingSettings) {
     let mut list: Vec<Member> = members.values().cloned().collect();
     list.sort_by(|a, b| a.id.cmp(&b.id));
     if tx.borrow().members() == list.as_slice() {
@@ -241,16 +197,8 @@ async fn watch_loop(
     loop {
         let res: Result<(), EtcdError> = async {
             let mut client = connect(&endpoints).await?;
-            let mut stream = client
-                .watch(
-                    PREFIX,
-                    Some(
-                        WatchOptions::new()
-                            .with_prefix()
-                            .with_start_revision(rev + 1),
-                    ),
-                )
-                .await?;
+            let mut stream =
+                client.watch(PREFIX, Some(WatchOptions::new().with_prefix().with_start_revision(rev + 1))).await?;
             loop {
                 let msg = tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
@@ -260,10 +208,7 @@ async fn watch_loop(
                     return Err(EtcdError("watch stream ended".into()));
                 };
                 if resp.canceled() {
-                    return Err(EtcdError(format!(
-                        "watch cancelled (compacted at {})",
-                        resp.compact_revision()
-                    )));
+                    return Err(EtcdError(format!("watch cancelled (compacted at {})", resp.compact_revision())));
                 }
                 if resp.events().is_empty() {
                     continue; // the "created" message or a progress notification
@@ -311,42 +256,42 @@ async fn watch_loop(
     }
 }
 
-/// Renew the lease every TTL/3 on a task of its own. On a lost lease,
-/// register again and flag it.
+/// Renew the lease every TTL/3 on a task of its own, publishing how long
+/// it is valid. If etcd reports it expired, stop: the registration (and its
+/// incarnation) is dead, and the owner fences itself and starts anew.
 async fn keep_alive(
     endpoints: Vec<String>,
     member: Member,
-    mut lease: i64,
+    lease: i64,
     ttl: i64,
-    lost: watch::Sender<bool>,
+    valid_until: watch::Sender<Instant>,
     stop: CancellationToken,
 ) {
     let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(100));
     loop {
-        let res: Result<(), EtcdError> = async {
+        let res: Result<bool, EtcdError> = async {
             let mut client = connect(&endpoints).await?;
             let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
             loop {
+                let sent = Instant::now();
                 keeper.keep_alive().await?;
                 let resp = tokio::time::timeout(period, stream.message())
                     .await
                     .map_err(|_| EtcdError("keep-alive answer timed out".into()))??
                     .ok_or_else(|| EtcdError("keep-alive stream ended".into()))?;
                 if resp.ttl() <= 0 {
-                    // the lease expired while we could not renew it
-                    warn!(id = %member.id, lease, "lease expired; registering again");
-                    lease = put_with_lease(&mut client, &member, ttl).await?;
-                    let _ = lost.send(true);
-                    return Err(EtcdError("lease replaced".into()));
+                    warn!(id = %member.id, lease, "etcd says the lease expired; this incarnation is over");
+                    return Ok(true);
                 }
+                valid_until.send_replace(sent + Duration::from_secs(resp.ttl() as u64));
                 tokio::select! {
-                    _ = stop.cancelled() => return Ok(()),
+                    _ = stop.cancelled() => return Ok(false),
                     _ = tokio::time::sleep(period) => {}
                 }
             }
         }
         .await;
-        if stop.is_cancelled() {
+        if stop.is_cancelled() || matches!(res, Ok(true)) {
             return;
         }
         if let Err(e) = res {

@@ -37,14 +37,27 @@ impl Membership {
         }
     }
 
-    /// Register a conductor (under a lease of `ttl_secs` in etcd).
-    pub async fn join(&self, member: Member, ttl_secs: u64) -> Result<(), etcd::EtcdError> {
+    /// Register a conductor (under a lease of `ttl_secs` in etcd). For etcd,
+    /// returns until when the lease is surely valid (updated on every
+    /// renewal); in-process membership never expires.
+    pub async fn join(
+        &self,
+        member: Member,
+        ttl_secs: u64,
+    ) -> Result<Option<watch::Receiver<tokio::time::Instant>>, etcd::EtcdError> {
         match self {
             Membership::Local(m) => {
                 m.join(member);
-                Ok(())
+                Ok(None)
             }
-            Membership::Etcd(m) => m.register(member, ttl_secs as i64).await.map(|_| ()),
+            Membership::Etcd(m) => m.register(member, ttl_secs as i64).await.map(Some),
+        }
+    }
+
+    /// Stop renewing our registration without revoking it (fencing).
+    pub async fn abandon(&self) {
+        if let Membership::Etcd(m) = self {
+            m.abandon().await;
         }
     }
 
@@ -62,10 +75,7 @@ impl Membership {
     pub async fn leave(&self, id: &str, incarnation: &str) -> Result<(), etcd::EtcdError> {
         match self {
             Membership::Local(m) => {
-                if m.current()
-                    .member(id)
-                    .is_some_and(|x| x.incarnation == incarnation)
-                {
+                if m.current().member(id).is_some_and(|x| x.incarnation == incarnation) {
                     m.leave(id);
                 }
                 Ok(())
@@ -86,11 +96,7 @@ pub struct LocalMembership {
 impl LocalMembership {
     pub fn new(settings: RingSettings) -> LocalMembership {
         let (tx, _) = watch::channel(Ring::empty(settings.clone()));
-        LocalMembership {
-            settings,
-            state: Mutex::new((0, BTreeMap::new())),
-            tx,
-        }
+        LocalMembership { settings, state: Mutex::new((0, BTreeMap::new())), tx }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Ring> {
@@ -105,11 +111,7 @@ impl LocalMembership {
         let mut st = self.state.lock().expect("membership lock poisoned");
         f(&mut st.1);
         st.0 += 1;
-        let ring = Ring::new(
-            st.0,
-            st.1.values().cloned().collect(),
-            self.settings.clone(),
-        );
+        let ring = Ring::new(st.0, st.1.values().cloned().collect(), self.settings.clone());
         self.tx.send_replace(ring);
     }
 
