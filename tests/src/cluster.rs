@@ -59,14 +59,20 @@ impl Cluster {
     /// `n` conductors with lease TTL `ttl` seconds; `env` goes to every
     /// conductor (FERRIC_* settings).
     pub fn start(n: usize, ttl: u64, env: &[(&str, &str)]) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
         let etcd = Etcd::start();
+        let endpoints = vec![etcd.endpoint.clone(); n];
+        Cluster::start_with(etcd, endpoints, ttl, env)
+    }
+
+    /// Conductor i+1 reaches etcd at `endpoints[i]` (e.g. through a proxy).
+    pub fn start_with(etcd: Etcd, endpoints: Vec<String>, ttl: u64, env: &[(&str, &str)]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
         let pg = Postgres::start();
         let db_url = pg.database("ferric_cluster");
         let mut conductors = Vec::new();
-        for i in 1..=n {
+        for (i, ep) in endpoints.iter().enumerate() {
             let grpc = free_port();
-            conductors.push((conductor_process(dir.path(), &etcd.endpoint, &db_url, i, grpc, ttl, env), grpc));
+            conductors.push((conductor_process(dir.path(), ep, &db_url, i + 1, grpc, ttl, env), grpc));
         }
         let port = free_port();
         let args: Vec<String> = [

@@ -15,7 +15,9 @@ use ferric_common::proto::conductor_client::ConductorClient;
 use ferric_tests::{Etcd, Postgres, Process, free_port, http};
 use serde_json::{Value, json};
 
-const TTL: u64 = 2;
+// long enough that an etcd restart (down ~1.5 s) does not make a conductor
+// fence itself: it cannot renew during the outage
+const TTL: u64 = 5;
 
 struct Cluster {
     etcd: Etcd,

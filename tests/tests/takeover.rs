@@ -216,3 +216,68 @@ async fn conductor_killed_during_a_take_over_is_completed_by_the_next() {
         assert_no_overlap(u, &history(&cl, u).await);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitioned_conductor_fences_itself_before_its_lease_expires() {
+    let etcd = ferric_tests::Etcd::start();
+    let target: std::net::SocketAddr = etcd.endpoint.trim_start_matches("http://").parse().unwrap();
+    let proxy = ferric_tests::TcpProxy::start(target).await;
+    let endpoints = vec![etcd.endpoint.clone(), proxy.endpoint(), etcd.endpoint.clone()];
+    let cl = Cluster::start_with(etcd, endpoints, TTL, &[("FERRIC_MEMBERSHIP__FENCE_MARGIN_MS", "500")]);
+    cl.wait_conductors(3).await;
+    let uuids = cl.create_nodes("f", 30, json!({})).await;
+    to_available(&cl, &uuids).await;
+    set_delay(&cl, &uuids, 1000).await;
+    cl.act(&uuids, "active").await;
+    let c2_nodes = owner_counts(&cl.nodes().await).remove("c2").unwrap_or_default();
+    assert!(!c2_nodes.is_empty());
+    let old_inc = cl.status(1).await.unwrap().incarnation;
+
+    // cut c2 off from etcd (not from the database: the dangerous case)
+    let cut_at = Instant::now();
+    let cut_wall = chrono::Utc::now();
+    proxy.cut();
+    let fenced_after = loop {
+        if cl.conductors[1].0.log_tail(400).contains("FENCED") {
+            break cut_at.elapsed();
+        }
+        assert!(cut_at.elapsed() < Duration::from_secs(10), "c2 never fenced itself");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("c2 fenced itself {fenced_after:?} after the cut (TTL {TTL} s)");
+    assert!(fenced_after < Duration::from_secs(TTL), "fencing must come before the lease can expire");
+
+    // the survivors finish every deploy, c2's included
+    cl.wait_all(&uuids, "active", Duration::from_secs(120)).await;
+    let mut handed = 0;
+    for u in &c2_nodes {
+        let h = history(&cl, u).await;
+        assert_no_overlap(u, &h);
+        let last_c2 = h.iter().filter(|(i, ..)| *i == old_inc).map(|(.., at)| *at).max();
+        let first_other = h.iter().filter(|(i, ..)| *i != old_inc && last_c2.is_some()).map(|(.., at)| *at).min();
+        if let (Some(a), Some(b)) = (last_c2, first_other) {
+            assert!(a < b, "{u}: c2 acted at {a} after another conductor at {b}");
+            assert!(
+                b >= cut_wall + chrono::Duration::milliseconds(fenced_after.as_millis() as i64),
+                "{u}: taken before c2 fenced"
+            );
+            handed += 1;
+        }
+    }
+    println!("{handed} of c2's nodes were handed over after it fenced");
+
+    // healed: c2 comes back as a new incarnation
+    proxy.restore();
+    let start = Instant::now();
+    loop {
+        if let Some(s) = cl.status(1).await
+            && s.incarnation != old_inc
+            && s.state == "active"
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "c2 never came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cl.wait_conductors(3).await;
+}
