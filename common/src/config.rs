@@ -66,6 +66,13 @@ pub struct ConductorConfig {
     /// process) waits for every node to have a new owner before it exits
     /// anyway.
     pub drain_timeout_ms: u64,
+    /// How long a node waits for its ramdisk's callback (`wait call-back`,
+    /// `clean wait`, ...) before the operation fails (Ironic's
+    /// deploy_callback_timeout).
+    pub callback_timeout_secs: u64,
+    /// How often owned nodes' power states are read from their BMCs and
+    /// callback deadlines checked; 0 turns periodic work off.
+    pub periodic_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -145,6 +152,8 @@ impl Default for ConductorConfig {
             takeover_concurrency: 16,
             takeover_interval_ms: 1000,
             drain_timeout_ms: 300_000,
+            callback_timeout_secs: 1800,
+            periodic_interval_secs: 60,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod drain;
 pub mod fence;
 pub mod lock;
 pub mod operation;
+pub mod periodic;
 pub mod service;
 pub mod takeover;
 
@@ -259,6 +260,7 @@ pub async fn start(
     // react to every ring epoch (the first one is start-up)
     let watcher = inner.clone();
     inner.tasks.spawn(takeover::run(watcher));
+    inner.tasks.spawn(periodic::run(inner.clone()));
 
     Ok(ConductorHandle { inner, grpc_addr, grpc_url, server, membership })
 }

@@ -47,6 +47,10 @@ pub struct OperationRecord {
     /// Conductor that ran the latest step.
     #[serde(default)]
     pub last_run_by: String,
+    /// While waiting for a ramdisk callback: when to give up. Wall-clock
+    /// time in the database, so it holds across owners.
+    #[serde(default)]
+    pub wait_deadline: Option<chrono::DateTime<Utc>>,
 }
 
 impl OperationRecord {
@@ -182,7 +186,14 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
             _ => {
                 let task = Task { node: node.clone(), ports: ports.clone(), conductor_id: inner.id.clone() };
                 let steps = plan(&driver, &task);
-                OperationRecord { state, steps, next: 0, started_by: inner.id.clone(), last_run_by: String::new() }
+                OperationRecord {
+                    state,
+                    steps,
+                    next: 0,
+                    started_by: inner.id.clone(),
+                    last_run_by: String::new(),
+                    wait_deadline: None,
+                }
             }
         };
         while record.next < record.steps.len() {
@@ -222,6 +233,8 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                 }
                 Ok(StepOutcome::Wait) => {
                     record.next += 1;
+                    let timeout = chrono::Duration::seconds(inner.cfg.conductor.callback_timeout_secs as i64);
+                    record.wait_deadline = Some(Utc::now() + timeout);
                     record.store(node);
                     return match transition(state, node.target_provision_state, Event::Wait) {
                         Ok(t) => {
@@ -283,7 +296,7 @@ fn step_error(step: &Step, e: &DriverError) -> String {
     format!("Step {} failed: {e}", step.full_name())
 }
 
-async fn fail(inner: &Inner, lock: &NodeLock, node: &mut Node, message: &str) -> Finish {
+pub async fn fail(inner: &Inner, lock: &NodeLock, node: &mut Node, message: &str) -> Finish {
     let state = node.provision_state;
     warn!(node = %node.uuid, state = %state, "operation failed: {message}");
     node.driver_internal_info.remove(RECORD_KEY);

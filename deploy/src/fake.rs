@@ -7,7 +7,10 @@
 //! * `fake_step_delay_ms`: every step and power action sleeps this long
 //!   (to kill conductors mid-operation in chaos tests);
 //! * `fake_fail_step`: the `interface.step` (or `power.set_power_state`)
-//!   that fails, to drive the failure paths.
+//!   that fails, to drive the failure paths;
+//! * `fake_wait_after`: the deploy step (`deploy.write_image`, ...) after
+//!   which the node waits for a ramdisk heartbeat (`wait call-back`), as a
+//!   real agent deploy does.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -198,6 +201,7 @@ impl DeployInterface for FakeDeploy {
         hooks(task, &step.full_name()).await?;
         match step.step.as_str() {
             "deploy" => {
+                task.node.driver_internal_info.retain(|k, _| !k.starts_with("fake_waited_"));
                 record(task, "fake_boot", json!("ramdisk"));
             }
             "write_image" => {
@@ -207,6 +211,7 @@ impl DeployInterface for FakeDeploy {
             "prepare_instance_boot" => record(task, "fake_boot", json!("instance")),
             "boot_instance" => task.node.power_state = Some(PowerState::On.as_str().into()),
             "tear_down" => {
+                task.node.driver_internal_info.retain(|k, _| !k.starts_with("fake_waited_"));
                 task.node.power_state = Some(PowerState::Off.as_str().into());
                 task.node.driver_internal_info.remove("fake_boot");
                 task.node.driver_internal_info.remove("fake_image_written");
@@ -216,6 +221,13 @@ impl DeployInterface for FakeDeploy {
             }
             other => {
                 return Err(DriverError::Invalid(format!("deploy interface fake has no step {other}")));
+            }
+        }
+        let name = step.full_name();
+        if task.node.driver_info.get("fake_wait_after").and_then(Value::as_str) == Some(name.as_str()) {
+            let key = format!("fake_waited_{}", step.step);
+            if task.node.driver_internal_info.insert(key, json!(true)).is_none() {
+                return Ok(StepOutcome::Wait);
             }
         }
         Ok(StepOutcome::Done)

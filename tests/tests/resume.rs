@@ -120,3 +120,83 @@ async fn sigterm_mid_deploy_hands_off_at_a_step_boundary() {
     let h = history(&ferric, &uuid).await;
     assert_eq!(h.iter().filter(|(_, e, d)| e == "step" && d.ends_with("deploy.write_image")).count(), 1, "{h:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callback_wait_resumes_on_heartbeat_and_times_out_without_one() {
+    let ferric = Ferric::start(
+        None,
+        &[("FERRIC_CONDUCTOR__CALLBACK_TIMEOUT_SECS", "3"), ("FERRIC_CONDUCTOR__PERIODIC_INTERVAL_SECS", "1")],
+    );
+    let c = http();
+    let base = ferric.endpoint.clone();
+    let mut uuids = Vec::new();
+    for name in ["hb", "silent"] {
+        let n = send(
+            &c,
+            reqwest::Method::POST,
+            &base,
+            "/v1/nodes",
+            json!({"driver": "fake-hardware", "name": name,
+            "driver_info": {"fake_wait_after": "deploy.write_image"}}),
+        )
+        .await;
+        uuids.push(n["uuid"].as_str().unwrap().to_string());
+        for (verb, state) in [("manage", "manageable"), ("provide", "available"), ("active", "wait call-back")] {
+            send(
+                &c,
+                reqwest::Method::PUT,
+                &base,
+                &format!("/v1/nodes/{name}/states/provision"),
+                json!({"target": verb}),
+            )
+            .await;
+            wait_for(&c, &base, name, state, |n| n["provision_state"] == state).await;
+        }
+    }
+    let n = get(&c, &base, "/v1/nodes/hb").await;
+    assert_eq!(n["target_provision_state"], "active");
+    assert_eq!(n["reservation"], Value::Null, "nobody holds a waiting node");
+
+    // the ramdisk looks itself up: the token is minted once, then masked
+    let lookup = |v: &'static str| {
+        let c = c.clone();
+        let url = format!("{base}/v1/lookup?node_uuid={}", uuids[0]);
+        async move { c.get(url).header("X-OpenStack-Ironic-API-Version", v).send().await.unwrap() }
+    };
+    let first: Value = lookup("1.62").await.json().await.unwrap();
+    let token = first["config"]["agent_token"].as_str().unwrap().to_string();
+    assert_eq!(token.len(), 43, "{first}");
+    let again: Value = lookup("1.62").await.json().await.unwrap();
+    assert_eq!(again["config"]["agent_token"], "******");
+    assert_eq!(lookup("1.21").await.status(), 404, "no lookup before 1.22");
+    let heartbeat = |token: String| {
+        let c = c.clone();
+        let url = format!("{base}/v1/heartbeat/{}", uuids[0]);
+        async move {
+            c.post(url)
+                .header("X-OpenStack-Ironic-API-Version", "1.68")
+                .json(
+                    &json!({"callback_url": "https://127.0.0.1:9999", "agent_token": token, "agent_version": "10.0.0"}),
+                )
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let bad = heartbeat("nope".into()).await;
+    assert_eq!(bad.status(), 400);
+    let body = ferric_tests::error_body(&bad.text().await.unwrap());
+    assert_eq!(body["faultstring"], "Invalid or missing agent token received.");
+    assert_eq!(heartbeat(token).await.status(), 202);
+    let n = wait_for(&c, &base, "hb", "active", |n| n["provision_state"] == "active").await;
+    assert_eq!(n["driver_internal_info"]["agent_url"], "https://127.0.0.1:9999");
+    assert_eq!(n["driver_internal_info"]["agent_secret_token"], "******", "the token is never shown");
+
+    // without a heartbeat the deadline fails the deploy
+    let n = wait_for(&c, &base, "silent", "deploy failed", |n| {
+        n["provision_state"] == "deploy failed" || n["provision_state"] == "active"
+    })
+    .await;
+    assert_eq!(n["provision_state"], "deploy failed");
+    assert!(n["last_error"].as_str().unwrap().contains("Timeout reached while waiting for callback"), "{n}");
+}
