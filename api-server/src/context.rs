@@ -17,7 +17,11 @@ pub struct AppState {
     pub cfg: Config,
     pub db: Db,
     pub fwd: Forwarder,
+    /// Renders this process's Prometheus metrics, if a recorder is installed.
+    pub metrics: Option<MetricsRender>,
 }
+
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 
 pub type State = Arc<AppState>;
 

@@ -36,7 +36,7 @@ use ferric_common::ring::Ring;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use context::{AppState, State};
+pub use context::{AppState, MetricsRender, State};
 
 /// The routes of API v1, mounted both under `/v1` and at the root (the
 /// `bookmark` links have no `/v1`).
@@ -79,6 +79,16 @@ pub fn router(state: State) -> Router {
     });
     Router::new()
         .route("/", get(root::root))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(|axum::extract::State(st): axum::extract::State<State>| async move {
+                match &st.metrics {
+                    Some(render) => Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], render())),
+                    None => Err(error::ApiError::not_found("metrics are not enabled in this process")),
+                }
+            }),
+        )
         .route("/v1", v1_doc.clone())
         .route("/v1/", v1_doc)
         .nest("/v1", v1_routes())
@@ -100,6 +110,7 @@ pub async fn serve(
     cfg: Config,
     db: Db,
     ring: watch::Receiver<Ring>,
+    metrics: Option<MetricsRender>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ApiHandle> {
     let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
@@ -107,7 +118,7 @@ pub async fn serve(
         .with_context(|| format!("binding the API address {}", cfg.api.listen))?;
     let addr = listener.local_addr()?;
     let fwd = forward::Forwarder::new(ring, Duration::from_millis(cfg.api.request_deadline_ms));
-    let state = Arc::new(AppState { cfg, db, fwd });
+    let state = Arc::new(AppState { cfg, db, fwd, metrics });
     // clients ask for collections with a trailing slash (`/v1/ports/`)
     let app =
         tower::Layer::layer(&tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(), router(state));

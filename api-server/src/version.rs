@@ -67,6 +67,8 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Version, ApiError> {
 /// Middleware: negotiate, stash the version, decorate the response.
 pub async fn middleware(mut req: Request, next: Next) -> Response {
     let request_id = format!("req-{}", uuid::Uuid::new_v4());
+    let started = std::time::Instant::now();
+    let method = req.method().to_string();
     let negotiated = negotiate(req.headers());
     let mut resp = match negotiated {
         Ok(v) => {
@@ -95,6 +97,9 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
     let id = HeaderValue::from_str(&request_id).expect("ascii");
     h.insert("openstack-request-id", id.clone());
     h.insert("x-openstack-request-id", id);
+    metrics::counter!("ferric_api_requests_total", "method" => method, "status" => resp.status().as_u16().to_string())
+        .increment(1);
+    metrics::histogram!("ferric_api_request_seconds").record(started.elapsed().as_secs_f64());
     resp
 }
 

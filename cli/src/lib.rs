@@ -39,7 +39,7 @@ pub async fn run_all_in_one(cfg: Config, shutdown: CancellationToken) -> anyhow:
         Db::connect(&url, cfg.database.max_connections).await.with_context(|| format!("opening database {url}"))?;
     let membership = Membership::Local(Arc::new(LocalMembership::new(ring_settings(&cfg))));
     let conductor = ferric_conductor::start(cfg.clone(), db.clone(), membership.clone(), shutdown.clone()).await?;
-    let api = ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), shutdown.clone()).await?;
+    let api = ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), install_metrics(), shutdown.clone()).await?;
     info!(
         api = %format!("http://{}", api.addr),
         conductor = %conductor.inner.id,
@@ -84,7 +84,7 @@ pub async fn run_api(cfg: Config, shutdown: CancellationToken) -> anyhow::Result
     let _stop_watch = watch_token.clone().drop_guard();
     let membership = etcd_membership(&cfg, &watch_token).await?;
     let db = open_db(&cfg).await?;
-    let api = ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), shutdown.clone()).await?;
+    let api = ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), install_metrics(), shutdown.clone()).await?;
     info!(api = %format!("http://{}", api.addr), epoch = membership.current().epoch(), "ferric api ready");
     shutdown.cancelled().await;
     let _ = api.join.await;
@@ -102,6 +102,7 @@ pub async fn run_conductor(cfg: Config, shutdown: CancellationToken) -> anyhow::
     let _stop_membership = membership_token.clone().drop_guard();
     let membership = etcd_membership(&cfg, &membership_token).await?;
     let db = open_db(&cfg).await?;
+    serve_conductor_http(&cfg, install_metrics(), membership_token.clone()).await?;
     let mut restarting = false;
     loop {
         let stop = CancellationToken::new();
@@ -133,6 +134,36 @@ pub async fn run_conductor(cfg: Config, shutdown: CancellationToken) -> anyhow::
         restarting = true;
     }
     db.close().await;
+    Ok(())
+}
+
+/// Install this process's Prometheus recorder (once) and return how to
+/// render it.
+pub fn install_metrics() -> Option<ferric_api::MetricsRender> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = std::sync::OnceLock::new();
+    let handle = HANDLE.get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok()).clone()?;
+    Some(Arc::new(move || handle.render()))
+}
+
+/// The conductor's own HTTP listener: /metrics and /healthz.
+async fn serve_conductor_http(cfg: &Config, metrics: Option<ferric_api::MetricsRender>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if cfg.conductor.http_listen.is_empty() {
+        return Ok(());
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.conductor.http_listen)
+        .await
+        .with_context(|| format!("binding the conductor HTTP address {}", cfg.conductor.http_listen))?;
+    info!(addr = %listener.local_addr()?, "conductor HTTP (/metrics, /healthz) listening");
+    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" })).route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = metrics.clone();
+            async move { m.map(|r| r()).unwrap_or_default() }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    });
     Ok(())
 }
 

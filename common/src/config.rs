@@ -46,6 +46,9 @@ pub struct ConductorConfig {
     /// URL other processes use to reach the gRPC service; empty = derived
     /// from the bound address.
     pub grpc_url: String,
+    /// The conductor's HTTP listener (/metrics, /healthz; later its HTTP
+    /// root). Port 0 picks a free one; empty turns it off.
+    pub http_listen: String,
     pub enabled_hardware_types: Vec<String>,
     /// Node lock attempts before answering NODE_LOCKED (Ironic: 3 × 1 s).
     pub lock_attempts: u32,
@@ -144,6 +147,7 @@ impl Default for ConductorConfig {
             conductor_group: String::new(),
             grpc_listen: "127.0.0.1:0".into(),
             grpc_url: String::new(),
+            http_listen: "127.0.0.1:0".into(),
             enabled_hardware_types: vec!["fake-hardware".into()],
             lock_attempts: 3,
             lock_retry_interval_ms: 1000,

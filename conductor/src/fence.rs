@@ -55,6 +55,7 @@ pub fn fence(inner: &Inner, why: &str) {
         return;
     }
     error!(id = %inner.id, incarnation = %inner.incarnation, "FENCED: {why}; stopping every action and starting a new incarnation");
+    metrics::counter!("ferric_fenced_total").increment(1);
     inner.fence.cancel();
     inner.exit_requested.cancel();
 }

@@ -137,6 +137,13 @@ pub enum Finish {
 /// Consumes the lock and always gives it up (unless it was lost).
 pub async fn run(inner: Arc<Inner>, lock: NodeLock, mut node: Node, cancel: CancellationToken) -> Finish {
     let finish = drive(&inner, &lock, &mut node, &cancel).await;
+    let outcome = match finish {
+        Finish::Settled if node.provision_state.is_failed() => "failed",
+        Finish::Settled => "settled",
+        Finish::HandedOff => "handed_off",
+        Finish::LostLock => "stopped",
+    };
+    metrics::counter!("ferric_operations_total", "outcome" => outcome).increment(1);
     if finish != Finish::LostLock
         && let Err(e) = lock.release().await
     {

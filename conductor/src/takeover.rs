@@ -136,6 +136,11 @@ pub async fn pass(inner: &Arc<Inner>) -> usize {
             Err(e) => warn!("clearing locks of {holder} failed: {e}"),
         }
     }
+    metrics::gauge!("ferric_owned_nodes").set(mine.len() as f64);
+    metrics::gauge!("ferric_operations_in_flight").set(inner.operations_in_flight() as f64);
+    if let Ok(locks) = inner.db.count_nodes_with(ferric_common::db::NodeRef::Reservation, &inner.incarnation).await {
+        metrics::gauge!("ferric_locks_held").set(locks as f64);
+    }
     let order = plan(&inner.id, &mine);
     let mut taken = 0;
     if !order.is_empty() {
@@ -218,6 +223,7 @@ async fn take_over_one(inner: &Arc<Inner>, uuid: Uuid) -> bool {
             let _ = lock.save(&task.node).await;
             let _ = lock.release().await;
             inner.stats.takeovers_failed.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("ferric_takeovers_total", "state" => node.provision_state.as_str(), "outcome" => "failed").increment(1);
             return false;
         }
         node = task.node;
@@ -230,6 +236,8 @@ async fn take_over_one(inner: &Arc<Inner>, uuid: Uuid) -> bool {
     inner.history(uuid, "take_over", &format!("{} from {previous:?} ({p:?})", node.provision_state)).await;
     inner.stats.takeovers.fetch_add(1, Ordering::Relaxed);
     inner.stats.record_takeover_latency(started.elapsed());
+    metrics::counter!("ferric_takeovers_total", "state" => node.provision_state.as_str(), "outcome" => "ok").increment(1);
+    metrics::histogram!("ferric_takeover_seconds").record(started.elapsed().as_secs_f64());
     if p == Policy::Resume {
         match inner.operations.clone().try_acquire_owned() {
             Ok(permit) => {

@@ -504,4 +504,21 @@ async fn bad_input_and_protocol_details() {
     assert_eq!(b, format!("log of node {uuid}\n"));
     let r = api.ok(M::POST, "/v1/drivers/fake-hardware/vendor_passthru/driver_method", Some(json!({"x": 1}))).await;
     assert_eq!(r, json!({"args": {"x": 1}}));
+
+    // --- operations: health and Prometheus metrics of API and conductor
+    let (s, _, b) = api.call(M::GET, "/healthz", "", None).await;
+    assert_eq!((s, b.as_str()), (StatusCode::OK, "ok"));
+    let (s, h, m) = api.call(M::GET, "/metrics", "", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/plain"));
+    for metric in [
+        "ferric_api_requests_total{method=\"GET\",status=\"404\"}",
+        "ferric_api_request_seconds",
+        "ferric_operations_total{outcome=\"failed\"}",
+        "ferric_operations_total{outcome=\"settled\"}",
+        "ferric_owned_nodes",
+        "ferric_locks_held",
+    ] {
+        assert!(m.contains(metric), "{metric} missing from /metrics:\n{m}");
+    }
 }
