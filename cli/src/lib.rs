@@ -39,7 +39,8 @@ pub async fn run_all_in_one(cfg: Config, shutdown: CancellationToken) -> anyhow:
         Db::connect(&url, cfg.database.max_connections).await.with_context(|| format!("opening database {url}"))?;
     let membership = Membership::Local(Arc::new(LocalMembership::new(ring_settings(&cfg))));
     let conductor = ferric_conductor::start(cfg.clone(), db.clone(), membership.clone(), shutdown.clone()).await?;
-    let api = ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), install_metrics(), shutdown.clone()).await?;
+    let api =
+        ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), install_metrics(), shutdown.clone()).await?;
     info!(
         api = %format!("http://{}", api.addr),
         conductor = %conductor.inner.id,
@@ -84,7 +85,8 @@ pub async fn run_api(cfg: Config, shutdown: CancellationToken) -> anyhow::Result
     let _stop_watch = watch_token.clone().drop_guard();
     let membership = etcd_membership(&cfg, &watch_token).await?;
     let db = open_db(&cfg).await?;
-    let api = ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), install_metrics(), shutdown.clone()).await?;
+    let api =
+        ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), install_metrics(), shutdown.clone()).await?;
     info!(api = %format!("http://{}", api.addr), epoch = membership.current().epoch(), "ferric api ready");
     shutdown.cancelled().await;
     let _ = api.join.await;
@@ -140,13 +142,19 @@ pub async fn run_conductor(cfg: Config, shutdown: CancellationToken) -> anyhow::
 /// Install this process's Prometheus recorder (once) and return how to
 /// render it.
 pub fn install_metrics() -> Option<ferric_api::MetricsRender> {
-    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = std::sync::OnceLock::new();
-    let handle = HANDLE.get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok()).clone()?;
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    let handle =
+        HANDLE.get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok()).clone()?;
     Some(Arc::new(move || handle.render()))
 }
 
 /// The conductor's own HTTP listener: /metrics and /healthz.
-async fn serve_conductor_http(cfg: &Config, metrics: Option<ferric_api::MetricsRender>, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn serve_conductor_http(
+    cfg: &Config,
+    metrics: Option<ferric_api::MetricsRender>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     if cfg.conductor.http_listen.is_empty() {
         return Ok(());
     }
