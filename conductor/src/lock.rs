@@ -62,6 +62,11 @@ impl NodeLock {
         self.db.save_node_locked(node, &self.holder).await
     }
 
+    /// Write the node and release the lock atomically.
+    pub async fn save_and_release(self, node: &Node) -> Result<bool, DbError> {
+        self.db.save_node_and_release(node, &self.holder).await
+    }
+
     pub async fn release(self) -> Result<bool, DbError> {
         self.db.release_node(self.node, &self.holder).await
     }

@@ -144,10 +144,14 @@ pub async fn run(inner: Arc<Inner>, lock: NodeLock, mut node: Node, cancel: Canc
         Finish::LostLock => "stopped",
     };
     metrics::counter!("ferric_operations_total", "outcome" => outcome).increment(1);
-    if finish != Finish::LostLock
-        && let Err(e) = lock.release().await
-    {
-        error!(node = %node.uuid, "releasing the node lock failed: {e}");
+    if finish != Finish::LostLock && !inner.fence.is_cancelled() {
+        // the final state and the release in one write: nobody sees a
+        // settled node that is still locked
+        match lock.save_and_release(&node).await {
+            Ok(true) => {}
+            Ok(false) => error!(node = %node.uuid, "lost the node lock before the final save"),
+            Err(e) => error!(node = %node.uuid, "the final save failed: {e}; the record stays for whoever resumes"),
+        }
     }
     finish
 }
@@ -179,7 +183,7 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
         }
         let driver = match inner.registry.driver_for(node) {
             Ok(d) => d,
-            Err(e) => return fail(inner, lock, node, &e.to_string()).await,
+            Err(e) => return fail(inner, node, &e.to_string()).await,
         };
         let ports = inner.ports_of(node.uuid).await;
         let mut record = match OperationRecord::load(node) {
@@ -213,7 +217,7 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                 }
                 record.store(node);
                 show_step(node, None);
-                return if save(inner, lock, node).await { Finish::HandedOff } else { Finish::LostLock };
+                return Finish::HandedOff;
             }
             let step = record.steps[record.next].clone();
             record.last_run_by = inner.id.clone();
@@ -248,14 +252,14 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                             node.provision_state = t.to;
                             node.target_provision_state = t.target;
                             node.provision_updated_at = Some(Utc::now());
-                            if save(inner, lock, node).await { Finish::Settled } else { Finish::LostLock }
+                            Finish::Settled
                         }
-                        Err(e) => fail(inner, lock, node, &e.to_string()).await,
+                        Err(e) => fail(inner, node, &e.to_string()).await,
                     };
                 }
                 Err(e) => {
                     let msg = step_error(&step, &e);
-                    return fail(inner, lock, node, &msg).await;
+                    return fail(inner, node, &msg).await;
                 }
             }
         }
@@ -265,7 +269,7 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
         finish_state(node, state);
         let t = match transition(state, node.target_provision_state, Event::Done) {
             Ok(t) => t,
-            Err(e) => return fail(inner, lock, node, &e.to_string()).await,
+            Err(e) => return fail(inner, node, &e.to_string()).await,
         };
         node.provision_state = t.to;
         node.target_provision_state = t.target;
@@ -303,7 +307,9 @@ fn step_error(step: &Step, e: &DriverError) -> String {
     format!("Step {} failed: {e}", step.full_name())
 }
 
-pub async fn fail(inner: &Inner, lock: &NodeLock, node: &mut Node, message: &str) -> Finish {
+/// Move the node to its failure state with `message` as `last_error`; the
+/// caller writes it (with the lock's release).
+pub async fn fail(inner: &Inner, node: &mut Node, message: &str) -> Finish {
     let state = node.provision_state;
     warn!(node = %node.uuid, state = %state, "operation failed: {message}");
     node.driver_internal_info.remove(RECORD_KEY);
@@ -328,5 +334,5 @@ pub async fn fail(inner: &Inner, lock: &NodeLock, node: &mut Node, message: &str
     node.last_error = Some(message.to_string());
     node.provision_updated_at = Some(Utc::now());
     inner.history(node.uuid, "fail", message).await;
-    if save(inner, lock, node).await { Finish::Settled } else { Finish::LostLock }
+    Finish::Settled
 }

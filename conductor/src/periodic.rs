@@ -60,10 +60,13 @@ pub async fn pass(inner: &Arc<Inner>) -> (usize, usize) {
             {
                 if n.provision_state.is_wait() && inner.owns(&n) {
                     let msg = format!("Timeout reached while waiting for callback for node {}", n.uuid);
-                    operation::fail(inner, &lock, &mut n, &msg).await;
-                    timed_out += 1;
+                    operation::fail(inner, &mut n, &msg).await;
+                    if lock.save_and_release(&n).await.unwrap_or(false) {
+                        timed_out += 1;
+                    }
+                } else {
+                    let _ = lock.release().await;
                 }
-                let _ = lock.release().await;
             }
             continue;
         }

@@ -397,13 +397,12 @@ impl Conductor for ConductorService {
                 Ok(()) => node.power_state = Some(final_state.as_str().into()),
                 Err(e) => node.last_error = Some(format!("Failed to change power state to '{target}': {e}")),
             }
-            match lock.save(&node).await {
+            inner.history(node.uuid, "power", &target).await;
+            match lock.save_and_release(&node).await {
                 Ok(true) => {}
                 Ok(false) => warn!(node = %node.uuid, "lost the node lock during a power action"),
                 Err(e) => warn!(node = %node.uuid, "saving the power state failed: {e}"),
             }
-            inner.history(node.uuid, "power", &target).await;
-            let _ = lock.release().await;
             drop(permit);
         });
         Ok(Response::new(ActionReply {}))
