@@ -70,19 +70,6 @@ pub struct Inner {
 pub struct Stats {
     pub takeovers: std::sync::atomic::AtomicU64,
     pub takeovers_failed: std::sync::atomic::AtomicU64,
-    /// Take-over latency histogram: counts per bucket of
-    /// [`Stats::LATENCY_BUCKETS_MS`] (last = above the largest).
-    pub takeover_latency: [std::sync::atomic::AtomicU64; 8],
-}
-
-impl Stats {
-    pub const LATENCY_BUCKETS_MS: [u64; 7] = [10, 50, 100, 500, 1000, 5000, 30000];
-
-    pub fn record_takeover_latency(&self, d: Duration) {
-        let ms = d.as_millis() as u64;
-        let i = Self::LATENCY_BUCKETS_MS.iter().position(|b| ms <= *b).unwrap_or(Self::LATENCY_BUCKETS_MS.len());
-        self.takeover_latency[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 impl Inner {

@@ -235,7 +235,6 @@ async fn take_over_one(inner: &Arc<Inner>, uuid: Uuid) -> bool {
     }
     inner.history(uuid, "take_over", &format!("{} from {previous:?} ({p:?})", node.provision_state)).await;
     inner.stats.takeovers.fetch_add(1, Ordering::Relaxed);
-    inner.stats.record_takeover_latency(started.elapsed());
     metrics::counter!("ferric_takeovers_total", "state" => node.provision_state.as_str(), "outcome" => "ok")
         .increment(1);
     metrics::histogram!("ferric_takeover_seconds").record(started.elapsed().as_secs_f64());

@@ -11,7 +11,6 @@
 
 pub mod cluster;
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -153,10 +152,9 @@ impl Drop for Postgres {
 pub struct Ferric {
     pub endpoint: String,
     pub port: u16,
+    pub process: Process,
+    /// Last, so the process stops before its data goes.
     pub data_dir: tempfile::TempDir,
-    child: Option<Child>,
-    log: PathBuf,
-    args: Vec<String>,
 }
 
 impl Ferric {
@@ -178,83 +176,26 @@ impl Ferric {
             args.push("--database-url".into());
             args.push(u.into());
         }
-        let log = data_dir.path().join("ferric.log");
-        let mut f = Ferric { endpoint: format!("http://127.0.0.1:{port}"), port, data_dir, child: None, log, args };
-        f.spawn(env);
-        f
-    }
-
-    fn spawn(&mut self, env: &[(&str, &str)]) {
-        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let mut cmd = Command::new(ferric_bin());
-        cmd.args(&self.args).stdout(logf.try_clone().expect("dup")).stderr(logf).env("RUST_LOG", "info");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        self.child = Some(cmd.spawn().expect("spawn ferric"));
-        let port = self.port;
-        let start = Instant::now();
-        while !tcp_open(port) {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("ferric exited with {status} before listening:\n{}", self.log_tail(60));
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "ferric did not listen within 30 s:\n{}",
-                self.log_tail(60)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let process = Process::start("ferric", data_dir.path(), args, env, Some(port));
+        Ferric { endpoint: format!("http://127.0.0.1:{port}"), port, process, data_dir }
     }
 
     /// SIGKILL the process (a crash), keeping its data dir.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 
     /// SIGTERM and wait for a clean exit; returns its exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take()?;
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(s)) = c.try_wait() {
-                return Some(s);
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                let _ = c.kill();
-                return c.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.process.stop()
     }
 
-    /// Start again with the same data dir and port (a restart).
-    pub fn restart(&mut self, env: &[(&str, &str)]) {
-        self.kill();
+    /// Kill and start again with the same data dir and port (a crash and
+    /// a restart).
+    pub fn restart(&mut self) {
+        self.process.kill();
         wait_until("port release", Duration::from_secs(10), || !tcp_open(self.port));
-        self.spawn(env);
-    }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut s);
-        }
-        let all: Vec<&str> = s.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-impl Drop for Ferric {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- tail of the ferric log ({}) ----\n{}", self.log.display(), self.log_tail(80));
-        }
-        self.kill();
+        self.process.spawn();
     }
 }
 

@@ -5,84 +5,15 @@
 //! no ownership; and API requests issued all the while never fail.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ferric_common::proto::Empty;
-use ferric_common::proto::conductor_client::ConductorClient;
-use ferric_tests::{Etcd, Postgres, Process, free_port, http};
+use ferric_tests::cluster::{Cluster, Load, status};
+use ferric_tests::http;
 use serde_json::{Value, json};
 
 // long enough that an etcd restart (down ~1.5 s) does not make a conductor
 // fence itself: it cannot renew during the outage
 const TTL: u64 = 5;
-
-struct Cluster {
-    etcd: Etcd,
-    api: Process,
-    api_url: String,
-    conductors: Vec<(Process, u16)>,
-    _pg: Postgres,
-    _dir: tempfile::TempDir,
-}
-
-fn conductor(dir: &Path, etcd: &str, db: &str, i: usize, grpc: u16) -> Process {
-    let args: Vec<String> = [
-        "conductor",
-        "--etcd-endpoints",
-        etcd,
-        "--database-url",
-        db,
-        "--lease-ttl",
-        &TTL.to_string(),
-        "--conductor-id",
-        &format!("c{i}"),
-        "--grpc-listen",
-        &format!("127.0.0.1:{grpc}"),
-        "--data-dir",
-        &dir.join(format!("c{i}")).display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    Process::start(&format!("c{i}"), dir, args, &[], Some(grpc))
-}
-
-fn cluster() -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start();
-    let pg = Postgres::start();
-    let db = pg.database("ferric_cluster");
-    let mut conductors = Vec::new();
-    for i in 1..=3 {
-        let grpc = free_port();
-        conductors.push((conductor(dir.path(), &etcd.endpoint, &db, i, grpc), grpc));
-    }
-    let port = free_port();
-    let args: Vec<String> = [
-        "api",
-        "--etcd-endpoints",
-        &etcd.endpoint,
-        "--database-url",
-        &db,
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--data-dir",
-        &dir.path().join("api").display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let api = Process::start("api", dir.path(), args, &[("FERRIC_API__REQUEST_DEADLINE_MS", "20000")], Some(port));
-    Cluster { etcd, api, api_url: format!("http://127.0.0.1:{port}"), conductors, _pg: pg, _dir: dir }
-}
-
-async fn status(port: u16) -> Option<ferric_common::proto::ConductorStatus> {
-    let mut c = ConductorClient::connect(format!("http://127.0.0.1:{port}")).await.ok()?;
-    c.get_conductor_status(Empty {}).await.ok().map(|r| r.into_inner())
-}
 
 /// node uuid → owning conductor, as the API process's ring says.
 async fn owners(c: &reqwest::Client, api: &str) -> BTreeMap<String, String> {
@@ -111,44 +42,9 @@ fn counts(o: &BTreeMap<String, String>) -> HashMap<String, usize> {
     m
 }
 
-/// Issue requests that each go through gRPC to a node's owner, until told
-/// to stop; count failures.
-fn load(
-    api: String,
-    nodes: Vec<String>,
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failed: Arc<std::sync::Mutex<Vec<String>>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let c = http();
-        let mut i = 0usize;
-        while !stop.load(Ordering::Relaxed) {
-            let node = &nodes[i % nodes.len()];
-            i += 1;
-            let r = c
-                .get(format!("{api}/v1/nodes/{node}/validate"))
-                .header("X-OpenStack-Ironic-API-Version", "1.115")
-                .send()
-                .await;
-            match r {
-                Ok(r) if r.status().is_success() => {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(r) => {
-                    let s = r.status();
-                    let body = r.text().await.unwrap_or_default();
-                    failed.lock().unwrap().push(format!("{node}: {s} {body}"));
-                }
-                Err(e) => failed.lock().unwrap().push(format!("{node}: {e}")),
-            }
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ownership_across_conductor_death_rejoin_and_etcd_restart() {
-    let mut cl = cluster();
+    let mut cl = Cluster::start(3, TTL, &[]);
     let c = http();
     let api = cl.api_url.clone();
     // wait until the API sees all three
@@ -192,10 +88,7 @@ async fn ownership_across_conductor_death_rejoin_and_etcd_restart() {
     let epoch_before = status(cl.conductors[0].1).await.unwrap().epoch;
     ferricctl_agrees(&cl, &before, &spread);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let loader = load(api.clone(), nodes.clone(), stop.clone(), ok.clone(), failed.clone());
+    let loader = Load::start(&api, nodes.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // SIGKILL c3: within TTL + 1 s no process routes anything to it
@@ -240,26 +133,24 @@ async fn ownership_across_conductor_death_rejoin_and_etcd_restart() {
     assert_eq!(rejoined, before, "the same members give the same placement");
 
     // restart etcd: nobody loses ownership, no process changes its ring
-    let epochs: Vec<u64> = futures_epochs(&cl).await;
+    let epochs: Vec<u64> = ring_epochs(&cl).await;
     cl.etcd.restart(Duration::from_millis(500));
     tokio::time::sleep(Duration::from_secs(TTL + 2)).await;
     assert_eq!(owners(&c, &api).await, before, "etcd restart changed ownership");
-    assert_eq!(futures_epochs(&cl).await, epochs, "etcd restart changed a conductor's ring");
+    assert_eq!(ring_epochs(&cl).await, epochs, "etcd restart changed a conductor's ring");
     assert!(epochs[0] > epoch_before);
 
-    stop.store(true, Ordering::Relaxed);
-    loader.await.unwrap();
-    let failed = failed.lock().unwrap().clone();
-    println!("{} requests during kill, rejoin and etcd restart; {} failed", ok.load(Ordering::Relaxed), failed.len());
+    let (ok, failed) = loader.finish().await;
+    println!("{ok} requests during kill, rejoin and etcd restart; {} failed", failed.len());
     assert!(failed.is_empty(), "requests failed during ring churn: {failed:?}");
-    assert!(ok.load(Ordering::Relaxed) > 50, "the load ran");
+    assert!(ok > 50, "the load ran");
     for (p, _) in &mut cl.conductors {
         assert!(p.is_running(), "{} died", p.name);
     }
     assert!(cl.api.is_running());
 }
 
-async fn futures_epochs(cl: &Cluster) -> Vec<u64> {
+async fn ring_epochs(cl: &Cluster) -> Vec<u64> {
     let mut out = Vec::new();
     for (_, port) in &cl.conductors {
         out.push(status(*port).await.expect("status").epoch);

@@ -80,7 +80,7 @@ async fn sigkill_mid_deploy_then_restart_resumes() {
     let before = get(&c, &base, "/v1/nodes/slow").await;
     let dead = before["reservation"].as_str().unwrap().to_string();
 
-    ferric.restart(&[]);
+    ferric.restart();
     let n = wait_for(&c, &base, "slow", "active", |n| n["provision_state"] == "active").await;
     assert_eq!(n["reservation"], Value::Null);
     assert_eq!(n["power_state"], "power on");
@@ -115,7 +115,7 @@ async fn sigterm_mid_deploy_hands_off_at_a_step_boundary() {
     let record = &n.driver_internal_info["ferric_operation"];
     assert!(record["next"].as_u64().unwrap() >= 2, "{record}");
 
-    ferric.restart(&[]);
+    ferric.restart();
     wait_for(&c, &base, "slow", "active", |n| n["provision_state"] == "active").await;
     let h = history(&ferric, &uuid).await;
     assert_eq!(h.iter().filter(|(_, e, d)| e == "step" && d.ends_with("deploy.write_image")).count(), 1, "{h:?}");
