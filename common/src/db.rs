@@ -793,31 +793,22 @@ impl Db {
     /// Write every field of `n` except its lock, as the holder of its lock.
     /// Returns false (and writes nothing) if `holder` no longer holds it.
     pub async fn save_node_locked(&self, n: &Node, holder: &str) -> Result<bool, DbError> {
-        let mut args = node_save_args(n, Utc::now());
-        let sets: Vec<String> =
-            NODE_SAVE_COLUMNS.iter().enumerate().map(|(i, c)| format!("{c} = ${}", i + 1)).collect();
-        args.push(n.uuid.to_string().into());
-        args.push(holder.into());
-        let sql = format!(
-            "UPDATE nodes SET {} WHERE uuid = ${} AND reservation = ${}",
-            sets.join(", "),
-            args.len() - 1,
-            args.len()
-        );
-        let rows = self.execute(sql, args).await.map_err(|e| match unique_field(&e, &["instance_uuid", "name"]) {
-            Some(field) => DbError::Duplicate { field },
-            None => DbError::Sqlx(e),
-        })?;
-        Ok(rows == 1)
+        self.save_node(n, holder, false).await
     }
 
     /// Write the node and give up `holder`'s lock in one statement, so no
     /// reader ever sees the final state with the lock still held.
     pub async fn save_node_and_release(&self, n: &Node, holder: &str) -> Result<bool, DbError> {
+        self.save_node(n, holder, true).await
+    }
+
+    async fn save_node(&self, n: &Node, holder: &str, release: bool) -> Result<bool, DbError> {
         let mut args = node_save_args(n, Utc::now());
         let mut sets: Vec<String> =
             NODE_SAVE_COLUMNS.iter().enumerate().map(|(i, c)| format!("{c} = ${}", i + 1)).collect();
-        sets.push("reservation = NULL".into());
+        if release {
+            sets.push("reservation = NULL".into());
+        }
         args.push(n.uuid.to_string().into());
         args.push(holder.into());
         let sql = format!(

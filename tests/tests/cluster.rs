@@ -47,24 +47,7 @@ async fn ownership_across_conductor_death_rejoin_and_etcd_restart() {
     let mut cl = Cluster::start(3, TTL, &[]);
     let c = http();
     let api = cl.api_url.clone();
-    // wait until the API sees all three
-    let start = Instant::now();
-    loop {
-        let r: Value = c
-            .get(format!("{api}/v1/conductors"))
-            .header("X-OpenStack-Ironic-API-Version", "1.115")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if r["conductors"].as_array().unwrap().len() == 3 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "API never saw 3 conductors: {r}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cl.wait_conductors(3).await;
     let mut nodes = Vec::new();
     for i in 0..60 {
         let r = c
