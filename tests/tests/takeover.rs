@@ -10,6 +10,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 const TTL: u64 = 2;
+/// Fence after 1.5 s without an acknowledged renewal (renewals every 0.67 s):
+/// short enough for the 2 s TTL, long enough for a busy 2-core machine.
+const FENCE: &[(&str, &str)] = &[("FERRIC_MEMBERSHIP__FENCE_MARGIN_MS", "500")];
 
 /// (incarnation, event, detail, at) per node, from the operation log.
 async fn history(cl: &Cluster, uuid: &str) -> Vec<(String, String, String, chrono::DateTime<chrono::Utc>)> {
@@ -61,7 +64,7 @@ fn owner_counts(nodes: &BTreeMap<String, Value>) -> HashMap<String, Vec<String>>
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_mid_deploy_every_deploy_finishes() {
     let n: usize = std::env::var("FERRIC_CHAOS_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
-    let mut cl = Cluster::start(3, TTL, &[]);
+    let mut cl = Cluster::start(3, TTL, FENCE);
     cl.wait_conductors(3).await;
     let uuids = cl.create_nodes("d", n, json!({})).await;
     to_available(&cl, &uuids).await;
@@ -116,7 +119,7 @@ async fn sigkill_mid_deploy_every_deploy_finishes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn drain_under_load_fails_nothing() {
-    let mut cl = Cluster::start(3, TTL, &[]);
+    let mut cl = Cluster::start(3, TTL, FENCE);
     cl.wait_conductors(3).await;
     let uuids = cl.create_nodes("r", 30, json!({})).await;
     to_available(&cl, &uuids).await;
@@ -160,7 +163,7 @@ async fn drain_under_load_fails_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conductor_killed_during_a_take_over_is_completed_by_the_next() {
-    let mut cl = Cluster::start(3, TTL, &[]);
+    let mut cl = Cluster::start(3, TTL, FENCE);
     cl.wait_conductors(3).await;
     let uuids = cl.create_nodes("t", 30, json!({})).await;
     to_available(&cl, &uuids).await;
@@ -223,7 +226,7 @@ async fn partitioned_conductor_fences_itself_before_its_lease_expires() {
     let target: std::net::SocketAddr = etcd.endpoint.trim_start_matches("http://").parse().unwrap();
     let proxy = ferric_tests::TcpProxy::start(target).await;
     let endpoints = vec![etcd.endpoint.clone(), proxy.endpoint(), etcd.endpoint.clone()];
-    let cl = Cluster::start_with(etcd, endpoints, TTL, &[("FERRIC_MEMBERSHIP__FENCE_MARGIN_MS", "500")]);
+    let cl = Cluster::start_with(etcd, endpoints, TTL, FENCE);
     cl.wait_conductors(3).await;
     let uuids = cl.create_nodes("f", 30, json!({})).await;
     to_available(&cl, &uuids).await;
