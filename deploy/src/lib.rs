@@ -9,3 +9,4 @@
 
 pub mod driver;
 pub mod fake;
+pub mod image;

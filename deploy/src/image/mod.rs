@@ -1,0 +1,4 @@
+//! Boot images built in-process and checked by the standard tools in tests.
+//! So far: the virtual-media parameters floppy ([`floppy`]).
+
+pub mod floppy;
