@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what building and testing Ferric needs, if it is missing:
 #   system packages (protobuf-compiler for gRPC code generation; etcd,
-#   PostgreSQL, mtools/dosfstools/xorriso for the test peers and image checks)
+#   PostgreSQL, mtools/dosfstools/xorriso/genisoimage for the test peers and
+#   image checks; isolinux/syslinux-common/grub-efi for the boot loaders boot
+#   ISOs carry; qemu-system-x86/ovmf/busybox-static/cpio to boot them in tests)
 #   and a Python venv (.venv) with the OpenStack clients the compatibility
 #   tests drive.  Idempotent and quiet when everything is there.
 #
@@ -12,7 +14,9 @@ cd "$(dirname "$0")/.."
 
 want=${1:-all}
 BUILD_PKGS="protobuf-compiler"
-TEST_PKGS="etcd-server etcd-client postgresql mtools dosfstools xorriso"
+TEST_PKGS="etcd-server etcd-client postgresql mtools dosfstools xorriso genisoimage
+  isolinux syslinux-common grub-efi-amd64-bin grub-common
+  qemu-system-x86 ovmf busybox-static cpio"
 PY_PKGS="python-ironicclient==6.3.0 openstacksdk==4.22.0"
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -19,6 +19,9 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub membership: MembershipConfig,
     pub log: LogConfig,
+    pub deploy: DeployConfig,
+    pub swift: SwiftConfig,
+    pub image_cache: ImageCacheConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -116,6 +119,118 @@ pub struct LogConfig {
     pub filter: String,
 }
 
+/// Where boot artefacts (parameters floppies, boot ISOs) are published.
+/// Names follow the iLO specs (`[deploy]` of ../shared/specs).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeployConfig {
+    /// `true`: the conductor's own HTTP root (served on
+    /// `conductor.http_listen` under `/httpboot/`); `false`: Swift. Ironic's
+    /// default is Swift; Ferric's is the HTTP root, because a conductor
+    /// serves it itself and all-in-one has no Swift.
+    pub use_http_web_server_for_images: bool,
+    /// Directory of the HTTP root; empty = `<data_dir>/httpboot`.
+    pub http_server_root: PathBuf,
+    /// URL of the HTTP root as BMCs reach it; empty = derived from the
+    /// conductor's bound HTTP address (`http://<addr>/httpboot`).
+    pub http_server_url: String,
+    /// Minutes a parameters floppy lives (Swift `X-Delete-After`, temp URL
+    /// expiry, HTTP-root clean-up).
+    pub deploy_helper_images_ttl: u64,
+    /// BIOS boot loader put into generated boot ISOs (El Torito, no
+    /// emulation) and its library module, both from Debian's
+    /// isolinux/syslinux-common packages.
+    pub isolinux_bin: PathBuf,
+    pub ldlinux_c32: PathBuf,
+    /// UEFI boot loader (`BOOTX64.EFI`) for the ISO's EFI system partition:
+    /// a GRUB image whose prefix is `/EFI/BOOT`, e.g.
+    /// `grub-mkimage -O x86_64-efi -p /EFI/BOOT -o BOOTX64.EFI iso9660 fat
+    /// part_gpt part_msdos search search_fs_file linux normal configfile
+    /// echo serial terminal` (docs/boot-artefacts.md). Empty = boot ISOs
+    /// boot by BIOS only.
+    pub uefi_loader: PathBuf,
+}
+
+/// The Swift publisher: tempauth (v1.0) credentials or a fixed storage
+/// URL + token, the container, and temporary URL signing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SwiftConfig {
+    /// v1.0 auth endpoint (`http://host:port/auth/v1.0`); empty = use
+    /// `storage_url` + `auth_token`.
+    pub auth_url: String,
+    /// `account:user` for tempauth.
+    pub user: String,
+    pub key: String,
+    /// `http://host:port/v1/AUTH_account`, when not obtained from auth_url.
+    pub storage_url: String,
+    pub auth_token: String,
+    /// Container for floppies and boot ISOs; created when missing.
+    pub swift_ilo_container: String,
+    /// The account's `X-Account-Meta-Temp-URL-Key`; set on the account at
+    /// start-up when `set_temp_url_key` is true.
+    pub temp_url_key: String,
+    pub set_temp_url_key: bool,
+    /// Seconds a temporary URL to a boot ISO stays valid (floppies use the
+    /// helper-image TTL).
+    pub swift_temp_url_duration: u64,
+    /// `sha256` (default) or `sha1` (old Swift clusters).
+    pub temp_url_digest: String,
+    /// Timeout of one Swift request.
+    pub request_timeout_secs: u64,
+}
+
+/// The conductor's content-addressed cache of source images (kernels,
+/// ramdisks, deploy ISOs) downloaded from http(s)/file URLs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageCacheConfig {
+    /// Directory; empty = `<data_dir>/image-cache`.
+    pub dir: PathBuf,
+    /// Size bound; the least recently used images not in use are evicted.
+    pub max_size_mb: u64,
+    /// Timeout of one download (whole transfer).
+    pub download_timeout_secs: u64,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        DeployConfig {
+            use_http_web_server_for_images: true,
+            http_server_root: PathBuf::new(),
+            http_server_url: String::new(),
+            deploy_helper_images_ttl: 10,
+            isolinux_bin: PathBuf::from("/usr/lib/ISOLINUX/isolinux.bin"),
+            ldlinux_c32: PathBuf::from("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
+            uefi_loader: PathBuf::new(),
+        }
+    }
+}
+
+impl Default for SwiftConfig {
+    fn default() -> Self {
+        SwiftConfig {
+            auth_url: String::new(),
+            user: String::new(),
+            key: String::new(),
+            storage_url: String::new(),
+            auth_token: String::new(),
+            swift_ilo_container: "ironic_ilo_container".into(),
+            temp_url_key: String::new(),
+            set_temp_url_key: false,
+            swift_temp_url_duration: 1200,
+            temp_url_digest: "sha256".into(),
+            request_timeout_secs: 60,
+        }
+    }
+}
+
+impl Default for ImageCacheConfig {
+    fn default() -> Self {
+        ImageCacheConfig { dir: PathBuf::new(), max_size_mb: 20 * 1024, download_timeout_secs: 1800 }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -125,6 +240,9 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             membership: MembershipConfig::default(),
             log: LogConfig::default(),
+            deploy: DeployConfig::default(),
+            swift: SwiftConfig::default(),
+            image_cache: ImageCacheConfig::default(),
         }
     }
 }
@@ -238,6 +356,24 @@ impl Config {
         if self.conductor.max_operations == 0 {
             return Err(ConfigError("conductor.max_operations must be at least 1".into()));
         }
+        if !matches!(self.swift.temp_url_digest.as_str(), "sha256" | "sha1") {
+            return Err(ConfigError(format!(
+                "swift.temp_url_digest must be \"sha256\" or \"sha1\", not {:?}",
+                self.swift.temp_url_digest
+            )));
+        }
+        if !self.deploy.use_http_web_server_for_images
+            && self.swift.auth_url.is_empty()
+            && self.swift.storage_url.is_empty()
+        {
+            return Err(ConfigError(
+                "deploy.use_http_web_server_for_images = false publishes to Swift and needs swift.auth_url or swift.storage_url"
+                    .into(),
+            ));
+        }
+        if self.deploy.deploy_helper_images_ttl == 0 {
+            return Err(ConfigError("deploy.deploy_helper_images_ttl must be at least 1 (minutes)".into()));
+        }
         if !matches!(self.log.format.as_str(), "human" | "json") {
             return Err(ConfigError(format!("log.format must be \"human\" or \"json\", not {:?}", self.log.format)));
         }
@@ -250,6 +386,24 @@ impl Config {
             format!("sqlite://{}", self.data_dir.join("ferric.sqlite").display())
         } else {
             self.database.url.clone()
+        }
+    }
+
+    /// The HTTP root directory, defaulting to `<data_dir>/httpboot`.
+    pub fn http_server_root(&self) -> PathBuf {
+        if self.deploy.http_server_root.as_os_str().is_empty() {
+            self.data_dir.join("httpboot")
+        } else {
+            self.deploy.http_server_root.clone()
+        }
+    }
+
+    /// The image cache directory, defaulting to `<data_dir>/image-cache`.
+    pub fn image_cache_dir(&self) -> PathBuf {
+        if self.image_cache.dir.as_os_str().is_empty() {
+            self.data_dir.join("image-cache")
+        } else {
+            self.image_cache.dir.clone()
         }
     }
 

@@ -10,3 +10,4 @@
 pub mod driver;
 pub mod fake;
 pub mod image;
+pub mod publish;

@@ -1,0 +1,1 @@
+//! Source image cache (being written).

@@ -1,0 +1,1 @@
+//! Shared boot ISOs and floppies (being written).

@@ -1,0 +1,1 @@
+//! HTTP root publisher (being written).

@@ -1,0 +1,1 @@
+//! Swift publisher (being written).
