@@ -1,1 +1,187 @@
-//! Shared boot ISOs and floppies (being written).
+//! What the published objects mean, on top of either [`Store`].
+//!
+//! **Boot ISOs are shared.** A boot ISO is named by its content id
+//! (`boot-<sha256>.iso`, see `image::iso::BootIsoSpec::content_id`), so every
+//! node deployed from the same kernel, ramdisk and parameters uses one file.
+//! Who uses it is recorded as one private marker object per node,
+//! `.users/boot-<id>.iso/<node uuid>`; the usage count is the number of
+//! markers, mirrored into the ISO's `usage-count` metadata for operators
+//! (Swift `X-Object-Meta-Usage-Count`, as the iLO spec has it).
+//!
+//! * acquire(node): put the node's marker first, then build and upload
+//!   the ISO if it is missing, then recount. Idempotent: a retried step
+//!   (or a take-over re-running it) puts the same marker again and the
+//!   count does not move.
+//! * release(node): delete the marker, recount; the release that leaves no
+//!   marker deletes the ISO.
+//!
+//! Markers instead of a counter because a counter is a read-modify-write
+//! that a crash or a retry gets wrong (a count incremented twice is an ISO
+//! never deleted). Acquire and release of one ISO are serialised inside a
+//! conductor. Across conductors (Swift, where the container is shared)
+//! the only race is one conductor releasing the last use while another
+//! acquires at the same moment: the second finds its marker already
+//! written before the first recounts in every interleaving but one (the
+//! acquirer saw the ISO, then the releaser listed before the marker was
+//! visible) — that node's ISO is rebuilt by its next acquire.
+//!
+//! **Floppies are private to one deploy.** `floppy-<node>-<128 random
+//! bits>.img`: the name is the capability (it carries the agent token, and
+//! the HTTP root has no listing), deleted after `deploy_helper_images_ttl`
+//! by the store (Swift `X-Delete-After`, the HTTP root's clean-up pass) or
+//! when the deploy is done, whichever comes first.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{PublishError, Result, Store};
+
+/// Metadata key of a boot ISO's usage count.
+pub const USAGE_COUNT: &str = "usage-count";
+
+/// A published object and the URL a BMC fetches it from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    pub name: String,
+    pub url: String,
+}
+
+pub struct Artefacts {
+    store: Arc<dyn Store>,
+    floppy_ttl: Duration,
+    /// How long a handed-out boot ISO URL stays valid (Swift temp URLs).
+    iso_url_validity: Duration,
+    /// Where ISOs are built before upload.
+    scratch: PathBuf,
+    /// One async mutex per boot ISO, so acquire and release of one ISO do
+    /// not interleave inside this conductor.
+    iso_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+pub fn boot_iso_name(content_id: &str) -> String {
+    format!("boot-{content_id}.iso")
+}
+
+fn holders_prefix(iso: &str) -> String {
+    format!(".users/{iso}/")
+}
+
+fn check_content_id(id: &str) -> Result<()> {
+    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(PublishError::BadName(format!("boot ISO content id {id:?} (64 lowercase hex digits expected)")))
+    }
+}
+
+impl Artefacts {
+    pub fn new(store: Arc<dyn Store>, floppy_ttl: Duration, iso_url_validity: Duration, scratch: PathBuf) -> Self {
+        Artefacts { store, floppy_ttl, iso_url_validity, scratch, iso_locks: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn iso_lock(&self, iso: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.iso_locks.lock().expect("iso lock map");
+        // forget locks nobody holds, so the map stays as small as the set of ISOs in use
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(iso.to_string()).or_default().clone()
+    }
+
+    /// Publishes a node's parameters floppy under a fresh unguessable name,
+    /// gone after the helper-image TTL.
+    pub async fn publish_floppy(&self, node: Uuid, image: Vec<u8>) -> Result<Published> {
+        let name = format!("floppy-{node}-{:032x}.img", rand::random::<u128>());
+        self.store.put_bytes(&name, image, Some(self.floppy_ttl)).await?;
+        let url = self.store.url(&name, self.floppy_ttl)?;
+        Ok(Published { name, url })
+    }
+
+    /// Deletes a floppy (idempotent).
+    pub async fn remove_floppy(&self, name: &str) -> Result<()> {
+        if !name.starts_with("floppy-") {
+            return Err(PublishError::BadName(format!("{name} is not a floppy")));
+        }
+        self.store.delete(name).await
+    }
+
+    /// Records that `node` uses the boot ISO `content_id`, building it with
+    /// `build(path)` (a blocking function that writes the ISO at `path`)
+    /// and uploading it when it is not published yet. Returns its URL.
+    pub async fn acquire_boot_iso<F>(&self, node: Uuid, content_id: &str, build: F) -> Result<Published>
+    where
+        F: FnOnce(&Path) -> std::result::Result<(), String> + Send + 'static,
+    {
+        check_content_id(content_id)?;
+        let iso = boot_iso_name(content_id);
+        let lock = self.iso_lock(&iso);
+        let _held = lock.lock().await;
+        let marker = format!("{}{node}", holders_prefix(&iso));
+        self.store.put_bytes(&marker, node.to_string().into_bytes(), None).await?;
+        if !self.store.exists(&iso).await? {
+            tokio::fs::create_dir_all(&self.scratch).await.map_err(|e| PublishError::io(&self.scratch, e))?;
+            let path = self.scratch.join(format!(".build-{:032x}-{iso}", rand::random::<u128>()));
+            let target = path.clone();
+            let built = tokio::task::spawn_blocking(move || build(&target))
+                .await
+                .map_err(|e| PublishError::Build(format!("ISO build task failed: {e}")))?;
+            let uploaded = match built {
+                Ok(()) => self.store.put_file(&iso, &path, None).await,
+                Err(e) => Err(PublishError::Build(e)),
+            };
+            let _ = tokio::fs::remove_file(&path).await;
+            if let Err(e) = uploaded {
+                // leave no marker behind for an ISO that does not exist
+                let _ = self.store.delete(&marker).await;
+                return Err(e);
+            }
+        }
+        let users = self.store.list(&holders_prefix(&iso)).await?.len();
+        self.store.set_metadata(&iso, USAGE_COUNT, &users.to_string()).await?;
+        let url = self.store.url(&iso, self.iso_url_validity)?;
+        Ok(Published { name: iso, url })
+    }
+
+    /// Drops `node`'s use of the boot ISO; the last release deletes it.
+    /// Returns the uses left. Idempotent.
+    pub async fn release_boot_iso(&self, node: Uuid, content_id: &str) -> Result<usize> {
+        check_content_id(content_id)?;
+        let iso = boot_iso_name(content_id);
+        let lock = self.iso_lock(&iso);
+        let _held = lock.lock().await;
+        self.store.delete(&format!("{}{node}", holders_prefix(&iso))).await?;
+        let users = self.store.list(&holders_prefix(&iso)).await?.len();
+        if users == 0 {
+            self.store.delete(&iso).await?;
+        } else if self.store.exists(&iso).await? {
+            self.store.set_metadata(&iso, USAGE_COUNT, &users.to_string()).await?;
+        }
+        Ok(users)
+    }
+
+    /// How many nodes use the boot ISO (its markers).
+    pub async fn boot_iso_users(&self, content_id: &str) -> Result<Vec<Uuid>> {
+        check_content_id(content_id)?;
+        let prefix = holders_prefix(&boot_iso_name(content_id));
+        let names = self.store.list(&prefix).await?;
+        Ok(names.iter().filter_map(|n| n.strip_prefix(&prefix)).filter_map(|u| u.parse().ok()).collect())
+    }
+
+    /// A fresh URL for a published boot ISO (Swift temp URLs expire; a
+    /// take-over or a reboot re-signs).
+    pub fn boot_iso_url(&self, content_id: &str) -> Result<String> {
+        check_content_id(content_id)?;
+        self.store.url(&boot_iso_name(content_id), self.iso_url_validity)
+    }
+
+    /// Runs the store's expiry pass (floppies past their TTL).
+    pub async fn expire(&self) -> Result<usize> {
+        self.store.expire().await
+    }
+}

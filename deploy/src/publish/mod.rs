@@ -32,6 +32,8 @@ pub enum PublishError {
     Private(String),
     #[error("{backend} request failed: {message}")]
     Backend { backend: &'static str, message: String },
+    #[error("building the artefact failed: {0}")]
+    Build(String),
     #[error("I/O error on {path}: {source}")]
     Io { path: String, source: std::io::Error },
 }
