@@ -29,7 +29,7 @@ pub fn ring_settings(cfg: &Config) -> RingSettings {
 /// Run API + conductor until `shutdown` is cancelled, then stop both:
 /// the API stops taking requests, running operations stop at a step
 /// boundary (and resume at the next start).
-pub async fn run_all_in_one(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_all_in_one(mut cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     if cfg.membership.backend != "local" {
         anyhow::bail!("all-in-one uses in-process membership; membership.backend must be \"local\"");
     }
@@ -38,6 +38,9 @@ pub async fn run_all_in_one(cfg: Config, shutdown: CancellationToken) -> anyhow:
     let db =
         Db::connect(&url, cfg.database.max_connections).await.with_context(|| format!("opening database {url}"))?;
     let membership = Membership::Local(Arc::new(LocalMembership::new(ring_settings(&cfg))));
+    let http_stop = CancellationToken::new();
+    let _stop_http = http_stop.clone().drop_guard();
+    serve_conductor_http(&mut cfg, install_metrics(), http_stop).await?;
     let conductor = ferric_conductor::start(cfg.clone(), db.clone(), membership.clone(), shutdown.clone()).await?;
     let api =
         ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), install_metrics(), shutdown.clone()).await?;
@@ -96,7 +99,7 @@ pub async fn run_api(cfg: Config, shutdown: CancellationToken) -> anyhow::Result
 
 /// A conductor process: registers in etcd under a lease and owns the nodes
 /// the ring gives it.
-pub async fn run_conductor(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_conductor(mut cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     // the lease and the watch outlive the conductor's shutdown: it leaves
     // the ring only after its operations stopped (else others would clear
     // its locks while it still acts)
@@ -104,7 +107,7 @@ pub async fn run_conductor(cfg: Config, shutdown: CancellationToken) -> anyhow::
     let _stop_membership = membership_token.clone().drop_guard();
     let membership = etcd_membership(&cfg, &membership_token).await?;
     let db = open_db(&cfg).await?;
-    serve_conductor_http(&cfg, install_metrics(), membership_token.clone()).await?;
+    serve_conductor_http(&mut cfg, install_metrics(), membership_token.clone()).await?;
     let mut restarting = false;
     loop {
         let stop = CancellationToken::new();
@@ -149,9 +152,11 @@ pub fn install_metrics() -> Option<ferric_api::MetricsRender> {
     Some(Arc::new(move || handle.render()))
 }
 
-/// The conductor's own HTTP listener: /metrics and /healthz.
+/// The conductor's own HTTP listener: /metrics, /healthz and the HTTP root
+/// under /httpboot/ (boot media for BMCs). Sets `deploy.http_server_url`
+/// from the bound address when it is empty.
 async fn serve_conductor_http(
-    cfg: &Config,
+    cfg: &mut Config,
     metrics: Option<ferric_api::MetricsRender>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -161,14 +166,30 @@ async fn serve_conductor_http(
     let listener = tokio::net::TcpListener::bind(&cfg.conductor.http_listen)
         .await
         .with_context(|| format!("binding the conductor HTTP address {}", cfg.conductor.http_listen))?;
-    info!(addr = %listener.local_addr()?, "conductor HTTP (/metrics, /healthz) listening");
-    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" })).route(
-        "/metrics",
-        axum::routing::get(move || {
-            let m = metrics.clone();
-            async move { m.map(|r| r()).unwrap_or_default() }
-        }),
-    );
+    let addr = listener.local_addr()?;
+    if cfg.deploy.http_server_url.is_empty() {
+        if addr.ip().is_unspecified() {
+            anyhow::bail!(
+                "conductor.http_listen {addr} is a wildcard address, so BMCs cannot be told where the HTTP root is: \
+                 set deploy.http_server_url (e.g. http://<this host's IP>:{}/httpboot)",
+                addr.port()
+            );
+        }
+        cfg.deploy.http_server_url = format!("http://{addr}/httpboot");
+    }
+    let root = cfg.http_server_root();
+    std::fs::create_dir_all(&root).with_context(|| format!("creating the HTTP root {}", root.display()))?;
+    info!(addr = %addr, root = %root.display(), url = %cfg.deploy.http_server_url, "conductor HTTP (/metrics, /healthz, /httpboot) listening");
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = metrics.clone();
+                async move { m.map(|r| r()).unwrap_or_default() }
+            }),
+        )
+        .nest_service("/httpboot", ferric_deploy::publish::http::router(root));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     });

@@ -63,6 +63,8 @@ pub struct Inner {
     /// Set by a drain: no new operations, no take-overs.
     pub draining: std::sync::atomic::AtomicBool,
     pub stats: Stats,
+    /// Boot media publishing (HTTP root or Swift) for the boot interfaces.
+    pub media: Arc<ferric_deploy::media::Media>,
 }
 
 /// Counters for status and metrics.
@@ -176,6 +178,21 @@ impl ConductorHandle {
 
 /// Start a conductor: bind gRPC, join the membership, recover the nodes
 /// the ring gives it, and serve until `shutdown` is cancelled.
+/// Where BMCs reach this conductor's HTTP root: `[deploy] http_server_url`,
+/// which the process sets from its bound HTTP listener when empty.
+fn http_root_url(cfg: &Config) -> anyhow::Result<String> {
+    if !cfg.deploy.http_server_url.is_empty() {
+        return Ok(cfg.deploy.http_server_url.clone());
+    }
+    if cfg.deploy.use_http_web_server_for_images {
+        anyhow::bail!(
+            "deploy.http_server_url is empty and no conductor HTTP listener set it: set conductor.http_listen \
+             (the conductor serves its HTTP root there) or deploy.http_server_url"
+        );
+    }
+    Ok(String::new())
+}
+
 pub async fn start(
     cfg: Config,
     db: Db,
@@ -191,7 +208,15 @@ pub async fn start(
         if cfg.conductor.grpc_url.is_empty() { format!("http://{grpc_addr}") } else { cfg.conductor.grpc_url.clone() };
     let id = cfg.conductor_id();
     let incarnation = format!("{id}/{}", Uuid::new_v4());
+    let http_url = http_root_url(&cfg)?;
+    let media = ferric_deploy::media::Media::from_config(&cfg, &http_url).await.with_context(|| {
+        format!(
+            "setting up the {} publisher",
+            if cfg.deploy.use_http_web_server_for_images { "HTTP root" } else { "Swift" }
+        )
+    })?;
     let inner = Arc::new(Inner {
+        media,
         registry,
         id: id.clone(),
         incarnation: incarnation.clone(),
@@ -226,7 +251,7 @@ pub async fn start(
         id: id.clone(),
         incarnation: incarnation.clone(),
         grpc_url: grpc_url.clone(),
-        http_url: String::new(),
+        http_url: if inner.cfg.deploy.use_http_web_server_for_images { http_url.clone() } else { String::new() },
         conductor_group: inner.cfg.conductor.conductor_group.to_ascii_lowercase(),
         hardware_types: inner.registry.names().iter().map(|s| s.to_string()).collect(),
         state: MemberState::Active,

@@ -195,7 +195,12 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                 r
             }
             _ => {
-                let task = Task { node: node.clone(), ports: ports.clone(), conductor_id: inner.id.clone() };
+                let task = Task {
+                    node: node.clone(),
+                    ports: ports.clone(),
+                    conductor_id: inner.id.clone(),
+                    media: inner.media.clone(),
+                };
                 let steps = plan(&driver, &task);
                 OperationRecord {
                     state,
@@ -227,7 +232,12 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                 return Finish::LostLock;
             }
             inner.history(node.uuid, "step", &format!("{state} {}", step.full_name())).await;
-            let mut task = Task { node: node.clone(), ports: ports.clone(), conductor_id: inner.id.clone() };
+            let mut task = Task {
+                node: node.clone(),
+                ports: ports.clone(),
+                conductor_id: inner.id.clone(),
+                media: inner.media.clone(),
+            };
             let outcome = tokio::select! {
                 r = driver.execute_step(&mut task, &step) => r,
                 // fenced: drop the step mid-flight and write nothing more

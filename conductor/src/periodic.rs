@@ -8,6 +8,9 @@
 //! * **power sync**: a node in a stable state whose BMC reports another
 //!   power state than the database gets the database corrected.
 //!
+//! * **helper image expiry**: parameters floppies in the HTTP root past
+//!   `deploy_helper_images_ttl` are deleted (Swift expires them itself).
+//!
 //! Busy nodes (locked) and nodes in maintenance are left alone.
 
 use std::sync::Arc;
@@ -35,6 +38,11 @@ pub async fn run(inner: Arc<Inner>) {
             _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
         }
         pass(&inner).await;
+        match inner.media.artefacts.expire().await {
+            Ok(0) => {}
+            Ok(n) => info!(removed = n, "expired helper images removed"),
+            Err(e) => warn!("helper image expiry: {e}"),
+        }
     }
 }
 
@@ -74,7 +82,8 @@ pub async fn pass(inner: &Arc<Inner>) -> (usize, usize) {
             continue;
         }
         let Ok(driver) = inner.registry.driver_for(&node) else { continue };
-        let task = Task { node: node.clone(), ports: Vec::new(), conductor_id: inner.id.clone() };
+        let task =
+            Task { node: node.clone(), ports: Vec::new(), conductor_id: inner.id.clone(), media: inner.media.clone() };
         let actual = match tokio::time::timeout(BMC_TIMEOUT, driver.power.get_power_state(&task)).await {
             Ok(Ok(s)) => s.as_str().to_string(),
             Ok(Err(e)) => {

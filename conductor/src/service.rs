@@ -294,6 +294,7 @@ impl Conductor for ConductorService {
                 node: node.clone(),
                 ports: self.inner.ports_of(node.uuid).await,
                 conductor_id: self.inner.id.clone(),
+                media: self.inner.media.clone(),
             };
             for (iface, res) in driver.validate_all(&task).await {
                 if let (true, Err(e)) = (needs.contains(&iface.as_str()), res) {
@@ -377,8 +378,12 @@ impl Conductor for ConductorService {
         let timeout = (r.timeout > 0).then(|| std::time::Duration::from_secs(u64::from(r.timeout)));
         let target = r.target.clone();
         self.inner.tasks.spawn(async move {
-            let mut task =
-                ferric_deploy::driver::Task { node: node.clone(), ports: Vec::new(), conductor_id: inner.id.clone() };
+            let mut task = ferric_deploy::driver::Task {
+                node: node.clone(),
+                ports: Vec::new(),
+                conductor_id: inner.id.clone(),
+                media: inner.media.clone(),
+            };
             let action = async {
                 if reboot {
                     driver.power.reboot(&mut task, timeout).await
@@ -576,6 +581,7 @@ impl Conductor for ConductorService {
                     ports: self.inner.ports_of(node.uuid).await,
                     node,
                     conductor_id: self.inner.id.clone(),
+                    media: self.inner.media.clone(),
                 };
                 for (iface, res) in driver.validate_all(&task).await {
                     interfaces.push(InterfaceValidation {
@@ -622,7 +628,12 @@ impl Conductor for ConductorService {
         } else {
             (None, node)
         };
-        let mut task = ferric_deploy::driver::Task { ports: Vec::new(), node, conductor_id: self.inner.id.clone() };
+        let mut task = ferric_deploy::driver::Task {
+            ports: Vec::new(),
+            node,
+            conductor_id: self.inner.id.clone(),
+            media: self.inner.media.clone(),
+        };
         let res = driver.vendor.call(&mut task, &r.method, &body).await;
         if let Some(lock) = lock {
             if res.is_ok()
@@ -711,6 +722,7 @@ impl Conductor for ConductorService {
                 ports: Vec::new(),
                 node: node.clone(),
                 conductor_id: self.inner.id.clone(),
+                media: self.inner.media.clone(),
             };
             let go = driver.deploy.heartbeat(&mut task, &hb).await.map_err(|e| self.driver_err(e))?;
             node = task.node;

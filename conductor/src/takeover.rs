@@ -205,7 +205,12 @@ async fn take_over_one(inner: &Arc<Inner>, uuid: Uuid) -> bool {
                 return false;
             }
         };
-        let mut task = Task { ports: inner.ports_of(uuid).await, node: node.clone(), conductor_id: inner.id.clone() };
+        let mut task = Task {
+            ports: inner.ports_of(uuid).await,
+            node: node.clone(),
+            conductor_id: inner.id.clone(),
+            media: inner.media.clone(),
+        };
         let hooks = async {
             driver.boot.take_over(&mut task).await?;
             driver.deploy.take_over(&mut task).await

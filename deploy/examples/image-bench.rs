@@ -87,7 +87,9 @@ fn main() {
     for d in ["isolinux", "EFI/BOOT", "FERRIC"] {
         std::fs::create_dir_all(tree.join(d)).unwrap();
     }
-    std::fs::hard_link(&kernel, tree.join("vmlinuz")).or_else(|_| std::fs::copy(&kernel, tree.join("vmlinuz")).map(drop)).unwrap();
+    std::fs::hard_link(&kernel, tree.join("vmlinuz"))
+        .or_else(|_| std::fs::copy(&kernel, tree.join("vmlinuz")).map(drop))
+        .unwrap();
     std::fs::hard_link(&ramdisk, tree.join("initrd")).unwrap();
     std::fs::copy(&loaders.isolinux_bin, tree.join("isolinux/isolinux.bin")).unwrap();
     std::fs::copy(&loaders.ldlinux_c32, tree.join("isolinux/ldlinux.c32")).unwrap();
@@ -120,6 +122,15 @@ fn main() {
     }
     let payload = std::fs::metadata(&kernel).unwrap().len() + std::fs::metadata(&ramdisk).unwrap().len();
     report(&format!("boot ISO ({} MB payload)", payload >> 20), ours, theirs);
+    // the kernel and ramdisk are streamed: the process never holds the payload
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0);
+    println!("peak RSS of this process after the ISO runs: {} MB (payload {} MB)", hwm >> 10, payload >> 20);
 
     // parameters floppy
     let mut p = std::collections::BTreeMap::new();
@@ -157,4 +168,3 @@ fn report(what: &str, ours: Vec<Duration>, theirs: Vec<Duration>) {
         ours.len()
     );
 }
-

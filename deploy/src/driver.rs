@@ -23,6 +23,9 @@ pub struct Task {
     pub ports: Vec<Port>,
     /// Who runs the task (for logs and artefact ownership).
     pub conductor_id: String,
+    /// The conductor's publisher and boot loaders, for boot interfaces
+    /// that build and publish media (and rebuild them in `take_over`).
+    pub media: Arc<crate::media::Media>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

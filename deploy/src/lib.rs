@@ -10,4 +10,5 @@
 pub mod driver;
 pub mod fake;
 pub mod image;
+pub mod media;
 pub mod publish;

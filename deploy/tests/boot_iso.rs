@@ -22,7 +22,8 @@ fn repo_root() -> PathBuf {
 
 fn fixtures() -> PathBuf {
     let dir = repo_root().join("target/boot-fixtures");
-    let out = Command::new(repo_root().join("scripts/boot-fixtures.sh")).arg(&dir).output().expect("run boot-fixtures.sh");
+    let out =
+        Command::new(repo_root().join("scripts/boot-fixtures.sh")).arg(&dir).output().expect("run boot-fixtures.sh");
     assert!(out.status.success(), "scripts/boot-fixtures.sh failed: {}", String::from_utf8_lossy(&out.stderr));
     dir
 }
@@ -77,7 +78,12 @@ fn build(fx: &Path, params: &str, uefi: bool) -> Built {
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
@@ -196,12 +202,25 @@ fn boot(iso: &Path, uefi: bool) -> String {
     let dir = tempfile::tempdir().unwrap();
     let console = dir.path().join("console.log");
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-m", "512", "-smp", "1", "-nographic", "-monitor", "none", "-no-reboot", "-net", "none"])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-cdrom")
-        .arg(iso)
-        .args(["-boot", "d"]);
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "512",
+        "-smp",
+        "1",
+        "-nographic",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-net",
+        "none",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", console.display()))
+    .arg("-cdrom")
+    .arg(iso)
+    .args(["-boot", "d"]);
     if uefi {
         let vars = dir.path().join("OVMF_VARS.fd");
         std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF is missing: run scripts/deps.sh");

@@ -128,7 +128,12 @@ async fn serves_objects_with_range_and_refuses_traversal_listing_and_private_fil
 async fn floppies_expire_after_their_ttl() {
     let srv = serve().await;
     let store = srv.store();
-    let a = Artefacts::new(store.clone(), Duration::from_secs(1), Duration::from_secs(60), srv.root.path().join(".scratch"));
+    let a = Artefacts::new(
+        store.clone(),
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+        srv.root.path().join(".scratch"),
+    );
     let node = Uuid::new_v4();
     let f1 = a.publish_floppy(node, b"floppy one".to_vec()).await.unwrap();
     let f2 = a.publish_floppy(node, b"floppy two".to_vec()).await.unwrap();

@@ -127,13 +127,16 @@ pub fn check_kernel_params(params: &str) -> Result<(), IsoError> {
         )));
     }
     if let Some(c) = params.chars().find(|c| c.is_control() || matches!(c, '\'' | '"' | '\\')) {
-        return Err(IsoError::BadParams(format!("character {c:?} is not allowed (no quotes, backslashes, control characters)")));
+        return Err(IsoError::BadParams(format!(
+            "character {c:?} is not allowed (no quotes, backslashes, control characters)"
+        )));
     }
     Ok(())
 }
 
 fn read_input(what: &'static str, path: &Path) -> Result<Vec<u8>, IsoError> {
-    let bytes = std::fs::read(path).map_err(|source| IsoError::Input { what, path: path.display().to_string(), source })?;
+    let bytes =
+        std::fs::read(path).map_err(|source| IsoError::Input { what, path: path.display().to_string(), source })?;
     if bytes.is_empty() {
         return Err(IsoError::EmptyInput { what, path: path.display().to_string() });
     }
@@ -230,8 +233,11 @@ fn file_entry(name: &str, bytes: Vec<u8>) -> InputEntry {
 }
 
 fn streamed_entry(what: &'static str, name: &str, path: &Path) -> Result<InputEntry, IsoError> {
-    let source =
-        FileSource::from_path(path).map_err(|source| IsoError::Input { what, path: path.display().to_string(), source })?;
+    let source = FileSource::from_path(path).map_err(|source| IsoError::Input {
+        what,
+        path: path.display().to_string(),
+        source,
+    })?;
     if source.is_empty() {
         return Err(IsoError::EmptyInput { what, path: path.display().to_string() });
     }

@@ -123,8 +123,7 @@ impl HttpRootStore {
     async fn put(&self, name: &str, source: Source<'_>, delete_after: Option<Duration>) -> Result<()> {
         let path = self.path(name)?;
         write_atomically(&path, source).await?;
-        let mut side = SideFile::default();
-        side.delete_at = delete_after.map(|d| now_secs() + d.as_secs().max(1));
+        let side = SideFile { delete_at: delete_after.map(|d| now_secs() + d.as_secs().max(1)), ..Default::default() };
         self.write_side(name, &side).await
     }
 }
