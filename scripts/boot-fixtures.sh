@@ -12,6 +12,9 @@ cd "$(dirname "$0")/.."
 OUT=${1:-target/boot-fixtures}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+# tests run in parallel and each may call this: one builder at a time
+exec 9>"$OUT/.lock"
+flock 9
 
 if [ ! -s "$OUT/vmlinuz" ]; then
   pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')

@@ -17,6 +17,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # the suites spawn the real binaries, so build them first
 cargo build --workspace --bins --quiet
+# kernel, ramdisk and GRUB loader the boot-ISO tests boot in QEMU
+scripts/boot-fixtures.sh >/dev/null
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
