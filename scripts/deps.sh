@@ -3,7 +3,8 @@
 #   system packages (protobuf-compiler for gRPC code generation; etcd,
 #   PostgreSQL, mtools/dosfstools/xorriso/genisoimage for the test peers and
 #   image checks; isolinux/syslinux-common/grub-efi for the boot loaders boot
-#   ISOs carry; qemu-system-x86/ovmf/busybox-static/cpio to boot them in tests)
+#   ISOs carry; qemu-system-x86/ovmf/busybox-static/cpio to boot them in tests;
+#   OpenStack Swift + memcached for the Swift publisher's tests)
 #   and a Python venv (.venv) with the OpenStack clients the compatibility
 #   tests drive.  Idempotent and quiet when everything is there.
 #
@@ -16,7 +17,8 @@ want=${1:-all}
 BUILD_PKGS="protobuf-compiler"
 TEST_PKGS="etcd-server etcd-client postgresql mtools dosfstools xorriso genisoimage
   isolinux syslinux-common grub-efi-amd64-bin grub-common
-  qemu-system-x86 ovmf busybox-static cpio"
+  qemu-system-x86 ovmf busybox-static cpio
+  swift swift-proxy swift-account swift-container swift-object swift-object-expirer memcached"
 PY_PKGS="python-ironicclient==6.3.0 openstacksdk==4.22.0"
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

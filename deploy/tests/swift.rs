@@ -1,0 +1,277 @@
+//! The Swift publisher against a real OpenStack Swift (Debian's packages:
+//! proxy with tempauth + tempurl, account/container/object servers,
+//! memcached) started on free loopback ports by scripts/swift-lab.sh for
+//! this test binary and stopped when it ends.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferric_common::config::SwiftConfig;
+use ferric_deploy::publish::Store;
+use ferric_deploy::publish::artefacts::{Artefacts, USAGE_COUNT, boot_iso_name};
+use ferric_deploy::publish::swift::{Digest, SwiftStore, temp_url_signature};
+use uuid::Uuid;
+
+const TEMP_URL_KEY: &str = "ferric-test-temp-url-key";
+
+struct SwiftLab {
+    dir: tempfile::TempDir,
+    proxy: u16,
+    memcached: u16,
+    script: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl SwiftLab {
+    fn start() -> SwiftLab {
+        assert!(
+            Command::new("sh").args(["-c", "command -v swift-proxy-server"]).status().unwrap().success(),
+            "swift-proxy-server is missing: scripts/deps.sh installs Debian's swift packages"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("scripts/swift-lab.sh");
+        let (proxy, memcached) = (free_port(), free_port());
+        let env = vec![
+            ("SWIFT_LAB".to_string(), dir.path().display().to_string()),
+            ("SWIFT_PROXY_PORT".to_string(), proxy.to_string()),
+            ("SWIFT_ACCOUNT_PORT".to_string(), free_port().to_string()),
+            ("SWIFT_CONTAINER_PORT".to_string(), free_port().to_string()),
+            ("SWIFT_OBJECT_PORT".to_string(), free_port().to_string()),
+            ("SWIFT_MEMCACHED_PORT".to_string(), memcached.to_string()),
+        ];
+        let lab = SwiftLab { dir, proxy, memcached, script, env };
+        let out = lab.run("start");
+        assert!(
+            out.status.success(),
+            "swift-lab.sh start failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            lab.logs()
+        );
+        lab
+    }
+
+    fn run(&self, what: &str) -> std::process::Output {
+        Command::new(&self.script).arg(what).envs(self.env.iter().map(|(k, v)| (k, v))).output().unwrap()
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for f in ["proxy", "account", "container", "object", "memcached"] {
+            let p = self.dir.path().join(format!("log/{f}.log"));
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(10).collect();
+            s.push_str(&format!("--- {f}.log (newest first)\n{}\n", tail.join("\n")));
+        }
+        s
+    }
+
+    fn config(&self) -> SwiftConfig {
+        SwiftConfig {
+            auth_url: format!("http://127.0.0.1:{}/auth/v1.0", self.proxy),
+            user: "test:tester".into(),
+            key: "testing".into(),
+            temp_url_key: TEMP_URL_KEY.into(),
+            set_temp_url_key: true,
+            swift_ilo_container: format!("ferric-{}", &Uuid::new_v4().to_string()[..8]),
+            ..SwiftConfig::default()
+        }
+    }
+
+    /// Drops every tempauth token (they live only in memcached).
+    fn flush_tokens(&self) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.memcached)).unwrap();
+        s.write_all(b"flush_all\r\n").unwrap();
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"OK"), "memcached: {:?}", String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+impl Drop for SwiftLab {
+    fn drop(&mut self) {
+        let _ = self.run("stop");
+    }
+}
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// An authenticated raw view, to check what the store did.
+async fn token(lab: &SwiftLab) -> (String, String) {
+    let r = client()
+        .get(format!("http://127.0.0.1:{}/auth/v1.0", lab.proxy))
+        .header("X-Auth-User", "test:tester")
+        .header("X-Auth-Key", "testing")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let h = r.headers();
+    (h["x-storage-url"].to_str().unwrap().to_string(), h["x-auth-token"].to_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swift_publisher_against_a_real_swift() {
+    let lab = SwiftLab::start();
+    let cfg = lab.config();
+    let store = SwiftStore::connect(&cfg).await.unwrap_or_else(|e| panic!("connect: {e}\n{}", lab.logs()));
+    let c = client();
+    let (storage, tok) = token(&lab).await;
+
+    // the container was created
+    let r = c.head(format!("{storage}/{}", cfg.swift_ilo_container)).header("X-Auth-Token", &tok).send().await.unwrap();
+    assert_eq!(r.status(), 204, "container HEAD");
+
+    // round trip of a 3 MB file through a temporary URL, no token
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("boot.iso");
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&file, &body).unwrap();
+    store.put_file("boot-abc.iso", &file, None).await.unwrap();
+    let url = store.url("boot-abc.iso", Duration::from_secs(60)).unwrap();
+    assert!(url.contains("temp_url_sig=") && url.contains("temp_url_expires="), "{url}");
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "temp URL GET without a token");
+    assert!(r.bytes().await.unwrap() == body, "downloaded bytes differ");
+    let r = c.get(&url).header("range", "bytes=10-19").send().await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &body[10..20]);
+    // a tampered signature, a signature for another object, a past expiry: 401
+    let tampered = url.replace("temp_url_sig=", "temp_url_sig=0");
+    assert_eq!(c.get(&tampered).send().await.unwrap().status(), 401);
+    let path = format!("/v1/AUTH_test/{}/boot-abc.iso", cfg.swift_ilo_container);
+    let past = 1_000_000_000u64;
+    let sig = temp_url_signature(TEMP_URL_KEY.as_bytes(), "GET", past, &path, Digest::Sha256);
+    let expired =
+        format!("{storage}/{}/boot-abc.iso?temp_url_sig={sig}&temp_url_expires={past}", cfg.swift_ilo_container);
+    assert_eq!(c.get(&expired).send().await.unwrap().status(), 401);
+    // and a URL handed out for 1 s stops working after it
+    let short = store.url("boot-abc.iso", Duration::from_secs(1)).unwrap();
+    assert_eq!(c.get(&short).send().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(c.get(&short).send().await.unwrap().status(), 401, "expired temp URL");
+
+    // SHA-1 signed URLs for old clusters
+    let sha1 = SwiftStore::connect(&SwiftConfig { temp_url_digest: "sha1".into(), ..cfg.clone() }).await.unwrap();
+    let url1 = sha1.url("boot-abc.iso", Duration::from_secs(60)).unwrap();
+    let sig_len = url1.split("temp_url_sig=").nth(1).unwrap().split('&').next().unwrap().len();
+    assert_eq!(sig_len, 40, "{url1}");
+    assert_eq!(c.get(&url1).send().await.unwrap().status(), 200);
+
+    // X-Delete-After: gone once it passes, for the store and for readers
+    store.put_bytes("floppy-x.img", b"params".to_vec(), Some(Duration::from_secs(1))).await.unwrap();
+    let furl = store.url("floppy-x.img", Duration::from_secs(60)).unwrap();
+    assert!(store.exists("floppy-x.img").await.unwrap());
+    assert_eq!(c.get(&furl).send().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(!store.exists("floppy-x.img").await.unwrap());
+    assert_eq!(c.get(&furl).send().await.unwrap().status(), 404);
+
+    // metadata: each set keeps the others and the expiry
+    store.put_bytes("meta.bin", b"m".to_vec(), Some(Duration::from_secs(600))).await.unwrap();
+    store.set_metadata("meta.bin", "usage-count", "3").await.unwrap();
+    store.set_metadata("meta.bin", "owner", "c1").await.unwrap();
+    store.set_metadata("meta.bin", "usage-count", "4").await.unwrap();
+    assert_eq!(store.metadata("meta.bin", "usage-count").await.unwrap().as_deref(), Some("4"));
+    assert_eq!(store.metadata("meta.bin", "owner").await.unwrap().as_deref(), Some("c1"));
+    assert_eq!(store.metadata("meta.bin", "nothing").await.unwrap(), None);
+    let r = c
+        .head(format!("{storage}/{}/meta.bin", cfg.swift_ilo_container))
+        .header("X-Auth-Token", &tok)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().contains_key("x-delete-at"), "metadata update dropped the expiry: {:?}", r.headers());
+    assert!(store.set_metadata("absent", "k", "v").await.is_err());
+
+    // list by prefix, delete (idempotent)
+    for n in ["p/a", "p/b", "q/c", ".users/boot-1.iso/n1"] {
+        store.put_bytes(n, vec![1], None).await.unwrap();
+    }
+    assert_eq!(store.list("p/").await.unwrap(), vec!["p/a", "p/b"]);
+    assert_eq!(store.list(".users/").await.unwrap(), vec![".users/boot-1.iso/n1"]);
+    store.delete("p/a").await.unwrap();
+    store.delete("p/a").await.unwrap();
+    assert_eq!(store.list("p/").await.unwrap(), vec!["p/b"]);
+
+    // names and private objects
+    assert!(store.url(".users/boot-1.iso/n1", Duration::from_secs(60)).is_err());
+    for bad in ["", "a//b", "../x", "a/./b"] {
+        assert!(store.put_bytes(bad, vec![1], None).await.is_err(), "{bad:?} accepted");
+    }
+
+    // tokens lost (memcached flushed): the store re-authenticates by itself
+    lab.flush_tokens();
+    assert!(store.exists("p/b").await.unwrap());
+    store.put_bytes("after-reauth", vec![2], None).await.unwrap();
+
+    // wrong credentials: a clear error
+    let bad = SwiftStore::connect(&SwiftConfig { key: "wrong".into(), ..cfg.clone() }).await.err().unwrap().to_string();
+    assert!(bad.contains("auth") && bad.contains("401"), "{bad}");
+
+    // shared boot ISOs with usage counts in object metadata, over Swift
+    let store: Arc<dyn Store> = Arc::new(store);
+    let a = Arc::new(Artefacts::new(
+        store.clone(),
+        Duration::from_secs(600),
+        Duration::from_secs(600),
+        dir.path().join("scratch"),
+    ));
+    let ids = ["d".repeat(64), "e".repeat(64)];
+    let nodes: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+    let builds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let (a, id, node, builds) = (a.clone(), ids[i % 2].clone(), *node, builds.clone());
+        let content = format!("iso {id}");
+        tasks.push(tokio::spawn(async move {
+            a.acquire_boot_iso(node, &id, move |p| {
+                builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::fs::write(p, content).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    for t in tasks {
+        let published = t.await.unwrap();
+        assert_eq!(c.get(&published.url).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(store.list("boot-d").await.unwrap(), vec![boot_iso_name(&ids[0])]);
+    for id in &ids {
+        assert_eq!(store.metadata(&boot_iso_name(id), USAGE_COUNT).await.unwrap().as_deref(), Some("10"));
+    }
+    let evens: Vec<Uuid> = nodes.iter().step_by(2).copied().collect();
+    for (k, n) in evens.iter().enumerate() {
+        let left = a.release_boot_iso(*n, &ids[0]).await.unwrap();
+        assert_eq!(left, 9 - k);
+        if left > 0 {
+            assert_eq!(store.metadata(&boot_iso_name(&ids[0]), USAGE_COUNT).await.unwrap(), Some(left.to_string()));
+        }
+    }
+    assert!(!store.exists(&boot_iso_name(&ids[0])).await.unwrap(), "the last release deletes the ISO");
+    assert!(store.exists(&boot_iso_name(&ids[1])).await.unwrap());
+
+    // a floppy through the artefacts layer carries X-Delete-After
+    let f = a.publish_floppy(nodes[0], b"token".to_vec()).await.unwrap();
+    let r = c
+        .head(format!("{storage}/{}/{}", cfg.swift_ilo_container, f.name))
+        .header("X-Auth-Token", &token(&lab).await.1)
+        .send()
+        .await
+        .unwrap();
+    let delete_at: u64 = r.headers()["x-delete-at"].to_str().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!((now + 590..=now + 610).contains(&delete_at), "floppy expiry {delete_at} vs now {now}");
+    assert_eq!(c.get(&f.url).send().await.unwrap().bytes().await.unwrap().as_ref(), b"token");
+}
