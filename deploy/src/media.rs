@@ -35,10 +35,7 @@ impl Media {
         let store: Arc<dyn Store> = if cfg.deploy.use_http_web_server_for_images {
             Arc::new(HttpRootStore::new(&root, http_url)?)
         } else {
-            return Err(PublishError::Backend {
-                backend: "swift",
-                message: "the Swift publisher is not built yet".into(),
-            });
+            Arc::new(crate::publish::swift::SwiftStore::connect(&cfg.swift).await?)
         };
         let publisher = store.kind();
         let ttl = Duration::from_secs(cfg.deploy.deploy_helper_images_ttl * 60);
