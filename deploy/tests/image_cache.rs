@@ -1,0 +1,263 @@
+//! The source image cache against a real HTTP server on loopback that
+//! counts requests and can delay, fail and truncate.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use ferric_deploy::image::cache::{Checksum, ImageCache, ImageError, ImageSource};
+use md5::Digest as _;
+
+#[derive(Default)]
+struct Served {
+    files: Mutex<HashMap<String, Vec<u8>>>,
+    hits: Mutex<HashMap<String, usize>>,
+    /// requests to answer with 503 before succeeding, per name
+    fail_first: Mutex<HashMap<String, usize>>,
+    delay_ms: AtomicUsize,
+}
+
+impl Served {
+    fn hits(&self, name: &str) -> usize {
+        self.hits.lock().unwrap().get(name).copied().unwrap_or(0)
+    }
+}
+
+async fn serve_file(State(s): State<Arc<Served>>, UrlPath(name): UrlPath<String>) -> axum::response::Response {
+    *s.hits.lock().unwrap().entry(name.clone()).or_default() += 1;
+    let delay = s.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+    }
+    {
+        let mut ff = s.fail_first.lock().unwrap();
+        if let Some(n) = ff.get_mut(&name)
+            && *n > 0
+        {
+            *n -= 1;
+            return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
+        }
+    }
+    match s.files.lock().unwrap().get(&name) {
+        Some(b) => b.clone().into_response(),
+        None => (StatusCode::NOT_FOUND, "no such image").into_response(),
+    }
+}
+
+struct Server {
+    base: String,
+    served: Arc<Served>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn server() -> Server {
+    let served = Arc::new(Served::default());
+    let app = axum::Router::new().route("/img/{name}", axum::routing::get(serve_file)).with_state(served.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap()
+    });
+    Server { base, served, stop }
+}
+
+impl Server {
+    fn add(&self, name: &str, bytes: Vec<u8>) -> String {
+        self.served.files.lock().unwrap().insert(name.to_string(), bytes);
+        format!("{}/img/{name}", self.base)
+    }
+}
+
+fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+fn sha256(b: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+fn src(url: &str, checksum: Option<&str>) -> ImageSource {
+    ImageSource { url: url.to_string(), checksum: checksum.map(|c| Checksum::parse(c).unwrap()) }
+}
+
+/// Every file under `dir` (content, index, temp).
+fn files(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["sha256", "index", "tmp"] {
+        for e in std::fs::read_dir(dir.join(sub)).unwrap() {
+            out.push(format!("{sub}/{}", e.unwrap().file_name().to_string_lossy()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn hits_coalescing_and_verification() {
+    let srv = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ImageCache::open(dir.path(), 100 << 20, Duration::from_secs(30)).unwrap();
+    let kernel = bytes(300_000, 1);
+    let url = srv.add("kernel", kernel.clone());
+
+    let a = cache.fetch(&src(&url, None)).await.unwrap();
+    assert_eq!(std::fs::read(&a.path).unwrap(), kernel);
+    assert_eq!(a.sha256, sha256(&kernel));
+    assert_eq!(a.size, 300_000);
+    let b = cache.fetch(&src(&url, None)).await.unwrap();
+    assert_eq!(b.path, a.path);
+    assert_eq!(srv.served.hits("kernel"), 1, "a hit needs no request");
+    assert_eq!(cache.stats().hits, 1);
+
+    // 20 concurrent fetches of a slow image: one request
+    srv.served.delay_ms.store(300, Ordering::SeqCst);
+    let ramdisk = bytes(1_000_000, 2);
+    let rurl = srv.add("ramdisk", ramdisk.clone());
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (cache, s) = (cache.clone(), src(&rurl, Some(&format!("sha256:{}", sha256(&ramdisk)))));
+        tasks.push(tokio::spawn(async move { cache.fetch(&s).await.unwrap() }));
+    }
+    let mut paths = std::collections::BTreeSet::new();
+    for t in tasks {
+        paths.insert(t.await.unwrap().path);
+    }
+    srv.served.delay_ms.store(0, Ordering::SeqCst);
+    assert_eq!(srv.served.hits("ramdisk"), 1, "concurrent fetches share one download");
+    assert_eq!(paths.len(), 1);
+
+    // every checksum kind verifies; same content under another URL is one file
+    let copy = srv.add("copy-of-kernel", kernel.clone());
+    let md5 = hex::encode(md5::Md5::digest(&kernel));
+    let sha512 = hex::encode(sha2::Sha512::digest(&kernel));
+    for ck in [format!("md5:{md5}"), md5.clone(), format!("sha512:{sha512}"), sha512.clone(), sha256(&kernel)] {
+        let got = cache.fetch(&src(&copy, Some(&ck))).await.unwrap_or_else(|e| panic!("{ck}: {e}"));
+        assert_eq!(got.path, a.path, "content-addressed");
+    }
+
+    // a mismatch is an error and leaves nothing behind
+    let before = files(dir.path());
+    let bad = "0".repeat(64);
+    let e = cache.fetch(&src(&srv.add("evil", bytes(5000, 3)), Some(&bad))).await.unwrap_err();
+    assert!(matches!(e, ImageError::ChecksumMismatch { .. }), "{e}");
+    assert!(e.to_string().contains(&bad) && e.to_string().contains("sha256"), "{e}");
+    assert!(!e.is_retryable());
+    assert_eq!(files(dir.path()), before, "a failed verification left files");
+
+    // 404, bad scheme, bad checksum strings
+    let e = cache.fetch(&src(&format!("{}/img/missing", srv.base), None)).await.unwrap_err();
+    assert_eq!(e, ImageError::Http { url: format!("{}/img/missing", srv.base), status: 404 });
+    assert!(e.to_string().contains("404") && e.to_string().contains("/img/missing"));
+    for url in ["ftp://x/y", "file://relative/path", "file:///a/../etc/passwd", "glance://uuid"] {
+        assert!(matches!(cache.fetch(&src(url, None)).await, Err(ImageError::BadUrl(_))), "{url}");
+    }
+    for ck in ["sha256:xyz", "sha1:0123", "12345", "md5:", &format!("sha256:{md5}")] {
+        assert!(matches!(Checksum::parse(ck), Err(ImageError::BadChecksum(_))), "{ck}");
+    }
+    let _ = srv.stop.send(());
+}
+
+#[tokio::test]
+async fn retries_server_errors_and_refuses_truncated_bodies() {
+    let srv = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ImageCache::open(dir.path(), 100 << 20, Duration::from_secs(30)).unwrap();
+    let img = bytes(10_000, 4);
+    let url = srv.add("flaky", img.clone());
+    srv.served.fail_first.lock().unwrap().insert("flaky".into(), 2);
+    let got = cache.fetch(&src(&url, None)).await.unwrap();
+    assert_eq!(std::fs::read(&got.path).unwrap(), img);
+    assert_eq!(srv.served.hits("flaky"), 3, "two 503s, then 200");
+
+    let url = srv.add("down", img.clone());
+    srv.served.fail_first.lock().unwrap().insert("down".into(), 100);
+    let e = cache.fetch(&src(&url, None)).await.unwrap_err();
+    assert_eq!(e, ImageError::Http { url: url.clone(), status: 503 });
+    assert!(e.is_retryable());
+    assert_eq!(srv.served.hits("down"), 3, "bounded attempts");
+
+    // a server that promises 100000 bytes and sends 1000
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_url = format!("http://{}/short", raw.local_addr().unwrap());
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let counter = accepts.clone();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let (mut s, _) = raw.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n").await;
+            let _ = s.write_all(&[7u8; 1000]).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    let e = cache.fetch(&src(&raw_url, None)).await.unwrap_err();
+    assert!(matches!(e, ImageError::Transfer { .. }), "{e}");
+    server.abort();
+    let left: Vec<String> = files(dir.path()).into_iter().filter(|f| !f.contains(&got.sha256)).collect();
+    assert!(left.iter().all(|f| !f.starts_with("tmp/")), "a partial download stayed: {left:?}");
+    assert_eq!(left.iter().filter(|f| f.starts_with("sha256/")).count(), 0, "a truncated image was cached: {left:?}");
+    let _ = srv.stop.send(());
+}
+
+#[tokio::test]
+async fn evicts_least_recently_used_unpinned_images_and_survives_a_restart() {
+    let srv = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ImageCache::open(dir.path(), 250_000, Duration::from_secs(30)).unwrap();
+    let urls: Vec<String> = (0..4).map(|i| srv.add(&format!("i{i}"), bytes(100_000, 10 + i as u8))).collect();
+
+    let pinned = cache.fetch(&src(&urls[0], None)).await.unwrap(); // kept alive: pinned
+    drop(cache.fetch(&src(&urls[1], None)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(cache.fetch(&src(&urls[2], None)).await.unwrap());
+    // 300 KB > 250 KB: the least recently used unpinned one (i1) went
+    assert_eq!(cache.stats().evictions, 1);
+    assert!(pinned.path.exists(), "a pinned image was evicted");
+    drop(cache.fetch(&src(&urls[1], None)).await.unwrap());
+    assert_eq!(srv.served.hits("i1"), 2, "i1 had been evicted");
+    assert_eq!(srv.served.hits("i2"), 1);
+    assert!(cache.stats().bytes <= 250_000 + 100_000, "{:?}", cache.stats());
+
+    // an image larger than the whole bound is served, then evicted once unused
+    let big_url = srv.add("big", bytes(400_000, 99));
+    let big = cache.fetch(&src(&big_url, None)).await.unwrap();
+    assert_eq!(big.size, 400_000);
+    assert!(big.path.exists());
+    let big_path = big.path.clone();
+    drop(big);
+    assert!(!big_path.exists(), "over-bound image kept after its last use");
+
+    // restart: entries and index found again, a leftover temp file removed
+    let kept: Vec<String> = files(dir.path()).into_iter().filter(|f| f.starts_with("sha256/")).collect();
+    drop(pinned);
+    drop(cache);
+    std::fs::write(dir.path().join("tmp/leftover"), b"partial").unwrap();
+    let cache = ImageCache::open(dir.path(), 250_000, Duration::from_secs(30)).unwrap();
+    assert!(!dir.path().join("tmp/leftover").exists());
+    assert_eq!(cache.stats().images, kept.len());
+    let before = srv.served.hits("i0");
+    cache.fetch(&src(&urls[0], None)).await.unwrap();
+    assert_eq!(srv.served.hits("i0"), before, "found again after a restart, no download");
+
+    // file:// sources
+    let local = dir.path().join("local.img");
+    std::fs::write(&local, bytes(2048, 5)).unwrap();
+    let f = cache.fetch(&src(&format!("file://{}", local.display()), Some(&sha256(&bytes(2048, 5))))).await.unwrap();
+    assert_eq!(std::fs::read(&f.path).unwrap(), bytes(2048, 5));
+    let e = cache.fetch(&src(&format!("file://{}/nope", dir.path().display()), None)).await.unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+    let _ = srv.stop.send(());
+}
