@@ -1,20 +1,58 @@
 //! What a conductor's boot interfaces build and publish boot media with:
-//! the publisher ([`Artefacts`] over the HTTP root or Swift, chosen by
-//! `[deploy] use_http_web_server_for_images`) and the boot loaders generated
-//! ISOs carry. One per conductor process, shared by every task.
+//! the source image cache, the publisher ([`Artefacts`] over the HTTP root
+//! or Swift, chosen by `[deploy] use_http_web_server_for_images`) and the
+//! boot loaders generated ISOs carry. One per conductor process, shared by
+//! every task (`Task::media`).
+//!
+//! The two operations a virtual-media boot interface needs, both safe to
+//! repeat (a retried step, a take-over rebuilding into the new owner's
+//! HTTP root):
+//!
+//! * [`Media::publish_parameters_floppy`]: build the floppy (parameters +
+//!   agent token) and publish it under a fresh unguessable name;
+//! * [`Media::acquire_boot_iso`]: fetch kernel and ramdisk through the
+//!   cache, and publish (or reuse) the shared boot ISO for them and the
+//!   parameters, counting this node as a user.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferric_common::config::Config;
+use uuid::Uuid;
 
-use crate::image::iso::BootLoaders;
-use crate::publish::artefacts::Artefacts;
+use crate::image::cache::{ImageCache, ImageError, ImageSource};
+use crate::image::floppy::parameters_floppy;
+use crate::image::iso::{BootIsoSpec, BootLoaders, create_boot_iso};
+use crate::publish::artefacts::{Artefacts, Published};
 use crate::publish::http::HttpRootStore;
 use crate::publish::{PublishError, Store};
 
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl MediaError {
+    /// Whether retrying later may help (network, Swift, disk), as opposed
+    /// to bad input (URL, checksum, parameters).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            MediaError::Image(e) => e.is_retryable(),
+            MediaError::Publish(PublishError::Backend { .. } | PublishError::Io { .. }) => true,
+            MediaError::Publish(_) | MediaError::Invalid(_) => false,
+        }
+    }
+}
+
 pub struct Media {
     pub artefacts: Artefacts,
+    pub images: ImageCache,
     pub loaders: BootLoaders,
     /// `http` or `swift`.
     pub publisher: &'static str,
@@ -30,22 +68,96 @@ impl Media {
     /// Builds the media services from the configuration. `http_url` is
     /// where this conductor serves its HTTP root (`[deploy]
     /// http_server_url`, or derived from the bound listener).
-    pub async fn from_config(cfg: &Config, http_url: &str) -> Result<Arc<Media>, PublishError> {
+    pub async fn from_config(cfg: &Config, http_url: &str) -> Result<Arc<Media>, MediaError> {
         let root = cfg.http_server_root();
         let store: Arc<dyn Store> = if cfg.deploy.use_http_web_server_for_images {
             Arc::new(HttpRootStore::new(&root, http_url)?)
         } else {
             Arc::new(crate::publish::swift::SwiftStore::connect(&cfg.swift).await?)
         };
-        let publisher = store.kind();
+        let images = ImageCache::open(
+            cfg.image_cache_dir(),
+            cfg.image_cache.max_size_mb * 1024 * 1024,
+            Duration::from_secs(cfg.image_cache.download_timeout_secs),
+        )?;
         let ttl = Duration::from_secs(cfg.deploy.deploy_helper_images_ttl * 60);
         let iso_validity = Duration::from_secs(cfg.swift.swift_temp_url_duration);
-        // ISOs are built next to the HTTP root so the upload is a same-disk copy
-        let scratch = root.join(".build");
-        Ok(Arc::new(Media {
-            artefacts: Artefacts::new(store, ttl, iso_validity, scratch),
-            loaders: BootLoaders::from_config(&cfg.deploy),
-            publisher,
-        }))
+        // ISOs are built next to the image cache, so the upload to the HTTP
+        // root is a same-disk copy and nothing is built inside the root
+        let scratch = cfg.image_cache_dir().join("build");
+        Ok(Arc::new(Media::new(Artefacts::new(store, ttl, iso_validity, scratch), images, cfg)))
+    }
+
+    pub fn new(artefacts: Artefacts, images: ImageCache, cfg: &Config) -> Media {
+        let publisher = artefacts.store().kind();
+        Media { artefacts, images, loaders: BootLoaders::from_config(&cfg.deploy), publisher }
+    }
+
+    /// Builds and publishes a node's parameters floppy; returns its name
+    /// (to delete it when the deploy is done) and URL.
+    pub async fn publish_parameters_floppy(
+        &self,
+        node: Uuid,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Published, MediaError> {
+        let image = parameters_floppy(params).map_err(|e| MediaError::Invalid(e.to_string()))?;
+        Ok(self.artefacts.publish_floppy(node, image).await?)
+    }
+
+    /// The shared boot ISO for `kernel` + `ramdisk` + `kernel_params`,
+    /// built and published if no node uses it yet; `node` is counted as a
+    /// user until [`Media::release_boot_iso`]. Returns the content id (to
+    /// record in the node, e.g. `instance_info.boot_iso`) and the URL.
+    pub async fn acquire_boot_iso(
+        &self,
+        node: Uuid,
+        kernel: &ImageSource,
+        ramdisk: &ImageSource,
+        kernel_params: &str,
+    ) -> Result<(String, Published), MediaError> {
+        let k = self.images.fetch(kernel).await?;
+        let r = self.images.fetch(ramdisk).await?;
+        let loaders = self.loaders.clone();
+        let params = kernel_params.to_string();
+        let (kc, rc) = (k.clone(), r.clone());
+        let content_id = {
+            let (loaders, params, kc, rc) = (loaders.clone(), params.clone(), kc.clone(), rc.clone());
+            tokio::task::spawn_blocking(move || {
+                BootIsoSpec {
+                    kernel: &kc.path,
+                    kernel_sha256: &kc.sha256,
+                    ramdisk: &rc.path,
+                    ramdisk_sha256: &rc.sha256,
+                    kernel_params: &params,
+                    loaders: &loaders,
+                }
+                .content_id()
+            })
+            .await
+            .map_err(|e| MediaError::Invalid(format!("content id task: {e}")))?
+            .map_err(|e| MediaError::Invalid(e.to_string()))?
+        };
+        // the cached kernel and ramdisk stay pinned until the build is done
+        let published = self
+            .artefacts
+            .acquire_boot_iso(node, &content_id, move |out| {
+                let spec = BootIsoSpec {
+                    kernel: &kc.path,
+                    kernel_sha256: &kc.sha256,
+                    ramdisk: &rc.path,
+                    ramdisk_sha256: &rc.sha256,
+                    kernel_params: &params,
+                    loaders: &loaders,
+                };
+                create_boot_iso(&spec, out).map(drop).map_err(|e| e.to_string())
+            })
+            .await?;
+        drop((k, r));
+        Ok((content_id, published))
+    }
+
+    /// Drops `node`'s use of a boot ISO; the last user deletes it.
+    pub async fn release_boot_iso(&self, node: Uuid, content_id: &str) -> Result<usize, MediaError> {
+        Ok(self.artefacts.release_boot_iso(node, content_id).await?)
     }
 }
