@@ -9,7 +9,13 @@
 //!   power state than the database gets the database corrected.
 //!
 //! * **helper image expiry**: parameters floppies in the HTTP root past
-//!   `deploy_helper_images_ttl` are deleted (Swift expires them itself).
+//!   `deploy_helper_images_ttl` are deleted (Swift expires them itself);
+//! * **lost-node clean-up** (HTTP root only, which is this conductor's
+//!   own): floppies and boot ISO uses of nodes that were deleted or that
+//!   the ring gave to another conductor (whose take-over rebuilt them in
+//!   its own root) are dropped, and an ISO whose last user went with them
+//!   is deleted. Never for Swift: its container is shared, and a node
+//!   owned elsewhere still uses the same objects.
 //!
 //! Busy nodes (locked) and nodes in maintenance are left alone.
 
@@ -43,7 +49,56 @@ pub async fn run(inner: Arc<Inner>) {
             Ok(n) => info!(removed = n, "expired helper images removed"),
             Err(e) => warn!("helper image expiry: {e}"),
         }
+        if inner.media.publisher == "http" {
+            reap_lost_nodes_artefacts(&inner).await;
+        }
     }
+}
+
+/// Whether this conductor still drives `node`: it exists and the ring gives
+/// it to us. Database errors count as "yes" (keep the artefact).
+async fn still_mine(inner: &Inner, node: uuid::Uuid) -> bool {
+    match inner.db.get_node(node).await {
+        Ok(n) => inner.owns(&n),
+        Err(ferric_common::db::DbError::NotFound) => false,
+        Err(e) => {
+            warn!(%node, "lost-node clean-up: reading the node failed: {e}");
+            true
+        }
+    }
+}
+
+/// See the module doc; returns (floppies deleted, ISO uses released).
+pub async fn reap_lost_nodes_artefacts(inner: &Inner) -> (usize, usize) {
+    let a = &inner.media.artefacts;
+    let (mut floppies, mut uses) = (0, 0);
+    match a.floppies().await {
+        Ok(list) => {
+            for (name, node) in list {
+                if !still_mine(inner, node).await && a.remove_floppy(&name).await.is_ok() {
+                    floppies += 1;
+                }
+            }
+        }
+        Err(e) => warn!("lost-node clean-up: listing floppies: {e}"),
+    }
+    match a.boot_iso_uses().await {
+        Ok(list) => {
+            for (iso, node) in list {
+                if !still_mine(inner, node).await {
+                    match a.release_boot_iso(node, &iso).await {
+                        Ok(left) => {
+                            uses += 1;
+                            info!(%node, iso = %iso, left, "boot ISO use of a node this conductor no longer drives dropped");
+                        }
+                        Err(e) => warn!(%node, "lost-node clean-up: {e}"),
+                    }
+                }
+            }
+        }
+        Err(e) => warn!("lost-node clean-up: listing boot ISO uses: {e}"),
+    }
+    (floppies, uses)
 }
 
 /// One round; returns (power states corrected, callbacks timed out).

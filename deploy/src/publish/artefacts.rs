@@ -173,6 +173,25 @@ impl Artefacts {
         Ok(names.iter().filter_map(|n| n.strip_prefix(&prefix)).filter_map(|u| u.parse().ok()).collect())
     }
 
+    /// Every use of a boot ISO recorded in this store: (content id, node).
+    pub async fn boot_iso_uses(&self) -> Result<Vec<(String, Uuid)>> {
+        let names = self.store.list(".users/boot-").await?;
+        Ok(names
+            .iter()
+            .filter_map(|n| {
+                let rest = n.strip_prefix(".users/boot-")?;
+                let (iso, node) = rest.split_once(".iso/")?;
+                Some((iso.to_string(), node.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// Every published floppy: (object name, node).
+    pub async fn floppies(&self) -> Result<Vec<(String, Uuid)>> {
+        let names = self.store.list("floppy-").await?;
+        Ok(names.into_iter().filter_map(|n| Some((n.clone(), n.get(7..43)?.parse().ok()?))).collect())
+    }
+
     /// A fresh URL for a published boot ISO (Swift temp URLs expire; a
     /// take-over or a reboot re-signs).
     pub fn boot_iso_url(&self, content_id: &str) -> Result<String> {

@@ -1,0 +1,82 @@
+//! A conductor's HTTP root is served by the conductor process and cleaned of
+//! the artefacts of nodes it no longer drives (deleted, or owned by another
+//! conductor after a rebalance), by its periodic task.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ferric_tests::{Ferric, http};
+use serde_json::json;
+
+fn put(root: &Path, name: &str, body: &[u8]) {
+    let p = root.join(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, body).unwrap();
+}
+
+async fn wait_gone(root: &Path, names: &[String], deadline: Duration) {
+    let start = Instant::now();
+    while names.iter().any(|n| root.join(n).exists()) {
+        assert!(start.elapsed() < deadline, "not cleaned up within {deadline:?}: {names:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn artefacts_of_deleted_nodes_are_reaped_and_the_root_is_served() {
+    let http_port = ferric_tests::free_port();
+    let listen = format!("127.0.0.1:{http_port}");
+    let f = Ferric::start(
+        None,
+        &[("FERRIC_CONDUCTOR__PERIODIC_INTERVAL_SECS", "1"), ("FERRIC_CONDUCTOR__HTTP_LISTEN", listen.as_str())],
+    );
+    let c = http();
+    let r = c
+        .post(format!("{}/v1/nodes", f.endpoint))
+        .header("X-OpenStack-Ironic-API-Version", "1.115")
+        .json(&json!({"driver": "fake-hardware", "name": "keeper"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let keeper = r.json::<serde_json::Value>().await.unwrap()["uuid"].as_str().unwrap().to_string();
+    let ghost = uuid::Uuid::new_v4().to_string();
+
+    let root = f.data_dir.path().join("httpboot");
+    let (iso_k, iso_g) = ("a".repeat(64), "b".repeat(64));
+    let kept = vec![
+        format!("boot-{iso_k}.iso"),
+        format!(".users/boot-{iso_k}.iso/{keeper}"),
+        format!("floppy-{keeper}-{}.img", "1".repeat(32)),
+    ];
+    let ghosts = vec![
+        format!("boot-{iso_g}.iso"),
+        format!(".users/boot-{iso_g}.iso/{ghost}"),
+        format!("floppy-{ghost}-{}.img", "2".repeat(32)),
+    ];
+    for n in kept.iter().chain(&ghosts) {
+        put(&root, n, n.as_bytes());
+    }
+
+    // the conductor's HTTP listener serves the root
+    let url = format!("http://127.0.0.1:{http_port}/httpboot");
+    let r = c.get(format!("{url}/{}", kept[0])).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    assert_eq!(r.text().await.unwrap(), kept[0]);
+    assert_eq!(c.get(format!("{url}/{}", kept[1])).send().await.unwrap().status(), 404, "private marker served");
+
+    // the ghost node does not exist: its floppy, its use and so its ISO go
+    wait_gone(&root, &ghosts, Duration::from_secs(10)).await;
+    for n in &kept {
+        assert!(root.join(n).exists(), "{n} of a node this conductor drives was removed");
+    }
+    // delete the keeper: its artefacts go too
+    let r = c
+        .delete(format!("{}/v1/nodes/{keeper}", f.endpoint))
+        .header("X-OpenStack-Ironic-API-Version", "1.115")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    wait_gone(&root, &kept, Duration::from_secs(10)).await;
+}
