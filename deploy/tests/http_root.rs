@@ -125,6 +125,26 @@ async fn serves_objects_with_range_and_refuses_traversal_listing_and_private_fil
 }
 
 #[tokio::test]
+async fn partial_writes_and_builds_of_a_killed_process_are_removed_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("sub")).unwrap();
+    for leftover in [".tmp-0123", "sub/.tmp-4567"] {
+        std::fs::write(root.path().join(leftover), b"half an iso").unwrap();
+    }
+    std::fs::write(root.path().join("sub/kept.iso"), b"whole").unwrap();
+    std::fs::write(scratch.path().join(".build-89ab-boot-x.iso"), b"half").unwrap();
+    std::fs::write(scratch.path().join(".tmp-iso-cdef"), b"half").unwrap();
+    let store = Arc::new(HttpRootStore::new(root.path(), "http://127.0.0.1:1/httpboot").unwrap());
+    let _a = Artefacts::new(store.clone(), Duration::from_secs(1), Duration::from_secs(1), scratch.path().into());
+    let mut left = walk(root.path());
+    left.sort();
+    assert_eq!(left, vec![root.path().join("sub/kept.iso").display().to_string()]);
+    assert!(walk(scratch.path()).is_empty());
+    assert_eq!(store.list("").await.unwrap(), vec!["sub/kept.iso"]);
+}
+
+#[tokio::test]
 async fn floppies_expire_after_their_ttl() {
     let srv = serve().await;
     let store = srv.store();

@@ -79,7 +79,17 @@ fn check_content_id(id: &str) -> Result<()> {
 }
 
 impl Artefacts {
+    /// `scratch` is where ISOs are built before upload; it belongs to this
+    /// conductor alone, and whatever a killed build left there is deleted now.
     pub fn new(store: Arc<dyn Store>, floppy_ttl: Duration, iso_url_validity: Duration, scratch: PathBuf) -> Self {
+        if let Ok(entries) = std::fs::read_dir(&scratch) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    tracing::info!(file = %e.path().display(), "removing an ISO build left by an earlier process");
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         Artefacts { store, floppy_ttl, iso_url_validity, scratch, iso_locks: Mutex::new(HashMap::new()) }
     }
 

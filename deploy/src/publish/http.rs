@@ -82,6 +82,9 @@ impl HttpRootStore {
     pub fn new(root: impl Into<PathBuf>, base_url: impl Into<String>) -> Result<HttpRootStore> {
         let root = root.into();
         std::fs::create_dir_all(root.join(META_DIR)).map_err(|e| PublishError::io(&root, e))?;
+        // a process killed mid-write leaves its temp files behind; nobody
+        // else writes here, so at start-up they are garbage
+        remove_temp_files(&root).map_err(|e| PublishError::io(&root, e))?;
         Ok(HttpRootStore { root, base_url: base_url.into().trim_end_matches('/').to_string() })
     }
 
@@ -126,6 +129,20 @@ impl HttpRootStore {
         let side = SideFile { delete_at: delete_after.map(|d| now_secs() + d.as_secs().max(1)), ..Default::default() };
         self.write_side(name, &side).await
     }
+}
+
+fn remove_temp_files(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            remove_temp_files(&entry.path())?;
+        } else if ty.is_file() && entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            tracing::info!(file = %entry.path().display(), "removing a partial write left by an earlier process");
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 enum Source<'a> {
