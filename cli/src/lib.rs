@@ -40,8 +40,10 @@ pub async fn run_all_in_one(mut cfg: Config, shutdown: CancellationToken) -> any
     let membership = Membership::Local(Arc::new(LocalMembership::new(ring_settings(&cfg))));
     let http_stop = CancellationToken::new();
     let _stop_http = http_stop.clone().drop_guard();
-    serve_conductor_http(&mut cfg, install_metrics(), http_stop).await?;
+    let media_slot = ferric_deploy::media::MediaSlot::default();
+    serve_conductor_http(&mut cfg, install_metrics(), media_slot.clone(), http_stop).await?;
     let conductor = ferric_conductor::start(cfg.clone(), db.clone(), membership.clone(), shutdown.clone()).await?;
+    *media_slot.write().expect("media slot") = Some(conductor.inner.media.clone());
     let api =
         ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), install_metrics(), shutdown.clone()).await?;
     info!(
@@ -107,7 +109,8 @@ pub async fn run_conductor(mut cfg: Config, shutdown: CancellationToken) -> anyh
     let _stop_membership = membership_token.clone().drop_guard();
     let membership = etcd_membership(&cfg, &membership_token).await?;
     let db = open_db(&cfg).await?;
-    serve_conductor_http(&mut cfg, install_metrics(), membership_token.clone()).await?;
+    let media_slot = ferric_deploy::media::MediaSlot::default();
+    serve_conductor_http(&mut cfg, install_metrics(), media_slot.clone(), membership_token.clone()).await?;
     let mut restarting = false;
     loop {
         let stop = CancellationToken::new();
@@ -123,6 +126,7 @@ pub async fn run_conductor(mut cfg: Config, shutdown: CancellationToken) -> anyh
             }
             Err(e) => return Err(e),
         };
+        *media_slot.write().expect("media slot") = Some(conductor.inner.media.clone());
         info!(id = %conductor.inner.id, incarnation = %conductor.inner.incarnation, grpc = %conductor.grpc_url, "ferric conductor ready");
         tokio::select! {
             // SIGTERM/SIGINT: drain first, so nothing fails (bounded by drain_timeout_ms)
@@ -130,6 +134,7 @@ pub async fn run_conductor(mut cfg: Config, shutdown: CancellationToken) -> anyh
             // a finished drain (ferricctl conductor drain), or fencing
             _ = conductor.inner.exit_requested.cancelled() => {}
         }
+        *media_slot.write().expect("media slot") = None;
         let fenced = conductor.inner.fenced.load(std::sync::atomic::Ordering::SeqCst);
         stop.cancel();
         conductor.wait().await;
@@ -152,12 +157,14 @@ pub fn install_metrics() -> Option<ferric_api::MetricsRender> {
     Some(Arc::new(move || handle.render()))
 }
 
-/// The conductor's own HTTP listener: /metrics, /healthz and the HTTP root
-/// under /httpboot/ (boot media for BMCs). Sets `deploy.http_server_url`
+/// The conductor's own HTTP listener: /metrics, /healthz, the HTTP root
+/// under /httpboot/ (boot media for BMCs) and /vmedia/<name> (a redirect to
+/// a fresh URL of a published object, for BMCs that refuse query strings). Sets `deploy.http_server_url`
 /// from the bound address when it is empty.
 async fn serve_conductor_http(
     cfg: &mut Config,
     metrics: Option<ferric_api::MetricsRender>,
+    media: ferric_deploy::media::MediaSlot,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if cfg.conductor.http_listen.is_empty() {
@@ -189,7 +196,8 @@ async fn serve_conductor_http(
                 async move { m.map(|r| r()).unwrap_or_default() }
             }),
         )
-        .nest_service("/httpboot", ferric_deploy::publish::http::router(root));
+        .nest_service("/httpboot", ferric_deploy::publish::http::router(root))
+        .merge(ferric_deploy::media::redirect_router(media));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     });

@@ -52,6 +52,25 @@ pub async fn run(inner: Arc<Inner>) {
         if inner.media.publisher == "http" {
             reap_lost_nodes_artefacts(&inner).await;
         }
+        media_metrics(&inner).await;
+    }
+}
+
+/// Gauges of what this conductor publishes and caches.
+async fn media_metrics(inner: &Inner) {
+    let publisher = inner.media.publisher;
+    let s = inner.media.images.stats();
+    metrics::gauge!("ferric_image_cache_bytes").set(s.bytes as f64);
+    metrics::gauge!("ferric_image_cache_images").set(s.images as f64);
+    metrics::counter!("ferric_image_cache_hits_total").absolute(s.hits);
+    metrics::counter!("ferric_image_cache_downloads_total").absolute(s.downloads);
+    metrics::counter!("ferric_image_cache_evictions_total").absolute(s.evictions);
+    let store = inner.media.artefacts.store();
+    if let Ok(isos) = store.list("boot-").await {
+        metrics::gauge!("ferric_boot_isos_published", "publisher" => publisher).set(isos.len() as f64);
+    }
+    if let Ok(floppies) = store.list("floppy-").await {
+        metrics::gauge!("ferric_floppies_published", "publisher" => publisher).set(floppies.len() as f64);
     }
 }
 

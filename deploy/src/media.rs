@@ -156,8 +156,49 @@ impl Media {
         Ok((content_id, published))
     }
 
+    /// A URL without `?` or `&` for a published object:
+    /// `<base>/vmedia/<name>`, served by [`redirect_router`] as a redirect
+    /// to a freshly signed URL (some BMCs refuse URLs with a query).
+    pub fn plain_url(base: &str, name: &str) -> String {
+        let path: Vec<String> = name.split('/').map(crate::publish::http::encode_segment).collect();
+        format!("{}/vmedia/{}", base.trim_end_matches('/'), path.join("/"))
+    }
+
     /// Drops `node`'s use of a boot ISO; the last user deletes it.
     pub async fn release_boot_iso(&self, node: Uuid, content_id: &str) -> Result<usize, MediaError> {
         Ok(self.artefacts.release_boot_iso(node, content_id).await?)
     }
+}
+
+/// The media of the running conductor incarnation, for the HTTP routes the
+/// process serves before (and across) incarnations; empty = 503.
+pub type MediaSlot = Arc<std::sync::RwLock<Option<Arc<Media>>>>;
+
+/// `/vmedia/<name>` → `302 Found` to a fresh URL of the object (a Swift
+/// temp URL signed now, or the HTTP root URL); 404 for unknown or private
+/// names, 503 while no conductor incarnation runs.
+pub fn redirect_router(slot: MediaSlot) -> axum::Router {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    axum::Router::new().route(
+        "/vmedia/{*name}",
+        axum::routing::get(move |axum::extract::Path(name): axum::extract::Path<String>| {
+            let media = slot.read().expect("media slot").clone();
+            async move {
+                let Some(media) = media else {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "no conductor running\n").into_response();
+                };
+                match media.artefacts.fresh_url(&name).await {
+                    Ok(Some(url)) => (StatusCode::FOUND, [(header::LOCATION, url)]).into_response(),
+                    Ok(None) | Err(PublishError::BadName(_) | PublishError::Private(_)) => {
+                        (StatusCode::NOT_FOUND, "not found\n").into_response()
+                    }
+                    Err(e) => {
+                        tracing::warn!(object = %name, "vmedia redirect: {e}");
+                        (StatusCode::SERVICE_UNAVAILABLE, "publisher unavailable\n").into_response()
+                    }
+                }
+            }
+        }),
+    )
 }

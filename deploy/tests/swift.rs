@@ -274,4 +274,11 @@ async fn swift_publisher_against_a_real_swift() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     assert!((now + 590..=now + 610).contains(&delete_at), "floppy expiry {delete_at} vs now {now}");
     assert_eq!(c.get(&f.url).send().await.unwrap().bytes().await.unwrap().as_ref(), b"token");
+
+    // what /vmedia/<name> redirects to: a temp URL signed now
+    let fresh = a.fresh_url(&f.name).await.unwrap().unwrap();
+    assert!(fresh.contains("temp_url_sig="), "{fresh}");
+    assert_eq!(c.get(&fresh).send().await.unwrap().bytes().await.unwrap().as_ref(), b"token");
+    assert_eq!(a.fresh_url("floppy-missing.img").await.unwrap(), None);
+    assert!(a.fresh_url(".users/x").await.is_err());
 }

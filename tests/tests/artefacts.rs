@@ -64,11 +64,35 @@ async fn artefacts_of_deleted_nodes_are_reaped_and_the_root_is_served() {
     assert_eq!(r.status(), 200, "{url}");
     assert_eq!(r.text().await.unwrap(), kept[0]);
     assert_eq!(c.get(format!("{url}/{}", kept[1])).send().await.unwrap().status(), 404, "private marker served");
+    // the plain path redirects to a fresh URL (the HTTP root's, here)
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let plain = format!("http://127.0.0.1:{http_port}/vmedia/{}", kept[0]);
+    let r = no_redirects.get(&plain).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], format!("{url}/{}", kept[0]).as_str());
+    assert_eq!(c.get(&plain).send().await.unwrap().text().await.unwrap(), kept[0], "followed");
+    for missing in [format!("vmedia/{}", kept[1]), "vmedia/nope.iso".into(), "vmedia/a/../b".into()] {
+        let r = no_redirects.get(format!("http://127.0.0.1:{http_port}/{missing}")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{missing}");
+    }
 
     // the ghost node does not exist: its floppy, its use and so its ISO go
     wait_gone(&root, &ghosts, Duration::from_secs(10)).await;
     for n in &kept {
         assert!(root.join(n).exists(), "{n} of a node this conductor drives was removed");
+    }
+    // the conductor reports what it publishes
+    let start = Instant::now();
+    loop {
+        let m = c.get(format!("http://127.0.0.1:{http_port}/metrics")).send().await.unwrap().text().await.unwrap();
+        if m.lines().any(|l| l == "ferric_boot_isos_published{publisher=\"http\"} 1")
+            && m.lines().any(|l| l == "ferric_floppies_published{publisher=\"http\"} 1")
+            && m.contains("ferric_image_cache_bytes 0")
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "metrics never showed 1 ISO and 1 floppy:\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // delete the keeper: its artefacts go too
     let r = c

@@ -209,6 +209,21 @@ impl Artefacts {
         self.store.url(&boot_iso_name(content_id), self.iso_url_validity)
     }
 
+    /// A fresh URL for any published, non-private object: floppies are
+    /// valid for the helper-image TTL, everything else for the ISO
+    /// validity. `None` when the object does not exist.
+    pub async fn fresh_url(&self, name: &str) -> Result<Option<String>> {
+        super::check_name(name)?;
+        if super::is_private(name) {
+            return Err(PublishError::Private(name.to_string()));
+        }
+        if !self.store.exists(name).await? {
+            return Ok(None);
+        }
+        let validity = if name.starts_with("floppy-") { self.floppy_ttl } else { self.iso_url_validity };
+        Ok(Some(self.store.url(name, validity)?))
+    }
+
     /// Runs the store's expiry pass (floppies past their TTL).
     pub async fn expire(&self) -> Result<usize> {
         self.store.expire().await
