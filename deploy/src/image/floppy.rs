@@ -3,11 +3,14 @@
 //! `parameters.txt` of `key=value` lines — the agent token among them
 //! (`ipa-agent-token`), so the ramdisk never has to ask for one.
 //!
-//! Built in memory with `fatfs`, root-directory files only (fatfs 0.3.6
-//! writes subdirectories that `fsck.fat` rejects, so they are refused here
-//! with a clear error). The same inputs always give the same bytes: fixed
-//! timestamps (the DOS epoch) and a volume id derived from the content —
-//! a take-over rebuilds a byte-identical floppy.
+//! Built in memory. Root-directory files (the parameters floppy) with
+//! `fatfs`, in the standard 1.44 MB geometry (18 sectors per track, 2
+//! heads, 224 root entries); trees with directories (a config-drive style
+//! `openstack/latest/...`) with `hadris-fat`, because fatfs 0.3.6 writes
+//! subdirectories that `fsck.fat` rejects (see `with_directories`). The
+//! same inputs always give the same bytes: fixed timestamps (the DOS
+//! epoch) and a volume id derived from the content — a take-over rebuilds
+//! a byte-identical floppy.
 
 use std::collections::BTreeMap;
 use std::io::{Cursor, Write};
@@ -23,7 +26,8 @@ pub const PARAMETERS_FILE: &str = "parameters.txt";
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FloppyError {
     #[error(
-        "floppy file name {0:?} is not allowed: only files in the root directory, no '/' or '\\\\', 1-255 characters"
+        "floppy file path {0:?} is not allowed: '/'-separated names of 1-255 characters, no '.', '..', '\\\\' or NUL, \
+         and no file where another path needs a directory"
     )]
     BadName(String),
     #[error("duplicate floppy file name {0:?}")]
@@ -36,17 +40,27 @@ pub enum FloppyError {
     Fat(String),
 }
 
-/// A FAT12 floppy with `files` (name, content) in its root directory.
+/// A FAT12 floppy with `files` (path, content). Paths are `/`-separated
+/// (`openstack/latest/meta_data.json`); directories are made as needed.
 pub fn create_vfat_image(files: &[(&str, &[u8])]) -> Result<Vec<u8>, FloppyError> {
     let mut names = std::collections::HashSet::new();
     for (name, _) in files {
-        let bad =
-            name.is_empty() || name.len() > 255 || name.contains(['/', '\\', '\0']) || *name == "." || *name == "..";
+        let bad = name.is_empty()
+            || name.len() > 1024
+            || name.contains(['\\', '\0'])
+            || name.split('/').any(|seg| seg.is_empty() || seg.len() > 255 || seg == "." || seg == "..");
         if bad {
             return Err(FloppyError::BadName(name.to_string()));
         }
         if !names.insert(name.to_ascii_lowercase()) {
             return Err(FloppyError::Duplicate(name.to_string()));
+        }
+    }
+    // a path that is a file and also a directory of another file
+    for (name, _) in files {
+        let dir = format!("{}/", name.to_ascii_lowercase());
+        if names.iter().any(|n| n.starts_with(&dir)) {
+            return Err(FloppyError::BadName(name.to_string()));
         }
     }
     // 2847 data clusters of 512 bytes; leave room for directory growth
@@ -64,6 +78,10 @@ pub fn create_vfat_image(files: &[(&str, &[u8])]) -> Result<Vec<u8>, FloppyError
         id.update(content);
     }
     let d = id.finalize();
+    let volume_id = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+    if files.iter().any(|(name, _)| name.contains('/')) {
+        return with_directories(files, volume_id);
+    }
     let opts = fatfs::FormatVolumeOptions::new()
         .fat_type(fatfs::FatType::Fat12)
         .bytes_per_sector(512)
@@ -74,7 +92,7 @@ pub fn create_vfat_image(files: &[(&str, &[u8])]) -> Result<Vec<u8>, FloppyError
         .media(0xF0)
         .sectors_per_track(18)
         .heads(2)
-        .volume_id(u32::from_be_bytes([d[0], d[1], d[2], d[3]]))
+        .volume_id(volume_id)
         .volume_label(*FLOPPY_LABEL);
     fatfs::format_volume(&mut disk, opts).map_err(fat)?;
     {
@@ -89,6 +107,97 @@ pub fn create_vfat_image(files: &[(&str, &[u8])]) -> Result<Vec<u8>, FloppyError
         fs.unmount().map_err(fat)?;
     }
     Ok(disk.into_inner())
+}
+
+enum Tree<'a> {
+    Dir(BTreeMap<&'a str, Tree<'a>>),
+    File(&'a [u8]),
+}
+
+/// Floppies with directories are written by `hadris-fat`, whose
+/// subdirectories `fsck.fat` accepts (fatfs 0.3.6 writes LFN entries in
+/// front of `.` and `..`). It formats with hard-disk geometry (63 sectors
+/// per track, 255 heads, 512 root entries), which Linux and BMCs do not
+/// care about, and upper-cases the label and stamps it with the clock: the
+/// label is written back as `ir-vfd-dev` (the ramdisk looks it up by that
+/// exact name) with zero timestamps, so the bytes stay deterministic.
+fn with_directories(files: &[(&str, &[u8])], volume_id: u32) -> Result<Vec<u8>, FloppyError> {
+    use hadris_fat::sync::format::{FatFormatOptions, FatTypeSelection, FatVolumeFormatter};
+    use hadris_fat::sync::{FatDir, FatVolume, FatVolumeWriteExt};
+    let fat = |e: hadris_fat::Error| FloppyError::Fat(e.to_string());
+
+    let mut root = BTreeMap::new();
+    for (path, content) in files {
+        let segs: Vec<&str> = path.split('/').collect();
+        let mut dir = &mut root;
+        for seg in &segs[..segs.len() - 1] {
+            let entry = dir.entry(*seg).or_insert_with(|| Tree::Dir(BTreeMap::new()));
+            dir = match entry {
+                Tree::Dir(d) => d,
+                Tree::File(_) => return Err(FloppyError::BadName(path.to_string())),
+            };
+        }
+        dir.insert(segs[segs.len() - 1], Tree::File(content));
+    }
+
+    fn fill<'a, D: hadris_fat::sync::Read + hadris_fat::sync::Write + hadris_fat::sync::Seek>(
+        fs: &'a FatVolume<D>,
+        dir: &FatDir<'a, D>,
+        tree: &BTreeMap<&str, Tree<'_>>,
+    ) -> Result<(), hadris_fat::Error> {
+        for (name, node) in tree {
+            match node {
+                Tree::Dir(children) => {
+                    let sub = fs.create_dir(dir, name)?;
+                    fill(fs, &sub, children)?;
+                }
+                Tree::File(content) => {
+                    let entry = fs.create_file(dir, name)?;
+                    let mut w = fs.write_file(&entry)?;
+                    let mut off = 0;
+                    while off < content.len() {
+                        off += w.write(&content[off..])?;
+                    }
+                    w.finish()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    let mut disk = Cursor::new(vec![0u8; FLOPPY_BYTES]);
+    let options = FatFormatOptions::new(FLOPPY_BYTES as u64)
+        .fat_type(FatTypeSelection::Fat12)
+        .volume_id(volume_id)
+        .volume_label("ir-vfd-dev");
+    drop(FatVolumeFormatter::format(&mut disk, options).map_err(fat)?);
+    disk.set_position(0);
+    {
+        static EPOCH: hadris_fat::time::EpochTimeProvider = hadris_fat::time::EpochTimeProvider;
+        let fs =
+            FatVolume::builder(&mut disk).time_provider(&EPOCH).open().map_err(|e| FloppyError::Fat(e.to_string()))?;
+        let root_dir = fs.root_dir();
+        fill(&fs, &root_dir, &root).map_err(fat)?;
+        fs.sync().map_err(fat)?;
+    }
+    let mut img = disk.into_inner();
+    // the label: in the boot sector's extended BPB and as the root
+    // directory's volume-label entry
+    img[43..54].copy_from_slice(FLOPPY_LABEL);
+    let u16_at = |o: usize| u16::from_le_bytes([img[o], img[o + 1]]) as usize;
+    let (reserved, fats, root_entries, per_fat) = (u16_at(14), img[16] as usize, u16_at(17), u16_at(22));
+    let root_at = (reserved + fats * per_fat) * 512;
+    for slot in 0..root_entries {
+        let e = root_at + slot * 32;
+        if img[e] == 0 {
+            break;
+        }
+        if img[e + 11] == 0x08 {
+            img[e..e + 11].copy_from_slice(FLOPPY_LABEL);
+            img[e + 12..e + 32].fill(0);
+        }
+    }
+    Ok(img)
 }
 
 /// The parameters floppy: `parameters.txt` with one `key=value` per line,
@@ -187,8 +296,38 @@ mod tests {
     }
 
     #[test]
+    fn directories_pass_fsck_and_mtools_reads_them_and_the_label_is_exact() {
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        let files: [(&str, &[u8]); 4] = [
+            ("openstack/latest/meta_data.json", b"{\"uuid\": \"n1\"}"),
+            ("openstack/latest/user_data", &big),
+            ("openstack/2012-08-10/meta_data.json", b"{}"),
+            ("parameters.txt", b"ipa-agent-token=t\n"),
+        ];
+        let img = create_vfat_image(&files).unwrap();
+        assert_eq!(img.len(), FLOPPY_BYTES);
+        let f = write(&img);
+        let path = f.path().to_str().unwrap();
+        let fsck = tool("fsck.fat").args(["-n", path]).output().unwrap();
+        assert!(fsck.status.success(), "fsck.fat: {}", String::from_utf8_lossy(&fsck.stdout));
+        for (name, content) in files {
+            let out = tool("mtype").args(["-i", path, &format!("::/{name}")]).output().unwrap();
+            assert!(out.status.success(), "mtype {name}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(out.stdout == content, "{name} differs");
+        }
+        let label = tool("mlabel").args(["-i", path, "-s", "::"]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), "Volume label is ir-vfd-dev");
+        // blkid reads the label from the boot sector; the ramdisk finds it there
+        assert_eq!(&img[43..54], FLOPPY_LABEL);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(create_vfat_image(&files).unwrap() == img, "same inputs, other bytes");
+    }
+
+    #[test]
     fn bad_input_is_named() {
-        assert_eq!(create_vfat_image(&[("dir/file", b"x")]), Err(FloppyError::BadName("dir/file".into())));
+        assert_eq!(create_vfat_image(&[("dir//file", b"x")]), Err(FloppyError::BadName("dir//file".into())));
+        assert_eq!(create_vfat_image(&[("../file", b"x")]), Err(FloppyError::BadName("../file".into())));
+        assert_eq!(create_vfat_image(&[("a", b"x"), ("a/b", b"y")]), Err(FloppyError::BadName("a".into())));
         assert_eq!(create_vfat_image(&[("A", b"x"), ("a", b"y")]), Err(FloppyError::Duplicate("a".into())));
         let huge = vec![0u8; 1_500_000];
         assert!(matches!(create_vfat_image(&[("huge", &huge)]), Err(FloppyError::TooLarge { .. })));
