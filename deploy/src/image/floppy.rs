@@ -265,6 +265,8 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&label.stdout)
         );
+        let blkid = tool("blkid").args(["-p", "-s", "LABEL", "-o", "value", path]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&blkid.stdout).trim(), "ir-vfd-dev", "the label udev shows the ramdisk");
         let dir = tool("mdir").args(["-i", path, "::"]).output().unwrap();
         assert!(
             String::from_utf8_lossy(&dir.stdout).contains("parameters.txt"),
@@ -317,8 +319,9 @@ mod tests {
         }
         let label = tool("mlabel").args(["-i", path, "-s", "::"]).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), "Volume label is ir-vfd-dev");
-        // blkid reads the label from the boot sector; the ramdisk finds it there
-        assert_eq!(&img[43..54], FLOPPY_LABEL);
+        // udev's /dev/disk/by-label, where the ramdisk looks, comes from blkid
+        let blkid = tool("blkid").args(["-p", "-s", "LABEL", "-o", "value", path]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&blkid.stdout).trim(), "ir-vfd-dev");
         std::thread::sleep(std::time::Duration::from_millis(1100));
         assert!(create_vfat_image(&files).unwrap() == img, "same inputs, other bytes");
     }
