@@ -90,7 +90,24 @@ impl Media {
 
     pub fn new(artefacts: Artefacts, images: ImageCache, cfg: &Config) -> Media {
         let publisher = artefacts.store().kind();
-        Media { artefacts, images, loaders: BootLoaders::from_config(&cfg.deploy), publisher }
+        let loaders = BootLoaders::from_config(&cfg.deploy);
+        // not fatal: a conductor that never builds a boot ISO needs none,
+        // but the operator should hear of it before the first deploy fails
+        let configured =
+            [("deploy.isolinux_bin", Some(&loaders.isolinux_bin)), ("deploy.ldlinux_c32", Some(&loaders.ldlinux_c32))]
+                .into_iter()
+                .chain([("deploy.uefi_loader", loaders.uefi_loader.as_ref())]);
+        for (key, path) in configured {
+            if let Some(p) = path
+                && !p.is_file()
+            {
+                tracing::warn!(%key, path = %p.display(), "boot loader missing: boot ISOs cannot be built until it exists");
+            }
+        }
+        if loaders.uefi_loader.is_none() {
+            tracing::info!("deploy.uefi_loader is empty: generated boot ISOs boot by BIOS only");
+        }
+        Media { artefacts, images, loaders, publisher }
     }
 
     /// Builds and publishes a node's parameters floppy; returns its name
