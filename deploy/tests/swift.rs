@@ -220,12 +220,10 @@ async fn swift_publisher_against_a_real_swift() {
 
     // shared boot ISOs with usage counts in object metadata, over Swift
     let store: Arc<dyn Store> = Arc::new(store);
-    let a = Arc::new(Artefacts::new(
-        store.clone(),
-        Duration::from_secs(600),
-        Duration::from_secs(600),
-        dir.path().join("scratch"),
-    ));
+    let a = Arc::new(
+        Artefacts::new(store.clone(), Duration::from_secs(600), Duration::from_secs(600), dir.path().join("scratch"))
+            .with_deletion_grace(Duration::from_secs(2)),
+    );
     let ids = ["d".repeat(64), "e".repeat(64)];
     let nodes: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
     let builds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -259,7 +257,36 @@ async fn swift_publisher_against_a_real_swift() {
             assert_eq!(store.metadata(&boot_iso_name(&ids[0]), USAGE_COUNT).await.unwrap(), Some(left.to_string()));
         }
     }
-    assert!(!store.exists(&boot_iso_name(&ids[0])).await.unwrap(), "the last release deletes the ISO");
+    // the container is shared by conductors: the last release schedules the
+    // deletion, an acquire in the grace period cancels it
+    let iso0 = boot_iso_name(&ids[0]);
+    let delete_at = |tok: String| {
+        let (c, url) = (c.clone(), format!("{storage}/{}/{iso0}", cfg.swift_ilo_container));
+        async move {
+            let r = c.head(url).header("X-Auth-Token", tok).send().await.unwrap();
+            r.headers().get("x-delete-at").map(|v| v.to_str().unwrap().to_string())
+        }
+    };
+    assert!(store.exists(&iso0).await.unwrap(), "kept for the grace period");
+    assert!(delete_at(token(&lab).await.1).await.is_some(), "deletion scheduled");
+    let never = |_: &Path| -> Result<(), String> { panic!("the ISO still exists: no rebuild") };
+    a.acquire_boot_iso(nodes[0], &ids[0], never).await.unwrap();
+    assert_eq!(delete_at(token(&lab).await.1).await, None, "an acquire cancels the deletion");
+    assert_eq!(store.metadata(&iso0, USAGE_COUNT).await.unwrap().as_deref(), Some("1"));
+    assert_eq!(a.release_boot_iso(nodes[0], &ids[0]).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert!(!store.exists(&iso0).await.unwrap(), "deleted once the grace passed");
+    let built = builds.load(std::sync::atomic::Ordering::SeqCst);
+    let counter = builds.clone();
+    let again = a
+        .acquire_boot_iso(nodes[0], &ids[0], move |p| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::fs::write(p, "rebuilt").map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), built + 1, "gone, so rebuilt");
+    assert_eq!(c.get(&again.url).send().await.unwrap().text().await.unwrap(), "rebuilt");
     assert!(store.exists(&boot_iso_name(&ids[1])).await.unwrap());
 
     // a floppy through the artefacts layer carries X-Delete-After

@@ -18,12 +18,16 @@
 //! Markers instead of a counter because a counter is a read-modify-write
 //! that a crash or a retry gets wrong (a count incremented twice is an ISO
 //! never deleted). Acquire and release of one ISO are serialised inside a
-//! conductor. Across conductors (Swift, where the container is shared)
-//! the only race is one conductor releasing the last use while another
-//! acquires at the same moment: the second finds its marker already
-//! written before the first recounts in every interleaving but one (the
-//! acquirer saw the ISO, then the releaser listed before the marker was
-//! visible) — that node's ISO is rebuilt by its next acquire.
+//! conductor, which is all a private store (the HTTP root) needs: there the
+//! last release deletes the ISO at once.
+//!
+//! A shared store (Swift) is used by every conductor at once, and its
+//! listings may lag behind writes, so a releaser can count zero users while
+//! another conductor has just written its marker and found the ISO. There
+//! the last release only *schedules* the deletion (`X-Delete-After` of
+//! [`SHARED_DELETION_GRACE`]) and every acquire cancels a scheduled
+//! deletion (re-uploading the ISO if it already went). An acquirer loses its
+//! ISO only if its marker stays invisible to listings for the whole grace.
 //!
 //! **Floppies are private to one deploy.** `floppy-<node>-<128 random
 //! bits>.img`: the name is the capability (it carries the agent token, and
@@ -39,6 +43,10 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{PublishError, Result, Store};
+
+/// How long a boot ISO nobody uses stays in a shared store before Swift
+/// deletes it (see the module doc).
+pub const SHARED_DELETION_GRACE: Duration = Duration::from_secs(600);
 
 /// Metadata key of a boot ISO's usage count.
 pub const USAGE_COUNT: &str = "usage-count";
@@ -57,6 +65,8 @@ pub struct Artefacts {
     iso_url_validity: Duration,
     /// Where ISOs are built before upload.
     scratch: PathBuf,
+    /// See [`SHARED_DELETION_GRACE`]; shorter in tests.
+    deletion_grace: Duration,
     /// One async mutex per boot ISO, so acquire and release of one ISO do
     /// not interleave inside this conductor.
     iso_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -90,7 +100,20 @@ impl Artefacts {
                 }
             }
         }
-        Artefacts { store, floppy_ttl, iso_url_validity, scratch, iso_locks: Mutex::new(HashMap::new()) }
+        Artefacts {
+            store,
+            floppy_ttl,
+            iso_url_validity,
+            scratch,
+            deletion_grace: SHARED_DELETION_GRACE,
+            iso_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Another grace for unused ISOs in a shared store (tests).
+    pub fn with_deletion_grace(mut self, grace: Duration) -> Self {
+        self.deletion_grace = grace;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -134,7 +157,16 @@ impl Artefacts {
         let _held = lock.lock().await;
         let marker = format!("{}{node}", holders_prefix(&iso));
         self.store.put_bytes(&marker, node.to_string().into_bytes(), None).await?;
-        if !self.store.exists(&iso).await? {
+        let mut present = self.store.exists(&iso).await?;
+        if present && self.store.shared() {
+            // cancel a deletion the last releaser may have scheduled
+            match self.store.set_delete_after(&iso, None).await {
+                Ok(()) => {}
+                Err(PublishError::NotFound(_)) => present = false,
+                Err(e) => return Err(e),
+            }
+        }
+        if !present {
             tokio::fs::create_dir_all(&self.scratch).await.map_err(|e| PublishError::io(&self.scratch, e))?;
             let path = self.scratch.join(format!(".build-{:032x}-{iso}", rand::random::<u128>()));
             let target = path.clone();
@@ -158,8 +190,9 @@ impl Artefacts {
         Ok(Published { name: iso, url })
     }
 
-    /// Drops `node`'s use of the boot ISO; the last release deletes it.
-    /// Returns the uses left. Idempotent.
+    /// Drops `node`'s use of the boot ISO; the last release deletes it (in
+    /// a shared store: schedules its deletion). Returns the uses left.
+    /// Idempotent.
     pub async fn release_boot_iso(&self, node: Uuid, content_id: &str) -> Result<usize> {
         check_content_id(content_id)?;
         let iso = boot_iso_name(content_id);
@@ -167,7 +200,12 @@ impl Artefacts {
         let _held = lock.lock().await;
         self.store.delete(&format!("{}{node}", holders_prefix(&iso))).await?;
         let users = self.store.list(&holders_prefix(&iso)).await?.len();
-        if users == 0 {
+        if users == 0 && self.store.shared() {
+            match self.store.set_delete_after(&iso, Some(self.deletion_grace)).await {
+                Ok(()) | Err(PublishError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        } else if users == 0 {
             self.store.delete(&iso).await?;
         } else if self.store.exists(&iso).await? {
             self.store.set_metadata(&iso, USAGE_COUNT, &users.to_string()).await?;

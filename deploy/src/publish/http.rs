@@ -246,6 +246,15 @@ impl Store for HttpRootStore {
         self.write_side(name, &side).await
     }
 
+    async fn set_delete_after(&self, name: &str, delete_after: Option<Duration>) -> Result<()> {
+        if !self.exists(name).await? {
+            return Err(PublishError::NotFound(name.to_string()));
+        }
+        let mut side = self.read_side(name).await?;
+        side.delete_at = delete_after.map(|d| now_secs() + d.as_secs().max(1));
+        self.write_side(name, &side).await
+    }
+
     async fn metadata(&self, name: &str, key: &str) -> Result<Option<String>> {
         if !self.exists(name).await? {
             return Err(PublishError::NotFound(name.to_string()));

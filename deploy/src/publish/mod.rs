@@ -91,6 +91,17 @@ pub trait Store: Send + Sync {
     /// root in a private side file.
     async fn set_metadata(&self, name: &str, key: &str, value: &str) -> Result<()>;
 
+    /// Schedules (`Some`) or cancels (`None`) the deletion of an existing
+    /// object, keeping its content and metadata. `NotFound` if it is gone.
+    async fn set_delete_after(&self, name: &str, delete_after: Option<Duration>) -> Result<()>;
+
+    /// Whether other conductors read and write the same objects (Swift's
+    /// shared container), as opposed to a store private to this conductor
+    /// (its HTTP root).
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Reads one piece of metadata; `None` when it was never set.
     async fn metadata(&self, name: &str, key: &str) -> Result<Option<String>>;
 

@@ -219,6 +219,24 @@ impl SwiftStore {
         Ok(())
     }
 
+    /// An object POST that re-sends the metadata and expiry Swift would
+    /// otherwise drop, after `change` edited them (lower-case names).
+    async fn post_keeping(&self, name: &str, change: impl FnOnce(&mut Vec<(String, String)>)) -> Result<()> {
+        let Some(current) = self.head(name).await? else { return Err(PublishError::NotFound(name.to_string())) };
+        let mut headers: Vec<(String, String)> = current
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("x-object-meta-") || k.as_str() == "x-delete-at")
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        change(&mut headers);
+        let headers: Vec<(&str, String)> = headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let resp = self.send(Method::POST, &self.object_path(name), &headers, Body::Empty, name).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(PublishError::NotFound(name.to_string()));
+        }
+        Ok(())
+    }
+
     async fn head(&self, name: &str) -> Result<Option<reqwest::header::HeaderMap>> {
         check_name(name)?;
         let resp = self.send(Method::HEAD, &self.object_path(name), &[], Body::Empty, name).await?;
@@ -306,21 +324,26 @@ impl Store for SwiftStore {
     }
 
     async fn set_metadata(&self, name: &str, key: &str, value: &str) -> Result<()> {
-        let Some(current) = self.head(name).await? else { return Err(PublishError::NotFound(name.to_string())) };
-        let mut headers: Vec<(String, String)> = current
-            .iter()
-            .filter(|(k, _)| k.as_str().starts_with("x-object-meta-") || k.as_str() == "x-delete-at")
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect();
         let meta_key = format!("x-object-meta-{}", key.to_ascii_lowercase());
-        headers.retain(|(k, _)| *k != meta_key);
-        headers.push((meta_key, value.to_string()));
-        let headers: Vec<(&str, String)> = headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        let resp = self.send(Method::POST, &self.object_path(name), &headers, Body::Empty, name).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Err(PublishError::NotFound(name.to_string()));
-        }
-        Ok(())
+        self.post_keeping(name, |headers| {
+            headers.retain(|(k, _)| *k != meta_key);
+            headers.push((meta_key.clone(), value.to_string()));
+        })
+        .await
+    }
+
+    async fn set_delete_after(&self, name: &str, delete_after: Option<Duration>) -> Result<()> {
+        self.post_keeping(name, |headers| {
+            headers.retain(|(k, _)| k != "x-delete-at");
+            if let Some(d) = delete_after {
+                headers.push(("x-delete-after".into(), d.as_secs().max(1).to_string()));
+            }
+        })
+        .await
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 
     async fn metadata(&self, name: &str, key: &str) -> Result<Option<String>> {
