@@ -3,8 +3,7 @@
 //! memcached) started on free loopback ports by scripts/swift-lab.sh for
 //! this test binary and stopped when it ends.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,111 +11,12 @@ use ferric_common::config::SwiftConfig;
 use ferric_deploy::publish::Store;
 use ferric_deploy::publish::artefacts::{Artefacts, USAGE_COUNT, boot_iso_name};
 use ferric_deploy::publish::swift::{Digest, SwiftStore, temp_url_signature};
+use ferric_tests::swift::{SwiftLab, TEMP_URL_KEY};
 use uuid::Uuid;
-
-const TEMP_URL_KEY: &str = "ferric-test-temp-url-key";
-
-struct SwiftLab {
-    dir: tempfile::TempDir,
-    proxy: u16,
-    memcached: u16,
-    script: PathBuf,
-    env: Vec<(String, String)>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl SwiftLab {
-    fn start() -> SwiftLab {
-        assert!(
-            Command::new("sh").args(["-c", "command -v swift-proxy-server"]).status().unwrap().success(),
-            "swift-proxy-server is missing: scripts/deps.sh installs Debian's swift packages"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("scripts/swift-lab.sh");
-        let (proxy, memcached) = (free_port(), free_port());
-        let env = vec![
-            ("SWIFT_LAB".to_string(), dir.path().display().to_string()),
-            ("SWIFT_PROXY_PORT".to_string(), proxy.to_string()),
-            ("SWIFT_ACCOUNT_PORT".to_string(), free_port().to_string()),
-            ("SWIFT_CONTAINER_PORT".to_string(), free_port().to_string()),
-            ("SWIFT_OBJECT_PORT".to_string(), free_port().to_string()),
-            ("SWIFT_MEMCACHED_PORT".to_string(), memcached.to_string()),
-        ];
-        let lab = SwiftLab { dir, proxy, memcached, script, env };
-        let out = lab.run("start");
-        assert!(
-            out.status.success(),
-            "swift-lab.sh start failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            lab.logs()
-        );
-        lab
-    }
-
-    fn run(&self, what: &str) -> std::process::Output {
-        Command::new(&self.script).arg(what).envs(self.env.iter().map(|(k, v)| (k, v))).output().unwrap()
-    }
-
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        for f in ["proxy", "account", "container", "object", "memcached"] {
-            let p = self.dir.path().join(format!("log/{f}.log"));
-            let text = std::fs::read_to_string(p).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(10).collect();
-            s.push_str(&format!("--- {f}.log (newest first)\n{}\n", tail.join("\n")));
-        }
-        s
-    }
-
-    fn config(&self) -> SwiftConfig {
-        SwiftConfig {
-            auth_url: format!("http://127.0.0.1:{}/auth/v1.0", self.proxy),
-            user: "test:tester".into(),
-            key: "testing".into(),
-            temp_url_key: TEMP_URL_KEY.into(),
-            set_temp_url_key: true,
-            swift_ilo_container: format!("ferric-{}", &Uuid::new_v4().to_string()[..8]),
-            ..SwiftConfig::default()
-        }
-    }
-
-    /// Drops every tempauth token (they live only in memcached).
-    fn flush_tokens(&self) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.memcached)).unwrap();
-        s.write_all(b"flush_all\r\n").unwrap();
-        let mut buf = [0u8; 16];
-        let n = s.read(&mut buf).unwrap();
-        assert!(buf[..n].starts_with(b"OK"), "memcached: {:?}", String::from_utf8_lossy(&buf[..n]));
-    }
-}
-
-impl Drop for SwiftLab {
-    fn drop(&mut self) {
-        let _ = self.run("stop");
-    }
-}
 
 fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
-}
-
-/// An authenticated raw view, to check what the store did.
-async fn token(lab: &SwiftLab) -> (String, String) {
-    let r = client()
-        .get(format!("http://127.0.0.1:{}/auth/v1.0", lab.proxy))
-        .header("X-Auth-User", "test:tester")
-        .header("X-Auth-Key", "testing")
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
-    let h = r.headers();
-    (h["x-storage-url"].to_str().unwrap().to_string(), h["x-auth-token"].to_str().unwrap().to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +25,7 @@ async fn swift_publisher_against_a_real_swift() {
     let cfg = lab.config();
     let store = SwiftStore::connect(&cfg).await.unwrap_or_else(|e| panic!("connect: {e}\n{}", lab.logs()));
     let c = client();
-    let (storage, tok) = token(&lab).await;
+    let (storage, tok) = lab.token().await;
 
     // the container was created
     let r = c.head(format!("{storage}/{}", cfg.swift_ilo_container)).header("X-Auth-Token", &tok).send().await.unwrap();
@@ -268,10 +168,10 @@ async fn swift_publisher_against_a_real_swift() {
         }
     };
     assert!(store.exists(&iso0).await.unwrap(), "kept for the grace period");
-    assert!(delete_at(token(&lab).await.1).await.is_some(), "deletion scheduled");
+    assert!(delete_at(lab.token().await.1).await.is_some(), "deletion scheduled");
     let never = |_: &Path| -> Result<(), String> { panic!("the ISO still exists: no rebuild") };
     a.acquire_boot_iso(nodes[0], &ids[0], never).await.unwrap();
-    assert_eq!(delete_at(token(&lab).await.1).await, None, "an acquire cancels the deletion");
+    assert_eq!(delete_at(lab.token().await.1).await, None, "an acquire cancels the deletion");
     assert_eq!(store.metadata(&iso0, USAGE_COUNT).await.unwrap().as_deref(), Some("1"));
     assert_eq!(a.release_boot_iso(nodes[0], &ids[0]).await.unwrap(), 0);
     tokio::time::sleep(Duration::from_millis(3100)).await;
@@ -293,7 +193,7 @@ async fn swift_publisher_against_a_real_swift() {
     let f = a.publish_floppy(nodes[0], b"token".to_vec()).await.unwrap();
     let r = c
         .head(format!("{storage}/{}/{}", cfg.swift_ilo_container, f.name))
-        .header("X-Auth-Token", &token(&lab).await.1)
+        .header("X-Auth-Token", &lab.token().await.1)
         .send()
         .await
         .unwrap();

@@ -6,10 +6,12 @@
 //! * [`Ferric`]: the real `ferric` binary in all-in-one mode, on a free
 //!   port, with SQLite or a PostgreSQL URL; its log is printed when a test
 //!   fails while it runs.
+//! * [`swift::SwiftLab`]: a real OpenStack Swift (tempauth, tempurl).
 //! * [`Baremetal`]: the real `baremetal` CLI (python-ironicclient) from the
 //!   venv `scripts/deps.sh` creates (`FERRIC_TEST_VENV`).
 
 pub mod cluster;
+pub mod swift;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
