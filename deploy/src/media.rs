@@ -21,7 +21,7 @@ use std::time::Duration;
 use ferric_common::config::Config;
 use uuid::Uuid;
 
-use crate::image::cache::{ImageCache, ImageError, ImageSource};
+use crate::image::cache::{CachedImage, ImageCache, ImageError, ImageSource};
 use crate::image::floppy::parameters_floppy;
 use crate::image::iso::{BootIsoSpec, BootLoaders, create_boot_iso};
 use crate::publish::artefacts::{Artefacts, Published};
@@ -132,44 +132,25 @@ impl Media {
         ramdisk: &ImageSource,
         kernel_params: &str,
     ) -> Result<(String, Published), MediaError> {
-        let k = self.images.fetch(kernel).await?;
-        let r = self.images.fetch(ramdisk).await?;
-        let loaders = self.loaders.clone();
-        let params = kernel_params.to_string();
-        let (kc, rc) = (k.clone(), r.clone());
-        let content_id = {
-            let (loaders, params, kc, rc) = (loaders.clone(), params.clone(), kc.clone(), rc.clone());
-            tokio::task::spawn_blocking(move || {
-                BootIsoSpec {
-                    kernel: &kc.path,
-                    kernel_sha256: &kc.sha256,
-                    ramdisk: &rc.path,
-                    ramdisk_sha256: &rc.sha256,
-                    kernel_params: &params,
-                    loaders: &loaders,
-                }
-                .content_id()
-            })
+        // the cached kernel and ramdisk stay pinned while `inputs` lives,
+        // that is until the ISO is built
+        let inputs = Arc::new(IsoInputs {
+            kernel: self.images.fetch(kernel).await?,
+            ramdisk: self.images.fetch(ramdisk).await?,
+            params: kernel_params.to_string(),
+            loaders: self.loaders.clone(),
+        });
+        let for_id = inputs.clone();
+        let content_id = tokio::task::spawn_blocking(move || for_id.spec().content_id())
             .await
             .map_err(|e| MediaError::Invalid(format!("content id task: {e}")))?
-            .map_err(|e| MediaError::Invalid(e.to_string()))?
-        };
-        // the cached kernel and ramdisk stay pinned until the build is done
+            .map_err(|e| MediaError::Invalid(e.to_string()))?;
         let published = self
             .artefacts
             .acquire_boot_iso(node, &content_id, move |out| {
-                let spec = BootIsoSpec {
-                    kernel: &kc.path,
-                    kernel_sha256: &kc.sha256,
-                    ramdisk: &rc.path,
-                    ramdisk_sha256: &rc.sha256,
-                    kernel_params: &params,
-                    loaders: &loaders,
-                };
-                create_boot_iso(&spec, out).map(drop).map_err(|e| e.to_string())
+                create_boot_iso(&inputs.spec(), out).map(drop).map_err(|e| e.to_string())
             })
             .await?;
-        drop((k, r));
         Ok((content_id, published))
     }
 
@@ -184,6 +165,27 @@ impl Media {
     /// Drops `node`'s use of a boot ISO; the last user deletes it.
     pub async fn release_boot_iso(&self, node: Uuid, content_id: &str) -> Result<usize, MediaError> {
         Ok(self.artefacts.release_boot_iso(node, content_id).await?)
+    }
+}
+
+/// What a boot ISO is built from, owned so it can move to a blocking task.
+struct IsoInputs {
+    kernel: CachedImage,
+    ramdisk: CachedImage,
+    params: String,
+    loaders: BootLoaders,
+}
+
+impl IsoInputs {
+    fn spec(&self) -> BootIsoSpec<'_> {
+        BootIsoSpec {
+            kernel: &self.kernel.path,
+            kernel_sha256: &self.kernel.sha256,
+            ramdisk: &self.ramdisk.path,
+            ramdisk_sha256: &self.ramdisk.sha256,
+            kernel_params: &self.params,
+            loaders: &self.loaders,
+        }
     }
 }
 

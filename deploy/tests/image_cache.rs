@@ -1,6 +1,8 @@
 //! The source image cache against a real HTTP server on loopback that
 //! counts requests and can delay, fail and truncate.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -57,17 +59,7 @@ struct Server {
 async fn server() -> Server {
     let served = Arc::new(Served::default());
     let app = axum::Router::new().route("/img/{name}", axum::routing::get(serve_file)).with_state(served.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap()
-    });
+    let (base, stop) = common::serve(app).await;
     Server { base, served, stop }
 }
 

@@ -10,28 +10,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{boot, fixtures, qemu_available, require};
+use common::{boot, fixtures, qemu_available, require, serve};
 use ferric_common::config::Config;
 use ferric_deploy::image::cache::{Checksum, ImageSource};
 use ferric_deploy::media::Media;
 use ferric_deploy::publish::http::router;
 use sha2::Digest;
 use uuid::Uuid;
-
-async fn serve(app: axum::Router) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap()
-    });
-    (base, stop)
-}
 
 fn source(base: &str, fx: &Path, name: &str) -> ImageSource {
     let sha = hex::encode(sha2::Sha256::digest(std::fs::read(fx.join(name)).unwrap()));

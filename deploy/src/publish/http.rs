@@ -209,28 +209,12 @@ impl Store for HttpRootStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        let mut stack = vec![(self.root.clone(), String::new())];
-        while let Some((dir, rel)) = stack.pop() {
-            let mut rd = match tokio::fs::read_dir(&dir).await {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(PublishError::io(&dir, e)),
-            };
-            while let Some(entry) = rd.next_entry().await.map_err(|e| PublishError::io(&dir, e))? {
-                let Some(file_name) = entry.file_name().to_str().map(str::to_string) else { continue };
-                if file_name == META_DIR && rel.is_empty() || file_name.starts_with(".tmp-") {
-                    continue;
-                }
-                let name = if rel.is_empty() { file_name } else { format!("{rel}/{file_name}") };
-                let ty = entry.file_type().await.map_err(|e| PublishError::io(entry.path(), e))?;
-                if ty.is_dir() {
-                    // descend only where the prefix can still match
-                    if name.starts_with(prefix) || prefix.starts_with(&format!("{name}/")) {
-                        stack.push((entry.path(), name));
-                    }
-                } else if ty.is_file() && name.starts_with(prefix) && !Self::expired(&self.read_side(&name).await?) {
-                    out.push(name);
-                }
+        for name in walk(&self.root, |rel| rel != META_DIR).await? {
+            if name.starts_with(prefix)
+                && !name.rsplit('/').next().is_some_and(|f| f.starts_with(".tmp-"))
+                && !Self::expired(&self.read_side(&name).await?)
+            {
+                out.push(name);
             }
         }
         out.sort();
@@ -272,32 +256,41 @@ impl Store for HttpRootStore {
     }
 
     async fn expire(&self) -> Result<usize> {
-        let meta = self.root.join(META_DIR);
         let mut removed = 0;
-        let mut stack = vec![(meta.clone(), String::new())];
-        while let Some((dir, rel)) = stack.pop() {
-            let mut rd = match tokio::fs::read_dir(&dir).await {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(PublishError::io(&dir, e)),
-            };
-            while let Some(entry) = rd.next_entry().await.map_err(|e| PublishError::io(&dir, e))? {
-                let Some(file_name) = entry.file_name().to_str().map(str::to_string) else { continue };
-                let rel_name = if rel.is_empty() { file_name.clone() } else { format!("{rel}/{file_name}") };
-                let ty = entry.file_type().await.map_err(|e| PublishError::io(entry.path(), e))?;
-                if ty.is_dir() {
-                    stack.push((entry.path(), rel_name));
-                    continue;
-                }
-                let Some(name) = rel_name.strip_suffix(".json") else { continue };
-                if Self::expired(&self.read_side(name).await?) {
-                    self.delete(name).await?;
-                    removed += 1;
-                }
+        for side in walk(&self.root.join(META_DIR), |_| true).await? {
+            let Some(name) = side.strip_suffix(".json") else { continue };
+            if Self::expired(&self.read_side(name).await?) {
+                self.delete(name).await?;
+                removed += 1;
             }
         }
         Ok(removed)
     }
+}
+
+/// Every regular file under `dir`, as `/`-joined names relative to it;
+/// `descend(rel)` says whether to enter a subdirectory.
+async fn walk(dir: &Path, descend: impl Fn(&str) -> bool) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let mut rd = match tokio::fs::read_dir(&dir).await {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(PublishError::io(&dir, e)),
+        };
+        while let Some(entry) = rd.next_entry().await.map_err(|e| PublishError::io(&dir, e))? {
+            let Some(file_name) = entry.file_name().to_str().map(str::to_string) else { continue };
+            let name = if rel.is_empty() { file_name } else { format!("{rel}/{file_name}") };
+            let ty = entry.file_type().await.map_err(|e| PublishError::io(entry.path(), e))?;
+            if ty.is_dir() && descend(&name) {
+                stack.push((entry.path(), name));
+            } else if ty.is_file() {
+                out.push(name);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Serves `root` (see the module doc for what is refused). Mount it with

@@ -96,3 +96,20 @@ pub fn qemu_available() -> bool {
     eprintln!("SKIPPED: qemu-system-x86_64 is not installed (scripts/deps.sh installs it)");
     false
 }
+
+/// Serves `app` on a free loopback port; returns its base URL and the
+/// sender that stops it.
+pub async fn serve(app: axum::Router) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap()
+    });
+    (base, stop)
+}
