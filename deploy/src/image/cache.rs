@@ -405,6 +405,10 @@ impl Shared {
             let _ = tokio::fs::remove_file(&got.tmp).await;
         } else {
             tokio::fs::rename(&got.tmp, &dest).await.map_err(|e| ImageError::io(&dest, e))?;
+            // the rename survives a power cut only once the directory is synced
+            let dir = self.dir.join("sha256");
+            let d = tokio::fs::File::open(&dir).await.map_err(|e| ImageError::io(&dir, e))?;
+            d.sync_all().await.map_err(|e| ImageError::io(&dir, e))?;
         }
         let index = self.dir.join("index").join(key);
         tokio::fs::write(&index, &got.sha256).await.map_err(|e| ImageError::io(&index, e))?;

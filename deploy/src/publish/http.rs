@@ -172,7 +172,10 @@ async fn write_atomically(dest: &Path, source: Source<'_>) -> Result<()> {
         }
         let f = tokio::fs::File::open(&tmp).await.map_err(|e| PublishError::io(&tmp, e))?;
         f.sync_all().await.map_err(|e| PublishError::io(&tmp, e))?;
-        tokio::fs::rename(&tmp, dest).await.map_err(|e| PublishError::io(dest, e))
+        tokio::fs::rename(&tmp, dest).await.map_err(|e| PublishError::io(dest, e))?;
+        // the rename itself survives a power cut only once the directory is synced
+        let d = tokio::fs::File::open(&dir).await.map_err(|e| PublishError::io(&dir, e))?;
+        d.sync_all().await.map_err(|e| PublishError::io(&dir, e))
     }
     .await;
     if result.is_err() {
