@@ -49,15 +49,31 @@ pub async fn run(inner: Arc<Inner>) {
             Ok(n) => info!(removed = n, "expired helper images removed"),
             Err(e) => warn!("helper image expiry: {e}"),
         }
-        if inner.media.publisher == "http" {
-            reap_lost_nodes_artefacts(&inner).await;
-        }
-        media_metrics(&inner).await;
+        media_round(&inner).await;
     }
 }
 
+/// One listing of the publisher feeds the lost-node clean-up (HTTP root
+/// only) and the media metrics; a second one only when something was
+/// removed.
+async fn media_round(inner: &Inner) {
+    let inv = match inner.media.artefacts.inventory().await {
+        Ok(inv) => inv,
+        Err(e) => {
+            warn!("listing published artefacts: {e}");
+            return;
+        }
+    };
+    let inv = if inner.media.publisher == "http" && reap_lost_nodes_artefacts(inner, &inv).await != (0, 0) {
+        inner.media.artefacts.inventory().await.unwrap_or(inv)
+    } else {
+        inv
+    };
+    media_metrics(inner, &inv);
+}
+
 /// Gauges of what this conductor publishes and caches.
-async fn media_metrics(inner: &Inner) {
+fn media_metrics(inner: &Inner, inv: &ferric_deploy::publish::artefacts::Inventory) {
     let publisher = inner.media.publisher;
     let s = inner.media.images.stats();
     metrics::gauge!("ferric_image_cache_bytes").set(s.bytes as f64);
@@ -65,13 +81,8 @@ async fn media_metrics(inner: &Inner) {
     metrics::counter!("ferric_image_cache_hits_total").absolute(s.hits);
     metrics::counter!("ferric_image_cache_downloads_total").absolute(s.downloads);
     metrics::counter!("ferric_image_cache_evictions_total").absolute(s.evictions);
-    let store = inner.media.artefacts.store();
-    if let Ok(isos) = store.list("boot-").await {
-        metrics::gauge!("ferric_boot_isos_published", "publisher" => publisher).set(isos.len() as f64);
-    }
-    if let Ok(floppies) = store.list("floppy-").await {
-        metrics::gauge!("ferric_floppies_published", "publisher" => publisher).set(floppies.len() as f64);
-    }
+    metrics::gauge!("ferric_boot_isos_published", "publisher" => publisher).set(inv.boot_isos.len() as f64);
+    metrics::gauge!("ferric_floppies_published", "publisher" => publisher).set(inv.floppies.len() as f64);
 }
 
 /// Whether this conductor still drives `node`: it exists and the ring gives
@@ -88,34 +99,27 @@ async fn still_mine(inner: &Inner, node: uuid::Uuid) -> bool {
 }
 
 /// See the module doc; returns (floppies deleted, ISO uses released).
-pub async fn reap_lost_nodes_artefacts(inner: &Inner) -> (usize, usize) {
+pub async fn reap_lost_nodes_artefacts(
+    inner: &Inner,
+    inv: &ferric_deploy::publish::artefacts::Inventory,
+) -> (usize, usize) {
     let a = &inner.media.artefacts;
     let (mut floppies, mut uses) = (0, 0);
-    match a.floppies().await {
-        Ok(list) => {
-            for (name, node) in list {
-                if !still_mine(inner, node).await && a.remove_floppy(&name).await.is_ok() {
-                    floppies += 1;
-                }
-            }
+    for (name, node) in &inv.floppies {
+        if !still_mine(inner, *node).await && a.remove_floppy(name).await.is_ok() {
+            floppies += 1;
         }
-        Err(e) => warn!("lost-node clean-up: listing floppies: {e}"),
     }
-    match a.boot_iso_uses().await {
-        Ok(list) => {
-            for (iso, node) in list {
-                if !still_mine(inner, node).await {
-                    match a.release_boot_iso(node, &iso).await {
-                        Ok(left) => {
-                            uses += 1;
-                            info!(%node, iso = %iso, left, "boot ISO use of a node this conductor no longer drives dropped");
-                        }
-                        Err(e) => warn!(%node, "lost-node clean-up: {e}"),
-                    }
+    for (iso, node) in &inv.uses {
+        if !still_mine(inner, *node).await {
+            match a.release_boot_iso(*node, iso).await {
+                Ok(left) => {
+                    uses += 1;
+                    info!(%node, iso = %iso, left, "boot ISO use of a node this conductor no longer drives dropped");
                 }
+                Err(e) => warn!(%node, "lost-node clean-up: {e}"),
             }
         }
-        Err(e) => warn!("lost-node clean-up: listing boot ISO uses: {e}"),
     }
     (floppies, uses)
 }

@@ -231,6 +231,11 @@ async fn one_iso_per_image_shared_by_its_nodes_and_deleted_by_the_last_release()
         assert_eq!(body, format!("iso {id}"));
     }
 
+    let inv = a.inventory().await.unwrap();
+    assert_eq!(inv.boot_isos, ids.to_vec());
+    assert_eq!(inv.uses.len(), 100);
+    assert!(inv.floppies.is_empty());
+
     // a retried acquire does not count twice; releasing twice neither
     let never = |_: &std::path::Path| -> Result<(), String> { panic!("no rebuild for a published ISO") };
     a.acquire_boot_iso(nodes[0], &ids[0], never).await.unwrap();

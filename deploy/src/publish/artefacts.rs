@@ -51,6 +51,17 @@ pub const SHARED_DELETION_GRACE: Duration = Duration::from_secs(600);
 /// Metadata key of a boot ISO's usage count.
 pub const USAGE_COUNT: &str = "usage-count";
 
+/// The artefacts a store holds (see [`Artefacts::inventory`]).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Inventory {
+    /// Content ids of published boot ISOs.
+    pub boot_isos: Vec<String>,
+    /// Uses of boot ISOs: (content id, node).
+    pub uses: Vec<(String, Uuid)>,
+    /// Published floppies: (object name, node).
+    pub floppies: Vec<(String, Uuid)>,
+}
+
 /// A published object and the URL a BMC fetches it from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Published {
@@ -221,23 +232,23 @@ impl Artefacts {
         Ok(names.iter().filter_map(|n| n.strip_prefix(&prefix)).filter_map(|u| u.parse().ok()).collect())
     }
 
-    /// Every use of a boot ISO recorded in this store: (content id, node).
-    pub async fn boot_iso_uses(&self) -> Result<Vec<(String, Uuid)>> {
-        let names = self.store.list(".users/boot-").await?;
-        Ok(names
-            .iter()
-            .filter_map(|n| {
-                let rest = n.strip_prefix(".users/boot-")?;
-                let (iso, node) = rest.split_once(".iso/")?;
-                Some((iso.to_string(), node.parse().ok()?))
-            })
-            .collect())
-    }
-
-    /// Every published floppy: (object name, node).
-    pub async fn floppies(&self) -> Result<Vec<(String, Uuid)>> {
-        let names = self.store.list("floppy-").await?;
-        Ok(names.into_iter().filter_map(|n| Some((n.clone(), n.get(7..43)?.parse().ok()?))).collect())
+    /// What the store holds, from one listing.
+    pub async fn inventory(&self) -> Result<Inventory> {
+        let mut inv = Inventory::default();
+        for name in self.store.list("").await? {
+            if let Some(rest) = name.strip_prefix(".users/boot-") {
+                if let Some((iso, node)) = rest.split_once(".iso/")
+                    && let Ok(node) = node.parse()
+                {
+                    inv.uses.push((iso.to_string(), node));
+                }
+            } else if let Some(id) = name.strip_prefix("boot-").and_then(|n| n.strip_suffix(".iso")) {
+                inv.boot_isos.push(id.to_string());
+            } else if let Some(node) = name.strip_prefix("floppy-").and_then(|n| n.get(..36)?.parse().ok()) {
+                inv.floppies.push((name, node));
+            }
+        }
+        Ok(inv)
     }
 
     /// A fresh URL for a published boot ISO (Swift temp URLs expire; a
