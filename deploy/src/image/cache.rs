@@ -329,9 +329,18 @@ impl ImageCache {
                     }
                 }
             };
-            let outcome = match rx.wait_for(|o| o.is_some()).await {
-                Ok(o) => o.clone().expect("waited for Some"),
-                Err(_) => Err(ImageError::Transfer { url: source.url.clone(), message: "download task ended".into() }),
+            let waited = rx.wait_for(|o| o.is_some()).await.map(|o| o.clone().expect("waited for Some"));
+            let outcome = match waited {
+                Ok(o) => o,
+                Err(_) => {
+                    // the download task died without an answer (a panic):
+                    // forget it, so the next fetch starts a new one
+                    let mut st = self.shared.state.lock().expect("image cache state");
+                    if st.inflight.get(&key).is_some_and(|r| r.same_channel(&rx)) {
+                        st.inflight.remove(&key);
+                    }
+                    Err(ImageError::Transfer { url: source.url.clone(), message: "download task ended".into() })
+                }
             };
             match outcome {
                 Ok(sha) => {
