@@ -17,6 +17,7 @@ fn members(n: usize) -> Vec<Member> {
             conductor_group: String::new(),
             hardware_types: vec!["fake-hardware".into()],
             state: MemberState::Active,
+            ring_settings: String::new(),
         })
         .collect()
 }

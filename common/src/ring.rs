@@ -51,6 +51,11 @@ pub struct Member {
     pub conductor_group: String,
     pub hardware_types: Vec<String>,
     pub state: MemberState,
+    /// The ring settings this member places nodes with
+    /// ([`RingSettings::fingerprint`]); every process must use the same, or
+    /// they disagree on owners. Empty in records of older versions.
+    #[serde(default)]
+    pub ring_settings: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +73,16 @@ pub struct RingSettings {
     pub load_epsilon: f64,
     /// Extra members per partition that keep a node's artefacts warm.
     pub replicas: usize,
+}
+
+impl RingSettings {
+    /// What must be equal in every process of a cluster, as one string.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "partition_exponent={} load_epsilon={} replicas={}",
+            self.partition_exponent, self.load_epsilon, self.replicas
+        )
+    }
 }
 
 impl Default for RingSettings {
@@ -324,6 +339,7 @@ mod tests {
             conductor_group: group.into(),
             hardware_types: hw.iter().map(|s| s.to_string()).collect(),
             state: MemberState::Active,
+            ring_settings: String::new(),
         }
     }
 

@@ -255,6 +255,12 @@ pub async fn start(
         conductor_group: inner.cfg.conductor.conductor_group.to_ascii_lowercase(),
         hardware_types: inner.registry.names().iter().map(|s| s.to_string()).collect(),
         state: MemberState::Active,
+        ring_settings: ferric_common::ring::RingSettings {
+            partition_exponent: inner.cfg.membership.partition_exponent,
+            load_epsilon: inner.cfg.membership.load_epsilon,
+            replicas: inner.cfg.membership.replicas,
+        }
+        .fingerprint(),
     };
     match membership.join(member, inner.cfg.membership.lease_ttl_secs).await {
         Ok(Some(valid_until)) => {

@@ -34,7 +34,12 @@ pub fn conductor_process(
     ttl: u64,
     env: &[(&str, &str)],
 ) -> Process {
-    let args: Vec<String> = [
+    Process::start(&format!("c{i}"), dir, conductor_args(dir, etcd, db, i, grpc, ttl), env, Some(grpc))
+}
+
+/// The command line of conductor `c{i}`.
+pub fn conductor_args(dir: &Path, etcd: &str, db: &str, i: usize, grpc: u16, ttl: u64) -> Vec<String> {
+    [
         "conductor",
         "--etcd-endpoints",
         etcd,
@@ -51,8 +56,7 @@ pub fn conductor_process(
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect();
-    Process::start(&format!("c{i}"), dir, args, env, Some(grpc))
+    .collect()
 }
 
 impl Cluster {

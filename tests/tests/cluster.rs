@@ -184,3 +184,32 @@ fn ferricctl_agrees(cl: &Cluster, owners: &BTreeMap<String, String>, spread: &Ha
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no member \"nope\""));
 }
+
+/// Every process of a cluster must place nodes with the same ring settings;
+/// a conductor started with others is refused, with an error naming them.
+#[tokio::test]
+async fn a_conductor_with_other_ring_settings_is_refused() {
+    let cl = Cluster::start(1, TTL, &[]);
+    cl.wait_conductors(1).await;
+    let args = ferric_tests::cluster::conductor_args(
+        cl.dir.path(),
+        &cl.etcd.endpoint,
+        &cl.db_url,
+        2,
+        ferric_tests::free_port(),
+        TTL,
+    );
+    let mut odd =
+        ferric_tests::Process::start("c2", cl.dir.path(), args, &[("FERRIC_MEMBERSHIP__LOAD_EPSILON", "0.5")], None);
+    let start = Instant::now();
+    while odd.is_running() {
+        assert!(start.elapsed() < Duration::from_secs(30), "c2 kept running:\n{}", odd.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // the whole log: with RUST_BACKTRACE set, a backtrace follows the error
+    let log = odd.log_tail(100_000);
+    assert!(log.contains("ring settings differ") && log.contains("load_epsilon=0.5"), "{log}");
+    assert!(log.contains("load_epsilon=0.02"), "the error names both settings: {log}");
+    let v = cl.ok(reqwest::Method::GET, "/v1/conductors", None).await;
+    assert_eq!(v["conductors"].as_array().map(|a| a.len()), Some(1), "{v}");
+}

@@ -118,6 +118,7 @@ fn main() -> anyhow::Result<()> {
                         conductor_group: add_group.clone(),
                         hardware_types: hw.clone(),
                         state: MemberState::Active,
+                        ring_settings: String::new(),
                     })
                     .collect();
                 let nodes = ctl::fetch_nodes(&cli.api).await?;

@@ -96,6 +96,21 @@ impl EtcdMembership {
     /// expires: the send time of the last renewal etcd acknowledged, plus
     /// the TTL (etcd counts from when it *received* it, which is later).
     pub async fn register(&self, member: Member, ttl: i64) -> Result<watch::Receiver<Instant>, EtcdError> {
+        // members that place nodes differently would each own nodes the
+        // others also think they own (locks keep them from acting together,
+        // but nodes would bounce and requests go astray): refuse to join
+        if let Some(other) = self
+            .current()
+            .members()
+            .iter()
+            .find(|m| m.id != member.id && !m.ring_settings.is_empty() && m.ring_settings != member.ring_settings)
+        {
+            return Err(EtcdError(format!(
+                "ring settings differ: member {} uses [{}], this process [{}]; every process of a cluster needs the \
+                 same membership.partition_exponent, load_epsilon and replicas",
+                other.id, other.ring_settings, member.ring_settings
+            )));
+        }
         let mut client = connect(&self.endpoints).await?;
         let sent = Instant::now();
         let lease = put_with_lease(&mut client, &member, ttl).await?;
@@ -182,6 +197,15 @@ fn publish(tx: &watch::Sender<Ring>, members: &BTreeMap<String, Member>, rev: i6
         return;
     }
     info!(epoch = rev, members = list.len(), "ring changed");
+    let ours = settings.fingerprint();
+    for m in list.iter().filter(|m| !m.ring_settings.is_empty() && m.ring_settings != ours) {
+        tracing::error!(
+            member = %m.id,
+            theirs = %m.ring_settings,
+            ours = %ours,
+            "a ring member uses other ring settings: this process computes other owners than it does"
+        );
+    }
     tx.send_replace(Ring::new(rev as u64, list, settings.clone()));
 }
 

@@ -150,6 +150,7 @@ mod tests {
             conductor_group: String::new(),
             hardware_types: vec!["fake-hardware".into()],
             state: MemberState::Active,
+            ring_settings: String::new(),
         }
     }
 
