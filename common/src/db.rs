@@ -840,6 +840,26 @@ impl Db {
         }
     }
 
+    /// Like [`Db::reserve_node`], but only while the node is still in
+    /// `state`: a worker acting on an older read of the node (an orphaned
+    /// operation seen a moment ago) never locks it once it moved on, so
+    /// clients never see a finished node locked.
+    pub async fn reserve_node_in_state(&self, uuid: Uuid, holder: &str, state: &str) -> Result<LockOutcome, DbError> {
+        let rows = self
+            .execute(
+                "UPDATE nodes SET reservation = $1 WHERE uuid = $2 AND reservation IS NULL AND provision_state = $3"
+                    .into(),
+                vec![holder.into(), uuid.to_string().into(), state.into()],
+            )
+            .await?;
+        match self.get_node(uuid).await {
+            Ok(n) if rows == 1 => Ok(LockOutcome::Acquired(Box::new(n))),
+            Ok(n) => Ok(LockOutcome::Busy(n.reservation.unwrap_or_default())),
+            Err(DbError::NotFound) => Ok(LockOutcome::NotFound),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Release `holder`'s lock on a node. False if it did not hold it.
     pub async fn release_node(&self, uuid: Uuid, holder: &str) -> Result<bool, DbError> {
         let rows = self

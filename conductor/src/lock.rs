@@ -57,6 +57,21 @@ impl NodeLock {
         Err(LockError::Busy { node, holder: last_holder })
     }
 
+    /// One attempt at locking `node` while it is still in `state` (see
+    /// `Db::reserve_node_in_state`).
+    pub async fn acquire_in_state(
+        db: &Db,
+        node: Uuid,
+        holder: &str,
+        state: &str,
+    ) -> Result<(NodeLock, Node), LockError> {
+        match db.reserve_node_in_state(node, holder, state).await? {
+            LockOutcome::Acquired(n) => Ok((NodeLock { node, holder: holder.to_string(), db: db.clone() }, *n)),
+            LockOutcome::Busy(h) => Err(LockError::Busy { node, holder: h }),
+            LockOutcome::NotFound => Err(LockError::NotFound(node)),
+        }
+    }
+
     /// Write the node, as long as this lock is still ours.
     pub async fn save(&self, node: &Node) -> Result<bool, DbError> {
         self.db.save_node_locked(node, &self.holder).await

@@ -171,7 +171,7 @@ pub async fn pass(inner: &Arc<Inner>) -> usize {
             && n.provision_state.is_in_progress()
             && n.reservation.is_none()
         {
-            resume(inner, n.uuid).await;
+            resume(inner, n.uuid, n.provision_state).await;
         }
     }
     taken
@@ -264,11 +264,13 @@ async fn take_over_one(inner: &Arc<Inner>, uuid: Uuid) -> bool {
     true
 }
 
-async fn resume(inner: &Arc<Inner>, uuid: Uuid) {
+async fn resume(inner: &Arc<Inner>, uuid: Uuid, seen: ProvisionState) {
     let Ok(permit) = inner.operations.clone().try_acquire_owned() else {
         return; // busy; a later pass picks it up
     };
-    let (lock, node) = match NodeLock::acquire(&inner.db, uuid, &inner.incarnation, 1, inner.lock_interval()).await {
+    // `seen` is from the start of this pass: the operation may have been
+    // resumed and even finished since, so lock only if it is still there
+    let (lock, node) = match NodeLock::acquire_in_state(&inner.db, uuid, &inner.incarnation, seen.as_str()).await {
         Ok(x) => x,
         Err(_) => return,
     };

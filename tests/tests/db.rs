@@ -57,6 +57,14 @@ async fn suite(db: Db) {
     assert!(got.updated_at.is_some());
     assert!(!db.release_node(a.uuid, "inc-2").await.unwrap());
     assert!(db.release_node(a.uuid, "inc-1").await.unwrap());
+    // a lock conditional on the state: refused once the node moved on
+    assert_eq!(db.reserve_node_in_state(a.uuid, "inc-3", "deploying").await.unwrap(), LockOutcome::Busy(String::new()));
+    assert_eq!(db.get_node(a.uuid).await.unwrap().reservation, None);
+    assert!(matches!(
+        db.reserve_node_in_state(a.uuid, "inc-3", "verifying").await.unwrap(),
+        LockOutcome::Acquired(n) if n.reservation.as_deref() == Some("inc-3")
+    ));
+    assert!(db.release_node(a.uuid, "inc-3").await.unwrap());
     // a dead incarnation's locks are cleared together
     db.reserve_node(a.uuid, "dead").await.unwrap();
     let b = node("b");
