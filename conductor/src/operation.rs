@@ -285,7 +285,10 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
         node.target_provision_state = t.target;
         node.provision_updated_at = Some(Utc::now());
         node.last_error = None;
-        if !save(inner, lock, node).await {
+        // a settled node is written by `run`, together with the release, so
+        // no client ever sees it settled and still locked; a chained
+        // operation (deleting -> cleaning) is recorded before it starts
+        if t.to.is_in_progress() && !save(inner, lock, node).await {
             return Finish::LostLock;
         }
         inner.history(node.uuid, "done", &format!("{state} -> {}", t.to)).await;
