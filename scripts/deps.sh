@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what building and testing Ferric needs, if it is missing:
-#   system packages (protobuf-compiler for gRPC code generation; etcd,
+#   system packages (protobuf-compiler and libprotobuf-dev, whose
+#   google/protobuf/*.proto etcd-client's generated code imports, for gRPC
+#   code generation; etcd,
 #   PostgreSQL, mtools/dosfstools/xorriso/genisoimage for the test peers and
 #   image checks; isolinux/syslinux-common/grub-efi for the boot loaders boot
 #   ISOs carry; qemu-system-x86/ovmf/busybox-static/cpio to boot them in tests;
@@ -9,12 +11,12 @@
 #   tests drive.  Idempotent and quiet when everything is there.
 #
 #   scripts/deps.sh            everything
-#   scripts/deps.sh build      only what `cargo build` needs (protoc)
+#   scripts/deps.sh build      only what `cargo build` needs (protoc + well-known protos)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want=${1:-all}
-BUILD_PKGS="protobuf-compiler"
+BUILD_PKGS="protobuf-compiler libprotobuf-dev"
 TEST_PKGS="etcd-server etcd-client postgresql mtools dosfstools xorriso genisoimage
   isolinux syslinux-common grub-efi-amd64-bin grub-common
   qemu-system-x86 ovmf busybox-static cpio
