@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use ferric_deploy::image::cache::{Checksum, ImageCache, ImageError, ImageSource};
+use ferric_deploy::image::cache::{ATTEMPTS, Checksum, ImageCache, ImageError, ImageSource};
 use md5::Digest as _;
 
 #[derive(Default)]
@@ -94,7 +94,7 @@ fn files(dir: &std::path::Path) -> Vec<String> {
     out
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_coalescing_and_verification() {
     let srv = server().await;
     let dir = tempfile::tempdir().unwrap();
@@ -137,21 +137,31 @@ async fn hits_coalescing_and_verification() {
         assert_eq!(got.path, a.path, "content-addressed");
     }
 
-    // a mismatch is an error and leaves nothing behind
+    // a SHA-256 the cache holds is a hit whatever the URL: no request
+    let mirror = srv.add("mirror-of-kernel", kernel.clone());
+    let got = cache.fetch(&src(&mirror, Some(&format!("sha256:{}", sha256(&kernel))))).await.unwrap();
+    assert_eq!(got.path, a.path);
+    assert_eq!(srv.served.hits("mirror-of-kernel"), 0, "content already cached");
+
+    // a mismatch of any kind is an error and leaves nothing behind
     let before = files(dir.path());
-    let bad = "0".repeat(64);
-    let e = cache.fetch(&src(&srv.add("evil", bytes(5000, 3)), Some(&bad))).await.unwrap_err();
-    assert!(matches!(e, ImageError::ChecksumMismatch { .. }), "{e}");
-    assert!(e.to_string().contains(&bad) && e.to_string().contains("sha256"), "{e}");
-    assert!(!e.is_retryable());
-    assert_eq!(files(dir.path()), before, "a failed verification left files");
+    let evil = srv.add("evil", bytes(5000, 3));
+    for (algorithm, bad) in [("sha256", "0".repeat(64)), ("md5", "1".repeat(32)), ("sha512", "2".repeat(128))] {
+        let e = cache.fetch(&src(&evil, Some(&format!("{algorithm}:{bad}")))).await.unwrap_err();
+        assert!(matches!(e, ImageError::ChecksumMismatch { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains(&bad) && text.contains(algorithm) && text.contains(&evil), "{e}");
+        assert!(!e.is_retryable());
+        assert_eq!(files(dir.path()), before, "a failed {algorithm} verification left files");
+    }
+    assert_eq!(srv.served.hits("evil"), 3, "a mismatch is not retried");
 
     // 404, bad scheme, bad checksum strings
     let e = cache.fetch(&src(&format!("{}/img/missing", srv.base), None)).await.unwrap_err();
     assert_eq!(e, ImageError::Http { url: format!("{}/img/missing", srv.base), status: 404 });
     assert!(e.to_string().contains("404") && e.to_string().contains("/img/missing"));
     for url in ["ftp://x/y", "file://relative/path", "file:///a/../etc/passwd", "glance://uuid"] {
-        assert!(matches!(cache.fetch(&src(url, None)).await, Err(ImageError::BadUrl(_))), "{url}");
+        assert!(matches!(cache.fetch(&src(url, None)).await, Err(ImageError::BadUrl { .. })), "{url}");
     }
     for ck in ["sha256:xyz", "sha1:0123", "12345", "md5:", &format!("sha256:{md5}")] {
         assert!(matches!(Checksum::parse(ck), Err(ImageError::BadChecksum(_))), "{ck}");
@@ -176,7 +186,7 @@ async fn retries_server_errors_and_refuses_truncated_bodies() {
     let e = cache.fetch(&src(&url, None)).await.unwrap_err();
     assert_eq!(e, ImageError::Http { url: url.clone(), status: 503 });
     assert!(e.is_retryable());
-    assert_eq!(srv.served.hits("down"), 3, "bounded attempts");
+    assert_eq!(srv.served.hits("down"), ATTEMPTS as usize, "bounded attempts");
 
     // a server that promises 100000 bytes and sends 1000
     let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -196,7 +206,9 @@ async fn retries_server_errors_and_refuses_truncated_bodies() {
         }
     });
     let e = cache.fetch(&src(&raw_url, None)).await.unwrap_err();
-    assert!(matches!(e, ImageError::Transfer { .. }), "{e}");
+    assert!(matches!(e, ImageError::Transfer { .. }) && e.to_string().contains(&raw_url), "{e}");
+    assert!(e.is_retryable());
+    assert_eq!(accepts.load(Ordering::SeqCst), ATTEMPTS as usize, "a short body is retried, a bounded number of times");
     server.abort();
     let left: Vec<String> = files(dir.path()).into_iter().filter(|f| !f.contains(&got.sha256)).collect();
     assert!(left.iter().all(|f| !f.starts_with("tmp/")), "a partial download stayed: {left:?}");
@@ -251,5 +263,118 @@ async fn evicts_least_recently_used_unpinned_images_and_survives_a_restart() {
     assert_eq!(std::fs::read(&f.path).unwrap(), bytes(2048, 5));
     let e = cache.fetch(&src(&format!("file://{}/nope", dir.path().display()), None)).await.unwrap_err();
     assert!(e.to_string().contains("nope"), "{e}");
+    let _ = srv.stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_download_fails_every_waiter_and_the_next_fetch_tries_again() {
+    let srv = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ImageCache::open(dir.path(), 100 << 20, Duration::from_secs(30)).unwrap();
+    let img = bytes(50_000, 6);
+    let url = srv.add("broken", img.clone());
+    srv.served.fail_first.lock().unwrap().insert("broken".into(), 100);
+    srv.served.delay_ms.store(50, Ordering::SeqCst);
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (cache, s) = (cache.clone(), src(&url, None));
+            tokio::spawn(async move { cache.fetch(&s).await })
+        })
+        .collect();
+    for t in tasks {
+        let e = t.await.unwrap().unwrap_err();
+        assert_eq!(e, ImageError::Http { url: url.clone(), status: 503 });
+    }
+    assert_eq!(srv.served.hits("broken"), ATTEMPTS as usize, "one download for all waiters");
+    assert_eq!(cache.stats().downloads, 1);
+    assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+
+    // the source recovers: a later fetch downloads again
+    srv.served.fail_first.lock().unwrap().clear();
+    let got = cache.fetch(&src(&url, None)).await.unwrap();
+    assert_eq!(std::fs::read(&got.path).unwrap(), img);
+    assert_eq!(srv.served.hits("broken"), ATTEMPTS as usize + 1);
+    let _ = srv.stop.send(());
+}
+
+#[tokio::test]
+async fn unreachable_and_slow_servers_are_clear_retryable_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ImageCache::open(dir.path(), 100 << 20, Duration::from_millis(300)).unwrap();
+
+    // nothing listens on the port
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/kernel", closed.local_addr().unwrap());
+    drop(closed);
+    let e = cache.fetch(&src(&url, None)).await.unwrap_err();
+    assert!(matches!(e, ImageError::Transfer { .. }) && e.is_retryable(), "{e}");
+    assert!(e.to_string().contains(&url) && e.to_string().contains("refused"), "{e}");
+
+    // a server slower than the download timeout
+    let srv = server().await;
+    srv.served.delay_ms.store(5_000, Ordering::SeqCst);
+    let url = srv.add("slow", bytes(1000, 7));
+    let e = cache.fetch(&src(&url, None)).await.unwrap_err();
+    assert!(matches!(e, ImageError::Transfer { .. }) && e.is_retryable(), "{e}");
+    assert!(e.to_string().contains(&url) && e.to_string().contains("timed out"), "{e}");
+    assert_eq!(srv.served.hits("slow"), ATTEMPTS as usize);
+    assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+    let _ = srv.stop.send(());
+}
+
+#[tokio::test]
+async fn use_order_survives_a_restart() {
+    let srv = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ImageCache::open(dir.path(), 1 << 20, Duration::from_secs(30)).unwrap();
+    let (a, b) = (srv.add("a", bytes(100_000, 20)), srv.add("b", bytes(100_000, 21)));
+    drop(cache.fetch(&src(&a, None)).await.unwrap());
+    // apart enough for any file system's mtime resolution
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    drop(cache.fetch(&src(&b, None)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    drop(cache.fetch(&src(&a, None)).await.unwrap()); // a hit: a is now the more recent
+    drop(cache);
+
+    // room for one: the one used least recently before the restart goes
+    let cache = ImageCache::open(dir.path(), 150_000, Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        cache.stats(),
+        ferric_deploy::image::cache::CacheStats { hits: 0, downloads: 0, evictions: 1, bytes: 100_000, images: 1 }
+    );
+    drop(cache.fetch(&src(&a, None)).await.unwrap());
+    assert_eq!(srv.served.hits("a"), 1, "a was kept");
+    drop(cache.fetch(&src(&b, None)).await.unwrap());
+    assert_eq!(srv.served.hits("b"), 2, "b was evicted");
+    let _ = srv.stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_larger_than_the_cache_reaches_every_waiter_then_goes() {
+    let srv = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ImageCache::open(dir.path(), 50_000, Duration::from_secs(30)).unwrap();
+    srv.served.delay_ms.store(100, Ordering::SeqCst);
+    let url = srv.add("huge", bytes(200_000, 30));
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (cache, s) = (cache.clone(), src(&url, None));
+            tokio::spawn(async move { cache.fetch(&s).await.unwrap() })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for t in tasks {
+        held.push(t.await.unwrap());
+    }
+    assert_eq!(srv.served.hits("huge"), 1);
+    for img in &held {
+        assert_eq!(std::fs::metadata(&img.path).unwrap().len(), 200_000, "pinned while held");
+    }
+    let path = held[0].path.clone();
+    held.truncate(1);
+    assert!(path.exists(), "one user left: still pinned");
+    drop(held);
+    assert!(!path.exists(), "evicted once unused");
+    assert_eq!(cache.stats().bytes, 0);
     let _ = srv.stop.send(());
 }

@@ -1,6 +1,8 @@
 //! The conductor's cache of source images (deploy kernels and ramdisks,
 //! deploy ISOs, instance images) fetched from `http(s)://` or `file://`
-//! URLs, shared by every node the conductor drives.
+//! URLs, shared by every node the conductor drives. One conductor per
+//! cache directory: opening it deletes what looks like a download in
+//! progress.
 //!
 //! Layout under the cache directory:
 //!
@@ -12,29 +14,41 @@
 //!
 //! * **Content-addressed**: two URLs with the same bytes share one file. A
 //!   source (URL + requested checksum) is looked up in the index, so a
-//!   second fetch needs no network. A source without a checksum is cached
-//!   by its URL: publish a new URL (or give a checksum) to change it.
+//!   second fetch needs no network; a source whose checksum is a SHA-256
+//!   the cache already holds needs none either, whatever its URL. A source
+//!   without a checksum is cached by its URL: publish a new URL (or give a
+//!   checksum) to change it. An index entry is only written after its
+//!   checksum verified, so a hit always matches the requested checksum.
 //! * **Verified, never partial**: the download streams into `tmp/` while
 //!   SHA-256 and the requested digest (sha256, sha512 or md5) are computed;
 //!   a short body, a Content-Length mismatch or a digest mismatch deletes it
 //!   and is an error; only a complete, fsynced, verified file is renamed
-//!   into `sha256/`.
+//!   into `sha256/`. (A body sent without Content-Length or chunking that
+//!   ends early cannot be told from a complete one: give a checksum.)
 //! * **Coalesced**: concurrent fetches of one source share one download,
 //!   which runs on its own task, so a caller that gives up (a fenced
-//!   conductor, a cancelled operation) does not fail the others; its
-//!   failure reaches every waiter, and the next fetch tries again.
+//!   conductor, a cancelled operation) does not fail the others. The task
+//!   hands every waiter the image already pinned, so it cannot be evicted
+//!   between the download and its use; a failure reaches every waiter, and
+//!   the next fetch tries again.
 //! * **Bounded**: after each insert, least recently used images are evicted
 //!   until the total is within `max_bytes`. An image in use (a live
 //!   [`CachedImage`]) is pinned and never evicted; one larger than the bound
-//!   is still returned, and evicted once unpinned. Use order survives a
-//!   restart through the files' modification times.
-//! * **Retries**: connection errors, timeouts and 5xx are retried three
-//!   times with backoff; 4xx and checksum mismatches are final.
+//!   is still returned (with a warning), and evicted once unpinned. Use
+//!   order survives a restart through the files' modification times.
+//! * **Retries**: connection errors, timeouts, short bodies and 5xx are
+//!   tried [`ATTEMPTS`] times in all with backoff; 4xx and checksum
+//!   mismatches are final. Each attempt is bounded by the download timeout.
+//!
+//! The state (entries, index, downloads in flight) sits behind one mutex;
+//! the file operations that must agree with it (rename into `sha256/`,
+//! eviction's delete) run under it, so a file and its entry come and go
+//! together.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use sha2::Digest as _;
@@ -42,13 +56,22 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-const ATTEMPTS: u32 = 3;
+/// Attempts per download of an HTTP source (the first and two retries):
+/// enough to ride out a web server restart, few enough that a dead source
+/// fails the operation within a few download timeouts.
+pub const ATTEMPTS: u32 = 3;
+/// Wait before the first retry, doubled before each further one.
 const BACKOFF: Duration = Duration::from_millis(200);
+/// Bound on establishing a connection, so an unreachable server fails
+/// fast even with a long download timeout (meant for multi-GB images).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read size when copying a `file://` source.
+const COPY_CHUNK: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ImageError {
-    #[error("image URL {0:?}: only http://, https:// and file:///absolute/path are supported")]
-    BadUrl(String),
+    #[error("image URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
     #[error(
         "image checksum {0:?}: expected sha256:<hex>, sha512:<hex>, md5:<hex> or a bare 32/64/128-digit hex digest"
     )]
@@ -57,6 +80,8 @@ pub enum ImageError {
     Http { url: String, status: u16 },
     #[error("downloading {url}: {message}")]
     Transfer { url: String, message: String },
+    #[error("image {url}: no such file")]
+    NotFound { url: String },
     #[error("{url}: {algorithm} checksum mismatch: expected {expected}, got {actual}")]
     ChecksumMismatch { url: String, algorithm: &'static str, expected: String, actual: String },
     #[error("image cache {path}: {message}")]
@@ -64,13 +89,16 @@ pub enum ImageError {
 }
 
 impl ImageError {
-    /// Whether a later attempt may succeed (the source or the network
-    /// misbehaved), as opposed to a wrong URL, checksum or image.
+    /// Whether a later attempt may succeed (the source, the network or the
+    /// disk misbehaved), as opposed to a wrong URL, checksum or image.
     pub fn is_retryable(&self) -> bool {
         match self {
             ImageError::Http { status, .. } => *status >= 500 || *status == 429,
             ImageError::Transfer { .. } | ImageError::Io { .. } => true,
-            ImageError::BadUrl(_) | ImageError::BadChecksum(_) | ImageError::ChecksumMismatch { .. } => false,
+            ImageError::BadUrl { .. }
+            | ImageError::BadChecksum(_)
+            | ImageError::NotFound { .. }
+            | ImageError::ChecksumMismatch { .. } => false,
         }
     }
 
@@ -79,7 +107,7 @@ impl ImageError {
     }
 }
 
-/// A checksum as Ironic's `image_checksum` gives it.
+/// A checksum as Ironic's `image_checksum` / `image_os_hash_value` gives it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Checksum {
     Md5(String),
@@ -88,6 +116,8 @@ pub enum Checksum {
 }
 
 impl Checksum {
+    /// `sha256:<hex>`, `sha512:<hex>`, `md5:<hex>`, or a bare hex digest
+    /// whose length (32, 64, 128) names the algorithm.
     pub fn parse(s: &str) -> Result<Checksum, ImageError> {
         let bad = || ImageError::BadChecksum(s.to_string());
         let (algo, hex) = match s.split_once(':') {
@@ -106,7 +136,7 @@ impl Checksum {
         }
     }
 
-    fn algorithm(&self) -> &'static str {
+    pub fn algorithm(&self) -> &'static str {
         match self {
             Checksum::Md5(_) => "md5",
             Checksum::Sha256(_) => "sha256",
@@ -114,10 +144,17 @@ impl Checksum {
         }
     }
 
-    fn hex(&self) -> &str {
+    /// The digest, lower-case hex.
+    pub fn hex(&self) -> &str {
         match self {
             Checksum::Md5(h) | Checksum::Sha256(h) | Checksum::Sha512(h) => h,
         }
+    }
+}
+
+impl std::fmt::Display for Checksum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.algorithm(), self.hex())
     }
 }
 
@@ -129,24 +166,62 @@ pub struct ImageSource {
 }
 
 impl ImageSource {
+    /// A source from Ironic-style fields (`image_source`, `image_checksum`;
+    /// an empty checksum is none), with both checked.
+    pub fn new(url: &str, checksum: Option<&str>) -> Result<ImageSource, ImageError> {
+        let checksum = checksum.filter(|c| !c.is_empty()).map(Checksum::parse).transpose()?;
+        let source = ImageSource { url: url.to_string(), checksum };
+        source.location()?;
+        Ok(source)
+    }
+
+    /// The index key: the URL and the requested checksum, hashed (a file
+    /// name of fixed length whatever the URL).
     fn key(&self) -> String {
-        let ck = self.checksum.as_ref().map(|c| format!("{}:{}", c.algorithm(), c.hex())).unwrap_or_default();
+        let ck = self.checksum.as_ref().map(Checksum::to_string).unwrap_or_default();
         hex::encode(sha2::Sha256::digest(format!("{}\n{ck}", self.url).as_bytes()))
     }
 
-    fn check(&self) -> Result<Location, ImageError> {
-        let u = &self.url;
-        if u.starts_with("http://") || u.starts_with("https://") {
-            return Ok(Location::Http);
-        }
-        if let Some(path) = u.strip_prefix("file://") {
-            let p = Path::new(path);
-            if p.is_absolute() && !p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                return Ok(Location::File(p.to_path_buf()));
+    fn location(&self) -> Result<Location, ImageError> {
+        let url = &self.url;
+        let bad = |reason: &str| ImageError::BadUrl { url: url.clone(), reason: reason.to_string() };
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(bad("not a URL: expected http://, https:// or file:///absolute/path"));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "http" | "https" => {
+                reqwest::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+                Ok(Location::Http)
             }
+            "file" => {
+                let path = rest.strip_prefix("localhost").unwrap_or(rest);
+                if !path.starts_with('/') {
+                    return Err(bad("a file URL needs an absolute path on this host: file:///path"));
+                }
+                let path = PathBuf::from(percent_decode(path).ok_or_else(|| bad("bad percent-encoding"))?);
+                if path.components().any(|c| c == Component::ParentDir) {
+                    return Err(bad("a file URL may not contain `..`"));
+                }
+                Ok(Location::File(path))
+            }
+            other => Err(bad(&format!("scheme {other:?} is not supported (http, https, file)"))),
         }
-        Err(ImageError::BadUrl(u.clone()))
     }
+}
+
+/// `%XX` escapes decoded; `None` for a malformed escape or non-UTF-8 result.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 enum Location {
@@ -154,15 +229,18 @@ enum Location {
     File(PathBuf),
 }
 
-/// An image in the cache, pinned (never evicted) while this value lives.
+/// An image in the cache, pinned (never evicted) while this value or a
+/// clone of it lives.
 #[derive(Debug, Clone)]
 pub struct CachedImage {
     pub path: PathBuf,
     pub size: u64,
+    /// SHA-256 of the content, lower-case hex (also the file name).
     pub sha256: String,
     _pin: Arc<Pin>,
 }
 
+/// One use of an entry; the last clone of a [`CachedImage`] drops it.
 #[derive(Debug)]
 struct Pin {
     shared: Arc<Shared>,
@@ -172,7 +250,7 @@ struct Pin {
 impl Drop for Pin {
     fn drop(&mut self) {
         let over = {
-            let mut st = self.shared.state.lock().expect("image cache state");
+            let mut st = self.shared.lock();
             if let Some(e) = st.entries.get_mut(&self.sha256) {
                 e.pins -= 1;
             }
@@ -184,11 +262,15 @@ impl Drop for Pin {
     }
 }
 
+/// Counters for metrics and tests.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct CacheStats {
+    /// Fetches answered from the cache.
     pub hits: u64,
+    /// Downloads started (misses; a coalesced fetch is not counted again).
     pub downloads: u64,
     pub evictions: u64,
+    /// Bytes of the images held.
     pub bytes: u64,
     pub images: usize,
 }
@@ -196,17 +278,21 @@ pub struct CacheStats {
 #[derive(Debug)]
 struct Entry {
     size: u64,
+    /// Logical clock of the last use; the smallest unpinned one is evicted.
     last_use: u64,
     pins: usize,
 }
 
-type Outcome = Option<Result<String, ImageError>>;
+/// What a download hands its waiters: `None` until it finishes.
+type Outcome = Option<Result<CachedImage, ImageError>>;
 
 #[derive(Debug, Default)]
 struct State {
+    /// content sha256 → entry
     entries: HashMap<String, Entry>,
     /// source key → content sha256
     index: HashMap<String, String>,
+    /// source key → the download in progress
     inflight: HashMap<String, watch::Receiver<Outcome>>,
     total: u64,
     tick: u64,
@@ -223,14 +309,17 @@ struct Shared {
     evictions: AtomicU64,
 }
 
-#[derive(Clone)]
+/// The cache; cheap to clone, all clones share one state.
+#[derive(Debug, Clone)]
 pub struct ImageCache {
     shared: Arc<Shared>,
 }
 
 impl ImageCache {
-    /// Opens (or creates) the cache in `dir`: partial downloads are deleted,
-    /// complete images and the index are found again.
+    /// Opens (or creates) the cache in `dir`, holding at most `max_bytes`
+    /// of images not in use; each download attempt is bounded by
+    /// `download_timeout`. Partial downloads are deleted, complete images
+    /// and the index are found again.
     pub fn open(dir: impl Into<PathBuf>, max_bytes: u64, download_timeout: Duration) -> Result<ImageCache, ImageError> {
         let dir = dir.into();
         for sub in ["sha256", "index", "tmp"] {
@@ -270,7 +359,7 @@ impl ImageCache {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(download_timeout)
-            .connect_timeout(Duration::from_secs(30))
+            .connect_timeout(CONNECT_TIMEOUT.min(download_timeout))
             .build()
             .map_err(|e| ImageError::io(&dir, format!("HTTP client: {e}")))?;
         info!(dir = %dir.display(), images = st.entries.len(), bytes = st.total, "image cache opened");
@@ -288,7 +377,7 @@ impl ImageCache {
     }
 
     pub fn stats(&self) -> CacheStats {
-        let st = self.shared.state.lock().expect("image cache state");
+        let st = self.shared.lock();
         CacheStats {
             hits: self.shared.hits.load(Ordering::Relaxed),
             downloads: self.shared.downloads.load(Ordering::Relaxed),
@@ -299,61 +388,53 @@ impl ImageCache {
     }
 
     /// The image `source` names, from the cache or downloaded (once, however
-    /// many callers ask at the same time).
+    /// many callers ask at the same time), pinned while the result lives.
     pub async fn fetch(&self, source: &ImageSource) -> Result<CachedImage, ImageError> {
-        let location = source.check()?;
+        let location = source.location()?;
         let key = source.key();
-        let mut location = Some(location);
-        loop {
-            let mut rx = {
-                let mut st = self.shared.state.lock().expect("image cache state");
-                if let Some(sha) = st.index.get(&key).cloned()
-                    && st.entries.contains_key(&sha)
-                {
-                    self.shared.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(self.shared.pin(&mut st, &sha));
+        let mut rx = {
+            let mut st = self.shared.lock();
+            if let Some(sha) = st.cached(source, &key) {
+                self.shared.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(self.shared.pin(&mut st, &sha));
+            }
+            match st.inflight.get(&key) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    st.inflight.insert(key.clone(), rx.clone());
+                    let (shared, source, key) = (self.shared.clone(), source.clone(), key.clone());
+                    tokio::spawn(async move {
+                        let result = shared.download(&source, location, &key).await;
+                        // removed before the answer is sent (and while it is
+                        // still `None`, so no pin drops under the lock): a
+                        // fetch after this finds the entry, or starts anew
+                        let mine = shared.lock().inflight.remove(&key);
+                        drop(mine);
+                        let _ = tx.send(Some(result));
+                    });
+                    rx
                 }
-                match st.inflight.get(&key) {
-                    Some(rx) => rx.clone(),
-                    None => {
-                        let (tx, rx) = watch::channel(None);
-                        st.inflight.insert(key.clone(), rx.clone());
-                        let (shared, source, key) = (self.shared.clone(), source.clone(), key.clone());
-                        let loc = location.take().expect("one download per fetch call");
-                        tokio::spawn(async move {
-                            let result = shared.download(&source, loc, &key).await;
-                            shared.state.lock().expect("image cache state").inflight.remove(&key);
-                            let _ = tx.send(Some(result));
-                        });
-                        rx
+            }
+        };
+        let outcome = rx.wait_for(Option::is_some).await.map(|o| o.clone().expect("waited for Some"));
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                // the download task ended without an answer (a panic): forget
+                // it, so the next fetch starts a new one
+                let stale = {
+                    let mut st = self.shared.lock();
+                    match st.inflight.get(&key) {
+                        Some(r) if r.same_channel(&rx) => st.inflight.remove(&key),
+                        _ => None,
                     }
-                }
-            };
-            let waited = rx.wait_for(|o| o.is_some()).await.map(|o| o.clone().expect("waited for Some"));
-            let outcome = match waited {
-                Ok(o) => o,
-                Err(_) => {
-                    // the download task died without an answer (a panic):
-                    // forget it, so the next fetch starts a new one
-                    let mut st = self.shared.state.lock().expect("image cache state");
-                    if st.inflight.get(&key).is_some_and(|r| r.same_channel(&rx)) {
-                        st.inflight.remove(&key);
-                    }
-                    Err(ImageError::Transfer { url: source.url.clone(), message: "download task ended".into() })
-                }
-            };
-            match outcome {
-                Ok(sha) => {
-                    let mut st = self.shared.state.lock().expect("image cache state");
-                    if st.entries.contains_key(&sha) {
-                        return Ok(self.shared.pin(&mut st, &sha));
-                    }
-                    // evicted between the download and now: fetch again
-                    if location.is_none() {
-                        location = Some(source.check()?);
-                    }
-                }
-                Err(e) => return Err(e),
+                };
+                drop(stale);
+                Err(ImageError::Transfer {
+                    url: source.url.clone(),
+                    message: "download task ended without an answer".into(),
+                })
             }
         }
     }
@@ -366,7 +447,26 @@ struct Downloaded {
     sha256: String,
 }
 
+impl State {
+    /// The content hash a fetch of `source` can be answered with.
+    fn cached(&self, source: &ImageSource, key: &str) -> Option<String> {
+        if let Some(sha) = self.index.get(key)
+            && self.entries.contains_key(sha)
+        {
+            return Some(sha.clone());
+        }
+        match &source.checksum {
+            Some(Checksum::Sha256(sha)) if self.entries.contains_key(sha) => Some(sha.clone()),
+            _ => None,
+        }
+    }
+}
+
 impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("image cache state")
+    }
+
     fn pin(self: &Arc<Self>, st: &mut State, sha: &str) -> CachedImage {
         st.tick += 1;
         let tick = st.tick;
@@ -391,7 +491,7 @@ impl Shared {
         source: &ImageSource,
         location: Location,
         key: &str,
-    ) -> Result<String, ImageError> {
+    ) -> Result<CachedImage, ImageError> {
         self.downloads.fetch_add(1, Ordering::Relaxed);
         let mut attempt = 0;
         let got = loop {
@@ -409,30 +509,46 @@ impl Shared {
                 Err(e) => return Err(e),
             }
         };
+        let image = self.commit(got, key)?;
+        // the rename survives a power cut only once the directory is synced
+        let dir = self.dir.join("sha256");
+        let d = tokio::fs::File::open(&dir).await.map_err(|e| ImageError::io(&dir, e))?;
+        d.sync_all().await.map_err(|e| ImageError::io(&dir, e))?;
+        if image.size > self.max_bytes {
+            warn!(
+                url = %source.url, size = image.size, bound = self.max_bytes,
+                "image larger than the whole cache: kept only while in use"
+            );
+        }
+        self.evict();
+        info!(url = %source.url, image = %image.sha256, size = image.size, "image cached");
+        Ok(image)
+    }
+
+    /// Moves a verified download into `sha256/`, records it in the index
+    /// and pins it for the waiters. Under the lock, so an eviction cannot
+    /// delete the file between the rename and its entry.
+    fn commit(self: &Arc<Self>, got: Downloaded, key: &str) -> Result<CachedImage, ImageError> {
         let dest = self.dir.join("sha256").join(&got.sha256);
-        if tokio::fs::metadata(&dest).await.is_ok() {
-            let _ = tokio::fs::remove_file(&got.tmp).await;
+        let mut st = self.lock();
+        if st.entries.contains_key(&got.sha256) {
+            // the same bytes came from another source meanwhile
+            let _ = std::fs::remove_file(&got.tmp);
         } else {
-            tokio::fs::rename(&got.tmp, &dest).await.map_err(|e| ImageError::io(&dest, e))?;
-            // the rename survives a power cut only once the directory is synced
-            let dir = self.dir.join("sha256");
-            let d = tokio::fs::File::open(&dir).await.map_err(|e| ImageError::io(&dir, e))?;
-            d.sync_all().await.map_err(|e| ImageError::io(&dir, e))?;
+            if let Err(e) = std::fs::rename(&got.tmp, &dest) {
+                let _ = std::fs::remove_file(&got.tmp);
+                return Err(ImageError::io(&dest, e));
+            }
+            st.total += got.size;
+            st.entries.insert(got.sha256.clone(), Entry { size: got.size, last_use: 0, pins: 0 });
         }
         let index = self.dir.join("index").join(key);
-        tokio::fs::write(&index, &got.sha256).await.map_err(|e| ImageError::io(&index, e))?;
-        {
-            let mut st = self.state.lock().expect("image cache state");
-            st.tick += 1;
-            let tick = st.tick;
-            if !st.entries.contains_key(&got.sha256) {
-                st.total += got.size;
-                st.entries.insert(got.sha256.clone(), Entry { size: got.size, last_use: tick, pins: 0 });
-            }
-            st.index.insert(key.to_string(), got.sha256.clone());
+        if let Err(e) = std::fs::write(&index, &got.sha256) {
+            // only a restarted conductor needs the file: it downloads again
+            warn!(path = %index.display(), "image cache index: {e}");
         }
-        self.evict_except(Some(&got.sha256));
-        Ok(got.sha256)
+        st.index.insert(key.to_string(), got.sha256.clone());
+        Ok(self.pin(&mut st, &got.sha256))
     }
 
     fn new_tmp(&self) -> PathBuf {
@@ -442,7 +558,7 @@ impl Shared {
     async fn fetch_http(&self, source: &ImageSource) -> Result<Downloaded, ImageError> {
         use futures_util::StreamExt;
         let url = &source.url;
-        let transfer = |e: reqwest::Error| ImageError::Transfer { url: url.clone(), message: e.to_string() };
+        let transfer = |e: reqwest::Error| ImageError::Transfer { url: url.clone(), message: error_chain(&e) };
         let resp = self.client.get(url).send().await.map_err(transfer)?;
         if !resp.status().is_success() {
             return Err(ImageError::Http { url: url.clone(), status: resp.status().as_u16() });
@@ -474,11 +590,14 @@ impl Shared {
 
     async fn copy_file(&self, source: &ImageSource, path: &Path) -> Result<Downloaded, ImageError> {
         use tokio::io::AsyncReadExt;
-        let mut f = tokio::fs::File::open(path).await.map_err(|e| ImageError::io(path, e))?;
+        let mut f = tokio::fs::File::open(path).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ImageError::NotFound { url: source.url.clone() },
+            _ => ImageError::io(path, e),
+        })?;
         let tmp = self.new_tmp();
         let mut sink = Sink::create(&tmp, source.checksum.clone()).await?;
         let result = async {
-            let mut buf = vec![0u8; 1 << 20];
+            let mut buf = vec![0u8; COPY_CHUNK];
             loop {
                 let n = f.read(&mut buf).await.map_err(|e| ImageError::io(path, e))?;
                 if n == 0 {
@@ -495,19 +614,14 @@ impl Shared {
         result
     }
 
-    fn evict(self: &Arc<Self>) {
-        self.evict_except(None);
-    }
-
-    /// Evicts least recently used, unpinned images until the total fits;
-    /// `keep` (the image just downloaded for waiting callers) is spared.
-    fn evict_except(&self, keep: Option<&str>) {
-        let mut st = self.state.lock().expect("image cache state");
+    /// Evicts least recently used, unpinned images until the total fits.
+    fn evict(&self) {
+        let mut st = self.lock();
         while st.total > self.max_bytes {
             let victim = st
                 .entries
                 .iter()
-                .filter(|(sha, e)| e.pins == 0 && Some(sha.as_str()) != keep)
+                .filter(|(_, e)| e.pins == 0)
                 .min_by_key(|(_, e)| e.last_use)
                 .map(|(sha, _)| sha.clone());
             let Some(sha) = victim else {
@@ -526,6 +640,21 @@ impl Shared {
             info!(image = %sha, size = e.size, "image evicted from the cache");
         }
     }
+}
+
+/// A reqwest error with its causes ("error sending request" alone does not
+/// say "connection refused" or "timed out").
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// A temp file being written while the digests are computed.
@@ -591,5 +720,71 @@ impl Sink {
             }
         }
         Ok(Downloaded { tmp: self.path, size: self.size, sha256 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_parse_like_ironic() {
+        let md5 = "d41d8cd98f00b204e9800998ecf8427e";
+        assert_eq!(Checksum::parse(md5).unwrap(), Checksum::Md5(md5.into()));
+        assert_eq!(Checksum::parse(&format!("MD5:{}", md5.to_uppercase())).unwrap(), Checksum::Md5(md5.into()));
+        let sha256 = "a".repeat(64);
+        assert_eq!(Checksum::parse(&sha256).unwrap(), Checksum::Sha256(sha256.clone()));
+        assert_eq!(Checksum::parse(&format!("sha256:{sha256}")).unwrap().to_string(), format!("sha256:{sha256}"));
+        let sha512 = "b".repeat(128);
+        assert_eq!(Checksum::parse(&format!("sha512:{sha512}")).unwrap(), Checksum::Sha512(sha512.clone()));
+        for bad in ["", "sha256:", "xyz", "sha1:0123", "sha256:abc", &format!("sha512:{sha256}"), &"c".repeat(40)] {
+            let e = Checksum::parse(bad).unwrap_err();
+            assert_eq!(e, ImageError::BadChecksum(bad.to_string()));
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn urls_are_http_or_absolute_files() {
+        let loc = |u: &str| ImageSource { url: u.into(), checksum: None }.location();
+        assert!(matches!(loc("http://h/x"), Ok(Location::Http)));
+        assert!(matches!(loc("HTTPS://h:8443/x?y=1"), Ok(Location::Http)));
+        for (url, path) in [
+            ("file:///var/lib/images/k", "/var/lib/images/k"),
+            ("file://localhost/a/b", "/a/b"),
+            ("file:///with%20space", "/with space"),
+        ] {
+            match loc(url) {
+                Ok(Location::File(p)) => assert_eq!(p, Path::new(path), "{url}"),
+                _ => panic!("{url}"),
+            }
+        }
+        for (url, says) in [
+            ("ftp://h/x", "\"ftp\""),
+            ("glance://uuid", "\"glance\""),
+            ("/just/a/path", "not a URL"),
+            ("file://relative/path", "absolute"),
+            ("file:///a/../etc/passwd", ".."),
+            ("file:///a/%2e%2e/etc/passwd", ".."),
+            ("file:///a/%zz", "percent"),
+            ("http://", "empty host"),
+        ] {
+            let e = match loc(url) {
+                Err(e) => e,
+                Ok(_) => panic!("{url} accepted"),
+            };
+            assert!(matches!(e, ImageError::BadUrl { .. }) && !e.is_retryable(), "{url}: {e}");
+            assert!(e.to_string().contains(url) && e.to_string().contains(says), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn sources_from_ironic_fields() {
+        let s = ImageSource::new("http://h/k", Some("")).unwrap();
+        assert_eq!(s.checksum, None);
+        let s = ImageSource::new("http://h/k", Some(&"a".repeat(32))).unwrap();
+        assert_eq!(s.checksum, Some(Checksum::Md5("a".repeat(32))));
+        assert!(matches!(ImageSource::new("http://h/k", Some("nope")), Err(ImageError::BadChecksum(_))));
+        assert!(matches!(ImageSource::new("nfs://h/k", None), Err(ImageError::BadUrl { .. })));
     }
 }
