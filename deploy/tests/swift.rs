@@ -19,9 +19,39 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// Fails (never skips) when Swift cannot be started, naming the package.
+fn require_swift_packages() {
+    let missing: Vec<String> = [
+        ("swift-ring-builder", "swift"),
+        ("swift-proxy-server", "swift-proxy"),
+        ("swift-account-server", "swift-account"),
+        ("swift-container-server", "swift-container"),
+        ("swift-object-server", "swift-object"),
+        ("swift-object-expirer", "swift-object-expirer"),
+        ("memcached", "memcached"),
+        ("curl", "curl"),
+    ]
+    .iter()
+    .filter(|(bin, _)| {
+        !std::process::Command::new("sh").args(["-c", &format!("command -v {bin}")]).status().unwrap().success()
+    })
+    .map(|(bin, pkg)| format!("{bin} (Debian package {pkg})"))
+    .collect();
+    assert!(
+        missing.is_empty(),
+        "the Swift test needs a real Swift; missing: {}. Install: apt-get install -y --no-install-recommends \
+         swift swift-proxy swift-account swift-container swift-object swift-object-expirer memcached curl \
+         (scripts/deps.sh does)",
+        missing.join(", ")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swift_publisher_against_a_real_swift() {
+    require_swift_packages();
+    let started = std::time::Instant::now();
     let lab = SwiftLab::start();
+    eprintln!("swift started in {:?}", started.elapsed());
     let cfg = lab.config();
     let store = SwiftStore::connect(&cfg).await.unwrap_or_else(|e| panic!("connect: {e}\n{}", lab.logs()));
     let c = client();
@@ -60,6 +90,21 @@ async fn swift_publisher_against_a_real_swift() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(c.get(&short).send().await.unwrap().status(), 401, "expired temp URL");
 
+    // names that need percent-encoding: the URL carries them encoded, the
+    // signature covers them decoded (Swift signs PATH_INFO)
+    let odd = "odd dir/ä b+c%20&d=e?f#g.iso";
+    store.put_file(odd, &file, None).await.unwrap();
+    assert!(store.exists(odd).await.unwrap());
+    assert_eq!(store.list("odd dir/").await.unwrap(), vec![odd]);
+    let odd_url = store.url(odd, Duration::from_secs(60)).unwrap();
+    assert!(odd_url.contains("/odd%20dir/%C3%A4%20b%2Bc%2520%26d%3De%3Ff%23g.iso?"), "{odd_url}");
+    let r = c.get(&odd_url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "temp URL of an encoded name: {odd_url}");
+    assert!(r.bytes().await.unwrap() == body, "downloaded bytes differ (encoded name)");
+    store.delete(odd).await.unwrap();
+    assert!(!store.exists(odd).await.unwrap());
+    assert_eq!(c.get(&odd_url).send().await.unwrap().status(), 404);
+
     // SHA-1 signed URLs for old clusters
     let sha1 = SwiftStore::connect(&SwiftConfig { temp_url_digest: "sha1".into(), ..cfg.clone() }).await.unwrap();
     let url1 = sha1.url("boot-abc.iso", Duration::from_secs(60)).unwrap();
@@ -84,6 +129,11 @@ async fn swift_publisher_against_a_real_swift() {
     assert_eq!(store.metadata("meta.bin", "usage-count").await.unwrap().as_deref(), Some("4"));
     assert_eq!(store.metadata("meta.bin", "owner").await.unwrap().as_deref(), Some("c1"));
     assert_eq!(store.metadata("meta.bin", "nothing").await.unwrap(), None);
+    store.set_metadata("meta.bin", "label", "grüße ✓").await.unwrap();
+    store.set_metadata("meta.bin", "usage-count", "5").await.unwrap();
+    assert_eq!(store.metadata("meta.bin", "label").await.unwrap().as_deref(), Some("grüße ✓"), "non-ASCII kept");
+    assert!(store.set_metadata("meta.bin", "bad", "a\nb").await.is_err());
+    assert!(store.set_metadata("meta.bin", "bad key", "v").await.is_err());
     let r = c
         .head(format!("{storage}/{}/meta.bin", cfg.swift_ilo_container))
         .header("X-Auth-Token", &tok)
@@ -103,6 +153,20 @@ async fn swift_publisher_against_a_real_swift() {
     store.delete("p/a").await.unwrap();
     assert_eq!(store.list("p/").await.unwrap(), vec!["p/b"]);
 
+    // paging with marker (pages of 2 here; Swift's are up to 10 000),
+    // markers that need encoding included
+    for n in ["pg/ä 1", "pg/ä 2", "pg/b&3", "pg/b&4", "pg/c"] {
+        store.put_bytes(n, vec![3], None).await.unwrap();
+    }
+    let paged = SwiftStore::connect(&cfg).await.unwrap().with_listing_page(2);
+    assert_eq!(paged.list("pg/").await.unwrap(), vec!["pg/b&3", "pg/b&4", "pg/c", "pg/ä 1", "pg/ä 2"]);
+    assert_eq!(paged.list("pg/b").await.unwrap(), vec!["pg/b&3", "pg/b&4"]);
+    assert_eq!(paged.list("none/").await.unwrap(), Vec::<String>::new());
+
+    // a 4xx is an error naming the method, the object and Swift's answer
+    let e = store.set_metadata("p/b", "big", &"x".repeat(300)).await.unwrap_err().to_string();
+    assert!(e.contains("POST") && e.contains("p/b") && e.contains("400") && e.contains("longer than"), "{e}");
+
     // names and private objects
     assert!(store.url(".users/boot-1.iso/n1", Duration::from_secs(60)).is_err());
     for bad in ["", "a//b", "../x", "a/./b"] {
@@ -113,6 +177,29 @@ async fn swift_publisher_against_a_real_swift() {
     lab.flush_tokens();
     assert!(store.exists("p/b").await.unwrap());
     store.put_bytes("after-reauth", vec![2], None).await.unwrap();
+
+    // a fixed storage URL and token instead of tempauth
+    let (storage_url, auth_token) = lab.token().await;
+    let fixed = SwiftConfig { auth_url: String::new(), storage_url, auth_token, ..cfg.clone() };
+    let fixed_store = SwiftStore::connect(&fixed).await.unwrap();
+    assert!(fixed_store.exists("p/b").await.unwrap());
+    let e = SwiftStore::connect(&SwiftConfig { auth_token: "AUTH_tknope".into(), ..fixed.clone() })
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("401"), "{e}");
+
+    // nothing listening: 3 attempts with backoff, then an error saying so
+    let dead = SwiftConfig {
+        storage_url: format!("http://127.0.0.1:{}/v1/AUTH_test", ferric_tests::free_port()),
+        request_timeout_secs: 2,
+        ..fixed.clone()
+    };
+    let t = std::time::Instant::now();
+    let e = SwiftStore::connect(&dead).await.err().unwrap().to_string();
+    assert!(e.contains("after 3 attempts") && e.contains("refused"), "{e}");
+    assert!(t.elapsed() >= Duration::from_millis(600), "no backoff: {:?}", t.elapsed());
 
     // wrong credentials: a clear error
     let bad = SwiftStore::connect(&SwiftConfig { key: "wrong".into(), ..cfg.clone() }).await.err().unwrap().to_string();

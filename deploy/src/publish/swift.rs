@@ -4,44 +4,69 @@
 //!
 //! Auth: tempauth v1.0 (`GET auth_url` with `X-Auth-User`/`X-Auth-Key` →
 //! `X-Storage-Url` + `X-Auth-Token`), or a fixed storage URL and token. A
-//! 401 re-authenticates once and retries. Connection errors and 5xx are
-//! retried 3 times with backoff; other 4xx are errors naming the method,
-//! the object and Swift's answer.
+//! 401 re-authenticates once and retries (tempauth tokens live only in
+//! memcached and vanish with it); concurrent 401s share one re-auth.
+//! Connection errors, timeouts, 5xx and rate limiting (429/498) are retried
+//! up to 3 attempts with backoff; other 4xx are errors naming the method,
+//! the object and the start of Swift's answer.
 //!
 //! Temporary URLs: `<object url>?temp_url_sig=<hex>&temp_url_expires=<unix>`
-//! with sig = HMAC(key, "GET\n<expires>\n<path>"), path being the object's
-//! path as Swift sees it (`/v1/AUTH_x/<container>/<object>`, not
-//! percent-encoded); HMAC-SHA256 by default, SHA-1 for old clusters
-//! (`temp_url_digest`). The key is the account's `Temp-URL-Key`, set at
-//! start-up when `set_temp_url_key` is true. Anyone holding the URL can
-//! GET (and HEAD) the object until it expires, with no token.
+//! with sig = HMAC(key, "GET\n<expires>\n<path>"). The tempurl middleware
+//! signs WSGI's `PATH_INFO`, which is the *decoded* path, so `<path>` is
+//! `/v1/AUTH_x/<container>/<object>` with the raw name while the URL itself
+//! carries it percent-encoded. HMAC-SHA256 by default, SHA-1 for old
+//! clusters (`temp_url_digest`); Swift picks the digest by the hex length.
+//! The key is the account's `Temp-URL-Key`, set at start-up when
+//! `set_temp_url_key` is true. Anyone holding the URL can GET (and HEAD)
+//! the object until it expires, with no token.
 //!
 //! Expiry: objects put with a delete-after carry `X-Delete-After`; Swift's
-//! object servers refuse them at once when it passes (its expirer removes
-//! them from disk and listings later — a listing may still show an
-//! expired object for a while). Metadata: Swift's object POST replaces all
+//! object servers refuse them (404) as soon as it passes, and its expirer
+//! removes them from disk and listings later — a listing may still show an
+//! expired object for a while. Metadata: Swift's object POST replaces all
 //! user metadata *and* drops the expiry unless sent again, so
-//! [`Store::set_metadata`] reads both first and re-sends them.
+//! [`Store::set_metadata`] reads both first (HEAD) and re-sends them; two
+//! writers racing on one object can still lose an update, which the
+//! artefacts layer tolerates.
+//!
+//! Listings come in pages of at most the cluster's `container_listing_limit`
+//! (read from `/info` at connect, 10 000 when it is not published), followed
+//! with `marker`.
 
 use std::path::Path;
+use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use ferric_common::config::SwiftConfig;
 use hmac::{Hmac, KeyInit, Mac};
+use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 
 use super::{PublishError, Result, Store, check_name, is_private};
 
 const ATTEMPTS: u32 = 3;
 const BACKOFF: Duration = Duration::from_millis(200);
-/// Swift's default (and maximum) page of a container listing.
+/// Swift's default (and usual maximum) page of a container listing.
 const LISTING_PAGE: usize = 10_000;
+/// Uploads get the request timeout plus one second per this many bytes: a
+/// total timeout alone would fail every multi-GB ISO on a slow link.
+const UPLOAD_MIN_BYTES_PER_SEC: u64 = 4 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Digest {
     Sha256,
     Sha1,
+}
+
+impl Digest {
+    fn name(self) -> &'static str {
+        match self {
+            Digest::Sha256 => "sha256",
+            Digest::Sha1 => "sha1",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -54,7 +79,11 @@ pub struct SwiftStore {
     client: reqwest::Client,
     cfg: SwiftConfig,
     digest: Digest,
-    auth: tokio::sync::RwLock<Auth>,
+    // std lock, never held across an await: url() is synchronous and must
+    // never fail because a re-auth is under way
+    auth: RwLock<Auth>,
+    reauth: tokio::sync::Mutex<()>,
+    listing_page: usize,
 }
 
 fn err(message: impl Into<String>) -> PublishError {
@@ -91,15 +120,45 @@ fn now_secs() -> u64 {
 /// A request body that can be made again for a retry.
 enum Body<'a> {
     Empty,
-    Bytes(&'a [u8]),
+    Bytes(Bytes),
     File(&'a Path, u64),
 }
 
+/// What `/info` tells about the cluster, where it tells anything.
+#[derive(Debug, PartialEq)]
+struct ClusterInfo {
+    listing_limit: Option<usize>,
+    /// `None` when /info does not list tempurl's digests.
+    tempurl_digests: Option<Vec<String>>,
+    has_tempurl: bool,
+}
+
+fn parse_info(v: &serde_json::Value) -> ClusterInfo {
+    let listing_limit = v["swift"]["container_listing_limit"].as_u64().map(|n| n as usize);
+    let tempurl = &v["tempurl"];
+    let tempurl_digests = tempurl["allowed_digests"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect());
+    ClusterInfo { listing_limit, tempurl_digests, has_tempurl: tempurl.is_object() }
+}
+
 impl SwiftStore {
-    /// Authenticates, sets the temp URL key if asked, and creates the
-    /// container if it is missing.
+    /// Authenticates, reads the cluster's limits, sets the temp URL key if
+    /// asked, and creates the container if it is missing.
     pub async fn connect(cfg: &SwiftConfig) -> Result<SwiftStore> {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let timeout = Duration::from_secs(cfg.request_timeout_secs.max(1));
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .build()
+            .map_err(|e| err(format!("HTTP client: {e}")))?;
+        Self::with_client(client, cfg).await
+    }
+
+    /// [`SwiftStore::connect`] with a client of the caller's (proxies, CA
+    /// roots, timeouts); the crypto provider must already be installed.
+    pub async fn with_client(client: reqwest::Client, cfg: &SwiftConfig) -> Result<SwiftStore> {
         let digest = match cfg.temp_url_digest.as_str() {
             "sha256" => Digest::Sha256,
             "sha1" => Digest::Sha1,
@@ -114,36 +173,75 @@ impl SwiftStore {
                 cfg.swift_ilo_container
             )));
         }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(cfg.request_timeout_secs.max(1)))
-            .build()
-            .map_err(|e| err(format!("HTTP client: {e}")))?;
         let auth = if cfg.auth_url.is_empty() {
-            if cfg.storage_url.is_empty() {
+            if cfg.storage_url.is_empty() || cfg.auth_token.is_empty() {
                 return Err(err("set swift.auth_url (tempauth) or swift.storage_url + swift.auth_token"));
             }
             Auth { storage_url: cfg.storage_url.trim_end_matches('/').to_string(), token: cfg.auth_token.clone() }
         } else {
             authenticate(&client, cfg).await?
         };
-        let store = SwiftStore { client, cfg: cfg.clone(), digest, auth: tokio::sync::RwLock::new(auth) };
-        if cfg.set_temp_url_key {
-            store
-                .send(
-                    Method::POST,
-                    "",
-                    &[("X-Account-Meta-Temp-URL-Key", cfg.temp_url_key.clone())],
-                    Body::Empty,
-                    "account",
-                )
-                .await?;
+        split_url(&auth.storage_url)?;
+        let info = cluster_info(&client, &auth.storage_url).await;
+        if let Some(info) = &info {
+            if !info.has_tempurl {
+                tracing::warn!("swift: /info does not list the tempurl middleware; BMCs' temporary URLs may fail");
+            }
+            if let Some(allowed) = &info.tempurl_digests
+                && !allowed.iter().any(|d| d == digest.name())
+            {
+                return Err(err(format!(
+                    "swift.temp_url_digest {} is not allowed by the cluster's tempurl (allowed: {})",
+                    digest.name(),
+                    allowed.join(" ")
+                )));
+            }
         }
-        store.send(Method::PUT, &store.container_path(), &[], Body::Empty, "container").await?;
+        let listing_page = info.and_then(|i| i.listing_limit).unwrap_or(LISTING_PAGE).clamp(1, LISTING_PAGE);
+        let store = SwiftStore {
+            client,
+            cfg: cfg.clone(),
+            digest,
+            auth: RwLock::new(auth),
+            reauth: tokio::sync::Mutex::new(()),
+            listing_page,
+        };
+        if cfg.set_temp_url_key {
+            let header = [(
+                "x-account-meta-temp-url-key",
+                HeaderValue::from_str(&cfg.temp_url_key)
+                    .map_err(|_| err("swift.temp_url_key must be printable ASCII"))?,
+            )];
+            let resp = store.send(Method::POST, "", &header, Body::Empty, "account").await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Err(err("POST account: 404: the account does not exist (no account_autocreate?)"));
+            }
+        }
+        // PUT is idempotent (201 new, 202 existing) and creates the account
+        // too where account_autocreate is on
+        let resp = store.send(Method::PUT, &store.container_path(), &[], Body::Empty, "container").await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(err(format!(
+                "PUT container {}: 404: the account does not exist (no account_autocreate?)",
+                cfg.swift_ilo_container
+            )));
+        }
         Ok(store)
+    }
+
+    /// Container listings in pages of `n` objects (at most the cluster's
+    /// limit), for tests of the paging.
+    pub fn with_listing_page(mut self, n: usize) -> Self {
+        self.listing_page = n.clamp(1, self.listing_page);
+        self
     }
 
     pub fn container(&self) -> &str {
         &self.cfg.swift_ilo_container
+    }
+
+    fn current_auth(&self) -> Auth {
+        self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn container_path(&self) -> String {
@@ -154,12 +252,25 @@ impl SwiftStore {
         format!("{}/{}", self.container_path(), encode_path(name))
     }
 
+    /// Replaces the token the failed request used, unless another request
+    /// already did.
+    async fn reauthenticate(&self, stale_token: &str) -> Result<()> {
+        let _one_at_a_time = self.reauth.lock().await;
+        if self.current_auth().token != stale_token {
+            return Ok(());
+        }
+        let fresh = authenticate(&self.client, &self.cfg).await?;
+        *self.auth.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+
     /// One request relative to the storage URL, with retries and re-auth.
+    /// Returns 2xx and 404 answers; everything else is an error.
     async fn send(
         &self,
         method: Method,
         path: &str,
-        headers: &[(&str, String)],
+        headers: &[(&str, HeaderValue)],
         body: Body<'_>,
         what: &str,
     ) -> Result<reqwest::Response> {
@@ -167,50 +278,58 @@ impl SwiftStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let auth = self.auth.read().await.clone();
+            let auth = self.current_auth();
             let mut req = self.client.request(method.clone(), format!("{}{path}", auth.storage_url));
-            req = req.header("X-Auth-Token", &auth.token);
+            req = req.header("x-auth-token", &auth.token);
             for (k, v) in headers {
-                req = req.header(*k, v);
+                req = req.header(*k, v.clone());
             }
             req = match &body {
-                Body::Empty => req.header("Content-Length", "0"),
-                Body::Bytes(b) => req.body(b.to_vec()),
+                Body::Empty => req.header("content-length", "0"),
+                Body::Bytes(b) => req.body(b.clone()),
                 Body::File(p, len) => {
                     let f = tokio::fs::File::open(p).await.map_err(|e| PublishError::io(p, e))?;
                     let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024);
-                    req.header("Content-Length", len.to_string()).body(reqwest::Body::wrap_stream(stream))
+                    let timeout = Duration::from_secs(self.cfg.request_timeout_secs.max(1))
+                        + Duration::from_secs(len / UPLOAD_MIN_BYTES_PER_SEC);
+                    req.header("content-length", len.to_string())
+                        .timeout(timeout)
+                        .body(reqwest::Body::wrap_stream(stream))
                 }
             };
-            let retry_later = match req.send().await {
+            // a request that cannot be built (a header value Swift would
+            // refuse anyway) fails now, not after three attempts
+            let req = req.build().map_err(|e| err(format!("{method} {what}: {e}")))?;
+            let retry_later = match self.client.execute(req).await {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed && !self.cfg.auth_url.is_empty() => {
                     reauthed = true;
-                    *self.auth.write().await = authenticate(&self.client, &self.cfg).await?;
+                    self.reauthenticate(&auth.token).await?;
                     attempt -= 1;
                     continue;
                 }
-                Ok(resp) if resp.status().is_server_error() => {
+                Ok(resp) if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND => return Ok(resp),
+                Ok(resp) if resp.status().is_server_error() || matches!(resp.status().as_u16(), 429 | 498) => {
                     format!("{method} {what}: {} {}", resp.status(), snippet(resp).await)
                 }
-                Ok(resp) if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND => return Ok(resp),
                 Ok(resp) => {
                     return Err(err(format!("{method} {what}: {} {}", resp.status(), snippet(resp).await)));
                 }
-                Err(e) => format!("{method} {what}: {e}"),
+                Err(e) => format!("{method} {what}: {}", error_chain(&e)),
             };
             if attempt >= ATTEMPTS {
                 return Err(err(format!("{retry_later} (after {ATTEMPTS} attempts)")));
             }
             tracing::warn!("swift: {retry_later}; retrying");
-            tokio::time::sleep(BACKOFF * 2u32.pow(attempt - 1)).await;
+            tokio::time::sleep(backoff(attempt)).await;
         }
     }
 
     async fn put(&self, name: &str, body: Body<'_>, delete_after: Option<Duration>) -> Result<()> {
         check_name(name)?;
-        let mut headers = vec![("Content-Type", "application/octet-stream".to_string())];
+        let mut headers = vec![("content-type", HeaderValue::from_static("application/octet-stream"))];
         if let Some(d) = delete_after {
-            headers.push(("X-Delete-After", d.as_secs().max(1).to_string()));
+            // Swift refuses 0 (400); a sub-second delay is "as soon as possible"
+            headers.push(("x-delete-after", HeaderValue::from(d.as_secs().max(1))));
         }
         let resp = self.send(Method::PUT, &self.object_path(name), &headers, body, name).await?;
         if resp.status() == StatusCode::NOT_FOUND {
@@ -220,16 +339,17 @@ impl SwiftStore {
     }
 
     /// An object POST that re-sends the metadata and expiry Swift would
-    /// otherwise drop, after `change` edited them (lower-case names).
-    async fn post_keeping(&self, name: &str, change: impl FnOnce(&mut Vec<(String, String)>)) -> Result<()> {
+    /// otherwise drop, after `change` edited them (lower-case names). Values
+    /// are kept as Swift's bytes, so non-ASCII metadata survives.
+    async fn post_keeping(&self, name: &str, change: impl FnOnce(&mut Vec<(String, HeaderValue)>)) -> Result<()> {
         let Some(current) = self.head(name).await? else { return Err(PublishError::NotFound(name.to_string())) };
-        let mut headers: Vec<(String, String)> = current
+        let mut headers: Vec<(String, HeaderValue)> = current
             .iter()
             .filter(|(k, _)| k.as_str().starts_with("x-object-meta-") || k.as_str() == "x-delete-at")
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .map(|(k, v)| (k.as_str().to_string(), v.clone()))
             .collect();
         change(&mut headers);
-        let headers: Vec<(&str, String)> = headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let headers: Vec<(&str, HeaderValue)> = headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         let resp = self.send(Method::POST, &self.object_path(name), &headers, Body::Empty, name).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(PublishError::NotFound(name.to_string()));
@@ -244,10 +364,35 @@ impl SwiftStore {
     }
 }
 
+fn meta_header(key: &str) -> Result<String> {
+    let h = format!("x-object-meta-{}", key.to_ascii_lowercase());
+    HeaderName::from_bytes(h.as_bytes()).map_err(|_| err(format!("metadata key {key:?} is not a header name")))?;
+    Ok(h)
+}
+
+/// 200 ms, 400 ms, ... plus up to 100 ms of jitter, so conductors retrying
+/// the same outage do not come back in step.
+fn backoff(attempt: u32) -> Duration {
+    BACKOFF * 2u32.pow(attempt.saturating_sub(1)) + Duration::from_millis(rand::random_range(0..100))
+}
+
+/// reqwest's Display stops at "error sending request"; the cause (refused,
+/// timed out, reset) is further down the chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 async fn authenticate(client: &reqwest::Client, cfg: &SwiftConfig) -> Result<Auth> {
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
-        match client.get(&cfg.auth_url).header("X-Auth-User", &cfg.user).header("X-Auth-Key", &cfg.key).send().await {
+        match client.get(&cfg.auth_url).header("x-auth-user", &cfg.user).header("x-auth-key", &cfg.key).send().await {
             Ok(resp) if resp.status().is_success() => {
                 let h = resp.headers();
                 let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -258,17 +403,36 @@ async fn authenticate(client: &reqwest::Client, cfg: &SwiftConfig) -> Result<Aut
                     _ => Err(err(format!("auth at {} answered without X-Storage-Url/X-Auth-Token", cfg.auth_url))),
                 };
             }
-            Ok(resp) if resp.status().is_server_error() => last = format!("{}", resp.status()),
-            Ok(resp) => {
-                return Err(err(format!("auth at {} as {:?}: {}", cfg.auth_url, cfg.user, resp.status())));
+            Ok(resp) if resp.status().is_server_error() => {
+                last = format!("{} {}", resp.status(), snippet(resp).await);
             }
-            Err(e) => last = e.to_string(),
+            Ok(resp) => {
+                return Err(err(format!(
+                    "auth at {} as {:?}: {} {}",
+                    cfg.auth_url,
+                    cfg.user,
+                    resp.status(),
+                    snippet(resp).await
+                )));
+            }
+            Err(e) => last = error_chain(&e),
         }
         if attempt < ATTEMPTS {
-            tokio::time::sleep(BACKOFF * 2u32.pow(attempt - 1)).await;
+            tokio::time::sleep(backoff(attempt)).await;
         }
     }
     Err(err(format!("auth at {} failed after {ATTEMPTS} attempts: {last}", cfg.auth_url)))
+}
+
+/// `GET <origin>/info`, unauthenticated; `None` when the cluster does not
+/// publish it (expose_info off, a gateway in front).
+async fn cluster_info(client: &reqwest::Client, storage_url: &str) -> Option<ClusterInfo> {
+    let (origin, _) = split_url(storage_url).ok()?;
+    let resp = client.get(format!("{origin}/info")).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    Some(parse_info(&resp.json::<serde_json::Value>().await.ok()?))
 }
 
 async fn snippet(resp: reqwest::Response) -> String {
@@ -288,7 +452,7 @@ impl Store for SwiftStore {
     }
 
     async fn put_bytes(&self, name: &str, bytes: Vec<u8>, delete_after: Option<Duration>) -> Result<()> {
-        self.put(name, Body::Bytes(&bytes), delete_after).await
+        self.put(name, Body::Bytes(Bytes::from(bytes)), delete_after).await
     }
 
     async fn exists(&self, name: &str) -> Result<bool> {
@@ -305,7 +469,8 @@ impl Store for SwiftStore {
         let mut out: Vec<String> = Vec::new();
         loop {
             let marker = out.last().map(|m| encode_path(m)).unwrap_or_default();
-            let query = format!("?format=json&prefix={}&marker={marker}", encode_path(prefix));
+            let query =
+                format!("?format=json&limit={}&prefix={}&marker={marker}", self.listing_page, encode_path(prefix));
             let resp = self
                 .send(Method::GET, &format!("{}{query}", self.container_path()), &[], Body::Empty, "container listing")
                 .await?;
@@ -314,9 +479,11 @@ impl Store for SwiftStore {
             }
             let page: Vec<serde_json::Value> =
                 resp.json().await.map_err(|e| err(format!("container listing is not JSON: {e}")))?;
-            let n = page.len();
+            let before = out.len();
             out.extend(page.iter().filter_map(|o| o["name"].as_str().map(str::to_string)));
-            if n < LISTING_PAGE {
+            // a short page is the last; a page that adds nothing would
+            // repeat forever with the same marker
+            if page.len() < self.listing_page || out.len() == before {
                 break;
             }
         }
@@ -324,10 +491,14 @@ impl Store for SwiftStore {
     }
 
     async fn set_metadata(&self, name: &str, key: &str, value: &str) -> Result<()> {
-        let meta_key = format!("x-object-meta-{}", key.to_ascii_lowercase());
+        let meta_key = meta_header(key)?;
+        // raw UTF-8 bytes, as python-swiftclient sends them; only control
+        // characters are refused
+        let value = HeaderValue::from_bytes(value.as_bytes())
+            .map_err(|_| err(format!("metadata value {value:?} for {key:?} has control characters")))?;
         self.post_keeping(name, |headers| {
             headers.retain(|(k, _)| *k != meta_key);
-            headers.push((meta_key.clone(), value.to_string()));
+            headers.push((meta_key.clone(), value));
         })
         .await
     }
@@ -336,7 +507,7 @@ impl Store for SwiftStore {
         self.post_keeping(name, |headers| {
             headers.retain(|(k, _)| k != "x-delete-at");
             if let Some(d) = delete_after {
-                headers.push(("x-delete-after".into(), d.as_secs().max(1).to_string()));
+                headers.push(("x-delete-after".into(), HeaderValue::from(d.as_secs().max(1))));
             }
         })
         .await
@@ -347,9 +518,9 @@ impl Store for SwiftStore {
     }
 
     async fn metadata(&self, name: &str, key: &str) -> Result<Option<String>> {
+        let k = meta_header(key)?;
         let Some(h) = self.head(name).await? else { return Err(PublishError::NotFound(name.to_string())) };
-        let k = format!("x-object-meta-{}", key.to_ascii_lowercase());
-        Ok(h.get(k.as_str()).and_then(|v| v.to_str().ok()).map(str::to_string))
+        Ok(h.get(k.as_str()).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()))
     }
 
     fn url(&self, name: &str, valid_for: Duration) -> Result<String> {
@@ -357,14 +528,12 @@ impl Store for SwiftStore {
         if is_private(name) {
             return Err(PublishError::Private(name.to_string()));
         }
-        // the auth token is not needed, only the storage URL, which a
-        // re-auth does not change: read it without waiting
-        let storage_url = match self.auth.try_read() {
-            Ok(a) => a.storage_url.clone(),
-            Err(_) => return Err(err("storage URL is being refreshed; retry")),
-        };
+        let storage_url = self.current_auth().storage_url;
         let (origin, base_path) = split_url(&storage_url)?;
-        let expires = now_secs() + valid_for.as_secs().max(1);
+        // rounded up: "valid for at least valid_for"
+        let expires = now_secs() + valid_for.as_secs() + u64::from(valid_for.subsec_nanos() > 0) + 1;
+        // signed over the decoded path (PATH_INFO); the account part of a
+        // storage URL is ASCII (reseller prefix + project id)
         let signed_path = format!("{base_path}/{}/{name}", self.cfg.swift_ilo_container);
         let sig = temp_url_signature(self.cfg.temp_url_key.as_bytes(), "GET", expires, &signed_path, self.digest);
         Ok(format!(
@@ -375,6 +544,7 @@ impl Store for SwiftStore {
     }
 
     async fn expire(&self) -> Result<usize> {
+        // Swift's object expirer does it
         Ok(0)
     }
 }
@@ -412,5 +582,30 @@ mod tests {
             ("http://127.0.0.1:8080", "/v1/AUTH_test")
         );
         assert!(split_url("no-scheme").is_err());
+    }
+
+    #[test]
+    fn names_are_encoded_per_segment_keeping_slashes() {
+        assert_eq!(encode_path("a b/ü%?#&+.iso"), "a%20b/%C3%BC%25%3F%23%26%2B.iso");
+    }
+
+    #[test]
+    fn info_gives_the_listing_limit_and_tempurl_digests() {
+        let v = serde_json::json!({
+            "swift": {"container_listing_limit": 500},
+            "tempurl": {"allowed_digests": ["sha1", "sha256", "sha512"], "methods": ["GET"]}
+        });
+        let info = parse_info(&v);
+        assert_eq!(info.listing_limit, Some(500));
+        assert_eq!(info.tempurl_digests.as_deref(), Some(&["sha1".into(), "sha256".into(), "sha512".into()][..]));
+        assert!(info.has_tempurl);
+        let bare = parse_info(&serde_json::json!({"swift": {}}));
+        assert_eq!(bare, ClusterInfo { listing_limit: None, tempurl_digests: None, has_tempurl: false });
+    }
+
+    #[test]
+    fn metadata_keys_must_be_header_names() {
+        assert_eq!(meta_header("Usage-Count").unwrap(), "x-object-meta-usage-count");
+        assert!(meta_header("bad key").is_err());
     }
 }
