@@ -158,8 +158,7 @@ impl Media {
     /// `<base>/vmedia/<name>`, served by [`redirect_router`] as a redirect
     /// to a freshly signed URL (some BMCs refuse URLs with a query).
     pub fn plain_url(base: &str, name: &str) -> String {
-        let path: Vec<String> = name.split('/').map(crate::publish::http::encode_segment).collect();
-        format!("{}/vmedia/{}", base.trim_end_matches('/'), path.join("/"))
+        format!("{}/vmedia/{}", base.trim_end_matches('/'), crate::percent::encode_path(name))
     }
 
     /// Drops `node`'s use of a boot ISO; the last user deletes it.

@@ -198,7 +198,7 @@ impl ImageSource {
                 if !path.starts_with('/') {
                     return Err(bad("a file URL needs an absolute path on this host: file:///path"));
                 }
-                let path = PathBuf::from(percent_decode(path).ok_or_else(|| bad("bad percent-encoding"))?);
+                let path = PathBuf::from(crate::percent::decode(path).ok_or_else(|| bad("bad percent-encoding"))?);
                 if path.components().any(|c| c == Component::ParentDir) {
                     return Err(bad("a file URL may not contain `..`"));
                 }
@@ -207,21 +207,6 @@ impl ImageSource {
             other => Err(bad(&format!("scheme {other:?} is not supported (http, https, file)"))),
         }
     }
-}
-
-/// `%XX` escapes decoded; `None` for a malformed escape or non-UTF-8 result.
-fn percent_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hex = [bytes.next()?, bytes.next()?];
-            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 enum Location {
@@ -558,7 +543,7 @@ impl Shared {
     async fn fetch_http(&self, source: &ImageSource) -> Result<Downloaded, ImageError> {
         use futures_util::StreamExt;
         let url = &source.url;
-        let transfer = |e: reqwest::Error| ImageError::Transfer { url: url.clone(), message: error_chain(&e) };
+        let transfer = |e: reqwest::Error| ImageError::Transfer { url: url.clone(), message: crate::error_chain(&e) };
         let resp = self.client.get(url).send().await.map_err(transfer)?;
         if !resp.status().is_success() {
             return Err(ImageError::Http { url: url.clone(), status: resp.status().as_u16() });
@@ -640,21 +625,6 @@ impl Shared {
             info!(image = %sha, size = e.size, "image evicted from the cache");
         }
     }
-}
-
-/// A reqwest error with its causes ("error sending request" alone does not
-/// say "connection refused" or "timed out").
-fn error_chain(e: &reqwest::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out = format!("{out}: {text}");
-        }
-        cause = c.source();
-    }
-    out
 }
 
 /// A temp file being written while the digests are computed.

@@ -23,40 +23,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{PublishError, Result, Store, check_name, is_private};
+use crate::percent;
 
 const META_DIR: &str = ".meta";
-
-/// Percent-encodes one path segment (RFC 3986 unreserved characters stay).
-pub fn encode_segment(seg: &str) -> String {
-    let mut out = String::with_capacity(seg.len());
-    for b in seg.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Percent-decodes one path segment; `None` for malformed escapes or
-/// non-UTF-8 results.
-fn decode_segment(seg: &str) -> Option<String> {
-    let bytes = seg.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct SideFile {
@@ -254,8 +223,7 @@ impl Store for HttpRootStore {
         if is_private(name) {
             return Err(PublishError::Private(name.to_string()));
         }
-        let path: Vec<String> = name.split('/').map(encode_segment).collect();
-        Ok(format!("{}/{}", self.base_url, path.join("/")))
+        Ok(format!("{}/{}", self.base_url, percent::encode_path(name)))
     }
 
     async fn expire(&self) -> Result<usize> {
@@ -327,7 +295,7 @@ async fn resolve(root: &Path, raw: &str) -> Option<PathBuf> {
     let mut path = root.to_path_buf();
     let segments: Vec<&str> = raw.split('/').collect();
     for (i, seg) in segments.iter().enumerate() {
-        let seg = decode_segment(seg)?;
+        let seg = percent::decode(seg)?;
         if seg.is_empty() || seg.starts_with('.') || seg.contains(['/', '\\', '\0']) {
             return None;
         }
@@ -340,7 +308,7 @@ async fn resolve(root: &Path, raw: &str) -> Option<PathBuf> {
         }
     }
     // objects past their delete-after are gone even before the clean-up pass
-    let name = raw.split('/').map(decode_segment).collect::<Option<Vec<_>>>()?.join("/");
+    let name = raw.split('/').map(percent::decode).collect::<Option<Vec<_>>>()?.join("/");
     let side = root.join(META_DIR).join(format!("{name}.json"));
     if let Ok(bytes) = tokio::fs::read(&side).await {
         let side: SideFile = serde_json::from_slice(&bytes).ok()?;

@@ -45,6 +45,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 
 use super::{PublishError, Result, Store, check_name, is_private};
+use crate::percent;
 
 const ATTEMPTS: u32 = 3;
 const BACKOFF: Duration = Duration::from_millis(200);
@@ -88,11 +89,6 @@ pub struct SwiftStore {
 
 fn err(message: impl Into<String>) -> PublishError {
     PublishError::Backend { backend: "swift", message: message.into() }
-}
-
-/// Percent-encodes a Swift path: every byte but unreserved ones and `/`.
-fn encode_path(p: &str) -> String {
-    p.split('/').map(super::http::encode_segment).collect::<Vec<_>>().join("/")
 }
 
 /// The HMAC signature of a temporary URL for `method` on `path` until
@@ -245,11 +241,11 @@ impl SwiftStore {
     }
 
     fn container_path(&self) -> String {
-        format!("/{}", super::http::encode_segment(&self.cfg.swift_ilo_container))
+        format!("/{}", percent::encode_segment(&self.cfg.swift_ilo_container))
     }
 
     fn object_path(&self, name: &str) -> String {
-        format!("{}/{}", self.container_path(), encode_path(name))
+        format!("{}/{}", self.container_path(), percent::encode_path(name))
     }
 
     /// Replaces the token the failed request used, unless another request
@@ -314,7 +310,7 @@ impl SwiftStore {
                 Ok(resp) => {
                     return Err(err(format!("{method} {what}: {} {}", resp.status(), snippet(resp).await)));
                 }
-                Err(e) => format!("{method} {what}: {}", error_chain(&e)),
+                Err(e) => format!("{method} {what}: {}", crate::error_chain(&e)),
             };
             if attempt >= ATTEMPTS {
                 return Err(err(format!("{retry_later} (after {ATTEMPTS} attempts)")));
@@ -376,19 +372,6 @@ fn backoff(attempt: u32) -> Duration {
     BACKOFF * 2u32.pow(attempt.saturating_sub(1)) + Duration::from_millis(rand::random_range(0..100))
 }
 
-/// reqwest's Display stops at "error sending request"; the cause (refused,
-/// timed out, reset) is further down the chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 async fn authenticate(client: &reqwest::Client, cfg: &SwiftConfig) -> Result<Auth> {
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
@@ -415,7 +398,7 @@ async fn authenticate(client: &reqwest::Client, cfg: &SwiftConfig) -> Result<Aut
                     snippet(resp).await
                 )));
             }
-            Err(e) => last = error_chain(&e),
+            Err(e) => last = crate::error_chain(&e),
         }
         if attempt < ATTEMPTS {
             tokio::time::sleep(backoff(attempt)).await;
@@ -468,9 +451,12 @@ impl Store for SwiftStore {
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let mut out: Vec<String> = Vec::new();
         loop {
-            let marker = out.last().map(|m| encode_path(m)).unwrap_or_default();
-            let query =
-                format!("?format=json&limit={}&prefix={}&marker={marker}", self.listing_page, encode_path(prefix));
+            let marker = out.last().map(|m| percent::encode_path(m)).unwrap_or_default();
+            let query = format!(
+                "?format=json&limit={}&prefix={}&marker={marker}",
+                self.listing_page,
+                percent::encode_path(prefix)
+            );
             let resp = self
                 .send(Method::GET, &format!("{}{query}", self.container_path()), &[], Body::Empty, "container listing")
                 .await?;
@@ -539,7 +525,7 @@ impl Store for SwiftStore {
         Ok(format!(
             "{origin}{base_path}{}/{}?temp_url_sig={sig}&temp_url_expires={expires}",
             self.container_path(),
-            encode_path(name)
+            percent::encode_path(name)
         ))
     }
 
@@ -582,11 +568,6 @@ mod tests {
             ("http://127.0.0.1:8080", "/v1/AUTH_test")
         );
         assert!(split_url("no-scheme").is_err());
-    }
-
-    #[test]
-    fn names_are_encoded_per_segment_keeping_slashes() {
-        assert_eq!(encode_path("a b/ü%?#&+.iso"), "a%20b/%C3%BC%25%3F%23%26%2B.iso");
     }
 
     #[test]
