@@ -826,18 +826,7 @@ impl Db {
 
     /// Take the exclusive node lock for `holder`: one conditional UPDATE.
     pub async fn reserve_node(&self, uuid: Uuid, holder: &str) -> Result<LockOutcome, DbError> {
-        let rows = self
-            .execute(
-                "UPDATE nodes SET reservation = $1 WHERE uuid = $2 AND reservation IS NULL".into(),
-                vec![holder.into(), uuid.to_string().into()],
-            )
-            .await?;
-        match self.get_node(uuid).await {
-            Ok(n) if rows == 1 => Ok(LockOutcome::Acquired(Box::new(n))),
-            Ok(n) => Ok(LockOutcome::Busy(n.reservation.unwrap_or_default())),
-            Err(DbError::NotFound) => Ok(LockOutcome::NotFound),
-            Err(e) => Err(e),
-        }
+        self.reserve(uuid, holder, None).await
     }
 
     /// Like [`Db::reserve_node`], but only while the node is still in
@@ -845,13 +834,17 @@ impl Db {
     /// operation seen a moment ago) never locks it once it moved on, so
     /// clients never see a finished node locked.
     pub async fn reserve_node_in_state(&self, uuid: Uuid, holder: &str, state: &str) -> Result<LockOutcome, DbError> {
-        let rows = self
-            .execute(
-                "UPDATE nodes SET reservation = $1 WHERE uuid = $2 AND reservation IS NULL AND provision_state = $3"
-                    .into(),
-                vec![holder.into(), uuid.to_string().into(), state.into()],
-            )
-            .await?;
+        self.reserve(uuid, holder, Some(state)).await
+    }
+
+    async fn reserve(&self, uuid: Uuid, holder: &str, state: Option<&str>) -> Result<LockOutcome, DbError> {
+        let mut sql = "UPDATE nodes SET reservation = $1 WHERE uuid = $2 AND reservation IS NULL".to_string();
+        let mut args: Vec<Arg> = vec![holder.into(), uuid.to_string().into()];
+        if let Some(state) = state {
+            sql.push_str(" AND provision_state = $3");
+            args.push(state.into());
+        }
+        let rows = self.execute(sql, args).await?;
         match self.get_node(uuid).await {
             Ok(n) if rows == 1 => Ok(LockOutcome::Acquired(Box::new(n))),
             Ok(n) => Ok(LockOutcome::Busy(n.reservation.unwrap_or_default())),
