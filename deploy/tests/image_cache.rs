@@ -82,6 +82,12 @@ fn src(url: &str, checksum: Option<&str>) -> ImageSource {
     ImageSource { url: url.to_string(), checksum: checksum.map(|c| Checksum::parse(c).unwrap()) }
 }
 
+/// The cache in `dir`, bounded to `max_bytes`, with the 30 s download
+/// timeout the tests use unless they test timeouts.
+fn open(dir: &std::path::Path, max_bytes: u64) -> ImageCache {
+    ImageCache::open(dir, max_bytes, Duration::from_secs(30)).unwrap()
+}
+
 /// Every file under `dir` (content, index, temp).
 fn files(dir: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -98,7 +104,7 @@ fn files(dir: &std::path::Path) -> Vec<String> {
 async fn hits_coalescing_and_verification() {
     let srv = server().await;
     let dir = tempfile::tempdir().unwrap();
-    let cache = ImageCache::open(dir.path(), 100 << 20, Duration::from_secs(30)).unwrap();
+    let cache = open(dir.path(), 100 << 20);
     let kernel = bytes(300_000, 1);
     let url = srv.add("kernel", kernel.clone());
 
@@ -173,7 +179,7 @@ async fn hits_coalescing_and_verification() {
 async fn retries_server_errors_and_refuses_truncated_bodies() {
     let srv = server().await;
     let dir = tempfile::tempdir().unwrap();
-    let cache = ImageCache::open(dir.path(), 100 << 20, Duration::from_secs(30)).unwrap();
+    let cache = open(dir.path(), 100 << 20);
     let img = bytes(10_000, 4);
     let url = srv.add("flaky", img.clone());
     srv.served.fail_first.lock().unwrap().insert("flaky".into(), 2);
@@ -220,7 +226,7 @@ async fn retries_server_errors_and_refuses_truncated_bodies() {
 async fn evicts_least_recently_used_unpinned_images_and_survives_a_restart() {
     let srv = server().await;
     let dir = tempfile::tempdir().unwrap();
-    let cache = ImageCache::open(dir.path(), 250_000, Duration::from_secs(30)).unwrap();
+    let cache = open(dir.path(), 250_000);
     let urls: Vec<String> = (0..4).map(|i| srv.add(&format!("i{i}"), bytes(100_000, 10 + i as u8))).collect();
 
     let pinned = cache.fetch(&src(&urls[0], None)).await.unwrap(); // kept alive: pinned
@@ -249,7 +255,7 @@ async fn evicts_least_recently_used_unpinned_images_and_survives_a_restart() {
     drop(pinned);
     drop(cache);
     std::fs::write(dir.path().join("tmp/leftover"), b"partial").unwrap();
-    let cache = ImageCache::open(dir.path(), 250_000, Duration::from_secs(30)).unwrap();
+    let cache = open(dir.path(), 250_000);
     assert!(!dir.path().join("tmp/leftover").exists());
     assert_eq!(cache.stats().images, kept.len());
     let before = srv.served.hits("i0");
@@ -270,7 +276,7 @@ async fn evicts_least_recently_used_unpinned_images_and_survives_a_restart() {
 async fn a_failed_download_fails_every_waiter_and_the_next_fetch_tries_again() {
     let srv = server().await;
     let dir = tempfile::tempdir().unwrap();
-    let cache = ImageCache::open(dir.path(), 100 << 20, Duration::from_secs(30)).unwrap();
+    let cache = open(dir.path(), 100 << 20);
     let img = bytes(50_000, 6);
     let url = srv.add("broken", img.clone());
     srv.served.fail_first.lock().unwrap().insert("broken".into(), 100);
@@ -326,7 +332,7 @@ async fn unreachable_and_slow_servers_are_clear_retryable_errors() {
 async fn use_order_survives_a_restart() {
     let srv = server().await;
     let dir = tempfile::tempdir().unwrap();
-    let cache = ImageCache::open(dir.path(), 1 << 20, Duration::from_secs(30)).unwrap();
+    let cache = open(dir.path(), 1 << 20);
     let (a, b) = (srv.add("a", bytes(100_000, 20)), srv.add("b", bytes(100_000, 21)));
     drop(cache.fetch(&src(&a, None)).await.unwrap());
     // apart enough for any file system's mtime resolution
@@ -337,7 +343,7 @@ async fn use_order_survives_a_restart() {
     drop(cache);
 
     // room for one: the one used least recently before the restart goes
-    let cache = ImageCache::open(dir.path(), 150_000, Duration::from_secs(30)).unwrap();
+    let cache = open(dir.path(), 150_000);
     assert_eq!(
         cache.stats(),
         ferric_deploy::image::cache::CacheStats { hits: 0, downloads: 0, evictions: 1, bytes: 100_000, images: 1 }
@@ -353,7 +359,7 @@ async fn use_order_survives_a_restart() {
 async fn an_image_larger_than_the_cache_reaches_every_waiter_then_goes() {
     let srv = server().await;
     let dir = tempfile::tempdir().unwrap();
-    let cache = ImageCache::open(dir.path(), 50_000, Duration::from_secs(30)).unwrap();
+    let cache = open(dir.path(), 50_000);
     srv.served.delay_ms.store(100, Ordering::SeqCst);
     let url = srv.add("huge", bytes(200_000, 30));
     let tasks: Vec<_> = (0..10)
