@@ -145,23 +145,42 @@ const SECRET_KEYS: &[&str] = &[
 
 pub const MASK: &str = "******";
 
-/// Replace secret values (recursively) by `******`.
+fn mask_value(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(mask(m, &[])),
+        Value::Array(a) => Value::Array(a.iter().map(mask_value).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Replace secret values (recursively, through objects and arrays) by `******`.
 pub fn mask(obj: &JsonObject, extra_keys: &[&str]) -> JsonObject {
     obj.iter()
         .map(|(k, v)| {
             let lower = k.to_ascii_lowercase();
             let secret = SECRET_KEYS.iter().any(|s| lower.contains(s)) || extra_keys.contains(&k.as_str());
-            let v = if secret {
-                Value::String(MASK.into())
-            } else {
-                match v {
-                    Value::Object(m) => Value::Object(mask(m, &[])),
-                    other => other.clone(),
-                }
-            };
+            let v = if secret { Value::String(MASK.into()) } else { mask_value(v) };
             (k.clone(), v)
         })
         .collect()
+}
+
+/// `driver_internal_info` as clients see it: secrets masked, and the agent
+/// session's nonce (from which conductors derive the token) shown as
+/// Ironic shows a stored token, `agent_secret_token: "******"`.
+pub fn internal_info_view(obj: &JsonObject) -> JsonObject {
+    let mut out = mask(obj, &[]);
+    if out.remove(ferric_deploy_token::NONCE_KEY).is_some() {
+        out.insert(ferric_deploy_token::SHOWN_KEY.into(), Value::String(MASK.into()));
+    }
+    out
+}
+
+/// The names `ferric_deploy::token` keeps the session under (the API does
+/// not link the drivers, DESIGN.md §2).
+mod ferric_deploy_token {
+    pub const NONCE_KEY: &str = "agent_token_nonce";
+    pub const SHOWN_KEY: &str = "agent_secret_token";
 }
 
 pub fn link_pair(base: &str, kind: &str, id: &str) -> Value {
@@ -302,7 +321,7 @@ pub fn node_view(
 ) -> Value {
     let mut doc = node_document(n, base, conductor);
     doc.insert("driver_info".into(), Value::Object(mask(&n.driver_info, &["snmp_auth_key", "snmp_priv_key"])));
-    doc.insert("driver_internal_info".into(), Value::Object(mask(&n.driver_internal_info, &[])));
+    doc.insert("driver_internal_info".into(), Value::Object(internal_info_view(&n.driver_internal_info)));
     doc.insert("instance_info".into(), Value::Object(mask(&n.instance_info, &["image_url", "configdrive"])));
     doc.insert("provision_state".into(), state_value(Some(n.provision_state), v));
     doc.insert("target_provision_state".into(), state_value(n.target_provision_state, v));

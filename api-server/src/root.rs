@@ -131,7 +131,7 @@ pub async fn lookup(
             "uuid": node.uuid,
             "properties": node.properties,
             "instance_info": mask(&node.instance_info, &["image_url", "configdrive"]),
-            "driver_internal_info": mask(&node.driver_internal_info, &[]),
+            "driver_internal_info": crate::render::internal_info_view(&node.driver_internal_info),
             "links": link_pair(&ctx.base, "nodes", &node.uuid.to_string()),
         },
         "config": {"heartbeat_timeout": 300, "agent_token": token, "agent_token_required": true},

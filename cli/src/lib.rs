@@ -42,8 +42,12 @@ pub async fn run_all_in_one(mut cfg: Config, shutdown: CancellationToken) -> any
     let _stop_http = http_stop.clone().drop_guard();
     let media_slot = ferric_deploy::media::MediaSlot::default();
     serve_conductor_http(&mut cfg, install_metrics(), media_slot.clone(), http_stop).await?;
+    if cfg.deploy.external_callback_url.is_empty() {
+        // ramdisks call back the API this process serves
+        cfg.deploy.external_callback_url = own_api_url(&cfg).unwrap_or_default();
+    }
     let conductor = ferric_conductor::start(cfg.clone(), db.clone(), membership.clone(), shutdown.clone()).await?;
-    *media_slot.write().expect("media slot") = Some(conductor.inner.media.clone());
+    *media_slot.write().expect("media slot") = Some(conductor.inner.media().clone());
     let api =
         ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), install_metrics(), shutdown.clone()).await?;
     info!(
@@ -62,6 +66,16 @@ pub async fn run_all_in_one(mut cfg: Config, shutdown: CancellationToken) -> any
     conductor.wait().await;
     db.close().await;
     Ok(())
+}
+
+/// Where nodes reach this process's API: `api.public_url`, else the
+/// listen address when it is a concrete one (not a wildcard, not port 0).
+fn own_api_url(cfg: &Config) -> Option<String> {
+    if !cfg.api.public_url.is_empty() {
+        return Some(cfg.api.public_url.trim_end_matches('/').to_string());
+    }
+    let addr: std::net::SocketAddr = cfg.api.listen.parse().ok()?;
+    (!addr.ip().is_unspecified() && addr.port() != 0).then(|| format!("http://{addr}"))
 }
 
 async fn etcd_membership(cfg: &Config, shutdown: &CancellationToken) -> anyhow::Result<Membership> {
@@ -126,7 +140,7 @@ pub async fn run_conductor(mut cfg: Config, shutdown: CancellationToken) -> anyh
             }
             Err(e) => return Err(e),
         };
-        *media_slot.write().expect("media slot") = Some(conductor.inner.media.clone());
+        *media_slot.write().expect("media slot") = Some(conductor.inner.media().clone());
         info!(id = %conductor.inner.id, incarnation = %conductor.inner.incarnation, grpc = %conductor.grpc_url, "ferric conductor ready");
         tokio::select! {
             // SIGTERM/SIGINT: drain first, so nothing fails (bounded by drain_timeout_ms)

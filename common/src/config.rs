@@ -22,6 +22,7 @@ pub struct Config {
     pub deploy: DeployConfig,
     pub swift: SwiftConfig,
     pub image_cache: ImageCacheConfig,
+    pub redfish: RedfishConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -79,6 +80,16 @@ pub struct ConductorConfig {
     /// How often owned nodes' power states are read from their BMCs and
     /// callback deadlines checked; 0 turns periodic work off.
     pub periodic_interval_secs: u64,
+    /// Seconds a power action waits for the BMC to report the new state
+    /// (Ironic's `power_state_change_timeout`).
+    pub power_state_change_timeout: u64,
+    /// How often a power action re-reads the BMC while it waits.
+    pub power_state_poll_interval_ms: u64,
+    /// The secret every conductor of the cluster derives agent tokens from
+    /// (at least 16 bytes). Empty = one generated at the cluster's first
+    /// start and kept in the database. Set it (the same on every conductor)
+    /// so that reading the database is not enough to forge a ramdisk.
+    pub cluster_secret: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -149,6 +160,14 @@ pub struct DeployConfig {
     /// echo serial terminal` (docs/boot-artefacts.md). Empty = boot ISOs
     /// boot by BIOS only.
     pub uefi_loader: PathBuf,
+    /// The Ironic API URL a deploy ramdisk calls back (`ipa-api-url` in
+    /// its parameters), as Ironic's `[deploy] external_callback_url`.
+    /// Empty in all-in-one = the API's own listener; a conductor process
+    /// needs it set before it can boot a ramdisk.
+    pub external_callback_url: String,
+    /// `uefi` or `bios`: the boot mode of nodes whose
+    /// `properties.capabilities` do not say (`boot_mode:uefi`).
+    pub default_boot_mode: String,
 }
 
 /// The Swift publisher: tempauth (v1.0) credentials or a fixed storage
@@ -180,6 +199,35 @@ pub struct SwiftConfig {
     pub request_timeout_secs: u64,
 }
 
+/// Redfish BMCs (the `redfish` and `ilo` hardware types). Names follow
+/// Ironic's `[redfish]` options where one exists.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedfishConfig {
+    /// Attempts per BMC request (connection errors, timeouts, 5xx), the
+    /// first included.
+    pub connection_attempts: u32,
+    /// Wait before the second attempt, doubled for every further one (at
+    /// most 30 s).
+    pub connection_retry_interval_ms: u64,
+    /// BMC connections (each with its session and connection pool) a
+    /// conductor keeps; the least recently used beyond it are closed.
+    pub connection_cache_size: usize,
+    /// Seconds one BMC request may take.
+    pub request_timeout: u64,
+    /// Seconds to establish a connection to a BMC.
+    pub connect_timeout: u64,
+    /// Kernel parameters every virtual-media ramdisk boots with (Ironic's
+    /// `[redfish] kernel_append_params`).
+    pub kernel_append_params: String,
+    /// When the deploy/rescue media are ejected: `callback` (as soon as
+    /// the ramdisk calls back; UEFI firmware that boots an inserted CD
+    /// again cannot loop), `active` (when the instance's boot is prepared:
+    /// installers that read the CD after calling back keep it), or
+    /// `never` (left until replaced or the node is torn down).
+    pub eject_media_after: String,
+}
+
 /// The conductor's content-addressed cache of source images (kernels,
 /// ramdisks, deploy ISOs) downloaded from http(s)/file URLs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -203,6 +251,22 @@ impl Default for DeployConfig {
             isolinux_bin: PathBuf::from("/usr/lib/ISOLINUX/isolinux.bin"),
             ldlinux_c32: PathBuf::from("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
             uefi_loader: PathBuf::new(),
+            external_callback_url: String::new(),
+            default_boot_mode: "uefi".into(),
+        }
+    }
+}
+
+impl Default for RedfishConfig {
+    fn default() -> Self {
+        RedfishConfig {
+            connection_attempts: 5,
+            connection_retry_interval_ms: 4000,
+            connection_cache_size: 1000,
+            request_timeout: 60,
+            connect_timeout: 10,
+            kernel_append_params: "nofb vga=normal".into(),
+            eject_media_after: "callback".into(),
         }
     }
 }
@@ -243,6 +307,7 @@ impl Default for Config {
             deploy: DeployConfig::default(),
             swift: SwiftConfig::default(),
             image_cache: ImageCacheConfig::default(),
+            redfish: RedfishConfig::default(),
         }
     }
 }
@@ -266,7 +331,7 @@ impl Default for ConductorConfig {
             grpc_listen: "127.0.0.1:0".into(),
             grpc_url: String::new(),
             http_listen: "127.0.0.1:0".into(),
-            enabled_hardware_types: vec!["fake-hardware".into()],
+            enabled_hardware_types: vec!["fake-hardware".into(), "redfish".into(), "ilo".into()],
             lock_attempts: 3,
             lock_retry_interval_ms: 1000,
             max_operations: 256,
@@ -276,6 +341,9 @@ impl Default for ConductorConfig {
             drain_timeout_ms: 300_000,
             callback_timeout_secs: 1800,
             periodic_interval_secs: 60,
+            power_state_change_timeout: 60,
+            power_state_poll_interval_ms: 1000,
+            cluster_secret: String::new(),
         }
     }
 }
@@ -373,6 +441,27 @@ impl Config {
         }
         if self.deploy.deploy_helper_images_ttl == 0 {
             return Err(ConfigError("deploy.deploy_helper_images_ttl must be at least 1 (minutes)".into()));
+        }
+        if !matches!(self.deploy.default_boot_mode.as_str(), "uefi" | "bios") {
+            return Err(ConfigError(format!(
+                "deploy.default_boot_mode must be \"uefi\" or \"bios\", not {:?}",
+                self.deploy.default_boot_mode
+            )));
+        }
+        if !matches!(self.redfish.eject_media_after.as_str(), "callback" | "active" | "never") {
+            return Err(ConfigError(format!(
+                "redfish.eject_media_after must be \"callback\", \"active\" or \"never\", not {:?}",
+                self.redfish.eject_media_after
+            )));
+        }
+        if !self.conductor.cluster_secret.is_empty() && self.conductor.cluster_secret.len() < 16 {
+            return Err(ConfigError(format!(
+                "conductor.cluster_secret must be at least 16 bytes long (it has {}); or leave it empty",
+                self.conductor.cluster_secret.len()
+            )));
+        }
+        if self.conductor.power_state_change_timeout == 0 {
+            return Err(ConfigError("conductor.power_state_change_timeout must be at least 1 (seconds)".into()));
         }
         if !matches!(self.log.format.as_str(), "human" | "json") {
             return Err(ConfigError(format!("log.format must be \"human\" or \"json\", not {:?}", self.log.format)));

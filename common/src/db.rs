@@ -991,6 +991,27 @@ impl Db {
         self.fetch_all::<PortRow>(sql, args).await?.into_iter().map(Port::try_from).collect()
     }
 
+    // ---- cluster settings ------------------------------------------------------
+
+    /// A cluster-wide setting, if it was ever written.
+    pub async fn cluster_setting(&self, name: &str) -> Result<Option<String>, DbError> {
+        let row: Option<(String,)> =
+            self.fetch_one_opt("SELECT value FROM cluster_settings WHERE name = $1".into(), vec![name.into()]).await?;
+        Ok(row.map(|(v,)| v))
+    }
+
+    /// Writes `value` unless the setting exists; returns what is stored
+    /// (ours, or what another process wrote first).
+    pub async fn cluster_setting_or_insert(&self, name: &str, value: &str) -> Result<String, DbError> {
+        self.execute(
+            "INSERT INTO cluster_settings (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING"
+                .into(),
+            vec![name.into(), value.into(), Utc::now().into()],
+        )
+        .await?;
+        self.cluster_setting(name).await?.ok_or_else(|| DbError::Corrupt(format!("cluster setting {name} vanished")))
+    }
+
     // ---- history -----------------------------------------------------------
 
     pub async fn record_history(

@@ -15,6 +15,7 @@ pub mod fence;
 pub mod lock;
 pub mod operation;
 pub mod periodic;
+pub mod secret;
 pub mod service;
 pub mod takeover;
 
@@ -29,7 +30,8 @@ use ferric_common::membership::Membership;
 use ferric_common::model::{Node, Port};
 use ferric_common::proto::conductor_server::ConductorServer;
 use ferric_common::ring::{Member, MemberState, Ring};
-use ferric_deploy::driver::Registry;
+use ferric_deploy::driver::{Registry, Task};
+use ferric_deploy::services::Services;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -63,8 +65,9 @@ pub struct Inner {
     /// Set by a drain: no new operations, no take-overs.
     pub draining: std::sync::atomic::AtomicBool,
     pub stats: Stats,
-    /// Boot media publishing (HTTP root or Swift) for the boot interfaces.
-    pub media: Arc<ferric_deploy::media::Media>,
+    /// What every task's drivers use: media publishing (HTTP root or
+    /// Swift), agent tokens, BMC connections, settings.
+    pub services: Arc<Services>,
 }
 
 /// Counters for status and metrics.
@@ -91,6 +94,21 @@ impl Inner {
 
     pub fn epoch(&self) -> u64 {
         self.ring.borrow().epoch()
+    }
+
+    pub fn media(&self) -> &Arc<ferric_deploy::media::Media> {
+        &self.services.media
+    }
+
+    /// A task on `node` run by this conductor.
+    pub fn task(&self, node: Node, ports: Vec<Port>) -> Task {
+        Task::new(node, ports, &self.id, self.services.clone())
+    }
+
+    /// A task on `node` with its ports read from the database.
+    pub async fn task_with_ports(&self, node: Node) -> Task {
+        let ports = self.ports_of(node.uuid).await;
+        self.task(node, ports)
     }
 
     pub async fn ports_of(&self, node: Uuid) -> Vec<Port> {
@@ -215,8 +233,17 @@ pub async fn start(
             if cfg.deploy.use_http_web_server_for_images { "HTTP root" } else { "Swift" }
         )
     })?;
+    let secret = secret::resolve(&db, &cfg.conductor.cluster_secret).await.context("the cluster secret")?;
+    let tokens = ferric_deploy::token::AgentTokens::new(secret);
+    let services = Arc::new(Services::new(&cfg, media, tokens));
+    if services.settings.callback_url.is_empty() {
+        warn!(
+            "deploy.external_callback_url is empty: ramdisks cannot be booted by virtual media until it names the \
+             Ironic API URL the nodes reach"
+        );
+    }
     let inner = Arc::new(Inner {
-        media,
+        services,
         registry,
         id: id.clone(),
         incarnation: incarnation.clone(),

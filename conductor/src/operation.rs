@@ -21,6 +21,7 @@ use chrono::Utc;
 use ferric_common::model::{JsonObject, Node};
 use ferric_common::states::{Event, ProvisionState, transition};
 use ferric_deploy::driver::{Driver, DriverError, Step, StepOutcome, Task};
+use ferric_deploy::token::AgentTokens;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +61,21 @@ impl OperationRecord {
 
     fn store(&self, node: &mut Node) {
         node.driver_internal_info.insert(RECORD_KEY.into(), serde_json::to_value(self).expect("a record serialises"));
+    }
+}
+
+/// A ramdisk called back: the waiting operation resumes with a
+/// `boot.ramdisk_called_back` step in front of its next one (recorded like
+/// any step, so whoever resumes runs it: the boot interface resets a
+/// one-time boot override a BMC kept, or ejects the ramdisk media).
+pub fn note_callback(node: &mut Node) {
+    if let Some(mut record) = OperationRecord::load(node) {
+        let step = Step::new("boot", "ramdisk_called_back", 0);
+        if record.steps.get(record.next) != Some(&step) {
+            record.steps.insert(record.next.min(record.steps.len()), step);
+        }
+        record.wait_deadline = None;
+        record.store(node);
     }
 }
 
@@ -195,12 +211,7 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                 r
             }
             _ => {
-                let task = Task {
-                    node: node.clone(),
-                    ports: ports.clone(),
-                    conductor_id: inner.id.clone(),
-                    media: inner.media.clone(),
-                };
+                let task = inner.task(node.clone(), ports.clone());
                 let steps = plan(&driver, &task);
                 OperationRecord {
                     state,
@@ -232,12 +243,7 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                 return Finish::LostLock;
             }
             inner.history(node.uuid, "step", &format!("{state} {}", step.full_name())).await;
-            let mut task = Task {
-                node: node.clone(),
-                ports: ports.clone(),
-                conductor_id: inner.id.clone(),
-                media: inner.media.clone(),
-            };
+            let mut task = inner.task(node.clone(), ports.clone());
             let outcome = tokio::select! {
                 r = driver.execute_step(&mut task, &step) => r,
                 // fenced: drop the step mid-flight and write nothing more
@@ -276,6 +282,9 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
         // every step ran
         node.driver_internal_info.remove(RECORD_KEY);
         show_step(node, None);
+        // the ramdisk session (if any) ended with the operation: the next
+        // one gets a new token (Ironic's wipe_token_and_url)
+        AgentTokens::end_session(node);
         finish_state(node, state);
         let t = match transition(state, node.target_provision_state, Event::Done) {
             Ok(t) => t,
@@ -327,6 +336,7 @@ pub async fn fail(inner: &Inner, node: &mut Node, message: &str) -> Finish {
     warn!(node = %node.uuid, state = %state, "operation failed: {message}");
     node.driver_internal_info.remove(RECORD_KEY);
     show_step(node, None);
+    AgentTokens::end_session(node);
     match transition(state, node.target_provision_state, Event::Fail) {
         Ok(t) => {
             node.provision_state = t.to;

@@ -11,19 +11,24 @@
 //! * **helper image expiry**: parameters floppies in the HTTP root past
 //!   `deploy_helper_images_ttl` are deleted (Swift expires them itself);
 //! * **lost-node clean-up** (HTTP root only, which is this conductor's
-//!   own): floppies and boot ISO uses of nodes that were deleted or that
-//!   the ring gave to another conductor (whose take-over rebuilt them in
-//!   its own root) are dropped, and an ISO whose last user went with them
-//!   is deleted. Never for Swift: its container is shared, and a node
-//!   owned elsewhere still uses the same objects.
+//!   own): floppies and boot ISO uses of nodes that were deleted, or whose
+//!   `conductor_affinity` names another live conductor (its take-over
+//!   rebuilt them in its own root and re-pointed the BMC), are dropped, and
+//!   an ISO whose last user went with them is deleted. Never while this
+//!   conductor is fenced, draining or missing from its own view of the
+//!   ring, and never merely because the ring moved a node: until the new
+//!   owner took it over, the node may be booting from these files. Never
+//!   for Swift: its container is shared, and a node owned elsewhere still
+//!   uses the same objects.
 //!
 //! Busy nodes (locked) and nodes in maintenance are left alone.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
-use ferric_deploy::driver::Task;
 use tracing::{info, warn};
 
 use crate::Inner;
@@ -44,7 +49,7 @@ pub async fn run(inner: Arc<Inner>) {
             _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
         }
         pass(&inner).await;
-        match inner.media.artefacts.expire().await {
+        match inner.media().artefacts.expire().await {
             Ok(0) => {}
             Ok(n) => info!(removed = n, "expired helper images removed"),
             Err(e) => warn!("helper image expiry: {e}"),
@@ -57,15 +62,15 @@ pub async fn run(inner: Arc<Inner>) {
 /// only) and the media metrics; a second one only when something was
 /// removed.
 async fn media_round(inner: &Inner) {
-    let inv = match inner.media.artefacts.inventory().await {
+    let inv = match inner.media().artefacts.inventory().await {
         Ok(inv) => inv,
         Err(e) => {
             warn!("listing published artefacts: {e}");
             return;
         }
     };
-    let inv = if inner.media.publisher == "http" && reap_lost_nodes_artefacts(inner, &inv).await != (0, 0) {
-        inner.media.artefacts.inventory().await.unwrap_or(inv)
+    let inv = if inner.media().publisher == "http" && reap_lost_nodes_artefacts(inner, &inv).await != (0, 0) {
+        inner.media().artefacts.inventory().await.unwrap_or(inv)
     } else {
         inv
     };
@@ -74,8 +79,8 @@ async fn media_round(inner: &Inner) {
 
 /// Gauges of what this conductor publishes and caches.
 fn media_metrics(inner: &Inner, inv: &ferric_deploy::publish::artefacts::Inventory) {
-    let publisher = inner.media.publisher;
-    let s = inner.media.images.stats();
+    let publisher = inner.media().publisher;
+    let s = inner.media().images.stats();
     metrics::gauge!("ferric_image_cache_bytes").set(s.bytes as f64);
     metrics::gauge!("ferric_image_cache_images").set(s.images as f64);
     metrics::counter!("ferric_image_cache_hits_total").absolute(s.hits);
@@ -85,15 +90,19 @@ fn media_metrics(inner: &Inner, inv: &ferric_deploy::publish::artefacts::Invento
     metrics::gauge!("ferric_floppies_published", "publisher" => publisher).set(inv.floppies.len() as f64);
 }
 
-/// Whether this conductor still drives `node`: it exists and the ring gives
-/// it to us. Database errors count as "yes" (keep the artefact).
-async fn still_mine(inner: &Inner, node: uuid::Uuid) -> bool {
+/// Whether this conductor's artefacts of `node` are no longer needed: the
+/// node is gone, or its `conductor_affinity` names another conductor that
+/// is a live ring member — whose take-over rebuilt them in its own root and
+/// re-pointed the BMC. Not merely "the ring gives the node to someone
+/// else": until the new owner has taken it over, the node may be booting
+/// from these very files. A database error keeps them.
+async fn moved_away(inner: &Inner, node: uuid::Uuid, live: &HashSet<String>) -> bool {
     match inner.db.get_node(node).await {
-        Ok(n) => inner.owns(&n),
-        Err(ferric_common::db::DbError::NotFound) => false,
+        Ok(n) => n.conductor_affinity.as_deref().is_some_and(|a| a != inner.id && live.contains(a)),
+        Err(ferric_common::db::DbError::NotFound) => true,
         Err(e) => {
             warn!(%node, "lost-node clean-up: reading the node failed: {e}");
-            true
+            false
         }
     }
 }
@@ -103,19 +112,29 @@ pub async fn reap_lost_nodes_artefacts(
     inner: &Inner,
     inv: &ferric_deploy::publish::artefacts::Inventory,
 ) -> (usize, usize) {
-    let a = &inner.media.artefacts;
+    // a fenced or draining conductor, or one that is not in the ring it
+    // sees (a stale or empty view), decides nothing about other members
+    if inner.fenced.load(Ordering::SeqCst) || inner.draining.load(Ordering::SeqCst) {
+        return (0, 0);
+    }
+    let ring = inner.ring.borrow().clone();
+    if !ring.members().iter().any(|m| m.id == inner.id && m.incarnation == inner.incarnation) {
+        return (0, 0);
+    }
+    let live: HashSet<String> = ring.members().iter().map(|m| m.id.clone()).collect();
+    let a = &inner.media().artefacts;
     let (mut floppies, mut uses) = (0, 0);
     for (name, node) in &inv.floppies {
-        if !still_mine(inner, *node).await && a.remove_floppy(name).await.is_ok() {
+        if moved_away(inner, *node, &live).await && a.remove_floppy(name).await.is_ok() {
             floppies += 1;
         }
     }
     for (iso, node) in &inv.uses {
-        if !still_mine(inner, *node).await {
+        if moved_away(inner, *node, &live).await {
             match a.release_boot_iso(*node, iso).await {
                 Ok(left) => {
                     uses += 1;
-                    info!(%node, iso = %iso, left, "boot ISO use of a node this conductor no longer drives dropped");
+                    info!(%node, iso = %iso, left, "boot ISO use of a node now served by another conductor (or gone) dropped");
                 }
                 Err(e) => warn!(%node, "lost-node clean-up: {e}"),
             }
@@ -160,8 +179,7 @@ pub async fn pass(inner: &Arc<Inner>) -> (usize, usize) {
             continue;
         }
         let Ok(driver) = inner.registry.driver_for(&node) else { continue };
-        let task =
-            Task { node: node.clone(), ports: Vec::new(), conductor_id: inner.id.clone(), media: inner.media.clone() };
+        let task = inner.task(node.clone(), Vec::new());
         let actual = match tokio::time::timeout(BMC_TIMEOUT, driver.power.get_power_state(&task)).await {
             Ok(Ok(s)) => s.as_str().to_string(),
             Ok(Err(e)) => {

@@ -45,7 +45,6 @@ use std::time::Duration;
 
 use ferric_common::model::Node;
 use ferric_common::states::ProvisionState;
-use ferric_deploy::driver::Task;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -205,15 +204,10 @@ async fn take_over_one(inner: &Arc<Inner>, uuid: Uuid) -> bool {
                 return false;
             }
         };
-        let mut task = Task {
-            ports: inner.ports_of(uuid).await,
-            node: node.clone(),
-            conductor_id: inner.id.clone(),
-            media: inner.media.clone(),
-        };
+        let mut task = inner.task_with_ports(node.clone()).await;
         let hooks = async {
             driver.boot.take_over(&mut task).await?;
-            driver.deploy.take_over(&mut task).await
+            driver.deploy.take_over(&driver, &mut task).await
         };
         let res = tokio::select! {
             r = hooks => r,

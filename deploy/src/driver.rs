@@ -1,11 +1,15 @@
 //! Driver interfaces, as in Ironic's boot-interface design: a hardware type
-//! composes one implementation per interface, and the conductor calls them
-//! under the node lock.
+//! composes one implementation per interface kind, and the conductor calls
+//! them under the node lock.
 //!
 //! Long operations (deploy, clean, tear-down, rescue, ...) are sequences of
 //! *steps* (`interface.step`). The conductor persists which step it is in
 //! before and after running it, and every step is idempotent, so another
 //! conductor can resume an operation from the recorded step.
+//!
+//! Interfaces that drive others (a deploy boots the ramdisk through the
+//! boot interface and reboots through the power interface) get the node's
+//! whole [`Driver`] next to the task, as Ironic's `task.driver`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +19,85 @@ use async_trait::async_trait;
 use ferric_common::model::{JsonObject, Node, Port};
 use serde::{Deserialize, Serialize};
 
+pub use crate::services::{DriverSettings, EjectPolicy, Services};
+
+/// The kinds of interface a node has (`<kind>_interface` fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum InterfaceKind {
+    Bios,
+    Boot,
+    Console,
+    Deploy,
+    Firmware,
+    Inspect,
+    Management,
+    Network,
+    Power,
+    Raid,
+    Rescue,
+    Storage,
+    Vendor,
+}
+
+impl InterfaceKind {
+    pub const ALL: [InterfaceKind; 13] = [
+        InterfaceKind::Bios,
+        InterfaceKind::Boot,
+        InterfaceKind::Console,
+        InterfaceKind::Deploy,
+        InterfaceKind::Firmware,
+        InterfaceKind::Inspect,
+        InterfaceKind::Management,
+        InterfaceKind::Network,
+        InterfaceKind::Power,
+        InterfaceKind::Raid,
+        InterfaceKind::Rescue,
+        InterfaceKind::Storage,
+        InterfaceKind::Vendor,
+    ];
+
+    /// The kinds with behaviour beyond validation and named steps.
+    pub const CORE: [InterfaceKind; 5] = [
+        InterfaceKind::Boot,
+        InterfaceKind::Deploy,
+        InterfaceKind::Management,
+        InterfaceKind::Power,
+        InterfaceKind::Vendor,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InterfaceKind::Bios => "bios",
+            InterfaceKind::Boot => "boot",
+            InterfaceKind::Console => "console",
+            InterfaceKind::Deploy => "deploy",
+            InterfaceKind::Firmware => "firmware",
+            InterfaceKind::Inspect => "inspect",
+            InterfaceKind::Management => "management",
+            InterfaceKind::Network => "network",
+            InterfaceKind::Power => "power",
+            InterfaceKind::Raid => "raid",
+            InterfaceKind::Rescue => "rescue",
+            InterfaceKind::Storage => "storage",
+            InterfaceKind::Vendor => "vendor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<InterfaceKind> {
+        InterfaceKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    pub fn is_generic(self) -> bool {
+        !InterfaceKind::CORE.contains(&self)
+    }
+}
+
+impl std::fmt::Display for InterfaceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The node under an exclusive lock, as a driver sees it. Drivers change
 /// `node` in place; the conductor persists it.
 #[derive(Debug, Clone)]
@@ -23,9 +106,23 @@ pub struct Task {
     pub ports: Vec<Port>,
     /// Who runs the task (for logs and artefact ownership).
     pub conductor_id: String,
-    /// The conductor's publisher and boot loaders, for boot interfaces
-    /// that build and publish media (and rebuild them in `take_over`).
-    pub media: Arc<crate::media::Media>,
+    /// What the conductor lends its drivers: media publishing, agent
+    /// tokens, BMC connections, settings.
+    pub services: Arc<Services>,
+}
+
+impl Task {
+    pub fn new(node: Node, ports: Vec<Port>, conductor_id: &str, services: Arc<Services>) -> Task {
+        Task { node, ports, conductor_id: conductor_id.to_string(), services }
+    }
+
+    pub fn media(&self) -> &crate::media::Media {
+        &self.services.media
+    }
+
+    pub fn uuid(&self) -> uuid::Uuid {
+        self.node.uuid
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -46,6 +143,12 @@ pub enum DriverError {
 impl DriverError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, DriverError::Retryable(_))
+    }
+}
+
+impl From<crate::media::MediaError> for DriverError {
+    fn from(e: crate::media::MediaError) -> Self {
+        if e.is_retryable() { DriverError::Retryable(e.to_string()) } else { DriverError::Failed(e.to_string()) }
     }
 }
 
@@ -99,6 +202,76 @@ impl PowerState {
     }
 }
 
+/// A power action (Ironic's power targets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    On,
+    Off,
+    /// ACPI shutdown (`soft power off`).
+    SoftOff,
+    /// Hard reset, or power on when off (`rebooting`).
+    Reboot,
+    /// ACPI restart (`soft rebooting`).
+    SoftReboot,
+}
+
+impl PowerAction {
+    /// Ironic's target names.
+    pub fn parse(target: &str) -> Option<PowerAction> {
+        Some(match target {
+            "power on" => PowerAction::On,
+            "power off" => PowerAction::Off,
+            "soft power off" => PowerAction::SoftOff,
+            "rebooting" => PowerAction::Reboot,
+            "soft rebooting" => PowerAction::SoftReboot,
+            _ => return None,
+        })
+    }
+
+    /// The power state the action ends in.
+    pub fn target(self) -> PowerState {
+        match self {
+            PowerAction::Off | PowerAction::SoftOff => PowerState::Off,
+            PowerAction::On | PowerAction::Reboot | PowerAction::SoftReboot => PowerState::On,
+        }
+    }
+
+    pub fn is_reboot(self) -> bool {
+        matches!(self, PowerAction::Reboot | PowerAction::SoftReboot)
+    }
+}
+
+/// A boot device (`management.set_boot_device`), as Ironic names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootDevice {
+    Pxe,
+    Disk,
+    Cdrom,
+    Bios,
+}
+
+impl BootDevice {
+    pub fn parse(s: &str) -> Option<BootDevice> {
+        Some(match s {
+            "pxe" => BootDevice::Pxe,
+            "disk" => BootDevice::Disk,
+            "cdrom" => BootDevice::Cdrom,
+            "bios" => BootDevice::Bios,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootDevice::Pxe => "pxe",
+            BootDevice::Disk => "disk",
+            BootDevice::Cdrom => "cdrom",
+            BootDevice::Bios => "bios",
+        }
+    }
+}
+
 /// A vendor passthru method.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VendorMethod {
@@ -136,9 +309,14 @@ pub trait PowerInterface: Send + Sync {
     }
     async fn validate(&self, task: &Task) -> DriverResult<()>;
     async fn get_power_state(&self, task: &Task) -> DriverResult<PowerState>;
-    async fn set_power_state(&self, task: &mut Task, target: PowerState, timeout: Option<Duration>)
-    -> DriverResult<()>;
-    async fn reboot(&self, task: &mut Task, timeout: Option<Duration>) -> DriverResult<()>;
+    /// Performs `action` and waits until the BMC reports its target state
+    /// (`timeout`, else `[conductor] power_state_change_timeout`).
+    async fn set_power_state(
+        &self,
+        task: &mut Task,
+        action: PowerAction,
+        timeout: Option<Duration>,
+    ) -> DriverResult<()>;
 }
 
 #[async_trait]
@@ -148,8 +326,8 @@ pub trait ManagementInterface: Send + Sync {
         BTreeMap::new()
     }
     async fn validate(&self, task: &Task) -> DriverResult<()>;
-    /// One-time or persistent boot device (`pxe`, `cdrom`, `disk`).
-    async fn set_boot_device(&self, task: &mut Task, device: &str, persistent: bool) -> DriverResult<()>;
+    /// One-time or persistent boot device.
+    async fn set_boot_device(&self, task: &mut Task, device: BootDevice, persistent: bool) -> DriverResult<()>;
 }
 
 #[async_trait]
@@ -159,12 +337,24 @@ pub trait BootInterface: Send + Sync {
         BTreeMap::new()
     }
     async fn validate(&self, task: &Task) -> DriverResult<()>;
-    /// Make the node boot the deploy/rescue ramdisk; `params` are extra
-    /// kernel/ramdisk parameters (agent token, callback URL, ...).
+    /// Make the node boot the deploy/rescue ramdisk at its next boot;
+    /// `params` are extra ramdisk parameters. Mints the ramdisk's agent
+    /// token where the boot media can carry it.
     async fn prepare_ramdisk(&self, task: &mut Task, params: &BTreeMap<String, String>) -> DriverResult<()>;
     async fn clean_up_ramdisk(&self, task: &mut Task) -> DriverResult<()>;
+    /// Make the node boot its instance (from disk, or from a boot ISO).
     async fn prepare_instance(&self, task: &mut Task) -> DriverResult<()>;
     async fn clean_up_instance(&self, task: &mut Task) -> DriverResult<()>;
+    /// The ramdisk called back (the operation resumes after its wait).
+    async fn ramdisk_called_back(&self, _task: &mut Task) -> DriverResult<()> {
+        Ok(())
+    }
+    /// The node is about to be power-cycled outside an operation (an API
+    /// reboot or power-on): make sure what it boots from is in place
+    /// (re-attach a boot ISO whose URL expired or moved).
+    async fn prepare_reboot(&self, _task: &mut Task) -> DriverResult<()> {
+        Ok(())
+    }
     /// Rebuild this node's boot artefacts on a new owner (deterministic:
     /// same inputs, same bytes) and point the BMC at them.
     async fn take_over(&self, task: &mut Task) -> DriverResult<()>;
@@ -176,18 +366,18 @@ pub trait DeployInterface: Send + Sync {
     fn properties(&self) -> BTreeMap<&'static str, &'static str> {
         BTreeMap::new()
     }
-    async fn validate(&self, task: &Task) -> DriverResult<()>;
+    async fn validate(&self, driver: &Driver, task: &Task) -> DriverResult<()>;
     /// The steps of a deploy, in order.
     fn deploy_steps(&self, task: &Task) -> Vec<Step>;
     /// The automated cleaning steps, in order.
     fn clean_steps(&self, task: &Task) -> Vec<Step>;
     /// The tear-down steps of an undeploy, in order.
     fn tear_down_steps(&self, task: &Task) -> Vec<Step>;
-    async fn execute_step(&self, task: &mut Task, step: &Step) -> DriverResult<StepOutcome>;
-    async fn take_over(&self, task: &mut Task) -> DriverResult<()>;
+    async fn execute_step(&self, driver: &Driver, task: &mut Task, step: &Step) -> DriverResult<StepOutcome>;
+    async fn take_over(&self, driver: &Driver, task: &mut Task) -> DriverResult<()>;
     /// A ramdisk heartbeat; returns true when the waiting operation may
     /// resume at its next step.
-    async fn heartbeat(&self, task: &mut Task, hb: &Heartbeat) -> DriverResult<bool>;
+    async fn heartbeat(&self, driver: &Driver, task: &mut Task, hb: &Heartbeat) -> DriverResult<bool>;
 }
 
 #[async_trait]
@@ -220,56 +410,80 @@ pub struct Driver {
     pub vendor: Arc<dyn VendorInterface>,
     /// Every other interface by kind (bios, console, firmware, inspect,
     /// network, raid, rescue, storage).
-    pub others: BTreeMap<&'static str, Arc<dyn GenericInterface>>,
+    pub others: BTreeMap<InterfaceKind, Arc<dyn GenericInterface>>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("hardware_type", &self.hardware_type)
+            .field("boot", &self.boot.name())
+            .field("deploy", &self.deploy.name())
+            .field("power", &self.power.name())
+            .finish()
+    }
 }
 
 impl Driver {
     /// Run one step, dispatched on its interface.
     pub async fn execute_step(&self, task: &mut Task, step: &Step) -> DriverResult<StepOutcome> {
-        match step.interface.as_str() {
-            "deploy" => self.deploy.execute_step(task, step).await,
-            "power" if step.step == "get_power_state" => {
+        let Some(kind) = InterfaceKind::parse(&step.interface) else {
+            return Err(DriverError::Invalid(format!(
+                "unknown interface {:?} in step {}",
+                step.interface,
+                step.full_name()
+            )));
+        };
+        match kind {
+            InterfaceKind::Deploy => self.deploy.execute_step(self, task, step).await,
+            InterfaceKind::Power if step.step == "get_power_state" => {
                 let state = self.power.get_power_state(task).await?;
                 task.node.power_state = Some(state.as_str().into());
                 Ok(StepOutcome::Done)
             }
-            "power" => {
-                let target = match step.step.as_str() {
-                    "power_on" => PowerState::On,
-                    "power_off" => PowerState::Off,
+            InterfaceKind::Power => {
+                let action = match step.step.as_str() {
+                    "power_on" => PowerAction::On,
+                    "power_off" => PowerAction::Off,
+                    "reboot" => PowerAction::Reboot,
                     other => {
                         return Err(DriverError::Invalid(format!("power interface has no step {other}")));
                     }
                 };
-                self.power.set_power_state(task, target, None).await.map(|_| StepOutcome::Done)
+                self.power.set_power_state(task, action, None).await?;
+                task.node.power_state = Some(action.target().as_str().into());
+                Ok(StepOutcome::Done)
             }
-            "boot" => match step.step.as_str() {
+            InterfaceKind::Boot => match step.step.as_str() {
                 "prepare_ramdisk" => self.boot.prepare_ramdisk(task, &BTreeMap::new()).await.map(|_| StepOutcome::Done),
                 "clean_up_ramdisk" => self.boot.clean_up_ramdisk(task).await.map(|_| StepOutcome::Done),
                 "prepare_instance" => self.boot.prepare_instance(task).await.map(|_| StepOutcome::Done),
                 "clean_up_instance" => self.boot.clean_up_instance(task).await.map(|_| StepOutcome::Done),
+                // inserted by the conductor when a ramdisk's callback
+                // resumes an operation (see operation.rs)
+                "ramdisk_called_back" => self.boot.ramdisk_called_back(task).await.map(|_| StepOutcome::Done),
                 other => Err(DriverError::Invalid(format!("boot interface has no step {other}"))),
             },
-            other => match self.others.get(other) {
+            other => match self.others.get(&other) {
                 Some(iface) => iface.execute_step(task, step).await,
-                None => Err(DriverError::Invalid(format!("unknown interface {other:?} in step {}", step.full_name()))),
+                None => Err(DriverError::Invalid(format!("the {other} interface has no step {}", step.step))),
             },
         }
     }
 
     /// validate() of every interface, in Ironic's order (vendor excluded,
     /// as `GET /v1/nodes/<n>/validate` does).
-    pub async fn validate_all(&self, task: &Task) -> Vec<(String, DriverResult<()>)> {
+    pub async fn validate_all(&self, task: &Task) -> Vec<(InterfaceKind, DriverResult<()>)> {
         let mut out = vec![
-            ("boot".to_string(), self.boot.validate(task).await),
-            ("deploy".to_string(), self.deploy.validate(task).await),
-            ("management".to_string(), self.management.validate(task).await),
-            ("power".to_string(), self.power.validate(task).await),
+            (InterfaceKind::Boot, self.boot.validate(task).await),
+            (InterfaceKind::Deploy, self.deploy.validate(self, task).await),
+            (InterfaceKind::Management, self.management.validate(task).await),
+            (InterfaceKind::Power, self.power.validate(task).await),
         ];
         for (kind, iface) in &self.others {
-            out.push((kind.to_string(), iface.validate(task).await));
+            out.push((*kind, iface.validate(task).await));
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by_key(|(k, _)| k.as_str());
         out
     }
 
@@ -290,71 +504,27 @@ impl Driver {
     }
 }
 
-/// A hardware type: which implementation of each interface it supports and
-/// which is the default.
-pub struct HardwareType {
-    pub name: &'static str,
-    /// interface kind → (default, enabled implementations)
-    pub interfaces: BTreeMap<&'static str, (&'static str, Vec<&'static str>)>,
-    /// Build the driver for the resolved interface names.
-    pub build: fn(&BTreeMap<&'static str, String>) -> DriverResult<Driver>,
-}
+pub use crate::hardware::{HardwareType, Registry};
 
-/// The hardware types a conductor enables.
-pub struct Registry {
-    types: BTreeMap<&'static str, HardwareType>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Registry {
-    /// Every hardware type Ferric knows, filtered to `enabled`.
-    pub fn new(enabled: &[String]) -> Result<Registry, DriverError> {
-        let mut types = BTreeMap::new();
-        for name in enabled {
-            let ht = match name.as_str() {
-                crate::fake::HARDWARE_TYPE => crate::fake::hardware_type(),
-                other => {
-                    return Err(DriverError::Invalid(format!(
-                        "unknown hardware type {other:?} in enabled_hardware_types"
-                    )));
-                }
-            };
-            types.insert(ht.name, ht);
+    #[test]
+    fn interface_kinds_round_trip_and_match_the_node_fields() {
+        for k in InterfaceKind::ALL {
+            assert_eq!(InterfaceKind::parse(k.as_str()), Some(k));
         }
-        Ok(Registry { types })
+        let names: Vec<&str> = InterfaceKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names, ferric_common::model::NODE_INTERFACES.to_vec(), "one kind per <kind>_interface field");
+        assert!(InterfaceKind::Rescue.is_generic() && !InterfaceKind::Boot.is_generic());
     }
 
-    pub fn names(&self) -> Vec<&'static str> {
-        self.types.keys().copied().collect()
-    }
-
-    pub fn get(&self, name: &str) -> Option<&HardwareType> {
-        self.types.get(name)
-    }
-
-    /// Resolve a node's interface names (defaults for unset ones) and
-    /// check each is enabled for its hardware type.
-    pub fn resolve(&self, node: &Node) -> DriverResult<BTreeMap<&'static str, String>> {
-        let ht = self
-            .types
-            .get(node.driver.as_str())
-            .ok_or_else(|| DriverError::Invalid(format!("hardware type {} is not enabled", node.driver)))?;
-        let mut out = BTreeMap::new();
-        for (kind, (default, enabled)) in &ht.interfaces {
-            let chosen = node.interfaces.get(kind).cloned().flatten().unwrap_or_else(|| default.to_string());
-            if !enabled.contains(&chosen.as_str()) {
-                return Err(DriverError::Invalid(format!(
-                    "Could not find the following interface in the 'ironic.hardware.interfaces.{kind}' entrypoint: {chosen}. Valid interfaces are {}.",
-                    enabled.join(", ")
-                )));
-            }
-            out.insert(*kind, chosen);
-        }
-        Ok(out)
-    }
-
-    pub fn driver_for(&self, node: &Node) -> DriverResult<Driver> {
-        let names = self.resolve(node)?;
-        let ht = self.types.get(node.driver.as_str()).expect("resolve checked it");
-        (ht.build)(&names)
+    #[test]
+    fn power_targets_as_ironic_names_them() {
+        assert_eq!(PowerAction::parse("soft rebooting"), Some(PowerAction::SoftReboot));
+        assert_eq!(PowerAction::parse("rebooting").unwrap().target(), PowerState::On);
+        assert_eq!(PowerAction::parse("soft power off").unwrap().target(), PowerState::Off);
+        assert_eq!(PowerAction::parse("off"), None);
     }
 }

@@ -1,20 +1,39 @@
 //! Everything that touches a machine.
 //!
-//! Layout: [`driver`] (the interfaces a hardware type composes, the step
-//! model and the registry of enabled hardware types) and the hardware
-//! types themselves ([`fake`] so far; redfish and ilo follow); [`image`]
-//! (floppies, boot ISOs, the source image cache), [`publish`] (HTTP root,
-//! Swift) and [`media`], which ties them together.
+//! Layout:
+//! * [`driver`]: the interfaces a hardware type composes ([`driver::InterfaceKind`]),
+//!   the [`driver::Task`] they act on, the step model;
+//! * [`hardware`]: the hardware types (`fake-hardware`, `redfish`, `ilo`),
+//!   the factory that builds each interface implementation once per
+//!   (kind, name), and the [`hardware::Registry`] of enabled types;
+//! * the implementations by kind: [`boot`] (`fake`, virtual media),
+//!   [`deploy`] (`fake`, `ramdisk`), [`power`], [`management`], [`vendor`],
+//!   [`generic`] (kinds without behaviour yet);
+//! * [`bmc`]: BMC clients (Redfish, with HPE iLO's differences);
+//! * [`image`] (floppies, boot ISOs, the source image cache), [`publish`]
+//!   (HTTP root, Swift) and [`media`], which ties them together;
+//! * [`token`]: agent tokens derived from the cluster secret;
+//!   [`services`]: what the conductor lends every task.
 //!
 //! The invariant: every step is idempotent. A conductor may die after a
 //! step ran and before it was recorded; the next owner runs it again.
 
+pub mod bmc;
+pub mod boot;
+pub mod deploy;
 pub mod driver;
-pub mod fake;
+pub mod fake_hooks;
+pub mod generic;
+pub mod hardware;
 pub mod image;
+pub mod management;
 pub mod media;
 pub mod percent;
+pub mod power;
 pub mod publish;
+pub mod services;
+pub mod token;
+pub mod vendor;
 
 /// An error with its causes, each once: reqwest's Display stops at "error
 /// sending request", while what an operator needs ("connection refused",

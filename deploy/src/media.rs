@@ -154,6 +154,31 @@ impl Media {
         Ok((content_id, published))
     }
 
+    /// A user-given ISO (`driver_info.deploy_iso`, `instance_info.boot_iso`)
+    /// fetched through the cache and republished in this conductor's store
+    /// as a shared, usage-counted boot ISO (Ironic's
+    /// `ramdisk_image_download_source = local`). Its content id is derived
+    /// from the file's SHA-256 (domain-separated from built ISOs' ids).
+    pub async fn acquire_iso_copy(&self, node: Uuid, iso: &ImageSource) -> Result<(String, Published), MediaError> {
+        let cached = self.images.fetch(iso).await?;
+        let content_id = iso_copy_id(&cached.sha256);
+        let path = cached.path.clone();
+        let published = self
+            .artefacts
+            .acquire_boot_iso(node, &content_id, move |out| {
+                // `cached` is moved in: pinned until the copy is done
+                let _pin = &cached;
+                std::fs::copy(&path, out).map(drop).map_err(|e| format!("copying {}: {e}", path.display()))
+            })
+            .await?;
+        Ok((content_id, published))
+    }
+
+    /// A fresh URL of a published floppy (valid for the helper-image TTL).
+    pub async fn floppy_url(&self, name: &str) -> Result<Option<String>, MediaError> {
+        Ok(self.artefacts.fresh_url(name).await?)
+    }
+
     /// A URL without `?` or `&` for a published object:
     /// `<base>/vmedia/<name>`, served by [`redirect_router`] as a redirect
     /// to a freshly signed URL (some BMCs refuse URLs with a query).
@@ -165,6 +190,12 @@ impl Media {
     pub async fn release_boot_iso(&self, node: Uuid, content_id: &str) -> Result<usize, MediaError> {
         Ok(self.artefacts.release_boot_iso(node, content_id).await?)
     }
+}
+
+/// The content id of a republished ISO whose file has SHA-256 `sha256`.
+pub fn iso_copy_id(sha256: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!("ferric-iso-copy\n{sha256}").as_bytes()))
 }
 
 /// What a boot ISO is built from, owned so it can move to a blocking task.

@@ -12,7 +12,7 @@ conn = openstack.connect(auth_type="none", baremetal_endpoint_override=endpoint)
 bm = conn.baremetal
 
 drivers = [d.name for d in bm.drivers()]
-assert drivers == ["fake-hardware"], drivers
+assert sorted(drivers) == ["fake-hardware", "ilo", "redfish"], drivers
 conductors = list(bm.conductors())
 assert [c.hostname for c in conductors] == ["conductor-1"], conductors
 assert conductors[0].alive is True, conductors[0]

@@ -11,11 +11,22 @@ const WAIT: Duration = Duration::from_secs(60);
 fn lifecycle(bm: &Baremetal) {
     // discovery of what runs
     let drivers = bm.json(&["driver", "list"]);
-    assert_eq!(drivers.as_array().unwrap().len(), 1, "{drivers}");
-    assert_eq!(drivers[0]["name"], "fake-hardware");
-    assert_eq!(drivers[0]["hosts"], "conductor-1");
+    let mut names: Vec<&str> = drivers.as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["fake-hardware", "ilo", "redfish"], "{drivers}");
+    assert!(drivers.as_array().unwrap().iter().all(|d| d["hosts"] == "conductor-1"), "{drivers}");
     let driver = bm.json(&["driver", "show", "fake-hardware"]);
     assert_eq!(driver["default_deploy_interface"], "fake");
+    let redfish = bm.json(&["driver", "show", "redfish"]);
+    assert_eq!(redfish["default_boot_interface"], "redfish-virtual-media");
+    assert_eq!(redfish["default_power_interface"], "redfish");
+    let ilo = bm.json(&["driver", "show", "ilo"]);
+    assert_eq!(ilo["default_boot_interface"], "ilo-virtual-media");
+    let props = bm.json(&["driver", "property", "list", "redfish"]);
+    let keys: Vec<&str> = props.as_array().unwrap().iter().filter_map(|p| p["property"].as_str()).collect();
+    for k in ["redfish_address", "redfish_system_id", "redfish_username", "redfish_password", "redfish_verify_ca", "deploy_kernel"] {
+        assert!(keys.contains(&k), "{k} missing from {props}");
+    }
     let conductors = bm.json(&["conductor", "list"]);
     assert_eq!(conductors[0]["hostname"], "conductor-1");
     assert_eq!(conductors[0]["alive"], true);

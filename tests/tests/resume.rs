@@ -168,6 +168,10 @@ async fn callback_wait_resumes_on_heartbeat_and_times_out_without_one() {
     assert_eq!(token.len(), 43, "{first}");
     let again: Value = lookup("1.62").await.json().await.unwrap();
     assert_eq!(again["config"]["agent_token"], "******");
+    let n = get(&c, &base, "/v1/nodes/hb").await;
+    assert_eq!(n["driver_internal_info"]["agent_secret_token"], "******", "an open session shows as Ironic shows it");
+    assert!(!n.to_string().contains(&token), "the token is never shown: {n}");
+    assert!(n["driver_internal_info"].get("agent_token_nonce").is_none(), "{n}");
     assert_eq!(lookup("1.21").await.status(), 404, "no lookup before 1.22");
     let heartbeat = |token: String| {
         let c = c.clone();
@@ -187,10 +191,31 @@ async fn callback_wait_resumes_on_heartbeat_and_times_out_without_one() {
     assert_eq!(bad.status(), 400);
     let body = ferric_tests::error_body(&bad.text().await.unwrap());
     assert_eq!(body["faultstring"], "Invalid or missing agent token received.");
-    assert_eq!(heartbeat(token).await.status(), 202);
+    assert_eq!(heartbeat(token.clone()).await.status(), 202);
     let n = wait_for(&c, &base, "hb", "active", |n| n["provision_state"] == "active").await;
-    assert_eq!(n["driver_internal_info"]["agent_url"], "https://127.0.0.1:9999");
-    assert_eq!(n["driver_internal_info"]["agent_secret_token"], "******", "the token is never shown");
+    // the session ended with the deploy (Ironic's wipe_token_and_url)
+    assert_eq!(n["driver_internal_info"].get("agent_url"), None, "{n}");
+    assert_eq!(n["driver_internal_info"].get("agent_secret_token"), None, "{n}");
+
+    // the next ramdisk session (cleaning after the undeploy) gets a token of
+    // its own, and the old one is refused
+    send(
+        &c,
+        reqwest::Method::PATCH,
+        &base,
+        "/v1/nodes/hb",
+        json!([{"op": "add", "path": "/driver_info/fake_wait_after", "value": "deploy.erase_devices_metadata"}]),
+    )
+    .await;
+    send(&c, reqwest::Method::PUT, &base, "/v1/nodes/hb/states/provision", json!({"target": "deleted"})).await;
+    wait_for(&c, &base, "hb", "clean wait", |n| n["provision_state"] == "clean wait").await;
+    let second: Value = lookup("1.62").await.json().await.unwrap();
+    let token2 = second["config"]["agent_token"].as_str().unwrap_or_default().to_string();
+    assert_eq!(token2.len(), 43, "a second session gets a token: {second}");
+    assert_ne!(token2, token);
+    assert_eq!(heartbeat(token).await.status(), 400, "the first session's token is dead");
+    assert_eq!(heartbeat(token2).await.status(), 202);
+    wait_for(&c, &base, "hb", "available", |n| n["provision_state"] == "available").await;
 
     // without a heartbeat the deadline fails the deploy
     let n = wait_for(&c, &base, "silent", "deploy failed", |n| {

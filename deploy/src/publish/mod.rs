@@ -110,6 +110,14 @@ pub trait Store: Send + Sync {
     /// do not expire). Refused for private names.
     fn url(&self, name: &str, valid_for: Duration) -> Result<String>;
 
+    /// Whether `url` — what a BMC holds — is a URL of the object `name`
+    /// that stays valid for at least `min_validity`, so there is no need to
+    /// hand the BMC a new one. The HTTP root's URLs never change or expire;
+    /// a Swift temp URL of the same object counts until its expiry.
+    fn url_is_current(&self, url: &str, name: &str, min_validity: Duration) -> bool {
+        self.url(name, min_validity).is_ok_and(|u| u == url)
+    }
+
     /// Removes objects whose `delete_after` has passed. Swift does this by
     /// itself (the object expirer); the HTTP root does it here. Returns how
     /// many objects were removed.

@@ -529,6 +529,23 @@ impl Store for SwiftStore {
         ))
     }
 
+    fn url_is_current(&self, url: &str, name: &str, min_validity: Duration) -> bool {
+        let Ok(fresh) = self.url(name, min_validity) else { return false };
+        let object = |u: &str| u.split_once('?').map(|(o, _)| o.to_string()).unwrap_or_else(|| u.to_string());
+        if object(url) != object(&fresh) {
+            return false;
+        }
+        let expires = url
+            .split_once('?')
+            .map(|(_, q)| q)
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("temp_url_expires="))
+            .and_then(|v| v.parse::<u64>().ok());
+        let has_sig = url.contains("temp_url_sig=");
+        has_sig && expires.is_some_and(|e| e >= now_secs() + min_validity.as_secs())
+    }
+
     async fn expire(&self) -> Result<usize> {
         // Swift's object expirer does it
         Ok(0)

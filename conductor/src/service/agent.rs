@@ -1,0 +1,138 @@
+//! The ramdisk's callbacks: lookup (a token for a new session),
+//! heartbeat (resumes a waiting operation), pass_deploy_info.
+//!
+//! Tokens are never stored: a node holds its session's nonce and any
+//! conductor derives the token from it (`ferric_deploy::token`). A session
+//! opens when the boot interface puts a token into the boot media
+//! (pregenerated) or at the first lookup; it ends with the operation, and a
+//! power-off or reboot ends a session that was not pregenerated (the next
+//! ramdisk looks up again).
+
+use ferric_deploy::token::AgentTokens;
+
+use super::*;
+
+impl ConductorService {
+    pub(super) async fn heartbeat_rpc(&self, req: Request<HeartbeatRequest>) -> Rpc<Empty> {
+        let r = req.into_inner();
+        let node = self.load_owned(&r.node_uuid).await?;
+        if r.agent_token.is_empty() {
+            return Err(self.err(Reason::Invalid, "Agent token is required for heartbeat processing."));
+        }
+        let tokens = &self.inner.services.tokens;
+        if !tokens.verify(&node, &r.agent_token) {
+            return Err(self.err(Reason::Invalid, "Invalid or missing agent token received."));
+        }
+        let (lock, mut node) = self.lock(node.uuid).await?;
+        // a new session may have begun while we waited for the lock
+        if !tokens.verify(&node, &r.agent_token) {
+            Self::give_back(lock).await;
+            return Err(self.err(Reason::Invalid, "Invalid or missing agent token received."));
+        }
+        node.driver_internal_info.insert("agent_url".into(), Value::String(r.callback_url.clone()));
+        node.driver_internal_info.insert("agent_last_heartbeat".into(), Value::String(Utc::now().to_rfc3339()));
+        if !r.agent_version.is_empty() {
+            node.driver_internal_info.insert("agent_version".into(), Value::String(r.agent_version.clone()));
+        }
+        let hb = Heartbeat {
+            callback_url: r.callback_url,
+            agent_version: r.agent_version,
+            agent_status: r.agent_status,
+            agent_status_message: r.agent_status_message,
+        };
+        let resume = if node.provision_state.is_wait() {
+            let driver = match self.inner.registry.driver_for(&node) {
+                Ok(d) => d,
+                Err(e) => {
+                    Self::give_back(lock).await;
+                    return Err(self.driver_err(e));
+                }
+            };
+            let mut task = self.inner.task(node.clone(), Vec::new());
+            match driver.deploy.heartbeat(&driver, &mut task, &hb).await {
+                Ok(go) => {
+                    node = task.node;
+                    go
+                }
+                Err(e) => {
+                    Self::give_back(lock).await;
+                    return Err(self.driver_err(e));
+                }
+            }
+        } else {
+            false
+        };
+        if resume && let Ok(t) = transition(node.provision_state, node.target_provision_state, Event::Resume) {
+            // a worker first: never save a resumed state nobody will run
+            let permit = match self.permit() {
+                Ok(p) => p,
+                Err(e) => {
+                    Self::give_back(lock).await;
+                    return Err(e);
+                }
+            };
+            operation::note_callback(&mut node);
+            node.provision_state = t.to;
+            node.target_provision_state = t.target;
+            if let Err(e) = self.save(&lock, &node).await {
+                Self::give_back(lock).await;
+                return Err(e);
+            }
+            let inner = self.inner.clone();
+            let cancel = self.inner.cancel.clone();
+            self.inner.tasks.spawn(async move {
+                operation::run(inner, lock, node, cancel).await;
+                drop(permit);
+            });
+            return Ok(Response::new(Empty {}));
+        }
+        let res = self.save(&lock, &node).await;
+        Self::give_back(lock).await;
+        res.map(|_| Response::new(Empty {}))
+    }
+
+    pub(super) async fn lookup_rpc(&self, req: Request<NodeRef>) -> Rpc<LookupReply> {
+        let r = req.into_inner();
+        let node = self.load_owned(&r.node_uuid).await?;
+        let existing = |node: &Node| LookupReply {
+            agent_token: String::new(),
+            node_json: serde_json::to_string(node).expect("serialise"),
+        };
+        if AgentTokens::has_session(&node) {
+            // the agent already holds it (from the boot media, or an
+            // earlier lookup): Ironic answers "******"
+            return Ok(Response::new(existing(&node)));
+        }
+        // one attempt, as Ironic: the agent backs off on 409 by itself
+        let (lock, mut node) =
+            NodeLock::acquire(&self.inner.db, node.uuid, &self.inner.incarnation, 1, self.inner.lock_interval())
+                .await
+                .map_err(|e| self.lock_err(e))?;
+        if AgentTokens::has_session(&node) {
+            Self::give_back(lock).await;
+            return Ok(Response::new(existing(&node)));
+        }
+        let token = self.inner.services.tokens.mint(&mut node, false);
+        let res = self.save(&lock, &node).await;
+        Self::give_back(lock).await;
+        res?;
+        Ok(Response::new(LookupReply {
+            agent_token: token,
+            node_json: serde_json::to_string(&node).expect("serialise"),
+        }))
+    }
+
+    pub(super) async fn pass_deploy_info_rpc(&self, req: Request<NodeVendorRequest>) -> Rpc<Empty> {
+        let r = req.into_inner();
+        let node = self.load_owned(&r.node_uuid).await?;
+        let names = self.inner.registry.resolve(&node).map_err(|e| self.driver_err(e))?;
+        let deploy = names.get(&InterfaceKind::Deploy).copied().unwrap_or_default();
+        Err(self.err(
+            Reason::Invalid,
+            format!(
+                "pass_deploy_info is only accepted from the iscsi deploy interface; node {} uses {deploy}",
+                node.uuid
+            ),
+        ))
+    }
+}

@@ -1,0 +1,261 @@
+//! The gRPC service the API calls (`proto/ferric/v1/conductor.proto`),
+//! by concern: [`provision`], [`power`], [`nodes`] (updates, ports,
+//! validation, vendor passthru), [`agent`] (the ramdisk's callbacks),
+//! [`admin`] (properties, drain, status). This file holds what they share:
+//! error mapping, ownership checks and locking.
+//!
+//! Every handler that acts on a node first checks that the ring at this
+//! conductor's epoch gives it the node (else NOT_OWNER with our epoch, and
+//! the API retries against the right owner), then takes the node lock for
+//! mutations. Provision and power actions persist the transient state
+//! before replying and continue in the background.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use ferric_common::db::DbError;
+use ferric_common::model::{Node, Port, normalize_mac};
+use ferric_common::proto::conductor_server::Conductor;
+use ferric_common::proto::*;
+use ferric_common::rpc::{Reason, status};
+use ferric_common::states::{Event, ProvisionState, Verb, transition};
+use ferric_deploy::driver::{DriverError, Heartbeat, InterfaceKind, PowerState, VendorReturn};
+use serde_json::Value;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+mod admin;
+mod agent;
+mod nodes;
+mod power;
+mod provision;
+
+use crate::Inner;
+use crate::lock::{LockError, NodeLock};
+use crate::operation::{self, CLEAN_STEPS_KEY, DEPLOY_STEPS_KEY, RECORD_KEY, SERVICE_STEPS_KEY};
+
+pub struct ConductorService {
+    inner: Arc<Inner>,
+}
+
+/// Provision states in which a node may be deleted (plus any state in
+/// maintenance), as Ironic allows.
+const DELETE_ALLOWED: [ProvisionState; 4] =
+    [ProvisionState::Manageable, ProvisionState::Enroll, ProvisionState::AdoptFailed, ProvisionState::Available];
+
+/// States in which a node may be updated while a target is set.
+const UPDATE_ALLOWED_IN_TRANSITION: [ProvisionState; 13] = [
+    ProvisionState::DeployFailed,
+    ProvisionState::Inspecting,
+    ProvisionState::InspectFailed,
+    ProvisionState::InspectWait,
+    ProvisionState::CleanFailed,
+    ProvisionState::Error,
+    ProvisionState::Verifying,
+    ProvisionState::AdoptFailed,
+    ProvisionState::RescueFailed,
+    ProvisionState::UnrescueFailed,
+    ProvisionState::ServiceHold,
+    ProvisionState::ServiceFailed,
+    ProvisionState::Servicing,
+];
+
+impl ConductorService {
+    pub fn new(inner: Arc<Inner>) -> ConductorService {
+        ConductorService { inner }
+    }
+
+    fn err(&self, reason: Reason, msg: impl Into<String>) -> Status {
+        status(reason, msg, self.inner.epoch(), "")
+    }
+
+    fn db_err(&self, e: DbError) -> Status {
+        match e {
+            DbError::NotFound => self.err(Reason::NotFound, "Resource could not be found."),
+            DbError::Duplicate { field } => self.err(Reason::Conflict, format!("duplicate {field}")),
+            e if e.is_retryable() => self.err(Reason::Unavailable, format!("database unavailable: {e}")),
+            e => self.err(Reason::Internal, e.to_string()),
+        }
+    }
+
+    fn lock_err(&self, e: LockError) -> Status {
+        match e {
+            LockError::Busy { ref holder, .. } => status(Reason::NodeLocked, e.to_string(), self.inner.epoch(), holder),
+            LockError::NotFound(u) => self.err(Reason::NotFound, format!("Node {u} could not be found.")),
+            LockError::Db(e) => self.db_err(e),
+        }
+    }
+
+    fn driver_err(&self, e: DriverError) -> Status {
+        match e {
+            DriverError::Retryable(m) => self.err(Reason::Unavailable, m),
+            DriverError::Invalid(m) | DriverError::Unsupported(m) | DriverError::Failed(m) => {
+                self.err(Reason::Invalid, m)
+            }
+        }
+    }
+
+    fn parse_uuid(&self, s: &str) -> Result<Uuid, Status> {
+        Uuid::parse_str(s).map_err(|_| self.err(Reason::Invalid, format!("Expected a UUID but received {s}.")))
+    }
+
+    /// Load a node and check that we own it at our epoch.
+    async fn load_owned(&self, uuid: &str) -> Result<Node, Status> {
+        let uuid = self.parse_uuid(uuid)?;
+        let node = match self.inner.db.get_node(uuid).await {
+            Ok(n) => n,
+            Err(DbError::NotFound) => {
+                return Err(self.err(Reason::NotFound, format!("Node {uuid} could not be found.")));
+            }
+            Err(e) => return Err(self.db_err(e)),
+        };
+        if !self.inner.owns(&node) {
+            return Err(self.err(Reason::NotOwner, format!("conductor {} does not own node {uuid}", self.inner.id)));
+        }
+        Ok(node)
+    }
+
+    async fn lock(&self, uuid: Uuid) -> Result<(NodeLock, Node), Status> {
+        let c = &self.inner.cfg.conductor;
+        let (lock, node) = NodeLock::acquire(
+            &self.inner.db,
+            uuid,
+            &self.inner.incarnation,
+            c.lock_attempts,
+            self.inner.lock_interval(),
+        )
+        .await
+        .map_err(|e| self.lock_err(e))?;
+        // the ring may have moved while we waited for the lock
+        if !self.inner.owns(&node) {
+            let _ = lock.release().await;
+            return Err(self.err(Reason::NotOwner, format!("conductor {} no longer owns node {uuid}", self.inner.id)));
+        }
+        Ok((lock, node))
+    }
+
+    async fn save(&self, lock: &NodeLock, node: &Node) -> Result<(), Status> {
+        match lock.save(node).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.err(Reason::Unavailable, "the node lock was lost; retry")),
+            Err(DbError::Duplicate { field }) => Err(self.err(Reason::Conflict, duplicate_message(field, node))),
+            Err(e) => Err(self.db_err(e)),
+        }
+    }
+
+    fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.inner.operations.clone().try_acquire_owned().map_err(|_| {
+            self.err(Reason::Unavailable, "Requested action cannot be performed due to lack of free conductor workers.")
+        })
+    }
+
+    /// Release a lock after a failed request, logging (not hiding) errors.
+    async fn give_back(lock: NodeLock) {
+        if let Err(e) = lock.release().await {
+            warn!("releasing a node lock failed: {e}");
+        }
+    }
+}
+
+fn duplicate_message(field: &str, node: &Node) -> String {
+    match field {
+        "name" => format!("A node with name {} already exists.", node.name.clone().unwrap_or_default()),
+        "instance_uuid" => format!(
+            "Instance {} is already associated with a node, it cannot be associated with this other node {}",
+            node.instance_uuid.clone().unwrap_or_default(),
+            node.uuid
+        ),
+        other => format!("A node with this {other} already exists."),
+    }
+}
+
+fn parse_json(s: &str, what: &str) -> Result<Option<Value>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(s).map(Some).map_err(|e| format!("{what} is not valid JSON: {e}"))
+}
+
+/// Check user-given steps: a list of objects with `interface` and `step`.
+fn check_steps(v: &Value, what: &str) -> Result<Vec<ferric_deploy::driver::Step>, String> {
+    let list = v.as_array().ok_or_else(|| format!("{what} must be a list"))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let obj = s.as_object().ok_or_else(|| format!("{what}[{i}] must be an object"))?;
+            for key in ["interface", "step"] {
+                if !obj.get(key).is_some_and(Value::is_string) {
+                    return Err(format!("{what}[{i}] is missing the required key {key:?}"));
+                }
+            }
+            serde_json::from_value(s.clone()).map_err(|e| format!("{what}[{i}]: {e}"))
+        })
+        .collect()
+}
+
+type Rpc<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl Conductor for ConductorService {
+    async fn do_provision_action(&self, req: Request<ProvisionActionRequest>) -> Rpc<ActionReply> {
+        self.do_provision_action_rpc(req).await
+    }
+
+    async fn change_power_state(&self, req: Request<PowerStateRequest>) -> Rpc<ActionReply> {
+        self.change_power_state_rpc(req).await
+    }
+
+    async fn update_node(&self, req: Request<UpdateNodeRequest>) -> Rpc<NodeReply> {
+        self.update_node_rpc(req).await
+    }
+
+    async fn destroy_node(&self, req: Request<NodeRef>) -> Rpc<Empty> {
+        self.destroy_node_rpc(req).await
+    }
+
+    async fn update_port(&self, req: Request<UpdatePortRequest>) -> Rpc<PortReply> {
+        self.update_port_rpc(req).await
+    }
+
+    async fn validate(&self, req: Request<NodeRef>) -> Rpc<ValidateReply> {
+        self.validate_rpc(req).await
+    }
+
+    async fn node_vendor_passthru(&self, req: Request<NodeVendorRequest>) -> Rpc<VendorReply> {
+        self.node_vendor_passthru_rpc(req).await
+    }
+
+    async fn driver_vendor_passthru(&self, req: Request<DriverVendorRequest>) -> Rpc<VendorReply> {
+        self.driver_vendor_passthru_rpc(req).await
+    }
+
+    async fn get_vendor_methods(&self, req: Request<VendorMethodsRequest>) -> Rpc<VendorMethodsReply> {
+        self.get_vendor_methods_rpc(req).await
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Rpc<Empty> {
+        self.heartbeat_rpc(req).await
+    }
+
+    async fn lookup(&self, req: Request<NodeRef>) -> Rpc<LookupReply> {
+        self.lookup_rpc(req).await
+    }
+
+    async fn pass_deploy_info(&self, req: Request<NodeVendorRequest>) -> Rpc<Empty> {
+        self.pass_deploy_info_rpc(req).await
+    }
+
+    async fn get_driver_properties(&self, req: Request<DriverRef>) -> Rpc<DriverPropertiesReply> {
+        self.get_driver_properties_rpc(req).await
+    }
+
+    async fn drain(&self, _req: Request<Empty>) -> Rpc<ConductorStatus> {
+        self.drain_rpc(_req).await
+    }
+
+    async fn get_conductor_status(&self, _req: Request<Empty>) -> Rpc<ConductorStatus> {
+        self.get_conductor_status_rpc(_req).await
+    }
+}

@@ -1,0 +1,286 @@
+//! Node and port updates that need the node lock, validation, vendor
+//! passthru.
+
+use super::*;
+
+impl ConductorService {
+    pub(super) async fn update_node_rpc(&self, req: Request<UpdateNodeRequest>) -> Rpc<NodeReply> {
+        let r = req.into_inner();
+        let wanted: Node =
+            serde_json::from_str(&r.node_json).map_err(|e| self.err(Reason::Invalid, format!("node document: {e}")))?;
+        let current = self.load_owned(&r.node_uuid).await?;
+        if wanted.uuid != current.uuid {
+            return Err(self.err(Reason::Invalid, "the node uuid cannot be changed"));
+        }
+        let (lock, mut node) = self.lock(current.uuid).await?;
+        let result = async {
+            let user_fields_changed = wanted.instance_info != node.instance_info
+                || wanted.driver != node.driver
+                || wanted.interfaces != node.interfaces
+                || wanted.driver_info != node.driver_info
+                || wanted.instance_uuid != node.instance_uuid
+                || wanted.properties != node.properties;
+            if node.target_provision_state.is_some()
+                && !UPDATE_ALLOWED_IN_TRANSITION.contains(&node.provision_state)
+                && user_fields_changed
+                && !(node.maintenance && wanted.instance_uuid.is_none())
+            {
+                return Err(self.err(
+                    Reason::Conflict,
+                    format!("Node {} can not be updated while a state transition is in progress.", node.uuid),
+                ));
+            }
+            // copy what a user may change; everything else stays as stored
+            node.name = wanted.name;
+            node.driver = wanted.driver;
+            node.interfaces = wanted.interfaces;
+            node.driver_info = wanted.driver_info;
+            node.instance_info = wanted.instance_info;
+            node.properties = wanted.properties;
+            node.extra = wanted.extra;
+            node.network_data = wanted.network_data;
+            node.instance_uuid = wanted.instance_uuid;
+            node.instance_name = wanted.instance_name;
+            node.resource_class = wanted.resource_class;
+            node.owner = wanted.owner;
+            node.lessee = wanted.lessee;
+            node.description = wanted.description;
+            node.shard = wanted.shard;
+            node.parent_node = wanted.parent_node;
+            node.chassis_uuid = wanted.chassis_uuid;
+            node.automated_clean = wanted.automated_clean;
+            node.protected = wanted.protected;
+            node.protected_reason = wanted.protected_reason;
+            node.retired = wanted.retired;
+            node.retired_reason = wanted.retired_reason;
+            node.disable_power_off = wanted.disable_power_off;
+            node.maintenance = wanted.maintenance;
+            node.maintenance_reason = wanted.maintenance_reason;
+            node.fault = if node.maintenance { wanted.fault } else { None };
+            node.conductor_group = wanted.conductor_group.to_ascii_lowercase();
+            node.console_enabled = wanted.console_enabled;
+            if self.inner.registry.get(&node.driver).is_some() {
+                self.inner.registry.resolve(&node).map_err(|e| self.driver_err(e))?;
+            }
+            self.save(&lock, &node).await?;
+            Ok(node)
+        }
+        .await;
+        Self::give_back(lock).await;
+        let mut node = result?;
+        node.reservation = None;
+        Ok(Response::new(NodeReply { node_json: serde_json::to_string(&node).expect("nodes serialise") }))
+    }
+
+    pub(super) async fn destroy_node_rpc(&self, req: Request<NodeRef>) -> Rpc<Empty> {
+        let r = req.into_inner();
+        let node = self.load_owned(&r.node_uuid).await?;
+        let (lock, node) = self.lock(node.uuid).await?;
+        let check = || -> Result<(), Status> {
+            if node.protected {
+                return Err(self.err(
+                    Reason::Forbidden,
+                    format!("Node {} is protected and cannot be undeployed, rebuilt or deleted", node.uuid),
+                ));
+            }
+            if let (Some(inst), false) = (&node.instance_uuid, node.maintenance) {
+                return Err(
+                    self.err(Reason::Conflict, format!("Node {} is associated with instance {inst}.", node.uuid))
+                );
+            }
+            if !node.maintenance && !DELETE_ALLOWED.contains(&node.provision_state) {
+                let valid: Vec<&str> = DELETE_ALLOWED.iter().map(|s| s.as_str()).collect();
+                return Err(self.err(
+                    Reason::Conflict,
+                    format!(
+                        "Can not delete node \"{}\" while it is in provision state \"{}\". Valid provision states to perform deletion are: {}, or set the node into maintenance mode",
+                        node.uuid,
+                        node.provision_state,
+                        valid.join(", ")
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        if let Err(e) = check() {
+            Self::give_back(lock).await;
+            return Err(e);
+        }
+        match self.inner.db.delete_node_locked(node.uuid, &lock.holder).await {
+            Ok(true) => {
+                info!(node = %node.uuid, "node deleted");
+                Ok(Response::new(Empty {}))
+            }
+            Ok(false) => Err(self.err(Reason::Unavailable, "the node lock was lost; retry")),
+            Err(e) => {
+                Self::give_back(lock).await;
+                Err(self.db_err(e))
+            }
+        }
+    }
+
+    pub(super) async fn update_port_rpc(&self, req: Request<UpdatePortRequest>) -> Rpc<PortReply> {
+        let r = req.into_inner();
+        let op = r.op();
+        let mut port: Port =
+            serde_json::from_str(&r.port_json).map_err(|e| self.err(Reason::Invalid, format!("port document: {e}")))?;
+        port.address = normalize_mac(&port.address).ok_or_else(|| {
+            self.err(Reason::Invalid, format!("Expected a MAC address but received {}.", port.address))
+        })?;
+        let node = self.load_owned(&r.node_uuid).await?;
+        let (lock, _node) = self.lock(node.uuid).await?;
+        let res = match op {
+            update_port_request::Op::Create => self.inner.db.create_port(&port).await,
+            update_port_request::Op::Update => self.inner.db.update_port(&port).await,
+            update_port_request::Op::Delete => self.inner.db.delete_port(port.uuid).await,
+            update_port_request::Op::Unspecified => Err(DbError::Corrupt("no port operation given".into())),
+        };
+        Self::give_back(lock).await;
+        match res {
+            Ok(()) => {}
+            Err(DbError::Duplicate { field: "address" }) => {
+                return Err(
+                    self.err(Reason::Conflict, format!("A port with MAC address {} already exists.", port.address))
+                );
+            }
+            Err(DbError::Duplicate { field }) => {
+                return Err(self.err(
+                    Reason::Conflict,
+                    format!("A port with {field} {} already exists.", port.name.clone().unwrap_or_default()),
+                ));
+            }
+            Err(DbError::NotFound) => {
+                return Err(self.err(Reason::NotFound, format!("Port {} could not be found.", port.uuid)));
+            }
+            Err(DbError::Corrupt(m)) => return Err(self.err(Reason::Invalid, m)),
+            Err(e) => return Err(self.db_err(e)),
+        }
+        let stored = match op {
+            update_port_request::Op::Delete => port,
+            _ => self.inner.db.get_port(port.uuid).await.map_err(|e| self.db_err(e))?,
+        };
+        Ok(Response::new(PortReply { port_json: serde_json::to_string(&stored).expect("ports serialise") }))
+    }
+
+    pub(super) async fn validate_rpc(&self, req: Request<NodeRef>) -> Rpc<ValidateReply> {
+        let r = req.into_inner();
+        let node = self.load_owned(&r.node_uuid).await?;
+        let mut interfaces = Vec::new();
+        match self.inner.registry.driver_for(&node) {
+            Ok(driver) => {
+                let task = self.inner.task_with_ports(node).await;
+                for (iface, res) in driver.validate_all(&task).await {
+                    interfaces.push(InterfaceValidation {
+                        interface: iface.to_string(),
+                        result: res.is_ok(),
+                        reason: res.err().map(|e| e.to_string()).unwrap_or_default(),
+                    });
+                }
+            }
+            Err(e) => {
+                for iface in ["boot", "deploy", "management", "power"] {
+                    interfaces.push(InterfaceValidation {
+                        interface: iface.into(),
+                        result: false,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(Response::new(ValidateReply { interfaces }))
+    }
+
+    pub(super) async fn node_vendor_passthru_rpc(&self, req: Request<NodeVendorRequest>) -> Rpc<VendorReply> {
+        let r = req.into_inner();
+        let node = self.load_owned(&r.node_uuid).await?;
+        let driver = self.inner.registry.driver_for(&node).map_err(|e| self.driver_err(e))?;
+        let method = driver
+            .vendor
+            .methods()
+            .into_iter()
+            .find(|m| m.name == r.method)
+            .ok_or_else(|| self.err(Reason::Invalid, format!("No handler for method {}", r.method)))?;
+        if !method.http_methods.contains(&r.http_method.as_str()) {
+            return Err(
+                self.err(Reason::Invalid, format!("The method {} does not support HTTP {}", r.method, r.http_method))
+            );
+        }
+        let body: Value = parse_json(&r.body_json, "body")
+            .map_err(|m| self.err(Reason::Invalid, m))?
+            .unwrap_or(Value::Object(Default::default()));
+        let (lock, node) = if method.require_exclusive_lock {
+            let (l, n) = self.lock(node.uuid).await?;
+            (Some(l), n)
+        } else {
+            (None, node)
+        };
+        let mut task = self.inner.task(node, Vec::new());
+        let res = driver.vendor.call(&mut task, &r.method, &body).await;
+        if let Some(lock) = lock {
+            if res.is_ok()
+                && let Err(e) = self.save(&lock, &task.node).await
+            {
+                Self::give_back(lock).await;
+                return Err(e);
+            }
+            Self::give_back(lock).await;
+        }
+        let value = res.map_err(|e| self.driver_err(e))?;
+        Ok(Response::new(vendor_reply(method.is_async, method.attach, value)))
+    }
+
+    pub(super) async fn driver_vendor_passthru_rpc(&self, req: Request<DriverVendorRequest>) -> Rpc<VendorReply> {
+        let r = req.into_inner();
+        let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll, 1);
+        let driver = self.inner.registry.driver_for(&probe).map_err(|e| self.driver_err(e))?;
+        let method = driver
+            .vendor
+            .driver_methods()
+            .into_iter()
+            .find(|m| m.name == r.method)
+            .ok_or_else(|| self.err(Reason::Invalid, format!("No handler for method {}", r.method)))?;
+        if !method.http_methods.contains(&r.http_method.as_str()) {
+            return Err(
+                self.err(Reason::Invalid, format!("The method {} does not support HTTP {}", r.method, r.http_method))
+            );
+        }
+        let body: Value = parse_json(&r.body_json, "body")
+            .map_err(|m| self.err(Reason::Invalid, m))?
+            .unwrap_or(Value::Object(Default::default()));
+        let value = driver.vendor.driver_call(&r.method, &body).await.map_err(|e| self.driver_err(e))?;
+        Ok(Response::new(vendor_reply(method.is_async, method.attach, value)))
+    }
+
+    pub(super) async fn get_vendor_methods_rpc(&self, req: Request<VendorMethodsRequest>) -> Rpc<VendorMethodsReply> {
+        let r = req.into_inner();
+        let methods = if !r.node_uuid.is_empty() {
+            let node = self.load_owned(&r.node_uuid).await?;
+            self.inner.registry.driver_for(&node).map_err(|e| self.driver_err(e))?.vendor.methods()
+        } else {
+            let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll, 1);
+            self.inner.registry.driver_for(&probe).map_err(|e| self.driver_err(e))?.vendor.driver_methods()
+        };
+        Ok(Response::new(VendorMethodsReply {
+            methods: methods
+                .into_iter()
+                .map(|m| VendorMethod {
+                    name: m.name.into(),
+                    http_methods: m.http_methods.iter().map(|s| s.to_string()).collect(),
+                    r#async: m.is_async,
+                    description: m.description.into(),
+                    attach: m.attach,
+                    require_exclusive_lock: m.require_exclusive_lock,
+                })
+                .collect(),
+        }))
+    }
+}
+
+fn vendor_reply(is_async: bool, attach: bool, value: VendorReturn) -> VendorReply {
+    let return_value = match value {
+        VendorReturn::Json(v) => v.to_string().into_bytes(),
+        VendorReturn::Bytes(b) => b,
+        VendorReturn::None => Vec::new(),
+    };
+    VendorReply { r#async: is_async, attach, return_value }
+}

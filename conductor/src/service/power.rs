@@ -1,0 +1,82 @@
+//! Power actions (`PUT /v1/nodes/<n>/states/power`): persist the target,
+//! act in the background, record the outcome.
+//!
+//! Before a node that runs its instance is powered on or rebooted, the boot
+//! interface re-attaches what it boots from (a virtual-media boot ISO whose
+//! Swift URL expired is inserted again: the iLO spec's `IloPower.reboot`).
+//! A power-off or reboot ends a ramdisk session that was not put into the
+//! boot media (Ironic's `wipe_internal_info_on_power_off`), so the next
+//! ramdisk can look up a new token.
+
+use ferric_deploy::driver::PowerAction;
+use ferric_deploy::token::AgentTokens;
+
+use super::*;
+
+impl ConductorService {
+    pub(super) async fn change_power_state_rpc(&self, req: Request<PowerStateRequest>) -> Rpc<ActionReply> {
+        let r = req.into_inner();
+        let node = self.load_owned(&r.node_uuid).await?;
+        let action = PowerAction::parse(&r.target)
+            .ok_or_else(|| self.err(Reason::Invalid, format!("Invalid power state {}.", r.target)))?;
+        let final_state = action.target();
+        if matches!(node.provision_state, ProvisionState::Cleaning | ProvisionState::CleanWait) {
+            return Err(self.err(
+                Reason::Invalid,
+                format!(
+                    "Can not change power state of node {} while it is in state {}.",
+                    node.uuid, node.provision_state
+                ),
+            ));
+        }
+        if final_state == PowerState::Off && node.disable_power_off {
+            return Err(self.err(Reason::Invalid, format!("Powering off is disabled for node {}", node.uuid)));
+        }
+        let driver = self.inner.registry.driver_for(&node).map_err(|e| self.driver_err(e))?;
+        let permit = self.permit()?;
+        let (lock, mut node) = self.lock(node.uuid).await?;
+        node.target_power_state = Some(final_state.as_str().into());
+        node.last_error = None;
+        if let Err(e) = self.save(&lock, &node).await {
+            Self::give_back(lock).await;
+            return Err(e);
+        }
+        let inner = self.inner.clone();
+        let timeout = (r.timeout > 0).then(|| std::time::Duration::from_secs(u64::from(r.timeout)));
+        let target = r.target.clone();
+        self.inner.tasks.spawn(async move {
+            let mut task = inner.task_with_ports(node.clone()).await;
+            let runs_instance = matches!(task.node.provision_state, ProvisionState::Active | ProvisionState::Rescue);
+            let act = async {
+                if final_state == PowerState::On && runs_instance {
+                    driver.boot.prepare_reboot(&mut task).await?;
+                }
+                driver.power.set_power_state(&mut task, action, timeout).await
+            };
+            let res = tokio::select! {
+                r = act => r,
+                // fenced: drop the BMC call, write nothing
+                _ = inner.fence.cancelled() => return,
+            };
+            let mut node = task.node;
+            node.target_power_state = None;
+            match res {
+                Ok(()) => {
+                    node.power_state = Some(final_state.as_str().into());
+                    if (final_state == PowerState::Off || action.is_reboot()) && !AgentTokens::is_pregenerated(&node) {
+                        AgentTokens::end_session(&mut node);
+                    }
+                }
+                Err(e) => node.last_error = Some(format!("Failed to change power state to '{target}': {e}")),
+            }
+            inner.history(node.uuid, "power", &target).await;
+            match lock.save_and_release(&node).await {
+                Ok(true) => {}
+                Ok(false) => warn!(node = %node.uuid, "lost the node lock during a power action"),
+                Err(e) => warn!(node = %node.uuid, "saving the power state failed: {e}"),
+            }
+            drop(permit);
+        });
+        Ok(Response::new(ActionReply {}))
+    }
+}

@@ -1,0 +1,77 @@
+//! What a conductor lends its drivers, one per conductor incarnation and
+//! shared by every task: media publishing, agent tokens, the BMC
+//! connections and the settings drivers read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferric_common::config::Config;
+
+use crate::bmc::redfish::{ClientSettings, RedfishClients};
+use crate::media::Media;
+use crate::token::AgentTokens;
+
+#[derive(Debug)]
+pub struct Services {
+    pub media: Arc<Media>,
+    pub tokens: AgentTokens,
+    pub redfish: Arc<RedfishClients>,
+    pub settings: DriverSettings,
+}
+
+/// `[redfish] eject_media_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EjectPolicy {
+    Callback,
+    Active,
+    Never,
+}
+
+impl EjectPolicy {
+    pub fn parse(s: &str) -> Option<EjectPolicy> {
+        match s {
+            "callback" => Some(EjectPolicy::Callback),
+            "active" => Some(EjectPolicy::Active),
+            "never" => Some(EjectPolicy::Never),
+            _ => None,
+        }
+    }
+}
+
+/// The settings drivers read.
+#[derive(Debug, Clone)]
+pub struct DriverSettings {
+    /// The API URL a ramdisk calls back (`ipa-api-url`); empty = none
+    /// configured (booting a ramdisk is refused with a clear error).
+    pub callback_url: String,
+    pub kernel_append_params: String,
+    pub eject_media_after: EjectPolicy,
+    pub power_timeout: Duration,
+    pub power_poll: Duration,
+    /// `true` = UEFI unless a node says otherwise.
+    pub default_uefi: bool,
+}
+
+impl DriverSettings {
+    pub fn from_config(cfg: &Config) -> DriverSettings {
+        DriverSettings {
+            callback_url: cfg.deploy.external_callback_url.trim_end_matches('/').to_string(),
+            kernel_append_params: cfg.redfish.kernel_append_params.clone(),
+            eject_media_after: EjectPolicy::parse(&cfg.redfish.eject_media_after).unwrap_or(EjectPolicy::Callback),
+            power_timeout: Duration::from_secs(cfg.conductor.power_state_change_timeout),
+            power_poll: Duration::from_millis(cfg.conductor.power_state_poll_interval_ms.max(10)),
+            default_uefi: cfg.deploy.default_boot_mode != "bios",
+        }
+    }
+}
+
+impl Services {
+    pub fn new(cfg: &Config, media: Arc<Media>, tokens: AgentTokens) -> Services {
+        Services {
+            media,
+            tokens,
+            redfish: Arc::new(RedfishClients::new(ClientSettings::from_config(&cfg.redfish))),
+            settings: DriverSettings::from_config(cfg),
+        }
+    }
+}
