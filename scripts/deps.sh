@@ -21,7 +21,7 @@ TEST_PKGS="etcd-server etcd-client postgresql mtools dosfstools xorriso genisoim
   isolinux syslinux-common grub-efi-amd64-bin grub-common
   qemu-system-x86 ovmf busybox-static cpio
   swift swift-proxy swift-account swift-container swift-object swift-object-expirer memcached"
-PY_PKGS="python-ironicclient==6.3.0 openstacksdk==4.22.0"
+PY_PKGS="python-ironicclient==6.3.0 openstacksdk==4.22.0 sushy-tools==2.2.0"
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 

@@ -98,7 +98,13 @@ fn media_metrics(inner: &Inner, inv: &ferric_deploy::publish::artefacts::Invento
 /// from these very files. A database error keeps them.
 async fn moved_away(inner: &Inner, node: uuid::Uuid, live: &HashSet<String>) -> bool {
     match inner.db.get_node(node).await {
-        Ok(n) => n.conductor_affinity.as_deref().is_some_and(|a| a != inner.id && live.contains(a)),
+        // and never a node the ring gives to me, or one somebody holds:
+        // my own take-over of it may be using these very files right now
+        Ok(n) => {
+            !inner.owns(&n)
+                && n.reservation.is_none()
+                && n.conductor_affinity.as_deref().is_some_and(|a| a != inner.id && live.contains(a))
+        }
         Err(ferric_common::db::DbError::NotFound) => true,
         Err(e) => {
             warn!(%node, "lost-node clean-up: reading the node failed: {e}");

@@ -7,10 +7,12 @@
 //!   port, with SQLite or a PostgreSQL URL; its log is printed when a test
 //!   fails while it runs.
 //! * [`swift::SwiftLab`]: a real OpenStack Swift (tempauth, tempurl).
+//! * [`redfish::SushyLab`]: a real Redfish BMC (sushy-tools' emulator).
 //! * [`Baremetal`]: the real `baremetal` CLI (python-ironicclient) from the
 //!   venv `scripts/deps.sh` creates (`FERRIC_TEST_VENV`).
 
 pub mod cluster;
+pub mod redfish;
 pub mod swift;
 
 use std::net::TcpListener;

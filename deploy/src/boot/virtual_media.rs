@@ -500,9 +500,11 @@ impl VirtualMediaBoot {
         set_boot(task, self.vendor, BootDevice::Cdrom, persistent).await?;
         if self.vendor == Vendor::Hpe {
             // iLO boots a virtual medium once when it is flagged on the
-            // medium itself; a persistent CD boot must not keep the flag
+            // medium itself; a persistent CD boot must not keep the flag.
+            // Only where the BMC shows HPE's Oem block (the shared behaviour
+            // runs against DMTF-only emulators too).
             let now = bmc.media(&cd.path).await?;
-            if now.boot_on_next_reset != Some(!persistent) {
+            if now.hpe_oem.is_some() && now.boot_on_next_reset != Some(!persistent) {
                 bmc.set_boot_on_next_reset(&now, !persistent).await?;
             }
         }

@@ -10,8 +10,10 @@
 //!   service's `SessionService` (the path from the service root's
 //!   `Links.Sessions`) and sends `X-Auth-Token`; a 401 on a token logs in
 //!   again once. `basic` sends HTTP basic auth. `auto` (default) tries a
-//!   session and falls back to basic auth, for good, when the service has
-//!   no SessionService (404/405/501 — sushy-tools, many older BMCs).
+//!   session and falls back to basic auth, for good, when the login is
+//!   refused (no SessionService: 404/405/501; or every path guarded by
+//!   basic auth, as sushy-tools does: 401) — wrong credentials then fail
+//!   the basic-auth request, with the BMC's answer.
 //! * **Retries**: connection errors, timeouts and 5xx answers (not 501,
 //!   "not implemented", which no retry changes) are retried
 //!   `connection_attempts` times in all, waiting `connection_retry_interval`
@@ -522,6 +524,13 @@ impl Connection {
                 address: self.endpoint.address.clone(),
                 message: "redfish_auth_type is session, but the BMC has no SessionService".into(),
             }),
+            // a BMC that guards every path with basic auth refuses the login
+            // request itself (sushy-tools): try basic auth; if the
+            // credentials are wrong, that answer says so
+            Err(BmcError::Auth { .. }) if self.endpoint.auth == AuthType::Auto => {
+                *state = SessionState::Unsupported;
+                Ok(Some(Auth::Basic))
+            }
             Err(e) => Err(e),
         }
     }
@@ -547,6 +556,8 @@ impl Connection {
                 Ok(Some((token.to_string(), reply.location)))
             }
             404 | 405 | 501 => Ok(None),
+            // refused as "no such session service" in words only
+            400 if self.endpoint.auth == AuthType::Auto => Ok(None),
             _ => self.check(&Method::POST, &sessions, reply).map(|_| None),
         }
     }
@@ -578,7 +589,7 @@ enum Auth {
 /// (`iLO.2.x.UnableToModifyDuringSystemPOST`,
 /// `iLO.2.x.InvalidOperationForSystemState`; the version part varies with
 /// the firmware, so the key is matched).
-fn is_transient_refusal(body: &Value) -> bool {
+pub fn is_transient_refusal(body: &Value) -> bool {
     const TRANSIENT: [&str; 2] = ["UnableToModifyDuringSystemPOST", "InvalidOperationForSystemState"];
     let err = body.get("error").unwrap_or(body);
     err.get("@Message.ExtendedInfo").and_then(Value::as_array).is_some_and(|list| {

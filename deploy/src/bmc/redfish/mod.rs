@@ -292,7 +292,8 @@ pub struct BootOverride {
 }
 
 impl BootOverride {
-    fn parse(system: &Value) -> BootOverride {
+    /// From a ComputerSystem document.
+    pub fn parse(system: &Value) -> BootOverride {
         let boot = &system["Boot"];
         let s = |k: &str| boot.get(k).and_then(Value::as_str).map(String::from);
         BootOverride {
@@ -366,7 +367,9 @@ pub struct MediaDevice {
 }
 
 impl MediaDevice {
-    fn parse(doc: &Value, fallback_path: &str) -> MediaDevice {
+    /// From a VirtualMedia document (`fallback_path`: where it was read,
+    /// for documents without `@odata.id`).
+    pub fn parse(doc: &Value, fallback_path: &str) -> MediaDevice {
         let path =
             doc.get("@odata.id").and_then(Value::as_str).unwrap_or(fallback_path).trim_end_matches('/').to_string();
         let hpe_oem = ["Hpe", "Hp"].into_iter().find(|k| doc.pointer(&format!("/Oem/{k}")).is_some()).map(String::from);
@@ -630,13 +633,8 @@ impl Bmc {
 
     /// Inserts `url` into `device` and reads it back.
     pub async fn insert(&self, device: &MediaDevice, url: &str) -> Result<MediaDevice> {
-        let body = match self.vendor {
-            // iLO's InsertMedia takes the image only (Inserted and
-            // WriteProtected are read-only there)
-            Vendor::Hpe => json!({"Image": url}),
-            Vendor::Generic => json!({"Image": url, "Inserted": true, "WriteProtected": true}),
-        };
-        if self.vendor == Vendor::Hpe && device.inserted {
+        let body = insert_body(self.vendor, url);
+        if eject_before_insert(self.vendor, device) {
             // HPE's own clients eject first: iLO's Redfish does not replace
             // an inserted image
             self.eject(device).await?;
@@ -681,6 +679,24 @@ impl Bmc {
         let key = device.hpe_oem.as_deref().unwrap_or("Hpe");
         self.conn.patch(&device.path, &json!({"Oem": {key: {"BootOnNextServerReset": on}}})).await.map(drop)
     }
+}
+
+/// The body of InsertMedia. iLO takes the image only (`Inserted` and
+/// `WriteProtected` are read-only there; iLO 4 refuses them as
+/// `PropertyUnknown`).
+pub fn insert_body(vendor: Vendor, url: &str) -> Value {
+    match vendor {
+        Vendor::Hpe => json!({"Image": url}),
+        Vendor::Generic => json!({"Image": url, "Inserted": true, "WriteProtected": true}),
+    }
+}
+
+/// Whether a new image needs the slot emptied first: on iLO, whose Redfish
+/// does not replace an inserted image (HPE's own clients eject first).
+/// Elsewhere the insert is tried as is, and an eject happens only if the
+/// BMC refuses it.
+pub fn eject_before_insert(vendor: Vendor, device: &MediaDevice) -> bool {
+    vendor == Vendor::Hpe && device.inserted
 }
 
 fn members(collection: &Value) -> Vec<String> {
