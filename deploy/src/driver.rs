@@ -337,6 +337,11 @@ pub trait BootInterface: Send + Sync {
         BTreeMap::new()
     }
     async fn validate(&self, task: &Task) -> DriverResult<()>;
+    /// Whether the node can boot a deploy/rescue ramdisk (its images are
+    /// named and valid); called by the deploy interfaces that boot one.
+    async fn validate_ramdisk(&self, _task: &Task) -> DriverResult<()> {
+        Ok(())
+    }
     /// Make the node boot the deploy/rescue ramdisk at its next boot;
     /// `params` are extra ramdisk parameters. Mints the ramdisk's agent
     /// token where the boot media can carry it.

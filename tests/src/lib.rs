@@ -540,3 +540,83 @@ impl Drop for TcpProxy {
         self.cut();
     }
 }
+
+// ---- the REST API, raw ----------------------------------------------------------
+
+/// The Ironic API of a running Ferric, at the newest microversion.
+#[derive(Clone)]
+pub struct Api {
+    pub endpoint: String,
+    pub client: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(endpoint: &str) -> Api {
+        Api { endpoint: endpoint.trim_end_matches('/').to_string(), client: http() }
+    }
+
+    /// Status and body (JSON, or the text as a JSON string).
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+        let mut r = self
+            .client
+            .request(method, format!("{}{path}", self.endpoint))
+            .header("X-OpenStack-Ironic-API-Version", "1.115");
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
+    /// Like `call`, insisting on a 2xx.
+    pub async fn ok(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+        let (s, v) = self.call(method.clone(), path, body).await;
+        assert!((200..300).contains(&s), "{method} {path}: {s} {v}");
+        v
+    }
+
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        self.ok(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn node(&self, node: &str) -> serde_json::Value {
+        self.get(&format!("/v1/nodes/{node}")).await
+    }
+
+    pub async fn provision(&self, node: &str, target: &str) {
+        self.ok(reqwest::Method::PUT, &format!("/v1/nodes/{node}/states/provision"), Some(serde_json::json!({"target": target})))
+            .await;
+    }
+
+    /// The error body's faultstring of a failed call.
+    pub fn fault(body: &serde_json::Value) -> String {
+        body.as_object()
+            .and_then(|o| o.get("error_message"))
+            .and_then(|m| m.as_str())
+            .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
+            .and_then(|e| e["faultstring"].as_str().map(String::from))
+            .unwrap_or_else(|| body.to_string())
+    }
+
+    /// Waits until the node is in `state` (fails fast on `error` and
+    /// `* failed`, showing last_error) and no lock is held on it.
+    pub async fn wait_state(&self, node: &str, state: &str, timeout: Duration) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let n = self.node(node).await;
+            let s = n["provision_state"].as_str().unwrap_or_default().to_string();
+            if s == state && n["reservation"].is_null() {
+                return n;
+            }
+            assert!(
+                s == state || (s != "error" && !s.ends_with(" failed")),
+                "node {node} went to {s} while waiting for {state}: last_error={}",
+                n["last_error"]
+            );
+            assert!(start.elapsed() < timeout, "node {node} still {s} after {timeout:?}, waiting for {state}: {n}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

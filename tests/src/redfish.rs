@@ -39,11 +39,15 @@ pub struct SushyOptions {
     /// Virtual media devices: `true` = Cd and Floppy (the default), `false`
     /// = Cd only (a BMC without a removable slot).
     pub removable_slot: bool,
+    /// The name of system 0 (default `fake-0`). The emulator redirects
+    /// `/redfish/v1/Systems/<name>` to the system, so `"1"` makes it answer
+    /// at iLO's fixed `/redfish/v1/Systems/1`.
+    pub first_system_name: Option<String>,
 }
 
 impl Default for SushyOptions {
     fn default() -> Self {
-        SushyOptions { systems: 2, auth: None, tls: false, sessions: false, removable_slot: true }
+        SushyOptions { systems: 2, auth: None, tls: false, sessions: false, removable_slot: true, first_system_name: None }
     }
 }
 
@@ -83,7 +87,7 @@ SUSHY_EMULATOR_LISTEN_PORT = @PORT@
 SUSHY_EMULATOR_FAKE_DRIVER = True
 SUSHY_EMULATOR_STATE_DIR = '@STATE@'
 SUSHY_EMULATOR_FAKE_SYSTEMS = [
-    {'uuid': '@PREFIX@%012x' % i, 'name': 'fake-%d' % i, 'power_state': 'Off', 'external_notifier': False,
+    {'uuid': '@PREFIX@%012x' % i, 'name': (@NAME0@ if i == 0 else 'fake-%d' % i), 'power_state': 'Off', 'external_notifier': False,
      'nics': [{'mac': '52:54:00:%02x:%02x:%02x' % ((i >> 16) & 255, (i >> 8) & 255, i & 255),
                'ip': '127.0.0.%d' % (2 + i % 250)}]}
     for i in range(@SYSTEMS@)
@@ -249,7 +253,8 @@ impl SushyLab {
             .replace("@SYSTEMS@", &options.systems.to_string())
             .replace("@EXTRA@", &extra)
             .replace("@CREDS@", &creds)
-            .replace("@SESSIONS@", if options.sessions { "True" } else { "False" });
+            .replace("@SESSIONS@", if options.sessions { "True" } else { "False" })
+            .replace("@NAME0@", &format!("{:?}", options.first_system_name.clone().unwrap_or_else(|| "fake-0".into())));
         let conf = dir.path().join("emulator.conf");
         std::fs::write(&conf, config).expect("write emulator config");
         let downloads = dir.path().join("downloads");

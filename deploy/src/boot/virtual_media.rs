@@ -535,9 +535,16 @@ impl BootInterface for VirtualMediaBoot {
         p
     }
 
+    async fn validate_ramdisk(&self, task: &Task) -> DriverResult<()> {
+        ramdisk_images(task, self.vendor).map(drop)
+    }
+
     async fn validate(&self, task: &Task) -> DriverResult<()> {
         let info = BmcInfo::parse(&task.node.driver_info, self.vendor).map_err(DriverError::Invalid)?;
-        ramdisk_images(task, self.vendor)?;
+        // the instance's boot media, when it boots from them
+        if crate::deploy::boot_option(&task.node) != "local" {
+            instance_content(task)?;
+        }
         // the BMC must answer and offer a virtual CD
         let bmc = Bmc::connect(&task.services.redfish, &info, self.vendor, task.services.settings.power_poll)
             .await

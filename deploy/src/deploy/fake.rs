@@ -20,8 +20,10 @@ impl DeployInterface for FakeDeploy {
     fn name(&self) -> &'static str {
         "fake"
     }
-    async fn validate(&self, _driver: &Driver, task: &Task) -> DriverResult<()> {
-        fake_hooks::validate(task)
+    async fn validate(&self, driver: &Driver, task: &Task) -> DriverResult<()> {
+        fake_hooks::validate(task)?;
+        // it boots the deploy ramdisk
+        driver.boot.validate_ramdisk(task).await
     }
     fn deploy_steps(&self, _task: &Task) -> Vec<Step> {
         vec![

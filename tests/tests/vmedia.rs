@@ -1,0 +1,351 @@
+//! Virtual-media boot end to end: a real `ferric all-in-one` drives a real
+//! Redfish BMC (the sushy-tools emulator) — the BMC downloads the boot ISO
+//! and the parameters floppy from the conductor's HTTP root, boots once
+//! from CD, the test plays the ramdisk (it reads the token from the floppy
+//! the BMC fetched), and the node ends booting from disk or from a boot
+//! ISO, as configured. Undeploy ejects and releases.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ferric_tests::redfish::{SushyLab, SushyOptions};
+use ferric_tests::{Api, Ferric, free_port};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A fake kernel and ramdisk (the emulator boots nothing; the bytes only
+/// have to travel) and their file:// URLs.
+fn images(dir: &Path, tag: &str) -> (String, String) {
+    let k = dir.join(format!("vmlinuz-{tag}"));
+    let r = dir.join(format!("initrd-{tag}"));
+    std::fs::write(&k, format!("kernel {tag} ").repeat(5000)).unwrap();
+    std::fs::write(&r, format!("ramdisk {tag} ").repeat(9000)).unwrap();
+    (format!("file://{}", k.display()), format!("file://{}", r.display()))
+}
+
+fn start_ferric(env: &[(&str, &str)]) -> (Ferric, u16) {
+    let http_port = free_port();
+    let listen = format!("127.0.0.1:{http_port}");
+    let mut all = vec![
+        ("FERRIC_CONDUCTOR__HTTP_LISTEN", listen.as_str()),
+        ("FERRIC_CONDUCTOR__POWER_STATE_POLL_INTERVAL_MS", "50"),
+        ("FERRIC_REDFISH__CONNECTION_RETRY_INTERVAL_MS", "100"),
+    ];
+    all.extend_from_slice(env);
+    (Ferric::start(None, &all), http_port)
+}
+
+async fn create(api: &Api, body: Value, mac: &str) -> String {
+    let n = api.ok(Method::POST, "/v1/nodes", Some(body)).await;
+    let uuid = n["uuid"].as_str().unwrap().to_string();
+    api.ok(Method::POST, "/v1/ports", Some(json!({"address": mac, "node_uuid": uuid}))).await;
+    uuid
+}
+
+async fn to_available(api: &Api, node: &str) {
+    api.provision(node, "manage").await;
+    api.wait_state(node, "manageable", WAIT).await;
+    api.provision(node, "provide").await;
+    api.wait_state(node, "available", WAIT).await;
+}
+
+/// `mtype` reads a file out of a FAT image.
+fn floppy_file(image: &[u8], name: &str) -> String {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), image).unwrap();
+    let out = std::process::Command::new("mtype")
+        .args(["-i", &f.path().display().to_string(), &format!("::{name}")])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .expect("mtools (scripts/deps.sh installs it)");
+    assert!(out.status.success(), "mtype: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn params(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+async fn fetch(url: &str) -> Vec<u8> {
+    let r = ferric_tests::http().get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    r.bytes().await.unwrap().to_vec()
+}
+
+fn root_files(ferric: &Ferric) -> Vec<String> {
+    let root = ferric.data_dir.path().join("httpboot");
+    let mut out: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    out.sort();
+    out
+}
+
+fn users(ferric: &Ferric, iso: &str) -> usize {
+    let dir = ferric.data_dir.path().join("httpboot/.users").join(iso);
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_deploy_boots_the_ramdisk_from_virtual_media_and_the_instance_from_disk() {
+    let lab = SushyLab::start(SushyOptions { systems: 1, ..Default::default() });
+    let (ferric, http_port) = start_ferric(&[]);
+    let api = Api::new(&ferric.endpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let (kernel, ramdisk) = images(dir.path(), "deploy");
+    let mut info = lab.driver_info(0);
+    info["deploy_kernel"] = kernel.into();
+    info["deploy_ramdisk"] = ramdisk.into();
+    info["fake_wait_after"] = "deploy.deploy".into();
+    let mac = "52:54:00:00:00:00";
+    let node = create(
+        &api,
+        json!({"driver": "redfish", "name": "vm0", "deploy_interface": "fake", "driver_info": info,
+               "instance_info": {"image_source": "http://example.invalid/disk.img"}}),
+        mac,
+    )
+    .await;
+    let uuid = lab.systems[0].clone();
+    to_available(&api, &node).await;
+    assert_eq!(api.node(&node).await["power_state"], "power off", "cleaning powered it off through the BMC");
+    let writes_before = lab.writes_for(&uuid).await.len();
+
+    // deploy: the ramdisk's media are published, inserted, booted once
+    api.provision(&node, "active").await;
+    let n = api.wait_state(&node, "wait call-back", WAIT).await;
+    let rec = &n["driver_internal_info"]["vmedia"];
+    assert_eq!(rec["phase"], "ramdisk", "{n}");
+    let cd_url = rec["cd"]["url"].as_str().unwrap().to_string();
+    let floppy_url = rec["removable"]["url"].as_str().unwrap().to_string();
+    let root = format!("http://127.0.0.1:{http_port}/httpboot/");
+    assert!(cd_url.starts_with(&root) && floppy_url.starts_with(&root), "{cd_url} {floppy_url}");
+    let cd = lab.media(&uuid, "Cd").await;
+    assert_eq!(cd["Image"], cd_url.as_str());
+    assert_eq!(cd["Inserted"], true);
+    assert_eq!(lab.media(&uuid, "Floppy").await["Image"], floppy_url.as_str());
+    // the BMC holds exactly the bytes the conductor serves
+    let iso = lab.media_bytes(&uuid, "Cd").await.expect("the BMC downloaded the ISO");
+    assert_eq!(iso, fetch(&cd_url).await);
+    assert_eq!(&iso[0x8001..0x8006], b"CD001", "an ISO 9660 image");
+    let floppy = lab.media_bytes(&uuid, "Floppy").await.expect("the BMC downloaded the floppy");
+    assert_eq!(floppy, fetch(&floppy_url).await);
+    assert_eq!(floppy.len(), 1_474_560);
+    let p = params(&floppy_file(&floppy, "parameters.txt"));
+    assert_eq!(p["ipa-api-url"], ferric.endpoint);
+    assert_eq!(p["boot_method"], "vmedia");
+    assert_eq!(p["BOOTIF"], mac);
+    let token = p["ipa-agent-token"].clone();
+    assert_eq!(token.len(), 43);
+    // boot once from CD: sushy-tools keeps it as Continuous, which Ferric noticed
+    let system = lab.get(&lab.system_path(0)).await;
+    assert_eq!(system["Boot"]["BootSourceOverrideTarget"], "Cd");
+    assert_eq!(system["PowerState"], "On");
+    assert_eq!(n["driver_internal_info"]["redfish_boot_once_ignored"], "Cd");
+    assert!(!n.to_string().contains(&token), "the token is not readable through the API");
+    let writes: Vec<String> =
+        lab.writes_for(&uuid).await[writes_before..].iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+    let inserts = writes.iter().filter(|w| w.ends_with("VirtualMedia.InsertMedia")).count();
+    assert_eq!(inserts, 2, "one insert per slot: {writes:?}");
+
+    // the ramdisk: its token came with the floppy, so lookup hands out none
+    let lookup = api.get(&format!("/v1/lookup?addresses={mac}")).await;
+    assert_eq!(lookup["config"]["agent_token"], "******");
+    assert_eq!(lookup["node"]["uuid"], node.as_str());
+    let (s, _) = api
+        .call(
+            Method::POST,
+            &format!("/v1/heartbeat/{node}"),
+            Some(json!({"callback_url": "https://127.0.0.1:9999", "agent_token": token, "agent_version": "10.0.0"})),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let n = api.wait_state(&node, "active", WAIT).await;
+
+    // called back: the ramdisk media were ejected and released, the
+    // one-time override reset, the instance boots from disk for good
+    for dev in ["Cd", "Floppy"] {
+        let d = lab.media(&uuid, dev).await;
+        assert_eq!(d["Inserted"], false, "{dev}: {d}");
+    }
+    let system = lab.get(&lab.system_path(0)).await;
+    assert_eq!(system["Boot"]["BootSourceOverrideTarget"], "Hdd");
+    assert_eq!(system["Boot"]["BootSourceOverrideEnabled"], "Continuous");
+    assert_eq!(system["PowerState"], "On");
+    assert!(n["driver_internal_info"].get("redfish_boot_once_ignored").is_none(), "{n}");
+    assert_eq!(n["driver_internal_info"]["vmedia"]["phase"], "instance");
+    assert_eq!(root_files(&ferric), Vec::<String>::new(), "the last user released the deploy ISO and the floppy");
+    assert_eq!(ferric_tests::http().get(&cd_url).send().await.unwrap().status(), 404);
+
+    // undeploy powers off through the BMC; the node comes back available
+    api.provision(&node, "deleted").await;
+    api.wait_state(&node, "available", WAIT).await;
+    assert_eq!(lab.get(&lab.system_path(0)).await["PowerState"], "Off");
+}
+
+#[tokio::test]
+async fn ramdisk_instances_share_one_boot_iso_until_the_last_undeploy() {
+    let lab = SushyLab::start(SushyOptions { systems: 2, ..Default::default() });
+    let (ferric, _) = start_ferric(&[]);
+    let api = Api::new(&ferric.endpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let (kernel, ramdisk) = images(dir.path(), "instance");
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let node = create(
+            &api,
+            json!({"driver": "redfish", "name": format!("disk-less-{i}"), "driver_info": lab.driver_info(i),
+                   "instance_info": {"kernel": kernel, "ramdisk": ramdisk, "ramdisk_kernel_arguments": "console=ttyS0"}}),
+            &format!("52:54:00:00:01:0{i}"),
+        )
+        .await;
+        to_available(&api, &node).await;
+        api.provision(&node, "active").await;
+        nodes.push(node);
+    }
+    let mut urls = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let n = api.wait_state(node, "active", WAIT).await;
+        let cd = &n["driver_internal_info"]["vmedia"]["cd"];
+        let url = cd["url"].as_str().unwrap().to_string();
+        let uuid = &lab.systems[i];
+        assert_eq!(lab.media(uuid, "Cd").await["Image"], url.as_str());
+        assert_eq!(lab.media_bytes(uuid, "Cd").await.unwrap(), fetch(&url).await);
+        let system = lab.get(&lab.system_path(i)).await;
+        assert_eq!(system["Boot"]["BootSourceOverrideTarget"], "Cd", "the instance boots from its ISO");
+        assert_eq!(system["PowerState"], "On");
+        assert!(lab.media_bytes(uuid, "Floppy").await.is_none(), "no parameters for an instance");
+        urls.push((url, cd["name"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(urls[0], urls[1], "one content-addressed ISO for both");
+    let iso = urls[0].1.clone();
+    assert_eq!(root_files(&ferric), vec![iso.clone()]);
+    assert_eq!(users(&ferric, &iso), 2);
+
+    // a reboot re-attaches first: the ISO is in place, so only the reset is
+    // written to the BMC
+    let before = lab.writes_for(&lab.systems[0]).await.len();
+    api.ok(Method::PUT, &format!("/v1/nodes/{}/states/power", nodes[0]), Some(json!({"target": "rebooting"}))).await;
+    let start = std::time::Instant::now();
+    while !api.node(&nodes[0]).await["target_power_state"].is_null() {
+        assert!(start.elapsed() < WAIT);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let writes: Vec<String> = lab.writes_for(&lab.systems[0]).await[before..]
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert!(writes[0].ends_with("ComputerSystem.Reset"), "{writes:?}");
+
+    // undeploy: ejected, use released; the last one deletes the ISO
+    api.provision(&nodes[0], "deleted").await;
+    api.wait_state(&nodes[0], "available", WAIT).await;
+    assert_eq!(lab.media(&lab.systems[0], "Cd").await["Inserted"], false);
+    assert_eq!(lab.media(&lab.systems[1], "Cd").await["Inserted"], true, "the other node keeps booting from it");
+    assert_eq!(users(&ferric, &iso), 1);
+    assert_eq!(root_files(&ferric), vec![iso.clone()]);
+    api.provision(&nodes[1], "deleted").await;
+    api.wait_state(&nodes[1], "available", WAIT).await;
+    assert_eq!(lab.media(&lab.systems[1], "Cd").await["Inserted"], false);
+    assert_eq!(root_files(&ferric), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn validation_names_what_is_missing() {
+    let lab = SushyLab::start(SushyOptions { systems: 1, ..Default::default() });
+    let (ferric, _) = start_ferric(&[]);
+    let api = Api::new(&ferric.endpoint);
+    let validate = |v: Value, iface: &str| {
+        let r = v[iface].clone();
+        (r["result"].as_bool().unwrap_or(true), r["reason"].as_str().unwrap_or_default().to_string())
+    };
+
+    // no deploy kernel
+    let mut info = lab.driver_info(0);
+    info["deploy_ramdisk"] = "file:///nonexistent/initrd".into();
+    let n = create(&api, json!({"driver": "redfish", "name": "no-kernel", "deploy_interface": "fake", "driver_info": info}), "52:54:00:00:02:01").await;
+    let v = api.get(&format!("/v1/nodes/{n}/validate")).await;
+    let (ok, reason) = validate(v.clone(), "deploy");
+    assert!(!ok && reason.contains("driver_info.deploy_kernel"), "the deploy boots a ramdisk: {v}");
+    assert!(!reason.contains("driver_info.deploy_ramdisk,") && !reason.ends_with("deploy_ramdisk"), "{reason}");
+    assert!(validate(v.clone(), "boot").0, "the BMC and its virtual media are fine: {v}");
+    assert!(validate(v.clone(), "power").0, "{v}");
+    to_available(&api, &n).await;
+    let (s, body) = api.call(Method::PUT, &format!("/v1/nodes/{n}/states/provision"), Some(json!({"target": "active"}))).await;
+    assert_eq!(s, 400, "{body}");
+    assert!(Api::fault(&body).contains("Failed to validate deploy") && Api::fault(&body).contains("driver_info.deploy_kernel"), "{body}");
+
+    // no BMC address: power and management name the field
+    let n = create(&api, json!({"driver": "redfish", "name": "no-address", "driver_info": {}}), "52:54:00:00:02:02").await;
+    let v = api.get(&format!("/v1/nodes/{n}/validate")).await;
+    let (ok, reason) = validate(v.clone(), "power");
+    assert!(!ok && reason.contains("driver_info.redfish_address is required"), "{v}");
+    let (s, body) = api.call(Method::PUT, &format!("/v1/nodes/{n}/states/provision"), Some(json!({"target": "manage"}))).await;
+    assert_eq!(s, 400, "{body}");
+    assert!(Api::fault(&body).contains("redfish_address"), "{body}");
+
+    // a BMC nobody answers at: boot validation says so
+    let mut info = lab.driver_info(0);
+    info["redfish_address"] = format!("http://127.0.0.1:{}", free_port()).into();
+    info["deploy_kernel"] = "file:///k".into();
+    info["deploy_ramdisk"] = "file:///r".into();
+    let n = create(&api, json!({"driver": "redfish", "name": "unreachable", "driver_info": info}), "52:54:00:00:02:03").await;
+    let v = api.get(&format!("/v1/nodes/{n}/validate")).await;
+    let (ok, reason) = validate(v.clone(), "boot");
+    assert!(!ok && reason.contains("unreachable"), "{v}");
+
+    // the ramdisk deploy without an instance kernel
+    let n = create(&api, json!({"driver": "redfish", "name": "no-instance", "driver_info": lab.driver_info(0),
+                                "instance_info": {"ramdisk": "file:///r"}}), "52:54:00:00:02:04").await;
+    let v = api.get(&format!("/v1/nodes/{n}/validate")).await;
+    let (ok, reason) = validate(v.clone(), "deploy");
+    assert!(!ok && reason.contains("instance_info.kernel"), "{v}");
+    assert!(!reason.contains("instance_info.ramdisk,") && !reason.ends_with("instance_info.ramdisk"), "{reason}");
+}
+
+#[tokio::test]
+async fn ilo_is_redfish_with_hpe_names_against_the_emulator() {
+    // the emulator answers at iLO's fixed /redfish/v1/Systems/1 when system 0
+    // is called "1" (it redirects a name to the system)
+    let lab = SushyLab::start(SushyOptions {
+        systems: 1,
+        auth: Some(("Administrator".into(), "secret".into())),
+        first_system_name: Some("1".into()),
+        ..Default::default()
+    });
+    let (ferric, _) = start_ferric(&[]);
+    let api = Api::new(&ferric.endpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let (kernel, ramdisk) = images(dir.path(), "ilo");
+    let node = create(
+        &api,
+        json!({"driver": "ilo", "name": "proliant",
+               "driver_info": {"ilo_address": lab.url, "ilo_username": "Administrator", "ilo_password": "secret"},
+               "instance_info": {"kernel": kernel, "ramdisk": ramdisk}}),
+        "52:54:00:00:03:01",
+    )
+    .await;
+    let n = api.node(&node).await;
+    assert_eq!(n["boot_interface"], "ilo-virtual-media");
+    assert_eq!(n["driver_info"]["ilo_password"], "******");
+    to_available(&api, &node).await;
+    api.provision(&node, "active").await;
+    let n = api.wait_state(&node, "active", WAIT).await;
+    let url = n["driver_internal_info"]["vmedia"]["cd"]["url"].as_str().unwrap().to_string();
+    let uuid = &lab.systems[0];
+    assert_eq!(lab.media(uuid, "Cd").await["Image"], url.as_str());
+    assert_eq!(lab.media_bytes(uuid, "Cd").await.unwrap(), fetch(&url).await);
+    // iLO's InsertMedia carries the image only
+    let reqs = lab.requests().await;
+    assert!(reqs.iter().any(|r| r.path.ends_with("VirtualMedia.InsertMedia")), "{reqs:?}");
+    assert!(reqs.iter().all(|r| r.auth != "none" || r.path == "/redfish/v1/"), "{reqs:?}");
+    api.provision(&node, "deleted").await;
+    api.wait_state(&node, "available", WAIT).await;
+    assert_eq!(lab.media(uuid, "Cd").await["Inserted"], false);
+}
