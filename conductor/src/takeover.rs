@@ -99,12 +99,18 @@ pub fn plan(me: &str, mine: &[Node]) -> Vec<Uuid> {
 }
 
 /// Take-over passes until shutdown: on every ring change and periodically.
+/// The first pass (start-up) also repairs nodes of mine whose artefacts are
+/// gone from my store.
 pub async fn run(inner: Arc<Inner>) {
     let mut rx = inner.ring.clone();
     let interval = Duration::from_millis(inner.cfg.conductor.takeover_interval_ms);
+    let mut repaired = false;
     loop {
         rx.borrow_and_update();
         pass(&inner).await;
+        if !repaired && !inner.cancel.is_cancelled() {
+            repaired = repair_own(&inner).await.is_ok();
+        }
         tokio::select! {
             _ = inner.cancel.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
@@ -176,9 +182,54 @@ pub async fn pass(inner: &Arc<Inner>) -> usize {
     taken
 }
 
+/// Nodes of mine (affinity = me already: a restart with the same id) whose
+/// boot artefacts are no longer in my store — an HTTP root on a volume
+/// that did not survive the restart — are taken over again: their media
+/// are rebuilt (same bytes) and the BMC is written only where the URL
+/// changed. A local check per node; no BMC is read for nodes whose
+/// artefacts are all there.
+async fn repair_own(inner: &Arc<Inner>) -> Result<usize, ()> {
+    let mine = inner.my_nodes().await.map_err(|e| warn!("start-up repair: listing my nodes failed: {e}"))?;
+    let mut todo = Vec::new();
+    for n in mine {
+        if n.conductor_affinity.as_deref() != Some(inner.id.as_str())
+            || policy(n.provision_state) == Policy::AffinityOnly
+        {
+            continue;
+        }
+        let Ok(driver) = inner.registry.driver_for(&n) else { continue };
+        let task = inner.task(n.clone(), Vec::new());
+        match driver.boot.artefacts_present(&task).await {
+            Ok(true) => {}
+            Ok(false) => todo.push(n.uuid),
+            Err(e) => warn!(node = %n.uuid, "start-up repair: checking the artefacts failed: {e}"),
+        }
+    }
+    if todo.is_empty() {
+        return Ok(0);
+    }
+    info!(nodes = todo.len(), "rebuilding the boot artefacts my store lost");
+    let mut done = 0;
+    for uuid in todo {
+        if inner.cancel.is_cancelled() {
+            break;
+        }
+        if take_over_one_as(inner, uuid, true).await {
+            done += 1;
+        }
+    }
+    Ok(done)
+}
+
 /// Take one node over; true if done (false: busy, gone, or failed — the
 /// next pass tries again).
 async fn take_over_one(inner: &Arc<Inner>, uuid: Uuid) -> bool {
+    take_over_one_as(inner, uuid, false).await
+}
+
+/// `repair`: the node is mine already (start-up repair of lost artefacts);
+/// its operation, if any, is resumed by the orphan pass.
+async fn take_over_one_as(inner: &Arc<Inner>, uuid: Uuid, repair: bool) -> bool {
     let started = std::time::Instant::now();
     let (lock, mut node) = match NodeLock::acquire(&inner.db, uuid, &inner.incarnation, 1, inner.lock_interval()).await
     {
@@ -189,7 +240,8 @@ async fn take_over_one(inner: &Arc<Inner>, uuid: Uuid) -> bool {
             return false;
         }
     };
-    if !inner.owns(&node) || node.conductor_affinity.as_deref() == Some(inner.id.as_str()) {
+    let already_mine = node.conductor_affinity.as_deref() == Some(inner.id.as_str());
+    if !inner.owns(&node) || already_mine != repair {
         let _ = lock.release().await;
         return false;
     }
@@ -232,12 +284,13 @@ async fn take_over_one(inner: &Arc<Inner>, uuid: Uuid) -> bool {
         Ok(true) => {}
         _ => return false,
     }
-    inner.history(uuid, "take_over", &format!("{} from {previous:?} ({p:?})", node.provision_state)).await;
+    let event = if repair { "repair" } else { "take_over" };
+    inner.history(uuid, event, &format!("{} from {previous:?} ({p:?})", node.provision_state)).await;
     inner.stats.takeovers.fetch_add(1, Ordering::Relaxed);
     metrics::counter!("ferric_takeovers_total", "state" => node.provision_state.as_str(), "outcome" => "ok")
         .increment(1);
     metrics::histogram!("ferric_takeover_seconds").record(started.elapsed().as_secs_f64());
-    if p == Policy::Resume {
+    if p == Policy::Resume && !repair {
         match inner.operations.clone().try_acquire_owned() {
             Ok(permit) => {
                 let inner2 = inner.clone();

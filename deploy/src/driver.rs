@@ -363,6 +363,12 @@ pub trait BootInterface: Send + Sync {
     /// Rebuild this node's boot artefacts on a new owner (deterministic:
     /// same inputs, same bytes) and point the BMC at them.
     async fn take_over(&self, task: &mut Task) -> DriverResult<()>;
+    /// Whether the artefacts this conductor published for the node are
+    /// still in its store (a local check, no BMC call): a conductor that
+    /// restarts with an emptied HTTP root takes such nodes over again.
+    async fn artefacts_present(&self, _task: &Task) -> DriverResult<bool> {
+        Ok(true)
+    }
 }
 
 #[async_trait]

@@ -64,7 +64,7 @@ fn early_ilo5_firmware_has_only_hpe_actions() {
     // iLO 4 spells the block Hp and the action HpiLOVirtualMedia
     let mut ilo4 = doc.clone();
     let hpe = ilo4["Oem"]["Hpe"].take();
-    let text = hpe.to_string().replace("Hpe", "Hp").replace("/Hp/", "/Hp/");
+    let text = hpe.to_string().replace("Hpe", "Hp");
     ilo4["Oem"] = json!({"Hp": serde_json::from_str::<Value>(&text).unwrap()});
     let cd4 = MediaDevice::parse(&ilo4, "/redfish/v1/Managers/1/VirtualMedia/2/");
     assert_eq!(cd4.hpe_oem.as_deref(), Some("Hp"));

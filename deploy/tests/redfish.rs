@@ -187,7 +187,8 @@ async fn sessions_are_used_renewed_and_basic_auth_is_the_fallback() {
 
     // sushy-tools guards every path, the login too: `session` reports the
     // BMC's refusal
-    let plain = SushyLab::start(SushyOptions { systems: 1, auth: Some(("u".into(), "p".into())), ..Default::default() });
+    let plain =
+        SushyLab::start(SushyOptions { systems: 1, auth: Some(("u".into(), "p".into())), ..Default::default() });
     let seen_at_start = plain.requests().await.len();
     let mut only = info(&plain, 0);
     only.endpoint.auth = AuthType::Session;

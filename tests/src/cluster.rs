@@ -73,12 +73,18 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let pg = Postgres::start();
         let db_url = pg.database("ferric_cluster");
+        // ramdisks call back the API: its port is known before the conductors start
+        let port = free_port();
+        let callback = format!("http://127.0.0.1:{port}");
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        if !env.iter().any(|(k, _)| *k == "FERRIC_DEPLOY__EXTERNAL_CALLBACK_URL") {
+            env.push(("FERRIC_DEPLOY__EXTERNAL_CALLBACK_URL", callback.as_str()));
+        }
         let mut conductors = Vec::new();
         for (i, ep) in endpoints.iter().enumerate() {
             let grpc = free_port();
-            conductors.push((conductor_process(dir.path(), ep, &db_url, i + 1, grpc, ttl, env), grpc));
+            conductors.push((conductor_process(dir.path(), ep, &db_url, i + 1, grpc, ttl, &env), grpc));
         }
-        let port = free_port();
         let args: Vec<String> = [
             "api",
             "--etcd-endpoints",
@@ -95,6 +101,22 @@ impl Cluster {
         .collect();
         let api = Process::start("api", dir.path(), args, &[("FERRIC_API__REQUEST_DEADLINE_MS", "30000")], Some(port));
         Cluster { etcd, api, api_url: format!("http://127.0.0.1:{port}"), conductors, db_url, pg, dir, client: http() }
+    }
+
+    /// Each live member's HTTP root URL, by conductor id, as published in
+    /// its member record in etcd.
+    pub fn member_http_urls(&self) -> BTreeMap<String, String> {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.etcd.endpoint, "get", "--prefix", "/ferric/conductors/", "--print-value-only"])
+            .output()
+            .expect("etcdctl");
+        assert!(out.status.success(), "etcdctl: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|m| Some((m["id"].as_str()?.to_string(), m["http_url"].as_str()?.to_string())))
+            .collect()
     }
 
     pub async fn status(&self, i: usize) -> Option<ConductorStatus> {

@@ -556,7 +556,12 @@ impl Api {
     }
 
     /// Status and body (JSON, or the text as a JSON string).
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         let mut r = self
             .client
             .request(method, format!("{}{path}", self.endpoint))
@@ -586,8 +591,12 @@ impl Api {
     }
 
     pub async fn provision(&self, node: &str, target: &str) {
-        self.ok(reqwest::Method::PUT, &format!("/v1/nodes/{node}/states/provision"), Some(serde_json::json!({"target": target})))
-            .await;
+        self.ok(
+            reqwest::Method::PUT,
+            &format!("/v1/nodes/{node}/states/provision"),
+            Some(serde_json::json!({"target": target})),
+        )
+        .await;
     }
 
     /// The error body's faultstring of a failed call.
@@ -619,4 +628,23 @@ impl Api {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// A file out of a FAT image, read by mtools' `mtype` (what a ramdisk
+/// would find on its parameters floppy).
+pub fn fat_file(image: &[u8], name: &str) -> String {
+    let f = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(f.path(), image).expect("write image");
+    let out = Command::new("mtype")
+        .args(["-i", &f.path().display().to_string(), &format!("::{name}")])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .expect("mtools (scripts/deps.sh installs it)");
+    assert!(out.status.success(), "mtype: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// `key=value` lines.
+pub fn key_values(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }

@@ -47,7 +47,14 @@ pub struct SushyOptions {
 
 impl Default for SushyOptions {
     fn default() -> Self {
-        SushyOptions { systems: 2, auth: None, tls: false, sessions: false, removable_slot: true, first_system_name: None }
+        SushyOptions {
+            systems: 2,
+            auth: None,
+            tls: false,
+            sessions: false,
+            removable_slot: true,
+            first_system_name: None,
+        }
     }
 }
 
@@ -240,7 +247,9 @@ impl SushyLab {
             ));
         }
         if !options.removable_slot {
-            extra.push_str("SUSHY_EMULATOR_VMEDIA_DEVICES = {'Cd': {'Name': 'Virtual CD', 'MediaTypes': ['CD', 'DVD']}}\n");
+            extra.push_str(
+                "SUSHY_EMULATOR_VMEDIA_DEVICES = {'Cd': {'Name': 'Virtual CD', 'MediaTypes': ['CD', 'DVD']}}\n",
+            );
         }
         let creds = match &options.auth {
             Some((u, p)) => format!("({u:?}, {p:?})"),
@@ -373,8 +382,15 @@ impl SushyLab {
 
     /// Every request the BMC received so far.
     pub async fn requests(&self) -> Vec<BmcRequest> {
-        let v: Value =
-            self.client.get(format!("{}/lab/requests", self.url)).send().await.expect("lab").json().await.expect("json");
+        let v: Value = self
+            .client
+            .get(format!("{}/lab/requests", self.url))
+            .send()
+            .await
+            .expect("lab")
+            .json()
+            .await
+            .expect("json");
         v.as_array()
             .expect("a list")
             .iter()

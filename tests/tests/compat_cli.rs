@@ -24,7 +24,14 @@ fn lifecycle(bm: &Baremetal) {
     assert_eq!(ilo["default_boot_interface"], "ilo-virtual-media");
     let props = bm.json(&["driver", "property", "list", "redfish"]);
     let keys: Vec<&str> = props.as_array().unwrap().iter().filter_map(|p| p["property"].as_str()).collect();
-    for k in ["redfish_address", "redfish_system_id", "redfish_username", "redfish_password", "redfish_verify_ca", "deploy_kernel"] {
+    for k in [
+        "redfish_address",
+        "redfish_system_id",
+        "redfish_username",
+        "redfish_password",
+        "redfish_verify_ca",
+        "deploy_kernel",
+    ] {
         assert!(keys.contains(&k), "{k} missing from {props}");
     }
     let conductors = bm.json(&["conductor", "list"]);

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ferric_tests::redfish::{SushyLab, SushyOptions};
-use ferric_tests::{Api, Ferric, free_port};
+use ferric_tests::{Api, Ferric, fat_file, free_port, key_values};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -49,23 +49,6 @@ async fn to_available(api: &Api, node: &str) {
     api.wait_state(node, "manageable", WAIT).await;
     api.provision(node, "provide").await;
     api.wait_state(node, "available", WAIT).await;
-}
-
-/// `mtype` reads a file out of a FAT image.
-fn floppy_file(image: &[u8], name: &str) -> String {
-    let f = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(f.path(), image).unwrap();
-    let out = std::process::Command::new("mtype")
-        .args(["-i", &f.path().display().to_string(), &format!("::{name}")])
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .output()
-        .expect("mtools (scripts/deps.sh installs it)");
-    assert!(out.status.success(), "mtype: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn params(text: &str) -> std::collections::BTreeMap<String, String> {
-    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 async fn fetch(url: &str) -> Vec<u8> {
@@ -136,7 +119,7 @@ async fn a_deploy_boots_the_ramdisk_from_virtual_media_and_the_instance_from_dis
     let floppy = lab.media_bytes(&uuid, "Floppy").await.expect("the BMC downloaded the floppy");
     assert_eq!(floppy, fetch(&floppy_url).await);
     assert_eq!(floppy.len(), 1_474_560);
-    let p = params(&floppy_file(&floppy, "parameters.txt"));
+    let p = key_values(&fat_file(&floppy, "parameters.txt"));
     assert_eq!(p["ipa-api-url"], ferric.endpoint);
     assert_eq!(p["boot_method"], "vmedia");
     assert_eq!(p["BOOTIF"], mac);
@@ -236,10 +219,8 @@ async fn ramdisk_instances_share_one_boot_iso_until_the_last_undeploy() {
         assert!(start.elapsed() < WAIT);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let writes: Vec<String> = lab.writes_for(&lab.systems[0]).await[before..]
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
+    let writes: Vec<String> =
+        lab.writes_for(&lab.systems[0]).await[before..].iter().map(|r| format!("{} {}", r.method, r.path)).collect();
     assert_eq!(writes.len(), 1, "{writes:?}");
     assert!(writes[0].ends_with("ComputerSystem.Reset"), "{writes:?}");
 
@@ -269,7 +250,12 @@ async fn validation_names_what_is_missing() {
     // no deploy kernel
     let mut info = lab.driver_info(0);
     info["deploy_ramdisk"] = "file:///nonexistent/initrd".into();
-    let n = create(&api, json!({"driver": "redfish", "name": "no-kernel", "deploy_interface": "fake", "driver_info": info}), "52:54:00:00:02:01").await;
+    let n = create(
+        &api,
+        json!({"driver": "redfish", "name": "no-kernel", "deploy_interface": "fake", "driver_info": info}),
+        "52:54:00:00:02:01",
+    )
+    .await;
     let v = api.get(&format!("/v1/nodes/{n}/validate")).await;
     let (ok, reason) = validate(v.clone(), "deploy");
     assert!(!ok && reason.contains("driver_info.deploy_kernel"), "the deploy boots a ramdisk: {v}");
@@ -277,16 +263,23 @@ async fn validation_names_what_is_missing() {
     assert!(validate(v.clone(), "boot").0, "the BMC and its virtual media are fine: {v}");
     assert!(validate(v.clone(), "power").0, "{v}");
     to_available(&api, &n).await;
-    let (s, body) = api.call(Method::PUT, &format!("/v1/nodes/{n}/states/provision"), Some(json!({"target": "active"}))).await;
+    let (s, body) =
+        api.call(Method::PUT, &format!("/v1/nodes/{n}/states/provision"), Some(json!({"target": "active"}))).await;
     assert_eq!(s, 400, "{body}");
-    assert!(Api::fault(&body).contains("Failed to validate deploy") && Api::fault(&body).contains("driver_info.deploy_kernel"), "{body}");
+    assert!(
+        Api::fault(&body).contains("Failed to validate deploy")
+            && Api::fault(&body).contains("driver_info.deploy_kernel"),
+        "{body}"
+    );
 
     // no BMC address: power and management name the field
-    let n = create(&api, json!({"driver": "redfish", "name": "no-address", "driver_info": {}}), "52:54:00:00:02:02").await;
+    let n =
+        create(&api, json!({"driver": "redfish", "name": "no-address", "driver_info": {}}), "52:54:00:00:02:02").await;
     let v = api.get(&format!("/v1/nodes/{n}/validate")).await;
     let (ok, reason) = validate(v.clone(), "power");
     assert!(!ok && reason.contains("driver_info.redfish_address is required"), "{v}");
-    let (s, body) = api.call(Method::PUT, &format!("/v1/nodes/{n}/states/provision"), Some(json!({"target": "manage"}))).await;
+    let (s, body) =
+        api.call(Method::PUT, &format!("/v1/nodes/{n}/states/provision"), Some(json!({"target": "manage"}))).await;
     assert_eq!(s, 400, "{body}");
     assert!(Api::fault(&body).contains("redfish_address"), "{body}");
 
@@ -295,14 +288,20 @@ async fn validation_names_what_is_missing() {
     info["redfish_address"] = format!("http://127.0.0.1:{}", free_port()).into();
     info["deploy_kernel"] = "file:///k".into();
     info["deploy_ramdisk"] = "file:///r".into();
-    let n = create(&api, json!({"driver": "redfish", "name": "unreachable", "driver_info": info}), "52:54:00:00:02:03").await;
+    let n = create(&api, json!({"driver": "redfish", "name": "unreachable", "driver_info": info}), "52:54:00:00:02:03")
+        .await;
     let v = api.get(&format!("/v1/nodes/{n}/validate")).await;
     let (ok, reason) = validate(v.clone(), "boot");
     assert!(!ok && reason.contains("unreachable"), "{v}");
 
     // the ramdisk deploy without an instance kernel
-    let n = create(&api, json!({"driver": "redfish", "name": "no-instance", "driver_info": lab.driver_info(0),
-                                "instance_info": {"ramdisk": "file:///r"}}), "52:54:00:00:02:04").await;
+    let n = create(
+        &api,
+        json!({"driver": "redfish", "name": "no-instance", "driver_info": lab.driver_info(0),
+                                "instance_info": {"ramdisk": "file:///r"}}),
+        "52:54:00:00:02:04",
+    )
+    .await;
     let v = api.get(&format!("/v1/nodes/{n}/validate")).await;
     let (ok, reason) = validate(v.clone(), "deploy");
     assert!(!ok && reason.contains("instance_info.kernel"), "{v}");

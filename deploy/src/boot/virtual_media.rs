@@ -718,6 +718,21 @@ impl BootInterface for VirtualMediaBoot {
         Ok(())
     }
 
+    async fn artefacts_present(&self, task: &Task) -> DriverResult<bool> {
+        let store = task.media().artefacts.store();
+        if store.shared() {
+            // Swift: nothing of it lives on this conductor's disk
+            return Ok(true);
+        }
+        let rec = VmediaRecord::load(&task.node);
+        for medium in [&rec.cd, &rec.removable].into_iter().flatten() {
+            if medium.by == task.conductor_id && !self.published_here(task, medium).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     async fn take_over(&self, task: &mut Task) -> DriverResult<()> {
         let writes = self.reconcile(task, &[MediaSlot::Removable, MediaSlot::Cd]).await?;
         if writes > 0 {
