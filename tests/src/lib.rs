@@ -197,8 +197,15 @@ impl Ferric {
     /// Kill and start again with the same data dir and port (a crash and
     /// a restart).
     pub fn restart(&mut self) {
+        self.restart_after(|_| {});
+    }
+
+    /// Kill, run `meanwhile` on the data dir (lose part of it, as a new
+    /// pod with a fresh volume would), start again.
+    pub fn restart_after(&mut self, meanwhile: impl FnOnce(&Path)) {
         self.process.kill();
         wait_until("port release", Duration::from_secs(10), || !tcp_open(self.port));
+        meanwhile(self.data_dir.path());
         self.process.spawn();
     }
 }

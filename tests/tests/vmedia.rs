@@ -348,3 +348,165 @@ async fn ilo_is_redfish_with_hpe_names_against_the_emulator() {
     api.wait_state(&node, "available", WAIT).await;
     assert_eq!(lab.media(uuid, "Cd").await["Inserted"], false);
 }
+
+/// `[redfish] eject_media_after`: `callback` ejects the ramdisk media as
+/// soon as the ramdisk calls back, `active` when the instance's boot is
+/// prepared, `never` leaves them until the node is torn down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn eject_media_after_callback_active_or_never() {
+    tokio::join!(eject_case("callback"), eject_case("active"), eject_case("never"));
+}
+
+async fn eject_case(policy: &str) {
+    {
+        let lab = SushyLab::start(SushyOptions { systems: 1, ..Default::default() });
+        let (ferric, _) = start_ferric(&[("FERRIC_REDFISH__EJECT_MEDIA_AFTER", policy)]);
+        let api = Api::new(&ferric.endpoint);
+        let dir = tempfile::tempdir().unwrap();
+        let (kernel, ramdisk) = images(dir.path(), policy);
+        let mut info = lab.driver_info(0);
+        info["deploy_kernel"] = kernel.into();
+        info["deploy_ramdisk"] = ramdisk.into();
+        info["fake_wait_after"] = "deploy.deploy".into();
+        let node = create(
+            &api,
+            json!({"driver": "redfish", "deploy_interface": "fake", "driver_info": info}),
+            "52:54:00:00:04:01",
+        )
+        .await;
+        to_available(&api, &node).await;
+        // slow steps from here on, so the test can look between them
+        api.ok(
+            Method::PATCH,
+            &format!("/v1/nodes/{node}"),
+            Some(json!([{"op": "add", "path": "/driver_info/fake_step_delay_ms", "value": 1500}])),
+        )
+        .await;
+        api.provision(&node, "active").await;
+        api.wait_state(&node, "wait call-back", WAIT).await;
+        let uuid = lab.systems[0].clone();
+        let token = key_values(&fat_file(&lab.media_bytes(&uuid, "Floppy").await.unwrap(), "parameters.txt"))
+            ["ipa-agent-token"]
+            .clone();
+        let (s, _) = api
+            .call(
+                Method::POST,
+                &format!("/v1/heartbeat/{node}"),
+                Some(
+                    json!({"callback_url": "https://127.0.0.1:9999", "agent_token": token, "agent_version": "10.0.0"}),
+                ),
+            )
+            .await;
+        assert_eq!(s, 202);
+        // during write_image (1.5 s): ejected only with `callback`
+        let start = std::time::Instant::now();
+        loop {
+            let n = api.node(&node).await;
+            if n["deploy_step"]["step"] == "write_image" {
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "never reached write_image: {n}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let inserted = lab.media(&uuid, "Cd").await["Inserted"] == true;
+        assert_eq!(inserted, policy != "callback", "{policy}: CD inserted while the image is written");
+        api.wait_state(&node, "active", WAIT).await;
+        let inserted = lab.media(&uuid, "Cd").await["Inserted"] == true;
+        let floppy = lab.media(&uuid, "Floppy").await["Inserted"] == true;
+        assert_eq!((inserted, floppy), (policy == "never", policy == "never"), "{policy}: media once active");
+        assert_eq!(lab.get(&lab.system_path(0)).await["Boot"]["BootSourceOverrideTarget"], "Hdd", "{policy}");
+        api.ok(
+            Method::PATCH,
+            &format!("/v1/nodes/{node}"),
+            Some(json!([{"op": "remove", "path": "/driver_info/fake_step_delay_ms"}])),
+        )
+        .await;
+        api.provision(&node, "deleted").await;
+        api.wait_state(&node, "available", WAIT).await;
+        assert_eq!(lab.media(&uuid, "Cd").await["Inserted"], false, "{policy}: torn down");
+        assert_eq!(lab.media(&uuid, "Floppy").await["Inserted"], false, "{policy}: torn down");
+        assert_eq!(root_files(&ferric), Vec::<String>::new(), "{policy}: everything released");
+    }
+}
+
+/// A conductor that comes back with an emptied HTTP root (a new pod with
+/// a fresh volume, the same conductor id) rebuilds its nodes' media: the
+/// content-addressed ISO reappears under the very URL the BMC holds, so
+/// the BMC is not written; a waiting node's floppy gets a new name (one
+/// write) and carries the same token.
+#[tokio::test]
+async fn a_restart_with_an_emptied_http_root_rebuilds_without_rewriting_bmcs() {
+    let lab = SushyLab::start(SushyOptions { systems: 2, ..Default::default() });
+    let (mut ferric, _) = start_ferric(&[]);
+    let api = Api::new(&ferric.endpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let (kernel, ramdisk) = images(dir.path(), "restart");
+    let a = create(
+        &api,
+        json!({"driver": "redfish", "driver_info": lab.driver_info(0), "instance_info": {"kernel": kernel, "ramdisk": ramdisk}}),
+        "52:54:00:00:05:01",
+    )
+    .await;
+    let mut info = lab.driver_info(1);
+    info["deploy_kernel"] = kernel.clone().into();
+    info["deploy_ramdisk"] = ramdisk.clone().into();
+    info["fake_wait_after"] = "deploy.deploy".into();
+    let b = create(
+        &api,
+        json!({"driver": "redfish", "deploy_interface": "fake", "driver_info": info}),
+        "52:54:00:00:05:02",
+    )
+    .await;
+    for n in [&a, &b] {
+        to_available(&api, n).await;
+        api.provision(n, "active").await;
+    }
+    api.wait_state(&a, "active", WAIT).await;
+    api.wait_state(&b, "wait call-back", WAIT).await;
+    let (sa, sb) = (lab.systems[0].clone(), lab.systems[1].clone());
+    let iso_a = lab.media_bytes(&sa, "Cd").await.unwrap();
+    let url_a = lab.media(&sa, "Cd").await["Image"].as_str().unwrap().to_string();
+    let token =
+        key_values(&fat_file(&lab.media_bytes(&sb, "Floppy").await.unwrap(), "parameters.txt"))["ipa-agent-token"]
+            .clone();
+    let before = lab.requests().await.len();
+
+    ferric.restart_after(|data| std::fs::remove_dir_all(data.join("httpboot")).unwrap());
+    let start = std::time::Instant::now();
+    while ferric_tests::http().get(&url_a).send().await.map(|r| r.status().as_u16()).unwrap_or(0) != 200 {
+        assert!(start.elapsed() < WAIT, "the ISO never came back at {url_a}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fetch(&url_a).await, iso_a, "rebuilt byte for byte, under the same name");
+    let start = std::time::Instant::now();
+    loop {
+        let fl = lab.media(&sb, "Floppy").await["Image"].as_str().unwrap_or_default().to_string();
+        if ferric_tests::http().get(&fl).send().await.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the waiting node's floppy was not republished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = lab.requests().await.split_off(before);
+    let writes = |s: &str| {
+        after.iter().filter(|r| r.is_write() && r.path.contains(s)).map(|r| r.path.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(writes(&sa), Vec::<String>::new(), "the ISO URL did not change: no BMC write");
+    let wb = writes(&sb);
+    assert_eq!(wb.len(), 1, "{wb:?}");
+    assert!(wb[0].ends_with("/VirtualMedia/Floppy/Actions/VirtualMedia.InsertMedia"), "{wb:?}");
+    let again =
+        key_values(&fat_file(&lab.media_bytes(&sb, "Floppy").await.unwrap(), "parameters.txt"))["ipa-agent-token"]
+            .clone();
+    assert_eq!(again, token);
+    // and the ramdisk's heartbeat still finishes the deploy
+    let (s, _) = api
+        .call(
+            Method::POST,
+            &format!("/v1/heartbeat/{b}"),
+            Some(json!({"callback_url": "https://127.0.0.1:9999", "agent_token": token, "agent_version": "10.0.0"})),
+        )
+        .await;
+    assert_eq!(s, 202);
+    api.wait_state(&b, "active", WAIT).await;
+}
