@@ -8,7 +8,8 @@
 #   ISOs carry; qemu-system-x86/ovmf/busybox-static/cpio to boot them in tests;
 #   OpenStack Swift + memcached for the Swift publisher's tests)
 #   and a Python venv (.venv) with the OpenStack clients the compatibility
-#   tests drive.  Idempotent and quiet when everything is there.
+#   tests drive and sushy-tools, the Redfish BMC emulator the driver tests
+#   drive.  Idempotent and quiet when everything is there.
 #
 #   scripts/deps.sh            everything
 #   scripts/deps.sh build      only what `cargo build` needs (protoc + well-known protos)
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 
 want=${1:-all}
 BUILD_PKGS="protobuf-compiler libprotobuf-dev"
-TEST_PKGS="etcd-server etcd-client postgresql mtools dosfstools xorriso genisoimage
+TEST_PKGS="etcd-server etcd-client postgresql mtools dosfstools xorriso genisoimage openssl
   isolinux syslinux-common grub-efi-amd64-bin grub-common
   qemu-system-x86 ovmf busybox-static cpio
   swift swift-proxy swift-account swift-container swift-object swift-object-expirer memcached"

@@ -213,3 +213,39 @@ async fn a_conductor_with_other_ring_settings_is_refused() {
     let v = cl.ok(reqwest::Method::GET, "/v1/conductors", None).await;
     assert_eq!(v["conductors"].as_array().map(|a| a.len()), Some(1), "{v}");
 }
+
+/// Conductors derive agent tokens from the cluster secret: one whose
+/// secret differs from the cluster's (here: the cluster runs on the one
+/// generated at its first start) refuses to start, naming the fingerprint,
+/// instead of rejecting the ramdisks of every node it would take over.
+#[tokio::test]
+async fn a_conductor_with_another_cluster_secret_is_refused() {
+    let cl = Cluster::start(1, TTL, &[]);
+    cl.wait_conductors(1).await;
+    let args = ferric_tests::cluster::conductor_args(
+        cl.dir.path(),
+        &cl.etcd.endpoint,
+        &cl.db_url,
+        2,
+        ferric_tests::free_port(),
+        TTL,
+    );
+    let mut odd = ferric_tests::Process::start(
+        "c2",
+        cl.dir.path(),
+        args,
+        &[("FERRIC_CONDUCTOR__CLUSTER_SECRET", "a-secret-nobody-else-has")],
+        None,
+    );
+    let start = Instant::now();
+    while odd.is_running() {
+        assert!(start.elapsed() < Duration::from_secs(30), "c2 kept running:\n{}", odd.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = odd.log_tail(100_000);
+    assert!(log.contains("conductor.cluster_secret") && log.contains("generated at its first start"), "{log}");
+    assert!(log.contains("fingerprint"), "{log}");
+    assert!(!log.contains("a-secret-nobody-else-has"), "the secret is never printed: {log}");
+    let v = cl.ok(reqwest::Method::GET, "/v1/conductors", None).await;
+    assert_eq!(v["conductors"].as_array().map(|a| a.len()), Some(1), "{v}");
+}

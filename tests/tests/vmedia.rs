@@ -510,3 +510,72 @@ async fn a_restart_with_an_emptied_http_root_rebuilds_without_rewriting_bmcs() {
     assert_eq!(s, 202);
     api.wait_state(&b, "active", WAIT).await;
 }
+
+/// A BMC without a floppy or USB slot: the ramdisk's parameters and token
+/// go on the kernel command line of a per-node ISO (its name as
+/// unguessable as the token in it), and the ramdisk's heartbeat with that
+/// token finishes the deploy.
+#[tokio::test]
+async fn without_a_removable_slot_the_parameters_ride_on_a_per_node_iso() {
+    let lab = SushyLab::start(SushyOptions { systems: 2, removable_slot: false, ..Default::default() });
+    let (ferric, _) = start_ferric(&[]);
+    let api = Api::new(&ferric.endpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let (kernel, ramdisk) = images(dir.path(), "cd-only");
+    let mut tokens = Vec::new();
+    let mut isos = Vec::new();
+    for i in 0..2 {
+        let mut info = lab.driver_info(i);
+        info["deploy_kernel"] = kernel.clone().into();
+        info["deploy_ramdisk"] = ramdisk.clone().into();
+        info["fake_wait_after"] = "deploy.deploy".into();
+        let node = create(
+            &api,
+            json!({"driver": "redfish", "deploy_interface": "fake", "driver_info": info}),
+            &format!("52:54:00:00:06:0{i}"),
+        )
+        .await;
+        to_available(&api, &node).await;
+        api.provision(&node, "active").await;
+        let n = api.wait_state(&node, "wait call-back", WAIT).await;
+        assert!(n["driver_internal_info"]["vmedia"].get("removable").is_none(), "{n}");
+        let iso = lab.media_bytes(&lab.systems[i], "Cd").await.unwrap();
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), &iso).unwrap();
+        let cfg_path = dir.path().join(format!("isolinux-{i}.cfg"));
+        let out = std::process::Command::new("xorriso")
+            .args(["-osirrox", "on", "-indev", &f.path().display().to_string(), "-extract", "/isolinux/isolinux.cfg"])
+            .arg(&cfg_path)
+            .output()
+            .expect("xorriso");
+        assert!(out.status.success(), "xorriso: {}", String::from_utf8_lossy(&out.stderr));
+        let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+        let token = cfg
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ipa-agent-token="))
+            .unwrap_or_else(|| panic!("no token on the command line: {cfg}"))
+            .to_string();
+        assert!(
+            cfg.contains("boot_method=vmedia") && cfg.contains(&format!("ipa-api-url={}", ferric.endpoint)),
+            "{cfg}"
+        );
+        assert_eq!(token.len(), 43);
+        tokens.push((node, token));
+        isos.push(n["driver_internal_info"]["vmedia"]["cd"]["name"].as_str().unwrap().to_string());
+    }
+    assert_ne!(isos[0], isos[1], "one ISO per node when the parameters are on it");
+    for (node, token) in &tokens {
+        let (s, _) = api
+            .call(
+                Method::POST,
+                &format!("/v1/heartbeat/{node}"),
+                Some(
+                    json!({"callback_url": "https://127.0.0.1:9999", "agent_token": token, "agent_version": "10.0.0"}),
+                ),
+            )
+            .await;
+        assert_eq!(s, 202);
+        api.wait_state(node, "active", WAIT).await;
+    }
+    assert_eq!(root_files(&ferric), Vec::<String>::new());
+}

@@ -266,13 +266,20 @@ impl VirtualMediaBoot {
         VirtualMediaBoot { vendor }
     }
 
-    /// The CD and removable devices, with their current state: from the
-    /// recorded paths (one GET each), discovered when there are none or a
-    /// recorded one is gone.
-    async fn devices(&self, bmc: &Bmc, rec: &mut VmediaRecord) -> DriverResult<(MediaDevice, Option<MediaDevice>)> {
+    /// The CD and (when `removable`) the removable device, with their
+    /// current state: from the recorded paths (one GET each), discovered
+    /// when there are none or a recorded one is gone. Without `removable`
+    /// the removable slot is not read and comes back `None`.
+    async fn devices_for(
+        &self,
+        bmc: &Bmc,
+        rec: &mut VmediaRecord,
+        removable: bool,
+    ) -> DriverResult<(MediaDevice, Option<MediaDevice>)> {
         if let Some(cd_path) = rec.devices.cd.clone() {
             let cd = bmc.media(&cd_path).await;
             let removable = match rec.devices.removable.clone() {
+                _ if !removable => Some(Ok(None)),
                 Some(p) => Some(bmc.media(&p).await.map(Some)),
                 None if rec.devices.no_removable => Some(Ok(None)),
                 None => None,
@@ -291,13 +298,18 @@ impl VirtualMediaBoot {
                 all.iter().map(|d| format!("{} {:?}", d.path, d.media_types)).collect::<Vec<_>>().join(", ")
             ))
         })?;
-        let removable = Bmc::pick(&all, MediaSlot::Removable).cloned();
+        let found = Bmc::pick(&all, MediaSlot::Removable).cloned();
         rec.devices = DevicePaths {
             cd: Some(cd.path.clone()),
-            removable: removable.as_ref().map(|d| d.path.clone()),
-            no_removable: removable.is_none(),
+            removable: found.as_ref().map(|d| d.path.clone()),
+            no_removable: found.is_none(),
         };
-        Ok((cd, removable))
+        Ok((cd, if removable { found } else { None }))
+    }
+
+    /// Both devices (see [`Self::devices_for`]).
+    async fn devices(&self, bmc: &Bmc, rec: &mut VmediaRecord) -> DriverResult<(MediaDevice, Option<MediaDevice>)> {
+        self.devices_for(bmc, rec, true).await
     }
 
     /// Publishes `content` in this conductor's store (a shared ISO is
@@ -462,7 +474,9 @@ impl VirtualMediaBoot {
             return Ok(0);
         }
         let bmc = bmc(task, self.vendor).await?;
-        let (cd, removable) = self.devices(&bmc, &mut rec).await?;
+        // read only the slots that hold something of ours
+        let removable_needed = slots.contains(&MediaSlot::Removable) && rec.removable.is_some();
+        let (cd, removable) = self.devices_for(&bmc, &mut rec, removable_needed).await?;
         let mut writes = 0;
         for slot in slots {
             let Some(old) = rec.slot(*slot).clone() else { continue };
@@ -627,7 +641,10 @@ impl BootInterface for VirtualMediaBoot {
             return Ok(());
         }
         let bmc = bmc(task, self.vendor).await?;
-        let (cd, removable) = self.devices(&bmc, &mut rec).await?;
+        let (cd, removable) = {
+            let r = rec.removable.is_some();
+            self.devices_for(&bmc, &mut rec, r).await?
+        };
         self.take_out(&bmc, task, &mut rec, MediaSlot::Removable, removable.as_ref()).await?;
         self.take_out(&bmc, task, &mut rec, MediaSlot::Cd, Some(&cd)).await?;
         rec.phase = None;
@@ -666,7 +683,8 @@ impl BootInterface for VirtualMediaBoot {
         let option = crate::deploy::boot_option(&task.node);
         let bmc = bmc(task, self.vendor).await?;
         let mut rec = VmediaRecord::load(&task.node);
-        let (cd, removable) = self.devices(&bmc, &mut rec).await?;
+        let has_removable = rec.removable.is_some();
+        let (cd, removable) = self.devices_for(&bmc, &mut rec, has_removable).await?;
         let keep_ramdisk_media = task.services.settings.eject_media_after == EjectPolicy::Never;
         match option.as_str() {
             "local" => {
@@ -701,7 +719,10 @@ impl BootInterface for VirtualMediaBoot {
         let mut rec = VmediaRecord::load(&task.node);
         if rec.cd.is_some() || rec.removable.is_some() {
             let bmc = bmc(task, self.vendor).await?;
-            let (cd, removable) = self.devices(&bmc, &mut rec).await?;
+            let (cd, removable) = {
+                let r = rec.removable.is_some();
+                self.devices_for(&bmc, &mut rec, r).await?
+            };
             self.take_out(&bmc, task, &mut rec, MediaSlot::Removable, removable.as_ref()).await?;
             self.take_out(&bmc, task, &mut rec, MediaSlot::Cd, Some(&cd)).await?;
         }

@@ -462,6 +462,14 @@ impl Connection {
 
     async fn send_once(&self, method: &Method, path: &str, body: Option<&Value>, auth: Option<&Auth>) -> Result<Reply> {
         self.count_request();
+        let m: &'static str = match *method {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::PATCH => "PATCH",
+            Method::DELETE => "DELETE",
+            _ => "other",
+        };
+        metrics::counter!("ferric_bmc_requests_total", "method" => m).increment(1);
         let mut req = self.http.request(method.clone(), self.url(path)).header("Accept", "application/json");
         match auth {
             Some(Auth::Token(t)) => req = req.header("X-Auth-Token", t),
