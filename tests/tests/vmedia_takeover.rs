@@ -273,3 +273,109 @@ async fn sigkill_of_the_owner_re_points_virtual_media_at_the_new_owners() {
 async fn with_swift_the_moved_nodes_media_are_already_right() {
     take_over_virtual_media(Publisher::Swift(SwiftLab::start())).await;
 }
+
+/// Clean-up after a move: a drained conductor keeps serving its media
+/// until its nodes are re-pointed and never deletes them while draining;
+/// when it comes back, it drops what moved away for good (affinity on a
+/// live conductor that keeps the node) and keeps — and re-points — what
+/// the ring gives back to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_conductor_reaps_only_what_moved_away_when_it_returns() {
+    const N: usize = 24;
+    let lab = SushyLab::start(SushyOptions { systems: N, ..Default::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let (k, r) = images(dir.path(), "drain");
+    let env = [
+        ("FERRIC_MEMBERSHIP__FENCE_MARGIN_MS", "700"),
+        ("FERRIC_CONDUCTOR__POWER_STATE_POLL_INTERVAL_MS", "50"),
+        ("FERRIC_CONDUCTOR__PERIODIC_INTERVAL_SECS", "1"),
+    ];
+    let mut cl = Cluster::start(2, TTL, &env);
+    cl.wait_conductors(2).await;
+    let mut uuids = Vec::new();
+    for i in 0..N {
+        let v = cl
+            .ok(
+                Method::POST,
+                "/v1/nodes",
+                Some(json!({"driver": "redfish", "driver_info": lab.driver_info(i), "instance_info": {"kernel": k, "ramdisk": r}})),
+            )
+            .await;
+        uuids.push(v["uuid"].as_str().unwrap().to_string());
+    }
+    cl.drive(&uuids, "manage", "manageable", WAIT).await;
+    cl.drive(&uuids, "provide", "available", WAIT).await;
+    cl.drive(&uuids, "active", "active", WAIT).await;
+    let c1_root = cl.dir.path().join("c1/httpboot");
+    let markers = |root: &std::path::Path| -> HashSet<String> {
+        let mut out = HashSet::new();
+        if let Ok(isos) = std::fs::read_dir(root.join(".users")) {
+            for iso in isos.flatten() {
+                for m in std::fs::read_dir(iso.path()).unwrap().flatten() {
+                    out.insert(m.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        out
+    };
+    let db = Db::connect(&cl.db_url, 2).await.unwrap();
+    let affinity = |rows: &[ferric_common::model::Node], id: &str| -> HashSet<String> {
+        rows.iter().filter(|n| n.conductor_affinity.as_deref() == Some(id)).map(|n| n.uuid.to_string()).collect()
+    };
+    let rows = db.list_nodes(&NodeQuery::default()).await.unwrap();
+    let on_c1 = affinity(&rows, "c1");
+    assert!(!on_c1.is_empty() && on_c1.len() < N, "both conductors serve some: {}", on_c1.len());
+    assert_eq!(markers(&c1_root), on_c1, "c1's root counts exactly its nodes as users");
+
+    // drain c1: every node moves to c2, whose take-over re-points the BMCs
+    let out = std::process::Command::new(ferric_tests::bin_dir().join("ferricctl"))
+        .args(["--etcd-endpoints", &cl.etcd.endpoint, "--api", &cl.api_url, "conductor", "drain", "c1", "--wait"])
+        .output()
+        .expect("ferricctl");
+    assert!(out.status.success(), "drain: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(cl.conductors[0].0.stop().is_some_and(|s| s.success()));
+    let rows = db.list_nodes(&NodeQuery::default()).await.unwrap();
+    assert_eq!(affinity(&rows, "c2").len(), N);
+    assert_eq!(markers(&c1_root), on_c1, "nothing was deleted while draining");
+    let c2_root = cl.member_http_urls()["c2"].clone();
+    for u in &uuids {
+        let n = rows.iter().find(|n| n.uuid.to_string() == *u).unwrap();
+        let url = n.driver_internal_info["vmedia"]["cd"]["url"].as_str().unwrap();
+        assert!(url.starts_with(&c2_root), "{u}: {url}");
+    }
+
+    // c1 returns (same data dir): the ring gives it a share again
+    cl.conductors[0].0.spawn();
+    cl.wait_conductors(2).await;
+    let start = Instant::now();
+    let (back, stayed) = loop {
+        let rows = db.list_nodes(&NodeQuery::default()).await.unwrap();
+        let nodes = cl.nodes().await;
+        let owned_by_c1: HashSet<String> =
+            nodes.iter().filter(|(_, n)| n["conductor"] == "c1").map(|(u, _)| u.clone()).collect();
+        let back = affinity(&rows, "c1");
+        let settled = rows.iter().all(|n| n.reservation.is_none()) && back == owned_by_c1 && !back.is_empty();
+        if settled && markers(&c1_root) == back {
+            break (back, affinity(&rows, "c2"));
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "c1 never settled: affinity {back:?}, owned {owned_by_c1:?}, markers {:?}",
+            markers(&c1_root)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(back.len() + stayed.len(), N);
+    // every BMC holds a URL of the conductor its node is with, and it downloads
+    let roots = cl.member_http_urls();
+    let rows = db.list_nodes(&NodeQuery::default()).await.unwrap();
+    for n in &rows {
+        let with = n.conductor_affinity.clone().unwrap();
+        let url = n.driver_internal_info["vmedia"]["cd"]["url"].as_str().unwrap();
+        assert!(url.starts_with(&roots[&with]), "{}: {url} is not {with}'s", n.uuid);
+        let system = n.driver_info["redfish_system_id"].as_str().unwrap().rsplit('/').next().unwrap();
+        assert_eq!(lab.media(system, "Cd").await["Image"], url);
+        assert_eq!(ferric_tests::http().get(url).send().await.unwrap().status(), 200, "{url}");
+    }
+    db.close().await;
+}

@@ -747,7 +747,14 @@ impl BootInterface for VirtualMediaBoot {
         }
         let rec = VmediaRecord::load(&task.node);
         for medium in [&rec.cd, &rec.removable].into_iter().flatten() {
-            if medium.by == task.conductor_id && !self.published_here(task, medium).await? {
+            if medium.by != task.conductor_id {
+                continue;
+            }
+            // gone from the root, or the root moved (an HTTP listener on
+            // port 0 gets a new port at every start): the BMC's URL is dead
+            if !self.published_here(task, medium).await?
+                || !store.url_is_current(&medium.url, &medium.name, MIN_URL_VALIDITY)
+            {
                 return Ok(false);
             }
         }
