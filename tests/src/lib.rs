@@ -606,6 +606,12 @@ impl Api {
         .await;
     }
 
+    /// A ramdisk's heartbeat with `token`; returns the status.
+    pub async fn heartbeat(&self, node: &str, token: &str) -> u16 {
+        let body = serde_json::json!({"callback_url": "https://127.0.0.1:9999", "agent_token": token, "agent_version": "10.0.0"});
+        self.call(reqwest::Method::POST, &format!("/v1/heartbeat/{node}"), Some(body)).await.0
+    }
+
     /// The error body's faultstring of a failed call.
     pub fn fault(body: &serde_json::Value) -> String {
         body.as_object()

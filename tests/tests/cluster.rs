@@ -189,6 +189,16 @@ fn ferricctl_agrees(cl: &Cluster, owners: &BTreeMap<String, String>, spread: &Ha
 /// a conductor started with others is refused, with an error naming them.
 #[tokio::test]
 async fn a_conductor_with_other_ring_settings_is_refused() {
+    let (cl, log) = refused_conductor(&[("FERRIC_MEMBERSHIP__LOAD_EPSILON", "0.5")]).await;
+    assert!(log.contains("ring settings differ") && log.contains("load_epsilon=0.5"), "{log}");
+    assert!(log.contains("load_epsilon=0.02"), "the error names both settings: {log}");
+    drop(cl);
+}
+
+/// A one-conductor cluster and a second conductor started with `env`,
+/// which must exit; returns its whole log (with RUST_BACKTRACE set, a
+/// backtrace follows the error). The cluster still has one conductor.
+async fn refused_conductor(env: &[(&str, &str)]) -> (Cluster, String) {
     let cl = Cluster::start(1, TTL, &[]);
     cl.wait_conductors(1).await;
     let args = ferric_tests::cluster::conductor_args(
@@ -199,19 +209,16 @@ async fn a_conductor_with_other_ring_settings_is_refused() {
         ferric_tests::free_port(),
         TTL,
     );
-    let mut odd =
-        ferric_tests::Process::start("c2", cl.dir.path(), args, &[("FERRIC_MEMBERSHIP__LOAD_EPSILON", "0.5")], None);
+    let mut odd = ferric_tests::Process::start("c2", cl.dir.path(), args, env, None);
     let start = Instant::now();
     while odd.is_running() {
         assert!(start.elapsed() < Duration::from_secs(30), "c2 kept running:\n{}", odd.log_tail(30));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // the whole log: with RUST_BACKTRACE set, a backtrace follows the error
     let log = odd.log_tail(100_000);
-    assert!(log.contains("ring settings differ") && log.contains("load_epsilon=0.5"), "{log}");
-    assert!(log.contains("load_epsilon=0.02"), "the error names both settings: {log}");
     let v = cl.ok(reqwest::Method::GET, "/v1/conductors", None).await;
     assert_eq!(v["conductors"].as_array().map(|a| a.len()), Some(1), "{v}");
+    (cl, log)
 }
 
 /// Conductors derive agent tokens from the cluster secret: one whose
@@ -220,32 +227,8 @@ async fn a_conductor_with_other_ring_settings_is_refused() {
 /// instead of rejecting the ramdisks of every node it would take over.
 #[tokio::test]
 async fn a_conductor_with_another_cluster_secret_is_refused() {
-    let cl = Cluster::start(1, TTL, &[]);
-    cl.wait_conductors(1).await;
-    let args = ferric_tests::cluster::conductor_args(
-        cl.dir.path(),
-        &cl.etcd.endpoint,
-        &cl.db_url,
-        2,
-        ferric_tests::free_port(),
-        TTL,
-    );
-    let mut odd = ferric_tests::Process::start(
-        "c2",
-        cl.dir.path(),
-        args,
-        &[("FERRIC_CONDUCTOR__CLUSTER_SECRET", "a-secret-nobody-else-has")],
-        None,
-    );
-    let start = Instant::now();
-    while odd.is_running() {
-        assert!(start.elapsed() < Duration::from_secs(30), "c2 kept running:\n{}", odd.log_tail(30));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let log = odd.log_tail(100_000);
+    let (_cl, log) = refused_conductor(&[("FERRIC_CONDUCTOR__CLUSTER_SECRET", "a-secret-nobody-else-has")]).await;
     assert!(log.contains("conductor.cluster_secret") && log.contains("generated at its first start"), "{log}");
     assert!(log.contains("fingerprint"), "{log}");
     assert!(!log.contains("a-secret-nobody-else-has"), "the secret is never printed: {log}");
-    let v = cl.ok(reqwest::Method::GET, "/v1/conductors", None).await;
-    assert_eq!(v["conductors"].as_array().map(|a| a.len()), Some(1), "{v}");
 }

@@ -140,14 +140,7 @@ async fn a_deploy_boots_the_ramdisk_from_virtual_media_and_the_instance_from_dis
     let lookup = api.get(&format!("/v1/lookup?addresses={mac}")).await;
     assert_eq!(lookup["config"]["agent_token"], "******");
     assert_eq!(lookup["node"]["uuid"], node.as_str());
-    let (s, _) = api
-        .call(
-            Method::POST,
-            &format!("/v1/heartbeat/{node}"),
-            Some(json!({"callback_url": "https://127.0.0.1:9999", "agent_token": token, "agent_version": "10.0.0"})),
-        )
-        .await;
-    assert_eq!(s, 202);
+    assert_eq!(api.heartbeat(&node, &token).await, 202);
     let n = api.wait_state(&node, "active", WAIT).await;
 
     // called back: the ramdisk media were ejected and released, the
@@ -388,16 +381,7 @@ async fn eject_case(policy: &str) {
         let token = key_values(&fat_file(&lab.media_bytes(&uuid, "Floppy").await.unwrap(), "parameters.txt"))
             ["ipa-agent-token"]
             .clone();
-        let (s, _) = api
-            .call(
-                Method::POST,
-                &format!("/v1/heartbeat/{node}"),
-                Some(
-                    json!({"callback_url": "https://127.0.0.1:9999", "agent_token": token, "agent_version": "10.0.0"}),
-                ),
-            )
-            .await;
-        assert_eq!(s, 202);
+        assert_eq!(api.heartbeat(&node, &token).await, 202);
         // during write_image (1.5 s): ejected only with `callback`
         let start = std::time::Instant::now();
         loop {
@@ -500,14 +484,7 @@ async fn a_restart_with_an_emptied_http_root_rebuilds_without_rewriting_bmcs() {
             .clone();
     assert_eq!(again, token);
     // and the ramdisk's heartbeat still finishes the deploy
-    let (s, _) = api
-        .call(
-            Method::POST,
-            &format!("/v1/heartbeat/{b}"),
-            Some(json!({"callback_url": "https://127.0.0.1:9999", "agent_token": token, "agent_version": "10.0.0"})),
-        )
-        .await;
-    assert_eq!(s, 202);
+    assert_eq!(api.heartbeat(&b, &token).await, 202);
     api.wait_state(&b, "active", WAIT).await;
 }
 
@@ -565,16 +542,7 @@ async fn without_a_removable_slot_the_parameters_ride_on_a_per_node_iso() {
     }
     assert_ne!(isos[0], isos[1], "one ISO per node when the parameters are on it");
     for (node, token) in &tokens {
-        let (s, _) = api
-            .call(
-                Method::POST,
-                &format!("/v1/heartbeat/{node}"),
-                Some(
-                    json!({"callback_url": "https://127.0.0.1:9999", "agent_token": token, "agent_version": "10.0.0"}),
-                ),
-            )
-            .await;
-        assert_eq!(s, 202);
+        assert_eq!(api.heartbeat(node, token).await, 202);
         api.wait_state(node, "active", WAIT).await;
     }
     assert_eq!(root_files(&ferric), Vec::<String>::new());

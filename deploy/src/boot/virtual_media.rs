@@ -509,6 +509,21 @@ impl VirtualMediaBoot {
         Ok(writes)
     }
 
+    /// Ejects and releases every medium of the record; the phase ends.
+    async fn eject_all(&self, task: &mut Task) -> DriverResult<()> {
+        let mut rec = VmediaRecord::load(&task.node);
+        if rec.cd.is_some() || rec.removable.is_some() {
+            let bmc = bmc(task, self.vendor).await?;
+            let has_removable = rec.removable.is_some();
+            let (cd, removable) = self.devices_for(&bmc, &mut rec, has_removable).await?;
+            self.take_out(&bmc, task, &mut rec, MediaSlot::Removable, removable.as_ref()).await?;
+            self.take_out(&bmc, task, &mut rec, MediaSlot::Cd, Some(&cd)).await?;
+        }
+        rec.phase = None;
+        rec.store(task);
+        Ok(())
+    }
+
     /// Tells the BMC to boot the CD once (ramdisk) or for good (instance).
     async fn boot_from_cd(&self, bmc: &Bmc, task: &mut Task, cd: &MediaDevice, persistent: bool) -> DriverResult<()> {
         set_boot(task, self.vendor, BootDevice::Cdrom, persistent).await?;
@@ -636,20 +651,10 @@ impl BootInterface for VirtualMediaBoot {
     }
 
     async fn clean_up_ramdisk(&self, task: &mut Task) -> DriverResult<()> {
-        let mut rec = VmediaRecord::load(&task.node);
-        if rec.phase != Some(Phase::Ramdisk) || (rec.cd.is_none() && rec.removable.is_none()) {
+        if VmediaRecord::load(&task.node).phase != Some(Phase::Ramdisk) {
             return Ok(());
         }
-        let bmc = bmc(task, self.vendor).await?;
-        let (cd, removable) = {
-            let r = rec.removable.is_some();
-            self.devices_for(&bmc, &mut rec, r).await?
-        };
-        self.take_out(&bmc, task, &mut rec, MediaSlot::Removable, removable.as_ref()).await?;
-        self.take_out(&bmc, task, &mut rec, MediaSlot::Cd, Some(&cd)).await?;
-        rec.phase = None;
-        rec.store(task);
-        Ok(())
+        self.eject_all(task).await
     }
 
     async fn ramdisk_called_back(&self, task: &mut Task) -> DriverResult<()> {
@@ -716,19 +721,7 @@ impl BootInterface for VirtualMediaBoot {
     }
 
     async fn clean_up_instance(&self, task: &mut Task) -> DriverResult<()> {
-        let mut rec = VmediaRecord::load(&task.node);
-        if rec.cd.is_some() || rec.removable.is_some() {
-            let bmc = bmc(task, self.vendor).await?;
-            let (cd, removable) = {
-                let r = rec.removable.is_some();
-                self.devices_for(&bmc, &mut rec, r).await?
-            };
-            self.take_out(&bmc, task, &mut rec, MediaSlot::Removable, removable.as_ref()).await?;
-            self.take_out(&bmc, task, &mut rec, MediaSlot::Cd, Some(&cd)).await?;
-        }
-        rec.phase = None;
-        rec.store(task);
-        Ok(())
+        self.eject_all(task).await
     }
 
     async fn prepare_reboot(&self, task: &mut Task) -> DriverResult<()> {
