@@ -5,6 +5,7 @@
 //! gRPC hop over loopback.
 
 pub mod ctl;
+pub mod guard;
 
 use std::sync::Arc;
 
@@ -33,11 +34,15 @@ pub async fn run_all_in_one(mut cfg: Config, shutdown: CancellationToken) -> any
     if cfg.membership.backend != "local" {
         anyhow::bail!("all-in-one uses in-process membership; membership.backend must be \"local\"");
     }
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let _dir_lock = guard::lock_data_dir(&cfg.data_dir, "all-in-one")?;
     let url = cfg.database_url();
-    let db =
-        Db::connect(&url, cfg.database.max_connections).await.with_context(|| format!("opening database {url}"))?;
+    let db = Db::connect(&url, cfg.database.max_connections)
+        .await
+        .with_context(|| format!("opening database {}", redact(&url)))?;
     let membership = Membership::Local(Arc::new(LocalMembership::new(ring_settings(&cfg))));
+    guard::check_cluster(&db, &membership, &redact(&url)).await?;
+    let claim_stop = CancellationToken::new();
+    let claim = guard::claim_database(&db, &cfg.data_dir, claim_stop.clone()).await?;
     let http_stop = CancellationToken::new();
     let _stop_http = http_stop.clone().drop_guard();
     let media_slot = ferric_deploy::media::MediaSlot::default();
@@ -64,6 +69,8 @@ pub async fn run_all_in_one(mut cfg: Config, shutdown: CancellationToken) -> any
     info!("shutting down");
     let _ = api.join.await;
     conductor.wait().await;
+    claim_stop.cancel();
+    let _ = claim.await;
     db.close().await;
     Ok(())
 }
@@ -104,6 +111,13 @@ pub async fn run_api(cfg: Config, shutdown: CancellationToken) -> anyhow::Result
     let _stop_watch = watch_token.clone().drop_guard();
     let membership = etcd_membership(&cfg, &watch_token).await?;
     let db = open_db(&cfg).await?;
+    let url = redact(&cfg.database_url());
+    guard::refuse_sqlite_cluster(&cfg, &db, &url)?;
+    guard::check_cluster(&db, &membership, &url).await?;
+    let database_id = ferric_common::identity::database_id(&db).await?;
+    if let Some(e) = ferric_common::membership::etcd::database_mismatch(&membership.current(), "", &database_id) {
+        anyhow::bail!(e);
+    }
     let api =
         ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), install_metrics(), shutdown.clone()).await?;
     info!(api = %format!("http://{}", api.addr), epoch = membership.current().epoch(), "ferric api ready");
@@ -121,8 +135,12 @@ pub async fn run_conductor(mut cfg: Config, shutdown: CancellationToken) -> anyh
     // its locks while it still acts)
     let membership_token = CancellationToken::new();
     let _stop_membership = membership_token.clone().drop_guard();
+    let _dir_lock = guard::lock_data_dir(&cfg.data_dir, "conductor")?;
     let membership = etcd_membership(&cfg, &membership_token).await?;
     let db = open_db(&cfg).await?;
+    let url = redact(&cfg.database_url());
+    guard::refuse_sqlite_cluster(&cfg, &db, &url)?;
+    guard::check_cluster(&db, &membership, &url).await?;
     let media_slot = ferric_deploy::media::MediaSlot::default();
     serve_conductor_http(&mut cfg, install_metrics(), media_slot.clone(), membership_token.clone()).await?;
     let mut restarting = false;

@@ -18,6 +18,7 @@ fn members(n: usize) -> Vec<Member> {
             hardware_types: vec!["fake-hardware".into()],
             state: MemberState::Active,
             ring_settings: String::new(),
+            database_id: String::new(),
         })
         .collect()
 }

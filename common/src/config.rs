@@ -119,6 +119,10 @@ pub struct MembershipConfig {
     /// A conductor takes at most ⌈(1+ε)·P/N⌉ partitions.
     pub load_epsilon: f64,
     pub replicas: usize,
+    /// Let `ferric api` / `ferric conductor` processes run on SQLite. Off,
+    /// because every process of a cluster must share one database, and a
+    /// SQLite file is shared only on one host; a lab may turn it on.
+    pub allow_sqlite: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -364,6 +368,7 @@ impl Default for MembershipConfig {
             partition_exponent: 16,
             load_epsilon: 0.02,
             replicas: 0,
+            allow_sqlite: false,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! Layout: [`model`] (nodes, ports), [`states`] (the provision state
 //! machine, pure), [`db`] (SQLite + PostgreSQL, one set of queries),
 //! [`ring`] (pure placement of nodes on conductors), [`membership`] (who is
-//! in the ring, as a `watch::Receiver<Ring>`), [`config`], [`rpc`] (typed
+//! in the ring, as a `watch::Receiver<Ring>`), [`identity`] (which cluster a
+//! database belongs to), [`config`], [`rpc`] (typed
 //! errors across gRPC) and [`proto`] (the generated API↔conductor contract).
 //!
 //! The invariant a newcomer must not break: a node is acted on only by the
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod db;
+pub mod identity;
 pub mod membership;
 pub mod model;
 pub mod ring;

@@ -56,6 +56,11 @@ pub struct Member {
     /// they disagree on owners. Empty in records of older versions.
     #[serde(default)]
     pub ring_settings: String,
+    /// The id of the database this member works on
+    /// (`identity::database_id`): a member on another database would own
+    /// nodes it cannot see. Empty in records of older versions.
+    #[serde(default)]
+    pub database_id: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -340,6 +345,7 @@ mod tests {
             hardware_types: hw.iter().map(|s| s.to_string()).collect(),
             state: MemberState::Active,
             ring_settings: String::new(),
+            database_id: String::new(),
         }
     }
 

@@ -68,6 +68,24 @@ pub struct Inner {
     /// What every task's drivers use: media publishing (HTTP root or
     /// Swift), agent tokens, BMC connections, settings.
     pub services: Arc<Services>,
+    /// Nodes whose operation runs in a task of this process. Nothing starts
+    /// a second one while it runs, whatever the database says about the
+    /// node's lock (a lock cleared under a running task must not let this
+    /// process run the same operation twice at once).
+    pub running: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+}
+
+/// Marks a node's operation as running in this process until dropped (a
+/// panicking task drops it too).
+struct Running {
+    inner: Arc<Inner>,
+    node: Uuid,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.inner.running.lock().expect("running set").remove(&self.node);
+    }
 }
 
 /// Counters for status and metrics.
@@ -149,6 +167,37 @@ impl Inner {
         // the ring may have moved on while we read
         out.retain(|n| self.owns(n));
         Ok(out)
+    }
+
+    /// Whether a task of this process runs the node's operation.
+    pub fn is_running(&self, node: Uuid) -> bool {
+        self.running.lock().expect("running set").contains(&node)
+    }
+
+    /// Runs the node's operation from its recorded step in a task of its
+    /// own, holding `permit` (a worker) until it ends. Refused (false) when
+    /// a task of this process already runs it: the lock is then left as it
+    /// is, held for that task.
+    pub fn spawn_operation(
+        self: &Arc<Self>,
+        lock: lock::NodeLock,
+        node: Node,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> bool {
+        if !self.running.lock().expect("running set").insert(node.uuid) {
+            warn!(node = %node.uuid, "an operation of this node already runs here; not starting another");
+            drop(lock); // not released: it is held for the running task
+            return false;
+        }
+        let running = Running { inner: self.clone(), node: node.uuid };
+        let inner = self.clone();
+        self.tasks.spawn(async move {
+            let cancel = inner.cancel.clone();
+            operation::run(inner, lock, node, cancel).await;
+            drop(running);
+            drop(permit);
+        });
+        true
     }
 
     pub fn operations_in_flight(&self) -> usize {
@@ -257,6 +306,7 @@ pub async fn start(
         fenced: std::sync::atomic::AtomicBool::new(false),
         fence: CancellationToken::new(),
         stats: Stats::default(),
+        running: Default::default(),
         db,
         cfg,
     });
@@ -288,6 +338,7 @@ pub async fn start(
             replicas: inner.cfg.membership.replicas,
         }
         .fingerprint(),
+        database_id: ferric_common::identity::database_id(&inner.db).await.context("reading the database id")?,
     };
     match membership.join(member, inner.cfg.membership.lease_ttl_secs).await {
         Ok(Some(valid_until)) => {

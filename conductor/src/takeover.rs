@@ -51,7 +51,6 @@ use uuid::Uuid;
 
 use crate::Inner;
 use crate::lock::{LockError, NodeLock};
-use crate::operation;
 
 /// What the new owner of a node does, by provision state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,12 +292,7 @@ async fn take_over_one_as(inner: &Arc<Inner>, uuid: Uuid, repair: bool) -> bool 
     if p == Policy::Resume && !repair {
         match inner.operations.clone().try_acquire_owned() {
             Ok(permit) => {
-                let inner2 = inner.clone();
-                let cancel = inner.cancel.clone();
-                inner.tasks.spawn(async move {
-                    operation::run(inner2, lock, node, cancel).await;
-                    drop(permit);
-                });
+                inner.spawn_operation(lock, node, permit);
             }
             // no free worker: leave it for the orphan pass
             Err(_) => {
@@ -312,6 +306,12 @@ async fn take_over_one_as(inner: &Arc<Inner>, uuid: Uuid, repair: bool) -> bool 
 }
 
 async fn resume(inner: &Arc<Inner>, uuid: Uuid, seen: ProvisionState) {
+    if inner.is_running(uuid) {
+        // "orphaned" in the database (its lock was cleared), but its task
+        // here is alive: it stops by itself when its next save finds the
+        // lock gone, and a later pass resumes it then
+        return;
+    }
     let Ok(permit) = inner.operations.clone().try_acquire_owned() else {
         return; // busy; a later pass picks it up
     };
@@ -326,12 +326,7 @@ async fn resume(inner: &Arc<Inner>, uuid: Uuid, seen: ProvisionState) {
         return;
     }
     info!(node = %uuid, state = %node.provision_state, "resuming an orphaned operation");
-    let inner2 = inner.clone();
-    let cancel = inner.cancel.clone();
-    inner.tasks.spawn(async move {
-        operation::run(inner2, lock, node, cancel).await;
-        drop(permit);
-    });
+    inner.spawn_operation(lock, node, permit);
 }
 
 #[cfg(test)]

@@ -225,3 +225,36 @@ async fn callback_wait_resumes_on_heartbeat_and_times_out_without_one() {
     assert_eq!(n["provision_state"], "deploy failed");
     assert!(n["last_error"].as_str().unwrap().contains("Timeout reached while waiting for callback"), "{n}");
 }
+
+/// A lock cleared in the database under a running operation (an operator's
+/// UPDATE, a stale dead-lock clearing) must not let this conductor start
+/// the same operation a second time while its task still runs: the running
+/// task stops at its next save (the lock is no longer its own) and the
+/// operation resumes once, from its recorded step. Before, the orphan pass
+/// started a second task that ran every remaining step next to the first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_cleared_under_a_running_operation_never_runs_it_twice() {
+    let ferric = Ferric::start(None, &[]);
+    let c = http();
+    let base = ferric.endpoint.clone();
+    let uuid = deploy_until_second_step(&c, &base).await;
+    let db = Db::connect(&format!("sqlite://{}/ferric.sqlite", ferric.data_dir.path().display()), 1).await.unwrap();
+    // write_image sleeps 700 ms; the orphan pass looks every second
+    assert!(
+        db.clear_reservations_of(&get(&c, &base, "/v1/nodes/slow").await["reservation"].as_str().unwrap().to_string())
+            .await
+            .unwrap()
+            == 1
+    );
+    db.close().await;
+    wait_for(&c, &base, "slow", "active", |n| n["provision_state"] == "active" && n["reservation"].is_null()).await;
+    // a second task would have been done later than the first: give it time
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let h = history(&ferric, &uuid).await;
+    let done: Vec<_> = h.iter().filter(|(_, e, d)| e == "done" && d.starts_with("deploying")).collect();
+    assert_eq!(done.len(), 1, "the deploy finished once: {h:?}");
+    for step in ["deploy.prepare_instance_boot", "deploy.boot_instance"] {
+        let runs = h.iter().filter(|(_, e, d)| e == "step" && d.ends_with(step)).count();
+        assert_eq!(runs, 1, "{step} ran {runs} times: {h:?}");
+    }
+}

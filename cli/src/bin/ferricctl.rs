@@ -119,6 +119,7 @@ fn main() -> anyhow::Result<()> {
                         hardware_types: hw.clone(),
                         state: MemberState::Active,
                         ring_settings: String::new(),
+                        database_id: String::new(),
                     })
                     .collect();
                 let nodes = ctl::fetch_nodes(&cli.api).await?;

@@ -51,10 +51,27 @@ async fn connect(endpoints: &[String]) -> Result<Client, EtcdError> {
     Ok(Client::connect(endpoints, Some(opts)).await?)
 }
 
+/// A member of `ring` (other than `me`) that works on another database
+/// than `database_id`, as the error that refuses this process.
+pub fn database_mismatch(ring: &Ring, me: &str, database_id: &str) -> Option<String> {
+    let other = ring
+        .members()
+        .iter()
+        .find(|m| m.id != me && !m.database_id.is_empty() && !database_id.is_empty() && m.database_id != database_id)?;
+    Some(format!(
+        "this process's database (id {database_id}) is not the cluster's: member {} works on database {}; every \
+         process of a cluster needs the same database.url (a forgotten --database-url gives a process its own SQLite \
+         file)",
+        other.id, other.database_id
+    ))
+}
+
 /// Watches the membership and publishes the ring; optionally registers
 /// this process as a member.
 pub struct EtcdMembership {
     endpoints: Vec<String>,
+    /// The etcd cluster's id (from its response headers), hex.
+    cluster_id: String,
     tx: watch::Sender<Ring>,
     cancel: CancellationToken,
     registration: Mutex<Option<Registration>>,
@@ -75,15 +92,27 @@ impl EtcdMembership {
         cancel: CancellationToken,
     ) -> Result<Arc<EtcdMembership>, EtcdError> {
         let mut client = connect(&endpoints).await?;
+        let cluster_id = client.status().await?.header().map(|h| format!("{:x}", h.cluster_id())).unwrap_or_default();
         let (members, rev) = snapshot(&mut client).await?;
         let (tx, _) = watch::channel(Ring::new(rev as u64, members.values().cloned().collect(), settings.clone()));
-        let m = Arc::new(EtcdMembership { endpoints, tx, cancel: cancel.clone(), registration: Mutex::new(None) });
+        let m = Arc::new(EtcdMembership {
+            endpoints,
+            cluster_id,
+            tx,
+            cancel: cancel.clone(),
+            registration: Mutex::new(None),
+        });
         tokio::spawn(watch_loop(m.endpoints.clone(), m.tx.clone(), settings, members, rev, cancel));
         Ok(m)
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Ring> {
         self.tx.subscribe()
+    }
+
+    /// The etcd cluster's id, as recorded in a database's identity.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     pub fn current(&self) -> Ring {
@@ -110,6 +139,9 @@ impl EtcdMembership {
                  same membership.partition_exponent, load_epsilon and replicas",
                 other.id, other.ring_settings, member.ring_settings
             )));
+        }
+        if let Some(other) = database_mismatch(&self.current(), &member.id, &member.database_id) {
+            return Err(EtcdError(other));
         }
         let mut client = connect(&self.endpoints).await?;
         let sent = Instant::now();

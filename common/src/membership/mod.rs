@@ -37,6 +37,17 @@ impl Membership {
         }
     }
 
+    /// Which cluster this membership is (`identity::check_membership`).
+    pub fn identity(&self) -> crate::identity::ClusterIdentity {
+        match self {
+            Membership::Local(_) => crate::identity::ClusterIdentity::Local,
+            Membership::Etcd(m) => crate::identity::ClusterIdentity::Etcd {
+                cluster_id: m.cluster_id().to_string(),
+                prefix: etcd::PREFIX.to_string(),
+            },
+        }
+    }
+
     /// Register a conductor (under a lease of `ttl_secs` in etcd). For etcd,
     /// returns until when the lease is surely valid (updated on every
     /// renewal); in-process membership never expires.
@@ -151,6 +162,7 @@ mod tests {
             hardware_types: vec!["fake-hardware".into()],
             state: MemberState::Active,
             ring_settings: String::new(),
+            database_id: String::new(),
         }
     }
 

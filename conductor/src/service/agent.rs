@@ -78,12 +78,7 @@ impl ConductorService {
                 Self::give_back(lock).await;
                 return Err(e);
             }
-            let inner = self.inner.clone();
-            let cancel = self.inner.cancel.clone();
-            self.inner.tasks.spawn(async move {
-                operation::run(inner, lock, node, cancel).await;
-                drop(permit);
-            });
+            self.inner.spawn_operation(lock, node, permit);
             return Ok(Response::new(Empty {}));
         }
         let res = self.save(&lock, &node).await;

@@ -140,12 +140,7 @@ impl ConductorService {
         self.inner.history(node.uuid, "provision", &format!("{} : {from} -> {}", verb.as_str(), t.to)).await;
         info!(node = %node.uuid, verb = verb.as_str(), from = %from, to = %t.to, "provision action accepted");
         if t.to.is_in_progress() {
-            let inner = self.inner.clone();
-            let cancel = self.inner.cancel.clone();
-            self.inner.tasks.spawn(async move {
-                operation::run(inner, lock, node, cancel).await;
-                drop(permit);
-            });
+            self.inner.spawn_operation(lock, node, permit);
         } else {
             Self::give_back(lock).await;
         }

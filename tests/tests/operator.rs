@@ -1,0 +1,157 @@
+//! The mistakes an on-call engineer makes at 3 a.m., each refused at start
+//! with one line that names what is wrong and what to do — never accepted
+//! silently (each of these started without a word before and left the
+//! cluster broken: one of them with two processes driving the same node).
+
+use std::time::{Duration, Instant};
+
+use ferric_tests::cluster::{Cluster, conductor_args};
+use ferric_tests::{Ferric, Postgres, Process, free_port};
+
+const TTL: u64 = 3;
+
+/// Waits for `p` to exit on its own; returns its whole log.
+async fn refused(mut p: Process) -> String {
+    let start = Instant::now();
+    while p.is_running() {
+        assert!(start.elapsed() < Duration::from_secs(30), "{} kept running:\n{}", p.name, p.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.log_tail(100_000)
+}
+
+fn all_in_one_args(dir: &std::path::Path, db: &str) -> Vec<String> {
+    [
+        "all-in-one",
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--data-dir",
+        &dir.display().to_string(),
+        "--database-url",
+        db,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[tokio::test]
+async fn an_all_in_one_on_a_clusters_database_is_refused_and_the_other_way_round() {
+    let cl = Cluster::start(1, TTL, &[]);
+    cl.wait_conductors(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log =
+        refused(Process::start("aio", dir.path(), all_in_one_args(&dir.path().join("aio"), &cl.db_url), &[], None))
+            .await;
+    assert!(log.contains("belongs to a cluster with etcd membership"), "{log}");
+    assert!(log.contains("this process uses in-process membership (ferric all-in-one)"), "names both: {log}");
+    assert!(log.contains("give all-in-one a database of its own"), "says what to do: {log}");
+    // the cluster's conductor kept its nodes: still the only member
+    let v = cl.ok(reqwest::Method::GET, "/v1/conductors", None).await;
+    assert_eq!(v["conductors"].as_array().unwrap().len(), 1);
+
+    // a cluster conductor pointed at an all-in-one's database
+    let pg = Postgres::start();
+    let aio_db = pg.database("ferric_aio");
+    let aio = Ferric::start(Some(&aio_db), &[]);
+    let args = conductor_args(dir.path(), &cl.etcd.endpoint, &aio_db, 7, free_port(), TTL);
+    let log = refused(Process::start("c7", dir.path(), args, &[], None)).await;
+    assert!(log.contains("belongs to a cluster with in-process membership (ferric all-in-one)"), "{log}");
+    assert!(log.contains("this database is an all-in-one's"), "{log}");
+    drop(aio);
+}
+
+#[tokio::test]
+async fn a_second_all_in_one_on_one_database_is_refused_while_the_first_runs() {
+    let pg = Postgres::start();
+    let db = pg.database("ferric_shared");
+    let mut first = Ferric::start(Some(&db), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let log =
+        refused(Process::start("second", dir.path(), all_in_one_args(&dir.path().join("second"), &db), &[], None))
+            .await;
+    assert!(log.contains("another ferric all-in-one") && log.contains("runs on this database"), "{log}");
+    assert!(
+        log.contains(&first.data_dir.path().canonicalize().unwrap().display().to_string()),
+        "names the holder: {log}"
+    );
+    // a clean stop gives the database up: now the second one starts
+    assert!(first.stop().is_some_and(|s| s.success()));
+    let port = free_port();
+    let mut args = all_in_one_args(&dir.path().join("second"), &db);
+    args[2] = format!("127.0.0.1:{port}");
+    let mut second = Process::start("second-again", dir.path(), args, &[], Some(port));
+    assert!(second.is_running());
+    second.stop();
+}
+
+#[tokio::test]
+async fn a_conductor_without_the_clusters_database_is_refused() {
+    let cl = Cluster::start(1, TTL, &[]);
+    cl.wait_conductors(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    // the forgotten --database-url: the conductor would get its own SQLite file
+    let data = dir.path().join("c2");
+    let args: Vec<String> = [
+        "conductor",
+        "--etcd-endpoints",
+        &cl.etcd.endpoint,
+        "--conductor-id",
+        "c2",
+        "--grpc-listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--data-dir",
+        &data.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let log = refused(Process::start("c2", dir.path(), args.clone(), &[], None)).await;
+    assert!(log.contains("its database is SQLite") && log.contains("--database-url postgres://"), "{log}");
+    // allowed SQLite, but still not the cluster's database: refused at join
+    let log =
+        refused(Process::start("c2-lab", dir.path(), args, &[("FERRIC_MEMBERSHIP__ALLOW_SQLITE", "true")], None)).await;
+    assert!(log.contains("is not the cluster's: member c1 works on database"), "{log}");
+    let v = cl.ok(reqwest::Method::GET, "/v1/conductors", None).await;
+    assert_eq!(v["conductors"].as_array().unwrap().len(), 1, "nobody joined: {v}");
+    // an API process on the wrong database is refused the same way
+    let api: Vec<String> = [
+        "api",
+        "--etcd-endpoints",
+        &cl.etcd.endpoint,
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--data-dir",
+        &dir.path().join("api").display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let log =
+        refused(Process::start("api2", dir.path(), api, &[("FERRIC_MEMBERSHIP__ALLOW_SQLITE", "true")], None)).await;
+    assert!(log.contains("is not the cluster's"), "{log}");
+}
+
+#[tokio::test]
+async fn two_processes_in_one_data_dir_are_refused() {
+    let cl = Cluster::start(1, TTL, &[]);
+    cl.wait_conductors(1).await;
+    // c2 in c1's data dir
+    let mut args = conductor_args(cl.dir.path(), &cl.etcd.endpoint, &cl.db_url, 2, free_port(), TTL);
+    let i = args.iter().position(|a| a == "--data-dir").unwrap();
+    args[i + 1] = cl.dir.path().join("c1").display().to_string();
+    let log = refused(Process::start("c2", cl.dir.path(), args, &[], None)).await;
+    assert!(log.contains("is in use by ferric conductor (pid"), "names the holder: {log}");
+    assert!(log.contains("needs a --data-dir of its own"), "{log}");
+    // and an all-in-one in a running all-in-one's
+    let first = Ferric::start(None, &[]);
+    let log = refused(Process::start(
+        "aio2",
+        cl.dir.path(),
+        all_in_one_args(first.data_dir.path(), &format!("sqlite://{}/other.sqlite", cl.dir.path().display())),
+        &[],
+        None,
+    ))
+    .await;
+    assert!(log.contains("is in use by ferric all-in-one (pid"), "{log}");
+}
