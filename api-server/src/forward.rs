@@ -112,10 +112,21 @@ impl Forwarder {
                     let retry = matches!(d.reason(), Reason::NotOwner | Reason::Unavailable);
                     if !retry || Instant::now() >= deadline {
                         if retry {
-                            return Err(ApiError::unavailable(format!(
-                                "Resource temporarily unavailable, please retry. ({})",
-                                d.message
-                            )));
+                            // a conductor that never answered: say which, and where we tried
+                            let transport = ferric_common::rpc::is_transport_error(&status);
+                            let msg = if transport {
+                                format!(
+                                    "Resource temporarily unavailable, please retry. (conductor {} at {} could not be \
+                                     reached: {})",
+                                    member.id, member.grpc_url, d.message
+                                )
+                            } else {
+                                format!("Resource temporarily unavailable, please retry. ({})", d.message)
+                            };
+                            if transport {
+                                tracing::warn!(conductor = %member.id, url = %member.grpc_url, "{}", d.message);
+                            }
+                            return Err(ApiError::unavailable(msg));
                         }
                         return Err(ApiError::from_status(&status));
                     }

@@ -42,6 +42,12 @@ pub fn detail(status: &Status) -> ErrorDetail {
     }
 }
 
+/// Whether a Status came from the transport (the conductor never
+/// answered) rather than from a conductor.
+pub fn is_transport_error(status: &Status) -> bool {
+    !matches!(ErrorDetail::decode(status.details()), Ok(d) if d.reason != Reason::Unspecified as i32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

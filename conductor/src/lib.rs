@@ -260,6 +260,96 @@ fn http_root_url(cfg: &Config) -> anyhow::Result<String> {
     Ok(String::new())
 }
 
+/// The advertised gRPC URL must reach this conductor (a `Whoami` with our
+/// incarnation comes back), and the HTTP root's URL must serve this
+/// conductor's store (a probe object put there downloads with its content)
+/// — else every request for our nodes would wait for the deadline and end
+/// in a 503, and every BMC fetch would fail.
+async fn check_reachable(inner: &Arc<Inner>, grpc_url: &str) -> anyhow::Result<()> {
+    const TRIES: u32 = 20;
+    let mut last = String::new();
+    for attempt in 0..TRIES {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let answer = async {
+            let ch = tonic::transport::Endpoint::from_shared(grpc_url.to_string())
+                .map_err(|e| format!("not a URL: {e}"))?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(3))
+                .connect()
+                .await
+                .map_err(|e| {
+                    format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())
+                })?;
+            let who = ferric_common::proto::conductor_client::ConductorClient::new(ch)
+                .whoami(ferric_common::proto::Empty {})
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner();
+            Ok::<_, String>(who)
+        };
+        match answer.await {
+            Ok(who) if who.incarnation == inner.incarnation => {
+                last.clear();
+                break;
+            }
+            Ok(who) => {
+                anyhow::bail!(
+                    "conductor.grpc_url {grpc_url} reaches another conductor ({}, incarnation {}), not this one: set \
+                     --grpc-url to an address of this host that reaches --grpc-listen {}",
+                    who.id,
+                    who.incarnation,
+                    inner.cfg.conductor.grpc_listen
+                );
+            }
+            Err(e) => last = e,
+        }
+    }
+    if !last.is_empty() {
+        anyhow::bail!(
+            "conductor.grpc_url {grpc_url} does not reach this conductor ({last}): API processes could not send it \
+             requests; set --grpc-url to an address of this host that reaches --grpc-listen {}",
+            inner.cfg.conductor.grpc_listen
+        );
+    }
+    let store = inner.media().artefacts.store().clone();
+    if store.kind() == "http" {
+        let name = format!("probe-{}.txt", Uuid::new_v4());
+        let nonce = Uuid::new_v4().to_string();
+        store.put_bytes(&name, nonce.clone().into_bytes(), Some(Duration::from_secs(60))).await?;
+        let url = store.url(&name, Duration::from_secs(60))?;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let got = async {
+            let r = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| e.to_string())?
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| format!("{e}"))?;
+            let status = r.status();
+            let body = r.text().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, body))
+        }
+        .await;
+        let _ = store.delete(&name).await;
+        match got {
+            Ok((s, body)) if s.is_success() && body == nonce => {}
+            Ok((s, _)) => anyhow::bail!(
+                "deploy.http_server_url does not serve this conductor's HTTP root: {url} answered {s}; BMCs would \
+                 fetch boot media from the wrong place — set it to the URL of this host's conductor.http_listen"
+            ),
+            Err(e) => anyhow::bail!(
+                "deploy.http_server_url does not reach this conductor's HTTP root ({url}: {e}); BMCs could not fetch \
+                 boot media — set it to a URL of this host's conductor.http_listen that BMCs reach"
+            ),
+        }
+    }
+    Ok(())
+}
+
 pub async fn start(
     cfg: Config,
     db: Db,
@@ -324,6 +414,11 @@ pub async fn start(
         }
     });
 
+    // before anyone is told where we are: does it reach us?
+    if let Err(e) = check_reachable(&inner, &grpc_url).await {
+        shutdown.cancel();
+        return Err(e);
+    }
     let member = Member {
         id: id.clone(),
         incarnation: incarnation.clone(),

@@ -155,3 +155,80 @@ async fn two_processes_in_one_data_dir_are_refused() {
     .await;
     assert!(log.contains("is in use by ferric all-in-one (pid"), "{log}");
 }
+
+#[tokio::test]
+async fn advertised_urls_that_do_not_reach_the_conductor_are_refused() {
+    let cl = Cluster::start(1, TTL, &[]);
+    cl.wait_conductors(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    // the README's `c1.example` style: an address that reaches nothing here
+    let mut args = conductor_args(dir.path(), &cl.etcd.endpoint, &cl.db_url, 2, free_port(), TTL);
+    args.extend(["--grpc-url".into(), format!("http://127.0.0.1:{}", free_port())]);
+    let log = refused(Process::start("c2", dir.path(), args, &[], None)).await;
+    assert!(
+        log.contains("conductor.grpc_url http://127.0.0.1:") && log.contains("does not reach this conductor"),
+        "{log}"
+    );
+    assert!(log.contains("set --grpc-url"), "{log}");
+    // c1's gRPC address copied into c3's config: reaches another conductor
+    let c1 = cl.status(0).await.unwrap();
+    let mut args = conductor_args(dir.path(), &cl.etcd.endpoint, &cl.db_url, 3, free_port(), TTL);
+    args.extend(["--grpc-url".into(), format!("http://127.0.0.1:{}", cl.conductors[0].1)]);
+    let log = refused(Process::start("c3", dir.path(), args, &[], None)).await;
+    assert!(log.contains(&format!("reaches another conductor (c1, incarnation {})", c1.incarnation)), "{log}");
+    // an HTTP root URL that is not this conductor's
+    let args = conductor_args(dir.path(), &cl.etcd.endpoint, &cl.db_url, 4, free_port(), TTL);
+    let wrong = format!("http://127.0.0.1:{}/httpboot", free_port());
+    let log =
+        refused(Process::start("c4", dir.path(), args, &[("FERRIC_DEPLOY__HTTP_SERVER_URL", wrong.as_str())], None))
+            .await;
+    assert!(log.contains("deploy.http_server_url does not reach this conductor's HTTP root"), "{log}");
+    let v = cl.ok(reqwest::Method::GET, "/v1/conductors", None).await;
+    assert_eq!(v["conductors"].as_array().unwrap().len(), 1, "{v}");
+}
+
+/// A conductor that stops answering on its gRPC address (a firewall, a
+/// dead route) while it stays in the ring: the API's 503 names it and the
+/// address it tried.
+#[tokio::test]
+async fn a_503_names_the_conductor_it_could_not_reach() {
+    use ferric_tests::TcpProxy;
+    let etcd = ferric_tests::Etcd::start();
+    let pg = Postgres::start();
+    let db = pg.database("ferric_unreachable");
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = free_port();
+    let proxy = TcpProxy::start(format!("127.0.0.1:{grpc}").parse().unwrap()).await;
+    let mut args = conductor_args(dir.path(), &etcd.endpoint, &db, 1, grpc, 6);
+    args.extend(["--grpc-url".into(), proxy.endpoint()]);
+    let _c1 = Process::start("c1", dir.path(), args, &[], Some(grpc));
+    let port = free_port();
+    let api_args: Vec<String> = [
+        "api",
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--database-url",
+        &db,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        &dir.path().join("api").display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _api = Process::start("api", dir.path(), api_args, &[("FERRIC_API__REQUEST_DEADLINE_MS", "3000")], Some(port));
+    let api = ferric_tests::Api::new(&format!("http://127.0.0.1:{port}"));
+    let start = Instant::now();
+    while api.get("/v1/conductors").await["conductors"].as_array().map(|a| a.len()) != Some(1) {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let n = api.ok(reqwest::Method::POST, "/v1/nodes", Some(serde_json::json!({"driver": "fake-hardware"}))).await;
+    let uuid = n["uuid"].as_str().unwrap().to_string();
+    proxy.cut();
+    let (s, body) = api.call(reqwest::Method::GET, &format!("/v1/nodes/{uuid}/validate"), None).await;
+    assert_eq!(s, 503, "{body}");
+    let fault = ferric_tests::Api::fault(&body);
+    assert!(fault.contains(&format!("conductor c1 at {} could not be reached", proxy.endpoint())), "{fault}");
+}

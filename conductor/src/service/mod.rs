@@ -258,4 +258,8 @@ impl Conductor for ConductorService {
     async fn get_conductor_status(&self, _req: Request<Empty>) -> Rpc<ConductorStatus> {
         self.get_conductor_status_rpc(_req).await
     }
+
+    async fn whoami(&self, _req: Request<Empty>) -> Rpc<WhoamiReply> {
+        Ok(Response::new(WhoamiReply { id: self.inner.id.clone(), incarnation: self.inner.incarnation.clone() }))
+    }
 }
