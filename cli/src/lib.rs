@@ -238,16 +238,7 @@ async fn serve_conductor_http(
 
 /// A database URL without its password, for logs.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
+    ferric_common::db::redact_password(url)
 }
 
 /// Cancel `token` on SIGINT or SIGTERM.

@@ -447,6 +447,9 @@ impl Config {
         if self.deploy.deploy_helper_images_ttl == 0 {
             return Err(ConfigError("deploy.deploy_helper_images_ttl must be at least 1 (minutes)".into()));
         }
+        if !self.database.url.is_empty() {
+            crate::db::Backend::of(&self.database.url).map_err(|e| ConfigError(format!("database.url: {e}")))?;
+        }
         if !matches!(self.deploy.default_boot_mode.as_str(), "uefi" | "bios") {
             return Err(ConfigError(format!(
                 "deploy.default_boot_mode must be \"uefi\" or \"bios\", not {:?}",

@@ -34,6 +34,12 @@ pub enum DbError {
     Sqlx(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database could not be reached or opened at start.
+    #[error("cannot connect to {what} at {target}: {message}")]
+    Connect { what: &'static str, target: String, message: String },
+    /// The URL is not one this build understands.
+    #[error("{0}")]
+    Url(String),
 }
 
 impl DbError {
@@ -128,6 +134,51 @@ macro_rules! bind_all {
 pub enum Backend {
     Sqlite,
     Postgres,
+}
+
+impl Backend {
+    /// The backend of a database URL; anything but `sqlite:` and
+    /// `postgres://` / `postgresql://` is refused (a `postgress://` typo
+    /// must not become a SQLite file of that name).
+    pub fn of(url: &str) -> Result<Backend, DbError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Backend::Postgres);
+        }
+        if url.starts_with("sqlite:") {
+            return Ok(Backend::Sqlite);
+        }
+        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or(url);
+        Err(DbError::Url(format!(
+            "database URL {:?} has the unknown scheme {scheme:?}: use postgres://USER@HOST:PORT/DB or sqlite://PATH",
+            redact_password(url)
+        )))
+    }
+}
+
+/// How long the first connection at start may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What went wrong connecting, in the words an operator needs: the OS
+/// error of a refused connection, the server's message without its source
+/// file and line.
+fn connect_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Database(d) => d.message().to_string(),
+        sqlx::Error::Tls(t) => format!("TLS: {t}"),
+        other => other.to_string(),
+    }
+}
+
+/// A URL without its password, for messages.
+pub fn redact_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
 }
 
 /// Sort keys a node list accepts (Ironic refuses JSON fields).
@@ -582,19 +633,44 @@ impl Db {
     /// Connect to `url` (`sqlite://path`, `sqlite::memory:`, or
     /// `postgres://...`) and bring the schema up to date.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbError> {
-        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let opts = PgConnectOptions::from_str(url)?;
+        let db = if Backend::of(url)? == Backend::Postgres {
+            let opts = PgConnectOptions::from_str(url).map_err(|e| DbError::Url(format!("database URL: {e}")))?;
+            let target = format!(
+                "{}:{} (database {}, user {})",
+                opts.get_host(),
+                opts.get_port(),
+                opts.get_database().unwrap_or(opts.get_username()),
+                opts.get_username()
+            );
+            // one connection first, with a short bound, so that a mistake
+            // is one clear line at start rather than a pool timeout
+            let fail = |message: String| DbError::Connect { what: "PostgreSQL", target: target.clone(), message };
+            let first = <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts);
+            match tokio::time::timeout(CONNECT_TIMEOUT, first).await {
+                Err(_) => return Err(fail(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))),
+                Ok(Err(e)) => return Err(fail(connect_error(&e))),
+                Ok(Ok(c)) => {
+                    let _ = sqlx::Connection::close(c).await;
+                }
+            }
             let pool = PgPoolOptions::new().max_connections(max_connections).connect_with(opts).await?;
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
             Db { pool: Pool::Postgres(pool) }
         } else {
-            let opts = SqliteConnectOptions::from_str(url)?
+            let fail = |e: sqlx::Error| DbError::Connect {
+                what: "SQLite",
+                target: url.to_string(),
+                message: connect_error(&e),
+            };
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|e| DbError::Url(format!("database URL {url}: {e}")))?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(std::time::Duration::from_secs(10))
                 .foreign_keys(true);
-            let pool = SqlitePoolOptions::new().max_connections(max_connections).connect_with(opts).await?;
+            let pool =
+                SqlitePoolOptions::new().max_connections(max_connections).connect_with(opts).await.map_err(fail)?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
             Db { pool: Pool::Sqlite(pool) }
         };

@@ -232,3 +232,50 @@ async fn a_503_names_the_conductor_it_could_not_reach() {
     let fault = ferric_tests::Api::fault(&body);
     assert!(fault.contains(&format!("conductor c1 at {} could not be reached", proxy.endpoint())), "{fault}");
 }
+
+#[tokio::test]
+async fn database_url_mistakes_are_one_clear_line_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    // nothing listens there
+    let port = free_port();
+    let start = Instant::now();
+    let log = refused(Process::start(
+        "nobody",
+        dir.path(),
+        all_in_one_args(&dir.path().join("a"), &format!("postgres://ferric:secret@127.0.0.1:{port}/ferric")),
+        &[("RUST_BACKTRACE", "0")],
+        None,
+    ))
+    .await;
+    assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+    assert!(
+        log.contains(&format!("cannot connect to PostgreSQL at 127.0.0.1:{port} (database ferric, user ferric)")),
+        "{log}"
+    );
+    assert!(log.to_lowercase().contains("connection refused"), "{log}");
+    assert!(!log.contains("pool timed out") && !log.contains("secret"), "{log}");
+    // a typo in the scheme is not a SQLite file name
+    let log = refused(Process::start(
+        "typo",
+        dir.path(),
+        all_in_one_args(&dir.path().join("b"), "postgress://ferric@127.0.0.1/ferric"),
+        &[("RUST_BACKTRACE", "0")],
+        None,
+    ))
+    .await;
+    assert!(log.contains("unknown scheme \"postgress\"") && log.contains("postgres://USER@HOST:PORT/DB"), "{log}");
+    assert!(!dir.path().join("b/postgress:").exists());
+    // a database that does not exist: PostgreSQL's words, not its source lines
+    let pg = Postgres::start();
+    let missing = format!("postgres://postgres@127.0.0.1:{}/nope", pg.port());
+    let log = refused(Process::start(
+        "missing",
+        dir.path(),
+        all_in_one_args(&dir.path().join("c"), &missing),
+        &[("RUST_BACKTRACE", "0")],
+        None,
+    ))
+    .await;
+    assert!(log.contains("database \"nope\" does not exist"), "{log}");
+    assert!(!log.contains(" line "), "{log}");
+}
