@@ -144,13 +144,14 @@ pub async fn run_conductor(mut cfg: Config, shutdown: CancellationToken) -> anyh
     let media_slot = ferric_deploy::media::MediaSlot::default();
     serve_conductor_http(&mut cfg, install_metrics(), media_slot.clone(), membership_token.clone()).await?;
     let mut restarting = false;
+    let mut trouble = ferric_common::logonce::Repeated::new("new incarnation");
     loop {
         let stop = CancellationToken::new();
         let conductor = match ferric_conductor::start(cfg.clone(), db.clone(), membership.clone(), stop.clone()).await {
             Ok(c) => c,
             // after fencing: etcd may still be unreachable; keep trying
             Err(e) if restarting => {
-                tracing::warn!("starting a new incarnation failed: {e:#}; retrying");
+                trouble.failed(&format!("starting a new incarnation failed: {e:#}"));
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
@@ -158,6 +159,7 @@ pub async fn run_conductor(mut cfg: Config, shutdown: CancellationToken) -> anyh
             }
             Err(e) => return Err(e),
         };
+        trouble.succeeded();
         *media_slot.write().expect("media slot") = Some(conductor.inner.media().clone());
         info!(id = %conductor.inner.id, incarnation = %conductor.inner.incarnation, grpc = %conductor.grpc_url, "ferric conductor ready");
         tokio::select! {
@@ -276,6 +278,12 @@ pub struct CommonFlags {
     /// etcd endpoints, comma-separated (sets membership.backend = etcd)
     #[arg(long, value_delimiter = ',')]
     pub etcd_endpoints: Option<Vec<String>>,
+}
+
+/// Flags of a conductor process in a cluster (not of all-in-one, whose
+/// in-process membership has no lease).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct LeaseFlags {
     /// Lease TTL in seconds for conductor membership [default: 6]
     #[arg(long)]
     pub lease_ttl: Option<u64>,
@@ -302,6 +310,10 @@ pub struct ConductorFlags {
     /// URL other processes reach the gRPC service at [default: from the bound address]
     #[arg(long)]
     pub grpc_url: Option<String>,
+    /// The conductor's HTTP listener: /metrics, /healthz and the HTTP root BMCs fetch boot media from
+    /// [default: 127.0.0.1:0, any free port]
+    #[arg(long)]
+    pub http_listen: Option<String>,
 }
 
 fn section<'a>(o: &'a mut Map<String, Value>, name: &str) -> &'a mut Map<String, Value> {
@@ -309,7 +321,12 @@ fn section<'a>(o: &'a mut Map<String, Value>, name: &str) -> &'a mut Map<String,
 }
 
 /// The config overrides the flags stand for.
-pub fn overrides(common: &CommonFlags, api: Option<&ApiFlags>, conductor: Option<&ConductorFlags>) -> Value {
+pub fn overrides(
+    common: &CommonFlags,
+    api: Option<&ApiFlags>,
+    conductor: Option<&ConductorFlags>,
+    lease: Option<&LeaseFlags>,
+) -> Value {
     let mut o = Map::new();
     if let Some(d) = &common.data_dir {
         o.insert("data_dir".into(), json!(d));
@@ -322,7 +339,7 @@ pub fn overrides(common: &CommonFlags, api: Option<&ApiFlags>, conductor: Option
         m.insert("backend".into(), json!("etcd"));
         m.insert("etcd_endpoints".into(), json!(e));
     }
-    if let Some(t) = common.lease_ttl {
+    if let Some(t) = lease.and_then(|l| l.lease_ttl) {
         section(&mut o, "membership").insert("lease_ttl_secs".into(), json!(t));
     }
     if let Some(a) = api
@@ -337,6 +354,7 @@ pub fn overrides(common: &CommonFlags, api: Option<&ApiFlags>, conductor: Option
             ("conductor_group", &c.conductor_group),
             ("grpc_listen", &c.grpc_listen),
             ("grpc_url", &c.grpc_url),
+            ("http_listen", &c.http_listen),
         ] {
             if let Some(v) = v {
                 s.insert(k.into(), json!(v));

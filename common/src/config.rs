@@ -53,6 +53,7 @@ pub struct ConductorConfig {
     /// The conductor's HTTP listener (/metrics, /healthz; later its HTTP
     /// root). Port 0 picks a free one; empty turns it off.
     pub http_listen: String,
+    #[serde(deserialize_with = "list")]
     pub enabled_hardware_types: Vec<String>,
     /// Node lock attempts before answering NODE_LOCKED (Ironic: 3 × 1 s).
     pub lock_attempts: u32,
@@ -106,6 +107,7 @@ pub struct DatabaseConfig {
 pub struct MembershipConfig {
     /// `local` (in-process, single conductor) or `etcd`.
     pub backend: String,
+    #[serde(deserialize_with = "list")]
     pub etcd_endpoints: Vec<String>,
     pub lease_ttl_secs: u64,
     /// A conductor fences itself (stops every BMC/image action and task at
@@ -383,6 +385,22 @@ impl Default for LogConfig {
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
 
+/// A list from TOML (`["a", "b"]`) or from an environment variable, as
+/// TOML array syntax or a comma-separated string
+/// (`FERRIC_MEMBERSHIP__ETCD_ENDPOINTS=http://e1:2379,http://e2:2379`).
+fn list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<String>),
+        One(String),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(s) => s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect(),
+    })
+}
+
 impl Config {
     /// Defaults, then the TOML file (if given; it must exist), then
     /// `FERRIC_*` variables, then `overrides` (from flags, as a TOML-shaped
@@ -521,7 +539,9 @@ impl Config {
 pub fn init_logging(cfg: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // colours only for a terminal: in a file or a log collector they are noise
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = if cfg.format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
 
@@ -560,6 +580,20 @@ mod tests {
             jail.set_env("FERRIC_API__LISTN", "x");
             let err = Config::load(None, serde_json::json!({})).unwrap_err().to_string();
             assert!(err.contains("listn"), "{err}");
+            Ok(())
+        });
+        // lists from the environment: comma-separated, or TOML syntax
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FERRIC_MEMBERSHIP__ETCD_ENDPOINTS", "http://e1:2379, http://e2:2379");
+            jail.set_env("FERRIC_CONDUCTOR__ENABLED_HARDWARE_TYPES", "[\"redfish\", \"ilo\"]");
+            let cfg = Config::load(None, serde_json::json!({})).unwrap();
+            assert_eq!(cfg.membership.etcd_endpoints, ["http://e1:2379", "http://e2:2379"]);
+            assert_eq!(cfg.conductor.enabled_hardware_types, ["redfish", "ilo"]);
+            jail.set_env("FERRIC_CONDUCTOR__ENABLED_HARDWARE_TYPES", "redfish");
+            assert_eq!(
+                Config::load(None, serde_json::json!({})).unwrap().conductor.enabled_hardware_types,
+                ["redfish"]
+            );
             Ok(())
         });
         let err = Config::load(None, serde_json::json!({"membership": {"backend": "zk"}})).unwrap_err().to_string();

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod db;
 pub mod identity;
+pub mod logonce;
 pub mod membership;
 pub mod model;
 pub mod ring;

@@ -169,6 +169,10 @@ pub async fn pass(inner: &Arc<Inner>) -> usize {
             }
         }
     }
+    // power actions whose conductor stopped before they finished
+    for n in mine.iter().filter(|n| n.target_power_state.is_some() && n.reservation.is_none()) {
+        settle_lost_power_action(inner, n.uuid).await;
+    }
     // orphaned operations on nodes already mine
     for n in &mine {
         if n.conductor_affinity.as_deref() == Some(inner.id.as_str())
@@ -303,6 +307,31 @@ async fn take_over_one_as(inner: &Arc<Inner>, uuid: Uuid, repair: bool) -> bool 
         let _ = lock.release().await;
     }
     true
+}
+
+/// A power action holds the node's lock until it records its outcome, so
+/// an unlocked node with a `target_power_state` is one whose action was
+/// lost (its conductor was fenced, killed or restarted). Clear the target —
+/// power sync then records what the BMC says — and say so in `last_error`.
+async fn settle_lost_power_action(inner: &Arc<Inner>, uuid: Uuid) {
+    let Ok((lock, mut node)) = NodeLock::acquire(&inner.db, uuid, &inner.incarnation, 1, inner.lock_interval()).await
+    else {
+        return;
+    };
+    let Some(target) = node.target_power_state.take().filter(|_| inner.owns(&node)) else {
+        let _ = lock.release().await;
+        return;
+    };
+    warn!(node = %uuid, %target, "a power action was lost with the conductor that ran it");
+    node.last_error = Some(format!(
+        "The power action to '{target}' was lost: the conductor running it stopped (fenced, killed or restarted) \
+         before it finished. The power state is what the BMC reports; retry the action if needed."
+    ));
+    match lock.save_and_release(&node).await {
+        Ok(true) => inner.history(uuid, "power_lost", &target).await,
+        Ok(false) => {}
+        Err(e) => warn!(node = %uuid, "recording a lost power action: {e}"),
+    }
 }
 
 async fn resume(inner: &Arc<Inner>, uuid: Uuid, seen: ProvisionState) {

@@ -279,3 +279,99 @@ async fn database_url_mistakes_are_one_clear_line_within_seconds() {
     assert!(log.contains("database \"nope\" does not exist"), "{log}");
     assert!(!log.contains(" line "), "{log}");
 }
+
+#[tokio::test]
+async fn small_ones_flags_logs_and_lost_power_actions() {
+    // --http-listen exists (the conductor's /metrics was only settable by env)
+    let dir = tempfile::tempdir().unwrap();
+    let (api_port, http_port) = (free_port(), free_port());
+    let args: Vec<String> = [
+        "all-in-one",
+        "--listen",
+        &format!("127.0.0.1:{api_port}"),
+        "--http-listen",
+        &format!("127.0.0.1:{http_port}"),
+        "--data-dir",
+        &dir.path().join("a").display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut aio = Process::start("aio", dir.path(), args, &[], Some(api_port));
+    let m = ferric_tests::http().get(format!("http://127.0.0.1:{http_port}/metrics")).send().await.unwrap();
+    assert_eq!(m.status(), 200);
+    // no colour codes in a log that is not a terminal
+    assert!(!aio.log_tail(10_000).contains('\u{1b}'), "ANSI escapes in a log file");
+    // a power action lost with its conductor: stop, leave what a SIGKILL
+    // mid-action leaves (target set, the dead incarnation's lock), restart
+    let api = ferric_tests::Api::new(&format!("http://127.0.0.1:{api_port}"));
+    let n = api
+        .ok(reqwest::Method::POST, "/v1/nodes", Some(serde_json::json!({"driver": "fake-hardware", "name": "p"})))
+        .await;
+    let uuid: uuid::Uuid = n["uuid"].as_str().unwrap().parse().unwrap();
+    aio.stop();
+    let db =
+        ferric_common::db::Db::connect(&format!("sqlite://{}/a/ferric.sqlite", dir.path().display()), 1).await.unwrap();
+    let mut node = db.get_node(uuid).await.unwrap();
+    node.target_power_state = Some("power on".into());
+    db.save_node_locked(&node, "").await.ok();
+    assert!(matches!(
+        db.reserve_node(uuid, "conductor-x/dead").await.unwrap(),
+        ferric_common::db::LockOutcome::Acquired(_)
+    ));
+    let mut n2 = db.get_node(uuid).await.unwrap();
+    n2.target_power_state = Some("power on".into());
+    assert!(db.save_node_locked(&n2, "conductor-x/dead").await.unwrap());
+    db.close().await;
+    aio.spawn();
+    let start = Instant::now();
+    let n = loop {
+        let n = api.node("p").await;
+        if n["target_power_state"].is_null() && n["reservation"].is_null() {
+            break n;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the lost power action was never settled: {n}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(n["last_error"].as_str().unwrap_or_default().contains("The power action to 'power on' was lost"), "{n}");
+    aio.stop();
+
+    // ferric-api has no --lease-ttl (it never had a lease)
+    let out = std::process::Command::new(ferric_tests::bin_dir().join("ferric-api"))
+        .args(["--lease-ttl", "5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--lease-ttl"));
+}
+
+/// "ring changed" says who joined and who left; a conductor cut off from
+/// etcd logs its trouble once, not on every retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn ring_changes_name_members_and_etcd_trouble_is_logged_once() {
+    use ferric_tests::{Etcd, TcpProxy};
+    let etcd = Etcd::start();
+    let proxy = TcpProxy::start(etcd.endpoint.trim_start_matches("http://").parse().unwrap()).await;
+    let direct = etcd.endpoint.clone();
+    let mut cl = Cluster::start_with(
+        etcd,
+        vec![proxy.endpoint(), direct],
+        TTL,
+        &[("FERRIC_MEMBERSHIP__FENCE_MARGIN_MS", "1000")],
+    );
+    cl.wait_conductors(2).await;
+    cl.conductors[1].0.kill();
+    let start = Instant::now();
+    while !cl.conductors[0].0.log_tail(10_000).contains(r#"left=["c2"]"#) {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", cl.conductors[0].0.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // c1 loses etcd for 4 s: it fences, retries many times, says so once
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    proxy.restore();
+    cl.wait_conductors(1).await;
+    let log = cl.conductors[0].0.log_tail(100_000);
+    let keepalive = log.lines().filter(|l| l.contains("lease keep-alive")).count();
+    assert!(keepalive <= 3, "{keepalive} keep-alive lines in 4 s:\n{log}");
+    assert!(log.contains("FENCED"), "{log}");
+}

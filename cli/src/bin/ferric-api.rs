@@ -20,7 +20,7 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let flags = ferric_cli::overrides(&cli.common, Some(&cli.flags), None);
+    let flags = ferric_cli::overrides(&cli.common, Some(&cli.flags), None, None);
     let cfg = Config::load(cli.config.as_deref(), flags)?;
     init_logging(&cfg.log);
     tokio::runtime::Runtime::new()?.block_on(async move {

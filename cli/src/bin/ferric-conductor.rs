@@ -16,11 +16,13 @@ struct Cli {
     common: ferric_cli::CommonFlags,
     #[command(flatten)]
     flags: ferric_cli::ConductorFlags,
+    #[command(flatten)]
+    lease: ferric_cli::LeaseFlags,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let flags = ferric_cli::overrides(&cli.common, None, Some(&cli.flags));
+    let flags = ferric_cli::overrides(&cli.common, None, Some(&cli.flags), Some(&cli.lease));
     let cfg = Config::load(cli.config.as_deref(), flags)?;
     init_logging(&cfg.log);
     tokio::runtime::Runtime::new()?.block_on(async move {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use ferric_cli::{ApiFlags, CommonFlags, ConductorFlags, overrides};
+use ferric_cli::{ApiFlags, CommonFlags, ConductorFlags, LeaseFlags, overrides};
 use ferric_common::config::{Config, init_logging};
 use tokio_util::sync::CancellationToken;
 
@@ -43,15 +43,17 @@ enum Mode {
         common: CommonFlags,
         #[command(flatten)]
         conductor: ConductorFlags,
+        #[command(flatten)]
+        lease: LeaseFlags,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let flags = match &cli.mode {
-        Mode::AllInOne { common, api, conductor } => overrides(common, Some(api), Some(conductor)),
-        Mode::Api { common, api } => overrides(common, Some(api), None),
-        Mode::Conductor { common, conductor } => overrides(common, None, Some(conductor)),
+        Mode::AllInOne { common, api, conductor } => overrides(common, Some(api), Some(conductor), None),
+        Mode::Api { common, api } => overrides(common, Some(api), None, None),
+        Mode::Conductor { common, conductor, lease } => overrides(common, None, Some(conductor), Some(lease)),
     };
     let cfg = Config::load(cli.config.as_deref(), flags)?;
     init_logging(&cfg.log);

@@ -228,7 +228,27 @@ fn publish(tx: &watch::Sender<Ring>, members: &BTreeMap<String, Member>, rev: i6
     if tx.borrow().members() == list.as_slice() {
         return;
     }
-    info!(epoch = rev, members = list.len(), "ring changed");
+    let before = tx.borrow().members().to_vec();
+    let ids = |l: &[Member]| l.iter().map(|m| m.id.clone()).collect::<std::collections::BTreeSet<_>>();
+    let (old, new) = (ids(&before), ids(&list));
+    let joined: Vec<&String> = new.difference(&old).collect();
+    let left: Vec<&String> = old.difference(&new).collect();
+    let changed: Vec<String> = list
+        .iter()
+        .filter_map(|m| {
+            let b = before.iter().find(|x| x.id == m.id)?;
+            (b != m).then(|| {
+                if b.state != m.state {
+                    format!("{} ({:?} -> {:?})", m.id, b.state, m.state).to_lowercase()
+                } else if b.incarnation != m.incarnation {
+                    format!("{} (new incarnation)", m.id)
+                } else {
+                    m.id.clone()
+                }
+            })
+        })
+        .collect();
+    info!(epoch = rev, members = list.len(), ?joined, ?left, ?changed, "ring changed");
     let ours = settings.fingerprint();
     for m in list.iter().filter(|m| !m.ring_settings.is_empty() && m.ring_settings != ours) {
         tracing::error!(
@@ -250,6 +270,7 @@ async fn watch_loop(
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut trouble = crate::logonce::Repeated::new("membership watch");
     loop {
         let res: Result<(), EtcdError> = async {
             let mut client = connect(&endpoints).await?;
@@ -294,7 +315,7 @@ async fn watch_loop(
             return;
         }
         if let Err(e) = res {
-            warn!("membership watch interrupted: {e}; resyncing");
+            trouble.failed(&format!("membership watch interrupted: {e}; resyncing"));
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -308,6 +329,7 @@ async fn watch_loop(
             members = m;
             rev = r;
             publish(&tx, &members, rev, &settings);
+            trouble.succeeded();
         }
     }
 }
@@ -324,6 +346,7 @@ async fn keep_alive(
     stop: CancellationToken,
 ) {
     let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(100));
+    let mut trouble = crate::logonce::Repeated::new("lease keep-alive");
     loop {
         let res: Result<bool, EtcdError> = async {
             let mut client = connect(&endpoints).await?;
@@ -340,6 +363,7 @@ async fn keep_alive(
                     return Ok(true);
                 }
                 valid_until.send_replace(sent + Duration::from_secs(resp.ttl() as u64));
+                trouble.succeeded();
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(false),
                     _ = tokio::time::sleep(period) => {}
@@ -351,7 +375,7 @@ async fn keep_alive(
             return;
         }
         if let Err(e) = res {
-            warn!(id = %member.id, "lease keep-alive: {e}; retrying");
+            trouble.failed(&format!("lease keep-alive of {}: {e}", member.id));
         }
         tokio::select! {
             _ = stop.cancelled() => return,
