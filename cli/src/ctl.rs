@@ -100,8 +100,8 @@ pub fn show(ring: &Ring, nodes: &[NodeKey]) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<24} {:<9} {:<12} {:>7}  {:<24} incarnation",
-        "conductor", "state", "group", "nodes", "hardware types"
+        "{:<24} {:<9} {:<12} {:>7}  {:<24} {:<36} incarnation",
+        "conductor", "state", "group", "nodes", "hardware types", "http root"
     );
     for m in ring.members() {
         let state = match m.state {
@@ -110,12 +110,13 @@ pub fn show(ring: &Ring, nodes: &[NodeKey]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<24} {:<9} {:<12} {:>7}  {:<24} {}",
+            "{:<24} {:<9} {:<12} {:>7}  {:<24} {:<36} {}",
             m.id,
             state,
             if m.conductor_group.is_empty() { "(default)" } else { &m.conductor_group },
             per.get(&m.id).copied().unwrap_or(0),
             m.hardware_types.join(","),
+            if m.http_url.is_empty() { "-" } else { &m.http_url },
             m.incarnation
         );
     }
@@ -188,17 +189,71 @@ pub fn simulate(ring: &Ring, nodes: &[NodeKey], remove: &[String], add: &[Member
     Ok(s)
 }
 
-pub fn settings(partition_exponent: u8, load_epsilon: f64, replicas: usize) -> RingSettings {
-    RingSettings { partition_exponent, load_epsilon, replicas }
+/// The ring as the members place nodes: with the settings their records
+/// carry (all the same, or this is refused), else `configured` (no member
+/// says).
+pub fn with_members_settings(ring: Ring, configured: &RingSettings) -> anyhow::Result<Ring> {
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in ring.members().iter().filter(|m| !m.ring_settings.is_empty()) {
+        seen.entry(m.ring_settings.clone()).or_default().push(m.id.clone());
+    }
+    if seen.len() > 1 {
+        let list: Vec<String> = seen.iter().map(|(s, ids)| format!("[{s}] ({})", ids.join(", "))).collect();
+        bail!("the members place nodes with different ring settings, so they disagree on owners: {}", list.join("; "));
+    }
+    let settings = match seen.keys().next() {
+        Some(fp) => RingSettings::from_fingerprint(fp)
+            .ok_or_else(|| anyhow::anyhow!("unreadable ring settings in a member record: {fp}"))?,
+        None => configured.clone(),
+    };
+    Ok(Ring::new(ring.epoch(), ring.members().to_vec(), settings))
 }
 
-/// Ask a conductor to drain; with `wait`, show progress until it exited.
-pub async fn drain(grpc_url: &str, id: &str, wait: bool) -> anyhow::Result<()> {
+/// Whether another active conductor could take `id`'s nodes: one of its
+/// group that serves one of its hardware types.
+pub fn has_successor(ring: &Ring, id: &str) -> bool {
+    let Some(me) = ring.member(id) else { return false };
+    ring.members().iter().any(|m| {
+        m.id != id
+            && m.state == MemberState::Active
+            && m.conductor_group == me.conductor_group
+            && m.hardware_types.iter().any(|h| me.hardware_types.contains(h))
+    })
+}
+
+/// Ask a conductor to drain; with `wait`, show progress until the process
+/// exited (its gRPC and HTTP listeners are gone and it left the ring).
+/// Refused without `force` when no other conductor could take its nodes.
+pub async fn drain(
+    mut ring: tokio::sync::watch::Receiver<Ring>,
+    id: &str,
+    wait: bool,
+    force: bool,
+) -> anyhow::Result<()> {
     use ferric_common::proto::Empty;
     use ferric_common::proto::conductor_client::ConductorClient;
-    let mut c = ConductorClient::connect(grpc_url.to_string())
+    let now = ring.borrow().clone();
+    let member = now.member(id).cloned().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no conductor {id:?} in the ring (members: {})",
+            now.members().iter().map(|m| m.id.as_str()).collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    if !has_successor(&now, id) {
+        if !force {
+            bail!(
+                "{id} is the only active conductor of group {} for {}: draining it leaves its nodes without an owner \
+                 until another conductor joins (it waits for one up to its conductor.drain_timeout_ms); start \
+                 another conductor first, or drain anyway with --force",
+                if member.conductor_group.is_empty() { "(default)" } else { &member.conductor_group },
+                member.hardware_types.join(", ")
+            );
+        }
+        eprintln!("warning: no other conductor can take {id}'s nodes; draining anyway (--force)");
+    }
+    let mut c = ConductorClient::connect(member.grpc_url.clone())
         .await
-        .with_context(|| format!("connecting to {id} at {grpc_url}"))?;
+        .with_context(|| format!("connecting to {id} at {}", member.grpc_url))?;
     let s = c.drain(Empty {}).await.with_context(|| format!("asking {id} to drain"))?.into_inner();
     println!("{id}: draining ({} nodes held, {} operations in flight)", s.nodes_held, s.operations_in_flight);
     if !wait {
@@ -227,11 +282,26 @@ pub async fn drain(grpc_url: &str, id: &str, wait: bool) -> anyhow::Result<()> {
                     last = line;
                 }
             }
-            // the conductor exited: the drain is complete
-            Err(_) => {
-                println!("{id}: drained and stopped");
-                return Ok(());
-            }
+            // the gRPC server stopped: wait for the process itself
+            Err(_) => break,
         }
+    }
+    let health = (!member.http_url.is_empty())
+        .then(|| format!("{}/healthz", member.http_url.trim_end_matches('/').trim_end_matches("/httpboot")));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let in_ring = ring.borrow_and_update().member(id).is_some_and(|m| m.incarnation == member.incarnation);
+        let listening = match &health {
+            Some(u) => client().get(u).timeout(std::time::Duration::from_secs(1)).send().await.is_ok(),
+            None => false,
+        };
+        if !in_ring && !listening {
+            println!("{id}: drained and stopped");
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{id} stopped serving requests but has not exited after 2 minutes (still in the ring: {in_ring})");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

@@ -114,6 +114,19 @@ pub async fn run_api(cfg: Config, shutdown: CancellationToken) -> anyhow::Result
     let url = redact(&cfg.database_url());
     guard::refuse_sqlite_cluster(&cfg, &db, &url)?;
     guard::check_cluster(&db, &membership, &url).await?;
+    // an API that places nodes differently routes every request to the
+    // wrong conductor: refuse it, as conductors are refused at join
+    let ours = ring_settings(&cfg).fingerprint();
+    if let Some(m) =
+        membership.current().members().iter().find(|m| !m.ring_settings.is_empty() && m.ring_settings != ours)
+    {
+        anyhow::bail!(
+            "ring settings differ: member {} uses [{}], this API process [{ours}]; every process of a cluster needs \
+             the same membership.partition_exponent, load_epsilon and replicas",
+            m.id,
+            m.ring_settings
+        );
+    }
     let database_id = ferric_common::identity::database_id(&db).await?;
     if let Some(e) = ferric_common::membership::etcd::database_mismatch(&membership.current(), "", &database_id) {
         anyhow::bail!(e);
@@ -129,7 +142,11 @@ pub async fn run_api(cfg: Config, shutdown: CancellationToken) -> anyhow::Result
 
 /// A conductor process: registers in etcd under a lease and owns the nodes
 /// the ring gives it.
-pub async fn run_conductor(mut cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_conductor(
+    mut cfg: Config,
+    shutdown: CancellationToken,
+    hurry: CancellationToken,
+) -> anyhow::Result<()> {
     // the lease and the watch outlive the conductor's shutdown: it leaves
     // the ring only after its operations stopped (else others would clear
     // its locks while it still acts)
@@ -163,8 +180,14 @@ pub async fn run_conductor(mut cfg: Config, shutdown: CancellationToken) -> anyh
         *media_slot.write().expect("media slot") = Some(conductor.inner.media().clone());
         info!(id = %conductor.inner.id, incarnation = %conductor.inner.incarnation, grpc = %conductor.grpc_url, "ferric conductor ready");
         tokio::select! {
-            // SIGTERM/SIGINT: drain first, so nothing fails (bounded by drain_timeout_ms)
-            _ = shutdown.cancelled() => ferric_conductor::drain::drain_and_wait(&conductor.inner).await,
+            // SIGTERM/SIGINT: drain first, so nothing fails (bounded by
+            // drain_timeout_ms, or cut short by a second signal)
+            _ = shutdown.cancelled() => {
+                tokio::select! {
+                    _ = ferric_conductor::drain::drain_and_wait(&conductor.inner) => {}
+                    _ = hurry.cancelled() => {}
+                }
+            }
             // a finished drain (ferricctl conductor drain), or fencing
             _ = conductor.inner.exit_requested.cancelled() => {}
         }
@@ -243,16 +266,27 @@ pub fn redact(url: &str) -> String {
     ferric_common::db::redact_password(url)
 }
 
-/// Cancel `token` on SIGINT or SIGTERM.
-pub fn cancel_on_signals(token: CancellationToken) {
+/// Cancel `token` on SIGINT or SIGTERM; a second signal cancels `hurry`
+/// (a draining conductor then stops waiting for a hand-off and stops at
+/// the next step boundary).
+pub fn cancel_on_signals(token: CancellationToken, hurry: CancellationToken) {
     tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            seen += 1;
+            if seen == 1 {
+                token.cancel();
+            } else {
+                tracing::warn!("second signal: stopping now, at the next step boundary");
+                hurry.cancel();
+            }
         }
-        token.cancel();
     });
 }
 

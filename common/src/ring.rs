@@ -90,6 +90,25 @@ impl RingSettings {
     }
 }
 
+impl RingSettings {
+    /// The settings a member record carries ([`RingSettings::fingerprint`]).
+    pub fn from_fingerprint(s: &str) -> Option<RingSettings> {
+        let mut out = RingSettings::default();
+        let mut seen = 0;
+        for kv in s.split_whitespace() {
+            let (k, v) = kv.split_once('=')?;
+            match k {
+                "partition_exponent" => out.partition_exponent = v.parse().ok()?,
+                "load_epsilon" => out.load_epsilon = v.parse().ok()?,
+                "replicas" => out.replicas = v.parse().ok()?,
+                _ => return None,
+            }
+            seen += 1;
+        }
+        (seen == 3).then_some(out)
+    }
+}
+
 impl Default for RingSettings {
     fn default() -> Self {
         // ε = 0.02 keeps the node-level max/mean under 1.10 at 100
@@ -334,6 +353,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn settings_round_trip_through_member_records() {
+        let s = RingSettings { partition_exponent: 12, load_epsilon: 0.05, replicas: 1 };
+        assert_eq!(RingSettings::from_fingerprint(&s.fingerprint()), Some(s));
+        assert_eq!(RingSettings::from_fingerprint(""), None);
+        assert_eq!(RingSettings::from_fingerprint("partition_exponent=12"), None);
+    }
 
     pub fn member(id: &str, group: &str, hw: &[&str]) -> Member {
         Member {

@@ -58,6 +58,19 @@ pub async fn begin(inner: &Arc<Inner>) -> Result<bool, String> {
     Ok(true)
 }
 
+/// Whether an active conductor other than this one serves this one's
+/// group and one of its hardware types (someone can take its nodes).
+fn successor_exists(inner: &Inner) -> bool {
+    let group = inner.cfg.conductor.conductor_group.to_ascii_lowercase();
+    let mine = inner.registry.names();
+    inner.ring.borrow().members().iter().any(|m| {
+        m.id != inner.id
+            && m.state == MemberState::Active
+            && m.conductor_group == group
+            && m.hardware_types.iter().any(|h| mine.contains(&h.as_str()))
+    })
+}
+
 /// Drain and wait for the hand-off to complete (or time out); then the
 /// caller stops the conductor.
 pub async fn drain_and_wait(inner: &Arc<Inner>) {
@@ -66,6 +79,18 @@ pub async fn drain_and_wait(inner: &Arc<Inner>) {
         return;
     }
     let deadline = Instant::now() + Duration::from_millis(inner.cfg.conductor.drain_timeout_ms);
+    if !successor_exists(inner) {
+        let p = progress(inner).await;
+        warn!(
+            nodes_held = p.nodes_held,
+            "no other conductor of group {:?} serves {}: nobody can take this conductor's nodes, so the drain waits up \
+             to {} s (conductor.drain_timeout_ms) for one to join; a second SIGTERM (or Ctrl-C) stops now, at the \
+             next step boundary",
+            inner.cfg.conductor.conductor_group,
+            inner.registry.names().join(", "),
+            inner.cfg.conductor.drain_timeout_ms / 1000
+        );
+    }
     let mut last = None;
     loop {
         let p = progress(inner).await;

@@ -99,7 +99,10 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let api = Process::start("api", dir.path(), args, &[("FERRIC_API__REQUEST_DEADLINE_MS", "30000")], Some(port));
+        // the API shares the cluster's membership settings (ring settings above all)
+        let mut api_env: Vec<(&str, &str)> = vec![("FERRIC_API__REQUEST_DEADLINE_MS", "30000")];
+        api_env.extend(env.iter().filter(|(k, _)| k.starts_with("FERRIC_MEMBERSHIP__") && !k.contains("FENCE")));
+        let api = Process::start("api", dir.path(), args, &api_env, Some(port));
         Cluster { etcd, api, api_url: format!("http://127.0.0.1:{port}"), conductors, db_url, pg, dir, client: http() }
     }
 

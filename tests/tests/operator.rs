@@ -375,3 +375,115 @@ async fn ring_changes_name_members_and_etcd_trouble_is_logged_once() {
     assert!(keepalive <= 3, "{keepalive} keep-alive lines in 4 s:\n{log}");
     assert!(log.contains("FENCED"), "{log}");
 }
+
+fn ferricctl(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(ferric_tests::bin_dir().join("ferricctl")).args(args).output().expect("ferricctl")
+}
+
+/// Draining the last conductor: ferricctl refuses without --force; a
+/// SIGTERM says at once that nobody can take the nodes and how long it
+/// will wait, and a second SIGTERM stops at the next step boundary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn draining_the_last_conductor_is_loud_and_a_second_signal_stops_it() {
+    let mut cl = Cluster::start(1, TTL, &[]);
+    cl.wait_conductors(1).await;
+    let out = ferricctl(&["--etcd-endpoints", &cl.etcd.endpoint, "--api", &cl.api_url, "conductor", "drain", "c1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused without --force");
+    assert!(err.contains("c1 is the only active conductor") && err.contains("--force"), "{err}");
+    // a slow deploy in flight
+    let uuids = cl.create_nodes("s", 1, serde_json::json!({"fake_step_delay_ms": 1500})).await;
+    cl.drive(&uuids, "manage", "manageable", Duration::from_secs(60)).await;
+    cl.drive(&uuids, "provide", "available", Duration::from_secs(60)).await;
+    cl.act(&uuids, "active").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = cl.conductors[0].0.pid().unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    while !cl.conductors[0].0.log_tail(1000).contains("nobody can take this conductor's nodes") {
+        assert!(start.elapsed() < Duration::from_secs(3), "not said at once:\n{}", cl.conductors[0].0.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cl.conductors[0].0.log_tail(1000).contains("waits up to 300 s"), "says how long");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(cl.conductors[0].0.is_running(), "the first signal waits for a hand-off");
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    while cl.conductors[0].0.is_running() {
+        assert!(start.elapsed() < Duration::from_secs(15), "a second signal did not stop it");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // stopped at a step boundary: the deploy is still there to resume
+    let n = cl.ok(reqwest::Method::GET, &format!("/v1/nodes/{}", uuids[0]), None).await;
+    assert!(n["provision_state"] == "deploying" || n["provision_state"] == "active", "{n}");
+    assert!(cl.conductors[0].0.log_tail(1000).contains("second signal: stopping now"));
+    // it comes back and finishes the deploy
+    cl.conductors[0].0.spawn();
+    cl.wait_all(&uuids, "active", Duration::from_secs(60)).await;
+}
+
+/// ferricctl reads the cluster's settings from the members' records and
+/// the servers' own configuration: with conductors on 2^12 partitions it
+/// places every node where they do (it used to print its default 2^16
+/// placement, silently wrong).
+#[tokio::test]
+async fn ferricctl_uses_the_clusters_ring_settings_and_configuration() {
+    let cl = Cluster::start(2, TTL, &[("FERRIC_MEMBERSHIP__PARTITION_EXPONENT", "12")]);
+    cl.wait_conductors(2).await;
+    let uuids = cl.create_nodes("f", 12, serde_json::json!({})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("ferric.toml");
+    std::fs::write(
+        &conf,
+        format!("[membership]\netcd_endpoints = [\"{}\"]\n[api]\npublic_url = \"{}\"\n", cl.etcd.endpoint, cl.api_url),
+    )
+    .unwrap();
+    let nodes = cl.nodes().await;
+    for u in &uuids {
+        let out = ferricctl(&["--config", &conf.display().to_string(), "node", "owner", u]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let owner = nodes[u]["conductor"].as_str().unwrap();
+        assert!(text.contains(&format!("owner {owner} ")), "{u}: ferricctl says {text}, the API {owner}");
+        assert!(text.contains("partition "), "{text}");
+    }
+    // the same through FERRIC_* variables, and ring show lists each HTTP root
+    let out = std::process::Command::new(ferric_tests::bin_dir().join("ferricctl"))
+        .env("FERRIC_MEMBERSHIP__ETCD_ENDPOINTS", &cl.etcd.endpoint)
+        .env("FERRIC_API__PUBLIC_URL", &cl.api_url)
+        .args(["ring", "show"])
+        .output()
+        .unwrap();
+    let show = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (id, url) in cl.member_http_urls() {
+        assert!(show.lines().any(|l| l.starts_with(&id) && l.contains(&url)), "{id} {url}:\n{show}");
+    }
+    assert!(show.contains("partitions 4096"), "{show}");
+}
+
+#[tokio::test]
+async fn an_api_with_other_ring_settings_is_refused() {
+    let cl = Cluster::start(1, TTL, &[]);
+    cl.wait_conductors(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let api: Vec<String> = [
+        "api",
+        "--etcd-endpoints",
+        &cl.etcd.endpoint,
+        "--database-url",
+        &cl.db_url,
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--data-dir",
+        &dir.path().join("api").display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let log =
+        refused(Process::start("api2", dir.path(), api, &[("FERRIC_MEMBERSHIP__PARTITION_EXPONENT", "12")], None))
+            .await;
+    assert!(log.contains("ring settings differ: member c1 uses [partition_exponent=16"), "{log}");
+    assert!(log.contains("this API process [partition_exponent=12"), "{log}");
+}

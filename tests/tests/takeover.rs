@@ -141,6 +141,8 @@ async fn drain_under_load_fails_nothing() {
     assert!(out.status.success(), "ferricctl drain failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("c2: draining") && text.contains("c2: drained and stopped"), "{text}");
     assert!(text.contains("nodes still held"), "progress is shown: {text}");
+    // "drained and stopped" means the process is gone: out of the ring already
+    assert!(!cl.member_http_urls().contains_key("c2"), "c2 still in the ring when ferricctl said it stopped");
     let status = cl.conductors[1].0.stop().expect("c2 was running");
     assert!(status.success(), "the drained conductor exits cleanly: {status}");
 

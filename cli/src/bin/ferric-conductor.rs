@@ -27,7 +27,8 @@ fn main() -> anyhow::Result<()> {
     init_logging(&cfg.log);
     tokio::runtime::Runtime::new()?.block_on(async move {
         let shutdown = CancellationToken::new();
-        ferric_cli::cancel_on_signals(shutdown.clone());
-        ferric_cli::run_conductor(cfg, shutdown).await
+        let hurry = CancellationToken::new();
+        ferric_cli::cancel_on_signals(shutdown.clone(), hurry.clone());
+        ferric_cli::run_conductor(cfg, shutdown, hurry).await
     })
 }

@@ -60,11 +60,12 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        ferric_cli::cancel_on_signals(shutdown.clone());
+        let hurry = CancellationToken::new();
+        ferric_cli::cancel_on_signals(shutdown.clone(), hurry.clone());
         match cli.mode {
             Mode::AllInOne { .. } => ferric_cli::run_all_in_one(cfg, shutdown).await,
             Mode::Api { .. } => ferric_cli::run_api(cfg, shutdown).await,
-            Mode::Conductor { .. } => ferric_cli::run_conductor(cfg, shutdown).await,
+            Mode::Conductor { .. } => ferric_cli::run_conductor(cfg, shutdown, hurry).await,
         }
     })
 }

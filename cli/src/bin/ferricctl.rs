@@ -2,26 +2,31 @@
 
 use clap::{Parser, Subcommand};
 use ferric_cli::ctl;
+use ferric_common::config::Config;
 use ferric_common::membership::etcd::EtcdMembership;
 use ferric_common::ring::{Member, MemberState};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "ferricctl", version, about = "Ferric operator CLI: the ring, node ownership, what-if rebalancing")]
+#[command(
+    name = "ferricctl",
+    version,
+    about = "Ferric operator CLI: the ring, node ownership, what-if rebalancing, drain",
+    long_about = "Ferric operator CLI: the ring, node ownership, what-if rebalancing, drain.\n\n\
+        It reads the same configuration as the servers: --config FILE (or FERRIC_CONFIG) and the \
+        FERRIC_<SECTION>__<KEY> variables (FERRIC_MEMBERSHIP__ETCD_ENDPOINTS, FERRIC_API__PUBLIC_URL, ...). \
+        Ring settings come from the members' own records in etcd, so what it prints is what the conductors do."
+)]
 struct Cli {
-    /// etcd endpoints, comma-separated
-    #[arg(long, env = "FERRIC_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
-    etcd_endpoints: Vec<String>,
-    /// Ferric API base URL (for the node list)
-    #[arg(long, env = "FERRIC_API_URL", default_value = "http://127.0.0.1:6385")]
-    api: String,
-    /// Ring settings; must match the conductors' [membership] settings
-    #[arg(long, default_value_t = 16)]
-    partition_exponent: u8,
-    #[arg(long, default_value_t = 0.02)]
-    load_epsilon: f64,
-    #[arg(long, default_value_t = 0)]
-    replicas: usize,
+    /// The servers' TOML configuration file
+    #[arg(long, short, env = "FERRIC_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// etcd endpoints, comma-separated [default: membership.etcd_endpoints]
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Option<Vec<String>>,
+    /// Ferric API base URL, for the node list [default: api.public_url, else http://<api.listen>]
+    #[arg(long)]
+    api: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -53,9 +58,13 @@ enum ConductorCmd {
     Drain {
         /// Conductor id
         id: String,
-        /// Wait until it is done, showing progress
+        /// Wait until it is done (the process exited), showing progress
         #[arg(long)]
         wait: bool,
+        /// Drain even when no other conductor can take its nodes (they have
+        /// no owner until one joins)
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -88,15 +97,30 @@ enum NodeCmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let mut flags = serde_json::json!({});
+    if let Some(e) = &cli.etcd_endpoints {
+        flags["membership"] = serde_json::json!({"etcd_endpoints": e});
+    }
+    let cfg = Config::load(cli.config.as_deref(), flags)?;
+    if cfg.membership.etcd_endpoints.is_empty() {
+        anyhow::bail!(
+            "no etcd endpoints: give --etcd-endpoints, FERRIC_MEMBERSHIP__ETCD_ENDPOINTS or membership.etcd_endpoints \
+             in the --config file"
+        );
+    }
+    let api = cli.api.clone().unwrap_or_else(|| {
+        if cfg.api.public_url.is_empty() { format!("http://{}", cfg.api.listen) } else { cfg.api.public_url.clone() }
+    });
     tokio::runtime::Runtime::new()?.block_on(async move {
         let cancel = CancellationToken::new();
         let _stop = cancel.clone().drop_guard();
-        let settings = ctl::settings(cli.partition_exponent, cli.load_epsilon, cli.replicas);
-        let m = EtcdMembership::start(cli.etcd_endpoints.clone(), settings, cancel.clone()).await?;
-        let ring = m.current();
+        let configured = ferric_cli::ring_settings(&cfg);
+        let m =
+            EtcdMembership::start(cfg.membership.etcd_endpoints.clone(), configured.clone(), cancel.clone()).await?;
+        let ring = ctl::with_members_settings(m.current(), &configured)?;
         match cli.cmd {
             Cmd::Ring { cmd: RingCmd::Show } => {
-                let nodes = ctl::fetch_nodes(&cli.api).await?;
+                let nodes = ctl::fetch_nodes(&api).await?;
                 print!("{}", ctl::show(&ring, &nodes));
             }
             Cmd::Ring { cmd: RingCmd::Simulate { remove, add, add_group, add_hardware_types } } => {
@@ -122,16 +146,15 @@ fn main() -> anyhow::Result<()> {
                         database_id: String::new(),
                     })
                     .collect();
-                let nodes = ctl::fetch_nodes(&cli.api).await?;
+                let nodes = ctl::fetch_nodes(&api).await?;
                 print!("{}", ctl::simulate(&ring, &nodes, &remove, &added)?);
             }
             Cmd::Node { cmd: NodeCmd::Owner { node } } => {
-                let n = ctl::fetch_node(&cli.api, &node).await?;
+                let n = ctl::fetch_node(&api, &node).await?;
                 print!("{}", ctl::owner(&ring, &n));
             }
-            Cmd::Conductor { cmd: ConductorCmd::Drain { id, wait } } => {
-                let member = ring.member(&id).ok_or_else(|| anyhow::anyhow!("no conductor {id:?} in the ring"))?;
-                ctl::drain(&member.grpc_url, &id, wait).await?;
+            Cmd::Conductor { cmd: ConductorCmd::Drain { id, wait, force } } => {
+                ctl::drain(m.subscribe(), &id, wait, force).await?;
             }
         }
         Ok(())
