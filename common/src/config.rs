@@ -23,6 +23,7 @@ pub struct Config {
     pub swift: SwiftConfig,
     pub image_cache: ImageCacheConfig,
     pub redfish: RedfishConfig,
+    pub agent: AgentConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -234,6 +235,32 @@ pub struct RedfishConfig {
     pub eject_media_after: String,
 }
 
+/// How conductors talk to deploy ramdisks (ironic-python-agent's API);
+/// Ironic's `[agent]` names.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Refuse heartbeats whose callback_url is not https:// (Ironic's
+    /// default too): the agent API carries the session token.
+    pub require_tls: bool,
+    /// Attempts to deliver one command (connection errors, timeouts).
+    pub max_command_attempts: u32,
+    /// Seconds one request to an agent may take.
+    pub command_timeout: u64,
+    /// A command a step follows to its end is looked at this many times,
+    /// `command_wait_interval_ms` apart, before the step fails.
+    pub command_wait_attempts: u32,
+    pub command_wait_interval_ms: u64,
+    /// Seconds the ramdisk gets to power its machine off at the end of a
+    /// deploy before the BMC is told to.
+    pub post_deploy_power_off_timeout: u64,
+    /// `on_failure` | `always` | `never`: when the ramdisk's logs
+    /// (`log.collect_system_logs`) are saved under `deploy_logs_local_path`.
+    pub deploy_logs_collect: String,
+    /// Directory for collected ramdisk logs; empty = `<data_dir>/deploy-logs`.
+    pub deploy_logs_local_path: PathBuf,
+}
+
 /// The conductor's content-addressed cache of source images (kernels,
 /// ramdisks, deploy ISOs) downloaded from http(s)/file URLs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -259,6 +286,21 @@ impl Default for DeployConfig {
             uefi_loader: PathBuf::new(),
             external_callback_url: String::new(),
             default_boot_mode: "uefi".into(),
+        }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            require_tls: true,
+            max_command_attempts: 3,
+            command_timeout: 60,
+            command_wait_attempts: 100,
+            command_wait_interval_ms: 6000,
+            post_deploy_power_off_timeout: 30,
+            deploy_logs_collect: "on_failure".into(),
+            deploy_logs_local_path: PathBuf::new(),
         }
     }
 }
@@ -314,6 +356,7 @@ impl Default for Config {
             swift: SwiftConfig::default(),
             image_cache: ImageCacheConfig::default(),
             redfish: RedfishConfig::default(),
+            agent: AgentConfig::default(),
         }
     }
 }
@@ -474,6 +517,12 @@ impl Config {
                 self.deploy.default_boot_mode
             )));
         }
+        if !matches!(self.agent.deploy_logs_collect.as_str(), "on_failure" | "always" | "never") {
+            return Err(ConfigError(format!(
+                "agent.deploy_logs_collect must be \"on_failure\", \"always\" or \"never\", not {:?}",
+                self.agent.deploy_logs_collect
+            )));
+        }
         if !matches!(self.redfish.eject_media_after.as_str(), "callback" | "active" | "never") {
             return Err(ConfigError(format!(
                 "redfish.eject_media_after must be \"callback\", \"active\" or \"never\", not {:?}",
@@ -519,6 +568,15 @@ impl Config {
             self.data_dir.join("image-cache")
         } else {
             self.image_cache.dir.clone()
+        }
+    }
+
+    /// Where collected ramdisk logs go, defaulting to `<data_dir>/deploy-logs`.
+    pub fn deploy_logs_dir(&self) -> PathBuf {
+        if self.agent.deploy_logs_local_path.as_os_str().is_empty() {
+            self.data_dir.join("deploy-logs")
+        } else {
+            self.agent.deploy_logs_local_path.clone()
         }
     }
 

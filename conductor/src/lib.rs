@@ -374,7 +374,7 @@ pub async fn start(
     })?;
     let secret = secret::resolve(&db, &cfg.conductor.cluster_secret).await.context("the cluster secret")?;
     let tokens = ferric_deploy::token::AgentTokens::new(secret);
-    let services = Arc::new(Services::new(&cfg, media, tokens));
+    let services = Arc::new(Services::new(&cfg, media, tokens, &id, &incarnation));
     if services.settings.callback_url.is_empty() {
         warn!(
             "deploy.external_callback_url is empty: ramdisks cannot be booted by virtual media until it names the \

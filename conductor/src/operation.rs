@@ -52,6 +52,11 @@ pub struct OperationRecord {
     /// time in the database, so it holds across owners.
     #[serde(default)]
     pub wait_deadline: Option<chrono::DateTime<Utc>>,
+    /// The ramdisk of the latest wait called back (its
+    /// `boot.ramdisk_called_back` step is in the list); a step that then
+    /// waits in place for the ramdisk's command does not add another.
+    #[serde(default)]
+    pub ramdisk_up: bool,
 }
 
 impl OperationRecord {
@@ -71,10 +76,21 @@ impl OperationRecord {
 pub fn note_callback(node: &mut Node) {
     if let Some(mut record) = OperationRecord::load(node) {
         let step = Step::new("boot", "ramdisk_called_back", 0);
-        if record.steps.get(record.next) != Some(&step) {
+        if !record.ramdisk_up && record.steps.get(record.next) != Some(&step) {
             record.steps.insert(record.next.min(record.steps.len()), step);
         }
+        record.ramdisk_up = true;
         record.wait_deadline = None;
+        record.store(node);
+    }
+}
+
+/// The ramdisk is alive but has not finished what the operation waits
+/// for (a long image write): the wait's deadline starts again, as
+/// Ironic's callback timeout counts from the latest heartbeat.
+pub fn note_heartbeat(node: &mut Node, callback_timeout_secs: u64) {
+    if let Some(mut record) = OperationRecord::load(node) {
+        record.wait_deadline = Some(Utc::now() + chrono::Duration::seconds(callback_timeout_secs as i64));
         record.store(node);
     }
 }
@@ -220,6 +236,7 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                     started_by: inner.id.clone(),
                     last_run_by: String::new(),
                     wait_deadline: None,
+                    ramdisk_up: false,
                 }
             }
         };
@@ -258,8 +275,14 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                         return Finish::LostLock;
                     }
                 }
-                Ok(StepOutcome::Wait) => {
-                    record.next += 1;
+                Ok(outcome @ (StepOutcome::Wait | StepOutcome::WaitHere)) => {
+                    if outcome == StepOutcome::Wait {
+                        // a ramdisk boots: its callback resumes at the next step
+                        record.next += 1;
+                        record.ramdisk_up = false;
+                    }
+                    // WaitHere: the running ramdisk's command ends the wait
+                    // and the same step looks how it ended
                     let timeout = chrono::Duration::seconds(inner.cfg.conductor.callback_timeout_secs as i64);
                     record.wait_deadline = Some(Utc::now() + timeout);
                     record.store(node);
@@ -347,7 +370,7 @@ pub async fn fail(inner: &Inner, node: &mut Node, message: &str) -> Finish {
             node.target_provision_state = None;
         }
     }
-    if state == ProvisionState::Cleaning {
+    if matches!(state, ProvisionState::Cleaning | ProvisionState::CleanWait) {
         // as Ironic does: a node that failed cleaning must not be handed
         // out again until an operator looked at it
         node.maintenance = true;

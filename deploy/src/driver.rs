@@ -162,6 +162,21 @@ pub enum StepOutcome {
     /// Wait for a ramdisk callback (heartbeat / pass_deploy_info), which
     /// resumes the operation at the next step.
     Wait,
+    /// Wait for a ramdisk callback, then run this same step again (a step
+    /// that drives a sequence of asynchronous agent commands).
+    WaitHere,
+}
+
+/// What a heartbeat means for the waiting operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeartbeatOutcome {
+    /// Go on (at the step the operation waits for).
+    Resume,
+    /// Not yet (an agent command still runs): keep waiting; the deadline
+    /// moves on.
+    KeepWaiting,
+    /// The ramdisk reports a failure: fail the operation with this message.
+    Fail(String),
 }
 
 /// One step of an operation, as persisted in `deploy_step`/`clean_step`
@@ -299,6 +314,8 @@ pub struct Heartbeat {
     pub agent_version: String,
     pub agent_status: String,
     pub agent_status_message: String,
+    /// The PEM CA of an agent serving https.
+    pub agent_verify_ca: String,
 }
 
 #[async_trait]
@@ -386,9 +403,8 @@ pub trait DeployInterface: Send + Sync {
     fn tear_down_steps(&self, task: &Task) -> Vec<Step>;
     async fn execute_step(&self, driver: &Driver, task: &mut Task, step: &Step) -> DriverResult<StepOutcome>;
     async fn take_over(&self, driver: &Driver, task: &mut Task) -> DriverResult<()>;
-    /// A ramdisk heartbeat; returns true when the waiting operation may
-    /// resume at its next step.
-    async fn heartbeat(&self, driver: &Driver, task: &mut Task, hb: &Heartbeat) -> DriverResult<bool>;
+    /// A ramdisk heartbeat while the operation waits for its ramdisk.
+    async fn heartbeat(&self, driver: &Driver, task: &mut Task, hb: &Heartbeat) -> DriverResult<HeartbeatOutcome>;
 }
 
 #[async_trait]

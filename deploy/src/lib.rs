@@ -18,6 +18,7 @@
 //! The invariant: every step is idempotent. A conductor may die after a
 //! step ran and before it was recorded; the next owner runs it again.
 
+pub mod agent;
 pub mod bmc;
 pub mod boot;
 pub mod deploy;

@@ -16,6 +16,8 @@ pub struct Services {
     pub media: Arc<Media>,
     pub tokens: AgentTokens,
     pub redfish: Arc<RedfishClients>,
+    /// The client of deploy ramdisks' agent API.
+    pub agent: crate::agent::AgentClient,
     pub settings: DriverSettings,
 }
 
@@ -50,6 +52,9 @@ pub struct DriverSettings {
     pub power_poll: Duration,
     /// `true` = UEFI unless a node says otherwise.
     pub default_uefi: bool,
+    /// Where collected ramdisk logs are saved, and when.
+    pub deploy_logs_dir: std::path::PathBuf,
+    pub deploy_logs_collect: String,
 }
 
 impl DriverSettings {
@@ -61,16 +66,30 @@ impl DriverSettings {
             power_timeout: Duration::from_secs(cfg.conductor.power_state_change_timeout),
             power_poll: Duration::from_millis(cfg.conductor.power_state_poll_interval_ms.max(10)),
             default_uefi: cfg.deploy.default_boot_mode != "bios",
+            deploy_logs_dir: cfg.deploy_logs_dir(),
+            deploy_logs_collect: cfg.agent.deploy_logs_collect.clone(),
         }
     }
 }
 
 impl Services {
-    pub fn new(cfg: &Config, media: Arc<Media>, tokens: AgentTokens) -> Services {
+    /// `conductor_id` and `incarnation` say who sends requests to agents.
+    pub fn new(
+        cfg: &Config,
+        media: Arc<Media>,
+        tokens: AgentTokens,
+        conductor_id: &str,
+        incarnation: &str,
+    ) -> Services {
         Services {
             media,
             tokens,
             redfish: Arc::new(RedfishClients::new(ClientSettings::from_config(&cfg.redfish))),
+            agent: crate::agent::AgentClient::new(
+                crate::agent::AgentSettings::from_config(&cfg.agent),
+                conductor_id,
+                incarnation,
+            ),
             settings: DriverSettings::from_config(cfg),
         }
     }

@@ -105,6 +105,9 @@ impl AgentTokens {
     /// the node) and returns its token.
     pub fn mint(&self, node: &mut Node, pregenerated: bool) -> String {
         let nonce = format!("{:032x}", rand::random::<u128>());
+        // a new session is a new ramdisk: whatever address the last one
+        // called back from is gone
+        Self::forget_agent(node);
         node.driver_internal_info.insert(NONCE_KEY.into(), Value::String(nonce.clone()));
         if pregenerated {
             node.driver_internal_info.insert(PREGENERATED_KEY.into(), Value::Bool(true));
@@ -137,6 +140,15 @@ impl AgentTokens {
                     && t.bytes().zip(presented.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
             }
             None => false,
+        }
+    }
+
+    /// Drops the running agent's address and CA (the machine powered off
+    /// or rebooted: Ironic's `wipe_internal_info_on_power_off`), keeping a
+    /// pregenerated token the next ramdisk still holds.
+    pub fn forget_agent(node: &mut Node) {
+        for key in ["agent_url", "agent_verify_ca"] {
+            node.driver_internal_info.remove(key);
         }
     }
 

@@ -175,7 +175,7 @@ async fn ramdisk_instances_share_one_boot_iso_until_the_last_undeploy() {
     for i in 0..2 {
         let node = create(
             &api,
-            json!({"driver": "redfish", "name": format!("disk-less-{i}"), "driver_info": lab.driver_info(i),
+            json!({"driver": "redfish", "deploy_interface": "ramdisk", "name": format!("disk-less-{i}"), "driver_info": lab.driver_info(i),
                    "instance_info": {"kernel": kernel, "ramdisk": ramdisk, "ramdisk_kernel_arguments": "console=ttyS0"}}),
             &format!("52:54:00:00:01:0{i}"),
         )
@@ -290,7 +290,7 @@ async fn validation_names_what_is_missing() {
     // the ramdisk deploy without an instance kernel
     let n = create(
         &api,
-        json!({"driver": "redfish", "name": "no-instance", "driver_info": lab.driver_info(0),
+        json!({"driver": "redfish", "deploy_interface": "ramdisk", "name": "no-instance", "driver_info": lab.driver_info(0),
                                 "instance_info": {"ramdisk": "file:///r"}}),
         "52:54:00:00:02:04",
     )
@@ -317,7 +317,7 @@ async fn ilo_is_redfish_with_hpe_names_against_the_emulator() {
     let (kernel, ramdisk) = images(dir.path(), "ilo");
     let node = create(
         &api,
-        json!({"driver": "ilo", "name": "proliant",
+        json!({"driver": "ilo", "deploy_interface": "ramdisk", "name": "proliant",
                "driver_info": {"ilo_address": lab.url, "ilo_username": "Administrator", "ilo_password": "secret"},
                "instance_info": {"kernel": kernel, "ramdisk": ramdisk}}),
         "52:54:00:00:03:01",
@@ -427,7 +427,7 @@ async fn a_restart_with_an_emptied_http_root_rebuilds_without_rewriting_bmcs() {
     let (kernel, ramdisk) = images(dir.path(), "restart");
     let a = create(
         &api,
-        json!({"driver": "redfish", "driver_info": lab.driver_info(0), "instance_info": {"kernel": kernel, "ramdisk": ramdisk}}),
+        json!({"driver": "redfish", "deploy_interface": "ramdisk", "driver_info": lab.driver_info(0), "instance_info": {"kernel": kernel, "ramdisk": ramdisk}}),
         "52:54:00:00:05:01",
     )
     .await;

@@ -99,7 +99,7 @@ async fn take_over_virtual_media(publisher: Publisher) {
             let mut info = lab.driver_info(i);
             info["deploy_kernel"] = dk.clone().into();
             info["deploy_ramdisk"] = dr.clone().into();
-            let body = json!({"driver": "redfish", "name": format!("n{i}"), "driver_info": info,
+            let body = json!({"driver": "redfish", "deploy_interface": "ramdisk", "name": format!("n{i}"), "driver_info": info,
                               "instance_info": {"kernel": k, "ramdisk": r}});
             let (c, url) = (cl.client.clone(), format!("{}/v1/nodes", cl.api_url));
             set.spawn(async move {
@@ -298,7 +298,7 @@ async fn a_drained_conductor_reaps_only_what_moved_away_when_it_returns() {
             .ok(
                 Method::POST,
                 "/v1/nodes",
-                Some(json!({"driver": "redfish", "driver_info": lab.driver_info(i), "instance_info": {"kernel": k, "ramdisk": r}})),
+                Some(json!({"driver": "redfish", "deploy_interface": "ramdisk", "driver_info": lab.driver_info(i), "instance_info": {"kernel": k, "ramdisk": r}})),
             )
             .await;
         uuids.push(v["uuid"].as_str().unwrap().to_string());

@@ -8,6 +8,7 @@
 //! power-off or reboot ends a session that was not pregenerated (the next
 //! ramdisk looks up again).
 
+use ferric_deploy::driver::HeartbeatOutcome;
 use ferric_deploy::token::AgentTokens;
 
 use super::*;
@@ -19,6 +20,18 @@ impl ConductorService {
         if r.agent_token.is_empty() {
             return Err(self.err(Reason::Invalid, "Agent token is required for heartbeat processing."));
         }
+        if r.callback_url.is_empty() {
+            return Err(self.err(Reason::Invalid, "Missing argument: \"callback_url\""));
+        }
+        if self.inner.cfg.agent.require_tls && !r.callback_url.starts_with("https://") {
+            return Err(self.err(
+                Reason::Invalid,
+                format!(
+                    "TLS is required by configuration ([agent] require_tls): callback_url {} is not https://",
+                    r.callback_url
+                ),
+            ));
+        }
         let tokens = &self.inner.services.tokens;
         if !tokens.verify(&node, &r.agent_token) {
             return Err(self.err(Reason::Invalid, "Invalid or missing agent token received."));
@@ -29,18 +42,35 @@ impl ConductorService {
             Self::give_back(lock).await;
             return Err(self.err(Reason::Invalid, "Invalid or missing agent token received."));
         }
-        node.driver_internal_info.insert("agent_url".into(), Value::String(r.callback_url.clone()));
-        node.driver_internal_info.insert("agent_last_heartbeat".into(), Value::String(Utc::now().to_rfc3339()));
+        // the same session from another address is somebody else holding
+        // the token: never send them commands
+        if let Some(known) = node.driver_internal_info.get("agent_url").and_then(Value::as_str)
+            && known != r.callback_url
+        {
+            let msg = format!(
+                "Detected change in ramdisk provided \"callback_url\" (was {known}, now {}) within one ramdisk session",
+                r.callback_url
+            );
+            Self::give_back(lock).await;
+            return Err(self.err(Reason::Invalid, msg));
+        }
+        let info = &mut node.driver_internal_info;
+        info.insert("agent_url".into(), Value::String(r.callback_url.clone()));
+        info.insert("agent_last_heartbeat".into(), Value::String(Utc::now().to_rfc3339()));
         if !r.agent_version.is_empty() {
-            node.driver_internal_info.insert("agent_version".into(), Value::String(r.agent_version.clone()));
+            info.insert("agent_version".into(), Value::String(r.agent_version.clone()));
+        }
+        if !r.agent_verify_ca.is_empty() {
+            info.insert("agent_verify_ca".into(), Value::String(r.agent_verify_ca.clone()));
         }
         let hb = Heartbeat {
             callback_url: r.callback_url,
             agent_version: r.agent_version,
             agent_status: r.agent_status,
             agent_status_message: r.agent_status_message,
+            agent_verify_ca: r.agent_verify_ca,
         };
-        let resume = if node.provision_state.is_wait() {
+        let outcome = if node.provision_state.is_wait() {
             let driver = match self.inner.registry.driver_for(&node) {
                 Ok(d) => d,
                 Err(e) => {
@@ -50,9 +80,9 @@ impl ConductorService {
             };
             let mut task = self.inner.task(node.clone(), Vec::new());
             match driver.deploy.heartbeat(&driver, &mut task, &hb).await {
-                Ok(go) => {
+                Ok(o) => {
                     node = task.node;
-                    go
+                    o
                 }
                 Err(e) => {
                     Self::give_back(lock).await;
@@ -60,26 +90,43 @@ impl ConductorService {
                 }
             }
         } else {
-            false
+            HeartbeatOutcome::KeepWaiting
         };
-        if resume && let Ok(t) = transition(node.provision_state, node.target_provision_state, Event::Resume) {
-            // a worker first: never save a resumed state nobody will run
-            let permit = match self.permit() {
-                Ok(p) => p,
-                Err(e) => {
-                    Self::give_back(lock).await;
-                    return Err(e);
+        match outcome {
+            HeartbeatOutcome::Resume => {
+                if let Ok(t) = transition(node.provision_state, node.target_provision_state, Event::Resume) {
+                    // a worker first: never save a resumed state nobody will run
+                    let permit = match self.permit() {
+                        Ok(p) => p,
+                        Err(e) => {
+                            Self::give_back(lock).await;
+                            return Err(e);
+                        }
+                    };
+                    operation::note_callback(&mut node);
+                    node.provision_state = t.to;
+                    node.target_provision_state = t.target;
+                    if let Err(e) = self.save(&lock, &node).await {
+                        Self::give_back(lock).await;
+                        return Err(e);
+                    }
+                    self.inner.spawn_operation(lock, node, permit);
+                    return Ok(Response::new(Empty {}));
                 }
-            };
-            operation::note_callback(&mut node);
-            node.provision_state = t.to;
-            node.target_provision_state = t.target;
-            if let Err(e) = self.save(&lock, &node).await {
-                Self::give_back(lock).await;
-                return Err(e);
             }
-            self.inner.spawn_operation(lock, node, permit);
-            return Ok(Response::new(Empty {}));
+            HeartbeatOutcome::KeepWaiting => {
+                if node.provision_state.is_wait() {
+                    operation::note_heartbeat(&mut node, self.inner.cfg.conductor.callback_timeout_secs);
+                }
+            }
+            HeartbeatOutcome::Fail(msg) => {
+                operation::fail(&self.inner, &mut node, &msg).await;
+                self.inner.history(node.uuid, "fail", &msg).await;
+                return match lock.save_and_release(&node).await {
+                    Ok(_) => Ok(Response::new(Empty {})),
+                    Err(e) => Err(self.err(Reason::Internal, format!("saving node {}: {e}", node.uuid))),
+                };
+            }
         }
         let res = self.save(&lock, &node).await;
         Self::give_back(lock).await;

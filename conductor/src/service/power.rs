@@ -63,8 +63,11 @@ impl ConductorService {
             match res {
                 Ok(()) => {
                     node.power_state = Some(final_state.as_str().into());
-                    if (final_state == PowerState::Off || action.is_reboot()) && !AgentTokens::is_pregenerated(&node) {
-                        AgentTokens::end_session(&mut node);
+                    if final_state == PowerState::Off || action.is_reboot() {
+                        AgentTokens::forget_agent(&mut node);
+                        if !AgentTokens::is_pregenerated(&node) {
+                            AgentTokens::end_session(&mut node);
+                        }
                     }
                 }
                 Err(e) => node.last_error = Some(format!("Failed to change power state to '{target}': {e}")),

@@ -38,6 +38,11 @@ impl ConductorService {
         }
         // request arguments, checked before anything is locked
         let configdrive = parse_json(&r.configdrive_json, "configdrive").map_err(|m| self.err(Reason::Invalid, m))?;
+        if let Some(cd) = &configdrive {
+            // a bad one fails now, not in the ramdisk minutes later
+            ferric_deploy::image::configdrive::for_agent(Some(cd), &node.uuid.to_string(), node.name.as_deref())
+                .map_err(|e| self.err(Reason::Invalid, e.to_string()))?;
+        }
         let mut steps_arg = None;
         for (json, e, key, name) in [
             (&r.clean_steps_json, Event::Clean, CLEAN_STEPS_KEY, "clean_steps"),

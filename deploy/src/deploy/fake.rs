@@ -79,7 +79,7 @@ impl DeployInterface for FakeDeploy {
     async fn take_over(&self, _driver: &Driver, task: &mut Task) -> DriverResult<()> {
         fake_hooks::step(task, "deploy.take_over").await
     }
-    async fn heartbeat(&self, _driver: &Driver, _task: &mut Task, _hb: &Heartbeat) -> DriverResult<bool> {
-        Ok(true)
+    async fn heartbeat(&self, _driver: &Driver, _task: &mut Task, _hb: &Heartbeat) -> DriverResult<HeartbeatOutcome> {
+        Ok(HeartbeatOutcome::Resume)
     }
 }

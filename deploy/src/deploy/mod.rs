@@ -1,8 +1,10 @@
-//! Deploy interfaces: `fake` and `ramdisk` (`direct` and `iscsi` follow).
+//! Deploy interfaces: `fake`, `ramdisk` and `direct` (the agent writes the
+//! image).
 //!
 //! A deploy drives the node's other interfaces (boot the ramdisk, reboot
 //! into the instance) through the [`crate::driver::Driver`] it is given.
 
+pub mod direct;
 pub mod fake;
 pub mod ramdisk;
 

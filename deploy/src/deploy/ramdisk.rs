@@ -76,7 +76,8 @@ impl DeployInterface for RamdiskDeploy {
         // the boot interface re-attaches the instance's media
         Ok(())
     }
-    async fn heartbeat(&self, _driver: &Driver, _task: &mut Task, _hb: &Heartbeat) -> DriverResult<bool> {
-        Ok(false)
+    async fn heartbeat(&self, _driver: &Driver, _task: &mut Task, _hb: &Heartbeat) -> DriverResult<HeartbeatOutcome> {
+        // no agent runs for a ramdisk deploy
+        Ok(HeartbeatOutcome::KeepWaiting)
     }
 }

@@ -2,5 +2,6 @@
 //! So far: the virtual-media parameters floppy ([`floppy`]).
 
 pub mod cache;
+pub mod configdrive;
 pub mod floppy;
 pub mod iso;

@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         for &i in chunk {
             let lab = &labs[i / per_lab];
             let (k, r) = &pairs[i % images];
-            let body = json!({"driver": "redfish", "name": format!("vm{i}"), "driver_info": lab.driver_info(i % per_lab),
+            let body = json!({"driver": "redfish", "deploy_interface": "ramdisk", "name": format!("vm{i}"), "driver_info": lab.driver_info(i % per_lab),
                               "instance_info": {"kernel": k, "ramdisk": r}});
             let (c, url) = (cl.client.clone(), format!("{}/v1/nodes", cl.api_url));
             set.spawn(async move {
