@@ -84,10 +84,15 @@ async fn swift_publisher_against_a_real_swift() {
     let expired =
         format!("{storage}/{}/boot-abc.iso?temp_url_sig={sig}&temp_url_expires={past}", cfg.swift_ilo_container);
     assert_eq!(c.get(&expired).send().await.unwrap().status(), 401);
-    // and a URL handed out for 1 s stops working after it
-    let short = store.url("boot-abc.iso", Duration::from_secs(1)).unwrap();
-    assert_eq!(c.get(&short).send().await.unwrap().status(), 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // a URL handed out for 2 s carries that expiry and stops working after
+    // it (no GET races the expiry: a loaded machine may take longer than 2 s
+    // between two lines, so only what holds whatever the timing is asserted)
+    let before = unix_now();
+    let short = store.url("boot-abc.iso", Duration::from_secs(2)).unwrap();
+    let after = unix_now();
+    let expires = query_u64(&short, "temp_url_expires");
+    assert!((before + 2..=after + 3).contains(&expires), "expiry {expires} not 2-3 s after {before}..{after}: {short}");
+    wait_until_past(expires).await;
     assert_eq!(c.get(&short).send().await.unwrap().status(), 401, "expired temp URL");
 
     // names that need percent-encoding: the URL carries them encoded, the
@@ -112,12 +117,29 @@ async fn swift_publisher_against_a_real_swift() {
     assert_eq!(sig_len, 40, "{url1}");
     assert_eq!(c.get(&url1).send().await.unwrap().status(), 200);
 
-    // X-Delete-After: gone once it passes, for the store and for readers
-    store.put_bytes("floppy-x.img", b"params".to_vec(), Some(Duration::from_secs(1))).await.unwrap();
+    // X-Delete-After: Swift records the deadline (read back, so no race with
+    // a slow machine), and the object is gone once it passes, for the store
+    // and for readers
+    let before = unix_now();
+    store.put_bytes("floppy-x.img", b"params".to_vec(), Some(Duration::from_secs(3))).await.unwrap();
+    let after = unix_now();
     let furl = store.url("floppy-x.img", Duration::from_secs(60)).unwrap();
-    assert!(store.exists("floppy-x.img").await.unwrap());
-    assert_eq!(c.get(&furl).send().await.unwrap().status(), 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = c
+        .head(format!("{storage}/{}/floppy-x.img", cfg.swift_ilo_container))
+        .header("X-Auth-Token", &tok)
+        .send()
+        .await
+        .unwrap();
+    let delete_at: u64 = r
+        .headers()
+        .get("x-delete-at")
+        .unwrap_or_else(|| panic!("no X-Delete-At on an object put with a lifetime: {:?}", r.headers()))
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((before + 3..=after + 3).contains(&delete_at), "X-Delete-At {delete_at} not 3 s after {before}..{after}");
+    wait_until_past(delete_at).await;
     assert!(!store.exists("floppy-x.img").await.unwrap());
     assert_eq!(c.get(&furl).send().await.unwrap().status(), 404);
 
@@ -209,7 +231,8 @@ async fn swift_publisher_against_a_real_swift() {
     let store: Arc<dyn Store> = Arc::new(store);
     let a = Arc::new(
         Artefacts::new(store.clone(), Duration::from_secs(600), Duration::from_secs(600), dir.path().join("scratch"))
-            .with_deletion_grace(Duration::from_secs(2)),
+            // long enough for the checks inside it on a loaded machine
+            .with_deletion_grace(Duration::from_secs(6)),
     );
     let ids = ["d".repeat(64), "e".repeat(64)];
     let nodes: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
@@ -261,7 +284,8 @@ async fn swift_publisher_against_a_real_swift() {
     assert_eq!(delete_at(lab.token().await.1).await, None, "an acquire cancels the deletion");
     assert_eq!(store.metadata(&iso0, USAGE_COUNT).await.unwrap().as_deref(), Some("1"));
     assert_eq!(a.release_boot_iso(nodes[0], &ids[0]).await.unwrap(), 0);
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let deadline: u64 = delete_at(lab.token().await.1).await.expect("deletion scheduled again").parse().unwrap();
+    wait_until_past(deadline).await;
     assert!(!store.exists(&iso0).await.unwrap(), "deleted once the grace passed");
     let built = builds.load(std::sync::atomic::Ordering::SeqCst);
     let counter = builds.clone();
@@ -295,4 +319,25 @@ async fn swift_publisher_against_a_real_swift() {
     assert_eq!(c.get(&fresh).send().await.unwrap().bytes().await.unwrap().as_ref(), b"token");
     assert_eq!(a.fresh_url("floppy-missing.img").await.unwrap(), None);
     assert!(a.fresh_url(".users/x").await.is_err());
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn query_u64(url: &str, key: &str) -> u64 {
+    let q = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    q.split('&')
+        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key} in {url}"))
+        .parse()
+        .unwrap()
+}
+
+/// Sleeps until the wall clock is past `deadline` (a Unix second) by a margin,
+/// so a check after it holds whatever the load.
+async fn wait_until_past(deadline: u64) {
+    while unix_now() <= deadline + 1 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
