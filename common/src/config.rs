@@ -24,6 +24,7 @@ pub struct Config {
     pub image_cache: ImageCacheConfig,
     pub redfish: RedfishConfig,
     pub agent: AgentConfig,
+    pub iscsi: IscsiConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -38,6 +39,10 @@ pub struct ApiConfig {
     /// How long one REST request may spend finding the node's owner and
     /// retrying across ring changes before it answers 503.
     pub request_deadline_ms: u64,
+    /// Largest request body in bytes (a provision request carries its
+    /// config drive, up to 64 MiB unpacked). The ramdisk's endpoints
+    /// (lookup, heartbeat, pass_deploy_info) take at most 64 KiB.
+    pub max_request_body_size: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -272,6 +277,35 @@ pub struct ImageCacheConfig {
     pub max_size_mb: u64,
     /// Timeout of one download (whole transfer).
     pub download_timeout_secs: u64,
+    /// Downloads running at once; more wait their turn (a deploy of
+    /// hundreds of nodes from as many images must not open hundreds of
+    /// multi-GB transfers).
+    pub max_concurrent_downloads: u32,
+    /// `file://` images are read only under these directories (after
+    /// resolving symbolic links), plus `<data_dir>/images`: a node's
+    /// owner must not be able to have the conductor publish /etc/shadow.
+    #[serde(deserialize_with = "list")]
+    pub file_url_allowed_roots: Vec<String>,
+}
+
+/// The `iscsi` deploy: the conductor writes the image to the disk the
+/// ramdisk exports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IscsiConfig {
+    /// The writer: `qemu-img` built with libiscsi (Debian: qemu-utils and
+    /// qemu-block-extra); it converts qcow2 on the way.
+    pub qemu_img: String,
+    /// Seconds one image write may take.
+    pub write_timeout_secs: u64,
+    /// Port of the ramdisk's target when pass_deploy_info names none.
+    pub default_port: u16,
+}
+
+impl Default for IscsiConfig {
+    fn default() -> Self {
+        IscsiConfig { qemu_img: "qemu-img".into(), write_timeout_secs: 7200, default_port: 3260 }
+    }
 }
 
 impl Default for DeployConfig {
@@ -339,7 +373,13 @@ impl Default for SwiftConfig {
 
 impl Default for ImageCacheConfig {
     fn default() -> Self {
-        ImageCacheConfig { dir: PathBuf::new(), max_size_mb: 20 * 1024, download_timeout_secs: 1800 }
+        ImageCacheConfig {
+            dir: PathBuf::new(),
+            max_size_mb: 20 * 1024,
+            download_timeout_secs: 1800,
+            max_concurrent_downloads: 4,
+            file_url_allowed_roots: vec!["/var/lib/ferric/images".into()],
+        }
     }
 }
 
@@ -357,6 +397,7 @@ impl Default for Config {
             image_cache: ImageCacheConfig::default(),
             redfish: RedfishConfig::default(),
             agent: AgentConfig::default(),
+            iscsi: IscsiConfig::default(),
         }
     }
 }
@@ -368,6 +409,7 @@ impl Default for ApiConfig {
             public_url: String::new(),
             max_limit: 1000,
             request_deadline_ms: 30_000,
+            max_request_body_size: 128 * 1024 * 1024,
         }
     }
 }
@@ -569,6 +611,14 @@ impl Config {
         } else {
             self.image_cache.dir.clone()
         }
+    }
+
+    /// The directories `file://` images may come from: the configured
+    /// ones and `<data_dir>/images`.
+    pub fn file_url_roots(&self) -> Vec<PathBuf> {
+        let mut roots: Vec<PathBuf> = self.image_cache.file_url_allowed_roots.iter().map(PathBuf::from).collect();
+        roots.push(self.data_dir.join("images"));
+        roots
     }
 
     /// Where collected ramdisk logs go, defaulting to `<data_dir>/deploy-logs`.

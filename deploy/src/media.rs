@@ -75,10 +75,14 @@ impl Media {
         } else {
             Arc::new(crate::publish::swift::SwiftStore::connect(&cfg.swift).await?)
         };
-        let images = ImageCache::open(
+        let images = ImageCache::open_with(
             cfg.image_cache_dir(),
-            cfg.image_cache.max_size_mb * 1024 * 1024,
-            Duration::from_secs(cfg.image_cache.download_timeout_secs),
+            crate::image::cache::CacheOptions {
+                max_bytes: cfg.image_cache.max_size_mb * 1024 * 1024,
+                download_timeout: Duration::from_secs(cfg.image_cache.download_timeout_secs),
+                max_concurrent_downloads: cfg.image_cache.max_concurrent_downloads as usize,
+                file_roots: Some(cfg.file_url_roots()),
+            },
         )?;
         let ttl = Duration::from_secs(cfg.deploy.deploy_helper_images_ttl * 60);
         let iso_validity = Duration::from_secs(cfg.swift.swift_temp_url_duration);

@@ -11,7 +11,8 @@ use std::time::Duration;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use ferric_deploy::image::cache::{ATTEMPTS, Checksum, ImageCache, ImageError, ImageSource};
+use ferric_deploy::image::cache::{ATTEMPTS, CacheOptions, Checksum, ImageCache, ImageError, ImageSource};
+use futures_util::StreamExt as _;
 use md5::Digest as _;
 
 #[derive(Default)]
@@ -21,6 +22,11 @@ struct Served {
     /// requests to answer with 503 before succeeding, per name
     fail_first: Mutex<HashMap<String, usize>>,
     delay_ms: AtomicUsize,
+    /// requests being answered now, and the most there ever were
+    active: AtomicUsize,
+    max_active: AtomicUsize,
+    /// names whose body stalls after its first half until `release`
+    stall: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
 }
 
 impl Served {
@@ -31,9 +37,27 @@ impl Served {
 
 async fn serve_file(State(s): State<Arc<Served>>, UrlPath(name): UrlPath<String>) -> axum::response::Response {
     *s.hits.lock().unwrap().entry(name.clone()).or_default() += 1;
+    let now = s.active.fetch_add(1, Ordering::SeqCst) + 1;
+    s.max_active.fetch_max(now, Ordering::SeqCst);
     let delay = s.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+    }
+    s.active.fetch_sub(1, Ordering::SeqCst);
+    let stall = s.stall.lock().unwrap().get(&name).cloned();
+    if let Some(release) = stall {
+        let body = s.files.lock().unwrap().get(&name).cloned().unwrap_or_default();
+        let (first, rest) = body.split_at(body.len() / 2);
+        let (first, rest) = (bytes::Bytes::copy_from_slice(first), bytes::Bytes::copy_from_slice(rest));
+        let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
+            futures_util::stream::once(async move {
+                release.notified().await;
+                Ok::<_, std::io::Error>(rest)
+            }),
+        );
+        let mut resp = axum::body::Body::from_stream(stream).into_response();
+        resp.headers_mut().insert(axum::http::header::CONTENT_LENGTH, body.len().into());
+        return resp;
     }
     {
         let mut ff = s.fail_first.lock().unwrap();
@@ -382,5 +406,103 @@ async fn an_image_larger_than_the_cache_reaches_every_waiter_then_goes() {
     drop(held);
     assert!(!path.exists(), "evicted once unused");
     assert_eq!(cache.stats().bytes, 0);
+    let _ = srv.stop.send(());
+}
+
+#[tokio::test]
+async fn file_sources_only_under_the_allowed_roots_by_their_real_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("images");
+    let outside = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(root.join("ok.img"), bytes(4096, 1)).unwrap();
+    std::fs::write(outside.join("secret"), b"root:x:0:0").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret"), root.join("link.img")).unwrap();
+    let options = CacheOptions {
+        max_bytes: 1 << 20,
+        download_timeout: Duration::from_secs(30),
+        max_concurrent_downloads: 2,
+        file_roots: Some(vec![root.clone()]),
+    };
+    let cache = ImageCache::open_with(dir.path().join("cache"), options).unwrap();
+    let url = |p: &std::path::Path| format!("file://{}", p.display());
+
+    let ok = cache.fetch(&src(&url(&root.join("ok.img")), None)).await.unwrap();
+    assert_eq!(std::fs::read(&ok.path).unwrap(), bytes(4096, 1));
+    for (path, what) in [(outside.join("secret"), "a file outside"), (root.join("link.img"), "a link out of the root")]
+    {
+        let e = cache.fetch(&src(&url(&path), None)).await.unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ImageError::BadUrl { .. }), "{what}: {e:?}");
+        assert!(
+            msg.contains(&outside.join("secret").display().to_string()) && msg.contains("file_url_allowed_roots"),
+            "{msg}"
+        );
+        assert!(msg.contains(&root.display().to_string()), "the message lists the roots: {msg}");
+        assert_eq!(cache.check_allowed(&src(&url(&path), None)).await.unwrap_err(), e, "validation says the same");
+    }
+    // `..` cannot climb out either (refused before any path is resolved)
+    let climb = format!("file://{}/../elsewhere/secret", root.display());
+    assert!(cache.fetch(&src(&climb, None)).await.is_err());
+    assert_eq!(cache.stats().images, 1, "nothing from outside was copied in");
+    cache.check_allowed(&src(&url(&root.join("ok.img")), None)).await.unwrap();
+    cache.check_allowed(&src("https://images.example/x.img", None)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_wait_for_a_slot() {
+    let srv = server().await;
+    srv.served.delay_ms.store(300, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let options = CacheOptions {
+        max_bytes: 10 << 20,
+        download_timeout: Duration::from_secs(30),
+        max_concurrent_downloads: 2,
+        file_roots: None,
+    };
+    let cache = ImageCache::open_with(dir.path(), options).unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..6u8 {
+        let url = srv.add(&format!("s{i}"), bytes(10_000, i));
+        let cache = cache.clone();
+        set.spawn(async move { cache.fetch(&src(&url, None)).await.map(|c| c.size) });
+    }
+    while let Some(r) = set.join_next().await {
+        assert_eq!(r.unwrap().unwrap(), 10_000);
+    }
+    assert_eq!(cache.stats().downloads, 6);
+    assert_eq!(srv.served.max_active.load(Ordering::SeqCst), 2, "at most two downloads at once");
+    let _ = srv.stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_in_flight_counts_against_the_bound_from_its_start() {
+    let srv = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1_000_000);
+    let old_url = srv.add("old", bytes(600_000, 1));
+    let old = cache.fetch(&src(&old_url, None)).await.unwrap();
+    let old_path = old.path.clone();
+    drop(old);
+    assert!(old_path.exists());
+    let new_url = srv.add("new", bytes(600_000, 2));
+    let release = Arc::new(tokio::sync::Notify::new());
+    srv.served.stall.lock().unwrap().insert("new".into(), release.clone());
+    let fetch = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.fetch(&src(&new_url, None)).await.map(|c| c.size) })
+    };
+    // half of the new image is on disk and its body stalls: the old image
+    // must already have made room (600 KB held + 600 KB coming > 1 MB)
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while old_path.exists() {
+        assert!(std::time::Instant::now() < deadline, "the old image was not evicted while the new one downloads");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cache.stats().evictions, 1);
+    release.notify_one();
+    assert_eq!(fetch.await.unwrap().unwrap(), 600_000);
+    assert_eq!(cache.stats().bytes, 600_000);
     let _ = srv.stop.send(());
 }

@@ -8,10 +8,13 @@
 //!   fails while it runs.
 //! * [`swift::SwiftLab`]: a real OpenStack Swift (tempauth, tempurl).
 //! * [`redfish::SushyLab`]: a real Redfish BMC (sushy-tools' emulator).
+//! * [`ramdisk::RamdiskSim`]: simulated deploy ramdisks (the IPA agent
+//!   protocol) for the machines of a Redfish emulator.
 //! * [`Baremetal`]: the real `baremetal` CLI (python-ironicclient) from the
 //!   venv `scripts/deps.sh` creates (`FERRIC_TEST_VENV`).
 
 pub mod cluster;
+pub mod ramdisk;
 pub mod redfish;
 pub mod swift;
 
@@ -299,6 +302,14 @@ pub struct Process {
     ready_port: Option<u16>,
 }
 
+/// The file:// roots test servers accept: the temporary directory and the
+/// workspace's target directory (boot fixtures), comma-separated.
+pub fn test_file_roots() -> String {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let target = target.canonicalize().unwrap_or(target);
+    format!("{},{}", std::env::temp_dir().display(), target.display())
+}
+
 impl Process {
     pub fn start(
         name: &str,
@@ -323,6 +334,9 @@ impl Process {
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let mut cmd = Command::new(ferric_bin());
         cmd.args(&self.args).stdout(logf.try_clone().expect("dup")).stderr(logf).env("RUST_LOG", "info");
+        // tests hand out file:// images from temporary directories and the
+        // boot fixtures; a test that checks the confinement sets its own
+        cmd.env("FERRIC_IMAGE_CACHE__FILE_URL_ALLOWED_ROOTS", test_file_roots());
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

@@ -32,10 +32,17 @@
 //!   between the download and its use; a failure reaches every waiter, and
 //!   the next fetch tries again.
 //! * **Bounded**: after each insert, least recently used images are evicted
-//!   until the total is within `max_bytes`. An image in use (a live
+//!   until the total is within `max_bytes`. A download in flight counts
+//!   with its announced size (Content-Length, the file's size) from its
+//!   start, so twenty 10 GB downloads do not all begin on a 50 GB disk;
+//!   at most [`CacheOptions::max_concurrent_downloads`] run at once, the
+//!   others wait for a slot. An image in use (a live
 //!   [`CachedImage`]) is pinned and never evicted; one larger than the bound
 //!   is still returned (with a warning), and evicted once unpinned. Use
 //!   order survives a restart through the files' modification times.
+//! * **Confined**: with [`CacheOptions::file_roots`], a `file://` source is
+//!   read only if its real path (symbolic links resolved) lies under one
+//!   of the roots.
 //! * **Retries**: connection errors, timeouts, short bodies and 5xx are
 //!   tried [`ATTEMPTS`] times in all with backoff; 4xx and checksum
 //!   mismatches are final. Each attempt is bounded by the download timeout.
@@ -239,7 +246,7 @@ impl Drop for Pin {
             if let Some(e) = st.entries.get_mut(&self.sha256) {
                 e.pins -= 1;
             }
-            st.total > self.shared.max_bytes
+            st.total + st.reserved > self.shared.max_bytes
         };
         if over {
             self.shared.evict();
@@ -271,6 +278,19 @@ struct Entry {
 /// What a download hands its waiters: `None` until it finishes.
 type Outcome = Option<Result<CachedImage, ImageError>>;
 
+/// How the cache behaves besides its directory.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// Bytes held (images not in use beyond this are evicted).
+    pub max_bytes: u64,
+    /// Bound on one download attempt.
+    pub download_timeout: Duration,
+    /// Downloads (and file copies) running at once.
+    pub max_concurrent_downloads: usize,
+    /// Directories `file://` sources must lie under; `None` = anywhere.
+    pub file_roots: Option<Vec<PathBuf>>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// content sha256 → entry
@@ -280,6 +300,8 @@ struct State {
     /// source key → the download in progress
     inflight: HashMap<String, watch::Receiver<Outcome>>,
     total: u64,
+    /// Announced bytes of the downloads in flight.
+    reserved: u64,
     tick: u64,
 }
 
@@ -287,6 +309,8 @@ struct State {
 struct Shared {
     dir: PathBuf,
     max_bytes: u64,
+    slots: tokio::sync::Semaphore,
+    file_roots: Option<Vec<PathBuf>>,
     client: reqwest::Client,
     state: Mutex<State>,
     hits: AtomicU64,
@@ -306,6 +330,15 @@ impl ImageCache {
     /// `download_timeout`. Partial downloads are deleted, complete images
     /// and the index are found again.
     pub fn open(dir: impl Into<PathBuf>, max_bytes: u64, download_timeout: Duration) -> Result<ImageCache, ImageError> {
+        ImageCache::open_with(
+            dir,
+            CacheOptions { max_bytes, download_timeout, max_concurrent_downloads: 4, file_roots: None },
+        )
+    }
+
+    /// Opens the cache with all its options.
+    pub fn open_with(dir: impl Into<PathBuf>, options: CacheOptions) -> Result<ImageCache, ImageError> {
+        let CacheOptions { max_bytes, download_timeout, max_concurrent_downloads, file_roots } = options;
         let dir = dir.into();
         for sub in ["sha256", "index", "tmp"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| ImageError::io(&dir.join(sub), e))?;
@@ -351,6 +384,8 @@ impl ImageCache {
         let shared = Arc::new(Shared {
             dir,
             max_bytes,
+            slots: tokio::sync::Semaphore::new(max_concurrent_downloads.max(1)),
+            file_roots,
             client,
             state: Mutex::new(st),
             hits: AtomicU64::new(0),
@@ -376,6 +411,9 @@ impl ImageCache {
     /// many callers ask at the same time), pinned while the result lives.
     pub async fn fetch(&self, source: &ImageSource) -> Result<CachedImage, ImageError> {
         let location = source.location()?;
+        if let Location::File(path) = &location {
+            self.shared.check_root(&source.url, path).await?;
+        }
         let key = source.key();
         let mut rx = {
             let mut st = self.shared.lock();
@@ -432,6 +470,30 @@ struct Downloaded {
     sha256: String,
 }
 
+/// Bytes announced by a download in flight, counted against the bound
+/// until the download ends.
+struct Reservation {
+    shared: Arc<Shared>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.shared.lock().reserved -= self.bytes;
+    }
+}
+
+impl ImageCache {
+    /// Whether `source` may be read at all (a `file://` source outside
+    /// the allowed roots may not): for validation, before anything runs.
+    pub async fn check_allowed(&self, source: &ImageSource) -> Result<(), ImageError> {
+        match source.location()? {
+            Location::File(path) => self.shared.check_root(&source.url, &path).await,
+            Location::Http => Ok(()),
+        }
+    }
+}
+
 impl State {
     /// The content hash a fetch of `source` can be answered with.
     fn cached(&self, source: &ImageSource, key: &str) -> Option<String> {
@@ -450,6 +512,41 @@ impl State {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().expect("image cache state")
+    }
+
+    /// Refuses a file outside the allowed roots, judged by its real path
+    /// (so a symbolic link out of a root does not count as inside).
+    async fn check_root(&self, url: &str, path: &Path) -> Result<(), ImageError> {
+        let Some(roots) = &self.file_roots else { return Ok(()) };
+        let real = tokio::fs::canonicalize(path).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ImageError::NotFound { url: url.to_string() },
+            _ => ImageError::io(path, e),
+        })?;
+        for root in roots {
+            if let Ok(r) = tokio::fs::canonicalize(root).await
+                && real.starts_with(&r)
+            {
+                return Ok(());
+            }
+        }
+        let list: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        Err(ImageError::BadUrl {
+            url: url.to_string(),
+            reason: format!(
+                "{} is outside the directories file:// images may come from ({}; [image_cache] \
+                 file_url_allowed_roots)",
+                real.display(),
+                list.join(", ")
+            ),
+        })
+    }
+
+    /// Counts `bytes` of a starting download against the bound, evicting
+    /// what must go to make room.
+    fn reserve(self: &Arc<Self>, bytes: u64) -> Reservation {
+        self.lock().reserved += bytes;
+        self.evict();
+        Reservation { shared: self.clone(), bytes }
     }
 
     fn pin(self: &Arc<Self>, st: &mut State, sha: &str) -> CachedImage {
@@ -478,6 +575,7 @@ impl Shared {
         key: &str,
     ) -> Result<CachedImage, ImageError> {
         self.downloads.fetch_add(1, Ordering::Relaxed);
+        let _slot = self.slots.acquire().await.expect("the download semaphore is never closed");
         let mut attempt = 0;
         let got = loop {
             attempt += 1;
@@ -540,7 +638,7 @@ impl Shared {
         self.dir.join("tmp").join(format!("{:032x}", rand::random::<u128>()))
     }
 
-    async fn fetch_http(&self, source: &ImageSource) -> Result<Downloaded, ImageError> {
+    async fn fetch_http(self: &Arc<Self>, source: &ImageSource) -> Result<Downloaded, ImageError> {
         use futures_util::StreamExt;
         let url = &source.url;
         let transfer = |e: reqwest::Error| ImageError::Transfer { url: url.clone(), message: crate::error_chain(&e) };
@@ -549,6 +647,7 @@ impl Shared {
             return Err(ImageError::Http { url: url.clone(), status: resp.status().as_u16() });
         }
         let expected_len = resp.content_length();
+        let _room = self.reserve(expected_len.unwrap_or(0));
         let tmp = self.new_tmp();
         let mut sink = Sink::create(&tmp, source.checksum.clone()).await?;
         let mut body = resp.bytes_stream();
@@ -573,12 +672,14 @@ impl Shared {
         result
     }
 
-    async fn copy_file(&self, source: &ImageSource, path: &Path) -> Result<Downloaded, ImageError> {
+    async fn copy_file(self: &Arc<Self>, source: &ImageSource, path: &Path) -> Result<Downloaded, ImageError> {
         use tokio::io::AsyncReadExt;
         let mut f = tokio::fs::File::open(path).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => ImageError::NotFound { url: source.url.clone() },
             _ => ImageError::io(path, e),
         })?;
+        let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let _room = self.reserve(len);
         let tmp = self.new_tmp();
         let mut sink = Sink::create(&tmp, source.checksum.clone()).await?;
         let result = async {
@@ -602,7 +703,7 @@ impl Shared {
     /// Evicts least recently used, unpinned images until the total fits.
     fn evict(&self) {
         let mut st = self.lock();
-        while st.total > self.max_bytes {
+        while st.total + st.reserved > self.max_bytes {
             let victim = st
                 .entries
                 .iter()
@@ -610,7 +711,12 @@ impl Shared {
                 .min_by_key(|(_, e)| e.last_use)
                 .map(|(sha, _)| sha.clone());
             let Some(sha) = victim else {
-                warn!(bytes = st.total, bound = self.max_bytes, "image cache over its bound: every image is in use");
+                warn!(
+                    bytes = st.total,
+                    in_flight = st.reserved,
+                    bound = self.max_bytes,
+                    "image cache over its bound: every image is in use"
+                );
                 break;
             };
             let e = st.entries.remove(&sha).expect("victim exists");
