@@ -15,6 +15,7 @@ pub mod drivers;
 pub mod error;
 pub mod fields;
 pub mod forward;
+pub mod limit;
 pub mod nodes;
 pub mod paging;
 pub mod patch;
@@ -71,6 +72,7 @@ fn v1_routes() -> Router<State> {
 
 pub fn router(state: State) -> Router {
     let public = context::PublicUrl(state.cfg.api.public_url.clone());
+    let body_limit = state.cfg.api.max_request_body_size;
     let v1_doc = get(root::v1).fallback(|| async {
         error::ApiError::new(
             axum::http::StatusCode::METHOD_NOT_ALLOWED,
@@ -95,6 +97,8 @@ pub fn router(state: State) -> Router {
         .merge(v1_routes())
         .fallback(root::not_found)
         .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(move |req, next| limit::middleware(body_limit, req, next)))
         .layer(axum::middleware::from_fn(version::middleware))
         .layer(axum::Extension(public))
 }

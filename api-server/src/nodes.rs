@@ -590,6 +590,9 @@ async fn node_vendor_call(
     body: Bytes,
 ) -> ApiResult<Response> {
     let node = st.node(ident, ctx.v).await?;
+    if name == "pass_deploy_info" {
+        return pass_deploy_info(st, &node, &method, &body).await;
+    }
     let body_json = vendor_body(&method, &body)?;
     let reply = st
         .fwd
@@ -605,6 +608,39 @@ async fn node_vendor_call(
         })
         .await?;
     Ok(vendor_response(reply))
+}
+
+/// The iSCSI ramdisk's callback (specs/ilo-virtualmedia-iscsi-deploy-
+/// driver.rst): `{address, iqn, key, error}` (and optionally `port`,
+/// `lun`), forwarded to the node's owner. 202: the image is written after
+/// the answer.
+async fn pass_deploy_info(st: &AppState, node: &Node, method: &Method, body: &Bytes) -> ApiResult<Response> {
+    if *method != Method::POST {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("pass_deploy_info takes POST, not {method}"),
+        ));
+    }
+    let v = json_body(body)?;
+    let obj = v.as_object().ok_or_else(|| ApiError::bad_request("The request body must be a JSON object"))?;
+    const ALLOWED: [&str; 6] = ["address", "iqn", "key", "error", "port", "lun"];
+    if let Some(k) = obj.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!("Unknown argument: \"{k}\"")));
+    }
+    let body_json = v.to_string();
+    st.fwd
+        .call(AppState::route(node), |mut c, epoch| {
+            let r = NodeVendorRequest {
+                epoch,
+                node_uuid: node.uuid.to_string(),
+                method: "pass_deploy_info".into(),
+                http_method: "POST".into(),
+                body_json: body_json.clone(),
+            };
+            async move { c.pass_deploy_info(r).await }
+        })
+        .await?;
+    Ok(StatusCode::ACCEPTED.into_response())
 }
 
 pub async fn vendor_call(

@@ -18,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferric_common::model::{JsonObject, Node, Port};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 pub use crate::services::{DriverSettings, EjectPolicy, Services};
 
@@ -153,6 +154,11 @@ impl From<crate::media::MediaError> for DriverError {
 }
 
 pub type DriverResult<T> = Result<T, DriverError>;
+
+/// A ramdisk parameter (`prepare_ramdisk`'s `params`) with this value
+/// gets the session's token, minted when the media are made (the iSCSI
+/// deploy's `deploy_key`).
+pub const SESSION_TOKEN: &str = "@@ferric-session-token@@";
 
 /// What a step left the operation in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,6 +411,20 @@ pub trait DeployInterface: Send + Sync {
     async fn take_over(&self, driver: &Driver, task: &mut Task) -> DriverResult<()>;
     /// A ramdisk heartbeat while the operation waits for its ramdisk.
     async fn heartbeat(&self, driver: &Driver, task: &mut Task, hb: &Heartbeat) -> DriverResult<HeartbeatOutcome>;
+    /// The iSCSI ramdisk's `pass_deploy_info` (its deploy key already
+    /// verified, the node waiting for it): record what it says.
+    async fn pass_deploy_info(
+        &self,
+        _driver: &Driver,
+        task: &mut Task,
+        _body: &Value,
+    ) -> DriverResult<HeartbeatOutcome> {
+        Err(DriverError::Invalid(format!(
+            "pass_deploy_info is only accepted from the iscsi deploy interface; node {} uses {}",
+            task.node.uuid,
+            self.name()
+        )))
+    }
 }
 
 #[async_trait]

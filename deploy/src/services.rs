@@ -55,6 +55,10 @@ pub struct DriverSettings {
     /// Where collected ramdisk logs are saved, and when.
     pub deploy_logs_dir: std::path::PathBuf,
     pub deploy_logs_collect: String,
+    /// The iSCSI deploy's writer and its bounds (`[iscsi]`).
+    pub qemu_img: String,
+    pub iscsi_write_timeout: Duration,
+    pub iscsi_default_port: u16,
 }
 
 impl DriverSettings {
@@ -68,6 +72,9 @@ impl DriverSettings {
             default_uefi: cfg.deploy.default_boot_mode != "bios",
             deploy_logs_dir: cfg.deploy_logs_dir(),
             deploy_logs_collect: cfg.agent.deploy_logs_collect.clone(),
+            qemu_img: cfg.iscsi.qemu_img.clone(),
+            iscsi_write_timeout: Duration::from_secs(cfg.iscsi.write_timeout_secs.max(1)),
+            iscsi_default_port: cfg.iscsi.default_port,
         }
     }
 }

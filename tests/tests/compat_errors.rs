@@ -129,7 +129,7 @@ async fn bad_input_and_protocol_details() {
         M::POST,
         "/v1/nodes",
         "1.115",
-        Some(json!({"driver": "fake-hardware", "deploy_interface": "iscsi"})),
+        Some(json!({"driver": "fake-hardware", "deploy_interface": "anaconda"})),
         400,
         "Valid interfaces are fake",
     )

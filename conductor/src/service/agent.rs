@@ -164,17 +164,117 @@ impl ConductorService {
         }))
     }
 
+    /// The iSCSI ramdisk's `pass_deploy_info`: checked in the order that
+    /// changes nothing until everything is right (the node's deploy
+    /// interface, its state, the deploy key), then the operation resumes
+    /// (or fails with the ramdisk's error).
     pub(super) async fn pass_deploy_info_rpc(&self, req: Request<NodeVendorRequest>) -> Rpc<Empty> {
         let r = req.into_inner();
         let node = self.load_owned(&r.node_uuid).await?;
         let names = self.inner.registry.resolve(&node).map_err(|e| self.driver_err(e))?;
         let deploy = names.get(&InterfaceKind::Deploy).copied().unwrap_or_default();
-        Err(self.err(
-            Reason::Invalid,
-            format!(
-                "pass_deploy_info is only accepted from the iscsi deploy interface; node {} uses {deploy}",
-                node.uuid
-            ),
-        ))
+        if deploy != "iscsi" {
+            return Err(self.err(
+                Reason::Invalid,
+                format!(
+                    "pass_deploy_info is only accepted from the iscsi deploy interface; node {} uses {deploy}",
+                    node.uuid
+                ),
+            ));
+        }
+        let body: Value = parse_json(&r.body_json, "body")
+            .map_err(|m| self.err(Reason::Invalid, m))?
+            .unwrap_or(Value::Object(Default::default()));
+        let Some(obj) = body.as_object() else {
+            return Err(self.err(Reason::Invalid, "The request body must be a JSON object"));
+        };
+        let key = match obj.get("key") {
+            Some(Value::String(k)) if !k.is_empty() => k.clone(),
+            _ => return Err(self.err(Reason::Invalid, "Missing argument: \"key\" (the deploy key)")),
+        };
+        let not_waiting = |node: &Node| {
+            self.err(
+                Reason::Invalid,
+                format!(
+                    "Node {} is not waiting to be deployed (provision state {}); pass_deploy_info is only accepted \
+                     in wait call-back",
+                    node.uuid, node.provision_state
+                ),
+            )
+        };
+        if node.provision_state != ProvisionState::DeployWait {
+            return Err(not_waiting(&node));
+        }
+        let tokens = &self.inner.services.tokens;
+        if !tokens.verify(&node, &key) {
+            return Err(self.err(Reason::Invalid, "Deploy key does not match"));
+        }
+        let (lock, mut node) = self.lock(node.uuid).await?;
+        // the node may have moved on while we waited for the lock
+        if node.provision_state != ProvisionState::DeployWait {
+            let e = not_waiting(&node);
+            Self::give_back(lock).await;
+            return Err(e);
+        }
+        if !tokens.verify(&node, &key) {
+            Self::give_back(lock).await;
+            return Err(self.err(Reason::Invalid, "Deploy key does not match"));
+        }
+        let driver = match self.inner.registry.driver_for(&node) {
+            Ok(d) => d,
+            Err(e) => {
+                Self::give_back(lock).await;
+                return Err(self.driver_err(e));
+            }
+        };
+        let mut task = self.inner.task(node.clone(), Vec::new());
+        let outcome = match driver.deploy.pass_deploy_info(&driver, &mut task, &body).await {
+            Ok(o) => o,
+            Err(e) => {
+                Self::give_back(lock).await;
+                return Err(self.driver_err(e));
+            }
+        };
+        node = task.node;
+        match outcome {
+            HeartbeatOutcome::Fail(msg) => {
+                operation::fail(&self.inner, &mut node, &msg).await;
+                self.inner.history(node.uuid, "fail", &msg).await;
+                match lock.save_and_release(&node).await {
+                    Ok(_) => Ok(Response::new(Empty {})),
+                    Err(e) => Err(self.err(Reason::Internal, format!("saving node {}: {e}", node.uuid))),
+                }
+            }
+            HeartbeatOutcome::Resume => {
+                let t = match transition(node.provision_state, node.target_provision_state, Event::Resume) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        Self::give_back(lock).await;
+                        return Err(self.err(Reason::Invalid, e.to_string()));
+                    }
+                };
+                let permit = match self.permit() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        Self::give_back(lock).await;
+                        return Err(e);
+                    }
+                };
+                operation::note_callback(&mut node);
+                node.provision_state = t.to;
+                node.target_provision_state = t.target;
+                if let Err(e) = self.save(&lock, &node).await {
+                    Self::give_back(lock).await;
+                    return Err(e);
+                }
+                self.inner.spawn_operation(lock, node, permit);
+                Ok(Response::new(Empty {}))
+            }
+            HeartbeatOutcome::KeepWaiting => {
+                let res = self.save(&lock, &node).await;
+                Self::give_back(lock).await;
+                res.map(|_| Response::new(Empty {}))
+            }
+        }
     }
 }

@@ -325,6 +325,7 @@ impl VirtualMediaBoot {
                         DriverError::Failed("the node has no agent session to put on its boot ISO".into())
                     })?;
                     line = format!("{line} ipa-agent-token={token}").trim().to_string();
+                    line = line.replace(crate::driver::SESSION_TOKEN, &token);
                 }
                 crate::image::iso::check_kernel_params(&line).map_err(|e| DriverError::Invalid(e.to_string()))?;
                 let (id, published) = media.acquire_boot_iso(node, &kernel.image()?, &ramdisk.image()?, &line).await?;
@@ -340,6 +341,9 @@ impl VirtualMediaBoot {
                     let token = task.services.tokens.token(&task.node).ok_or_else(|| {
                         DriverError::Failed("the node has no agent session to put on its parameters floppy".into())
                     })?;
+                    for v in all.values_mut().filter(|v| *v == crate::driver::SESSION_TOKEN) {
+                        v.clone_from(&token);
+                    }
                     all.insert("ipa-agent-token".into(), token);
                 }
                 let published = media.publish_parameters_floppy(node, &all).await?;
@@ -565,7 +569,14 @@ impl BootInterface for VirtualMediaBoot {
     }
 
     async fn validate_ramdisk(&self, task: &Task) -> DriverResult<()> {
-        ramdisk_images(task, self.vendor).map(drop)
+        let sources = match ramdisk_images(task, self.vendor)? {
+            RamdiskImages::KernelRamdisk { kernel, ramdisk } => vec![kernel, ramdisk],
+            RamdiskImages::Iso(iso) => vec![iso],
+        };
+        for s in sources {
+            task.media().images.check_allowed(&s.image()?).await.map_err(|e| DriverError::Invalid(e.to_string()))?;
+        }
+        Ok(())
     }
 
     async fn validate(&self, task: &Task) -> DriverResult<()> {

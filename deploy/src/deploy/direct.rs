@@ -167,6 +167,21 @@ fn ports_for_agent(task: &Task) -> Value {
 
 /// The agent's step list (`{"<hardware manager>": [steps]}`) flattened to
 /// the steps that run by themselves (priority > 0), highest first.
+/// Ironic's priority of the agent's image step.
+const WRITE_IMAGE_PRIORITY: u64 = 80;
+
+/// A step the agent offers, whatever its priority.
+fn offered_step(result: &Value, kind: &str, name: &str) -> Option<Value> {
+    result
+        .get(format!("{kind}_steps"))
+        .and_then(Value::as_object)?
+        .values()
+        .filter_map(Value::as_array)
+        .flatten()
+        .find(|s| s.get("step").and_then(Value::as_str) == Some(name))
+        .cloned()
+}
+
 fn runnable_steps(result: &Value, kind: &str) -> Vec<Value> {
     let mut steps: Vec<Value> = Vec::new();
     if let Some(by_manager) = result.get(format!("{kind}_steps")).and_then(Value::as_object) {
@@ -251,18 +266,26 @@ impl DirectDeploy {
             }
             let mut steps = runnable_steps(&cmd.command_result, kind);
             if kind == "deploy" {
-                // the image step carries what to write (Ironic's write_image)
+                // the image step carries what to write. IPA offers it at
+                // priority 0 and Ironic runs it anyway, as its own deploy
+                // step of priority 80 (AgentDeploy.write_image)
                 let info = image_info(task)?;
-                match steps.iter_mut().find(|s| s["step"] == "write_image") {
-                    Some(s) => {
-                        s["args"] = json!({"image_info": info, "configdrive": info.get("configdrive")});
-                    }
-                    None => {
+                if !steps.iter().any(|s| s["step"] == "write_image") {
+                    let Some(mut offered) = offered_step(&cmd.command_result, kind, "write_image") else {
                         return Err(DriverError::Failed(
                             "the agent offers no write_image deploy step: is the ramdisk an ironic-python-agent?"
                                 .into(),
                         ));
-                    }
+                    };
+                    offered["priority"] = json!(WRITE_IMAGE_PRIORITY);
+                    let at = steps
+                        .iter()
+                        .position(|s| s["priority"].as_u64().unwrap_or(0) < WRITE_IMAGE_PRIORITY)
+                        .unwrap_or(steps.len());
+                    steps.insert(at, offered);
+                }
+                if let Some(s) = steps.iter_mut().find(|s| s["step"] == "write_image") {
+                    s["args"] = json!({"image_info": info, "configdrive": info.get("configdrive")});
                 }
             }
             if let Some(v) = cmd.command_result.get("hardware_manager_version") {

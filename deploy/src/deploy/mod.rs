@@ -1,11 +1,12 @@
-//! Deploy interfaces: `fake`, `ramdisk` and `direct` (the agent writes the
-//! image).
+//! Deploy interfaces: `fake`, `ramdisk`, `direct` (the agent writes the
+//! image) and `iscsi` (the conductor writes it into the ramdisk's target).
 //!
 //! A deploy drives the node's other interfaces (boot the ramdisk, reboot
 //! into the instance) through the [`crate::driver::Driver`] it is given.
 
 pub mod direct;
 pub mod fake;
+pub mod iscsi;
 pub mod ramdisk;
 
 use ferric_common::model::Node;

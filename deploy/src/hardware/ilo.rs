@@ -10,7 +10,7 @@ pub const HARDWARE_TYPE: &str = "ilo";
 pub fn hardware_type() -> HardwareType {
     let mut interfaces = generic_kinds(false);
     interfaces.insert(K::Boot, Supported::new(virtual_media::ILO, &[virtual_media::ILO]));
-    interfaces.insert(K::Deploy, Supported::new("direct", &["direct", "ramdisk", "fake"]));
+    interfaces.insert(K::Deploy, Supported::new("direct", &["direct", "iscsi", "ramdisk", "fake"]));
     interfaces.insert(K::Management, Supported::new("ilo", &["ilo"]));
     interfaces.insert(K::Power, Supported::new("ilo", &["ilo"]));
     interfaces.insert(K::Vendor, Supported::new("no-vendor", &["no-vendor"]));

@@ -98,6 +98,7 @@ pub fn implementation(kind: InterfaceKind, name: &str) -> Option<Implementation>
         (K::Deploy, "fake") => I::Deploy(Arc::new(crate::deploy::fake::FakeDeploy)),
         (K::Deploy, "ramdisk") => I::Deploy(Arc::new(crate::deploy::ramdisk::RamdiskDeploy)),
         (K::Deploy, "direct") => I::Deploy(Arc::new(crate::deploy::direct::DirectDeploy)),
+        (K::Deploy, "iscsi") => I::Deploy(Arc::new(crate::deploy::iscsi::IscsiDeploy)),
         (K::Vendor, "fake") => I::Vendor(Arc::new(crate::vendor::FakeVendor)),
         (K::Vendor, "no-vendor") => I::Vendor(Arc::new(crate::vendor::NoVendor)),
         (k, name) if k.is_generic() => I::Generic(Arc::new(crate::generic::GenericImpl::new(k, name)?)),

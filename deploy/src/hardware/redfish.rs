@@ -15,7 +15,7 @@ pub const HARDWARE_TYPE: &str = "redfish";
 pub fn hardware_type() -> HardwareType {
     let mut interfaces = generic_kinds(false);
     interfaces.insert(K::Boot, Supported::new(virtual_media::REDFISH, &[virtual_media::REDFISH]));
-    interfaces.insert(K::Deploy, Supported::new("direct", &["direct", "ramdisk", "fake"]));
+    interfaces.insert(K::Deploy, Supported::new("direct", &["direct", "iscsi", "ramdisk", "fake"]));
     interfaces.insert(K::Management, Supported::new("redfish", &["redfish"]));
     interfaces.insert(K::Power, Supported::new("redfish", &["redfish"]));
     interfaces.insert(K::Vendor, Supported::new("no-vendor", &["no-vendor"]));
