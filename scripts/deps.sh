@@ -6,7 +6,9 @@
 #   PostgreSQL, mtools/dosfstools/xorriso/genisoimage for the test peers and
 #   image checks; isolinux/syslinux-common/grub-efi for the boot loaders boot
 #   ISOs carry; qemu-system-x86/ovmf/busybox-static/cpio to boot them in tests;
-#   OpenStack Swift + memcached for the Swift publisher's tests)
+#   OpenStack Swift + memcached for the Swift publisher's tests;
+#   qemu-utils + qemu-block-extra (qemu-img with iscsi://, the iscsi
+#   deploy's writer) and tgt (the ramdisk simulator's iSCSI targets))
 #   and a Python venv (.venv) with the OpenStack clients the compatibility
 #   tests drive and sushy-tools, the Redfish BMC emulator the driver tests
 #   drive.  Idempotent and quiet when everything is there.
@@ -20,7 +22,7 @@ want=${1:-all}
 BUILD_PKGS="protobuf-compiler libprotobuf-dev"
 TEST_PKGS="etcd-server etcd-client postgresql mtools dosfstools xorriso genisoimage openssl
   isolinux syslinux-common grub-efi-amd64-bin grub-common
-  qemu-system-x86 ovmf busybox-static cpio
+  qemu-system-x86 ovmf busybox-static cpio qemu-utils qemu-block-extra tgt
   swift swift-proxy swift-account swift-container swift-object swift-object-expirer memcached"
 PY_PKGS="python-ironicclient==6.3.0 openstacksdk==4.22.0 sushy-tools==2.2.0"
 

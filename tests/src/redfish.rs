@@ -43,6 +43,13 @@ pub struct SushyOptions {
     /// `/redfish/v1/Systems/<name>` to the system, so `"1"` makes it answer
     /// at iLO's fixed `/redfish/v1/Systems/1`.
     pub first_system_name: Option<String>,
+    /// Turns on the emulator's `external_notifier` for every system: it
+    /// then PUTs the whole system dict to this URL, synchronously, on every
+    /// state write (notes/test-peers.md §3.9) — how a ramdisk simulator
+    /// ([`crate::ramdisk::RamdiskSim::notify_url`]) learns of a boot. The
+    /// URL must answer while the lab is used: a refused PUT fails the BMC
+    /// request that caused it.
+    pub notify_url: Option<String>,
 }
 
 impl Default for SushyOptions {
@@ -54,6 +61,7 @@ impl Default for SushyOptions {
             sessions: false,
             removable_slot: true,
             first_system_name: None,
+            notify_url: None,
         }
     }
 }
@@ -94,7 +102,7 @@ SUSHY_EMULATOR_LISTEN_PORT = @PORT@
 SUSHY_EMULATOR_FAKE_DRIVER = True
 SUSHY_EMULATOR_STATE_DIR = '@STATE@'
 SUSHY_EMULATOR_FAKE_SYSTEMS = [
-    {'uuid': '@PREFIX@%012x' % i, 'name': (@NAME0@ if i == 0 else 'fake-%d' % i), 'power_state': 'Off', 'external_notifier': False,
+    {'uuid': '@PREFIX@%012x' % i, 'name': (@NAME0@ if i == 0 else 'fake-%d' % i), 'power_state': 'Off', 'external_notifier': @NOTIFIER@,
      'nics': [{'mac': '52:54:00:%02x:%02x:%02x' % ((i >> 16) & 255, (i >> 8) & 255, i & 255),
                'ip': '127.0.0.%d' % (2 + i % 250)}]}
     for i in range(@SYSTEMS@)
@@ -246,6 +254,9 @@ impl SushyLab {
                 key.display()
             ));
         }
+        if let Some(url) = &options.notify_url {
+            extra.push_str(&format!("EXTERNAL_NOTIFICATION_URL = {url:?}\n"));
+        }
         if !options.removable_slot {
             extra.push_str(
                 "SUSHY_EMULATOR_VMEDIA_DEVICES = {'Cd': {'Name': 'Virtual CD', 'MediaTypes': ['CD', 'DVD']}}\n",
@@ -262,6 +273,7 @@ impl SushyLab {
             .replace("@SYSTEMS@", &options.systems.to_string())
             .replace("@EXTRA@", &extra)
             .replace("@CREDS@", &creds)
+            .replace("@NOTIFIER@", if options.notify_url.is_some() { "True" } else { "False" })
             .replace("@SESSIONS@", if options.sessions { "True" } else { "False" })
             .replace("@NAME0@", &format!("{:?}", options.first_system_name.clone().unwrap_or_else(|| "fake-0".into())));
         let conf = dir.path().join("emulator.conf");
