@@ -193,8 +193,7 @@ impl Inner {
         let inner = self.clone();
         self.tasks.spawn(async move {
             let cancel = inner.cancel.clone();
-            operation::run(inner, lock, node, cancel).await;
-            drop(running);
+            operation::run(inner, lock, node, cancel, running).await;
             drop(permit);
         });
         true

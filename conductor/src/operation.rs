@@ -167,8 +167,20 @@ pub enum Finish {
 
 /// Run the node's operation from its recorded step until it settles.
 /// Consumes the lock and always gives it up (unless it was lost).
-pub async fn run(inner: Arc<Inner>, lock: NodeLock, mut node: Node, cancel: CancellationToken) -> Finish {
+/// `running` (the mark that this process runs the node's operation) is
+/// dropped before the lock is released: whoever takes the lock next — a
+/// heartbeat that resumes the operation at once — must not find the node
+/// still marked as running here, or the operation it starts is refused and
+/// its lock left held by nobody.
+pub async fn run<R>(
+    inner: Arc<Inner>,
+    lock: NodeLock,
+    mut node: Node,
+    cancel: CancellationToken,
+    running: R,
+) -> Finish {
     let finish = drive(&inner, &lock, &mut node, &cancel).await;
+    drop(running);
     let outcome = match finish {
         Finish::Settled if node.provision_state.is_failed() => "failed",
         Finish::Settled => "settled",
