@@ -520,6 +520,26 @@ impl Driver {
 
     /// validate() of every interface, in Ironic's order (vendor excluded,
     /// as `GET /v1/nodes/<n>/validate` does).
+    /// Validates the interfaces of `kinds` only (a provision action checks
+    /// what it will use, and does not wait on a BMC it will not touch).
+    pub async fn validate_kinds(&self, task: &Task, kinds: &[InterfaceKind]) -> Vec<(InterfaceKind, DriverResult<()>)> {
+        let mut out = Vec::new();
+        for kind in kinds {
+            let r = match kind {
+                InterfaceKind::Boot => self.boot.validate(task).await,
+                InterfaceKind::Deploy => self.deploy.validate(self, task).await,
+                InterfaceKind::Management => self.management.validate(task).await,
+                InterfaceKind::Power => self.power.validate(task).await,
+                other => match self.others.get(other) {
+                    Some(iface) => iface.validate(task).await,
+                    None => continue,
+                },
+            };
+            out.push((*kind, r));
+        }
+        out
+    }
+
     pub async fn validate_all(&self, task: &Task) -> Vec<(InterfaceKind, DriverResult<()>)> {
         let mut out = vec![
             (InterfaceKind::Boot, self.boot.validate(task).await),

@@ -108,9 +108,14 @@ impl ConductorService {
                     return Err(self.driver_err(e));
                 }
             };
-            let task = self.inner.task_with_ports(node.clone()).await;
-            for (iface, res) in driver.validate_all(&task).await {
-                if let (true, Err(e)) = (needs.contains(&iface), res) {
+            // validated as the node will be once the action starts (a
+            // deploy's interfaces check the image it is about to need)
+            let mut probe = node.clone();
+            probe.provision_state = t.to;
+            probe.target_provision_state = t.target;
+            let task = self.inner.task_with_ports(probe).await;
+            for (iface, res) in driver.validate_kinds(&task, needs).await {
+                if let Err(e) = res {
                     Self::give_back(lock).await;
                     return Err(
                         self.err(Reason::Invalid, format!("Failed to validate {iface} for node {}: {e}", node.uuid))
