@@ -18,9 +18,14 @@ use crate::error::ApiError;
 /// Bound on what a ramdisk may send.
 pub const RAMDISK_BODY_LIMIT: usize = 64 * 1024;
 
-fn is_ramdisk_endpoint(path: &str) -> bool {
+fn is_ramdisk_endpoint(path: &str, query: Option<&str>) -> bool {
     let p = path.strip_prefix("/v1").unwrap_or(path);
-    p.starts_with("/heartbeat/") || p.starts_with("/lookup") || p.ends_with("/vendor_passthru/pass_deploy_info")
+    let by_query = p.ends_with("/vendor_passthru")
+        && query.is_some_and(|q| q.split('&').any(|kv| kv == "method=pass_deploy_info"));
+    p.starts_with("/heartbeat/")
+        || p.starts_with("/lookup")
+        || p.ends_with("/vendor_passthru/pass_deploy_info")
+        || by_query
 }
 
 fn too_large(limit: usize) -> Response {
@@ -33,7 +38,7 @@ fn too_large(limit: usize) -> Response {
 
 /// The middleware: `general` is the bound of every other endpoint.
 pub async fn middleware(general: usize, req: Request, next: Next) -> Response {
-    let limit = if is_ramdisk_endpoint(req.uri().path()) { RAMDISK_BODY_LIMIT } else { general };
+    let limit = if is_ramdisk_endpoint(req.uri().path(), req.uri().query()) { RAMDISK_BODY_LIMIT } else { general };
     let announced =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > limit as u64) {

@@ -192,9 +192,10 @@ impl ConductorService {
             Some(Value::String(k)) if !k.is_empty() => k.clone(),
             _ => return Err(self.err(Reason::Invalid, "Missing argument: \"key\" (the deploy key)")),
         };
+        // Ironic's InvalidState: a conflict with the node's state, 409
         let not_waiting = |node: &Node| {
             self.err(
-                Reason::Invalid,
+                Reason::Conflict,
                 format!(
                     "Node {} is not waiting to be deployed (provision state {}); pass_deploy_info is only accepted \
                      in wait call-back",
