@@ -300,11 +300,20 @@ pub struct IscsiConfig {
     pub write_timeout_secs: u64,
     /// Port of the ramdisk's target when pass_deploy_info names none.
     pub default_port: u16,
+    /// Bytes per second one image write may use (qemu-img's `-r`), so a
+    /// wave of deploys does not saturate the provisioning network; 0 = no
+    /// limit.
+    pub write_rate_limit_bytes_per_sec: u64,
 }
 
 impl Default for IscsiConfig {
     fn default() -> Self {
-        IscsiConfig { qemu_img: "qemu-img".into(), write_timeout_secs: 7200, default_port: 3260 }
+        IscsiConfig {
+            qemu_img: "qemu-img".into(),
+            write_timeout_secs: 7200,
+            default_port: 3260,
+            write_rate_limit_bytes_per_sec: 0,
+        }
     }
 }
 

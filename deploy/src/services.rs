@@ -59,6 +59,8 @@ pub struct DriverSettings {
     pub qemu_img: String,
     pub iscsi_write_timeout: Duration,
     pub iscsi_default_port: u16,
+    /// qemu-img's `-r` (bytes per second); 0 = none.
+    pub iscsi_write_rate_limit: u64,
 }
 
 impl DriverSettings {
@@ -75,6 +77,7 @@ impl DriverSettings {
             qemu_img: cfg.iscsi.qemu_img.clone(),
             iscsi_write_timeout: Duration::from_secs(cfg.iscsi.write_timeout_secs.max(1)),
             iscsi_default_port: cfg.iscsi.default_port,
+            iscsi_write_rate_limit: cfg.iscsi.write_rate_limit_bytes_per_sec,
         }
     }
 }

@@ -159,8 +159,11 @@ async fn write(task: &Task, target: &IscsiTarget, image: &CachedImage) -> Driver
     let format = detect_format(&image.path)?;
     let url = target.url();
     let mut cmd = tokio::process::Command::new(&settings.qemu_img);
-    cmd.args(["convert", "-n", "-f", format, "-O", "raw"])
-        .arg(&image.path)
+    cmd.args(["convert", "-n", "-f", format, "-O", "raw"]);
+    if settings.iscsi_write_rate_limit > 0 {
+        cmd.arg("-r").arg(settings.iscsi_write_rate_limit.to_string());
+    }
+    cmd.arg(&image.path)
         .arg(&url)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
