@@ -182,6 +182,20 @@ fn offered_step(result: &Value, kind: &str, name: &str) -> Option<Value> {
         .cloned()
 }
 
+/// Puts the agent's `write_image` into a deploy's steps at Ironic's
+/// priority when the agent offers it at none; false if it offers none.
+fn with_write_image(steps: &mut Vec<Value>, result: &Value) -> bool {
+    if steps.iter().any(|s| s["step"] == "write_image") {
+        return true;
+    }
+    let Some(mut offered) = offered_step(result, "deploy", "write_image") else { return false };
+    offered["priority"] = json!(WRITE_IMAGE_PRIORITY);
+    let at =
+        steps.iter().position(|s| s["priority"].as_u64().unwrap_or(0) < WRITE_IMAGE_PRIORITY).unwrap_or(steps.len());
+    steps.insert(at, offered);
+    true
+}
+
 fn runnable_steps(result: &Value, kind: &str) -> Vec<Value> {
     let mut steps: Vec<Value> = Vec::new();
     if let Some(by_manager) = result.get(format!("{kind}_steps")).and_then(Value::as_object) {
@@ -270,19 +284,10 @@ impl DirectDeploy {
                 // priority 0 and Ironic runs it anyway, as its own deploy
                 // step of priority 80 (AgentDeploy.write_image)
                 let info = image_info(task)?;
-                if !steps.iter().any(|s| s["step"] == "write_image") {
-                    let Some(mut offered) = offered_step(&cmd.command_result, kind, "write_image") else {
-                        return Err(DriverError::Failed(
-                            "the agent offers no write_image deploy step: is the ramdisk an ironic-python-agent?"
-                                .into(),
-                        ));
-                    };
-                    offered["priority"] = json!(WRITE_IMAGE_PRIORITY);
-                    let at = steps
-                        .iter()
-                        .position(|s| s["priority"].as_u64().unwrap_or(0) < WRITE_IMAGE_PRIORITY)
-                        .unwrap_or(steps.len());
-                    steps.insert(at, offered);
+                if !with_write_image(&mut steps, &cmd.command_result) {
+                    return Err(DriverError::Failed(
+                        "the agent offers no write_image deploy step: is the ramdisk an ironic-python-agent?".into(),
+                    ));
                 }
                 if let Some(s) = steps.iter_mut().find(|s| s["step"] == "write_image") {
                     s["args"] = json!({"image_info": info, "configdrive": info.get("configdrive")});
@@ -521,5 +526,22 @@ mod tests {
         let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
         assert_eq!(names, ["erase_devices_metadata", "erase_devices"]);
         assert_eq!(steps[1]["priority"], 20, "the higher priority of two managers wins");
+    }
+
+    #[test]
+    fn write_image_runs_at_80_although_ipa_offers_it_at_0() {
+        let result = json!({"deploy_steps": {"GenericHardwareManager": [
+            {"step": "write_image", "priority": 0, "interface": "deploy", "reboot_requested": false},
+            {"step": "burnin", "priority": 90, "interface": "deploy"},
+            {"step": "inject_files", "priority": 50, "interface": "deploy"},
+            {"step": "erase_devices_metadata", "priority": 0, "interface": "deploy"}]}});
+        let mut steps = runnable_steps(&result, "deploy");
+        assert!(with_write_image(&mut steps, &result));
+        let order: Vec<(&str, u64)> =
+            steps.iter().map(|s| (s["step"].as_str().unwrap(), s["priority"].as_u64().unwrap())).collect();
+        assert_eq!(order, [("burnin", 90), ("write_image", 80), ("inject_files", 50)]);
+        let none = json!({"deploy_steps": {"GenericHardwareManager": [{"step": "burnin", "priority": 90}]}});
+        let mut steps = runnable_steps(&none, "deploy");
+        assert!(!with_write_image(&mut steps, &none), "an agent without write_image");
     }
 }
