@@ -115,6 +115,27 @@ class _NoDelay:
         return 0
 _fd.random = _NoDelay
 
+# sushy-tools 2.2 opens an SQLite connection per state access and never
+# closes it (memoize.PersistentDict.connection: `with sqlite3.connect()`
+# commits, it does not close): a fleet of systems runs the emulator out of
+# file descriptors within minutes. The same connection, closed after use.
+import contextlib as _contextlib, sqlite3 as _sqlite3
+from sushy_tools.emulator import memoize as _memoize
+@_contextlib.contextmanager
+def _closing_connection(self):
+    if not self._dbpath:
+        raise TypeError('Dict is not yet persistent')
+    # and a longer wait for the database lock than sqlite3's 5 s: a busy
+    # fleet makes the emulator answer 500 "database is locked" otherwise
+    conn = _sqlite3.connect(self._dbpath, timeout=60)
+    try:
+        with conn:
+            conn.execute("pragma journal_mode=wal")
+            yield conn.cursor()
+    finally:
+        conn.close()
+_memoize.PersistentDict.connection = _closing_connection
+
 from sushy_tools.emulator import main as _main
 if not getattr(_main, '_ferric_lab', False):
     _main._ferric_lab = True
