@@ -19,9 +19,11 @@
 //!   missing; extracted with `xorriso`, once per ISO URL), then, when it
 //!   says `boot_method=vmedia`, the `parameters.txt` (`key=value`,
 //!   whitespace separated) of the FAT floppy in the removable slot, read
-//!   from its `Image` URL, on top. Keys: `ipa-api-url` (comma-separated
-//!   URLs), `ipa-agent-token`, `BOOTIF`. (`cd_params: "without_floppy"`
-//!   reads the floppy alone, and the CD only when there is none.)
+//!   from its `Image` URL (the BMC streams it, as iLO and iDRAC do), on
+//!   top. Keys: `ipa-api-url` (comma-separated URLs), `ipa-agent-token`,
+//!   `BOOTIF`. (`cd_params: "without_floppy"` reads the floppy alone, and
+//!   the CD only when there is none.) A read that fails makes the agent
+//!   start again after `agent_restart_ms`, as systemd restarts IPA.
 //! * **Agent protocol** (as IPA does it): `GET <api>/` for
 //!   `default_version.version` (1.31 if it is missing); `GET
 //!   /v1/lookup?addresses=<macs>` with `X-OpenStack-Ironic-API-Version:
@@ -134,6 +136,9 @@ pub struct SimConfig {
     pub lookup_timeout_ms: u64,
     /// Pauses after a 409 on lookup (IPA: 5, 10, then 30 s).
     pub lookup_conflict_pause_ms: Vec<u64>,
+    /// After the agent failed to read its parameters it starts again this
+    /// much later (IPA's systemd unit: Restart=always, RestartSec 30 s).
+    pub agent_restart_ms: u64,
     /// An image download (or checksum mismatch) is tried this many more
     /// times (IPA: 9) ...
     pub download_retries: u32,
@@ -203,6 +208,7 @@ impl Default for SimConfig {
             lookup_max_interval_ms: 60_000,
             lookup_timeout_ms: 600_000,
             lookup_conflict_pause_ms: vec![5000, 10_000, 30_000],
+            agent_restart_ms: 30_000,
             download_retries: 9,
             download_retry_interval_ms: 10_000,
             http_timeout_ms: 30_000,
@@ -318,6 +324,9 @@ pub struct Faults {
     /// `pass_deploy_info` reports this error instead of a target (a
     /// ramdisk that could not start its iSCSI target).
     pub iscsi_error: Option<String>,
+    /// From power-on to the agent's start, instead of `boot_delay_ms` (a
+    /// slow firmware: the node waits on its ramdisk that long).
+    pub boot_delay_ms: Option<u64>,
 }
 
 // ---- the log ---------------------------------------------------------------
@@ -330,7 +339,8 @@ pub struct LogEvent {
     /// The machine's power-on count (0 before its first boot).
     pub boot: u64,
     /// `power_on`, `power_off`, `boot`, `agent_start`, `params`, `lookup`,
-    /// `heartbeat`, `heartbeat_lost`, `command`, `request`, `download`,
+    /// `heartbeat`, `heartbeat_lost`, `command` (when it ended; an
+    /// asynchronous one also `command_start`), `request`, `download`,
     /// `image_written`, `agent_crash`, `agent_stop`, `agent_error`, `bmc`,
     /// `faults`.
     pub event: String,
@@ -1161,16 +1171,22 @@ impl Machine {
 
     /// The firmware: boots what the override and the media say.
     async fn boot(self: &Arc<Self>, sim: &Arc<Shared>, epoch: u64, token: CancellationToken) {
-        let system = match self.bmc.get(&self.system_path).await {
-            Ok((200, v)) => v,
-            Ok((status, v)) => {
-                sim.log.write(&self.id, epoch, "bmc", json!({ "error": format!("GET system: {status}"), "body": v }));
+        // the machine boots whatever its BMC's web service says; reading
+        // that is retried while the service errs (a busy emulator answers
+        // 500 "database is locked" now and then)
+        let mut attempt = 0u32;
+        let system = loop {
+            let failure = match self.bmc.get(&self.system_path).await {
+                Ok((200, v)) => break v,
+                Ok((status, v)) => json!({ "error": format!("GET system: {status}"), "body": v, "attempt": attempt }),
+                Err(e) => json!({ "error": e, "attempt": attempt }),
+            };
+            sim.log.write(&self.id, epoch, "bmc", failure);
+            attempt += 1;
+            if attempt >= 10 {
                 return;
             }
-            Err(e) => {
-                sim.log.write(&self.id, epoch, "bmc", json!({ "error": e }));
-                return;
-            }
+            tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
         };
         let boot = &system["Boot"];
         let uefi = boot["BootSourceOverrideMode"].as_str() != Some("Legacy");
@@ -1196,7 +1212,8 @@ impl Machine {
                 "boot",
                 json!({ "device": device, "target": "ramdisk", "cd": cd, "mode": if uefi { "UEFI" } else { "Legacy" } }),
             );
-            tokio::time::sleep(Duration::from_millis(sim.cfg.boot_delay_ms)).await;
+            let delay = self.faults.lock().unwrap().boot_delay_ms.unwrap_or(sim.cfg.boot_delay_ms);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
             let agent = Arc::new(Agent {
                 machine: self.clone(),
                 epoch,
@@ -1238,17 +1255,29 @@ impl Machine {
 
     /// The image URL of an inserted virtual medium.
     async fn media(&self, sim: &Shared, device: &str) -> Option<String> {
-        match self.bmc.get(&format!("{}/VirtualMedia/{device}", self.system_path)).await {
-            Ok((200, v)) => {
-                let image = v["Image"].as_str().unwrap_or("");
-                (v["Inserted"].as_bool().unwrap_or(false) && !image.is_empty()).then(|| image.to_string())
+        // a 5xx or a failed request is the BMC's web service, not the
+        // slot: asked again a few times
+        for attempt in 0..10u64 {
+            match self.bmc.get(&format!("{}/VirtualMedia/{device}", self.system_path)).await {
+                Ok((200, v)) => {
+                    let image = v["Image"].as_str().unwrap_or("");
+                    return (v["Inserted"].as_bool().unwrap_or(false) && !image.is_empty()).then(|| image.to_string());
+                }
+                Ok((status, v)) if status < 500 => {
+                    let _ = v;
+                    return None;
+                }
+                Ok((status, v)) => sim.log.write(
+                    &self.id,
+                    self.boot_no(),
+                    "bmc",
+                    json!({ "error": format!("GET VirtualMedia/{device}: {status}"), "body": v, "attempt": attempt }),
+                ),
+                Err(e) => sim.log.write(&self.id, self.boot_no(), "bmc", json!({ "error": e, "attempt": attempt })),
             }
-            Ok(_) => None,
-            Err(e) => {
-                sim.log.write(&self.id, self.boot_no(), "bmc", json!({ "error": e }));
-                None
-            }
+            tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
         }
+        None
     }
 
     /// The MACs of its NICs: configured, else read from the BMC once.
@@ -1280,6 +1309,7 @@ impl Machine {
     fn bmc_reset(self: &Arc<Self>, sim: &Arc<Shared>, reset: &'static str) {
         let (m, sim) = (self.clone(), sim.clone());
         tokio::spawn(async move {
+            let asked_in = m.boot_no();
             // a read first: the emulator applies a pending power change on a
             // read, and ignores a ForceOff of a system it still thinks is off
             let _ = m.bmc.get(&m.system_path).await;
@@ -1294,8 +1324,10 @@ impl Machine {
                 Err(e) => sim.log.write(&m.id, boot, "bmc", json!({ "reset": reset, "error": e })),
             }
             let _ = m.bmc.get(&m.system_path).await;
-            // the machine went down whether or not the BMC told us
-            if reset == "ForceOff" {
+            // the machine went down whether or not the BMC told us — unless
+            // it was powered on again meanwhile (a conductor that saw it off
+            // boots the instance at once)
+            if reset == "ForceOff" && m.boot_no() == asked_in {
                 m.observe(&sim, Observation { power_on: false, pending: None, source: "agent" });
             }
         });
@@ -1510,12 +1542,20 @@ impl Agent {
     }
 
     async fn run(self: &Arc<Self>, sim: &Arc<Shared>, cd_url: &str, uefi: bool) {
-        // the ramdisk reads its parameters
-        let params = match self.read_params(sim, cd_url, uefi).await {
-            Ok(p) => p,
-            Err(e) => {
-                self.log(sim, "agent_error", json!({ "error": e }));
-                return;
+        // the ramdisk reads its parameters; when that fails IPA exits and
+        // systemd starts it again (RestartSec), which reads them again —
+        // from whatever the BMC's slot holds by then
+        let restart = Duration::from_millis(sim.cfg.agent_restart_ms.max(10));
+        let params = loop {
+            match self.read_params(sim, cd_url, uefi).await {
+                Ok(p) => break p,
+                Err(e) => {
+                    self.log(sim, "agent_error", json!({ "error": e, "restart_in_ms": restart.as_millis() as u64 }));
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(restart) => {}
+                    }
+                }
             }
         };
         let api_urls: Vec<String> = params
@@ -1588,7 +1628,17 @@ impl Agent {
             i.phase = Phase::Serving;
             i.https
         };
-        self.log(sim, "agent_ready", json!({ "node_uuid": node_uuid, "token_from": token_from, "https": https }));
+        // not the token: its fingerprint, so a test sees a fresh one per session
+        let fingerprint = {
+            use sha2::Digest as _;
+            let t = self.inner.lock().unwrap().token.clone().unwrap_or_default();
+            hex::encode(&sha2::Sha256::digest(t.as_bytes())[..8])
+        };
+        self.log(
+            sim,
+            "agent_ready",
+            json!({ "node_uuid": node_uuid, "token_from": token_from, "https": https, "token_fingerprint": fingerprint }),
+        );
         if let (Some(iqn), Some(key)) = (params.get("iscsi_target_iqn"), params.get("deploy_key")) {
             self.pass_deploy_info(sim, &node_uuid, iqn, key).await;
         }
@@ -1624,6 +1674,9 @@ impl Agent {
         };
         let urls = self.inner.lock().unwrap().api_urls.clone();
         let path = format!("/v1/nodes/{node_uuid}/vendor_passthru/pass_deploy_info");
+        // retried while the API cannot take it yet: unreachable, 5xx, or
+        // 409 (the node is locked, e.g. while a new owner takes it over)
+        let mut pause = sim.cfg.lookup_interval_ms.max(10);
         for attempt in 0..30u32 {
             if self.cancel.is_cancelled() {
                 return;
@@ -1635,8 +1688,14 @@ impl Agent {
             };
             self.log(sim, "pass_deploy_info", json!({ "status": status, "body": text, "attempt": attempt }));
             match status {
-                Some(s) if s < 500 => return,
-                _ => tokio::time::sleep(Duration::from_millis(sim.cfg.lookup_interval_ms.max(10))).await,
+                Some(s) if s < 500 && s != 409 => return,
+                _ => {
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                    }
+                    pause = (pause * 2).min(sim.cfg.lookup_max_interval_ms.max(pause));
+                }
             }
         }
     }
@@ -1657,6 +1716,8 @@ impl Agent {
         if vmedia {
             let floppy = self.machine.media(sim, "Floppy").await;
             if let Some(floppy) = floppy {
+                // a BMC streams the slot from its URL (as iLO and iDRAC
+                // do): a conductor gone since the insert means a read error
                 let bytes =
                     fetch(&sim.download, &floppy).await.map_err(|e| format!("reading the floppy {floppy}: {e}"))?;
                 match floppy_params(&bytes) {
@@ -2264,7 +2325,12 @@ impl Agent {
         let mut rx = c.done.subscribe();
         let cmd_ref = Arc::new(Mutex::new(c));
         self.inner.lock().unwrap().commands.push(cmd_ref.clone());
-        let out_now = cmd_ref.lock().unwrap().json();
+        let (out_now, start_fields) = {
+            let c = cmd_ref.lock().unwrap();
+            (c.json(), command_fields(&c))
+        };
+        // an asynchronous command is logged when it starts, too
+        self.log(sim, "command_start", start_fields);
         let (me, sim2, full2) = (self.clone(), sim.clone(), full.to_string());
         tokio::spawn(async move {
             let token = me.cancel.clone();

@@ -14,13 +14,16 @@ const USAGE: &str = "usage: ramdisk-sim --config sim.json\n\n\
      \"disks_dir\": \"/var/tmp/sim-disks\", \"disk_size_bytes\": 67108864, \"boot_delay_ms\": 1000,\n \
      \"heartbeat_interval_ms\": null, \"heartbeat_retry_ms\": null, \"forced_heartbeat_min_ms\": 5000,\n \
      \"lookup_interval_ms\": 1000, \"lookup_max_interval_ms\": 60000, \"lookup_timeout_ms\": 600000,\n \
+     \"agent_restart_ms\": 30000,\n \
      \"download_retries\": 9, \"download_retry_interval_ms\": 10000, \"http_timeout_ms\": 30000,\n \
      \"insecure\": false, \"ca_file\": null, \"tls\": false, \"poll_interval_ms\": null,\n \
      \"cd_params\": \"always\", \"bmc_concurrency\": 8,\n \
      \"log_path\": \"sim.jsonl\", \"log_requests\": true, \"unreachable\": \"close\",\n \
+     \"iscsi\": false, \"tgtd\": \"tgtd\", \"tgtadm\": \"tgtadm\",\n \
      \"faults\": {\"<system uuid>\": {\"die_during_download\": false, \"die_after_bytes\": null,\n \
                  \"fail_commands\": {\"deploy.write_image\": \"disk on fire\"},\n \
-                 \"command_delay_ms\": {\"*\": 0}, \"lose_heartbeats\": 0}}}\n\n\
+                 \"command_delay_ms\": {\"*\": 0}, \"lose_heartbeats\": 0,\n \
+                 \"iscsi_error\": null, \"boot_delay_ms\": null}}}\n\n\
     Control at run time: POST <url>/control/<system> with a JSON object of fault fields\n\
     (and \"crash\": true); GET <url>/control/<system> shows the machine.\n";
 
