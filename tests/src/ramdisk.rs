@@ -1313,6 +1313,13 @@ impl Machine {
             // a read first: the emulator applies a pending power change on a
             // read, and ignores a ForceOff of a system it still thinks is off
             let _ = m.bmc.get(&m.system_path).await;
+            // a real ramdisk's power-off is immediate: if the machine went
+            // off (and maybe on again, from its disk) while the BMC was slow
+            // to answer, there is nothing left to power off
+            if reset == "ForceOff" && (m.boot_no() != asked_in || !m.st.lock().unwrap().on) {
+                sim.log.write(&m.id, asked_in, "bmc", json!({ "reset": reset, "skipped": "already off" }));
+                return;
+            }
             let r = m
                 .bmc
                 .post(&format!("{}/Actions/ComputerSystem.Reset", m.system_path), json!({ "ResetType": reset }))

@@ -266,7 +266,7 @@ mod tests {
         assert_eq!(da.boot.name(), "redfish-virtual-media");
         let ilo = Node::new(Uuid::new_v4(), "ilo", ProvisionState::Enroll, 16);
         assert_eq!(reg.driver_for(&ilo).unwrap().boot.name(), "ilo-virtual-media");
-        a.interfaces.deploy = Some("iscsi".into());
+        a.interfaces.deploy = Some("anaconda".into());
         let e = reg.driver_for(&a).unwrap_err().to_string();
         assert!(e.contains("ironic.hardware.interfaces.deploy") && e.contains("Valid interfaces are"), "{e}");
     }
