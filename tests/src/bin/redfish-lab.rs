@@ -100,6 +100,11 @@ async fn run(systems: usize, images_dir: PathBuf, disk_mib: usize) -> anyhow::Re
     let mut image: Vec<u8> = (0..size as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     image[..512].fill(0);
     image[440..444].copy_from_slice(&0x4c41_4221u32.to_le_bytes());
+    // one Linux partition from sector 2048 to the end (IPA looks for one)
+    let sectors = (size / 512) as u32 - 2048;
+    image[446 + 4] = 0x83;
+    image[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+    image[446 + 12..446 + 16].copy_from_slice(&sectors.to_le_bytes());
     image[510] = 0x55;
     image[511] = 0xaa;
     let checksum = hex::encode(sha2::Sha256::digest(&image));
