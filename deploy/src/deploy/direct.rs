@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tracing::{info, warn};
 
+use super::text;
 use crate::agent::{self, Command};
 use crate::driver::*;
 
@@ -71,10 +72,6 @@ impl AgentRun {
     fn clear(task: &mut Task) {
         task.node.driver_internal_info.remove(RUN_KEY);
     }
-}
-
-fn text(obj: &Map<String, Value>, key: &str) -> Option<String> {
-    obj.get(key).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(String::from)
 }
 
 /// The `image_info` of the agent's `write_image` step, from

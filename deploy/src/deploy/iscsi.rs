@@ -43,6 +43,7 @@ use serde_json::{Map, Value, json};
 use tracing::info;
 
 use super::direct::DirectDeploy;
+use super::text;
 use crate::driver::*;
 use crate::image::cache::{CachedImage, ImageSource};
 use crate::token::AgentTokens;
@@ -113,10 +114,6 @@ impl IscsiTarget {
         let lun = number("lun", 1, 16383)? as u32;
         Ok(IscsiTarget { address, port, iqn, lun })
     }
-}
-
-fn text(obj: &Map<String, Value>, key: &str) -> Option<String> {
-    obj.get(key).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(String::from)
 }
 
 /// The instance image as a cache source (`image_source` and its

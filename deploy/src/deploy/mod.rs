@@ -23,6 +23,12 @@ pub fn boot_option(node: &Node) -> String {
     capability(&node.instance_info, "boot_option").unwrap_or_else(|| "local".into())
 }
 
+/// A non-blank string field of `obj` (instance_info, a request body),
+/// trimmed.
+pub fn text(obj: &serde_json::Map<String, Value>, key: &str) -> Option<String> {
+    obj.get(key).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(String::from)
+}
+
 /// A capability from `capabilities` in `obj` (object or `"k:v,k:v"`).
 pub fn capability(obj: &serde_json::Map<String, Value>, key: &str) -> Option<String> {
     match obj.get("capabilities")? {
