@@ -95,23 +95,7 @@ impl ConductorService {
         match outcome {
             HeartbeatOutcome::Resume => {
                 if let Ok(t) = transition(node.provision_state, node.target_provision_state, Event::Resume) {
-                    // a worker first: never save a resumed state nobody will run
-                    let permit = match self.permit() {
-                        Ok(p) => p,
-                        Err(e) => {
-                            Self::give_back(lock).await;
-                            return Err(e);
-                        }
-                    };
-                    operation::note_callback(&mut node);
-                    node.provision_state = t.to;
-                    node.target_provision_state = t.target;
-                    if let Err(e) = self.save(&lock, &node).await {
-                        Self::give_back(lock).await;
-                        return Err(e);
-                    }
-                    self.inner.spawn_operation(lock, node, permit);
-                    return Ok(Response::new(Empty {}));
+                    return self.resume_on_callback(lock, node, t).await;
                 }
             }
             HeartbeatOutcome::KeepWaiting => {
@@ -162,6 +146,33 @@ impl ConductorService {
             agent_token: token,
             node_json: serde_json::to_string(&node).expect("serialise"),
         }))
+    }
+
+    /// A ramdisk's callback resumes the node's operation: a worker first
+    /// (never save a resumed state nobody will run), then the new state,
+    /// then the operation on its own task with the lock.
+    async fn resume_on_callback(
+        &self,
+        lock: NodeLock,
+        mut node: Node,
+        t: ferric_common::states::Transition,
+    ) -> Rpc<Empty> {
+        let permit = match self.permit() {
+            Ok(p) => p,
+            Err(e) => {
+                Self::give_back(lock).await;
+                return Err(e);
+            }
+        };
+        operation::note_callback(&mut node);
+        node.provision_state = t.to;
+        node.target_provision_state = t.target;
+        if let Err(e) = self.save(&lock, &node).await {
+            Self::give_back(lock).await;
+            return Err(e);
+        }
+        self.inner.spawn_operation(lock, node, permit);
+        Ok(Response::new(Empty {}))
     }
 
     /// The iSCSI ramdisk's `pass_deploy_info`: checked in the order that
@@ -254,22 +265,7 @@ impl ConductorService {
                         return Err(self.err(Reason::Invalid, e.to_string()));
                     }
                 };
-                let permit = match self.permit() {
-                    Ok(p) => p,
-                    Err(e) => {
-                        Self::give_back(lock).await;
-                        return Err(e);
-                    }
-                };
-                operation::note_callback(&mut node);
-                node.provision_state = t.to;
-                node.target_provision_state = t.target;
-                if let Err(e) = self.save(&lock, &node).await {
-                    Self::give_back(lock).await;
-                    return Err(e);
-                }
-                self.inner.spawn_operation(lock, node, permit);
-                Ok(Response::new(Empty {}))
+                self.resume_on_callback(lock, node, t).await
             }
             HeartbeatOutcome::KeepWaiting => {
                 let res = self.save(&lock, &node).await;
