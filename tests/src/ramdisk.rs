@@ -521,6 +521,8 @@ enum Phase {
     Serving,
     Crashed,
     Locked,
+    /// After `standby.power_off`: the OS halts, nothing answers any more.
+    ShuttingDown,
 }
 
 impl Phase {
@@ -531,6 +533,7 @@ impl Phase {
             Phase::Serving => "serving",
             Phase::Crashed => "crashed",
             Phase::Locked => "locked down",
+            Phase::ShuttingDown => "shutting down",
         }
     }
 }
@@ -2385,7 +2388,15 @@ impl Agent {
             me.log(&sim2, "command", fields);
             me.force_heartbeat.notify_one();
             match full2.as_str() {
-                "standby.power_off" => me.machine.bmc_reset(&sim2, "ForceOff"),
+                "standby.power_off" => {
+                    // IPA answers, then runs poweroff: from here on nothing
+                    // answers and no heartbeat goes out (a second power_off
+                    // from another conductor finds the agent gone)
+                    me.inner.lock().unwrap().phase = Phase::ShuttingDown;
+                    me.cancel.cancel();
+                    me.log(&sim2, "agent_shutdown", json!({}));
+                    me.machine.bmc_reset(&sim2, "ForceOff")
+                }
                 "standby.run_image" => me.machine.bmc_reset(&sim2, "ForceRestart"),
                 _ => {}
             }
