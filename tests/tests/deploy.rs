@@ -504,9 +504,10 @@ async fn a_fleet_deploys_through_the_sigkill_of_its_owners() {
     .await;
     let all = cl.nodes().await;
     let waiting_at_kill: Vec<String> = victims.iter().filter(|u| waiting(&all[*u])).cloned().collect();
-    let kill_at = chrono::Utc::now();
     let vi: usize = victim.trim_start_matches('c').parse::<usize>().unwrap() - 1;
     cl.conductors[vi].0.kill();
+    // taken once the process is gone: nothing it sent can start later
+    let kill_at = chrono::Utc::now();
     eprintln!(
         "{victim} killed with {} of its {} nodes waiting on their ramdisks",
         waiting_at_kill.len(),
@@ -529,8 +530,16 @@ async fn a_fleet_deploys_through_the_sigkill_of_its_owners() {
             after.iter().any(|e| e.event == callback && e.u64("status") == Some(202)),
             "{u}: no {callback} accepted after {victim} died"
         );
-        let commanders: std::collections::BTreeSet<String> =
-            after.iter().filter(|e| e.event == "command").filter_map(|e| conductor_of(e)).collect();
+        // commands are logged when they end: those that started after the kill
+        let started_after = |e: &&&ferric_tests::ramdisk::LogEvent| {
+            e.str("started_at").and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok()).is_some_and(|t| t > kill_at)
+        };
+        let commanders: std::collections::BTreeSet<String> = after
+            .iter()
+            .filter(|e| e.event == "command")
+            .filter(started_after)
+            .filter_map(|e| conductor_of(e))
+            .collect();
         assert!(!commanders.contains(&victim), "{u}: commands after the kill from {commanders:?}");
         if node_of[u] < n_agent {
             assert!(!commanders.is_empty(), "{u}: no commands after the kill");
