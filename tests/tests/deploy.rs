@@ -532,7 +532,9 @@ async fn a_fleet_deploys_through_the_sigkill_of_its_owners() {
         );
         // commands are logged when they end: those that started after the kill
         let started_after = |e: &&&ferric_tests::ramdisk::LogEvent| {
-            e.str("started_at").and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok()).is_some_and(|t| t > kill_at)
+            e.str("started_at")
+                .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                .is_some_and(|t| t > kill_at)
         };
         let commanders: std::collections::BTreeSet<String> = after
             .iter()
