@@ -164,6 +164,13 @@ fn ports_for_agent(task: &Task) -> Value {
 
 /// The agent's step list (`{"<hardware manager>": [steps]}`) flattened to
 /// the steps that run by themselves (priority > 0), highest first.
+/// The agent answers 409 while it runs another command — one an owner
+/// sent just before it died, before it could record it: the command's end
+/// forces a heartbeat, which runs the step again (Ironic's AgentInProgress).
+fn agent_busy(e: &agent::AgentError) -> bool {
+    matches!(e, agent::AgentError::Refused { status: 409, .. })
+}
+
 /// Ironic's priority of the agent's image step.
 const WRITE_IMAGE_PRIORITY: u64 = 80;
 
@@ -261,14 +268,21 @@ impl DirectDeploy {
             run.current = None;
         }
         if !run.fetched {
-            let cmd = agent
+            let listed = agent
                 .run(
                     &t,
                     &format!("{kind}.get_{kind}_steps"),
                     json!({"node": node_for_agent(task), "ports": ports_for_agent(task)}),
                     true,
                 )
-                .await?;
+                .await;
+            let cmd = match listed {
+                Err(e) if agent_busy(&e) => {
+                    info!(node = %task.uuid(), kind, "the agent is busy with a command sent before; waiting for it");
+                    return Ok(StepOutcome::WaitHere);
+                }
+                r => r?,
+            };
             if cmd.failed() {
                 return Err(DriverError::Failed(format!(
                     "the agent could not list its {kind} steps: {}",
@@ -306,7 +320,15 @@ impl DirectDeploy {
             params[format!("{kind}_version")] =
                 task.node.driver_internal_info.get(HMV_KEY).cloned().unwrap_or(Value::Null);
             info!(node = %task.uuid(), kind, step = %name, "running an agent step");
-            let cmd = agent.run(&t, &format!("{kind}.execute_{kind}_step"), params, false).await?;
+            let cmd = match agent.run(&t, &format!("{kind}.execute_{kind}_step"), params, false).await {
+                Err(e) if agent_busy(&e) => {
+                    info!(node = %task.uuid(), kind, step = %name, "the agent is busy with a command sent before; waiting for it");
+                    run.pending.insert(0, next);
+                    run.store(task);
+                    return Ok(StepOutcome::WaitHere);
+                }
+                r => r?,
+            };
             if cmd.failed() {
                 return Err(self.fail(task, kind, &name, &cmd).await);
             }
