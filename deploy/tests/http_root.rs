@@ -150,11 +150,13 @@ async fn floppies_expire_after_their_ttl() {
     let store = srv.store();
     let a = Artefacts::new(
         store.clone(),
-        Duration::from_secs(1),
+        // long enough that a loaded machine reads it back within its life
+        Duration::from_secs(4),
         Duration::from_secs(60),
         srv.root.path().join(".scratch"),
     );
     let node = Uuid::new_v4();
+    let published = std::time::Instant::now();
     let f1 = a.publish_floppy(node, b"floppy one".to_vec()).await.unwrap();
     let f2 = a.publish_floppy(node, b"floppy two".to_vec()).await.unwrap();
     assert_ne!(f1.name, f2.name, "a fresh name per deploy");
@@ -165,7 +167,7 @@ async fn floppies_expire_after_their_ttl() {
     a.remove_floppy(&f2.name).await.unwrap();
     assert_eq!(c.get(&f2.url).send().await.unwrap().status(), 404);
 
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(5100).saturating_sub(published.elapsed())).await;
     // past its TTL it is gone for readers before any clean-up pass ran
     assert_eq!(c.get(&f1.url).send().await.unwrap().status(), 404);
     assert!(!store.exists(&f1.name).await.unwrap());
