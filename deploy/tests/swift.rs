@@ -72,6 +72,15 @@ async fn swift_publisher_against_a_real_swift() {
     let r = c.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 200, "temp URL GET without a token");
     assert!(r.bytes().await.unwrap() == body, "downloaded bytes differ");
+    // put-if-absent leaves an existing object alone, and says so
+    let other = dir.path().join("other.iso");
+    std::fs::write(&other, b"other bytes").unwrap();
+    assert!(!store.put_file_if_absent("boot-abc.iso", &other).await.unwrap(), "boot-abc.iso exists");
+    assert!(c.get(&url).send().await.unwrap().bytes().await.unwrap() == body, "an existing object was replaced");
+    assert!(store.put_file_if_absent("boot-new.iso", &other).await.unwrap());
+    let fresh = store.url("boot-new.iso", Duration::from_secs(60)).unwrap();
+    assert_eq!(c.get(&fresh).send().await.unwrap().bytes().await.unwrap().as_ref(), b"other bytes");
+    store.delete("boot-new.iso").await.unwrap();
     let r = c.get(&url).header("range", "bytes=10-19").send().await.unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap().as_ref(), &body[10..20]);
@@ -227,7 +236,7 @@ async fn swift_publisher_against_a_real_swift() {
     let bad = SwiftStore::connect(&SwiftConfig { key: "wrong".into(), ..cfg.clone() }).await.err().unwrap().to_string();
     assert!(bad.contains("auth") && bad.contains("401"), "{bad}");
 
-    // shared boot ISOs with usage counts in object metadata, over Swift
+    // shared boot ISOs, their uses counted by marker objects, over Swift
     let store: Arc<dyn Store> = Arc::new(store);
     let a = Arc::new(
         Artefacts::new(store.clone(), Duration::from_secs(600), Duration::from_secs(600), dir.path().join("scratch"))
@@ -256,17 +265,48 @@ async fn swift_publisher_against_a_real_swift() {
     }
     assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 2);
     assert_eq!(store.list("boot-d").await.unwrap(), vec![boot_iso_name(&ids[0])]);
-    for id in &ids {
-        assert_eq!(store.metadata(&boot_iso_name(id), USAGE_COUNT).await.unwrap().as_deref(), Some("10"));
-    }
-    let evens: Vec<Uuid> = nodes.iter().step_by(2).copied().collect();
-    for (k, n) in evens.iter().enumerate() {
-        let left = a.release_boot_iso(*n, &ids[0]).await.unwrap();
-        assert_eq!(left, 9 - k);
-        if left > 0 {
-            assert_eq!(store.metadata(&boot_iso_name(&ids[0]), USAGE_COUNT).await.unwrap(), Some(left.to_string()));
+    // an ISO in use is never written again (a write races the BMCs'
+    // reads, which Swift can answer 404): no usage-count POST, no re-upload,
+    // no cancelling of a deletion nobody scheduled. X-Timestamp moves with
+    // every PUT and POST.
+    let x_timestamp = |name: String| {
+        let (c, url) = (c.clone(), format!("{storage}/{}/{name}", cfg.swift_ilo_container));
+        let token = lab.token();
+        async move {
+            let r = c.head(url).header("X-Auth-Token", token.await.1).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.headers()["x-timestamp"].to_str().unwrap().to_string()
         }
+    };
+    let stamps = [x_timestamp(boot_iso_name(&ids[0])).await, x_timestamp(boot_iso_name(&ids[1])).await];
+    for id in &ids {
+        assert_eq!(a.boot_iso_users(id).await.unwrap().len(), 10);
+        assert_eq!(store.metadata(&boot_iso_name(id), USAGE_COUNT).await.unwrap(), None);
     }
+    let never = |_: &Path| -> Result<(), String> { panic!("the ISO exists: no rebuild") };
+    for n in &nodes {
+        // the evens acquire again (a retried step); the odds anew
+        a.acquire_boot_iso(*n, &ids[0], never).await.unwrap();
+    }
+    let later = Uuid::new_v4();
+    a.acquire_boot_iso(later, &ids[0], never).await.unwrap();
+    assert_eq!(a.boot_iso_users(&ids[0]).await.unwrap().len(), 21);
+    assert_eq!(a.release_boot_iso(later, &ids[0]).await.unwrap(), 20);
+    let odds: Vec<Uuid> = nodes.iter().skip(1).step_by(2).copied().collect();
+    for (k, n) in odds.iter().enumerate() {
+        assert_eq!(a.release_boot_iso(*n, &ids[0]).await.unwrap(), 19 - k);
+    }
+    assert_eq!(a.boot_iso_users(&ids[0]).await.unwrap().len(), 10);
+    let evens: Vec<Uuid> = nodes.iter().step_by(2).copied().collect();
+    for (k, n) in evens.iter().enumerate().take(9) {
+        assert_eq!(a.release_boot_iso(*n, &ids[0]).await.unwrap(), 9 - k);
+    }
+    assert_eq!(
+        [x_timestamp(boot_iso_name(&ids[0])).await, x_timestamp(boot_iso_name(&ids[1])).await],
+        stamps,
+        "a boot ISO in use was written to"
+    );
+    assert_eq!(a.release_boot_iso(evens[9], &ids[0]).await.unwrap(), 0);
     // the container is shared by conductors: the last release schedules the
     // deletion, an acquire in the grace period cancels it
     let iso0 = boot_iso_name(&ids[0]);
@@ -279,10 +319,9 @@ async fn swift_publisher_against_a_real_swift() {
     };
     assert!(store.exists(&iso0).await.unwrap(), "kept for the grace period");
     assert!(delete_at(lab.token().await.1).await.is_some(), "deletion scheduled");
-    let never = |_: &Path| -> Result<(), String> { panic!("the ISO still exists: no rebuild") };
     a.acquire_boot_iso(nodes[0], &ids[0], never).await.unwrap();
     assert_eq!(delete_at(lab.token().await.1).await, None, "an acquire cancels the deletion");
-    assert_eq!(store.metadata(&iso0, USAGE_COUNT).await.unwrap().as_deref(), Some("1"));
+    assert_eq!(a.boot_iso_users(&ids[0]).await.unwrap(), vec![nodes[0]]);
     assert_eq!(a.release_boot_iso(nodes[0], &ids[0]).await.unwrap(), 0);
     let deadline: u64 = delete_at(lab.token().await.1).await.expect("deletion scheduled again").parse().unwrap();
     wait_until_past(deadline).await;

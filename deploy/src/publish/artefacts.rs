@@ -5,8 +5,15 @@
 //! node deployed from the same kernel, ramdisk and parameters uses one file.
 //! Who uses it is recorded as one private marker object per node,
 //! `.users/boot-<id>.iso/<node uuid>`; the usage count is the number of
-//! markers, mirrored into the ISO's `usage-count` metadata for operators
-//! (Swift `X-Object-Meta-Usage-Count`, as the iLO spec has it).
+//! markers. In the HTTP root it is mirrored into the ISO's `usage-count`
+//! metadata for operators, as the iLO spec has it; in Swift it is not: a
+//! metadata POST to an object that BMCs are reading makes Swift answer one of
+//! those reads 404 (see [`Store::put_file_if_absent`]), and a BMC that cannot
+//! read its ISO fails the deploy. There, count the markers (`swift list
+//! <container> --prefix .users/boot-<id>.iso/`). For the same reason a shared
+//! ISO, once uploaded, is never written again while it is in use: it is
+//! uploaded only if absent, and a scheduled deletion is cancelled only when
+//! one is scheduled.
 //!
 //! * acquire(node): put the node's marker first, then build and upload
 //!   the ISO if it is missing, then recount. Idempotent: a retried step
@@ -185,8 +192,9 @@ impl Artefacts {
             let built = tokio::task::spawn_blocking(move || build(&target))
                 .await
                 .map_err(|e| PublishError::Build(format!("ISO build task failed: {e}")))?;
+            // another conductor may have uploaded it since we looked
             let uploaded = match built {
-                Ok(()) => self.store.put_file(&iso, &path, None).await,
+                Ok(()) => self.store.put_file_if_absent(&iso, &path).await.map(|_| ()),
                 Err(e) => Err(PublishError::Build(e)),
             };
             let _ = tokio::fs::remove_file(&path).await;
@@ -196,8 +204,10 @@ impl Artefacts {
                 return Err(e);
             }
         }
-        let users = self.store.list(&holders_prefix(&iso)).await?.len();
-        self.store.set_metadata(&iso, USAGE_COUNT, &users.to_string()).await?;
+        if !self.store.shared() {
+            let users = self.store.list(&holders_prefix(&iso)).await?.len();
+            self.store.set_metadata(&iso, USAGE_COUNT, &users.to_string()).await?;
+        }
         let url = self.store.url(&iso, self.iso_url_validity)?;
         Ok(Published { name: iso, url })
     }
@@ -219,7 +229,7 @@ impl Artefacts {
             }
         } else if users == 0 {
             self.store.delete(&iso).await?;
-        } else if self.store.exists(&iso).await? {
+        } else if !self.store.shared() && self.store.exists(&iso).await? {
             self.store.set_metadata(&iso, USAGE_COUNT, &users.to_string()).await?;
         }
         Ok(users)

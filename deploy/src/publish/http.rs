@@ -198,7 +198,9 @@ impl Store for HttpRootStore {
             return Err(PublishError::NotFound(name.to_string()));
         }
         let mut side = self.read_side(name).await?;
-        side.metadata.insert(key.to_ascii_lowercase(), value.to_string());
+        if side.metadata.insert(key.to_ascii_lowercase(), value.to_string()).as_deref() == Some(value) {
+            return Ok(());
+        }
         self.write_side(name, &side).await
     }
 
@@ -207,6 +209,9 @@ impl Store for HttpRootStore {
             return Err(PublishError::NotFound(name.to_string()));
         }
         let mut side = self.read_side(name).await?;
+        if delete_after.is_none() && side.delete_at.is_none() {
+            return Ok(());
+        }
         side.delete_at = delete_after.map(|d| now_secs() + d.as_secs().max(1));
         self.write_side(name, &side).await
     }

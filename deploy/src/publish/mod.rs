@@ -74,6 +74,18 @@ pub trait Store: Send + Sync {
     /// long (Swift `X-Delete-After`; the HTTP root's clean-up pass).
     async fn put_file(&self, name: &str, source: &Path, delete_after: Option<Duration>) -> Result<()>;
 
+    /// Stores the file at `source` as `name` unless an object of that name
+    /// exists, which is then left untouched; returns whether it stored it.
+    /// For objects BMCs may be reading right now: Swift's object server
+    /// answers a GET that races an overwrite (or a metadata POST) of the same
+    /// object with 404 — it lists the object's files, and the writer's
+    /// clean-up, run in another thread, unlinks the older one before the
+    /// reader opens it. The HTTP root replaces files by rename, which no
+    /// reader notices, so there it is a plain put.
+    async fn put_file_if_absent(&self, name: &str, source: &Path) -> Result<bool> {
+        self.put_file(name, source, None).await.map(|()| true)
+    }
+
     /// Stores `bytes` as `name` (small objects: floppies, usage records).
     async fn put_bytes(&self, name: &str, bytes: Vec<u8>, delete_after: Option<Duration>) -> Result<()>;
 
@@ -87,12 +99,14 @@ pub trait Store: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
 
     /// Sets one piece of metadata on an existing object (the usage count of a
-    /// shared boot ISO). Swift keeps it as `X-Object-Meta-<key>`; the HTTP
-    /// root in a private side file.
+    /// boot ISO in the HTTP root). Swift keeps it as `X-Object-Meta-<key>`;
+    /// the HTTP root in a private side file. Setting the value it already
+    /// has writes nothing.
     async fn set_metadata(&self, name: &str, key: &str, value: &str) -> Result<()>;
 
     /// Schedules (`Some`) or cancels (`None`) the deletion of an existing
     /// object, keeping its content and metadata. `NotFound` if it is gone.
+    /// Cancelling when nothing is scheduled writes nothing.
     async fn set_delete_after(&self, name: &str, delete_after: Option<Duration>) -> Result<()>;
 
     /// Whether other conductors read and write the same objects (Swift's

@@ -261,7 +261,7 @@ impl SwiftStore {
     }
 
     /// One request relative to the storage URL, with retries and re-auth.
-    /// Returns 2xx and 404 answers; everything else is an error.
+    /// Returns 2xx, 404 and 412 answers; everything else is an error.
     async fn send(
         &self,
         method: Method,
@@ -303,7 +303,13 @@ impl SwiftStore {
                     attempt -= 1;
                     continue;
                 }
-                Ok(resp) if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND => return Ok(resp),
+                // 412 answers only a conditional request, whose caller reads it
+                Ok(resp)
+                    if resp.status().is_success()
+                        || matches!(resp.status(), StatusCode::NOT_FOUND | StatusCode::PRECONDITION_FAILED) =>
+                {
+                    return Ok(resp);
+                }
                 Ok(resp) if resp.status().is_server_error() || matches!(resp.status().as_u16(), 429 | 498) => {
                     format!("{method} {what}: {} {}", resp.status(), snippet(resp).await)
                 }
@@ -344,7 +350,13 @@ impl SwiftStore {
             .filter(|(k, _)| k.as_str().starts_with("x-object-meta-") || k.as_str() == "x-delete-at")
             .map(|(k, v)| (k.as_str().to_string(), v.clone()))
             .collect();
+        let before = headers.clone();
         change(&mut headers);
+        if same_headers(&before, &headers) {
+            // a POST rewrites the object's metadata file, which a BMC
+            // reading the object may see vanish (see Store::put_file_if_absent)
+            return Ok(());
+        }
         let headers: Vec<(&str, HeaderValue)> = headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         let resp = self.send(Method::POST, &self.object_path(name), &headers, Body::Empty, name).await?;
         if resp.status() == StatusCode::NOT_FOUND {
@@ -358,6 +370,16 @@ impl SwiftStore {
         let resp = self.send(Method::HEAD, &self.object_path(name), &[], Body::Empty, name).await?;
         Ok((resp.status() != StatusCode::NOT_FOUND).then(|| resp.headers().clone()))
     }
+}
+
+/// Whether two header lists say the same, in any order.
+fn same_headers(a: &[(String, HeaderValue)], b: &[(String, HeaderValue)]) -> bool {
+    let sorted = |h: &[(String, HeaderValue)]| {
+        let mut v: Vec<(String, Vec<u8>)> = h.iter().map(|(k, v)| (k.clone(), v.as_bytes().to_vec())).collect();
+        v.sort();
+        v
+    };
+    sorted(a) == sorted(b)
 }
 
 fn meta_header(key: &str) -> Result<String> {
@@ -432,6 +454,24 @@ impl Store for SwiftStore {
     async fn put_file(&self, name: &str, source: &Path, delete_after: Option<Duration>) -> Result<()> {
         let len = tokio::fs::metadata(source).await.map_err(|e| PublishError::io(source, e))?.len();
         self.put(name, Body::File(source, len), delete_after).await
+    }
+
+    async fn put_file_if_absent(&self, name: &str, source: &Path) -> Result<bool> {
+        check_name(name)?;
+        let len = tokio::fs::metadata(source).await.map_err(|e| PublishError::io(source, e))?.len();
+        let headers = [
+            ("content-type", HeaderValue::from_static("application/octet-stream")),
+            ("if-none-match", HeaderValue::from_static("*")),
+        ];
+        let resp = self.send(Method::PUT, &self.object_path(name), &headers, Body::File(source, len), name).await?;
+        match resp.status() {
+            // there already (or a retried PUT of ours that had landed)
+            StatusCode::PRECONDITION_FAILED => Ok(false),
+            StatusCode::NOT_FOUND => {
+                Err(err(format!("PUT {name}: 404 (container {} is gone)", self.cfg.swift_ilo_container)))
+            }
+            _ => Ok(true),
+        }
     }
 
     async fn put_bytes(&self, name: &str, bytes: Vec<u8>, delete_after: Option<Duration>) -> Result<()> {
