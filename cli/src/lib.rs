@@ -8,6 +8,7 @@ pub mod ctl;
 pub mod guard;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use ferric_common::config::Config;
@@ -36,9 +37,13 @@ pub async fn run_all_in_one(mut cfg: Config, shutdown: CancellationToken) -> any
     }
     let _dir_lock = guard::lock_data_dir(&cfg.data_dir, "all-in-one")?;
     let url = cfg.database_url();
-    let db = Db::connect(&url, cfg.database.max_connections)
-        .await
-        .with_context(|| format!("opening database {}", redact(&url)))?;
+    let db = Db::connect_with(
+        &url,
+        cfg.database.max_connections,
+        Duration::from_secs(cfg.database.acquire_timeout_secs.max(1)),
+    )
+    .await
+    .with_context(|| format!("opening database {}", redact(&url)))?;
     let membership = Membership::Local(Arc::new(LocalMembership::new(ring_settings(&cfg))));
     guard::check_cluster(&db, &membership, &redact(&url)).await?;
     let claim_stop = CancellationToken::new();
@@ -101,7 +106,9 @@ async fn etcd_membership(cfg: &Config, shutdown: &CancellationToken) -> anyhow::
 async fn open_db(cfg: &Config) -> anyhow::Result<Db> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let url = cfg.database_url();
-    Db::connect(&url, cfg.database.max_connections).await.with_context(|| format!("opening database {}", redact(&url)))
+    Db::connect_with(&url, cfg.database.max_connections, Duration::from_secs(cfg.database.acquire_timeout_secs.max(1)))
+        .await
+        .with_context(|| format!("opening database {}", redact(&url)))
 }
 
 /// A stateless API process: watches the ring in etcd, serves the Ironic

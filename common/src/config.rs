@@ -106,6 +106,9 @@ pub struct DatabaseConfig {
     /// `sqlite://<data_dir>/ferric.sqlite`.
     pub url: String,
     pub max_connections: u32,
+    /// How long a query waits for a pooled connection (and so, during an
+    /// outage, how long before it fails) — sqlx's default, 30 s.
+    pub acquire_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -450,7 +453,7 @@ impl Default for ConductorConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { url: String::new(), max_connections: 10 }
+        DatabaseConfig { url: String::new(), max_connections: 10, acquire_timeout_secs: 30 }
     }
 }
 

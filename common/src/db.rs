@@ -43,9 +43,27 @@ pub enum DbError {
 }
 
 impl DbError {
-    /// Connection trouble that a retry may cure (as opposed to bad data).
+    /// Connection trouble that a retry may cure (as opposed to bad data):
+    /// the database is down, restarting or failing over. A proxy or load
+    /// balancer in front of PostgreSQL whose backend is gone accepts and
+    /// closes, which sqlx reports as a protocol error at the first message;
+    /// a server shutting down or starting up answers SQLSTATE class 57P
+    /// (operator intervention) or 08 (connection exception).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, DbError::Sqlx(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed))
+        match self {
+            DbError::Sqlx(
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            DbError::Sqlx(sqlx::Error::Database(e)) => {
+                e.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
+            }
+            _ => false,
+        }
     }
 }
 
@@ -633,6 +651,16 @@ impl Db {
     /// Connect to `url` (`sqlite://path`, `sqlite::memory:`, or
     /// `postgres://...`) and bring the schema up to date.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbError> {
+        Db::connect_with(url, max_connections, std::time::Duration::from_secs(30)).await
+    }
+
+    /// [`Db::connect`], with how long a query waits for a pooled connection
+    /// before it fails.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: std::time::Duration,
+    ) -> Result<Db, DbError> {
         let db = if Backend::of(url)? == Backend::Postgres {
             let opts = PgConnectOptions::from_str(url).map_err(|e| DbError::Url(format!("database URL: {e}")))?;
             let target = format!(
@@ -653,7 +681,11 @@ impl Db {
                     let _ = sqlx::Connection::close(c).await;
                 }
             }
-            let pool = PgPoolOptions::new().max_connections(max_connections).connect_with(opts).await?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(acquire_timeout)
+                .connect_with(opts)
+                .await?;
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
             Db { pool: Pool::Postgres(pool) }
         } else {
@@ -669,8 +701,12 @@ impl Db {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(std::time::Duration::from_secs(10))
                 .foreign_keys(true);
-            let pool =
-                SqlitePoolOptions::new().max_connections(max_connections).connect_with(opts).await.map_err(fail)?;
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(acquire_timeout)
+                .connect_with(opts)
+                .await
+                .map_err(fail)?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
             Db { pool: Pool::Sqlite(pool) }
         };
@@ -938,6 +974,19 @@ impl Db {
             )
             .await?;
         Ok(rows == 1)
+    }
+
+    /// The nodes whose lock `holder` holds.
+    pub async fn nodes_reserved_by(&self, holder: &str) -> Result<Vec<Uuid>, DbError> {
+        #[derive(FromRow)]
+        struct Row {
+            uuid: String,
+        }
+        let rows =
+            self.fetch_all::<Row>("SELECT uuid FROM nodes WHERE reservation = $1".into(), vec![holder.into()]).await?;
+        rows.iter()
+            .map(|r| r.uuid.parse().map_err(|e| DbError::Corrupt(format!("node uuid {:?}: {e}", r.uuid))))
+            .collect()
     }
 
     /// Clear every lock held by a (dead) incarnation. Returns how many.

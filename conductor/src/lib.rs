@@ -73,6 +73,9 @@ pub struct Inner {
     /// node's lock (a lock cleared under a running task must not let this
     /// process run the same operation twice at once).
     pub running: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+    /// Every node lock this incarnation takes, and the reaper of the ones
+    /// its sections dropped without a release.
+    pub locks: lock::Locks,
 }
 
 /// Marks a node's operation as running in this process until dropped (a
@@ -396,6 +399,7 @@ pub async fn start(
         fence: CancellationToken::new(),
         stats: Stats::default(),
         running: Default::default(),
+        locks: lock::Locks::new(db.clone(), &incarnation),
         db,
         cfg,
     });

@@ -32,7 +32,6 @@ use chrono::Utc;
 use tracing::{info, warn};
 
 use crate::Inner;
-use crate::lock::NodeLock;
 use crate::operation::{self, OperationRecord};
 
 /// BMC reads are bounded; a BMC that does not answer is skipped this round.
@@ -165,10 +164,7 @@ pub async fn pass(inner: &Arc<Inner>) -> (usize, usize) {
         }
         if node.provision_state.is_wait() {
             let expired = OperationRecord::load(&node).and_then(|r| r.wait_deadline).is_some_and(|d| d < Utc::now());
-            if expired
-                && let Ok((lock, mut n)) =
-                    NodeLock::acquire(&inner.db, node.uuid, &inner.incarnation, 1, inner.lock_interval()).await
-            {
+            if expired && let Ok((lock, mut n)) = inner.locks.acquire(node.uuid, 1, inner.lock_interval()).await {
                 if n.provision_state.is_wait() && inner.owns(&n) {
                     let msg = format!("Timeout reached while waiting for callback for node {}", n.uuid);
                     operation::fail(inner, &mut n, &msg).await;
@@ -200,9 +196,7 @@ pub async fn pass(inner: &Arc<Inner>) -> (usize, usize) {
         if node.power_state.as_deref() == Some(actual.as_str()) {
             continue;
         }
-        if let Ok((lock, mut n)) =
-            NodeLock::acquire(&inner.db, node.uuid, &inner.incarnation, 1, inner.lock_interval()).await
-        {
+        if let Ok((lock, mut n)) = inner.locks.acquire(node.uuid, 1, inner.lock_interval()).await {
             if inner.owns(&n) && n.target_power_state.is_none() {
                 info!(node = %n.uuid, db = ?n.power_state, bmc = %actual, "power sync: correcting the recorded power state");
                 n.power_state = Some(actual.clone());

@@ -50,7 +50,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::Inner;
-use crate::lock::{LockError, NodeLock};
+use crate::lock::LockError;
 
 /// What the new owner of a node does, by provision state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +120,20 @@ pub async fn run(inner: Arc<Inner>) {
 
 /// One pass; returns how many nodes were taken over.
 pub async fn pass(inner: &Arc<Inner>) -> usize {
+    // my own locks that no section of mine holds any more (a save lost to
+    // a database outage, a request dropped mid-section) are cleared — also
+    // while draining, which waits for my locks to go — and the orphan pass
+    // below (or the nodes' next owners) resume their operations
+    if !inner.fence.is_cancelled() {
+        match inner.locks.reap_orphans().await {
+            Ok(reaped) if !reaped.is_empty() => {
+                metrics::counter!("ferric_orphaned_locks_reaped_total").increment(reaped.len() as u64);
+                warn!(nodes = reaped.len(), first = %reaped[0], "cleared locks of mine that no running section held");
+            }
+            Ok(_) => {}
+            Err(e) => warn!("checking my own locks failed: {e}"),
+        }
+    }
     if inner.draining.load(Ordering::Relaxed) {
         return 0;
     }
@@ -234,8 +248,7 @@ async fn take_over_one(inner: &Arc<Inner>, uuid: Uuid) -> bool {
 /// its operation, if any, is resumed by the orphan pass.
 async fn take_over_one_as(inner: &Arc<Inner>, uuid: Uuid, repair: bool) -> bool {
     let started = std::time::Instant::now();
-    let (lock, mut node) = match NodeLock::acquire(&inner.db, uuid, &inner.incarnation, 1, inner.lock_interval()).await
-    {
+    let (lock, mut node) = match inner.locks.acquire(uuid, 1, inner.lock_interval()).await {
         Ok(x) => x,
         Err(LockError::Busy { .. }) | Err(LockError::NotFound(_)) => return false,
         Err(e) => {
@@ -314,8 +327,7 @@ async fn take_over_one_as(inner: &Arc<Inner>, uuid: Uuid, repair: bool) -> bool 
 /// lost (its conductor was fenced, killed or restarted). Clear the target —
 /// power sync then records what the BMC says — and say so in `last_error`.
 async fn settle_lost_power_action(inner: &Arc<Inner>, uuid: Uuid) {
-    let Ok((lock, mut node)) = NodeLock::acquire(&inner.db, uuid, &inner.incarnation, 1, inner.lock_interval()).await
-    else {
+    let Ok((lock, mut node)) = inner.locks.acquire(uuid, 1, inner.lock_interval()).await else {
         return;
     };
     let Some(target) = node.target_power_state.take().filter(|_| inner.owns(&node)) else {
@@ -346,7 +358,7 @@ async fn resume(inner: &Arc<Inner>, uuid: Uuid, seen: ProvisionState) {
     };
     // `seen` is from the start of this pass: the operation may have been
     // resumed and even finished since, so lock only if it is still there
-    let (lock, node) = match NodeLock::acquire_in_state(&inner.db, uuid, &inner.incarnation, seen.as_str()).await {
+    let (lock, node) = match inner.locks.acquire_in_state(uuid, seen.as_str()).await {
         Ok(x) => x,
         Err(_) => return,
     };

@@ -70,9 +70,23 @@ impl Cluster {
 
     /// Conductor i+1 reaches etcd at `endpoints[i]` (e.g. through a proxy).
     pub fn start_with(etcd: Etcd, endpoints: Vec<String>, ttl: u64, env: &[(&str, &str)]) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
         let pg = Postgres::start();
         let db_url = pg.database("ferric_cluster");
+        Cluster::start_on(etcd, endpoints, pg, db_url.clone(), &db_url, ttl, env)
+    }
+
+    /// Every process (conductors and API) reaches the database `db_url` of
+    /// `pg` at `processes_db_url` (e.g. through a proxy the test can cut).
+    pub fn start_on(
+        etcd: Etcd,
+        endpoints: Vec<String>,
+        pg: Postgres,
+        db_url: String,
+        processes_db_url: &str,
+        ttl: u64,
+        env: &[(&str, &str)],
+    ) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
         // ramdisks call back the API: its port is known before the conductors start
         let port = free_port();
         let callback = format!("http://127.0.0.1:{port}");
@@ -83,14 +97,14 @@ impl Cluster {
         let mut conductors = Vec::new();
         for (i, ep) in endpoints.iter().enumerate() {
             let grpc = free_port();
-            conductors.push((conductor_process(dir.path(), ep, &db_url, i + 1, grpc, ttl, &env), grpc));
+            conductors.push((conductor_process(dir.path(), ep, processes_db_url, i + 1, grpc, ttl, &env), grpc));
         }
         let args: Vec<String> = [
             "api",
             "--etcd-endpoints",
             &etcd.endpoint,
             "--database-url",
-            &db_url,
+            processes_db_url,
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--data-dir",

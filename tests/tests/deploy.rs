@@ -516,6 +516,14 @@ async fn a_fleet_deploys_through_the_sigkill_of_its_owners() {
     for u in &victims {
         sim.set_faults(&machine(u), Default::default()).unwrap();
     }
+    // a command the victim sent just before it died may still be read and
+    // started by the simulator after the kill (its bytes were in the
+    // socket); none can start once the ring has dropped the victim, which
+    // is also before anyone else may command its nodes — and the overlap
+    // check below proves the in-between ones did not run beside another
+    // conductor's
+    cl.wait_conductors(2).await;
+    let left_at = chrono::Utc::now();
     cl.wait_all(&uuids, "active", wait).await;
     eprintln!("first deploy of {systems} nodes through the kill of {victim}: {:?}", t1.elapsed());
     check_disks(&uuids);
@@ -530,11 +538,12 @@ async fn a_fleet_deploys_through_the_sigkill_of_its_owners() {
             after.iter().any(|e| e.event == callback && e.u64("status") == Some(202)),
             "{u}: no {callback} accepted after {victim} died"
         );
-        // commands are logged when they end: those that started after the kill
+        // commands are logged when they end: those that started once the
+        // victim was out of the ring
         let started_after = |e: &&&ferric_tests::ramdisk::LogEvent| {
             e.str("started_at")
                 .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
-                .is_some_and(|t| t > kill_at)
+                .is_some_and(|t| t > left_at)
         };
         let commanders: std::collections::BTreeSet<String> = after
             .iter()

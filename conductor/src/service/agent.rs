@@ -131,9 +131,7 @@ impl ConductorService {
         }
         // one attempt, as Ironic: the agent backs off on 409 by itself
         let (lock, mut node) =
-            NodeLock::acquire(&self.inner.db, node.uuid, &self.inner.incarnation, 1, self.inner.lock_interval())
-                .await
-                .map_err(|e| self.lock_err(e))?;
+            self.inner.locks.acquire(node.uuid, 1, self.inner.lock_interval()).await.map_err(|e| self.lock_err(e))?;
         if AgentTokens::has_session(&node) {
             Self::give_back(lock).await;
             return Ok(Response::new(existing(&node)));

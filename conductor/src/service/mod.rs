@@ -119,15 +119,12 @@ impl ConductorService {
 
     async fn lock(&self, uuid: Uuid) -> Result<(NodeLock, Node), Status> {
         let c = &self.inner.cfg.conductor;
-        let (lock, node) = NodeLock::acquire(
-            &self.inner.db,
-            uuid,
-            &self.inner.incarnation,
-            c.lock_attempts,
-            self.inner.lock_interval(),
-        )
-        .await
-        .map_err(|e| self.lock_err(e))?;
+        let (lock, node) = self
+            .inner
+            .locks
+            .acquire(uuid, c.lock_attempts, self.inner.lock_interval())
+            .await
+            .map_err(|e| self.lock_err(e))?;
         // the ring may have moved while we waited for the lock
         if !self.inner.owns(&node) {
             let _ = lock.release().await;

@@ -1,0 +1,164 @@
+//! Faults a fleet sees every week, against the real processes: each test
+//! reproduces one and checks that no node is stranded by it.
+
+use std::time::{Duration, Instant};
+
+use ferric_tests::cluster::Cluster;
+use ferric_tests::{Api, Etcd, Ferric, Postgres, TcpProxy};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Nodes that reach `state` and are unlocked (one listing a round), within `timeout`; panics
+/// naming the nodes that did not (their state, lock and last error).
+async fn wait_settled(api: &Api, uuids: &[String], state: &str, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let (s, all) = api.call(Method::GET, "/v1/nodes/detail?limit=1000", None).await;
+        let by_uuid: std::collections::HashMap<&str, &Value> = all["nodes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| Some((n["uuid"].as_str()?, n))).collect())
+            .unwrap_or_default();
+        let mut pending = Vec::new();
+        for u in uuids {
+            let n = by_uuid.get(u.as_str()).copied().unwrap_or(&Value::Null);
+            if s != 200 || n["provision_state"] != state || !n["reservation"].is_null() {
+                pending.push((
+                    u.clone(),
+                    n["provision_state"].clone(),
+                    n["reservation"].clone(),
+                    n["last_error"].clone(),
+                ));
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{} of {} nodes not {state} and unlocked after {timeout:?}: {:?}",
+            pending.len(),
+            uuids.len(),
+            &pending[..pending.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A PostgreSQL outage longer than the pool's acquire timeout while
+/// deploys run. Every save in that window fails; the operations stop with
+/// their records in place. Once the database is back, every deploy must
+/// finish and no node may stay locked by the (live) conductor that was
+/// running it. Before the own-lock reaper this left every in-flight node
+/// in `deploying`, reserved for good, refusing every action with 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_outage_during_deploys_strands_no_node_all_in_one() {
+    const N: usize = 30;
+    let pg = Postgres::start();
+    let url = pg.database("faults_outage");
+    let proxy = TcpProxy::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await;
+    let through_proxy = url.replace(&format!(":{}/", pg.port()), &format!(":{}/", proxy.port));
+    let ferric = Ferric::start(
+        Some(&through_proxy),
+        &[
+            ("FERRIC_DATABASE__ACQUIRE_TIMEOUT_SECS", "2"),
+            ("FERRIC_DATABASE__MAX_CONNECTIONS", "20"),
+            ("FERRIC_CONDUCTOR__TAKEOVER_INTERVAL_MS", "500"),
+        ],
+    );
+    let api = Api::new(&ferric.endpoint);
+    let mut uuids = Vec::new();
+    for i in 0..N {
+        let n = api
+            .ok(
+                Method::POST,
+                "/v1/nodes",
+                Some(json!({"driver": "fake-hardware", "name": format!("n{i}"),
+                            "driver_info": {"fake_step_delay_ms": 400}})),
+            )
+            .await;
+        uuids.push(n["uuid"].as_str().unwrap().to_string());
+    }
+    for (verb, state) in [("manage", "manageable"), ("provide", "available")] {
+        for u in &uuids {
+            api.ok(Method::PUT, &format!("/v1/nodes/{u}/states/provision"), Some(json!({"target": verb}))).await;
+        }
+        wait_settled(&api, &uuids, state, Duration::from_secs(120)).await;
+    }
+    for u in &uuids {
+        api.ok(Method::PUT, &format!("/v1/nodes/{u}/states/provision"), Some(json!({"target": "active"}))).await;
+    }
+    // every node is in the middle of its deploy steps
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let in_flight: Vec<Value> = {
+        let mut v = Vec::new();
+        for u in &uuids {
+            v.push(api.node(u).await);
+        }
+        v
+    };
+    let deploying = in_flight.iter().filter(|n| n["provision_state"] == "deploying").count();
+    assert!(deploying >= N / 2, "only {deploying} of {N} nodes were deploying when the database went away");
+
+    // the database goes away for 3x the pool's acquire timeout
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // the API says so, with an Ironic error and a 503, and loses nothing
+    let (s, body) = api.call(Method::GET, &format!("/v1/nodes/{}", uuids[0]), None).await;
+    assert_eq!(s, 503, "GET during the outage: {body}");
+    assert!(body["error_message"].is_string(), "not an Ironic error body: {body}");
+    proxy.restore();
+    let back = Instant::now();
+
+    wait_settled(&api, &uuids, "active", Duration::from_secs(120)).await;
+    eprintln!("{N} deploys active and unlocked {:?} after the database came back", back.elapsed());
+    drop(ferric);
+}
+
+/// The same outage under 100 deploys on three conductors (and the API),
+/// all reaching PostgreSQL through one proxy: etcd stays up, so every
+/// conductor stays in the ring and keeps its nodes, and only its own
+/// reaper can free the locks its failed saves left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_outage_during_100_deploys_on_3_conductors_strands_no_node() {
+    const N: usize = 100;
+    let pg = Postgres::start();
+    let url = pg.database("faults_cluster");
+    let proxy = TcpProxy::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await;
+    let through_proxy = url.replace(&format!(":{}/", pg.port()), &format!(":{}/", proxy.port));
+    let etcd = Etcd::start();
+    let endpoints = vec![etcd.endpoint.clone(); 3];
+    let env = [
+        ("FERRIC_DATABASE__ACQUIRE_TIMEOUT_SECS", "2"),
+        ("FERRIC_DATABASE__MAX_CONNECTIONS", "20"),
+        ("FERRIC_CONDUCTOR__TAKEOVER_INTERVAL_MS", "500"),
+    ];
+    let cl = Cluster::start_on(etcd, endpoints, pg, url, &through_proxy, 3, &env);
+    cl.wait_conductors(3).await;
+    let uuids = cl.create_nodes("d", N, json!({"fake_step_delay_ms": 400})).await;
+    let wait = Duration::from_secs(180);
+    cl.drive(&uuids, "manage", "manageable", wait).await;
+    cl.drive(&uuids, "provide", "available", wait).await;
+    cl.act(&uuids, "active").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let all = cl.nodes().await;
+    let deploying = uuids.iter().filter(|u| all[*u]["provision_state"] == "deploying").count();
+    assert!(deploying >= N / 2, "only {deploying} of {N} nodes were deploying when the database went away");
+    let owners: std::collections::BTreeSet<&str> = uuids.iter().filter_map(|u| all[u]["conductor"].as_str()).collect();
+    assert_eq!(owners.len(), 3, "the nodes are not spread over the three conductors: {owners:?}");
+
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let api = Api::new(&cl.api_url);
+    let (s, body) = api.call(Method::GET, "/v1/nodes?limit=1", None).await;
+    assert_eq!(s, 503, "a node list during the outage: {body}");
+    proxy.restore();
+    let back = Instant::now();
+
+    wait_settled(&api, &uuids, "active", wait).await;
+    eprintln!("{N} deploys on 3 conductors active and unlocked {:?} after the database came back", back.elapsed());
+    // every conductor kept its nodes: nothing was taken over
+    let after = cl.nodes().await;
+    for u in &uuids {
+        assert_eq!(after[u]["conductor"], all[u]["conductor"], "{u} moved");
+    }
+}
