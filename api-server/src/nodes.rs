@@ -228,13 +228,20 @@ pub async fn create_node(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> 
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)).into_response())
 }
 
-/// Send a changed node to its owner, which applies it under the lock.
-async fn push_update(st: &AppState, node: &Node) -> ApiResult<Node> {
+/// Send a changed node to its owner, which applies what changed from
+/// `base` (the copy the change was made to) to the node under the lock.
+async fn push_update(st: &AppState, base: &Node, node: &Node) -> ApiResult<Node> {
     let node_json = serde_json::to_string(node).expect("nodes serialise");
+    let base_json = serde_json::to_string(base).expect("nodes serialise");
     let reply = st
         .fwd
-        .call(AppState::route(node), |mut c, epoch| {
-            let req = UpdateNodeRequest { epoch, node_uuid: node.uuid.to_string(), node_json: node_json.clone() };
+        .call(AppState::route(base), |mut c, epoch| {
+            let req = UpdateNodeRequest {
+                epoch,
+                node_uuid: node.uuid.to_string(),
+                node_json: node_json.clone(),
+                base_json: base_json.clone(),
+            };
             async move { c.update_node(req).await }
         })
         .await?;
@@ -271,7 +278,7 @@ pub async fn patch_node(
     if changed.interfaces != node.interfaces || changed.driver != node.driver {
         resolve_interfaces(&st, &mut changed).await?;
     }
-    let stored = push_update(&st, &changed).await?;
+    let stored = push_update(&st, &node, &changed).await?;
     Ok(Json(render::node_view(&stored, &ctx.base, st.conductor_of(&stored).as_deref(), ctx.v, None, false)))
 }
 
@@ -487,13 +494,14 @@ async fn set_maintenance(
     on: bool,
     reason: Option<String>,
 ) -> ApiResult<Response> {
-    let mut node = st.node(ident, ctx.v).await?;
+    let base = st.node(ident, ctx.v).await?;
+    let mut node = base.clone();
     node.maintenance = on;
     node.maintenance_reason = if on { reason } else { None };
     if !on {
         node.fault = None;
     }
-    push_update(st, &node).await?;
+    push_update(st, &base, &node).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 

@@ -17,6 +17,7 @@ pub mod db;
 pub mod identity;
 pub mod logonce;
 pub mod membership;
+pub mod merge;
 pub mod model;
 pub mod ring;
 pub mod rpc;

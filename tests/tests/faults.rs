@@ -162,3 +162,88 @@ async fn a_database_outage_during_100_deploys_on_3_conductors_strands_no_node() 
         assert_eq!(after[u]["conductor"], all[u]["conductor"], "{u} moved");
     }
 }
+
+async fn wait_node(api: &Api, node: &str, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let n = api.node(node).await;
+        if ok(&n) {
+            return n;
+        }
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}: {n}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A PATCH that read the node before a clean failed must not undo what the
+/// failure did: the failed clean puts the node in maintenance (so it is
+/// not handed out again), and a PATCH of an unrelated field that waited
+/// for the lock meanwhile wrote its stale `maintenance: false` back — the
+/// quarantined node could be deployed. And concurrent PATCHes of different
+/// keys of one field all land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_patch_never_undoes_what_happened_since_it_read_the_node() {
+    let ferric = Ferric::start(
+        None,
+        &[("FERRIC_CONDUCTOR__LOCK_ATTEMPTS", "100"), ("FERRIC_CONDUCTOR__LOCK_RETRY_INTERVAL_MS", "100")],
+    );
+    let api = Api::new(&ferric.endpoint);
+    let n = api
+        .ok(
+            Method::POST,
+            "/v1/nodes",
+            Some(json!({"driver": "fake-hardware", "name": "racer",
+                        "driver_info": {"fake_step_delay_ms": 2000,
+                                        "fake_fail_step": "deploy.erase_devices_metadata"}})),
+        )
+        .await;
+    let uuid = n["uuid"].as_str().unwrap().to_string();
+    api.ok(Method::PUT, "/v1/nodes/racer/states/provision", Some(json!({"target": "manage"}))).await;
+    wait_node(&api, "racer", "manageable", Duration::from_secs(30), |n| n["provision_state"] == "manageable").await;
+    api.ok(Method::PUT, "/v1/nodes/racer/states/provision", Some(json!({"target": "provide"}))).await;
+    wait_node(&api, "racer", "the failing clean step running", Duration::from_secs(30), |n| {
+        n["clean_step"]["step"] == "erase_devices_metadata"
+    })
+    .await;
+    // read now (maintenance off), applied once the failed clean let go
+    let patched = api
+        .ok(
+            Method::PATCH,
+            &format!("/v1/nodes/{uuid}"),
+            Some(json!([{"op": "add", "path": "/extra/note", "value": "patched during the clean"}])),
+        )
+        .await;
+    assert_eq!(patched["extra"]["note"], "patched during the clean");
+    let n = api.node(&uuid).await;
+    assert_eq!(n["provision_state"], "clean failed", "{n}");
+    assert_eq!(n["maintenance"], true, "the PATCH took the failed node out of maintenance: {n}");
+    assert_eq!(n["fault"], "clean failure", "{n}");
+    assert_eq!(n["extra"]["note"], "patched during the clean");
+
+    // 20 PATCHes at once, each adding its own key to `extra`
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (api, uuid) = (api.clone(), uuid.clone());
+        set.spawn(async move {
+            api.call(
+                Method::PATCH,
+                &format!("/v1/nodes/{uuid}"),
+                Some(json!([{"op": "add", "path": format!("/extra/k{i}"), "value": i}])),
+            )
+            .await
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        let (s, body) = r.unwrap();
+        assert_eq!(s, 200, "{body}");
+    }
+    let extra = api.node(&uuid).await["extra"].clone();
+    let missing: Vec<usize> = (0..20).filter(|i| extra[format!("k{i}")] != json!(i)).collect();
+    assert!(missing.is_empty(), "concurrent PATCHes lost keys {missing:?}: {extra}");
+    assert_eq!(extra["note"], "patched during the clean");
+    // a removal is a change too, and removes only what it names
+    api.ok(Method::PATCH, &format!("/v1/nodes/{uuid}"), Some(json!([{"op": "remove", "path": "/extra/k0"}]))).await;
+    let extra = api.node(&uuid).await["extra"].clone();
+    assert!(extra.get("k0").is_none() && extra["k1"] == 1, "{extra}");
+    drop(ferric);
+}

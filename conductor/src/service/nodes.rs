@@ -14,6 +14,18 @@ impl ConductorService {
         }
         let (lock, mut node) = self.lock(current.uuid).await?;
         let result = async {
+            // only what the patch changed, applied to the node as it is now
+            let wanted = if r.base_json.is_empty() {
+                wanted
+            } else {
+                let base: serde_json::Value = serde_json::from_str(&r.base_json)
+                    .map_err(|e| self.err(Reason::Invalid, format!("base node document: {e}")))?;
+                let fresh = serde_json::to_value(&node).expect("nodes serialise");
+                let wanted_v = serde_json::to_value(&wanted).expect("nodes serialise");
+                let merged = ferric_common::merge::merge3(&base, &wanted_v, &fresh);
+                serde_json::from_value::<Node>(merged)
+                    .map_err(|e| self.err(Reason::Invalid, format!("node document after the merge: {e}")))?
+            };
             let user_fields_changed = wanted.instance_info != node.instance_info
                 || wanted.driver != node.driver
                 || wanted.interfaces != node.interfaces
