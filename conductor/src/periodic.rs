@@ -29,6 +29,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
+use ferric_common::model::Node;
 use tracing::{info, warn};
 
 use crate::Inner;
@@ -163,9 +164,14 @@ pub async fn pass(inner: &Arc<Inner>) -> (usize, usize) {
             continue;
         }
         if node.provision_state.is_wait() {
-            let expired = OperationRecord::load(&node).and_then(|r| r.wait_deadline).is_some_and(|d| d < Utc::now());
-            if expired && let Ok((lock, mut n)) = inner.locks.acquire(node.uuid, 1, inner.lock_interval()).await {
-                if n.provision_state.is_wait() && inner.owns(&n) {
+            let expired =
+                |n: &Node| OperationRecord::load(n).and_then(|r| r.wait_deadline).is_some_and(|d| d < Utc::now());
+            if expired(&node)
+                && let Ok((lock, mut n)) = inner.locks.acquire(node.uuid, 1, inner.lock_interval()).await
+            {
+                // a heartbeat between the listing and the lock moved the
+                // deadline (or the callback ended the wait): look again
+                if n.provision_state == node.provision_state && expired(&n) && inner.owns(&n) {
                     let msg = format!("Timeout reached while waiting for callback for node {}", n.uuid);
                     operation::fail(inner, &mut n, &msg).await;
                     if lock.save_and_release(&n).await.unwrap_or(false) {
@@ -197,7 +203,9 @@ pub async fn pass(inner: &Arc<Inner>) -> (usize, usize) {
             continue;
         }
         if let Ok((lock, mut n)) = inner.locks.acquire(node.uuid, 1, inner.lock_interval()).await {
-            if inner.owns(&n) && n.target_power_state.is_none() {
+            // the BMC was read outside the lock: a power action since then
+            // (or a newer sync) has the newer word
+            if inner.owns(&n) && n.target_power_state.is_none() && n.power_state == node.power_state {
                 info!(node = %n.uuid, db = ?n.power_state, bmc = %actual, "power sync: correcting the recorded power state");
                 n.power_state = Some(actual.clone());
                 if lock.save(&n).await.unwrap_or(false) {
