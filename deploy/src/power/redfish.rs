@@ -74,7 +74,40 @@ impl PowerInterface for RedfishPower {
                 PowerState::On => redfish::PowerState::On,
                 PowerState::Off => redfish::PowerState::Off,
             };
-            bmc.wait_power(&want, timeout).await?;
+            // A hard request the BMC dropped (some do during POST or a
+            // firmware task), or that something undid (the late poweroff of
+            // a ramdisk a dead conductor had told to power off), is sent
+            // once more halfway through the timeout; a graceful shutdown is
+            // the OS's to finish and is not repeated.
+            let again = match action {
+                PowerAction::SoftOff => None,
+                _ if want == redfish::PowerState::On => Some(ResetType::On),
+                _ => Some(ResetType::ForceOff),
+            };
+            let started = std::time::Instant::now();
+            let first = match again {
+                Some(_) => bmc.wait_power(&want, timeout / 2).await,
+                None => bmc.wait_power(&want, timeout).await,
+            };
+            match (first, again) {
+                (Ok(()), _) => {}
+                (Err(redfish::BmcError::Timeout { .. }), Some(again)) => {
+                    let now = bmc.power_state().await?;
+                    if now != want {
+                        tracing::warn!(
+                            node = %task.node.uuid,
+                            bmc = %bmc.address(),
+                            "the system is {now:?} {}s after {}: sending {} again",
+                            started.elapsed().as_secs(),
+                            r.as_str(),
+                            again.as_str()
+                        );
+                        bmc.reset(again).await?;
+                        bmc.wait_power(&want, timeout.saturating_sub(started.elapsed())).await?;
+                    }
+                }
+                (Err(e), _) => return Err(e.into()),
+            }
         }
         task.node.power_state = Some(action.target().as_str().into());
         Ok(())
