@@ -52,7 +52,7 @@ impl Forwarder {
     fn client(&self, url: &str) -> Result<Client, ApiError> {
         let mut map = self.channels.lock().expect("channel cache poisoned");
         if let Some(ch) = map.get(url) {
-            return Ok(ConductorClient::new(ch.clone()));
+            return Ok(Self::limited(ConductorClient::new(ch.clone())));
         }
         let ch = Endpoint::from_shared(url.to_string())
             .map_err(|e| ApiError::internal(format!("bad conductor URL {url}: {e}")))?
@@ -60,7 +60,12 @@ impl Forwarder {
             .timeout(self.deadline)
             .connect_lazy();
         map.insert(url.to_string(), ch.clone());
-        Ok(ConductorClient::new(ch))
+        Ok(Self::limited(ConductorClient::new(ch)))
+    }
+
+    fn limited(c: Client) -> Client {
+        c.max_decoding_message_size(ferric_common::rpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(ferric_common::rpc::MAX_MESSAGE_BYTES)
     }
 
     fn pick(ring: &Ring, route: Route<'_>) -> Option<Member> {

@@ -51,13 +51,15 @@ pub async fn run_all_in_one(mut cfg: Config, shutdown: CancellationToken) -> any
     let http_stop = CancellationToken::new();
     let _stop_http = http_stop.clone().drop_guard();
     let media_slot = ferric_deploy::media::MediaSlot::default();
-    serve_conductor_http(&mut cfg, install_metrics(), media_slot.clone(), http_stop).await?;
+    let ready = ReadySlot::default();
+    serve_conductor_http(&mut cfg, install_metrics(), media_slot.clone(), ready.clone(), http_stop).await?;
     if cfg.deploy.external_callback_url.is_empty() {
         // ramdisks call back the API this process serves
         cfg.deploy.external_callback_url = own_api_url(&cfg).unwrap_or_default();
     }
     let conductor = ferric_conductor::start(cfg.clone(), db.clone(), membership.clone(), shutdown.clone()).await?;
     *media_slot.write().expect("media slot") = Some(conductor.inner.media().clone());
+    *ready.write().expect("ready slot") = Some(conductor.inner.clone());
     let api =
         ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), install_metrics(), shutdown.clone()).await?;
     info!(
@@ -166,7 +168,9 @@ pub async fn run_conductor(
     guard::refuse_sqlite_cluster(&cfg, &db, &url)?;
     guard::check_cluster(&db, &membership, &url).await?;
     let media_slot = ferric_deploy::media::MediaSlot::default();
-    serve_conductor_http(&mut cfg, install_metrics(), media_slot.clone(), membership_token.clone()).await?;
+    let ready = ReadySlot::default();
+    serve_conductor_http(&mut cfg, install_metrics(), media_slot.clone(), ready.clone(), membership_token.clone())
+        .await?;
     let mut restarting = false;
     let mut trouble = ferric_common::logonce::Repeated::new("new incarnation");
     loop {
@@ -185,6 +189,7 @@ pub async fn run_conductor(
         };
         trouble.succeeded();
         *media_slot.write().expect("media slot") = Some(conductor.inner.media().clone());
+        *ready.write().expect("ready slot") = Some(conductor.inner.clone());
         info!(id = %conductor.inner.id, incarnation = %conductor.inner.incarnation, grpc = %conductor.grpc_url, "ferric conductor ready");
         tokio::select! {
             // SIGTERM/SIGINT: drain first, so nothing fails (bounded by
@@ -199,6 +204,7 @@ pub async fn run_conductor(
             _ = conductor.inner.exit_requested.cancelled() => {}
         }
         *media_slot.write().expect("media slot") = None;
+        *ready.write().expect("ready slot") = None;
         let fenced = conductor.inner.fenced.load(std::sync::atomic::Ordering::SeqCst);
         stop.cancel();
         conductor.wait().await;
@@ -221,7 +227,25 @@ pub fn install_metrics() -> Option<ferric_api::MetricsRender> {
     Some(Arc::new(move || handle.render()))
 }
 
-/// The conductor's own HTTP listener: /metrics, /healthz, the HTTP root
+/// The running incarnation, for `/readyz` (none while starting or while a
+/// fenced incarnation is being replaced).
+type ReadySlot = Arc<std::sync::RwLock<Option<Arc<ferric_conductor::Inner>>>>;
+
+/// `/readyz`: 200 and the checks when this conductor may act on nodes, 503
+/// and the checks when not.
+async fn readyz(ready: ReadySlot) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let inner = ready.read().expect("ready slot").clone();
+    let Some(inner) = inner else {
+        let body = serde_json::json!({"ready": false, "reason": "no incarnation is running (starting, or replacing a fenced one)"});
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    };
+    let r = inner.readiness().await;
+    let code = if r.ready { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(r)).into_response()
+}
+
+/// The conductor's own HTTP listener: /metrics, /healthz (liveness), /readyz, the HTTP root
 /// under /httpboot/ (boot media for BMCs) and /vmedia/<name> (a redirect to
 /// a fresh URL of a published object, for BMCs that refuse query strings). Sets `deploy.http_server_url`
 /// from the bound address when it is empty.
@@ -229,6 +253,7 @@ async fn serve_conductor_http(
     cfg: &mut Config,
     metrics: Option<ferric_api::MetricsRender>,
     media: ferric_deploy::media::MediaSlot,
+    ready: ReadySlot,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if cfg.conductor.http_listen.is_empty() {
@@ -250,9 +275,10 @@ async fn serve_conductor_http(
     }
     let root = cfg.http_server_root();
     std::fs::create_dir_all(&root).with_context(|| format!("creating the HTTP root {}", root.display()))?;
-    info!(addr = %addr, root = %root.display(), url = %cfg.deploy.http_server_url, "conductor HTTP (/metrics, /healthz, /httpboot) listening");
+    info!(addr = %addr, root = %root.display(), url = %cfg.deploy.http_server_url, "conductor HTTP (/metrics, /healthz, /readyz, /httpboot) listening");
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(move || readyz(ready.clone())))
         .route(
             "/metrics",
             axum::routing::get(move || {
@@ -351,7 +377,7 @@ pub struct ConductorFlags {
     /// URL other processes reach the gRPC service at [default: from the bound address]
     #[arg(long)]
     pub grpc_url: Option<String>,
-    /// The conductor's HTTP listener: /metrics, /healthz and the HTTP root BMCs fetch boot media from
+    /// The conductor's HTTP listener: /metrics, /healthz (liveness), /readyz (ready to act on nodes) and the HTTP root BMCs fetch boot media from
     /// [default: 127.0.0.1:0, any free port]
     #[arg(long)]
     pub http_listen: Option<String>,

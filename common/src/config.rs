@@ -56,7 +56,7 @@ pub struct ConductorConfig {
     /// URL other processes use to reach the gRPC service; empty = derived
     /// from the bound address.
     pub grpc_url: String,
-    /// The conductor's HTTP listener (/metrics, /healthz; later its HTTP
+    /// The conductor's HTTP listener (/metrics, /healthz, /readyz, the HTTP
     /// root). Port 0 picks a free one; empty turns it off.
     pub http_listen: String,
     #[serde(deserialize_with = "list")]

@@ -976,6 +976,15 @@ impl Db {
         Ok(rows == 1)
     }
 
+    /// One round trip to the database, bounded by `timeout` (readiness).
+    pub async fn ping(&self, timeout: std::time::Duration) -> Result<(), String> {
+        match tokio::time::timeout(timeout, self.execute("SELECT 1".into(), Vec::new())).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(DbError::from(e).to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
     /// The nodes whose lock `holder` holds.
     pub async fn nodes_reserved_by(&self, holder: &str) -> Result<Vec<Uuid>, DbError> {
         #[derive(FromRow)]

@@ -8,6 +8,14 @@ pub use crate::proto::ErrorDetail;
 pub use crate::proto::error_detail::Reason;
 
 /// Build a Status carrying a machine-readable reason.
+/// The largest message either side of the API↔conductor contract takes.
+/// tonic's default is 4 MiB, but a provision request carries its config
+/// drive (Ironic takes up to 64 MiB, and the API's body limit is
+/// `[api] max_request_body_size`, 128 MiB by default), and a node that holds
+/// one in `instance_info` travels with it, twice in an update (its base and
+/// its patched copy).
+pub const MAX_MESSAGE_BYTES: usize = 320 * 1024 * 1024;
+
 pub fn status(reason: Reason, message: impl Into<String>, epoch: u64, holder: &str) -> Status {
     let message = message.into();
     let code = match reason {

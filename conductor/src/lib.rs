@@ -98,7 +98,41 @@ pub struct Stats {
     pub takeovers_failed: std::sync::atomic::AtomicU64,
 }
 
+/// What a conductor's `/readyz` reports: ready to act on nodes means in
+/// the ring as this incarnation, not fenced, not draining, and the database
+/// answering. (`/healthz` stays liveness: the process serves HTTP.)
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub conductor: String,
+    pub incarnation: String,
+    pub joined: bool,
+    pub fenced: bool,
+    pub draining: bool,
+    /// `ok`, or why the database did not answer.
+    pub database: String,
+}
+
 impl Inner {
+    pub async fn readiness(&self) -> Readiness {
+        let joined = self.ring.borrow().member(&self.id).is_some_and(|m| m.incarnation == self.incarnation);
+        let fenced = self.fenced.load(std::sync::atomic::Ordering::SeqCst);
+        let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
+        let database = match self.db.ping(Duration::from_secs(2)).await {
+            Ok(()) => "ok".to_string(),
+            Err(e) => e,
+        };
+        Readiness {
+            ready: joined && !fenced && !draining && database == "ok",
+            conductor: self.id.clone(),
+            incarnation: self.incarnation.clone(),
+            joined,
+            fenced,
+            draining,
+            database,
+        }
+    }
+
     pub fn lock_interval(&self) -> Duration {
         Duration::from_millis(self.cfg.conductor.lock_retry_interval_ms)
     }
@@ -409,7 +443,11 @@ pub async fn start(
     let stop = shutdown.clone();
     let server = tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
-            .add_service(ConductorServer::new(svc))
+            .add_service(
+                ConductorServer::new(svc)
+                    .max_decoding_message_size(ferric_common::rpc::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(ferric_common::rpc::MAX_MESSAGE_BYTES),
+            )
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
             .await;
         if let Err(e) = res {
