@@ -43,8 +43,15 @@ impl ApiError {
     pub fn from_db(e: DbError, what: impl FnOnce() -> String) -> ApiError {
         match e {
             DbError::NotFound => ApiError::not_found(what()),
-            e if e.is_retryable() => ApiError::unavailable(format!("database unavailable: {e}")),
-            e => ApiError::internal(e.to_string()),
+            // the driver's words go to the log, not to clients
+            e if e.is_retryable() => {
+                tracing::warn!("database unavailable: {e}");
+                ApiError::unavailable("The database is unavailable; retry later.")
+            }
+            e => {
+                tracing::error!("database error: {e}");
+                ApiError::internal("Database error; the API's log has the details.")
+            }
         }
     }
 

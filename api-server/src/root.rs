@@ -81,6 +81,10 @@ fn generic_not_found() -> ApiError {
     ApiError::not_found("Resource could not be found.")
 }
 
+/// How many distinct MAC addresses one lookup may name (IPA sends every
+/// interface's; a server with more than this many is not one we know).
+pub const MAX_LOOKUP_ADDRESSES: usize = 64;
+
 pub async fn lookup(
     AxState(st): AxState<State>,
     ctx: Ctx,
@@ -90,8 +94,17 @@ pub async fn lookup(
         return Err(ApiError { framework: true, ..generic_not_found() });
     }
     let node_uuid = q.get("node_uuid").and_then(|s| Uuid::parse_str(s).ok());
-    let macs: Vec<String> =
+    let mut macs: Vec<String> =
         q.get("addresses").map(|a| a.split(',').filter_map(normalize_mac).collect()).unwrap_or_default();
+    macs.sort();
+    macs.dedup();
+    // one query per address: a lookup is bounded like any request
+    if macs.len() > MAX_LOOKUP_ADDRESSES {
+        return Err(ApiError::bad_request(format!(
+            "A lookup takes at most {MAX_LOOKUP_ADDRESSES} addresses, {} were given",
+            macs.len()
+        )));
+    }
     if node_uuid.is_none() && macs.is_empty() {
         return Err(ApiError::bad_request("At least one of 'addresses' and 'node_uuid' parameters is required"));
     }

@@ -64,11 +64,28 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Version, ApiError> {
     Ok(Version(minor))
 }
 
+/// The `method` label of the request metrics: the methods the API
+/// serves, and `other` — any token is a valid HTTP method, and one metric
+/// series per client-chosen string would grow without bound.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method as M;
+    match *m {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::PATCH => "PATCH",
+        M::DELETE => "DELETE",
+        M::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Middleware: negotiate, stash the version, decorate the response.
 pub async fn middleware(mut req: Request, next: Next) -> Response {
     let request_id = format!("req-{}", uuid::Uuid::new_v4());
     let started = std::time::Instant::now();
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let negotiated = negotiate(req.headers());
     let mut resp = match negotiated {
         Ok(v) => {
@@ -106,6 +123,14 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_methods_share_one_metric_label() {
+        assert_eq!(method_label(&axum::http::Method::PATCH), "PATCH");
+        let odd = axum::http::Method::from_bytes(b"X-RANDOM-12345").unwrap();
+        assert_eq!(method_label(&odd), "other");
+        assert_eq!(method_label(&axum::http::Method::TRACE), "other");
+    }
 
     fn hdrs(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -408,6 +408,21 @@ async fn bad_input_and_protocol_details() {
     api.call(M::DELETE, "/v1/nodes/n1/maintenance", "1.115", None).await;
     assert_eq!(api.ok(M::GET, "/v1/nodes/n1", None).await["maintenance"], false);
 
+    // --- a ramdisk's lookup is bounded: one query per address
+    let many: Vec<String> = (0..65).map(|i| format!("52:54:00:00:01:{i:02x}")).collect();
+    api.fault(
+        M::GET,
+        &format!("/v1/lookup?addresses={}", many.join(",")),
+        "1.115",
+        None,
+        400,
+        "A lookup takes at most 64 addresses, 65 were given",
+    )
+    .await;
+    // duplicates count once; 64 unknown ones are simply not found
+    let dup = format!("/v1/lookup?addresses={}", [many[..64].join(","), many[0].clone()].join(","));
+    api.fault(M::GET, &dup, "1.115", None, 404, "Resource could not be found.").await;
+
     // --- ports
     api.fault(
         M::POST,

@@ -75,8 +75,18 @@ impl ConductorService {
         match e {
             DbError::NotFound => self.err(Reason::NotFound, "Resource could not be found."),
             DbError::Duplicate { field } => self.err(Reason::Conflict, format!("duplicate {field}")),
-            e if e.is_retryable() => self.err(Reason::Unavailable, format!("database unavailable: {e}")),
-            e => self.err(Reason::Internal, e.to_string()),
+            // the driver's words go to the log, not to clients
+            e if e.is_retryable() => {
+                tracing::warn!("database unavailable: {e}");
+                self.err(Reason::Unavailable, "The database is unavailable; retry later.")
+            }
+            e => {
+                tracing::error!("database error: {e}");
+                self.err(
+                    Reason::Internal,
+                    format!("Database error; the log of conductor {} has the details.", self.inner.id),
+                )
+            }
         }
     }
 
