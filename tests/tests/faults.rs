@@ -44,6 +44,25 @@ async fn wait_settled(api: &Api, uuids: &[String], state: &str, timeout: Duratio
     }
 }
 
+/// Every step of the fake deploys sleeps this long, so that a deploy (a
+/// handful of steps) is still running when the database goes away even on
+/// a loaded 2-core machine.
+const STEP_MS: u64 = 1000;
+
+/// Waits until at least `n` nodes are `deploying` (at most 60 s).
+async fn wait_deploying(api: &Api, n: usize) {
+    let start = Instant::now();
+    loop {
+        let all = api.get("/v1/nodes/detail?limit=1000").await;
+        let deploying = all["nodes"].as_array().unwrap().iter().filter(|n| n["provision_state"] == "deploying").count();
+        if deploying >= n {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "only {deploying} nodes deploying, waiting for {n}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A PostgreSQL outage longer than the pool's acquire timeout while
 /// deploys run. Every save in that window fails; the operations stop with
 /// their records in place. Once the database is back, every deploy must
@@ -73,7 +92,7 @@ async fn a_database_outage_during_deploys_strands_no_node_all_in_one() {
                 Method::POST,
                 "/v1/nodes",
                 Some(json!({"driver": "fake-hardware", "name": format!("n{i}"),
-                            "driver_info": {"fake_step_delay_ms": 400}})),
+                            "driver_info": {"fake_step_delay_ms": STEP_MS}})),
             )
             .await;
         uuids.push(n["uuid"].as_str().unwrap().to_string());
@@ -84,20 +103,13 @@ async fn a_database_outage_during_deploys_strands_no_node_all_in_one() {
         }
         wait_settled(&api, &uuids, state, Duration::from_secs(120)).await;
     }
+    let mut set = tokio::task::JoinSet::new();
     for u in &uuids {
-        api.ok(Method::PUT, &format!("/v1/nodes/{u}/states/provision"), Some(json!({"target": "active"}))).await;
+        let (api, path) = (api.clone(), format!("/v1/nodes/{u}/states/provision"));
+        set.spawn(async move { api.ok(Method::PUT, &path, Some(json!({"target": "active"}))).await });
     }
-    // every node is in the middle of its deploy steps
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let in_flight: Vec<Value> = {
-        let mut v = Vec::new();
-        for u in &uuids {
-            v.push(api.node(u).await);
-        }
-        v
-    };
-    let deploying = in_flight.iter().filter(|n| n["provision_state"] == "deploying").count();
-    assert!(deploying >= N / 2, "only {deploying} of {N} nodes were deploying when the database went away");
+    set.join_all().await;
+    wait_deploying(&api, N / 2).await;
 
     // the database goes away for 3x the pool's acquire timeout
     proxy.cut();
@@ -106,6 +118,9 @@ async fn a_database_outage_during_deploys_strands_no_node_all_in_one() {
     let (s, body) = api.call(Method::GET, &format!("/v1/nodes/{}", uuids[0]), None).await;
     assert_eq!(s, 503, "GET during the outage: {body}");
     assert!(body["error_message"].is_string(), "not an Ironic error body: {body}");
+    // what the database driver said is for the log, not for clients
+    assert!(body.to_string().contains("The database is unavailable"), "{body}");
+    assert!(!body.to_string().contains("sqlx") && !body.to_string().contains("SSLRequest"), "{body}");
     proxy.restore();
     let back = Instant::now();
 
@@ -134,27 +149,62 @@ async fn a_database_outage_during_100_deploys_on_3_conductors_strands_no_node() 
     ];
     let cl = Cluster::start_on(etcd, endpoints, pg, url, &through_proxy, 3, &env);
     cl.wait_conductors(3).await;
-    let uuids = cl.create_nodes("d", N, json!({"fake_step_delay_ms": 400})).await;
+    let uuids = cl.create_nodes("d", N, json!({"fake_step_delay_ms": STEP_MS})).await;
     let wait = Duration::from_secs(180);
     cl.drive(&uuids, "manage", "manageable", wait).await;
     cl.drive(&uuids, "provide", "available", wait).await;
     cl.act(&uuids, "active").await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_deploying(&Api::new(&cl.api_url), N / 2).await;
     let all = cl.nodes().await;
-    let deploying = uuids.iter().filter(|u| all[*u]["provision_state"] == "deploying").count();
-    assert!(deploying >= N / 2, "only {deploying} of {N} nodes were deploying when the database went away");
     let owners: std::collections::BTreeSet<&str> = uuids.iter().filter_map(|u| all[u]["conductor"].as_str()).collect();
     assert_eq!(owners.len(), 3, "the nodes are not spread over the three conductors: {owners:?}");
+
+    // readiness: every conductor is ready, then not (naming the database)
+    // while it cannot reach it, then ready again; liveness stays ok
+    let bases: Vec<String> = cl
+        .member_http_urls()
+        .values()
+        .map(|u| u.trim_end_matches('/').trim_end_matches("/httpboot").to_string())
+        .collect();
+    assert_eq!(bases.len(), 3);
+    let probe = |path: &'static str| {
+        let (c, bases) = (cl.client.clone(), bases.clone());
+        async move {
+            let mut out = Vec::new();
+            for b in &bases {
+                let r = c.get(format!("{b}{path}")).send().await.unwrap();
+                let status = r.status().as_u16();
+                out.push((status, r.text().await.unwrap()));
+            }
+            out
+        }
+    };
+    for (s, body) in probe("/readyz").await {
+        assert_eq!(s, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(v["ready"] == true && v["joined"] == true && v["database"] == "ok", "{v}");
+    }
 
     proxy.cut();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let api = Api::new(&cl.api_url);
     let (s, body) = api.call(Method::GET, "/v1/nodes?limit=1", None).await;
     assert_eq!(s, 503, "a node list during the outage: {body}");
+    for (s, body) in probe("/readyz").await {
+        assert_eq!(s, 503, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(v["ready"] == false && v["joined"] == true && v["database"] != "ok", "{v}");
+    }
+    for (s, body) in probe("/healthz").await {
+        assert_eq!((s, body.as_str()), (200, "ok"));
+    }
     proxy.restore();
     let back = Instant::now();
 
     wait_settled(&api, &uuids, "active", wait).await;
+    for (s, body) in probe("/readyz").await {
+        assert_eq!(s, 200, "ready again once the database is back: {body}");
+    }
     eprintln!("{N} deploys on 3 conductors active and unlocked {:?} after the database came back", back.elapsed());
     // every conductor kept its nodes: nothing was taken over
     let after = cl.nodes().await;
@@ -245,5 +295,45 @@ async fn a_patch_never_undoes_what_happened_since_it_read_the_node() {
     api.ok(Method::PATCH, &format!("/v1/nodes/{uuid}"), Some(json!([{"op": "remove", "path": "/extra/k0"}]))).await;
     let extra = api.node(&uuid).await["extra"].clone();
     assert!(extra.get("k0").is_none() && extra["k1"] == 1, "{extra}");
+    drop(ferric);
+}
+
+/// A config drive bigger than gRPC's default 4 MiB message reaches the
+/// conductor (Ironic takes up to 64 MiB): the provision request carries it
+/// to the owner, and the node holding it in `instance_info` travels back.
+/// Before, the request failed at the gRPC layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_config_drive_larger_than_grpcs_default_message_deploys() {
+    use base64::Engine as _;
+    let ferric = Ferric::start(None, &[]);
+    let api = Api::new(&ferric.endpoint);
+    let n = api.ok(Method::POST, "/v1/nodes", Some(json!({"driver": "fake-hardware", "name": "cd"}))).await;
+    let uuid = n["uuid"].as_str().unwrap().to_string();
+    for (verb, state) in [("manage", "manageable"), ("provide", "available")] {
+        api.ok(Method::PUT, "/v1/nodes/cd/states/provision", Some(json!({"target": verb}))).await;
+        wait_node(&api, "cd", state, Duration::from_secs(30), |n| n["provision_state"] == state).await;
+    }
+    // 6 MiB that do not compress, gzipped and base64-encoded: 8 MiB of text
+    let mut raw = vec![0u8; 6 * 1024 * 1024];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in raw.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &raw).unwrap();
+    let configdrive = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+    assert!(configdrive.len() > 8 * 1024 * 1024);
+    let (s, body) = api
+        .call(
+            Method::PUT,
+            &format!("/v1/nodes/{uuid}/states/provision"),
+            Some(json!({"target": "active", "configdrive": configdrive})),
+        )
+        .await;
+    assert_eq!(s, 202, "{body}");
+    wait_node(&api, &uuid, "active", Duration::from_secs(60), |n| n["provision_state"] == "active").await;
     drop(ferric);
 }
