@@ -382,13 +382,13 @@ async fn a_fleet_deploys_through_the_sigkill_of_its_owners() {
     cfg.bmc_concurrency = 8;
     cfg.heartbeat_interval_ms = Some(2000);
     let sim = RamdiskSim::start(cfg).await.expect("ramdisk simulator");
-    // 4 MiB at 2 MiB/s: an iSCSI write lasts 2 s, long enough to be killed in
+    // 4 MiB at 1 MiB/s: an iSCSI write lasts 4 s, long enough to be killed in
     let env = [
         ("FERRIC_MEMBERSHIP__FENCE_MARGIN_MS", "700"),
         ("FERRIC_CONDUCTOR__POWER_STATE_POLL_INTERVAL_MS", "200"),
         ("FERRIC_CONDUCTOR__CALLBACK_TIMEOUT_SECS", "600"),
         ("FERRIC_REDFISH__CONNECTION_RETRY_INTERVAL_MS", "200"),
-        ("FERRIC_ISCSI__WRITE_RATE_LIMIT_BYTES_PER_SEC", "2097152"),
+        ("FERRIC_ISCSI__WRITE_RATE_LIMIT_BYTES_PER_SEC", "1048576"),
     ];
     let mut cl = Cluster::start(3, 3, &env);
     cl.wait_conductors(3).await;
@@ -580,36 +580,52 @@ async fn a_fleet_deploys_through_the_sigkill_of_its_owners() {
     }
     set_images(&cl, &uuids, image_of).await;
     let t2 = std::time::Instant::now();
+    let t2_utc = chrono::Utc::now();
     cl.act(&uuids, "active").await;
     let v2 = cl.conductors.iter().position(|(p, _)| p.name == victim2).unwrap();
     let victim2_log = cl.dir.path().join(format!("{victim2}.log"));
-    let iscsi_writing = || {
+    let n_iscsi2 = victims2.len() - agents2.len();
+    // (in flight, done) of the second victim's iSCSI writes, from its log
+    let iscsi_writes = || {
         let text = std::fs::read_to_string(&victim2_log).unwrap_or_default();
         let started = text.lines().filter(|l| l.contains("writing the image over iSCSI")).count();
         let done = text.lines().filter(|l| l.contains("image written")).count();
-        started > done
+        (started.saturating_sub(done), done)
     };
+    // (in flight, done) of its agents' write_image commands in this round
+    let agent_writes = |log: &[ferric_tests::ramdisk::LogEvent]| {
+        let of = |event: &str| {
+            log.iter()
+                .filter(|e| e.event == event && e.ts > t2_utc && e.str("step") == Some("write_image"))
+                .filter(|e| agents2.iter().any(|u| machine(u) == e.machine))
+                .count()
+        };
+        let (started, ended) = (of("command_start"), of("command"));
+        (started.saturating_sub(ended), ended)
+    };
+    // kill while both kinds of write are in flight; a kind whose writes all
+    // ended before the other's began (a loaded machine spreads the boots)
+    // does not hold the kill back — what was in flight is printed
+    let mut in_flight = (0, 0);
     wait_until("images being written by the second victim", wait, async || {
         assert_none_failed(&cl, &uuids).await;
-        let log = sim.log();
-        let writing_agents = agents2
-            .iter()
-            .filter(|u| {
-                let m = machine(u);
-                log.iter().any(|e| {
-                    e.machine == m
-                        && e.event == "command_start"
-                        && e.str("step") == Some("write_image")
-                        && e.ts > kill_at
-                })
-            })
-            .count();
-        (agents2.is_empty() || writing_agents > 0) && (!has_iscsi2 || iscsi_writing())
+        let (agents_now, agents_done) = agent_writes(&sim.log());
+        let (iscsi_now, iscsi_done) = iscsi_writes();
+        in_flight = (agents_now, iscsi_now);
+        let agents_ok = agents2.is_empty() || agents_now > 0 || agents_done >= agents2.len();
+        let iscsi_ok = !has_iscsi2 || iscsi_now > 0 || iscsi_done >= n_iscsi2;
+        agents_ok && iscsi_ok && agents_now + iscsi_now > 0
     })
     .await;
     let kill2_at = chrono::Utc::now();
     cl.conductors[v2].0.kill();
-    eprintln!("{victim2} killed mid-write");
+    eprintln!(
+        "{victim2} killed mid-write: {} agent write_image and {} iSCSI writes in flight (of {} and {})",
+        in_flight.0,
+        in_flight.1,
+        agents2.len(),
+        n_iscsi2
+    );
     for u in &agents2 {
         sim.set_faults(&machine(u), Default::default()).unwrap();
     }
