@@ -487,3 +487,55 @@ async fn an_api_with_other_ring_settings_is_refused() {
     assert!(log.contains("ring settings differ: member c1 uses [partition_exponent=16"), "{log}");
     assert!(log.contains("this API process [partition_exponent=12"), "{log}");
 }
+
+/// A second process with a running conductor's id (a cloned VM keeps its
+/// host name; a unit file copied to a second host) would replace the
+/// running incarnation's member record and drive the same nodes. It is
+/// refused once the first one's lease has outlived its TTL, naming the id;
+/// the first keeps its place. A conductor restarted right after a crash
+/// with the same id waits for its dead incarnation's lease and joins.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_live_process_with_a_conductors_id_is_refused_and_a_restart_waits_its_turn() {
+    let mut cl = Cluster::start(1, TTL, &[]);
+    cl.wait_conductors(1).await;
+    let first = cl.status(0).await.expect("c1 answers");
+    let dir = tempfile::tempdir().unwrap();
+    let args = conductor_args(dir.path(), &cl.etcd.endpoint, &cl.db_url, 1, free_port(), TTL);
+    let started = Instant::now();
+    let log = refused(Process::start("c1-clone", dir.path(), args, &[], None)).await;
+    assert!(
+        log.contains("conductor id c1 is registered by a live process")
+            && log.contains(&first.incarnation)
+            && log.contains("--conductor-id"),
+        "{log}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(TTL), "refused before the lease's TTL passed");
+    let now = cl.status(0).await.expect("c1 still answers");
+    assert_eq!(now.incarnation, first.incarnation, "the clone replaced the running incarnation");
+    let v = cl.ok(reqwest::Method::GET, "/v1/conductors", None).await;
+    assert_eq!(v["conductors"].as_array().unwrap().len(), 1, "{v}");
+
+    // SIGKILL and start again at once: it waits for the dead lease, then joins
+    cl.conductors[0].0.kill();
+    cl.conductors[0].0.spawn();
+    let start = Instant::now();
+    loop {
+        if let Some(s) = cl.status(0).await
+            && s.incarnation != first.incarnation
+            && cl.conductors[0]
+                .0
+                .log_tail(200)
+                .contains(&format!("conductor joined the ring id=c1 incarnation={}", s.incarnation))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the restarted c1 never joined:\n{}",
+            cl.conductors[0].0.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = cl.conductors[0].0.log_tail(200);
+    assert!(log.contains("still registered by another incarnation: waiting for its lease to expire"), "{log}");
+}

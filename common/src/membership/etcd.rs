@@ -20,7 +20,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
+};
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -196,12 +199,60 @@ fn key(id: &str) -> String {
     format!("{PREFIX}{id}")
 }
 
+/// Creates our member key under a new lease — never over another
+/// process's. A key that exists belongs to a live lease (etcd deletes it at
+/// expiry): the previous incarnation of this id, killed moments ago, whose
+/// lease runs out within its TTL — we wait for that — or a second process
+/// with the same id (a cloned VM, a copied unit file), which would drive
+/// the same nodes: if the same lease is still renewed once its TTL has
+/// passed, we refuse to start, naming it.
 async fn put_with_lease(client: &mut Client, member: &Member, ttl: i64) -> Result<i64, EtcdError> {
-    let lease = client.lease_grant(ttl, None).await?.id();
+    let k = key(&member.id);
     let value = serde_json::to_string(member).expect("members serialise");
-    client.put(key(&member.id), value, Some(PutOptions::new().with_lease(lease))).await?;
-    info!(id = %member.id, incarnation = %member.incarnation, lease, ttl, "registered in etcd");
-    Ok(lease)
+    let lease = client.lease_grant(ttl, None).await?.id();
+    // the lease of the holder we wait for, and until when
+    let mut waiting: Option<(i64, Instant)> = None;
+    loop {
+        let txn = Txn::new()
+            .when(vec![Compare::version(k.clone(), CompareOp::Equal, 0)])
+            .and_then(vec![TxnOp::put(k.clone(), value.clone(), Some(PutOptions::new().with_lease(lease)))])
+            .or_else(vec![TxnOp::get(k.clone(), None)]);
+        let resp = client.txn(txn).await?;
+        if resp.succeeded() {
+            info!(id = %member.id, incarnation = %member.incarnation, lease, ttl, "registered in etcd");
+            return Ok(lease);
+        }
+        let holder = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => {
+                g.kvs().first().map(|kv| (kv.lease(), String::from_utf8_lossy(kv.value()).into_owned()))
+            }
+            _ => None,
+        });
+        let Some((their_lease, their_value)) = holder else { continue };
+        let incarnation = serde_json::from_str::<Member>(&their_value).map(|m| m.incarnation).unwrap_or_default();
+        let left = client.lease_time_to_live(their_lease, None).await?.ttl().max(0) as u64;
+        match waiting {
+            None => {
+                warn!(
+                    id = %member.id, theirs = %incarnation, lease = their_lease, seconds_left = left,
+                    "this conductor id is still registered by another incarnation: waiting for its lease to expire \
+                     (a restart after a crash does this; a second live process with this id is refused)"
+                );
+                waiting = Some((their_lease, Instant::now() + Duration::from_secs(left + 2)));
+            }
+            Some((l, until)) if l != their_lease || Instant::now() >= until => {
+                let _ = client.lease_revoke(lease).await;
+                return Err(EtcdError(format!(
+                    "conductor id {} is registered by a live process (incarnation {incarnation}, lease {their_lease} \
+                     still renewed): two processes with one id would drive the same nodes. Give this one another \
+                     --conductor-id, or stop the other",
+                    member.id
+                )));
+            }
+            Some(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn snapshot(client: &mut Client) -> Result<(BTreeMap<String, Member>, i64), EtcdError> {
