@@ -230,17 +230,21 @@ async fn put_with_lease(client: &mut Client, member: &Member, ttl: i64) -> Resul
         });
         let Some((their_lease, their_value)) = holder else { continue };
         let incarnation = serde_json::from_str::<Member>(&their_value).map(|m| m.incarnation).unwrap_or_default();
-        let left = client.lease_time_to_live(their_lease, None).await?.ttl().max(0) as u64;
+        // -1 once the lease expired: etcd deletes the key shortly (its
+        // expiry pass can lag on a loaded server); only a lease still
+        // running after its TTL is a live holder
+        let ttl_left = client.lease_time_to_live(their_lease, None).await?.ttl();
+        let left = ttl_left.max(0) as u64;
         match waiting {
             None => {
                 warn!(
-                    id = %member.id, theirs = %incarnation, lease = their_lease, seconds_left = left,
+                    id = %member.id, theirs = %incarnation, lease = their_lease, seconds_left = ttl_left,
                     "this conductor id is still registered by another incarnation: waiting for its lease to expire \
                      (a restart after a crash does this; a second live process with this id is refused)"
                 );
                 waiting = Some((their_lease, Instant::now() + Duration::from_secs(left + 2)));
             }
-            Some((l, until)) if l != their_lease || Instant::now() >= until => {
+            Some((l, until)) if ttl_left > 0 && (l != their_lease || Instant::now() >= until) => {
                 let _ = client.lease_revoke(lease).await;
                 return Err(EtcdError(format!(
                     "conductor id {} is registered by a live process (incarnation {incarnation}, lease {their_lease} \
