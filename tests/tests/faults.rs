@@ -49,6 +49,24 @@ async fn wait_settled(api: &Api, uuids: &[String], state: &str, timeout: Duratio
 /// a loaded 2-core machine.
 const STEP_MS: u64 = 1000;
 
+/// A query waits 2 s for a connection, so a 6 s cut outlasts it 3 times;
+/// take-over passes (and so the own-lock reaper) every 500 ms.
+const OUTAGE_ENV: [(&str, &str); 3] = [
+    ("FERRIC_DATABASE__ACQUIRE_TIMEOUT_SECS", "2"),
+    ("FERRIC_DATABASE__MAX_CONNECTIONS", "20"),
+    ("FERRIC_CONDUCTOR__TAKEOVER_INTERVAL_MS", "500"),
+];
+
+/// A fresh PostgreSQL with database `name`, and a proxy in front of it the
+/// test can cut: (server, its URL, the proxy, the URL through the proxy).
+async fn proxied_database(name: &str) -> (Postgres, String, TcpProxy, String) {
+    let pg = Postgres::start();
+    let url = pg.database(name);
+    let proxy = TcpProxy::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await;
+    let through_proxy = url.replace(&format!(":{}/", pg.port()), &format!(":{}/", proxy.port));
+    (pg, url, proxy, through_proxy)
+}
+
 /// Waits until at least `n` nodes are `deploying` (at most 60 s).
 async fn wait_deploying(api: &Api, n: usize) {
     let start = Instant::now();
@@ -72,18 +90,8 @@ async fn wait_deploying(api: &Api, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_outage_during_deploys_strands_no_node_all_in_one() {
     const N: usize = 30;
-    let pg = Postgres::start();
-    let url = pg.database("faults_outage");
-    let proxy = TcpProxy::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await;
-    let through_proxy = url.replace(&format!(":{}/", pg.port()), &format!(":{}/", proxy.port));
-    let ferric = Ferric::start(
-        Some(&through_proxy),
-        &[
-            ("FERRIC_DATABASE__ACQUIRE_TIMEOUT_SECS", "2"),
-            ("FERRIC_DATABASE__MAX_CONNECTIONS", "20"),
-            ("FERRIC_CONDUCTOR__TAKEOVER_INTERVAL_MS", "500"),
-        ],
-    );
+    let (_pg, _url, proxy, through_proxy) = proxied_database("faults_outage").await;
+    let ferric = Ferric::start(Some(&through_proxy), &OUTAGE_ENV);
     let api = Api::new(&ferric.endpoint);
     let mut uuids = Vec::new();
     for i in 0..N {
@@ -136,18 +144,10 @@ async fn a_database_outage_during_deploys_strands_no_node_all_in_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_outage_during_100_deploys_on_3_conductors_strands_no_node() {
     const N: usize = 100;
-    let pg = Postgres::start();
-    let url = pg.database("faults_cluster");
-    let proxy = TcpProxy::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await;
-    let through_proxy = url.replace(&format!(":{}/", pg.port()), &format!(":{}/", proxy.port));
+    let (pg, url, proxy, through_proxy) = proxied_database("faults_cluster").await;
     let etcd = Etcd::start();
     let endpoints = vec![etcd.endpoint.clone(); 3];
-    let env = [
-        ("FERRIC_DATABASE__ACQUIRE_TIMEOUT_SECS", "2"),
-        ("FERRIC_DATABASE__MAX_CONNECTIONS", "20"),
-        ("FERRIC_CONDUCTOR__TAKEOVER_INTERVAL_MS", "500"),
-    ];
-    let cl = Cluster::start_on(etcd, endpoints, pg, url, &through_proxy, 3, &env);
+    let cl = Cluster::start_on(etcd, endpoints, pg, url, &through_proxy, 3, &OUTAGE_ENV);
     cl.wait_conductors(3).await;
     let uuids = cl.create_nodes("d", N, json!({"fake_step_delay_ms": STEP_MS})).await;
     let wait = Duration::from_secs(180);
