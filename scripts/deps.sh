@@ -7,6 +7,8 @@
 #   image checks; isolinux/syslinux-common/grub-efi for the boot loaders boot
 #   ISOs carry; qemu-system-x86/ovmf/busybox-static/cpio to boot them in tests;
 #   OpenStack Swift + memcached for the Swift publisher's tests;
+#   pxelinux (the BIOS PXE loader the TFTP root serves) and tftp-hpa/atftp
+#   (real TFTP clients for the embedded TFTP server's tests);
 #   qemu-utils + qemu-block-extra (qemu-img with iscsi://, the iscsi
 #   deploy's writer) and tgt (the ramdisk simulator's iSCSI targets))
 #   and a Python venv (.venv) with the OpenStack clients the compatibility
@@ -23,7 +25,7 @@ BUILD_PKGS="protobuf-compiler libprotobuf-dev"
 TEST_PKGS="etcd-server etcd-client postgresql mtools dosfstools xorriso genisoimage openssl
   isolinux syslinux-common grub-efi-amd64-bin grub-common
   qemu-system-x86 ovmf busybox-static cpio qemu-utils qemu-block-extra tgt
-  swift swift-proxy swift-account swift-container swift-object swift-object-expirer memcached"
+  swift swift-proxy swift-account swift-container swift-object swift-object-expirer memcached tftp-hpa atftp pxelinux"
 PY_PKGS="python-ironicclient==6.3.0 openstacksdk==4.22.0 sushy-tools==2.2.0"
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

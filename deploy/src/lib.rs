@@ -33,6 +33,7 @@ pub mod percent;
 pub mod power;
 pub mod publish;
 pub mod services;
+pub mod tftp;
 pub mod token;
 pub mod vendor;
 
