@@ -25,6 +25,8 @@ pub struct Config {
     pub redfish: RedfishConfig,
     pub agent: AgentConfig,
     pub iscsi: IscsiConfig,
+    pub pxe: PxeConfig,
+    pub ipxe: IpxeConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -185,6 +187,54 @@ pub struct DeployConfig {
     pub default_boot_mode: String,
 }
 
+/// Network boot by PXE (the `pxe`/`ilo-pxe` boot interfaces) and the
+/// conductor's embedded TFTP server, as Ironic's `[pxe]` options.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PxeConfig {
+    /// Directory the conductor writes per-node PXE files into (kernels,
+    /// ramdisks, `pxelinux.cfg/01-<mac>`, `grub/grub.cfg-01-<mac>`) and its
+    /// TFTP server serves; empty = `<data_dir>/tftpboot`.
+    pub tftp_root: PathBuf,
+    /// Address of the embedded TFTP server (`0.0.0.0:69` in a datacenter);
+    /// empty = no TFTP server (an external one serves `tftp_root`).
+    pub tftp_listen: String,
+    /// Transfers the TFTP server runs at once; beyond it a request is
+    /// answered "busy" and the firmware retries.
+    pub tftp_max_transfers: usize,
+    /// Largest TFTP block size (RFC 2348) granted to a client.
+    pub tftp_max_blksize: u16,
+    /// BIOS network boot loader copied into the TFTP root at start
+    /// (`pxelinux.0`, with `deploy.ldlinux_c32` next to it); empty or
+    /// missing = none copied (an operator provides it).
+    pub pxe_bootfile: PathBuf,
+    /// UEFI network boot loader copied into the TFTP root at start as
+    /// `grubx64.efi`: a GRUB image whose prefix is `(tftp)/grub`, so it
+    /// reads `grub/grub.cfg-01-<mac>`; empty = none copied.
+    pub uefi_pxe_bootfile: PathBuf,
+}
+
+/// Network boot by iPXE (the `ipxe`/`ilo-ipxe` boot interfaces) and the
+/// public `ipxe_config` endpoint of the API (Ironic's `[ipxe]` options).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IpxeConfig {
+    /// `true`: iPXE downloads kernels and ramdisks from Swift by temporary
+    /// URLs the API signs at each request (images named
+    /// `swift://<container>/<object>` in the account of `[swift]`), and no
+    /// conductor caches or serves them: any API process answers and a dead
+    /// conductor strands no node mid-boot. `false`: the owning conductor
+    /// caches them and serves them from its HTTP root.
+    pub use_swift: bool,
+    /// Scripts one client address may fetch per second from the public
+    /// endpoint (a token bucket of `rate_limit_burst`); beyond it 429.
+    pub rate_limit_per_sec: f64,
+    pub rate_limit_burst: u32,
+    /// Seconds a node told "not ready yet" (its boot files are being
+    /// prepared) waits before it asks again.
+    pub retry_delay_secs: u64,
+}
+
 /// The Swift publisher: tempauth (v1.0) credentials or a fixed storage
 /// URL + token, the container, and temporary URL signing.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -320,6 +370,25 @@ impl Default for IscsiConfig {
     }
 }
 
+impl Default for PxeConfig {
+    fn default() -> Self {
+        PxeConfig {
+            tftp_root: PathBuf::new(),
+            tftp_listen: String::new(),
+            tftp_max_transfers: 64,
+            tftp_max_blksize: 1468,
+            pxe_bootfile: PathBuf::from("/usr/lib/PXELINUX/pxelinux.0"),
+            uefi_pxe_bootfile: PathBuf::new(),
+        }
+    }
+}
+
+impl Default for IpxeConfig {
+    fn default() -> Self {
+        IpxeConfig { use_swift: false, rate_limit_per_sec: 2.0, rate_limit_burst: 20, retry_delay_secs: 5 }
+    }
+}
+
 impl Default for DeployConfig {
     fn default() -> Self {
         DeployConfig {
@@ -410,6 +479,8 @@ impl Default for Config {
             redfish: RedfishConfig::default(),
             agent: AgentConfig::default(),
             iscsi: IscsiConfig::default(),
+            pxe: PxeConfig::default(),
+            ipxe: IpxeConfig::default(),
         }
     }
 }
@@ -538,6 +609,25 @@ impl Config {
                 self.membership.fence_margin_ms, self.membership.lease_ttl_secs
             )));
         }
+        if self.pxe.tftp_max_transfers == 0 {
+            return Err(ConfigError("pxe.tftp_max_transfers must be at least 1".into()));
+        }
+        if !(512..=65464).contains(&self.pxe.tftp_max_blksize) {
+            return Err(ConfigError(format!(
+                "pxe.tftp_max_blksize must be within 512..=65464 (RFC 2348), not {}",
+                self.pxe.tftp_max_blksize
+            )));
+        }
+        if !(self.ipxe.rate_limit_per_sec.is_finite() && self.ipxe.rate_limit_per_sec > 0.0)
+            || self.ipxe.rate_limit_burst == 0
+        {
+            return Err(ConfigError(
+                "ipxe.rate_limit_per_sec must be a positive number and ipxe.rate_limit_burst at least 1".into(),
+            ));
+        }
+        if self.ipxe.retry_delay_secs == 0 || self.ipxe.retry_delay_secs > 3600 {
+            return Err(ConfigError("ipxe.retry_delay_secs must be within 1..=3600".into()));
+        }
         if self.conductor.lock_attempts == 0 {
             return Err(ConfigError("conductor.lock_attempts must be at least 1".into()));
         }
@@ -613,6 +703,15 @@ impl Config {
             self.data_dir.join("httpboot")
         } else {
             self.deploy.http_server_root.clone()
+        }
+    }
+
+    /// The TFTP root, defaulting to `<data_dir>/tftpboot`.
+    pub fn tftp_root(&self) -> PathBuf {
+        if self.pxe.tftp_root.as_os_str().is_empty() {
+            self.data_dir.join("tftpboot")
+        } else {
+            self.pxe.tftp_root.clone()
         }
     }
 

@@ -13,6 +13,7 @@
 pub mod drain;
 pub mod fence;
 pub mod lock;
+pub mod netboot;
 pub mod operation;
 pub mod periodic;
 pub mod secret;
@@ -408,9 +409,13 @@ pub async fn start(
             if cfg.deploy.use_http_web_server_for_images { "HTTP root" } else { "Swift" }
         )
     })?;
+    netboot::prepare_tftp_root(&cfg).context("preparing the TFTP root")?;
+    if !cfg.pxe.tftp_listen.is_empty() {
+        netboot::serve_tftp(&cfg, shutdown.child_token()).await?;
+    }
     let secret = secret::resolve(&db, &cfg.conductor.cluster_secret).await.context("the cluster secret")?;
     let tokens = ferric_deploy::token::AgentTokens::new(secret);
-    let services = Arc::new(Services::new(&cfg, media, tokens, &id, &incarnation));
+    let services = Arc::new(Services::new(&cfg, &http_url, media, tokens, &id, &incarnation));
     if services.settings.callback_url.is_empty() {
         warn!(
             "deploy.external_callback_url is empty: ramdisks cannot be booted by virtual media until it names the \

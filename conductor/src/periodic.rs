@@ -21,6 +21,10 @@
 //!   for Swift: its container is shared, and a node owned elsewhere still
 //!   uses the same objects.
 //!
+//! * **network-boot files** of such nodes (PXE/iPXE kernels, ramdisks and
+//!   per-MAC configs in this conductor's TFTP and HTTP roots), by the same
+//!   rule (`crate::netboot`).
+//!
 //! Busy nodes (locked) and nodes in maintenance are left alone.
 
 use std::collections::HashSet;
@@ -55,6 +59,7 @@ pub async fn run(inner: Arc<Inner>) {
             Err(e) => warn!("helper image expiry: {e}"),
         }
         media_round(&inner).await;
+        crate::netboot::reap_lost_nodes_files(&inner).await;
     }
 }
 

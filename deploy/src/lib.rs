@@ -6,12 +6,14 @@
 //! * [`hardware`]: the hardware types (`fake-hardware`, `redfish`, `ilo`),
 //!   the factory that builds each interface implementation once per
 //!   (kind, name), and the [`hardware::Registry`] of enabled types;
-//! * the implementations by kind: [`boot`] (`fake`, virtual media),
-//!   [`deploy`] (`fake`, `ramdisk`), [`power`], [`management`], [`vendor`],
+//! * the implementations by kind: [`boot`] (`fake`, virtual media, PXE
+//!   and iPXE with the iPXE scripts the API serves), [`deploy`] (`fake`,
+//!   `ramdisk`, `direct`, `iscsi`), [`power`], [`management`], [`vendor`],
 //!   [`generic`] (kinds without behaviour yet);
 //! * [`bmc`]: BMC clients (Redfish, with HPE iLO's differences);
 //! * [`image`] (floppies, boot ISOs, the source image cache), [`publish`]
 //!   (HTTP root, Swift) and [`media`], which ties them together;
+//! * [`tftp`]: the conductor's embedded TFTP server;
 //! * [`token`]: agent tokens derived from the cluster secret;
 //!   [`services`]: what the conductor lends every task.
 //!

@@ -61,6 +61,22 @@ pub struct DriverSettings {
     pub iscsi_default_port: u16,
     /// qemu-img's `-r` (bytes per second); 0 = none.
     pub iscsi_write_rate_limit: u64,
+    /// Where the network-boot interfaces put their files.
+    pub netboot: NetbootSettings,
+}
+
+/// Where the `pxe` and `ipxe` boot interfaces put a node's files.
+#[derive(Debug, Clone, Default)]
+pub struct NetbootSettings {
+    /// `[pxe] tftp_root`.
+    pub tftp_root: std::path::PathBuf,
+    /// The conductor's HTTP root (iPXE files go under `ipxe/`).
+    pub http_root: std::path::PathBuf,
+    /// Where nodes reach the HTTP root; empty when this conductor serves
+    /// none.
+    pub http_url: String,
+    /// `[ipxe] use_swift`.
+    pub use_swift: bool,
 }
 
 impl DriverSettings {
@@ -78,14 +94,22 @@ impl DriverSettings {
             iscsi_write_timeout: Duration::from_secs(cfg.iscsi.write_timeout_secs.max(1)),
             iscsi_default_port: cfg.iscsi.default_port,
             iscsi_write_rate_limit: cfg.iscsi.write_rate_limit_bytes_per_sec,
+            netboot: NetbootSettings {
+                tftp_root: cfg.tftp_root(),
+                http_root: cfg.http_server_root(),
+                http_url: String::new(),
+                use_swift: cfg.ipxe.use_swift,
+            },
         }
     }
 }
 
 impl Services {
-    /// `conductor_id` and `incarnation` say who sends requests to agents.
+    /// `conductor_id` and `incarnation` say who sends requests to agents;
+    /// `http_url` is where nodes reach this conductor's HTTP root.
     pub fn new(
         cfg: &Config,
+        http_url: &str,
         media: Arc<Media>,
         tokens: AgentTokens,
         conductor_id: &str,
@@ -100,7 +124,11 @@ impl Services {
                 conductor_id,
                 incarnation,
             ),
-            settings: DriverSettings::from_config(cfg),
+            settings: {
+                let mut s = DriverSettings::from_config(cfg);
+                s.netboot.http_url = http_url.trim_end_matches('/').to_string();
+                s
+            },
         }
     }
 }

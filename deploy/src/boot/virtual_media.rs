@@ -87,7 +87,7 @@ pub struct Source {
 }
 
 impl Source {
-    fn image(&self) -> DriverResult<ImageSource> {
+    pub(crate) fn image(&self) -> DriverResult<ImageSource> {
         ImageSource::new(&self.url, self.checksum.as_deref()).map_err(|e| DriverError::Invalid(e.to_string()))
     }
 }
@@ -189,11 +189,11 @@ enum RamdiskImages {
     Iso(Source),
 }
 
-fn info_text(obj: &serde_json::Map<String, Value>, key: &str) -> Option<String> {
+pub(crate) fn info_text(obj: &serde_json::Map<String, Value>, key: &str) -> Option<String> {
     obj.get(key).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(String::from)
 }
 
-fn source(obj: &serde_json::Map<String, Value>, field: &str, key: &str) -> DriverResult<Option<Source>> {
+pub(crate) fn source(obj: &serde_json::Map<String, Value>, field: &str, key: &str) -> DriverResult<Option<Source>> {
     let Some(url) = info_text(obj, key) else { return Ok(None) };
     let s = Source { url, checksum: info_text(obj, &format!("{key}_checksum")) };
     s.image().map_err(|e| DriverError::Invalid(format!("{field}.{key}: {e}")))?;

@@ -8,7 +8,7 @@ pub const HARDWARE_TYPE: &str = "fake-hardware";
 
 pub fn hardware_type() -> HardwareType {
     let mut interfaces = generic_kinds(true);
-    interfaces.insert(K::Boot, Supported::new("fake", &["fake"]));
+    interfaces.insert(K::Boot, Supported::new("fake", &["fake", "pxe", "ipxe"]));
     interfaces.insert(K::Deploy, Supported::new("fake", &["fake", "ramdisk", "direct", "iscsi"]));
     interfaces.insert(K::Management, Supported::new("fake", &["fake"]));
     interfaces.insert(K::Power, Supported::new("fake", &["fake"]));

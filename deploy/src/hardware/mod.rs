@@ -95,6 +95,17 @@ pub fn implementation(kind: InterfaceKind, name: &str) -> Option<Implementation>
         (K::Boot, crate::boot::virtual_media::ILO) => {
             I::Boot(Arc::new(crate::boot::virtual_media::VirtualMediaBoot::new(Vendor::Hpe)))
         }
+        (
+            K::Boot,
+            crate::boot::netboot::PXE
+            | crate::boot::netboot::IPXE
+            | crate::boot::netboot::ILO_PXE
+            | crate::boot::netboot::ILO_IPXE,
+        ) => {
+            use crate::boot::netboot::{Flavor, NetBoot};
+            let flavor = if name.ends_with("ipxe") { Flavor::Ipxe } else { Flavor::Pxe };
+            I::Boot(Arc::new(NetBoot::new(flavor, name.starts_with("ilo-"))))
+        }
         (K::Deploy, "fake") => I::Deploy(Arc::new(crate::deploy::fake::FakeDeploy)),
         (K::Deploy, "ramdisk") => I::Deploy(Arc::new(crate::deploy::ramdisk::RamdiskDeploy)),
         (K::Deploy, "direct") => I::Deploy(Arc::new(crate::deploy::direct::DirectDeploy)),

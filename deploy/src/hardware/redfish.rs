@@ -6,7 +6,7 @@
 //! reboot steps but writes no image: for labs and tests, never the
 //! default).
 
-use crate::boot::virtual_media;
+use crate::boot::{netboot, virtual_media};
 use crate::driver::InterfaceKind as K;
 use crate::hardware::{HardwareType, Supported, generic_kinds};
 
@@ -14,7 +14,10 @@ pub const HARDWARE_TYPE: &str = "redfish";
 
 pub fn hardware_type() -> HardwareType {
     let mut interfaces = generic_kinds(false);
-    interfaces.insert(K::Boot, Supported::new(virtual_media::REDFISH, &[virtual_media::REDFISH]));
+    interfaces.insert(
+        K::Boot,
+        Supported::new(virtual_media::REDFISH, &[virtual_media::REDFISH, netboot::PXE, netboot::IPXE]),
+    );
     interfaces.insert(K::Deploy, Supported::new("direct", &["direct", "iscsi", "ramdisk", "fake"]));
     interfaces.insert(K::Management, Supported::new("redfish", &["redfish"]));
     interfaces.insert(K::Power, Supported::new("redfish", &["redfish"]));

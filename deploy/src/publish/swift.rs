@@ -593,6 +593,66 @@ impl Store for SwiftStore {
 }
 
 /// `http://host:port/v1/AUTH_x` → (`http://host:port`, `/v1/AUTH_x`).
+/// Signs temporary GET URLs of any object of one Swift account (iPXE's
+/// kernels and ramdisks named `swift://<container>/<object>`), as the API
+/// does at every `ipxe_config` request: no request to Swift is made.
+#[derive(Clone)]
+pub struct TempUrlSigner {
+    storage_url: String,
+    key: String,
+    digest: Digest,
+}
+
+impl std::fmt::Debug for TempUrlSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TempUrlSigner").field("storage_url", &self.storage_url).finish_non_exhaustive()
+    }
+}
+
+impl TempUrlSigner {
+    /// From `[swift]`: the storage URL (`storage_url`, or the one tempauth
+    /// at `auth_url` answers — one request), the key and the digest.
+    pub async fn from_config(cfg: &SwiftConfig) -> Result<TempUrlSigner> {
+        let digest = match cfg.temp_url_digest.as_str() {
+            "sha256" => Digest::Sha256,
+            "sha1" => Digest::Sha1,
+            other => return Err(err(format!("swift.temp_url_digest must be sha256 or sha1, not {other:?}"))),
+        };
+        if cfg.temp_url_key.is_empty() {
+            return Err(err("swift.temp_url_key is empty: no temporary URL can be signed"));
+        }
+        let storage_url = if !cfg.storage_url.is_empty() {
+            cfg.storage_url.trim_end_matches('/').to_string()
+        } else if !cfg.auth_url.is_empty() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let timeout = Duration::from_secs(cfg.request_timeout_secs.max(1));
+            let client = reqwest::Client::builder()
+                .connect_timeout(timeout)
+                .timeout(timeout)
+                .build()
+                .map_err(|e| err(format!("HTTP client: {e}")))?;
+            authenticate(&client, cfg).await?.storage_url
+        } else {
+            return Err(err("set swift.storage_url (or swift.auth_url) to sign temporary URLs"));
+        };
+        split_url(&storage_url)?;
+        Ok(TempUrlSigner { storage_url, key: cfg.temp_url_key.clone(), digest })
+    }
+
+    /// A GET URL of `container`/`object` valid for `valid_for`.
+    pub fn sign(&self, container: &str, object: &str, valid_for: Duration) -> Result<String> {
+        let (origin, base_path) = split_url(&self.storage_url)?;
+        let expires = now_secs() + valid_for.as_secs().max(1);
+        let signed_path = format!("{base_path}/{container}/{object}");
+        let sig = temp_url_signature(self.key.as_bytes(), "GET", expires, &signed_path, self.digest);
+        Ok(format!(
+            "{origin}{base_path}/{}/{}?temp_url_sig={sig}&temp_url_expires={expires}",
+            percent::encode_path(container),
+            percent::encode_path(object)
+        ))
+    }
+}
+
 fn split_url(url: &str) -> Result<(&str, &str)> {
     let after_scheme =
         url.find("://").map(|i| i + 3).ok_or_else(|| err(format!("storage URL {url:?} has no scheme")))?;
