@@ -19,6 +19,8 @@ pub struct AppState {
     pub fwd: Forwarder,
     /// Renders this process's Prometheus metrics, if a recorder is installed.
     pub metrics: Option<MetricsRender>,
+    /// The public iPXE endpoints' rate limit and Swift signer.
+    pub ipxe: crate::ipxe::IpxeState,
 }
 
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;

@@ -15,6 +15,7 @@ pub mod drivers;
 pub mod error;
 pub mod fields;
 pub mod forward;
+pub mod ipxe;
 pub mod limit;
 pub mod nodes;
 pub mod paging;
@@ -62,6 +63,7 @@ fn v1_routes() -> Router<State> {
         .route("/drivers/{driver}", get(drivers::get_driver))
         .route("/drivers/{driver}/properties", get(drivers::driver_properties))
         .route("/drivers/{driver}/vendor_passthru/methods", get(drivers::driver_vendor_methods))
+        .route("/drivers/{driver}/vendor_passthru/ipxe_config", get(ipxe::ipxe_config))
         .route("/drivers/{driver}/vendor_passthru/{method}", any(drivers::driver_vendor_call))
         .route("/drivers/{driver}/vendor_passthru", any(drivers::driver_vendor_call_query))
         .route("/conductors", get(drivers::list_conductors))
@@ -82,6 +84,7 @@ pub fn router(state: State) -> Router {
     Router::new()
         .route("/", get(root::root))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/boot.ipxe", get(ipxe::boot_ipxe))
         .route(
             "/metrics",
             get(|axum::extract::State(st): axum::extract::State<State>| async move {
@@ -122,11 +125,13 @@ pub async fn serve(
         .with_context(|| format!("binding the API address {}", cfg.api.listen))?;
     let addr = listener.local_addr()?;
     let fwd = forward::Forwarder::new(ring, Duration::from_millis(cfg.api.request_deadline_ms));
-    let state = Arc::new(AppState { cfg, db, fwd, metrics });
+    let ipxe = ipxe::IpxeState::new(&cfg);
+    let state = Arc::new(AppState { cfg, db, fwd, metrics, ipxe });
     // clients ask for collections with a trailing slash (`/v1/ports/`)
     let app =
         tower::Layer::layer(&tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(), router(state));
-    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
+    // the client address feeds the iPXE endpoints' rate limit
+    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(app);
     let join = tokio::spawn(async move {
         let res = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
         if let Err(e) = res {
