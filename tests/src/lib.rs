@@ -615,6 +615,25 @@ impl Api {
         self.get(&format!("/v1/nodes/{node}")).await
     }
 
+    /// Creates a node and one port per MAC; returns the node's UUID.
+    pub async fn create_node(&self, body: serde_json::Value, macs: &[&str]) -> String {
+        let n = self.ok(reqwest::Method::POST, "/v1/nodes", Some(body)).await;
+        let uuid = n["uuid"].as_str().expect("a node UUID").to_string();
+        for mac in macs {
+            let port = serde_json::json!({"address": mac, "node_uuid": uuid});
+            self.ok(reqwest::Method::POST, "/v1/ports", Some(port)).await;
+        }
+        uuid
+    }
+
+    /// manage, then provide: the node ends `available`.
+    pub async fn to_available(&self, node: &str, timeout: Duration) {
+        self.provision(node, "manage").await;
+        self.wait_state(node, "manageable", timeout).await;
+        self.provision(node, "provide").await;
+        self.wait_state(node, "available", timeout).await;
+    }
+
     pub async fn provision(&self, node: &str, target: &str) {
         self.ok(
             reqwest::Method::PUT,

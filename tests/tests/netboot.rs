@@ -43,22 +43,6 @@ fn start_ferric(env: &[(&str, &str)]) -> Ferric {
     Ferric::start(None, &all)
 }
 
-async fn create(api: &Api, body: Value, macs: &[&str]) -> String {
-    let n = api.ok(Method::POST, "/v1/nodes", Some(body)).await;
-    let uuid = n["uuid"].as_str().unwrap().to_string();
-    for mac in macs {
-        api.ok(Method::POST, "/v1/ports", Some(json!({"address": mac, "node_uuid": uuid}))).await;
-    }
-    uuid
-}
-
-async fn to_available(api: &Api, node: &str) {
-    api.provision(node, "manage").await;
-    api.wait_state(node, "manageable", WAIT).await;
-    api.provision(node, "provide").await;
-    api.wait_state(node, "available", WAIT).await;
-}
-
 /// Status, headers and body of a GET.
 async fn get_raw(url: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
     let r = ferric_tests::http().get(url).send().await.unwrap();
@@ -108,17 +92,17 @@ async fn the_ipxe_script_follows_the_node_through_its_life() {
 
     // a node whose deploy waits for its ramdisk, then boots from disk
     let mac = "52:54:00:a0:00:01";
-    let a = create(
-        &api,
-        json!({"driver": "fake-hardware", "boot_interface": "ipxe", "deploy_interface": "fake",
+    let a = api
+        .create_node(
+            json!({"driver": "fake-hardware", "boot_interface": "ipxe", "deploy_interface": "fake",
                "driver_info": {"deploy_kernel": dk, "deploy_ramdisk": dr, "fake_wait_after": "deploy.deploy"}}),
-        &[mac],
-    )
-    .await;
+            &[mac],
+        )
+        .await;
     let by_uuid = format!("node_uuid={a}");
     let s = script(&ferric, &by_uuid).await;
     assert!(s.contains(&format!("node {a} is enroll")) && s.contains("exit 1"), "{s}");
-    to_available(&api, &a).await;
+    api.to_available(&a, WAIT).await;
     let s = script(&ferric, &by_uuid).await;
     assert!(s.contains("is available: no boot configuration"), "{s}");
 
@@ -151,15 +135,15 @@ async fn the_ipxe_script_follows_the_node_through_its_life() {
     assert!(!ipxe_root.join(&a).exists(), "the ramdisk's files are gone once the node boots from disk");
 
     // a netbooted instance (ramdisk deploy): its kernel and ramdisk
-    let b = create(
-        &api,
-        json!({"driver": "fake-hardware", "boot_interface": "ipxe", "deploy_interface": "ramdisk",
+    let b = api
+        .create_node(
+            json!({"driver": "fake-hardware", "boot_interface": "ipxe", "deploy_interface": "ramdisk",
                "driver_info": {"deploy_kernel": dk, "deploy_ramdisk": dr},
                "instance_info": {"kernel": ik, "ramdisk": ir, "ramdisk_kernel_arguments": "ferric.test=netboot"}}),
-        &["52:54:00:a0:00:02"],
-    )
-    .await;
-    to_available(&api, &b).await;
+            &["52:54:00:a0:00:02"],
+        )
+        .await;
+    api.to_available(&b, WAIT).await;
     api.provision(&b, "active").await;
     api.wait_state(&b, "active", WAIT).await;
     let s = script(&ferric, &format!("node_uuid={b}")).await;
@@ -195,14 +179,14 @@ async fn the_ipxe_script_follows_the_node_through_its_life() {
     assert_eq!(st, 404);
 
     // a Swift image without [ipxe] use_swift is refused with its reason
-    let c = create(
-        &api,
-        json!({"driver": "fake-hardware", "boot_interface": "ipxe", "deploy_interface": "fake",
+    let c = api
+        .create_node(
+            json!({"driver": "fake-hardware", "boot_interface": "ipxe", "deploy_interface": "fake",
                "driver_info": {"deploy_kernel": "swift://images/k", "deploy_ramdisk": dr}}),
-        &["52:54:00:a0:00:03"],
-    )
-    .await;
-    to_available(&api, &c).await;
+            &["52:54:00:a0:00:03"],
+        )
+        .await;
+    api.to_available(&c, WAIT).await;
     let (st, body) =
         api.call(Method::PUT, &format!("/v1/nodes/{c}/states/provision"), Some(json!({"target": "active"}))).await;
     assert_eq!(st, 400, "{body}");
@@ -261,22 +245,22 @@ async fn pxe_writes_per_mac_configs_for_bios_and_uefi_and_removes_them() {
     }
 
     let info = json!({"deploy_kernel": dk, "deploy_ramdisk": dr, "fake_wait_after": "deploy.deploy"});
-    let bios = create(
-        &api,
-        json!({"driver": "fake-hardware", "boot_interface": "pxe", "deploy_interface": "fake", "driver_info": info,
+    let bios = api
+        .create_node(
+            json!({"driver": "fake-hardware", "boot_interface": "pxe", "deploy_interface": "fake", "driver_info": info,
                "properties": {"capabilities": "boot_mode:bios"}}),
-        &["52:54:00:b0:00:01", "52:54:00:b0:00:02"],
-    )
-    .await;
-    let uefi = create(
-        &api,
-        json!({"driver": "fake-hardware", "boot_interface": "pxe", "deploy_interface": "fake", "driver_info": info,
+            &["52:54:00:b0:00:01", "52:54:00:b0:00:02"],
+        )
+        .await;
+    let uefi = api
+        .create_node(
+            json!({"driver": "fake-hardware", "boot_interface": "pxe", "deploy_interface": "fake", "driver_info": info,
                "properties": {"capabilities": "boot_mode:uefi"}}),
-        &["52:54:00:b0:00:03"],
-    )
-    .await;
+            &["52:54:00:b0:00:03"],
+        )
+        .await;
     for n in [&bios, &uefi] {
-        to_available(&api, n).await;
+        api.to_available(n, WAIT).await;
         api.provision(n, "active").await;
     }
     api.wait_state(&bios, "wait call-back", WAIT).await;
@@ -309,13 +293,12 @@ async fn pxe_writes_per_mac_configs_for_bios_and_uefi_and_removes_them() {
     assert!(!root.join(&bios).exists() && !root.join(&uefi).exists());
 
     // a PXE node without ports cannot be deployed, and says why
-    let lonely = create(
-        &api,
+    let lonely = api.create_node(
         json!({"driver": "fake-hardware", "boot_interface": "pxe", "deploy_interface": "fake", "driver_info": info}),
         &[],
     )
     .await;
-    to_available(&api, &lonely).await;
+    api.to_available(&lonely, WAIT).await;
     let (st, body) =
         api.call(Method::PUT, &format!("/v1/nodes/{lonely}/states/provision"), Some(json!({"target": "active"}))).await;
     assert_eq!(st, 400, "{body}");
@@ -358,15 +341,14 @@ async fn with_use_swift_ipxe_downloads_temp_urls_and_no_conductor_holds_a_file()
         ("FERRIC_SWIFT__TEMP_URL_KEY", &c.temp_url_key),
     ]);
     let api = Api::new(&ferric.endpoint);
-    let n = create(
-        &api,
+    let n = api.create_node(
         json!({"driver": "fake-hardware", "boot_interface": "ipxe", "deploy_interface": "fake",
                "driver_info": {"deploy_kernel": "swift://images/deploy/vmlinuz", "deploy_ramdisk": "swift://images/deploy/initrd",
                                "fake_wait_after": "deploy.deploy"}}),
         &["52:54:00:c0:00:01"],
     )
     .await;
-    to_available(&api, &n).await;
+    api.to_available(&n, WAIT).await;
     api.provision(&n, "active").await;
     api.wait_state(&n, "wait call-back", WAIT).await;
     let s = script(&ferric, "port_address=52:54:00:c0:00:01").await;
@@ -455,14 +437,14 @@ async fn deploy_to_wait(api: &Api, boot: &str, mac: &str) -> String {
     let info = json!({"deploy_kernel": format!("file://{}", fx.join("vmlinuz").display()),
                       "deploy_ramdisk": format!("file://{}", fx.join("initrd").display()),
                       "fake_wait_after": "deploy.deploy"});
-    let n = create(
-        api,
-        json!({"driver": "fake-hardware", "boot_interface": boot, "deploy_interface": "fake", "driver_info": info,
+    let n = api
+        .create_node(
+            json!({"driver": "fake-hardware", "boot_interface": boot, "deploy_interface": "fake", "driver_info": info,
                "properties": {"capabilities": "boot_mode:bios"}}),
-        &[mac],
-    )
-    .await;
-    to_available(api, &n).await;
+            &[mac],
+        )
+        .await;
+    api.to_available(&n, WAIT).await;
     api.provision(&n, "active").await;
     api.wait_state(&n, "wait call-back", WAIT).await;
     n
@@ -562,7 +544,7 @@ async fn network_boot_files_follow_their_nodes_to_the_new_owner_and_leave_the_in
         let info = json!({"deploy_kernel": dk, "deploy_ramdisk": dr, "fake_wait_after": "deploy.deploy"});
         let body = json!({"driver": "fake-hardware", "boot_interface": boot, "deploy_interface": "fake", "driver_info": info,
                           "properties": {"capabilities": "boot_mode:bios"}});
-        nodes.push(create(&api, body, &[&format!("52:54:00:e0:00:{i:02x}")]).await);
+        nodes.push(api.create_node(body, &[&format!("52:54:00:e0:00:{i:02x}")]).await);
     }
     cl.drive(&nodes, "manage", "manageable", WAIT).await;
     cl.drive(&nodes, "provide", "available", WAIT).await;

@@ -37,20 +37,6 @@ fn start_ferric(env: &[(&str, &str)]) -> (Ferric, u16) {
     (Ferric::start(None, &all), http_port)
 }
 
-async fn create(api: &Api, body: Value, mac: &str) -> String {
-    let n = api.ok(Method::POST, "/v1/nodes", Some(body)).await;
-    let uuid = n["uuid"].as_str().unwrap().to_string();
-    api.ok(Method::POST, "/v1/ports", Some(json!({"address": mac, "node_uuid": uuid}))).await;
-    uuid
-}
-
-async fn to_available(api: &Api, node: &str) {
-    api.provision(node, "manage").await;
-    api.wait_state(node, "manageable", WAIT).await;
-    api.provision(node, "provide").await;
-    api.wait_state(node, "available", WAIT).await;
-}
-
 async fn fetch(url: &str) -> Vec<u8> {
     let r = ferric_tests::http().get(url).send().await.unwrap();
     assert_eq!(r.status(), 200, "{url}");
@@ -87,15 +73,15 @@ async fn a_deploy_boots_the_ramdisk_from_virtual_media_and_the_instance_from_dis
     info["deploy_ramdisk"] = ramdisk.into();
     info["fake_wait_after"] = "deploy.deploy".into();
     let mac = "52:54:00:00:00:00";
-    let node = create(
-        &api,
-        json!({"driver": "redfish", "name": "vm0", "deploy_interface": "fake", "driver_info": info,
+    let node = api
+        .create_node(
+            json!({"driver": "redfish", "name": "vm0", "deploy_interface": "fake", "driver_info": info,
                "instance_info": {"image_source": "http://example.invalid/disk.img"}}),
-        mac,
-    )
-    .await;
+            &[mac],
+        )
+        .await;
     let uuid = lab.systems[0].clone();
-    to_available(&api, &node).await;
+    api.to_available(&node, WAIT).await;
     assert_eq!(api.node(&node).await["power_state"], "power off", "cleaning powered it off through the BMC");
     let writes_before = lab.writes_for(&uuid).await.len();
 
@@ -173,14 +159,13 @@ async fn ramdisk_instances_share_one_boot_iso_until_the_last_undeploy() {
     let (kernel, ramdisk) = images(dir.path(), "instance");
     let mut nodes = Vec::new();
     for i in 0..2 {
-        let node = create(
-            &api,
+        let node = api.create_node(
             json!({"driver": "redfish", "deploy_interface": "ramdisk", "name": format!("disk-less-{i}"), "driver_info": lab.driver_info(i),
                    "instance_info": {"kernel": kernel, "ramdisk": ramdisk, "ramdisk_kernel_arguments": "console=ttyS0"}}),
-            &format!("52:54:00:00:01:0{i}"),
+            &[&format!("52:54:00:00:01:0{i}")],
         )
         .await;
-        to_available(&api, &node).await;
+        api.to_available(&node, WAIT).await;
         api.provision(&node, "active").await;
         nodes.push(node);
     }
@@ -243,19 +228,19 @@ async fn validation_names_what_is_missing() {
     // no deploy kernel
     let mut info = lab.driver_info(0);
     info["deploy_ramdisk"] = "file:///nonexistent/initrd".into();
-    let n = create(
-        &api,
-        json!({"driver": "redfish", "name": "no-kernel", "deploy_interface": "fake", "driver_info": info}),
-        "52:54:00:00:02:01",
-    )
-    .await;
+    let n = api
+        .create_node(
+            json!({"driver": "redfish", "name": "no-kernel", "deploy_interface": "fake", "driver_info": info}),
+            &["52:54:00:00:02:01"],
+        )
+        .await;
     let v = api.get(&format!("/v1/nodes/{n}/validate")).await;
     let (ok, reason) = validate(v.clone(), "deploy");
     assert!(!ok && reason.contains("driver_info.deploy_kernel"), "the deploy boots a ramdisk: {v}");
     assert!(!reason.contains("driver_info.deploy_ramdisk,") && !reason.ends_with("deploy_ramdisk"), "{reason}");
     assert!(validate(v.clone(), "boot").0, "the BMC and its virtual media are fine: {v}");
     assert!(validate(v.clone(), "power").0, "{v}");
-    to_available(&api, &n).await;
+    api.to_available(&n, WAIT).await;
     let (s, body) =
         api.call(Method::PUT, &format!("/v1/nodes/{n}/states/provision"), Some(json!({"target": "active"}))).await;
     assert_eq!(s, 400, "{body}");
@@ -266,8 +251,9 @@ async fn validation_names_what_is_missing() {
     );
 
     // no BMC address: power and management name the field
-    let n =
-        create(&api, json!({"driver": "redfish", "name": "no-address", "driver_info": {}}), "52:54:00:00:02:02").await;
+    let n = api
+        .create_node(json!({"driver": "redfish", "name": "no-address", "driver_info": {}}), &["52:54:00:00:02:02"])
+        .await;
     let v = api.get(&format!("/v1/nodes/{n}/validate")).await;
     let (ok, reason) = validate(v.clone(), "power");
     assert!(!ok && reason.contains("driver_info.redfish_address is required"), "{v}");
@@ -281,18 +267,18 @@ async fn validation_names_what_is_missing() {
     info["redfish_address"] = format!("http://127.0.0.1:{}", free_port()).into();
     info["deploy_kernel"] = "file:///k".into();
     info["deploy_ramdisk"] = "file:///r".into();
-    let n = create(&api, json!({"driver": "redfish", "name": "unreachable", "driver_info": info}), "52:54:00:00:02:03")
+    let n = api
+        .create_node(json!({"driver": "redfish", "name": "unreachable", "driver_info": info}), &["52:54:00:00:02:03"])
         .await;
     let v = api.get(&format!("/v1/nodes/{n}/validate")).await;
     let (ok, reason) = validate(v.clone(), "boot");
     assert!(!ok && reason.contains("unreachable"), "{v}");
 
     // the ramdisk deploy without an instance kernel
-    let n = create(
-        &api,
+    let n = api.create_node(
         json!({"driver": "redfish", "deploy_interface": "ramdisk", "name": "no-instance", "driver_info": lab.driver_info(0),
                                 "instance_info": {"ramdisk": "file:///r"}}),
-        "52:54:00:00:02:04",
+        &["52:54:00:00:02:04"],
     )
     .await;
     let v = api.get(&format!("/v1/nodes/{n}/validate")).await;
@@ -315,18 +301,18 @@ async fn ilo_is_redfish_with_hpe_names_against_the_emulator() {
     let api = Api::new(&ferric.endpoint);
     let dir = tempfile::tempdir().unwrap();
     let (kernel, ramdisk) = images(dir.path(), "ilo");
-    let node = create(
-        &api,
-        json!({"driver": "ilo", "deploy_interface": "ramdisk", "name": "proliant",
+    let node = api
+        .create_node(
+            json!({"driver": "ilo", "deploy_interface": "ramdisk", "name": "proliant",
                "driver_info": {"ilo_address": lab.url, "ilo_username": "Administrator", "ilo_password": "secret"},
                "instance_info": {"kernel": kernel, "ramdisk": ramdisk}}),
-        "52:54:00:00:03:01",
-    )
-    .await;
+            &["52:54:00:00:03:01"],
+        )
+        .await;
     let n = api.node(&node).await;
     assert_eq!(n["boot_interface"], "ilo-virtual-media");
     assert_eq!(n["driver_info"]["ilo_password"], "******");
-    to_available(&api, &node).await;
+    api.to_available(&node, WAIT).await;
     api.provision(&node, "active").await;
     let n = api.wait_state(&node, "active", WAIT).await;
     let url = n["driver_internal_info"]["vmedia"]["cd"]["url"].as_str().unwrap().to_string();
@@ -361,13 +347,13 @@ async fn eject_case(policy: &str) {
         info["deploy_kernel"] = kernel.into();
         info["deploy_ramdisk"] = ramdisk.into();
         info["fake_wait_after"] = "deploy.deploy".into();
-        let node = create(
-            &api,
-            json!({"driver": "redfish", "deploy_interface": "fake", "driver_info": info}),
-            "52:54:00:00:04:01",
-        )
-        .await;
-        to_available(&api, &node).await;
+        let node = api
+            .create_node(
+                json!({"driver": "redfish", "deploy_interface": "fake", "driver_info": info}),
+                &["52:54:00:00:04:01"],
+            )
+            .await;
+        api.to_available(&node, WAIT).await;
         // slow steps from here on, so the test can look between them
         api.ok(
             Method::PATCH,
@@ -425,24 +411,23 @@ async fn a_restart_with_an_emptied_http_root_rebuilds_without_rewriting_bmcs() {
     let api = Api::new(&ferric.endpoint);
     let dir = tempfile::tempdir().unwrap();
     let (kernel, ramdisk) = images(dir.path(), "restart");
-    let a = create(
-        &api,
+    let a = api.create_node(
         json!({"driver": "redfish", "deploy_interface": "ramdisk", "driver_info": lab.driver_info(0), "instance_info": {"kernel": kernel, "ramdisk": ramdisk}}),
-        "52:54:00:00:05:01",
+        &["52:54:00:00:05:01"],
     )
     .await;
     let mut info = lab.driver_info(1);
     info["deploy_kernel"] = kernel.clone().into();
     info["deploy_ramdisk"] = ramdisk.clone().into();
     info["fake_wait_after"] = "deploy.deploy".into();
-    let b = create(
-        &api,
-        json!({"driver": "redfish", "deploy_interface": "fake", "driver_info": info}),
-        "52:54:00:00:05:02",
-    )
-    .await;
+    let b = api
+        .create_node(
+            json!({"driver": "redfish", "deploy_interface": "fake", "driver_info": info}),
+            &["52:54:00:00:05:02"],
+        )
+        .await;
     for n in [&a, &b] {
-        to_available(&api, n).await;
+        api.to_available(n, WAIT).await;
         api.provision(n, "active").await;
     }
     api.wait_state(&a, "active", WAIT).await;
@@ -506,13 +491,13 @@ async fn without_a_removable_slot_the_parameters_ride_on_a_per_node_iso() {
         info["deploy_kernel"] = kernel.clone().into();
         info["deploy_ramdisk"] = ramdisk.clone().into();
         info["fake_wait_after"] = "deploy.deploy".into();
-        let node = create(
-            &api,
-            json!({"driver": "redfish", "deploy_interface": "fake", "driver_info": info}),
-            &format!("52:54:00:00:06:0{i}"),
-        )
-        .await;
-        to_available(&api, &node).await;
+        let node = api
+            .create_node(
+                json!({"driver": "redfish", "deploy_interface": "fake", "driver_info": info}),
+                &[&format!("52:54:00:00:06:0{i}")],
+            )
+            .await;
+        api.to_available(&node, WAIT).await;
         api.provision(&node, "active").await;
         let n = api.wait_state(&node, "wait call-back", WAIT).await;
         assert!(n["driver_internal_info"]["vmedia"].get("removable").is_none(), "{n}");

@@ -142,24 +142,13 @@ impl SwiftStore {
     /// Authenticates, reads the cluster's limits, sets the temp URL key if
     /// asked, and creates the container if it is missing.
     pub async fn connect(cfg: &SwiftConfig) -> Result<SwiftStore> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let timeout = Duration::from_secs(cfg.request_timeout_secs.max(1));
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .build()
-            .map_err(|e| err(format!("HTTP client: {e}")))?;
-        Self::with_client(client, cfg).await
+        Self::with_client(client(cfg)?, cfg).await
     }
 
     /// [`SwiftStore::connect`] with a client of the caller's (proxies, CA
     /// roots, timeouts); the crypto provider must already be installed.
     pub async fn with_client(client: reqwest::Client, cfg: &SwiftConfig) -> Result<SwiftStore> {
-        let digest = match cfg.temp_url_digest.as_str() {
-            "sha256" => Digest::Sha256,
-            "sha1" => Digest::Sha1,
-            other => return Err(err(format!("swift.temp_url_digest must be sha256 or sha1, not {other:?}"))),
-        };
+        let digest = digest(cfg)?;
         if cfg.temp_url_key.is_empty() {
             return Err(err("swift.temp_url_key is empty: BMCs could not be given temporary URLs"));
         }
@@ -593,6 +582,26 @@ impl Store for SwiftStore {
 }
 
 /// `http://host:port/v1/AUTH_x` → (`http://host:port`, `/v1/AUTH_x`).
+/// `[swift] temp_url_digest`.
+fn digest(cfg: &SwiftConfig) -> Result<Digest> {
+    match cfg.temp_url_digest.as_str() {
+        "sha256" => Ok(Digest::Sha256),
+        "sha1" => Ok(Digest::Sha1),
+        other => Err(err(format!("swift.temp_url_digest must be sha256 or sha1, not {other:?}"))),
+    }
+}
+
+/// An HTTP client with `[swift] request_timeout_secs`.
+fn client(cfg: &SwiftConfig) -> Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let timeout = Duration::from_secs(cfg.request_timeout_secs.max(1));
+    reqwest::Client::builder()
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .build()
+        .map_err(|e| err(format!("HTTP client: {e}")))
+}
+
 /// Signs temporary GET URLs of any object of one Swift account (iPXE's
 /// kernels and ramdisks named `swift://<container>/<object>`), as the API
 /// does at every `ipxe_config` request: no request to Swift is made.
@@ -613,25 +622,14 @@ impl TempUrlSigner {
     /// From `[swift]`: the storage URL (`storage_url`, or the one tempauth
     /// at `auth_url` answers — one request), the key and the digest.
     pub async fn from_config(cfg: &SwiftConfig) -> Result<TempUrlSigner> {
-        let digest = match cfg.temp_url_digest.as_str() {
-            "sha256" => Digest::Sha256,
-            "sha1" => Digest::Sha1,
-            other => return Err(err(format!("swift.temp_url_digest must be sha256 or sha1, not {other:?}"))),
-        };
+        let digest = digest(cfg)?;
         if cfg.temp_url_key.is_empty() {
             return Err(err("swift.temp_url_key is empty: no temporary URL can be signed"));
         }
         let storage_url = if !cfg.storage_url.is_empty() {
             cfg.storage_url.trim_end_matches('/').to_string()
         } else if !cfg.auth_url.is_empty() {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let timeout = Duration::from_secs(cfg.request_timeout_secs.max(1));
-            let client = reqwest::Client::builder()
-                .connect_timeout(timeout)
-                .timeout(timeout)
-                .build()
-                .map_err(|e| err(format!("HTTP client: {e}")))?;
-            authenticate(&client, cfg).await?.storage_url
+            authenticate(&client(cfg)?, cfg).await?.storage_url
         } else {
             return Err(err("set swift.storage_url (or swift.auth_url) to sign temporary URLs"));
         };
