@@ -48,8 +48,19 @@ pub struct IpxeState {
     burst: f64,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
     /// Signs Swift temp URLs; made at the first request that needs one
-    /// (tempauth may need a request to Swift), again after a failure.
-    signer: tokio::sync::Mutex<Option<TempUrlSigner>>,
+    /// (tempauth may need a request to Swift). After a failure, requests
+    /// get the "cannot sign" script at once for [`SIGNER_RETRY`] instead of
+    /// each waiting on Swift in turn.
+    signer: tokio::sync::Mutex<Signer>,
+}
+
+/// How long a failed attempt to reach Swift for signing is not repeated.
+const SIGNER_RETRY: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Signer {
+    signer: Option<TempUrlSigner>,
+    failed_at: Option<Instant>,
 }
 
 impl IpxeState {
@@ -58,7 +69,7 @@ impl IpxeState {
             rate: cfg.ipxe.rate_limit_per_sec,
             burst: f64::from(cfg.ipxe.rate_limit_burst),
             buckets: Mutex::new(HashMap::new()),
-            signer: tokio::sync::Mutex::new(None),
+            signer: tokio::sync::Mutex::new(Signer::default()),
         }
     }
 
@@ -89,13 +100,16 @@ impl IpxeState {
             return None;
         }
         let mut s = self.signer.lock().await;
-        if s.is_none() {
+        if s.signer.is_none() && s.failed_at.is_none_or(|t| t.elapsed() >= SIGNER_RETRY) {
             match TempUrlSigner::from_config(&cfg.swift).await {
-                Ok(signer) => *s = Some(signer),
-                Err(e) => warn!("ipxe_config: cannot sign Swift temporary URLs: {e}"),
+                Ok(signer) => *s = Signer { signer: Some(signer), failed_at: None },
+                Err(e) => {
+                    warn!("ipxe_config: cannot sign Swift temporary URLs (next attempt in {SIGNER_RETRY:?}): {e}");
+                    s.failed_at = Some(Instant::now());
+                }
             }
         }
-        s.clone()
+        s.signer.clone()
     }
 }
 

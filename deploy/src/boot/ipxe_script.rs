@@ -60,7 +60,7 @@ pub struct ScriptContext<'a> {
     pub self_url: &'a str,
     pub retry_delay: Duration,
     /// Signs `swift://` images (`[ipxe] use_swift`); `None` when the API
-    /// has no Swift settings.
+    /// cannot (no Swift settings, or Swift unreachable for tempauth).
     pub swift: Option<&'a TempUrlSigner>,
     /// How long a signed URL stays valid.
     pub swift_validity: Duration,
@@ -122,7 +122,9 @@ fn image_url(url: &str, placed: &str, ctx: &ScriptContext<'_>) -> Result<String,
     }
     let (container, object) = swift_object(url)?;
     let signer = ctx.swift.ok_or_else(|| {
-        "the images are Swift objects but this API process has no [swift] settings to sign their URLs".to_string()
+        "the images are Swift objects, and this API process cannot sign their URLs now (its [swift] settings, or \
+         Swift unreachable: see its log)"
+            .to_string()
     })?;
     signer.sign(container, object, ctx.swift_validity).map_err(|e| e.to_string())
 }
@@ -318,7 +320,7 @@ mod tests {
         let n = node(S::DeployWait, Some(rec(NetPhase::Ramdisk, false)));
         let s = for_node(&n, &ctx());
         assert_eq!(s.kind, ScriptKind::Error);
-        assert!(s.body.contains("no [swift] settings"), "{}", s.body);
+        assert!(s.body.contains("cannot sign their URLs"), "{}", s.body);
         assert_eq!(swift_object("swift://c/a/b.img"), Ok(("c", "a/b.img")));
         assert!(swift_object("swift://c").is_err() && swift_object("swift:///o").is_err());
         assert!(swift_object("swift://c/../o").is_err() && swift_object("http://x/o").is_err());
