@@ -113,6 +113,9 @@ impl ConductorService {
             let mut probe = node.clone();
             probe.provision_state = t.to;
             probe.target_provision_state = t.target;
+            if let Some(cd) = &configdrive {
+                probe.instance_info.insert("configdrive".into(), cd.clone());
+            }
             let task = self.inner.task_with_ports(probe).await;
             for (iface, res) in driver.validate_kinds(&task, needs).await {
                 if let Err(e) = res {

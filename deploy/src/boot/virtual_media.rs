@@ -105,6 +105,10 @@ pub enum Content {
     /// The parameters floppy: `params` plus, with `with_token`,
     /// `ipa-agent-token`.
     Floppy { params: BTreeMap<String, String>, with_token: bool },
+    /// A diskless instance's config drive, rebuilt from
+    /// `instance_info.configdrive` (never copied into the record: it may
+    /// hold secrets).
+    ConfigDrive,
 }
 
 impl Content {
@@ -112,7 +116,7 @@ impl Content {
     pub fn content_id(&self) -> Option<&str> {
         match self {
             Content::BuiltIso { content_id, .. } | Content::IsoCopy { content_id, .. } => Some(content_id),
-            Content::Floppy { .. } => None,
+            Content::Floppy { .. } | Content::ConfigDrive => None,
         }
     }
 
@@ -253,6 +257,16 @@ fn instance_content(task: &Task) -> DriverResult<Content> {
     Ok(Content::BuiltIso { content_id: String::new(), kernel, ramdisk, params, with_token: false })
 }
 
+/// The instance's config drive image, if it has one.
+pub(crate) fn config_drive(task: &Task) -> DriverResult<Option<Vec<u8>>> {
+    crate::image::configdrive::image(
+        task.node.instance_info.get("configdrive"),
+        &task.uuid().to_string(),
+        task.node.name.as_deref(),
+    )
+    .map_err(|e| DriverError::Invalid(e.to_string()))
+}
+
 fn kernel_params_line(params: &BTreeMap<String, String>) -> String {
     params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
 }
@@ -349,6 +363,14 @@ impl VirtualMediaBoot {
                 let published = media.publish_parameters_floppy(node, &all).await?;
                 (Content::Floppy { params, with_token }, published)
             }
+            Content::ConfigDrive => {
+                let image = config_drive(task)?.ok_or_else(|| {
+                    DriverError::Invalid("the node's record has a config drive but instance_info has none".into())
+                })?;
+                let published =
+                    media.artefacts.publish_configdrive(node, image).await.map_err(crate::media::MediaError::from)?;
+                (Content::ConfigDrive, published)
+            }
         };
         Ok(Medium { content, name: published.name, url: published.url, by: task.conductor_id.clone() })
     }
@@ -365,7 +387,7 @@ impl VirtualMediaBoot {
             Content::BuiltIso { content_id, .. } | Content::IsoCopy { content_id, .. } => {
                 media.release_boot_iso(task.uuid(), content_id).await?;
             }
-            Content::Floppy { .. } => {
+            Content::Floppy { .. } | Content::ConfigDrive => {
                 media.artefacts.remove_floppy(&medium.name).await.map_err(crate::media::MediaError::from)?;
             }
         }
@@ -405,9 +427,11 @@ impl VirtualMediaBoot {
             Content::BuiltIso { content_id, .. } | Content::IsoCopy { content_id, .. } => {
                 Ok(artefacts.boot_iso_url(content_id).map_err(crate::media::MediaError::from)?)
             }
-            Content::Floppy { .. } => task.media().floppy_url(&medium.name).await?.ok_or_else(|| {
-                DriverError::Retryable(format!("the parameters floppy {} vanished from the store", medium.name))
-            }),
+            Content::Floppy { .. } | Content::ConfigDrive => {
+                task.media().floppy_url(&medium.name).await?.ok_or_else(|| {
+                    DriverError::Retryable(format!("the per-node image {} vanished from the store", medium.name))
+                })
+            }
         }
     }
 
@@ -714,7 +738,23 @@ impl BootInterface for VirtualMediaBoot {
             }
             "ramdisk" | "netboot" => {
                 let content = instance_content(task)?;
-                if !keep_ramdisk_media {
+                let wants_config_drive = config_drive(task)?.is_some();
+                let removable = if wants_config_drive && removable.is_none() && !has_removable {
+                    // not read yet: the ramdisk phase put nothing there
+                    self.devices(&bmc, &mut rec).await?.1
+                } else {
+                    removable
+                };
+                if wants_config_drive {
+                    let Some(slot) = removable.as_ref() else {
+                        return Err(DriverError::Failed(format!(
+                            "instance_info.configdrive needs a removable virtual medium (USB stick or floppy), and \
+                             the BMC at {} offers none",
+                            bmc.address()
+                        )));
+                    };
+                    self.place(&bmc, task, &mut rec, MediaSlot::Removable, slot, Content::ConfigDrive).await?;
+                } else if !keep_ramdisk_media {
                     self.take_out(&bmc, task, &mut rec, MediaSlot::Removable, removable.as_ref()).await?;
                 }
                 self.place(&bmc, task, &mut rec, MediaSlot::Cd, &cd, content).await?;
@@ -738,7 +778,10 @@ impl BootInterface for VirtualMediaBoot {
     async fn prepare_reboot(&self, task: &mut Task) -> DriverResult<()> {
         let rec = VmediaRecord::load(&task.node);
         if rec.phase == Some(Phase::Instance) && rec.cd.is_some() {
-            self.reconcile(task, &[MediaSlot::Cd]).await?;
+            let with_config_drive = rec.removable.as_ref().is_some_and(|m| m.content == Content::ConfigDrive);
+            let slots: &[MediaSlot] =
+                if with_config_drive { &[MediaSlot::Removable, MediaSlot::Cd] } else { &[MediaSlot::Cd] };
+            self.reconcile(task, slots).await?;
         }
         Ok(())
     }

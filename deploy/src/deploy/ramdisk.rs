@@ -3,8 +3,11 @@
 //! `instance_info.ramdisk`, with `ramdisk_kernel_arguments`) or a whole
 //! ISO (`instance_info.boot_iso`), and the node boots it from media the
 //! boot interface prepares — a content-addressed boot ISO shared by every
-//! node with the same inputs. Deploy = power off → prepare the instance's
-//! boot → power on; undeploy = power off → eject and release.
+//! node with the same inputs, or the node's network-boot script. A config
+//! drive (`instance_info.configdrive`, as an image or an object; not a
+//! URL: no agent runs to fetch it) goes on the BMC's removable virtual
+//! medium. Deploy = power off → prepare the instance's boot → power on;
+//! undeploy = power off → eject and release.
 
 use std::collections::BTreeMap;
 
@@ -30,7 +33,15 @@ impl DeployInterface for RamdiskDeploy {
     fn properties(&self) -> BTreeMap<&'static str, &'static str> {
         BTreeMap::new()
     }
-    async fn validate(&self, _driver: &Driver, task: &Task) -> DriverResult<()> {
+    async fn validate(&self, driver: &Driver, task: &Task) -> DriverResult<()> {
+        // a config drive rides on a second virtual medium
+        if crate::boot::virtual_media::config_drive(task)?.is_some() && !driver.boot.name().ends_with("virtual-media") {
+            return Err(DriverError::Invalid(format!(
+                "instance_info.configdrive reaches a diskless instance on a virtual medium, and boot interface {} \
+                 has none: boot it by virtual media, or drop the config drive",
+                driver.boot.name()
+            )));
+        }
         if has(task, "boot_iso") {
             return Ok(());
         }

@@ -65,6 +65,43 @@ pub fn for_agent(
     }
 }
 
+/// The config drive image itself, for a medium the BMC presents (the
+/// `ramdisk` deploy on virtual media): `None` when there is none. A URL is
+/// refused — only a ramdisk's agent fetches one, and a diskless instance
+/// has none.
+pub fn image(
+    value: Option<&Value>,
+    node_uuid: &str,
+    node_name: Option<&str>,
+) -> Result<Option<Vec<u8>>, ConfigDriveError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) if s.starts_with("http://") || s.starts_with("https://") => Err(bad(
+            "a config drive URL is fetched by a deploy ramdisk's agent, and a diskless (ramdisk) instance has none: \
+             give the image (gzipped, base64) or an object with meta_data/user_data/network_data/vendor_data",
+        )),
+        Some(Value::String(s)) => {
+            check_encoded(s)?;
+            let compact: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+            let packed = base64::engine::general_purpose::STANDARD
+                .decode(compact.as_bytes())
+                .map_err(|e| bad(format!("not base64: {e}")))?;
+            let mut image = Vec::new();
+            flate2::read::GzDecoder::new(&packed[..])
+                .take(MAX_SIZE + 1)
+                .read_to_end(&mut image)
+                .map_err(|e| bad(format!("the gzip data is damaged: {e}")))?;
+            Ok(Some(image))
+        }
+        Some(Value::Object(o)) => Ok(Some(build(o, node_uuid, node_name)?)),
+        Some(other) => Err(bad(format!(
+            "a gzipped base64 image or an object with meta_data/user_data/network_data/vendor_data, not {}",
+            kind(other)
+        ))),
+    }
+}
+
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",

@@ -36,6 +36,10 @@
 //! deletion (re-uploading the ISO if it already went). An acquirer loses its
 //! ISO only if its marker stays invisible to listings for the whole grace.
 //!
+//! **Config drives are private to one instance**: `configdrive-<node>-<128
+//! random bits>.img`, no time to live, removed when the instance goes (or by
+//! the lost-node clean-up, like floppies).
+//!
 //! **Floppies are private to one deploy.** `floppy-<node>-<128 random
 //! bits>.img`: the name is the capability (it carries the agent token, and
 //! the HTTP root has no listing), deleted after `deploy_helper_images_ttl`
@@ -65,7 +69,7 @@ pub struct Inventory {
     pub boot_isos: Vec<String>,
     /// Uses of boot ISOs: (content id, node).
     pub uses: Vec<(String, Uuid)>,
-    /// Published floppies: (object name, node).
+    /// Published floppies and config drives: (object name, node).
     pub floppies: Vec<(String, Uuid)>,
 }
 
@@ -154,9 +158,20 @@ impl Artefacts {
         Ok(Published { name, url })
     }
 
-    /// Deletes a floppy (idempotent).
+    /// Publishes an instance's config drive under a fresh unguessable name
+    /// (it may hold secrets, e.g. in user_data), with no time to live: an
+    /// active node's BMC may read it again at every boot. Listed and
+    /// removed like a floppy.
+    pub async fn publish_configdrive(&self, node: Uuid, image: Vec<u8>) -> Result<Published> {
+        let name = format!("configdrive-{node}-{:032x}.img", rand::random::<u128>());
+        self.store.put_bytes(&name, image, None).await?;
+        let url = self.store.url(&name, self.iso_url_validity)?;
+        Ok(Published { name, url })
+    }
+
+    /// Deletes a floppy or a config drive (idempotent).
     pub async fn remove_floppy(&self, name: &str) -> Result<()> {
-        if !name.starts_with("floppy-") {
+        if !name.starts_with("floppy-") && !name.starts_with("configdrive-") {
             return Err(PublishError::BadName(format!("{name} is not a floppy")));
         }
         self.store.delete(name).await
@@ -255,7 +270,11 @@ impl Artefacts {
                 }
             } else if let Some(id) = name.strip_prefix("boot-").and_then(|n| n.strip_suffix(".iso")) {
                 inv.boot_isos.push(id.to_string());
-            } else if let Some(node) = name.strip_prefix("floppy-").and_then(|n| n.get(..36)?.parse().ok()) {
+            } else if let Some(node) = name
+                .strip_prefix("floppy-")
+                .or_else(|| name.strip_prefix("configdrive-"))
+                .and_then(|n| n.get(..36)?.parse().ok())
+            {
                 inv.floppies.push((name, node));
             }
         }
