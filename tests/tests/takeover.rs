@@ -79,6 +79,7 @@ async fn sigkill_mid_deploy_every_deploy_finishes() {
     let victim: usize = victim_id.trim_start_matches('c').parse::<usize>().unwrap() - 1;
     let dead_inc = cl.status(victim).await.unwrap().incarnation;
     cl.conductors[victim].0.kill();
+    let killed_at = chrono::Utc::now();
     let victims: Vec<String> =
         by_owner[victim_id].iter().filter(|u| before[*u]["provision_state"] == "deploying").cloned().collect();
     println!(
@@ -104,7 +105,12 @@ async fn sigkill_mid_deploy_every_deploy_finishes() {
         assert_no_overlap(u, &h);
         let done =
             h.iter().rev().find(|(_, e, d, _)| e == "done" && d.starts_with("deploying")).expect("deploy finished");
-        assert_ne!(done.0, dead_inc, "{u} finished by a live conductor");
+        if done.0 == dead_inc {
+            // it was deploying when the nodes were read, and finished in the
+            // moment before the kill (a loaded machine): never after it
+            assert!(done.3 <= killed_at, "{u} finished by the killed conductor after the kill: {h:?}");
+            continue;
+        }
         if h.iter().any(|(i, e, _, _)| i == &dead_inc && e == "step") {
             resumed += 1;
             assert!(h.iter().any(|(i, e, _, _)| i != &dead_inc && (e == "take_over" || e == "resume")), "{u}: {h:?}");
