@@ -302,6 +302,16 @@ pub struct Process {
     ready_port: Option<u16>,
 }
 
+/// A fake kernel and ramdisk in `dir` (a BMC emulator boots nothing; the
+/// bytes only have to travel) and their file:// URLs.
+pub fn fake_boot_images(dir: &Path, tag: &str) -> (String, String) {
+    let k = dir.join(format!("vmlinuz-{tag}"));
+    let r = dir.join(format!("initrd-{tag}"));
+    std::fs::write(&k, format!("kernel {tag} ").repeat(5000)).expect("write a fake kernel");
+    std::fs::write(&r, format!("ramdisk {tag} ").repeat(9000)).expect("write a fake ramdisk");
+    (format!("file://{}", k.display()), format!("file://{}", r.display()))
+}
+
 /// The file:// roots test servers accept: the temporary directory and the
 /// workspace's target directory (boot fixtures), comma-separated.
 pub fn test_file_roots() -> String {

@@ -10,18 +10,10 @@ use std::time::{Duration, Instant};
 
 use ferric_tests::cluster::Cluster;
 use ferric_tests::redfish::{SushyLab, SushyOptions};
-use ferric_tests::{Api, Ferric, free_port};
+use ferric_tests::{Api, Ferric, fake_boot_images, free_port};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn images(dir: &Path, tag: &str) -> (String, String) {
-    let k = dir.join(format!("vmlinuz-{tag}"));
-    let r = dir.join(format!("initrd-{tag}"));
-    std::fs::write(&k, format!("kernel {tag} ").repeat(5000)).unwrap();
-    std::fs::write(&r, format!("ramdisk {tag} ").repeat(9000)).unwrap();
-    (format!("file://{}", k.display()), format!("file://{}", r.display()))
-}
 
 /// Runs `f` for every item, at most `width` at once.
 async fn each<T, F, Fut>(items: &[T], width: usize, f: F)
@@ -65,7 +57,8 @@ async fn many_diskless_nodes_share_three_boot_isos_until_the_last_undeploy() {
     let n: usize = std::env::var("FERRIC_DISKLESS_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     let lab = SushyLab::start(SushyOptions { systems: n, ..Default::default() });
     let dir = tempfile::tempdir().unwrap();
-    let pairs = [images(dir.path(), "a"), images(dir.path(), "b"), images(dir.path(), "c")];
+    let pairs =
+        [fake_boot_images(dir.path(), "a"), fake_boot_images(dir.path(), "b"), fake_boot_images(dir.path(), "c")];
     let http = format!("127.0.0.1:{}", free_port());
     let ferric = Ferric::start(
         None,
@@ -153,7 +146,7 @@ async fn a_reboot_right_after_the_owner_died_boots_media_from_a_live_conductor()
     const NODES: usize = 12;
     let lab = SushyLab::start(SushyOptions { systems: NODES, ..Default::default() });
     let dir = tempfile::tempdir().unwrap();
-    let (k, r) = images(dir.path(), "x");
+    let (k, r) = fake_boot_images(dir.path(), "x");
     let env = [
         ("FERRIC_MEMBERSHIP__FENCE_MARGIN_MS", "700"),
         ("FERRIC_CONDUCTOR__POWER_STATE_POLL_INTERVAL_MS", "50"),
@@ -258,7 +251,7 @@ async fn a_reboot_right_after_the_owner_died_boots_media_from_a_live_conductor()
 async fn a_diskless_instance_gets_its_config_drive_on_the_removable_medium() {
     let lab = SushyLab::start(SushyOptions { systems: 2, ..Default::default() });
     let dir = tempfile::tempdir().unwrap();
-    let (k, r) = images(dir.path(), "cd");
+    let (k, r) = fake_boot_images(dir.path(), "cd");
     let http = format!("127.0.0.1:{}", free_port());
     let ferric = Ferric::start(
         None,

@@ -5,25 +5,14 @@
 //! the BMC fetched), and the node ends booting from disk or from a boot
 //! ISO, as configured. Undeploy ejects and releases.
 
-use std::path::Path;
 use std::time::Duration;
 
 use ferric_tests::redfish::{SushyLab, SushyOptions};
-use ferric_tests::{Api, Ferric, fat_file, free_port, key_values};
+use ferric_tests::{Api, Ferric, fake_boot_images, fat_file, free_port, key_values};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A fake kernel and ramdisk (the emulator boots nothing; the bytes only
-/// have to travel) and their file:// URLs.
-fn images(dir: &Path, tag: &str) -> (String, String) {
-    let k = dir.join(format!("vmlinuz-{tag}"));
-    let r = dir.join(format!("initrd-{tag}"));
-    std::fs::write(&k, format!("kernel {tag} ").repeat(5000)).unwrap();
-    std::fs::write(&r, format!("ramdisk {tag} ").repeat(9000)).unwrap();
-    (format!("file://{}", k.display()), format!("file://{}", r.display()))
-}
 
 fn start_ferric(env: &[(&str, &str)]) -> (Ferric, u16) {
     let http_port = free_port();
@@ -67,7 +56,7 @@ async fn a_deploy_boots_the_ramdisk_from_virtual_media_and_the_instance_from_dis
     let (ferric, http_port) = start_ferric(&[]);
     let api = Api::new(&ferric.endpoint);
     let dir = tempfile::tempdir().unwrap();
-    let (kernel, ramdisk) = images(dir.path(), "deploy");
+    let (kernel, ramdisk) = fake_boot_images(dir.path(), "deploy");
     let mut info = lab.driver_info(0);
     info["deploy_kernel"] = kernel.into();
     info["deploy_ramdisk"] = ramdisk.into();
@@ -156,7 +145,7 @@ async fn ramdisk_instances_share_one_boot_iso_until_the_last_undeploy() {
     let (ferric, _) = start_ferric(&[]);
     let api = Api::new(&ferric.endpoint);
     let dir = tempfile::tempdir().unwrap();
-    let (kernel, ramdisk) = images(dir.path(), "instance");
+    let (kernel, ramdisk) = fake_boot_images(dir.path(), "instance");
     let mut nodes = Vec::new();
     for i in 0..2 {
         let node = api.create_node(
@@ -300,7 +289,7 @@ async fn ilo_is_redfish_with_hpe_names_against_the_emulator() {
     let (ferric, _) = start_ferric(&[]);
     let api = Api::new(&ferric.endpoint);
     let dir = tempfile::tempdir().unwrap();
-    let (kernel, ramdisk) = images(dir.path(), "ilo");
+    let (kernel, ramdisk) = fake_boot_images(dir.path(), "ilo");
     let node = api
         .create_node(
             json!({"driver": "ilo", "deploy_interface": "ramdisk", "name": "proliant",
@@ -342,7 +331,7 @@ async fn eject_case(policy: &str) {
         let (ferric, _) = start_ferric(&[("FERRIC_REDFISH__EJECT_MEDIA_AFTER", policy)]);
         let api = Api::new(&ferric.endpoint);
         let dir = tempfile::tempdir().unwrap();
-        let (kernel, ramdisk) = images(dir.path(), policy);
+        let (kernel, ramdisk) = fake_boot_images(dir.path(), policy);
         let mut info = lab.driver_info(0);
         info["deploy_kernel"] = kernel.into();
         info["deploy_ramdisk"] = ramdisk.into();
@@ -410,7 +399,7 @@ async fn a_restart_with_an_emptied_http_root_rebuilds_without_rewriting_bmcs() {
     let (mut ferric, _) = start_ferric(&[]);
     let api = Api::new(&ferric.endpoint);
     let dir = tempfile::tempdir().unwrap();
-    let (kernel, ramdisk) = images(dir.path(), "restart");
+    let (kernel, ramdisk) = fake_boot_images(dir.path(), "restart");
     let a = api.create_node(
         json!({"driver": "redfish", "deploy_interface": "ramdisk", "driver_info": lab.driver_info(0), "instance_info": {"kernel": kernel, "ramdisk": ramdisk}}),
         &["52:54:00:00:05:01"],
@@ -483,7 +472,7 @@ async fn without_a_removable_slot_the_parameters_ride_on_a_per_node_iso() {
     let (ferric, _) = start_ferric(&[]);
     let api = Api::new(&ferric.endpoint);
     let dir = tempfile::tempdir().unwrap();
-    let (kernel, ramdisk) = images(dir.path(), "cd-only");
+    let (kernel, ramdisk) = fake_boot_images(dir.path(), "cd-only");
     let mut tokens = Vec::new();
     let mut isos = Vec::new();
     for i in 0..2 {
