@@ -21,6 +21,9 @@ pub struct AppState {
     pub metrics: Option<MetricsRender>,
     /// The public iPXE endpoints' rate limit and Swift signer.
     pub ipxe: crate::ipxe::IpxeState,
+    /// Set when the process was asked to stop: `/readyz` answers 503 while
+    /// requests are still served for `api.shutdown_delay_ms`.
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;

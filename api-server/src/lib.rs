@@ -84,6 +84,7 @@ pub fn router(state: State) -> Router {
     Router::new()
         .route("/", get(root::root))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/boot.ipxe", get(ipxe::boot_ipxe))
         .route(
             "/metrics",
@@ -106,10 +107,36 @@ pub fn router(state: State) -> Router {
         .layer(axum::Extension(public))
 }
 
+/// `/readyz`: 200 when this API process can serve (its database answers
+/// and it is not stopping), 503 with the reason when not. The ring's
+/// conductor count is reported, not required: reads need no conductor.
+async fn readyz(axum::extract::State(st): axum::extract::State<State>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let stopping = st.stopping.load(std::sync::atomic::Ordering::SeqCst);
+    let database = match st.db.ping(Duration::from_secs(2)).await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e,
+    };
+    let ring = st.fwd.ring();
+    let conductors = ring.members().iter().filter(|m| m.state == ferric_common::ring::MemberState::Active).count();
+    let ready = !stopping && database == "ok";
+    let body = serde_json::json!({
+        "ready": ready,
+        "stopping": stopping,
+        "database": database,
+        "ring_epoch": ring.epoch(),
+        "active_conductors": conductors,
+    });
+    let code = if ready { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(body)).into_response()
+}
+
 /// A running API server.
 pub struct ApiHandle {
     pub addr: SocketAddr,
     pub join: tokio::task::JoinHandle<()>,
+    /// Set it to make `/readyz` answer 503 while still serving.
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Bind and serve the API until `shutdown` is cancelled.
@@ -126,7 +153,8 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let fwd = forward::Forwarder::new(ring, Duration::from_millis(cfg.api.request_deadline_ms));
     let ipxe = ipxe::IpxeState::new(&cfg);
-    let state = Arc::new(AppState { cfg, db, fwd, metrics, ipxe });
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let state = Arc::new(AppState { cfg, db, fwd, metrics, ipxe, stopping: stopping.clone() });
     // clients ask for collections with a trailing slash (`/v1/ports/`)
     let app =
         tower::Layer::layer(&tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(), router(state));
@@ -139,5 +167,5 @@ pub async fn serve(
         }
     });
     tracing::info!(%addr, "Ironic API listening");
-    Ok(ApiHandle { addr, join })
+    Ok(ApiHandle { addr, join, stopping })
 }

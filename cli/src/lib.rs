@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferric_common::config::Config;
-use ferric_common::db::Db;
+use ferric_common::db::{Db, SchemaPolicy};
 use ferric_common::membership::etcd::EtcdMembership;
 use ferric_common::membership::{LocalMembership, Membership};
 use ferric_common::ring::RingSettings;
@@ -37,13 +37,7 @@ pub async fn run_all_in_one(mut cfg: Config, shutdown: CancellationToken) -> any
     }
     let _dir_lock = guard::lock_data_dir(&cfg.data_dir, "all-in-one")?;
     let url = cfg.database_url();
-    let db = Db::connect_with(
-        &url,
-        cfg.database.max_connections,
-        Duration::from_secs(cfg.database.acquire_timeout_secs.max(1)),
-    )
-    .await
-    .with_context(|| format!("opening database {}", redact(&url)))?;
+    let db = open_db(&cfg).await?;
     let membership = Membership::Local(Arc::new(LocalMembership::new(ring_settings(&cfg))));
     guard::check_cluster(&db, &membership, &redact(&url)).await?;
     let claim_stop = CancellationToken::new();
@@ -105,12 +99,92 @@ async fn etcd_membership(cfg: &Config, shutdown: &CancellationToken) -> anyhow::
     Ok(Membership::Etcd(m))
 }
 
+/// The database, its schema checked (and migrated when
+/// `database.auto_migrate`).
 async fn open_db(cfg: &Config) -> anyhow::Result<Db> {
+    let policy = if cfg.database.auto_migrate { SchemaPolicy::Migrate } else { SchemaPolicy::Require };
+    open_db_with(cfg, policy).await
+}
+
+pub async fn open_db_with(cfg: &Config, policy: SchemaPolicy) -> anyhow::Result<Db> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let url = cfg.database_url();
-    Db::connect_with(&url, cfg.database.max_connections, Duration::from_secs(cfg.database.acquire_timeout_secs.max(1)))
+    let acquire = Duration::from_secs(cfg.database.acquire_timeout_secs.max(1));
+    Db::open(&url, cfg.database.max_connections, acquire, policy)
         .await
         .with_context(|| format!("opening database {}", redact(&url)))
+}
+
+/// `ferric db …`: what the schema is, bringing it up to date, waiting for it.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum DbCmd {
+    /// Apply the migrations the database lacks (the Helm chart's migration
+    /// Job runs this). Refuses a schema newer than this binary.
+    Migrate,
+    /// Applied, pending and unknown migrations, as JSON
+    Status,
+    /// Exit 0 when the schema is exactly this binary's, else 1 and why
+    Check {
+        /// Keep checking for up to SECS seconds (an init container waiting for the migration Job; the database
+        /// may not be up yet either)
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        wait: u64,
+    },
+}
+
+pub async fn run_db(cfg: Config, cmd: DbCmd) -> anyhow::Result<()> {
+    let url = redact(&cfg.database_url());
+    match cmd {
+        DbCmd::Migrate => {
+            let db = open_db_with(&cfg, SchemaPolicy::Inspect).await?;
+            let applied = db.migrate().await.with_context(|| format!("migrating {url}"))?;
+            if applied.is_empty() {
+                println!("{url}: schema already current");
+            } else {
+                let v: Vec<String> = applied.iter().map(|v| format!("{v:04}")).collect();
+                println!("{url}: applied migration {}", v.join(", "));
+            }
+            db.close().await;
+        }
+        DbCmd::Status => {
+            let db = open_db_with(&cfg, SchemaPolicy::Inspect).await?;
+            let s = db.schema_status().await?;
+            let mut out = serde_json::to_value(&s)?;
+            out["current"] = json!(s.current());
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            db.close().await;
+        }
+        DbCmd::Check { wait } => {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+            let mut last = String::new();
+            loop {
+                let why = match open_db_with(&cfg, SchemaPolicy::Inspect).await {
+                    Ok(db) => {
+                        let s = db.schema_status().await;
+                        db.close().await;
+                        match s {
+                            Ok(s) if s.current() => {
+                                println!("{url}: schema current ({} migrations)", s.applied.len());
+                                return Ok(());
+                            }
+                            Ok(s) => s.refusal(SchemaPolicy::Require).unwrap_or_default(),
+                            Err(e) => format!("reading the schema: {e}"),
+                        }
+                    }
+                    Err(e) => format!("{e:#}"),
+                };
+                if tokio::time::Instant::now() >= deadline {
+                    anyhow::bail!("{url}: {why}");
+                }
+                if why != last {
+                    eprintln!("{url}: waiting: {why}");
+                    last = why;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A stateless API process: watches the ring in etcd, serves the Ironic
@@ -140,10 +214,20 @@ pub async fn run_api(cfg: Config, shutdown: CancellationToken) -> anyhow::Result
     if let Some(e) = ferric_common::membership::etcd::database_mismatch(&membership.current(), "", &database_id) {
         anyhow::bail!(e);
     }
-    let api =
-        ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), install_metrics(), shutdown.clone()).await?;
+    let serve_stop = CancellationToken::new();
+    let api = ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), install_metrics(), serve_stop.clone())
+        .await?;
     info!(api = %format!("http://{}", api.addr), epoch = membership.current().epoch(), "ferric api ready");
     shutdown.cancelled().await;
+    api.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    if cfg.api.shutdown_delay_ms > 0 {
+        info!(
+            delay_ms = cfg.api.shutdown_delay_ms,
+            "stopping: /readyz answers 503, still serving until the delay ends"
+        );
+        tokio::time::sleep(Duration::from_millis(cfg.api.shutdown_delay_ms)).await;
+    }
+    serve_stop.cancel();
     let _ = api.join.await;
     db.close().await;
     Ok(())
@@ -337,13 +421,13 @@ mod tests {
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct CommonFlags {
     /// Directory for local state (and the SQLite file by default) [default: .ferric]
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub data_dir: Option<std::path::PathBuf>,
     /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB [default: sqlite://<data-dir>/ferric.sqlite]
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub database_url: Option<String>,
     /// etcd endpoints, comma-separated (sets membership.backend = etcd)
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', global = true)]
     pub etcd_endpoints: Option<Vec<String>>,
 }
 

@@ -45,6 +45,10 @@ pub struct ApiConfig {
     /// config drive, up to 64 MiB unpacked). The ramdisk's endpoints
     /// (lookup, heartbeat, pass_deploy_info) take at most 64 KiB.
     pub max_request_body_size: usize,
+    /// After SIGTERM, keep serving this long with `/readyz` answering 503,
+    /// so that load balancers (a Kubernetes Service's endpoints) stop
+    /// sending before the listener closes. 0 = stop at once.
+    pub shutdown_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -111,6 +115,11 @@ pub struct DatabaseConfig {
     /// How long a query waits for a pooled connection (and so, during an
     /// outage, how long before it fails) — sqlx's default, 30 s.
     pub acquire_timeout_secs: u64,
+    /// Bring the schema up to date at start. `false` (the Helm chart): only
+    /// `ferric db migrate` changes the schema, and a process whose schema is
+    /// behind refuses to start, naming the missing migrations. A schema
+    /// newer than the binary is refused either way.
+    pub auto_migrate: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -493,6 +502,7 @@ impl Default for ApiConfig {
             max_limit: 1000,
             request_deadline_ms: 30_000,
             max_request_body_size: 128 * 1024 * 1024,
+            shutdown_delay_ms: 0,
         }
     }
 }
@@ -524,7 +534,7 @@ impl Default for ConductorConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { url: String::new(), max_connections: 10, acquire_timeout_secs: 30 }
+        DatabaseConfig { url: String::new(), max_connections: 10, acquire_timeout_secs: 30, auto_migrate: true }
     }
 }
 

@@ -40,6 +40,9 @@ pub enum DbError {
     /// The URL is not one this build understands.
     #[error("{0}")]
     Url(String),
+    /// The database's schema is not the one this binary was built for.
+    #[error("{0}")]
+    Schema(String),
 }
 
 impl DbError {
@@ -647,6 +650,77 @@ fn unique_field(e: &sqlx::Error, candidates: &[&'static str]) -> Option<&'static
         .or(Some("uuid"))
 }
 
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// What a process does with the schema at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaPolicy {
+    /// Apply the migrations the database lacks (all-in-one, tests).
+    Migrate,
+    /// Refuse to start unless the schema is exactly this binary's: in a
+    /// cluster only `ferric db migrate` (the chart's Job) changes it, so
+    /// servers need no DDL rights and a rollback is not blocked by a
+    /// process that migrated on its own.
+    Require,
+    /// Neither check nor change it (`ferric db status`).
+    Inspect,
+}
+
+/// The database's schema against the migrations this binary carries.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SchemaStatus {
+    /// Versions applied in the database.
+    pub applied: Vec<i64>,
+    /// Migrations this binary has that the database lacks: `(version, description)`.
+    pub pending: Vec<(i64, String)>,
+    /// Versions the database has that this binary does not know (a newer Ferric migrated it).
+    pub unknown: Vec<i64>,
+    /// Versions whose migration stopped part-way (`success = false`).
+    pub failed: Vec<i64>,
+}
+
+impl SchemaStatus {
+    /// Whether a process of this binary can run against the schema as it is.
+    pub fn current(&self) -> bool {
+        self.pending.is_empty() && self.unknown.is_empty() && self.failed.is_empty()
+    }
+
+    /// Why the schema cannot be used as it is (`None` when it can):
+    /// failed and unknown migrations always, pending ones under
+    /// [`SchemaPolicy::Require`].
+    pub fn refusal(&self, policy: SchemaPolicy) -> Option<String> {
+        if policy == SchemaPolicy::Inspect {
+            return None;
+        }
+        let list = |v: &[i64]| v.iter().map(|v| format!("{v:04}")).collect::<Vec<_>>().join(", ");
+        if !self.failed.is_empty() {
+            return Some(format!(
+                "database migration {} stopped part-way (_sqlx_migrations.success = false); repair the schema by \
+                 hand, delete that row, then run `ferric db migrate`",
+                list(&self.failed)
+            ));
+        }
+        if !self.unknown.is_empty() {
+            let known = self.applied.iter().copied().filter(|v| !self.unknown.contains(v)).max().unwrap_or(0);
+            return Some(format!(
+                "the database schema is newer than this binary: it has migration {} that this binary does not know \
+                 (it knows up to {known:04}); run a Ferric at least as new as the one that migrated it",
+                list(&self.unknown)
+            ));
+        }
+        if policy == SchemaPolicy::Require && !self.pending.is_empty() {
+            let pending: Vec<String> = self.pending.iter().map(|(v, d)| format!("{v:04} ({d})")).collect();
+            return Some(format!(
+                "the database schema is behind this binary: migration {} not applied; run `ferric db migrate` \
+                 (in Kubernetes the chart's migration Job does) or set database.auto_migrate = true",
+                pending.join(", ")
+            ));
+        }
+        None
+    }
+}
+
 impl Db {
     /// Connect to `url` (`sqlite://path`, `sqlite::memory:`, or
     /// `postgres://...`) and bring the schema up to date.
@@ -660,6 +734,17 @@ impl Db {
         url: &str,
         max_connections: u32,
         acquire_timeout: std::time::Duration,
+    ) -> Result<Db, DbError> {
+        Db::open(url, max_connections, acquire_timeout, SchemaPolicy::Migrate).await
+    }
+
+    /// Connect to `url` and check (or, under [`SchemaPolicy::Migrate`],
+    /// bring up to date) its schema.
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: std::time::Duration,
+        schema: SchemaPolicy,
     ) -> Result<Db, DbError> {
         let db = if Backend::of(url)? == Backend::Postgres {
             let opts = PgConnectOptions::from_str(url).map_err(|e| DbError::Url(format!("database URL: {e}")))?;
@@ -686,7 +771,6 @@ impl Db {
                 .acquire_timeout(acquire_timeout)
                 .connect_with(opts)
                 .await?;
-            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
             Db { pool: Pool::Postgres(pool) }
         } else {
             let fail = |e: sqlx::Error| DbError::Connect {
@@ -707,10 +791,78 @@ impl Db {
                 .connect_with(opts)
                 .await
                 .map_err(fail)?;
-            sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
             Db { pool: Pool::Sqlite(pool) }
         };
+        if let Some(why) = db.schema_status().await?.refusal(schema) {
+            return Err(DbError::Schema(why));
+        }
+        if schema == SchemaPolicy::Migrate {
+            db.migrate().await?;
+        }
         Ok(db)
+    }
+
+    fn migrations(&self) -> &'static sqlx::migrate::Migrator {
+        match self.pool {
+            Pool::Sqlite(_) => &SQLITE_MIGRATIONS,
+            Pool::Postgres(_) => &POSTGRES_MIGRATIONS,
+        }
+    }
+
+    /// Apply the migrations the database lacks (concurrent callers are
+    /// serialised by sqlx's migration lock). Refuses a schema this binary
+    /// does not know, or one a migration left half-done.
+    pub async fn migrate(&self) -> Result<Vec<i64>, DbError> {
+        let before = self.schema_status().await?;
+        if let Some(why) = before.refusal(SchemaPolicy::Migrate) {
+            return Err(DbError::Schema(why));
+        }
+        match &self.pool {
+            Pool::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await?,
+            Pool::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await?,
+        }
+        Ok(before.pending.iter().map(|(v, _)| *v).collect())
+    }
+
+    /// The schema against this binary's migrations, read from sqlx's
+    /// `_sqlx_migrations` table (absent in an empty database).
+    pub async fn schema_status(&self) -> Result<SchemaStatus, DbError> {
+        #[derive(FromRow)]
+        struct Exists {
+            n: i64,
+        }
+        #[derive(FromRow)]
+        struct Applied {
+            version: i64,
+            success: bool,
+        }
+        let exists = match self.pool {
+            Pool::Sqlite(_) => {
+                "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"
+            }
+            Pool::Postgres(_) => {
+                "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = current_schema() AND \
+                 table_name = '_sqlx_migrations'"
+            }
+        };
+        let present = self.fetch_all::<Exists>(exists.into(), Vec::new()).await?.first().is_some_and(|r| r.n > 0);
+        let rows = if present {
+            self.fetch_all::<Applied>(
+                "SELECT version, success FROM _sqlx_migrations ORDER BY version".into(),
+                Vec::new(),
+            )
+            .await?
+        } else {
+            Vec::new()
+        };
+        let known: Vec<(i64, String)> =
+            self.migrations().iter().map(|m| (m.version, m.description.to_string())).collect();
+        Ok(SchemaStatus {
+            applied: rows.iter().filter(|r| r.success).map(|r| r.version).collect(),
+            pending: known.iter().filter(|(v, _)| !rows.iter().any(|r| r.version == *v)).cloned().collect(),
+            unknown: rows.iter().filter(|r| !known.iter().any(|(v, _)| *v == r.version)).map(|r| r.version).collect(),
+            failed: rows.iter().filter(|r| !r.success).map(|r| r.version).collect(),
+        })
     }
 
     pub fn backend(&self) -> Backend {

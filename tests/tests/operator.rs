@@ -546,3 +546,75 @@ async fn a_second_live_process_with_a_conductors_id_is_refused_and_a_restart_wai
     let log = cl.conductors[0].0.log_tail(200);
     assert!(log.contains("still registered by another incarnation: waiting for its lease to expire"), "{log}");
 }
+
+fn ferric_cmd(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = std::process::Command::new(ferric_tests::ferric_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run ferric");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Add a migration this binary does not know, as a newer Ferric would.
+fn add_unknown_migration(sqlite: &std::path::Path) {
+    let py = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(\"INSERT INTO _sqlx_migrations \
+              (version, description, success, checksum, execution_time) VALUES (9999, 'from the future', 1, x'00', 1)\"); \
+              c.commit()";
+    let st = std::process::Command::new("python3").args(["-c", py]).arg(sqlite).status().expect("python3");
+    assert!(st.success());
+}
+
+#[tokio::test]
+async fn schema_changes_only_by_ferric_db_migrate_when_asked_and_an_unknown_schema_is_refused() {
+    for backend in ["sqlite", "postgres"] {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = (backend == "postgres").then(Postgres::start);
+        let url = match &pg {
+            Some(pg) => pg.database("schema"),
+            None => format!("sqlite://{}/ferric.sqlite", dir.path().display()),
+        };
+        let data = dir.path().display().to_string();
+        let db = ["--database-url", url.as_str(), "--data-dir", data.as_str()];
+        // a fresh database: everything pending
+        let (ok, out) = ferric_cmd(&[&["db", "status"][..], &db].concat(), &[]);
+        assert!(ok, "{out}");
+        let status: serde_json::Value = serde_json::from_str(&out).expect("status is JSON");
+        assert_eq!(status["current"], false, "{backend}: {out}");
+        assert_eq!(status["pending"][0][0], 1, "{backend}: {out}");
+        let (ok, out) = ferric_cmd(&[&["db", "check"][..], &db].concat(), &[]);
+        assert!(!ok && out.contains("behind this binary") && out.contains("ferric db migrate"), "{backend}: {out}");
+
+        // a server that may not migrate refuses, naming the missing migrations and the cure
+        let p = Process::start(
+            &format!("no-migrate-{backend}"),
+            dir.path(),
+            all_in_one_args(&dir.path().join("a"), &url),
+            &[("FERRIC_DATABASE__AUTO_MIGRATE", "false")],
+            None,
+        );
+        let log = refused(p).await;
+        assert!(log.contains("0001 (initial)") && log.contains("run `ferric db migrate`"), "{backend}: {log}");
+
+        // the migration, once; then a check passes
+        let (ok, out) = ferric_cmd(&[&["db", "migrate"][..], &db].concat(), &[]);
+        assert!(ok && out.contains("applied migration 0001"), "{backend}: {out}");
+        let (ok, out) = ferric_cmd(&[&["db", "migrate"][..], &db].concat(), &[]);
+        assert!(ok && out.contains("already current"), "{backend}: {out}");
+        let (ok, out) = ferric_cmd(&[&["db", "check", "--wait", "5"][..], &db].concat(), &[]);
+        assert!(ok && out.contains("schema current"), "{backend}: {out}");
+
+        if backend == "sqlite" {
+            // a newer Ferric migrated it: refused everywhere, by name
+            add_unknown_migration(&dir.path().join("ferric.sqlite"));
+            let p = Process::start("newer-schema", dir.path(), all_in_one_args(&dir.path().join("b"), &url), &[], None);
+            let log = refused(p).await;
+            assert!(
+                log.contains("newer than this binary") && log.contains("migration 9999"),
+                "a schema from a newer Ferric must be refused: {log}"
+            );
+            let (ok, out) = ferric_cmd(&[&["db", "migrate"][..], &db].concat(), &[]);
+            assert!(!ok && out.contains("migration 9999"), "{out}");
+        }
+    }
+}

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use ferric_cli::{ApiFlags, CommonFlags, ConductorFlags, LeaseFlags, overrides};
+use ferric_cli::{ApiFlags, CommonFlags, ConductorFlags, DbCmd, LeaseFlags, overrides};
 use ferric_common::config::{Config, init_logging};
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +46,13 @@ enum Mode {
         #[command(flatten)]
         lease: LeaseFlags,
     },
+    /// The database schema: `migrate` (the Helm chart's migration Job), `status`, `check [--wait SECS]`
+    Db {
+        #[command(flatten)]
+        common: CommonFlags,
+        #[command(subcommand)]
+        cmd: DbCmd,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Mode::AllInOne { common, api, conductor } => overrides(common, Some(api), Some(conductor), None),
         Mode::Api { common, api } => overrides(common, Some(api), None, None),
         Mode::Conductor { common, conductor, lease } => overrides(common, None, Some(conductor), Some(lease)),
+        Mode::Db { common, .. } => overrides(common, None, None, None),
     };
     let cfg = Config::load(cli.config.as_deref(), flags)?;
     init_logging(&cfg.log);
@@ -66,6 +74,7 @@ fn main() -> anyhow::Result<()> {
             Mode::AllInOne { .. } => ferric_cli::run_all_in_one(cfg, shutdown).await,
             Mode::Api { .. } => ferric_cli::run_api(cfg, shutdown).await,
             Mode::Conductor { .. } => ferric_cli::run_conductor(cfg, shutdown, hurry).await,
+            Mode::Db { cmd, .. } => ferric_cli::run_db(cfg, cmd).await,
         }
     })
 }

@@ -56,8 +56,9 @@ enum ConductorCmd {
     /// operations off at a step boundary, waits until every node it held has
     /// a new owner, then exits. Nothing fails.
     Drain {
-        /// Conductor id
-        id: String,
+        /// Conductor id [default: conductor.id of the configuration, i.e. FERRIC_CONDUCTOR__ID — so a conductor's
+        /// own container (the Helm chart's preStop hook) drains itself with no argument]
+        id: Option<String>,
         /// Wait until it is done (the process exited), showing progress
         #[arg(long)]
         wait: bool,
@@ -154,6 +155,13 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", ctl::owner(&ring, &n));
             }
             Cmd::Conductor { cmd: ConductorCmd::Drain { id, wait, force } } => {
+                let id = match id.or_else(|| (!cfg.conductor.id.is_empty()).then(|| cfg.conductor.id.clone())) {
+                    Some(id) => id,
+                    None => anyhow::bail!(
+                        "which conductor? give its id (ferricctl conductor drain ID), or set conductor.id / \
+                         FERRIC_CONDUCTOR__ID"
+                    ),
+                };
                 ctl::drain(m.subscribe(), &id, wait, force).await?;
             }
         }
