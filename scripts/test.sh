@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what it needs, checks
-# formatting and lints, builds, and runs every test (unit, property, DB on
+# formatting and lints, builds, checks the Helm chart, and runs every test (unit, property, DB on
 # SQLite and PostgreSQL, and the compatibility suite that drives a real
 # Ferric with the real `baremetal` CLI and openstacksdk).
 #
@@ -19,6 +19,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo build --workspace --bins --quiet
 # kernel, ramdisk and GRUB loader the boot-ISO tests boot in QEMU
 scripts/boot-fixtures.sh >/dev/null
+# the Helm chart: lint, render, validate against Kubernetes' schemas (and
+# install helm + kubernetes-validate, which tests/tests/helm.rs uses too)
+scripts/helm-check.sh
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
