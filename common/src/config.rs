@@ -93,6 +93,13 @@ pub struct ConductorConfig {
     /// How often owned nodes' power states are read from their BMCs and
     /// callback deadlines checked; 0 turns periodic work off.
     pub periodic_interval_secs: u64,
+    /// History entries kept per node, the newest (Ironic's
+    /// `node_history_max_entries`); 0 = keep all.
+    pub node_history_max_entries: u32,
+    /// How often the history is pruned (by one conductor of the ring: the
+    /// active member with the smallest id); the history of deleted nodes
+    /// goes too.
+    pub node_history_cleanup_interval_secs: u64,
     /// Seconds a power action waits for the BMC to report the new state
     /// (Ironic's `power_state_change_timeout`).
     pub power_state_change_timeout: u64,
@@ -525,6 +532,8 @@ impl Default for ConductorConfig {
             drain_timeout_ms: 300_000,
             callback_timeout_secs: 1800,
             periodic_interval_secs: 60,
+            node_history_max_entries: 300,
+            node_history_cleanup_interval_secs: 3600,
             power_state_change_timeout: 60,
             power_state_poll_interval_ms: 1000,
             cluster_secret: String::new(),

@@ -940,68 +940,89 @@ impl Db {
     }
 
     pub async fn list_nodes(&self, q: &NodeQuery) -> Result<Vec<Node>, DbError> {
-        let mut wh: Vec<String> = Vec::new();
-        let mut args: Vec<Arg> = Vec::new();
-        let mut eq = |col: &str, v: Arg, wh: &mut Vec<String>| {
-            args.push(v);
-            wh.push(format!("{col} = ${}", args.len()));
-        };
-        if let Some(v) = &q.provision_state {
-            eq("provision_state", v.as_str().into(), &mut wh);
-        }
-        if let Some(v) = &q.driver {
-            eq("driver", v.as_str().into(), &mut wh);
-        }
-        if let Some(v) = &q.resource_class {
-            eq("resource_class", v.as_str().into(), &mut wh);
-        }
-        if let Some(v) = &q.conductor_group {
-            eq("conductor_group", v.to_ascii_lowercase().into(), &mut wh);
-        }
-        if let Some(v) = q.maintenance {
-            eq("maintenance", v.into(), &mut wh);
-        }
-        if let Some(v) = q.retired {
-            eq("retired", v.into(), &mut wh);
-        }
-        if let Some(v) = &q.owner {
-            eq("owner", v.as_str().into(), &mut wh);
-        }
-        if let Some(v) = &q.lessee {
-            eq("lessee", v.as_str().into(), &mut wh);
-        }
-        if let Some(v) = &q.fault {
-            eq("fault", v.as_str().into(), &mut wh);
-        }
-        if let Some(v) = &q.shard {
-            eq("shard", v.as_str().into(), &mut wh);
-        }
-        if let Some(v) = &q.instance_uuid {
-            eq("instance_uuid", v.as_str().into(), &mut wh);
-        }
-        match q.associated {
-            Some(true) => wh.push("instance_uuid IS NOT NULL".into()),
-            Some(false) => wh.push("instance_uuid IS NULL".into()),
-            None => {}
-        }
-        if let Some(v) = &q.description_contains {
-            args.push(format!("%{}%", v.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")).into());
-            wh.push(format!("description LIKE ${} ESCAPE '\\'", args.len()));
-        }
-        if let Some(parts) = &q.partitions {
-            if parts.is_empty() {
-                wh.push("1 = 0".into());
-            } else {
-                // partitions are integers we computed: safe to inline
-                let list: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
-                wh.push(format!("ring_partition IN ({})", list.join(",")));
-            }
-        }
+        let (wh, mut args) = node_filter(q);
         let sql = self.paged("nodes", NODE_COLUMNS, NODE_SORT_KEYS, wh, &mut args, &q.paging).await?;
         let rows = self.fetch_all::<NodeRow>(sql, args).await?;
         rows.into_iter().map(Node::try_from).collect()
     }
 
+    /// How many nodes match `q`'s filters (its paging is ignored): a count
+    /// in the database, not a listing.
+    pub async fn count_nodes(&self, q: &NodeQuery) -> Result<i64, DbError> {
+        #[derive(FromRow)]
+        struct Count {
+            n: i64,
+        }
+        let (wh, args) = node_filter(q);
+        let filter = if wh.is_empty() { String::new() } else { format!(" WHERE {}", wh.join(" AND ")) };
+        let sql = format!("SELECT COUNT(*) AS n FROM nodes{filter}");
+        Ok(self.fetch_one_opt::<Count>(sql, args).await?.map(|c| c.n).unwrap_or(0))
+    }
+}
+
+/// The WHERE terms and arguments of a node query's filters.
+fn node_filter(q: &NodeQuery) -> (Vec<String>, Vec<Arg>) {
+    let mut wh: Vec<String> = Vec::new();
+    let mut args: Vec<Arg> = Vec::new();
+    let mut eq = |col: &str, v: Arg, wh: &mut Vec<String>| {
+        args.push(v);
+        wh.push(format!("{col} = ${}", args.len()));
+    };
+    if let Some(v) = &q.provision_state {
+        eq("provision_state", v.as_str().into(), &mut wh);
+    }
+    if let Some(v) = &q.driver {
+        eq("driver", v.as_str().into(), &mut wh);
+    }
+    if let Some(v) = &q.resource_class {
+        eq("resource_class", v.as_str().into(), &mut wh);
+    }
+    if let Some(v) = &q.conductor_group {
+        eq("conductor_group", v.to_ascii_lowercase().into(), &mut wh);
+    }
+    if let Some(v) = q.maintenance {
+        eq("maintenance", v.into(), &mut wh);
+    }
+    if let Some(v) = q.retired {
+        eq("retired", v.into(), &mut wh);
+    }
+    if let Some(v) = &q.owner {
+        eq("owner", v.as_str().into(), &mut wh);
+    }
+    if let Some(v) = &q.lessee {
+        eq("lessee", v.as_str().into(), &mut wh);
+    }
+    if let Some(v) = &q.fault {
+        eq("fault", v.as_str().into(), &mut wh);
+    }
+    if let Some(v) = &q.shard {
+        eq("shard", v.as_str().into(), &mut wh);
+    }
+    if let Some(v) = &q.instance_uuid {
+        eq("instance_uuid", v.as_str().into(), &mut wh);
+    }
+    match q.associated {
+        Some(true) => wh.push("instance_uuid IS NOT NULL".into()),
+        Some(false) => wh.push("instance_uuid IS NULL".into()),
+        None => {}
+    }
+    if let Some(v) = &q.description_contains {
+        args.push(format!("%{}%", v.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")).into());
+        wh.push(format!("description LIKE ${} ESCAPE '\\'", args.len()));
+    }
+    if let Some(parts) = &q.partitions {
+        if parts.is_empty() {
+            wh.push("1 = 0".into());
+        } else {
+            // partitions are integers we computed: safe to inline
+            let list: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+            wh.push(format!("ring_partition IN ({})", list.join(",")));
+        }
+    }
+    (wh, args)
+}
+
+impl Db {
     /// Build `SELECT ... WHERE ... ORDER BY ... LIMIT` with keyset paging
     /// after `marker` on (sort_key, id).
     async fn paged(
@@ -1165,6 +1186,13 @@ impl Db {
                 vec![uuid.to_string().into(), holder.into()],
             )
             .await?;
+        if rows == 1 {
+            // its history goes with it (what is left after an error here,
+            // the periodic pruning takes)
+            let _ = self
+                .execute("DELETE FROM node_history WHERE node_uuid = $1".into(), vec![uuid.to_string().into()])
+                .await;
+        }
         Ok(rows == 1)
     }
 
@@ -1355,6 +1383,32 @@ impl Db {
         )
         .await?;
         Ok(())
+    }
+
+    /// Delete up to `batch` history entries beyond the newest `keep` of
+    /// each node (`keep` = 0: none of those) and of nodes that no longer
+    /// exist. Returns how many went.
+    pub async fn prune_history(&self, keep: u32, batch: u32) -> Result<u64, DbError> {
+        let orphans = self
+            .execute(
+                "DELETE FROM node_history WHERE id IN (SELECT h.id FROM node_history h LEFT JOIN nodes n ON \
+                 n.uuid = h.node_uuid WHERE n.uuid IS NULL LIMIT $1)"
+                    .into(),
+                vec![i64::from(batch).into()],
+            )
+            .await?;
+        if keep == 0 {
+            return Ok(orphans);
+        }
+        let excess = self
+            .execute(
+                "DELETE FROM node_history WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY \
+                 node_uuid ORDER BY id DESC) AS rn FROM node_history) ranked WHERE rn > $1 LIMIT $2)"
+                    .into(),
+                vec![i64::from(keep).into(), i64::from(batch).into()],
+            )
+            .await?;
+        Ok(orphans + excess)
     }
 
     pub async fn history(&self, node: Uuid) -> Result<Vec<HistoryEntry>, DbError> {

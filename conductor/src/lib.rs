@@ -207,6 +207,31 @@ impl Inner {
         Ok(out)
     }
 
+    /// How many nodes the ring gives this incarnation: counted in the
+    /// database through the `ring_partition` index, not listed (a status
+    /// call used to read the whole table).
+    pub async fn count_my_nodes(&self) -> Result<u64, DbError> {
+        let ring = self.ring.borrow().clone();
+        let Some(me) = ring.member(&self.id).filter(|m| m.incarnation == self.incarnation).cloned() else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for hw in &me.hardware_types {
+            let parts: Vec<i64> =
+                ring.partitions_of(&me.id, &me.conductor_group, hw).into_iter().map(i64::from).collect();
+            for chunk in parts.chunks(4096) {
+                let q = NodeQuery {
+                    conductor_group: Some(me.conductor_group.clone()),
+                    driver: Some(hw.clone()),
+                    partitions: Some(chunk.to_vec()),
+                    ..Default::default()
+                };
+                n += self.db.count_nodes(&q).await?.max(0) as u64;
+            }
+        }
+        Ok(n)
+    }
+
     /// Whether a task of this process runs the node's operation.
     pub fn is_running(&self, node: Uuid) -> bool {
         self.running.lock().expect("running set").contains(&node)

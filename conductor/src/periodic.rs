@@ -25,6 +25,12 @@
 //!   per-MAC configs in this conductor's TFTP and HTTP roots), by the same
 //!   rule (`crate::netboot`).
 //!
+//! * **history retention**: entries beyond the newest
+//!   `node_history_max_entries` of each node, and those of deleted nodes,
+//!   are deleted every `node_history_cleanup_interval_secs` by one
+//!   conductor (the active member with the smallest id in this one's view;
+//!   two doing it at once delete the same rows).
+//!
 //! Busy nodes (locked) and nodes in maintenance are left alone.
 
 use std::collections::HashSet;
@@ -47,12 +53,18 @@ pub async fn run(inner: Arc<Inner>) {
     if secs == 0 {
         return;
     }
+    let mut last_prune: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = inner.cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
         }
         pass(&inner).await;
+        let every = Duration::from_secs(inner.cfg.conductor.node_history_cleanup_interval_secs.max(1));
+        if last_prune.is_none_or(|t| t.elapsed() >= every) && prunes_history(&inner) {
+            last_prune = Some(tokio::time::Instant::now());
+            prune_history(&inner).await;
+        }
         match inner.media().artefacts.expire().await {
             Ok(0) => {}
             Ok(n) => info!(removed = n, "expired helper images removed"),
@@ -60,6 +72,38 @@ pub async fn run(inner: Arc<Inner>) {
         }
         media_round(&inner).await;
         crate::netboot::reap_lost_nodes_files(&inner).await;
+    }
+}
+
+/// Whether this conductor is the one that prunes the history: the active
+/// member with the smallest id.
+fn prunes_history(inner: &Inner) -> bool {
+    let ring = inner.ring.borrow();
+    ring.members().iter().filter(|m| m.state == ferric_common::ring::MemberState::Active).map(|m| m.id.as_str()).min()
+        == Some(inner.id.as_str())
+}
+
+/// Batches of 1000, at most 100 per round, so one round cannot hold the
+/// database for long; what is left goes next time.
+async fn prune_history(inner: &Inner) {
+    let keep = inner.cfg.conductor.node_history_max_entries;
+    let mut removed = 0;
+    for _ in 0..100 {
+        if inner.cancel.is_cancelled() {
+            break;
+        }
+        match inner.db.prune_history(keep, 1000).await {
+            Ok(0) => break,
+            Ok(n) => removed += n,
+            Err(e) => {
+                warn!("pruning node history: {e}");
+                break;
+            }
+        }
+    }
+    if removed > 0 {
+        info!(removed, keep, "node history pruned");
+        metrics::counter!("ferric_node_history_pruned_total").increment(removed);
     }
 }
 

@@ -124,6 +124,26 @@ async fn suite(db: Db) {
     let h = db.history(a.uuid).await.unwrap();
     assert_eq!(h.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(), ["step", "resume"]);
     assert_eq!(h[1].conductor, "c2");
+
+    // history retention: the newest `keep` per node stay, in batches; a
+    // deleted node's history goes
+    let mut c = node("hist");
+    c.reservation = Some("inc-h".into());
+    db.create_node(&c).await.unwrap();
+    for i in 0..12 {
+        db.record_history(c.uuid, "c1", "c1/1", "power", &format!("event {i}")).await.unwrap();
+    }
+    assert_eq!(db.prune_history(5, 4).await.unwrap(), 4, "one batch at a time");
+    assert_eq!(db.prune_history(5, 1000).await.unwrap(), 3);
+    assert_eq!(db.prune_history(5, 1000).await.unwrap(), 0);
+    let kept: Vec<String> = db.history(c.uuid).await.unwrap().into_iter().map(|e| e.detail).collect();
+    assert_eq!(kept, ["event 7", "event 8", "event 9", "event 10", "event 11"], "the newest are kept, in order");
+    assert_eq!(db.history(a.uuid).await.unwrap().len(), 2, "another node's history is not touched");
+    assert!(db.delete_node_locked(c.uuid, "inc-h").await.unwrap());
+    assert!(db.history(c.uuid).await.unwrap().is_empty(), "a deleted node's history goes with it");
+    db.record_history(c.uuid, "c1", "c1/1", "late", "written after the delete").await.unwrap();
+    assert_eq!(db.prune_history(0, 1000).await.unwrap(), 1, "orphaned history is pruned even when all is kept");
+    assert_eq!(db.history(a.uuid).await.unwrap().len(), 2);
 }
 
 #[tokio::test]

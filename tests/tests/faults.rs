@@ -337,3 +337,56 @@ async fn a_config_drive_larger_than_grpcs_default_message_deploys() {
     wait_node(&api, &uuid, "active", Duration::from_secs(60), |n| n["provision_state"] == "active").await;
     drop(ferric);
 }
+
+/// Scenario 9 (load that grows with the fleet): every step of every
+/// operation writes a history row, and nothing deleted them — a fleet's
+/// `node_history` grew without bound, and a deleted node's rows stayed.
+#[tokio::test]
+async fn node_history_is_kept_to_its_limit_and_goes_with_its_node() {
+    let f = Ferric::start(
+        None,
+        &[
+            ("FERRIC_CONDUCTOR__PERIODIC_INTERVAL_SECS", "1"),
+            ("FERRIC_CONDUCTOR__NODE_HISTORY_MAX_ENTRIES", "4"),
+            ("FERRIC_CONDUCTOR__NODE_HISTORY_CLEANUP_INTERVAL_SECS", "1"),
+        ],
+    );
+    let api = Api::new(&f.endpoint);
+    let a = api.create_node(json!({"name": "hist-a", "driver": "fake-hardware"}), &[]).await;
+    let b = api.create_node(json!({"name": "hist-b", "driver": "fake-hardware"}), &[]).await;
+    for n in [&a, &b] {
+        api.to_available(n, Duration::from_secs(30)).await;
+        for target in ["power on", "power off", "power on", "power off"] {
+            api.ok(Method::PUT, &format!("/v1/nodes/{n}/states/power"), Some(json!({"target": target}))).await;
+            let start = Instant::now();
+            while !api.node(n).await["target_power_state"].is_null() {
+                assert!(start.elapsed() < Duration::from_secs(10), "power action did not finish");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let db = ferric_common::db::Db::connect(&format!("sqlite://{}/ferric.sqlite", f.data_dir.path().display()), 1)
+        .await
+        .unwrap();
+    let uuid = |s: &str| uuid::Uuid::parse_str(s).unwrap();
+    let start = Instant::now();
+    loop {
+        let (ha, hb) = (db.history(uuid(&a)).await.unwrap(), db.history(uuid(&b)).await.unwrap());
+        if ha.len() == 4 && hb.len() == 4 {
+            // the newest stay: the last power action is the last entry
+            assert_eq!(ha.last().unwrap().event, "power", "{ha:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "history not pruned to 4 per node: {} and {} entries",
+            ha.len(),
+            hb.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    api.ok(Method::DELETE, &format!("/v1/nodes/{b}"), None).await;
+    assert!(db.history(uuid(&b)).await.unwrap().is_empty(), "a deleted node's history stayed");
+    assert_eq!(db.history(uuid(&a)).await.unwrap().len(), 4);
+    db.close().await;
+}
