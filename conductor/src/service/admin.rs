@@ -48,8 +48,8 @@ impl ConductorService {
     pub(super) async fn get_conductor_status_rpc(&self, _req: Request<Empty>) -> Rpc<ConductorStatus> {
         let ring = self.inner.ring.borrow().clone();
         let me = ring.member(&self.inner.id);
-        let owned = match self.inner.db.list_nodes(&Default::default()).await {
-            Ok(nodes) => nodes.iter().filter(|n| self.inner.owns(n)).count() as u64,
+        let owned = match self.inner.count_my_nodes().await {
+            Ok(n) => n,
             Err(e) => return Err(self.db_err(e)),
         };
         let progress = crate::drain::progress(&self.inner).await;
