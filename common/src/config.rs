@@ -609,7 +609,51 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Every duration of the configuration: key, value, seconds per unit.
+    fn durations(&self) -> Vec<(&'static str, u64, f64)> {
+        let (c, ms, s, min) = (&self.conductor, 0.001, 1.0, 60.0);
+        vec![
+            ("api.request_deadline_ms", self.api.request_deadline_ms, ms),
+            ("api.shutdown_delay_ms", self.api.shutdown_delay_ms, ms),
+            ("conductor.lock_retry_interval_ms", c.lock_retry_interval_ms, ms),
+            ("conductor.shutdown_timeout_ms", c.shutdown_timeout_ms, ms),
+            ("conductor.takeover_interval_ms", c.takeover_interval_ms, ms),
+            ("conductor.drain_timeout_ms", c.drain_timeout_ms, ms),
+            ("conductor.callback_timeout_secs", c.callback_timeout_secs, s),
+            ("conductor.periodic_interval_secs", c.periodic_interval_secs, s),
+            ("conductor.power_state_change_timeout", c.power_state_change_timeout, s),
+            ("conductor.power_state_poll_interval_ms", c.power_state_poll_interval_ms, ms),
+            ("conductor.node_history_cleanup_interval_secs", c.node_history_cleanup_interval_secs, s),
+            ("database.acquire_timeout_secs", self.database.acquire_timeout_secs, s),
+            ("membership.lease_ttl_secs", self.membership.lease_ttl_secs, s),
+            ("membership.fence_margin_ms", self.membership.fence_margin_ms, ms),
+            ("deploy.deploy_helper_images_ttl", self.deploy.deploy_helper_images_ttl, min),
+            ("swift.swift_temp_url_duration", self.swift.swift_temp_url_duration, s),
+            ("swift.request_timeout_secs", self.swift.request_timeout_secs, s),
+            ("image_cache.download_timeout_secs", self.image_cache.download_timeout_secs, s),
+            ("redfish.connection_retry_interval_ms", self.redfish.connection_retry_interval_ms, ms),
+            ("redfish.request_timeout", self.redfish.request_timeout, s),
+            ("redfish.connect_timeout", self.redfish.connect_timeout, s),
+            ("agent.command_timeout", self.agent.command_timeout, s),
+            ("agent.command_wait_interval_ms", self.agent.command_wait_interval_ms, ms),
+            ("agent.post_deploy_power_off_timeout", self.agent.post_deploy_power_off_timeout, s),
+            ("iscsi.write_timeout_secs", self.iscsi.write_timeout_secs, s),
+            ("ipxe.retry_delay_secs", self.ipxe.retry_delay_secs, s),
+        ]
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // a duration is added to clocks (Instant, chrono) and multiplied:
+        // a huge one overflowed in arithmetic far from the configuration
+        const MAX_DURATION_SECS: f64 = 30.0 * 86400.0;
+        for (key, value, unit) in self.durations() {
+            if value as f64 * unit > MAX_DURATION_SECS {
+                return Err(ConfigError(format!(
+                    "{key} = {value} is longer than 30 days; give at most {}",
+                    (MAX_DURATION_SECS / unit) as u64
+                )));
+            }
+        }
         if !matches!(self.membership.backend.as_str(), "local" | "etcd") {
             return Err(ConfigError(format!(
                 "membership.backend must be \"local\" or \"etcd\", not {:?}",
@@ -785,6 +829,30 @@ pub fn init_logging(cfg: &LogConfig) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations_past_30_days_are_refused_by_name() {
+        for (key, unit_max) in [
+            ("conductor.drain_timeout_ms", 2_592_000_000u64),
+            ("membership.lease_ttl_secs", 2_592_000),
+            ("deploy.deploy_helper_images_ttl", 43_200),
+        ] {
+            let (section, name) = key.split_once('.').unwrap();
+            let at = |v: u64| super::Config::load(None, serde_json::json!({ section: { name: v } }));
+            let err = at(u64::MAX).expect_err(key).to_string();
+            assert!(err.contains(key) && err.contains("30 days"), "{err}");
+            let err = at(unit_max + 1).expect_err(key).to_string();
+            assert!(err.contains(&format!("at most {unit_max}")), "{err}");
+            at(unit_max).unwrap_or_else(|e| panic!("{key} = {unit_max} is 30 days: {e}"));
+        }
+        // every duration key is listed, and each names a real key
+        let cfg = super::Config::default();
+        let json = serde_json::to_value(&cfg).unwrap();
+        for (key, _, _) in cfg.durations() {
+            let (section, name) = key.split_once('.').unwrap();
+            assert!(json[section].get(name).is_some(), "{key} is not a configuration key");
+        }
+    }
+
     use super::*;
 
     #[test]
