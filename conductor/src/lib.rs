@@ -180,54 +180,48 @@ impl Inner {
         }
     }
 
-    /// The nodes the ring gives me, read through the `ring_partition`
-    /// index, one query per (group, hardware type) I serve.
-    pub async fn my_nodes(&self) -> Result<Vec<Node>, DbError> {
+    /// The queries that select the nodes the ring gives this incarnation
+    /// through the `ring_partition` index: per (group, hardware type) I
+    /// serve, a few thousand partitions each (bounded statement size).
+    fn my_queries(&self) -> Vec<NodeQuery> {
         let ring = self.ring.borrow().clone();
         let Some(me) = ring.member(&self.id).filter(|m| m.incarnation == self.incarnation).cloned() else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
         let mut out = Vec::new();
         for hw in &me.hardware_types {
             let parts: Vec<i64> =
                 ring.partitions_of(&me.id, &me.conductor_group, hw).into_iter().map(i64::from).collect();
-            // bounded statement size: a few thousand partitions per query
             for chunk in parts.chunks(4096) {
-                let q = NodeQuery {
+                out.push(NodeQuery {
                     conductor_group: Some(me.conductor_group.clone()),
                     driver: Some(hw.clone()),
                     partitions: Some(chunk.to_vec()),
                     ..Default::default()
-                };
-                out.extend(self.db.list_nodes(&q).await?);
+                });
             }
+        }
+        out
+    }
+
+    /// The nodes the ring gives me.
+    pub async fn my_nodes(&self) -> Result<Vec<Node>, DbError> {
+        let mut out = Vec::new();
+        for q in self.my_queries() {
+            out.extend(self.db.list_nodes(&q).await?);
         }
         // the ring may have moved on while we read
         out.retain(|n| self.owns(n));
         Ok(out)
     }
 
-    /// How many nodes the ring gives this incarnation: counted in the
-    /// database through the `ring_partition` index, not listed (a status
-    /// call used to read the whole table).
+    /// How many nodes the ring gives me: counted in the database, not
+    /// listed (a status call — polled every 300 ms by `ferricctl conductor
+    /// drain --wait` — used to read the whole node table).
     pub async fn count_my_nodes(&self) -> Result<u64, DbError> {
-        let ring = self.ring.borrow().clone();
-        let Some(me) = ring.member(&self.id).filter(|m| m.incarnation == self.incarnation).cloned() else {
-            return Ok(0);
-        };
         let mut n = 0;
-        for hw in &me.hardware_types {
-            let parts: Vec<i64> =
-                ring.partitions_of(&me.id, &me.conductor_group, hw).into_iter().map(i64::from).collect();
-            for chunk in parts.chunks(4096) {
-                let q = NodeQuery {
-                    conductor_group: Some(me.conductor_group.clone()),
-                    driver: Some(hw.clone()),
-                    partitions: Some(chunk.to_vec()),
-                    ..Default::default()
-                };
-                n += self.db.count_nodes(&q).await?.max(0) as u64;
-            }
+        for q in self.my_queries() {
+            n += self.db.count_nodes(&q).await?.max(0) as u64;
         }
         Ok(n)
     }
