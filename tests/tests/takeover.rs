@@ -90,10 +90,22 @@ async fn sigkill_mid_deploy_every_deploy_finishes() {
     assert!(victims.len() * 4 >= n, "the kill must land mid-deploy for about a third of the nodes");
 
     cl.wait_all(&uuids, "active", Duration::from_secs(240)).await;
-    let after = cl.nodes().await;
+    // no node stays locked: a take-over of a node that was already active
+    // when its owner died holds its lock for a (delayed) step after the last
+    // deploy ended, so the locks are read once those have had their time
+    let start = std::time::Instant::now();
+    let after = loop {
+        let after = cl.nodes().await;
+        let locked: Vec<(&String, &Value)> =
+            uuids.iter().map(|u| (u, &after[u]["reservation"])).filter(|(_, r)| !r.is_null()).collect();
+        if locked.is_empty() {
+            break after;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "still locked 30 s after every deploy ended: {locked:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     for u in &uuids {
         let node = &after[u];
-        assert_eq!(node["reservation"], Value::Null, "{u} still locked");
         assert_eq!(node["power_state"], "power on");
         assert_ne!(node["conductor"].as_str(), Some(victim_id.as_str()));
     }
