@@ -946,17 +946,25 @@ impl Db {
         rows.into_iter().map(Node::try_from).collect()
     }
 
-    /// How many nodes match `q`'s filters (its paging is ignored): a count
-    /// in the database, not a listing.
-    pub async fn count_nodes(&self, q: &NodeQuery) -> Result<i64, DbError> {
+    /// Node counts of one conductor group by (driver, ring partition): one
+    /// small row per partition that has nodes, counted in the database
+    /// (a conductor's owned-node count without reading the nodes).
+    pub async fn count_nodes_by_partition(&self, conductor_group: &str) -> Result<Vec<(String, i64, i64)>, DbError> {
         #[derive(FromRow)]
-        struct Count {
+        struct Row {
+            driver: String,
+            ring_partition: i64,
             n: i64,
         }
-        let (wh, args) = node_filter(q);
-        let filter = if wh.is_empty() { String::new() } else { format!(" WHERE {}", wh.join(" AND ")) };
-        let sql = format!("SELECT COUNT(*) AS n FROM nodes{filter}");
-        Ok(self.fetch_one_opt::<Count>(sql, args).await?.map(|c| c.n).unwrap_or(0))
+        let rows = self
+            .fetch_all::<Row>(
+                "SELECT driver, ring_partition, COUNT(*) AS n FROM nodes WHERE conductor_group = $1 \
+                 GROUP BY driver, ring_partition"
+                    .into(),
+                vec![conductor_group.to_ascii_lowercase().into()],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.driver, r.ring_partition, r.n)).collect())
     }
 }
 

@@ -215,13 +215,24 @@ impl Inner {
         Ok(out)
     }
 
-    /// How many nodes the ring gives me: counted in the database, not
-    /// listed (a status call — polled every 300 ms by `ferricctl conductor
-    /// drain --wait` — used to read the whole node table).
+    /// How many nodes the ring gives me: one grouped count in the database,
+    /// not a listing (a status call — polled every 300 ms by `ferricctl
+    /// conductor drain --wait` — used to read the whole node table).
     pub async fn count_my_nodes(&self) -> Result<u64, DbError> {
+        let ring = self.ring.borrow().clone();
+        let Some(me) = ring.member(&self.id).filter(|m| m.incarnation == self.incarnation).cloned() else {
+            return Ok(0);
+        };
+        let counts = self.db.count_nodes_by_partition(&me.conductor_group).await?;
         let mut n = 0;
-        for q in self.my_queries() {
-            n += self.db.count_nodes(&q).await?.max(0) as u64;
+        for hw in &me.hardware_types {
+            let mine: std::collections::HashSet<i64> =
+                ring.partitions_of(&me.id, &me.conductor_group, hw).into_iter().map(i64::from).collect();
+            n += counts
+                .iter()
+                .filter(|(d, p, _)| d == hw && mine.contains(p))
+                .map(|(_, _, c)| (*c).max(0) as u64)
+                .sum::<u64>();
         }
         Ok(n)
     }
