@@ -1,0 +1,463 @@
+//! The `nodes` table: its columns (each declared once, in `table!`),
+//! node queries, and the node lock (`reservation`), taken and kept by
+//! conditional UPDATEs.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use super::{Arg, Db, DbError, LockOutcome, Paging, obj, state, text, unique_field};
+use crate::model::{Interfaces, Node};
+
+table! {
+    row NodeRow of Node;
+    columns NODE_COLUMN_NAMES;
+    saved NODE_SAVE_COLUMNS, node_save_args;
+    fixed {
+        id: i64,
+        uuid: String,
+        reservation: Option<String>,
+        created_at: DateTime<Utc>,
+    }
+    saved |n, now| {
+        name: Option<String> = n.name.clone(),
+        driver: String = n.driver.clone(),
+        bios_interface: Option<String> = n.interfaces.bios.clone(),
+        boot_interface: Option<String> = n.interfaces.boot.clone(),
+        console_interface: Option<String> = n.interfaces.console.clone(),
+        deploy_interface: Option<String> = n.interfaces.deploy.clone(),
+        firmware_interface: Option<String> = n.interfaces.firmware.clone(),
+        inspect_interface: Option<String> = n.interfaces.inspect.clone(),
+        management_interface: Option<String> = n.interfaces.management.clone(),
+        network_interface: Option<String> = n.interfaces.network.clone(),
+        power_interface: Option<String> = n.interfaces.power.clone(),
+        raid_interface: Option<String> = n.interfaces.raid.clone(),
+        rescue_interface: Option<String> = n.interfaces.rescue.clone(),
+        storage_interface: Option<String> = n.interfaces.storage.clone(),
+        vendor_interface: Option<String> = n.interfaces.vendor.clone(),
+        provision_state: String = n.provision_state.as_str(),
+        target_provision_state: Option<String> = n.target_provision_state.map(|s| s.as_str().to_string()),
+        provision_updated_at: Option<DateTime<Utc>> = n.provision_updated_at,
+        power_state: Option<String> = n.power_state.clone(),
+        target_power_state: Option<String> = n.target_power_state.clone(),
+        maintenance: bool = n.maintenance,
+        maintenance_reason: Option<String> = n.maintenance_reason.clone(),
+        fault: Option<String> = n.fault.clone(),
+        conductor_affinity: Option<String> = n.conductor_affinity.clone(),
+        conductor_group: String = n.conductor_group.clone(),
+        ring_partition: i64 = n.ring_partition,
+        driver_info: String = text(&n.driver_info),
+        driver_internal_info: String = text(&n.driver_internal_info),
+        instance_info: String = text(&n.instance_info),
+        properties: String = text(&n.properties),
+        extra: String = text(&n.extra),
+        network_data: String = text(&n.network_data),
+        instance_uuid: Option<String> = n.instance_uuid.clone(),
+        instance_name: Option<String> = n.instance_name.clone(),
+        last_error: Option<String> = n.last_error.clone(),
+        resource_class: Option<String> = n.resource_class.clone(),
+        owner: Option<String> = n.owner.clone(),
+        lessee: Option<String> = n.lessee.clone(),
+        description: Option<String> = n.description.clone(),
+        shard: Option<String> = n.shard.clone(),
+        parent_node: Option<String> = n.parent_node.clone(),
+        chassis_uuid: Option<String> = n.chassis_uuid.clone(),
+        automated_clean: Option<bool> = n.automated_clean,
+        protected: bool = n.protected,
+        protected_reason: Option<String> = n.protected_reason.clone(),
+        retired: bool = n.retired,
+        retired_reason: Option<String> = n.retired_reason.clone(),
+        disable_power_off: bool = n.disable_power_off,
+        console_enabled: bool = n.console_enabled,
+        boot_mode: Option<String> = n.boot_mode.clone(),
+        secure_boot: Option<bool> = n.secure_boot,
+        traits: String = serde_json::to_string(&n.traits).expect("a list of strings serialises"),
+        deploy_step: String = text(&n.deploy_step),
+        clean_step: String = text(&n.clean_step),
+        service_step: String = text(&n.service_step),
+        raid_config: String = text(&n.raid_config),
+        target_raid_config: String = text(&n.target_raid_config),
+        updated_at: Option<DateTime<Utc>> = now,
+    }
+}
+
+/// The SELECT list of a whole node.
+static NODE_COLUMNS: LazyLock<String> = LazyLock::new(|| NODE_COLUMN_NAMES.join(", "));
+
+/// Sort keys a node list accepts (Ironic refuses JSON fields).
+pub const NODE_SORT_KEYS: &[&str] = &[
+    "id",
+    "uuid",
+    "name",
+    "driver",
+    "provision_state",
+    "power_state",
+    "maintenance",
+    "resource_class",
+    "conductor_group",
+    "owner",
+    "lessee",
+    "created_at",
+    "updated_at",
+    "provision_updated_at",
+    "instance_uuid",
+];
+
+/// Columns that name a conductor on a node row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRef {
+    Affinity,
+    Reservation,
+}
+
+/// Filters and paging for a node list.
+#[derive(Debug, Clone, Default)]
+pub struct NodeQuery {
+    pub provision_state: Option<String>,
+    pub driver: Option<String>,
+    pub resource_class: Option<String>,
+    pub conductor_group: Option<String>,
+    pub maintenance: Option<bool>,
+    pub associated: Option<bool>,
+    pub owner: Option<String>,
+    pub lessee: Option<String>,
+    pub fault: Option<String>,
+    pub retired: Option<bool>,
+    pub shard: Option<String>,
+    pub instance_uuid: Option<String>,
+    pub description_contains: Option<String>,
+    /// Only nodes in these ring partitions of `conductor_group` (the "my
+    /// nodes" index scan); empty means no restriction.
+    pub partitions: Option<Vec<i64>>,
+    pub paging: Paging,
+}
+
+impl TryFrom<NodeRow> for Node {
+    type Error = DbError;
+    fn try_from(r: NodeRow) -> Result<Node, DbError> {
+        Ok(Node {
+            uuid: Uuid::parse_str(&r.uuid).map_err(|e| DbError::Corrupt(format!("uuid: {e}")))?,
+            name: r.name,
+            driver: r.driver,
+            interfaces: Interfaces {
+                bios: r.bios_interface,
+                boot: r.boot_interface,
+                console: r.console_interface,
+                deploy: r.deploy_interface,
+                firmware: r.firmware_interface,
+                inspect: r.inspect_interface,
+                management: r.management_interface,
+                network: r.network_interface,
+                power: r.power_interface,
+                raid: r.raid_interface,
+                rescue: r.rescue_interface,
+                storage: r.storage_interface,
+                vendor: r.vendor_interface,
+            },
+            provision_state: state("provision_state", &r.provision_state)?,
+            target_provision_state: r
+                .target_provision_state
+                .as_deref()
+                .map(|s| state("target_provision_state", s))
+                .transpose()?,
+            provision_updated_at: r.provision_updated_at,
+            power_state: r.power_state,
+            target_power_state: r.target_power_state,
+            maintenance: r.maintenance,
+            maintenance_reason: r.maintenance_reason,
+            fault: r.fault,
+            reservation: r.reservation,
+            conductor_affinity: r.conductor_affinity,
+            conductor_group: r.conductor_group,
+            ring_partition: r.ring_partition,
+            driver_info: obj("driver_info", &r.driver_info)?,
+            driver_internal_info: obj("driver_internal_info", &r.driver_internal_info)?,
+            instance_info: obj("instance_info", &r.instance_info)?,
+            properties: obj("properties", &r.properties)?,
+            extra: obj("extra", &r.extra)?,
+            network_data: obj("network_data", &r.network_data)?,
+            instance_uuid: r.instance_uuid,
+            instance_name: r.instance_name,
+            last_error: r.last_error,
+            resource_class: r.resource_class,
+            owner: r.owner,
+            lessee: r.lessee,
+            description: r.description,
+            shard: r.shard,
+            parent_node: r.parent_node,
+            chassis_uuid: r.chassis_uuid,
+            automated_clean: r.automated_clean,
+            protected: r.protected,
+            protected_reason: r.protected_reason,
+            retired: r.retired,
+            retired_reason: r.retired_reason,
+            disable_power_off: r.disable_power_off,
+            console_enabled: r.console_enabled,
+            boot_mode: r.boot_mode,
+            secure_boot: r.secure_boot,
+            traits: serde_json::from_str(&r.traits).map_err(|e| DbError::Corrupt(format!("traits: {e}")))?,
+            deploy_step: obj("deploy_step", &r.deploy_step)?,
+            clean_step: obj("clean_step", &r.clean_step)?,
+            service_step: obj("service_step", &r.service_step)?,
+            raid_config: obj("raid_config", &r.raid_config)?,
+            target_raid_config: obj("target_raid_config", &r.target_raid_config)?,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+impl Db {
+    pub async fn create_node(&self, n: &Node) -> Result<(), DbError> {
+        let mut cols = vec!["uuid", "reservation", "created_at"];
+        cols.extend_from_slice(NODE_SAVE_COLUMNS);
+        let mut args: Vec<Arg> = vec![n.uuid.to_string().into(), n.reservation.clone().into(), n.created_at.into()];
+        args.extend(node_save_args(n, n.created_at));
+        // a fresh node has never been updated
+        *args.last_mut().expect("updated_at is last") = Arg::Time(None);
+        let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("INSERT INTO nodes ({}) VALUES ({})", cols.join(", "), placeholders.join(", "));
+        self.execute(sql, args).await.map_err(|e| match unique_field(&e, &["instance_uuid", "name", "uuid"]) {
+            Some(field) => DbError::Duplicate { field },
+            None => DbError::Sqlx(e),
+        })?;
+        Ok(())
+    }
+
+    pub async fn get_node(&self, uuid: Uuid) -> Result<Node, DbError> {
+        let cols = &*NODE_COLUMNS;
+        let sql = format!("SELECT {cols} FROM nodes WHERE uuid = $1");
+        self.fetch_one_opt::<NodeRow>(sql, vec![uuid.to_string().into()]).await?.ok_or(DbError::NotFound)?.try_into()
+    }
+
+    pub async fn get_node_by_name(&self, name: &str) -> Result<Node, DbError> {
+        let cols = &*NODE_COLUMNS;
+        let sql = format!("SELECT {cols} FROM nodes WHERE name = $1");
+        self.fetch_one_opt::<NodeRow>(sql, vec![name.into()]).await?.ok_or(DbError::NotFound)?.try_into()
+    }
+
+    pub async fn get_node_by_instance(&self, instance_uuid: &str) -> Result<Node, DbError> {
+        let cols = &*NODE_COLUMNS;
+        let sql = format!("SELECT {cols} FROM nodes WHERE instance_uuid = $1");
+        self.fetch_one_opt::<NodeRow>(sql, vec![instance_uuid.into()]).await?.ok_or(DbError::NotFound)?.try_into()
+    }
+
+    pub async fn list_nodes(&self, q: &NodeQuery) -> Result<Vec<Node>, DbError> {
+        let (wh, mut args) = node_filter(q);
+        let sql = self.paged("nodes", &NODE_COLUMNS, NODE_SORT_KEYS, wh, &mut args, &q.paging).await?;
+        let rows = self.fetch_all::<NodeRow>(sql, args).await?;
+        rows.into_iter().map(Node::try_from).collect()
+    }
+
+    /// Node counts of one conductor group by (driver, ring partition): one
+    /// small row per partition that has nodes, counted in the database
+    /// (a conductor's owned-node count without reading the nodes).
+    pub async fn count_nodes_by_partition(&self, conductor_group: &str) -> Result<Vec<(String, i64, i64)>, DbError> {
+        #[derive(FromRow)]
+        struct Row {
+            driver: String,
+            ring_partition: i64,
+            n: i64,
+        }
+        let rows = self
+            .fetch_all::<Row>(
+                "SELECT driver, ring_partition, COUNT(*) AS n FROM nodes WHERE conductor_group = $1 \
+                 GROUP BY driver, ring_partition"
+                    .into(),
+                vec![conductor_group.to_ascii_lowercase().into()],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.driver, r.ring_partition, r.n)).collect())
+    }
+
+    /// Write every field of `n` except its lock, as the holder of its lock.
+    /// Returns false (and writes nothing) if `holder` no longer holds it.
+    pub async fn save_node_locked(&self, n: &Node, holder: &str) -> Result<bool, DbError> {
+        self.save_node(n, holder, false).await
+    }
+
+    /// Write the node and give up `holder`'s lock in one statement, so no
+    /// reader ever sees the final state with the lock still held.
+    pub async fn save_node_and_release(&self, n: &Node, holder: &str) -> Result<bool, DbError> {
+        self.save_node(n, holder, true).await
+    }
+
+    async fn save_node(&self, n: &Node, holder: &str, release: bool) -> Result<bool, DbError> {
+        let mut args = node_save_args(n, Utc::now());
+        let mut sets: Vec<String> =
+            NODE_SAVE_COLUMNS.iter().enumerate().map(|(i, c)| format!("{c} = ${}", i + 1)).collect();
+        if release {
+            sets.push("reservation = NULL".into());
+        }
+        args.push(n.uuid.to_string().into());
+        args.push(holder.into());
+        let sql = format!(
+            "UPDATE nodes SET {} WHERE uuid = ${} AND reservation = ${}",
+            sets.join(", "),
+            args.len() - 1,
+            args.len()
+        );
+        let rows = self.execute(sql, args).await.map_err(|e| match unique_field(&e, &["instance_uuid", "name"]) {
+            Some(field) => DbError::Duplicate { field },
+            None => DbError::Sqlx(e),
+        })?;
+        Ok(rows == 1)
+    }
+
+    /// Take the exclusive node lock for `holder`: one conditional UPDATE.
+    pub async fn reserve_node(&self, uuid: Uuid, holder: &str) -> Result<LockOutcome, DbError> {
+        self.reserve(uuid, holder, None).await
+    }
+
+    /// Like [`Db::reserve_node`], but only while the node is still in
+    /// `state`: a worker acting on an older read of the node (an orphaned
+    /// operation seen a moment ago) never locks it once it moved on, so
+    /// clients never see a finished node locked.
+    pub async fn reserve_node_in_state(&self, uuid: Uuid, holder: &str, state: &str) -> Result<LockOutcome, DbError> {
+        self.reserve(uuid, holder, Some(state)).await
+    }
+
+    async fn reserve(&self, uuid: Uuid, holder: &str, state: Option<&str>) -> Result<LockOutcome, DbError> {
+        let mut sql = "UPDATE nodes SET reservation = $1 WHERE uuid = $2 AND reservation IS NULL".to_string();
+        let mut args: Vec<Arg> = vec![holder.into(), uuid.to_string().into()];
+        if let Some(state) = state {
+            sql.push_str(" AND provision_state = $3");
+            args.push(state.into());
+        }
+        let rows = self.execute(sql, args).await?;
+        match self.get_node(uuid).await {
+            Ok(n) if rows == 1 => Ok(LockOutcome::Acquired(Box::new(n))),
+            Ok(n) => Ok(LockOutcome::Busy(n.reservation.unwrap_or_default())),
+            Err(DbError::NotFound) => Ok(LockOutcome::NotFound),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Release `holder`'s lock on a node. False if it did not hold it.
+    pub async fn release_node(&self, uuid: Uuid, holder: &str) -> Result<bool, DbError> {
+        let rows = self
+            .execute(
+                "UPDATE nodes SET reservation = NULL WHERE uuid = $1 AND reservation = $2".into(),
+                vec![uuid.to_string().into(), holder.into()],
+            )
+            .await?;
+        Ok(rows == 1)
+    }
+
+    /// The nodes whose lock `holder` holds.
+    pub async fn nodes_reserved_by(&self, holder: &str) -> Result<Vec<Uuid>, DbError> {
+        #[derive(FromRow)]
+        struct Row {
+            uuid: String,
+        }
+        let rows =
+            self.fetch_all::<Row>("SELECT uuid FROM nodes WHERE reservation = $1".into(), vec![holder.into()]).await?;
+        rows.iter()
+            .map(|r| r.uuid.parse().map_err(|e| DbError::Corrupt(format!("node uuid {:?}: {e}", r.uuid))))
+            .collect()
+    }
+
+    /// Clear every lock held by a (dead) incarnation. Returns how many.
+    pub async fn clear_reservations_of(&self, holder: &str) -> Result<u64, DbError> {
+        Ok(self
+            .execute("UPDATE nodes SET reservation = NULL WHERE reservation = $1".into(), vec![holder.into()])
+            .await?)
+    }
+
+    /// Delete a node and its ports, as the holder of its lock.
+    pub async fn delete_node_locked(&self, uuid: Uuid, holder: &str) -> Result<bool, DbError> {
+        let rows = self
+            .execute(
+                "DELETE FROM nodes WHERE uuid = $1 AND reservation = $2".into(),
+                vec![uuid.to_string().into(), holder.into()],
+            )
+            .await?;
+        if rows == 1 {
+            // its history goes with it (what is left after an error here,
+            // the periodic pruning takes)
+            let _ = self
+                .execute("DELETE FROM node_history WHERE node_uuid = $1".into(), vec![uuid.to_string().into()])
+                .await;
+        }
+        Ok(rows == 1)
+    }
+
+    /// How many nodes have `column = value` (column is one of
+    /// `conductor_affinity` or `reservation`).
+    pub async fn count_nodes_with(&self, column: NodeRef, value: &str) -> Result<i64, DbError> {
+        #[derive(FromRow)]
+        struct Count {
+            n: i64,
+        }
+        let col = match column {
+            NodeRef::Affinity => "conductor_affinity",
+            NodeRef::Reservation => "reservation",
+        };
+        let sql = format!("SELECT COUNT(*) AS n FROM nodes WHERE {col} = $1");
+        Ok(self.fetch_one_opt::<Count>(sql, vec![value.into()]).await?.map(|c| c.n).unwrap_or(0))
+    }
+}
+
+/// The WHERE terms and arguments of a node query's filters.
+fn node_filter(q: &NodeQuery) -> (Vec<String>, Vec<Arg>) {
+    let mut wh: Vec<String> = Vec::new();
+    let mut args: Vec<Arg> = Vec::new();
+    let mut eq = |col: &str, v: Arg, wh: &mut Vec<String>| {
+        args.push(v);
+        wh.push(format!("{col} = ${}", args.len()));
+    };
+    if let Some(v) = &q.provision_state {
+        eq("provision_state", v.as_str().into(), &mut wh);
+    }
+    if let Some(v) = &q.driver {
+        eq("driver", v.as_str().into(), &mut wh);
+    }
+    if let Some(v) = &q.resource_class {
+        eq("resource_class", v.as_str().into(), &mut wh);
+    }
+    if let Some(v) = &q.conductor_group {
+        eq("conductor_group", v.to_ascii_lowercase().into(), &mut wh);
+    }
+    if let Some(v) = q.maintenance {
+        eq("maintenance", v.into(), &mut wh);
+    }
+    if let Some(v) = q.retired {
+        eq("retired", v.into(), &mut wh);
+    }
+    if let Some(v) = &q.owner {
+        eq("owner", v.as_str().into(), &mut wh);
+    }
+    if let Some(v) = &q.lessee {
+        eq("lessee", v.as_str().into(), &mut wh);
+    }
+    if let Some(v) = &q.fault {
+        eq("fault", v.as_str().into(), &mut wh);
+    }
+    if let Some(v) = &q.shard {
+        eq("shard", v.as_str().into(), &mut wh);
+    }
+    if let Some(v) = &q.instance_uuid {
+        eq("instance_uuid", v.as_str().into(), &mut wh);
+    }
+    match q.associated {
+        Some(true) => wh.push("instance_uuid IS NOT NULL".into()),
+        Some(false) => wh.push("instance_uuid IS NULL".into()),
+        None => {}
+    }
+    if let Some(v) = &q.description_contains {
+        args.push(format!("%{}%", v.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")).into());
+        wh.push(format!("description LIKE ${} ESCAPE '\\'", args.len()));
+    }
+    if let Some(parts) = &q.partitions {
+        if parts.is_empty() {
+            wh.push("1 = 0".into());
+        } else {
+            // partitions are integers we computed: safe to inline
+            let list: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+            wh.push(format!("ring_partition IN ({})", list.join(",")));
+        }
+    }
+    (wh, args)
+}
