@@ -75,7 +75,7 @@ impl AppState {
     }
 
     /// The conductor the ring gives a node to (the `conductor` field).
-    pub fn conductor_of(&self, node: &Node) -> Option<String> {
+    pub fn conductor_of(&self, node: &Node) -> Option<ferric_common::ids::ConductorId> {
         self.fwd.ring().owner(node.uuid.as_bytes(), &node.conductor_group, &node.driver).map(|m| m.id.clone())
     }
 }

@@ -23,7 +23,7 @@ fn hosts(ring: &Ring) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for m in ring.members().iter().filter(|m| m.state == MemberState::Active) {
         for hw in &m.hardware_types {
-            out.entry(hw.clone()).or_default().push(m.id.clone());
+            out.entry(hw.clone()).or_default().push(m.id.to_string());
         }
     }
     out
@@ -198,6 +198,8 @@ pub async fn list_conductors(
 pub async fn get_conductor(AxState(st): AxState<State>, ctx: Ctx, Path(host): Path<String>) -> ApiResult<Json<Value>> {
     check_conductors_version(&ctx)?;
     let ring = st.fwd.ring();
-    let m = ring.member(&host).ok_or_else(|| ApiError::not_found(format!("Conductor {host} could not be found.")))?;
+    let m = ring
+        .member(&host.as_str().into())
+        .ok_or_else(|| ApiError::not_found(format!("Conductor {host} could not be found.")))?;
     Ok(Json(conductor_json(&ctx, m, true)))
 }

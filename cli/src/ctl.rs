@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use anyhow::{Context, bail};
+use ferric_common::ids::ConductorId;
 use ferric_common::ring::{Member, MemberState, Ring, RingSettings, partition_of};
 use serde_json::Value;
 
@@ -75,13 +76,13 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().expect("http client")
 }
 
-fn owner_id(ring: &Ring, n: &NodeKey) -> Option<String> {
+fn owner_id(ring: &Ring, n: &NodeKey) -> Option<ConductorId> {
     ring.owner(n.uuid.as_bytes(), &n.group, &n.driver).map(|m| m.id.clone())
 }
 
 /// `ring show`: members, epoch, nodes per conductor, balance.
 pub fn show(ring: &Ring, nodes: &[NodeKey]) -> String {
-    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    let mut per: BTreeMap<ConductorId, usize> = BTreeMap::new();
     let mut orphans = 0usize;
     for n in nodes {
         match owner_id(ring, n) {
@@ -138,9 +139,11 @@ pub fn show(ring: &Ring, nodes: &[NodeKey]) -> String {
 /// `node owner`: partition, owner, replicas.
 pub fn owner(ring: &Ring, n: &NodeKey) -> String {
     let p = partition_of(n.uuid.as_bytes(), ring.settings().partition_exponent);
-    let owner = owner_id(ring, n).unwrap_or_else(|| "(none: no active conductor serves it)".into());
+    let owner = owner_id(ring, n)
+        .map(ConductorId::into_string)
+        .unwrap_or_else(|| "(none: no active conductor serves it)".into());
     let replicas: Vec<String> =
-        ring.replicas(n.uuid.as_bytes(), &n.group, &n.driver).iter().map(|m| m.id.clone()).collect();
+        ring.replicas(n.uuid.as_bytes(), &n.group, &n.driver).iter().map(|m| m.id.to_string()).collect();
     format!(
         "node {}{}\n  partition {p}  group {:?}  hardware type {}\n  owner {owner}  (ring epoch {})\n  replicas {}\n",
         n.uuid,
@@ -153,7 +156,7 @@ pub fn owner(ring: &Ring, n: &NodeKey) -> String {
 }
 
 /// `ring simulate`: what would move if members were removed or added.
-pub fn simulate(ring: &Ring, nodes: &[NodeKey], remove: &[String], add: &[Member]) -> anyhow::Result<String> {
+pub fn simulate(ring: &Ring, nodes: &[NodeKey], remove: &[ConductorId], add: &[Member]) -> anyhow::Result<String> {
     for r in remove {
         if ring.member(r).is_none() {
             bail!(
@@ -170,7 +173,7 @@ pub fn simulate(ring: &Ring, nodes: &[NodeKey], remove: &[String], add: &[Member
         members.push(a.clone());
     }
     let next = Ring::new(ring.epoch() + 1, members, ring.settings().clone());
-    let mut flows: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut flows: BTreeMap<(ConductorId, ConductorId), usize> = BTreeMap::new();
     let mut moved = 0usize;
     for n in nodes {
         let (a, b) = (owner_id(ring, n), owner_id(&next, n));
@@ -195,7 +198,7 @@ pub fn simulate(ring: &Ring, nodes: &[NodeKey], remove: &[String], add: &[Member
 pub fn with_members_settings(ring: Ring, configured: &RingSettings) -> anyhow::Result<Ring> {
     let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for m in ring.members().iter().filter(|m| !m.ring_settings.is_empty()) {
-        seen.entry(m.ring_settings.clone()).or_default().push(m.id.clone());
+        seen.entry(m.ring_settings.clone()).or_default().push(m.id.to_string());
     }
     if seen.len() > 1 {
         let list: Vec<String> = seen.iter().map(|(s, ids)| format!("[{s}] ({})", ids.join(", "))).collect();
@@ -211,10 +214,10 @@ pub fn with_members_settings(ring: Ring, configured: &RingSettings) -> anyhow::R
 
 /// Whether another active conductor could take `id`'s nodes: one of its
 /// group that serves one of its hardware types.
-pub fn has_successor(ring: &Ring, id: &str) -> bool {
+pub fn has_successor(ring: &Ring, id: &ConductorId) -> bool {
     let Some(me) = ring.member(id) else { return false };
     ring.members().iter().any(|m| {
-        m.id != id
+        m.id != *id
             && m.state == MemberState::Active
             && m.conductor_group == me.conductor_group
             && m.hardware_types.iter().any(|h| me.hardware_types.contains(h))
@@ -226,7 +229,7 @@ pub fn has_successor(ring: &Ring, id: &str) -> bool {
 /// Refused without `force` when no other conductor could take its nodes.
 pub async fn drain(
     mut ring: tokio::sync::watch::Receiver<Ring>,
-    id: &str,
+    id: &ConductorId,
     wait: bool,
     force: bool,
 ) -> anyhow::Result<()> {

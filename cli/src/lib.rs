@@ -211,7 +211,7 @@ pub async fn run_api(cfg: Config, shutdown: CancellationToken) -> anyhow::Result
         );
     }
     let database_id = ferric_common::identity::database_id(&db).await?;
-    if let Some(e) = ferric_common::membership::etcd::database_mismatch(&membership.current(), "", &database_id) {
+    if let Some(e) = ferric_common::membership::etcd::database_mismatch(&membership.current(), None, &database_id) {
         anyhow::bail!(e);
     }
     let serve_stop = CancellationToken::new();

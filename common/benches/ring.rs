@@ -10,8 +10,8 @@ use ferric_common::ring::{Member, MemberState, Ring, RingSettings};
 fn members(n: usize) -> Vec<Member> {
     (0..n)
         .map(|i| Member {
-            id: format!("conductor-{i:03}"),
-            incarnation: format!("conductor-{i:03}/1"),
+            id: format!("conductor-{i:03}").into(),
+            incarnation: format!("conductor-{i:03}/1").into(),
             grpc_url: String::new(),
             http_url: String::new(),
             conductor_group: String::new(),
@@ -32,7 +32,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("build table, 100 conductors, 2^16 partitions", |b| {
         b.iter(|| {
             let ring = Ring::new(1, black_box(ms.clone()), RingSettings::default());
-            black_box(ring.owner_of_partition(0, "", "fake-hardware").map(|m| m.id.len()))
+            black_box(ring.owner_of_partition(0, "", "fake-hardware").map(|m| m.id.as_str().len()))
         })
     });
     let ring = Ring::new(1, ms.clone(), RingSettings::default());
@@ -42,7 +42,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("owner lookup (node uuid -> conductor)", |b| {
         b.iter(|| {
             i = (i + 1) % ns.len();
-            black_box(ring.owner(&ns[i], "", "fake-hardware").map(|m| m.id.len()))
+            black_box(ring.owner(&ns[i], "", "fake-hardware").map(|m| m.id.as_str().len()))
         })
     });
     let fewer = Ring::new(2, ms[1..].to_vec(), RingSettings::default());

@@ -1,6 +1,7 @@
 //! Ferric's shared core.
 //!
-//! Layout: [`model`] (nodes, ports), [`states`] (the provision state
+//! Layout: [`ids`] (conductor ids, incarnations and lock holders as
+//! distinct types), [`model`] (nodes, ports), [`states`] (the provision state
 //! machine, pure), [`db`] (SQLite + PostgreSQL, one set of queries),
 //! [`ring`] (pure placement of nodes on conductors), [`membership`] (who is
 //! in the ring, as a `watch::Receiver<Ring>`), [`identity`] (which cluster a
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod db;
 pub mod identity;
+pub mod ids;
 pub mod logonce;
 pub mod membership;
 pub mod merge;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::ids::{ConductorId, LockHolder};
 use crate::states::ProvisionState;
 
 /// JSON object columns (driver_info, properties, ...). Stored as JSON text
@@ -47,9 +48,9 @@ pub struct Node {
     pub maintenance_reason: Option<String>,
     pub fault: Option<String>,
     /// The node lock: the holder's incarnation, or None.
-    pub reservation: Option<String>,
+    pub reservation: Option<LockHolder>,
     /// The conductor whose HTTP root holds the node's boot artefacts.
-    pub conductor_affinity: Option<String>,
+    pub conductor_affinity: Option<ConductorId>,
     pub conductor_group: String,
     /// SHA-256 of the UUID bytes reduced to the ring's partition space;
     /// indexed so "my nodes" is an index scan.

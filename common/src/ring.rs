@@ -37,6 +37,8 @@
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::ids::{ConductorId, Incarnation};
 use sha2::{Digest, Sha256};
 
 pub type RingEpoch = u64;
@@ -44,8 +46,8 @@ pub type RingEpoch = u64;
 /// A conductor as it registers itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
-    pub id: String,
-    pub incarnation: String,
+    pub id: ConductorId,
+    pub incarnation: Incarnation,
     pub grpc_url: String,
     pub http_url: String,
     pub conductor_group: String,
@@ -243,8 +245,8 @@ impl Ring {
         &self.inner.members
     }
 
-    pub fn member(&self, id: &str) -> Option<&Member> {
-        self.inner.members.binary_search_by(|m| m.id.as_str().cmp(id)).ok().map(|i| &self.inner.members[i])
+    pub fn member(&self, id: &ConductorId) -> Option<&Member> {
+        self.inner.members.binary_search_by(|m| m.id.cmp(id)).ok().map(|i| &self.inner.members[i])
     }
 
     pub fn settings(&self) -> &RingSettings {
@@ -312,9 +314,9 @@ impl Ring {
     }
 
     /// The partitions a member owns for (group, hardware type).
-    pub fn partitions_of(&self, member_id: &str, group: &str, hw: &str) -> Vec<u32> {
+    pub fn partitions_of(&self, member_id: &ConductorId, group: &str, hw: &str) -> Vec<u32> {
         let t = self.table(group, hw);
-        let Some(pos) = t.eligible.iter().position(|i| self.inner.members[*i].id == member_id) else {
+        let Some(pos) = t.eligible.iter().position(|i| self.inner.members[*i].id == *member_id) else {
             return Vec::new();
         };
         t.owner.iter().enumerate().filter(|(_, o)| **o as usize == pos).map(|(p, _)| p as u32).collect()
@@ -337,7 +339,7 @@ impl Ring {
 
 /// Partitions whose owner differs between two rings for (group, hardware
 /// type): (partition, old owner id, new owner id).
-pub fn diff(old: &Ring, new: &Ring, group: &str, hw: &str) -> Vec<(u32, Option<String>, Option<String>)> {
+pub fn diff(old: &Ring, new: &Ring, group: &str, hw: &str) -> Vec<(u32, Option<ConductorId>, Option<ConductorId>)> {
     assert_eq!(old.partitions(), new.partitions(), "rings with different partition counts cannot be compared");
     (0..old.partitions())
         .filter_map(|p| {
@@ -365,7 +367,7 @@ mod tests {
     pub fn member(id: &str, group: &str, hw: &[&str]) -> Member {
         Member {
             id: id.into(),
-            incarnation: format!("{id}/1"),
+            incarnation: format!("{id}/1").into(),
             grpc_url: String::new(),
             http_url: String::new(),
             conductor_group: group.into(),
@@ -396,13 +398,13 @@ mod tests {
     }
 
     fn owners(ring: &Ring, nodes: &[[u8; 16]]) -> Vec<Option<String>> {
-        nodes.iter().map(|u| ring.owner(u, "", "fake-hardware").map(|m| m.id.clone())).collect()
+        nodes.iter().map(|u| ring.owner(u, "", "fake-hardware").map(|m| m.id.to_string())).collect()
     }
 
     fn checksum(ring: &Ring) -> u64 {
         let mut h = Sha256::new();
         for p in 0..ring.partitions() {
-            h.update(ring.owner_of_partition(p, "", "fake-hardware").unwrap().id.as_bytes());
+            h.update(ring.owner_of_partition(p, "", "fake-hardware").unwrap().id.as_str().as_bytes());
             h.update([0]);
         }
         let d = h.finalize();
@@ -440,7 +442,8 @@ mod tests {
             println!("n={n}: removing one moved {frac:.4} of the nodes (x{:.3} of 1/N)", frac * n as f64);
             assert!(frac <= 1.2 / n as f64, "n={n}: removing one moved {frac:.4} > {:.4}", 1.2 / n as f64);
             // only the removed member's nodes plus spill move
-            let foreign = before.iter().zip(&after).filter(|(b, a)| b != a && b.as_deref() != Some(removed)).count();
+            let foreign =
+                before.iter().zip(&after).filter(|(b, a)| b != a && b.as_deref() != Some(removed.as_str())).count();
             assert!(
                 foreign as f64 <= 0.2 / n as f64 * nodes.len() as f64,
                 "n={n}: {foreign} nodes of other members moved"
@@ -458,7 +461,7 @@ mod tests {
         let ring = Ring::new(1, members(100), RingSettings::default());
         let mut count: HashMap<String, usize> = HashMap::new();
         for u in uuids(100_000, 11) {
-            *count.entry(ring.owner(&u, "", "fake-hardware").unwrap().id.clone()).or_default() += 1;
+            *count.entry(ring.owner(&u, "", "fake-hardware").unwrap().id.to_string()).or_default() += 1;
         }
         assert_eq!(count.len(), 100, "every conductor owns nodes");
         let max = *count.values().max().unwrap() as f64;
@@ -492,9 +495,9 @@ mod tests {
         }
         assert!(ring.serves("rack2", "redfish"));
         assert!(!ring.serves("", "ilo"));
-        assert!(ring.partitions_of("e", "", "fake-hardware").is_empty(), "draining members own nothing");
+        assert!(ring.partitions_of(&"e".into(), "", "fake-hardware").is_empty(), "draining members own nothing");
         assert!(Ring::empty(RingSettings::default()).owner(&[1; 16], "", "fake-hardware").is_none());
-        let total: usize = ["a", "b"].iter().map(|m| ring.partitions_of(m, "", "fake-hardware").len()).sum();
+        let total: usize = ["a", "b"].iter().map(|m| ring.partitions_of(&(*m).into(), "", "fake-hardware").len()).sum();
         assert_eq!(total, 65536);
     }
 
@@ -504,9 +507,9 @@ mod tests {
         let ring = Ring::new(1, members(5), s);
         for u in uuids(500, 5) {
             let owner = ring.owner(&u, "", "fake-hardware").unwrap().id.clone();
-            let reps: Vec<String> = ring.replicas(&u, "", "fake-hardware").iter().map(|m| m.id.clone()).collect();
+            let reps: Vec<String> = ring.replicas(&u, "", "fake-hardware").iter().map(|m| m.id.to_string()).collect();
             assert_eq!(reps.len(), 2);
-            assert!(!reps.contains(&owner));
+            assert!(!reps.contains(&owner.to_string()));
             assert_ne!(reps[0], reps[1]);
         }
     }

@@ -27,6 +27,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ferric_common::config::Config;
 use ferric_common::db::{Db, DbError, NodeQuery, PortQuery};
+use ferric_common::ids::{ConductorId, Incarnation, LockHolder};
 use ferric_common::membership::Membership;
 use ferric_common::model::{Node, Port};
 use ferric_common::proto::conductor_server::ConductorServer;
@@ -45,9 +46,9 @@ pub struct Inner {
     pub db: Db,
     pub registry: Registry,
     /// Stable identity (hostname / pod name).
-    pub id: String,
+    pub id: ConductorId,
     /// This start's identity; node locks are taken by it.
-    pub incarnation: String,
+    pub incarnation: Incarnation,
     pub ring: watch::Receiver<Ring>,
     /// Bounds how many operations run at once.
     pub operations: Arc<Semaphore>,
@@ -105,8 +106,8 @@ pub struct Stats {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Readiness {
     pub ready: bool,
-    pub conductor: String,
-    pub incarnation: String,
+    pub conductor: ConductorId,
+    pub incarnation: Incarnation,
     pub joined: bool,
     pub fenced: bool,
     pub draining: bool,
@@ -357,7 +358,7 @@ async fn check_reachable(inner: &Arc<Inner>, grpc_url: &str) -> anyhow::Result<(
             Ok::<_, String>(who)
         };
         match answer.await {
-            Ok(who) if who.incarnation == inner.incarnation => {
+            Ok(who) if inner.incarnation == *who.incarnation => {
                 last.clear();
                 break;
             }
@@ -430,8 +431,8 @@ pub async fn start(
     let grpc_addr = listener.local_addr()?;
     let grpc_url =
         if cfg.conductor.grpc_url.is_empty() { format!("http://{grpc_addr}") } else { cfg.conductor.grpc_url.clone() };
-    let id = cfg.conductor_id();
-    let incarnation = format!("{id}/{}", Uuid::new_v4());
+    let id = ConductorId::new(cfg.conductor_id());
+    let incarnation = Incarnation::start(&id);
     let http_url = http_root_url(&cfg)?;
     let media = ferric_deploy::media::Media::from_config(&cfg, &http_url).await.with_context(|| {
         format!(
@@ -468,7 +469,7 @@ pub async fn start(
         fence: CancellationToken::new(),
         stats: Stats::default(),
         running: Default::default(),
-        locks: lock::Locks::new(db.clone(), &incarnation),
+        locks: lock::Locks::new(db.clone(), LockHolder::of(&incarnation)),
         db,
         cfg,
     });

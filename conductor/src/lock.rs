@@ -24,13 +24,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferric_common::db::{Db, DbError, LockOutcome};
+use ferric_common::ids::LockHolder;
 use ferric_common::model::Node;
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("Node {node} is locked by host {holder}, please retry after the current operation is completed.")]
-    Busy { node: Uuid, holder: String },
+    Busy { node: Uuid, holder: LockHolder },
     #[error("Node {0} could not be found.")]
     NotFound(Uuid),
     #[error(transparent)]
@@ -106,18 +107,18 @@ impl Drop for Mark {
 #[derive(Debug)]
 pub struct Locks {
     db: Db,
-    holder: String,
+    holder: LockHolder,
     held: Arc<Held>,
 }
 
 impl Locks {
-    pub fn new(db: Db, holder: &str) -> Locks {
-        Locks { db, holder: holder.to_string(), held: Arc::default() }
+    pub fn new(db: Db, holder: LockHolder) -> Locks {
+        Locks { db, holder, held: Arc::default() }
     }
 
     /// Locks `node`, retrying a busy lock `attempts` times `interval` apart.
     pub async fn acquire(&self, node: Uuid, attempts: u32, interval: Duration) -> Result<(NodeLock, Node), LockError> {
-        let mut last_holder = String::new();
+        let mut last_holder = LockHolder::default();
         for attempt in 0..attempts.max(1) {
             if attempt > 0 {
                 tokio::time::sleep(interval).await;
@@ -184,7 +185,7 @@ impl Locks {
 #[derive(Debug)]
 pub struct NodeLock {
     pub node: Uuid,
-    pub holder: String,
+    pub holder: LockHolder,
     db: Db,
     _mark: Mark,
 }
@@ -229,11 +230,11 @@ mod tests {
     #[tokio::test]
     async fn the_reaper_clears_only_locks_no_live_section_holds() {
         let (db, nodes) = db_with(3).await;
-        let locks = Locks::new(db.clone(), "c1/one");
+        let locks = Locks::new(db.clone(), LockHolder::new("c1/one"));
         let (held, _) = locks.acquire(nodes[0], 1, Duration::ZERO).await.unwrap();
         let (dropped, _) = locks.acquire(nodes[1], 1, Duration::ZERO).await.unwrap();
         // another incarnation's lock is not ours to reap
-        let other = Locks::new(db.clone(), "c2/two");
+        let other = Locks::new(db.clone(), LockHolder::new("c2/two"));
         let (theirs, _) = other.acquire(nodes[2], 1, Duration::ZERO).await.unwrap();
         assert_eq!(locks.held(), 2);
         assert_eq!(locks.reap_orphans().await.unwrap(), Vec::<Uuid>::new(), "both sections are live");
@@ -259,7 +260,7 @@ mod tests {
     #[tokio::test]
     async fn a_node_being_reaped_is_busy_and_a_lock_in_acquisition_is_not_reaped() {
         let (db, nodes) = db_with(1).await;
-        let locks = Locks::new(db.clone(), "c1/one");
+        let locks = Locks::new(db.clone(), LockHolder::new("c1/one"));
         assert!(locks.held.start_reap(nodes[0]));
         match locks.acquire(nodes[0], 2, Duration::from_millis(1)).await {
             Err(LockError::Busy { holder, .. }) => assert_eq!(holder, "c1/one"),

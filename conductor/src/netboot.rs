@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use ferric_common::config::Config;
+use ferric_common::ids::ConductorId;
 use ferric_deploy::boot::netboot::{self, NetbootRecord};
 use ferric_deploy::tftp::{TftpOptions, TftpServer};
 use tokio_util::sync::CancellationToken;
@@ -86,7 +87,7 @@ pub async fn reap_lost_nodes_files(inner: &Inner) -> usize {
     if !ring.members().iter().any(|m| m.id == inner.id && m.incarnation == inner.incarnation) {
         return 0;
     }
-    let live: HashSet<String> = ring.members().iter().map(|m| m.id.clone()).collect();
+    let live: HashSet<ConductorId> = ring.members().iter().map(|m| m.id.clone()).collect();
     let settings = inner.services.settings.netboot.clone();
     let (t, h) = (settings.tftp_root.clone(), settings.http_root.clone());
     let inv = match tokio::task::spawn_blocking(move || netboot::inventory(&t, &h)).await {
@@ -102,8 +103,8 @@ pub async fn reap_lost_nodes_files(inner: &Inner) -> usize {
             Ok(n) => {
                 !inner.owns(&n)
                     && n.reservation.is_none()
-                    && n.conductor_affinity.as_deref().is_some_and(|a| a != inner.id && live.contains(a))
-                    && NetbootRecord::load(&n).is_none_or(|r| r.by != inner.id)
+                    && n.conductor_affinity.as_ref().is_some_and(|a| *a != inner.id && live.contains(a))
+                    && NetbootRecord::load(&n).is_none_or(|r| r.by != *inner.id)
             }
             Err(ferric_common::db::DbError::NotFound) => true,
             Err(e) => {

@@ -27,6 +27,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use ferric_common::ids::ConductorId;
+
 use crate::Inner;
 use crate::lock::NodeLock;
 
@@ -44,10 +46,10 @@ pub struct OperationRecord {
     /// Index of the next step to run.
     pub next: usize,
     /// Conductor that planned the operation.
-    pub started_by: String,
+    pub started_by: ConductorId,
     /// Conductor that ran the latest step.
     #[serde(default)]
-    pub last_run_by: String,
+    pub last_run_by: ConductorId,
     /// While waiting for a ramdisk callback: when to give up. Wall-clock
     /// time in the database, so it holds across owners.
     #[serde(default)]
@@ -246,7 +248,7 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                     steps,
                     next: 0,
                     started_by: inner.id.clone(),
-                    last_run_by: String::new(),
+                    last_run_by: ConductorId::default(),
                     wait_deadline: None,
                     ramdisk_up: false,
                 }

@@ -39,6 +39,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
+use ferric_common::ids::ConductorId;
 use ferric_common::model::Node;
 use tracing::{info, warn};
 
@@ -145,14 +146,14 @@ fn media_metrics(inner: &Inner, inv: &ferric_deploy::publish::artefacts::Invento
 /// re-pointed the BMC. Not merely "the ring gives the node to someone
 /// else": until the new owner has taken it over, the node may be booting
 /// from these very files. A database error keeps them.
-async fn moved_away(inner: &Inner, node: uuid::Uuid, live: &HashSet<String>) -> bool {
+async fn moved_away(inner: &Inner, node: uuid::Uuid, live: &HashSet<ConductorId>) -> bool {
     match inner.db.get_node(node).await {
         // and never a node the ring gives to me, or one somebody holds:
         // my own take-over of it may be using these very files right now
         Ok(n) => {
             !inner.owns(&n)
                 && n.reservation.is_none()
-                && n.conductor_affinity.as_deref().is_some_and(|a| a != inner.id && live.contains(a))
+                && n.conductor_affinity.as_ref().is_some_and(|a| *a != inner.id && live.contains(a))
         }
         Err(ferric_common::db::DbError::NotFound) => true,
         Err(e) => {
@@ -176,7 +177,7 @@ pub async fn reap_lost_nodes_artefacts(
     if !ring.members().iter().any(|m| m.id == inner.id && m.incarnation == inner.incarnation) {
         return (0, 0);
     }
-    let live: HashSet<String> = ring.members().iter().map(|m| m.id.clone()).collect();
+    let live: HashSet<ConductorId> = ring.members().iter().map(|m| m.id.clone()).collect();
     let a = &inner.media().artefacts;
     let (mut floppies, mut uses) = (0, 0);
     for (name, node) in &inv.floppies {

@@ -7,11 +7,14 @@
 //!
 //! 1. **My nodes** are read through the `ring_partition` index: for every
 //!    (group, hardware type) I serve, the partitions the ring gives me.
-//! 2. **Dead locks**: a node locked by an incarnation that is no longer a
-//!    ring member has its lock cleared. Members leave the ring only when
-//!    their lease is gone (etcd deletes the key at expiry; a stopping
-//!    conductor revokes it only after its operations stopped), so such a
-//!    lock cannot be in use — and a live member's lock is never touched.
+//! 2. **Dead locks**: a node of mine locked by another incarnation has its
+//!    lock cleared once that incarnation is confirmed dead by a
+//!    linearizable read of its member key in etcd (the key lives as long
+//!    as its lease; a stopping conductor revokes it only after its
+//!    operations stopped) — never on the word of my own ring, which a
+//!    stalled watch can leave without a member that just joined. Each node
+//!    is cleared on its own (`WHERE reservation = <that holder>`), so a
+//!    live member's lock is never touched.
 //! 3. **Gained nodes** (owned by me, `conductor_affinity` ≠ me) are taken
 //!    over in order of urgency — nodes waiting for a ramdisk callback first,
 //!    then nodes with an operation in flight, then active/rescue nodes, then
@@ -38,7 +41,7 @@
 //! | `active`, `rescue` | take over (boot ISO / instance boot config), nothing else |
 //! | `enroll`, `manageable`, `available`, `* failed`, `error` | record affinity only: no artefacts exist |
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -48,6 +51,8 @@ use ferric_common::states::ProvisionState;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 use uuid::Uuid;
+
+use ferric_common::ids::LockHolder;
 
 use crate::Inner;
 use crate::lock::LockError;
@@ -144,16 +149,7 @@ pub async fn pass(inner: &Arc<Inner>) -> usize {
             return 0;
         }
     };
-    // dead incarnations' locks
-    let live: HashSet<String> = inner.ring.borrow().members().iter().map(|m| m.incarnation.clone()).collect();
-    let dead: HashSet<&String> =
-        mine.iter().filter_map(|n| n.reservation.as_ref()).filter(|h| !live.contains(*h)).collect();
-    for holder in dead {
-        match inner.db.clear_reservations_of(holder).await {
-            Ok(n) => info!(dead = %holder, cleared = n, "cleared the locks of a dead incarnation"),
-            Err(e) => warn!("clearing locks of {holder} failed: {e}"),
-        }
-    }
+    clear_dead_locks(inner, &mine).await;
     metrics::gauge!("ferric_owned_nodes").set(mine.len() as f64);
     metrics::gauge!("ferric_operations_in_flight").set(inner.operations_in_flight() as f64);
     if let Ok(locks) = inner.db.count_nodes_with(ferric_common::db::NodeRef::Reservation, &inner.incarnation).await {
@@ -197,6 +193,47 @@ pub async fn pass(inner: &Arc<Inner>) -> usize {
         }
     }
     taken
+}
+
+/// Clears the locks on my nodes whose holders are dead — each holder
+/// confirmed dead by the membership's source of truth (a linearizable
+/// read in etcd), not by my ring, which a stalled watch or a reconnect can
+/// leave behind a member that joined; each node cleared on its own, only
+/// while that holder still has it. A holder that cannot be checked keeps
+/// its locks until the next pass.
+async fn clear_dead_locks(inner: &Arc<Inner>, mine: &[Node]) {
+    let mut verdict: HashMap<LockHolder, bool> = HashMap::new();
+    for n in mine {
+        let Some(holder) = n.reservation.as_ref() else { continue };
+        if holder.is(&inner.incarnation) {
+            continue; // mine: the own-lock reaper's business
+        }
+        let dead = match verdict.get(holder) {
+            Some(d) => *d,
+            None => {
+                let d = match inner.membership.is_alive(&holder.incarnation()).await {
+                    Ok(alive) => !alive,
+                    Err(e) => {
+                        warn!(holder = %holder, "could not check whether a lock holder lives: {e}; keeping its locks");
+                        false
+                    }
+                };
+                verdict.insert(holder.clone(), d);
+                d
+            }
+        };
+        if !dead || inner.fence.is_cancelled() {
+            continue;
+        }
+        match inner.db.release_node(n.uuid, holder).await {
+            Ok(true) => {
+                info!(node = %n.uuid, dead = %holder, "cleared the lock of a dead incarnation");
+                metrics::counter!("ferric_dead_locks_cleared_total").increment(1);
+            }
+            Ok(false) => {}
+            Err(e) => warn!(node = %n.uuid, "clearing the lock of {holder} failed: {e}"),
+        }
+    }
 }
 
 /// Nodes of mine (affinity = me already: a restart with the same id) whose
@@ -372,11 +409,13 @@ async fn resume(inner: &Arc<Inner>, uuid: Uuid, seen: ProvisionState) {
 
 #[cfg(test)]
 mod tests {
+    use ferric_common::ids::ConductorId;
+
     use super::*;
 
     fn node(state: ProvisionState, affinity: Option<&str>) -> Node {
         let mut n = Node::new(Uuid::new_v4(), "fake-hardware", state, 16);
-        n.conductor_affinity = affinity.map(String::from);
+        n.conductor_affinity = affinity.map(ConductorId::from);
         n
     }
 

@@ -3,6 +3,7 @@
 
 use chrono::Utc;
 use ferric_common::db::{Db, DbError, LockOutcome, NodeQuery, Paging, PortQuery};
+use ferric_common::ids::LockHolder;
 use ferric_common::model::{Node, Port};
 use ferric_common::states::ProvisionState;
 use ferric_tests::Postgres;
@@ -40,38 +41,47 @@ async fn suite(db: Db) {
     assert!(matches!(db.create_node(&dup).await, Err(DbError::Duplicate { field: "uuid" })));
 
     // locks: one holder at a time, conditional writes
-    match db.reserve_node(a.uuid, "inc-1").await.unwrap() {
+    match db.reserve_node(a.uuid, &LockHolder::new("inc-1")).await.unwrap() {
         LockOutcome::Acquired(n) => assert_eq!(n.reservation.as_deref(), Some("inc-1")),
         other => panic!("{other:?}"),
     }
-    assert_eq!(db.reserve_node(a.uuid, "inc-2").await.unwrap(), LockOutcome::Busy("inc-1".into()));
-    assert_eq!(db.reserve_node(Uuid::new_v4(), "inc-2").await.unwrap(), LockOutcome::NotFound);
+    assert_eq!(db.reserve_node(a.uuid, &LockHolder::new("inc-2")).await.unwrap(), LockOutcome::Busy("inc-1".into()));
+    assert_eq!(db.reserve_node(Uuid::new_v4(), &LockHolder::new("inc-2")).await.unwrap(), LockOutcome::NotFound);
     let mut changed = db.get_node(a.uuid).await.unwrap();
     changed.provision_state = ProvisionState::Verifying;
     changed.target_provision_state = Some(ProvisionState::Manageable);
-    assert!(!db.save_node_locked(&changed, "inc-2").await.unwrap(), "a non-holder cannot write");
-    assert!(db.save_node_locked(&changed, "inc-1").await.unwrap());
+    assert!(!db.save_node_locked(&changed, &LockHolder::new("inc-2")).await.unwrap(), "a non-holder cannot write");
+    assert!(db.save_node_locked(&changed, &LockHolder::new("inc-1")).await.unwrap());
     let got = db.get_node(a.uuid).await.unwrap();
     assert_eq!(got.provision_state, ProvisionState::Verifying);
     assert_eq!(got.target_provision_state, Some(ProvisionState::Manageable));
     assert!(got.updated_at.is_some());
-    assert!(!db.release_node(a.uuid, "inc-2").await.unwrap());
-    assert!(db.release_node(a.uuid, "inc-1").await.unwrap());
+    assert!(!db.release_node(a.uuid, &LockHolder::new("inc-2")).await.unwrap());
+    assert!(db.release_node(a.uuid, &LockHolder::new("inc-1")).await.unwrap());
     // a lock conditional on the state: refused once the node moved on
-    assert_eq!(db.reserve_node_in_state(a.uuid, "inc-3", "deploying").await.unwrap(), LockOutcome::Busy(String::new()));
+    assert_eq!(
+        db.reserve_node_in_state(a.uuid, &LockHolder::new("inc-3"), "deploying").await.unwrap(),
+        LockOutcome::Busy(LockHolder::default())
+    );
     assert_eq!(db.get_node(a.uuid).await.unwrap().reservation, None);
     assert!(matches!(
-        db.reserve_node_in_state(a.uuid, "inc-3", "verifying").await.unwrap(),
+        db.reserve_node_in_state(a.uuid, &LockHolder::new("inc-3"), "verifying").await.unwrap(),
         LockOutcome::Acquired(n) if n.reservation.as_deref() == Some("inc-3")
     ));
-    assert!(db.release_node(a.uuid, "inc-3").await.unwrap());
-    // a dead incarnation's locks are cleared together
-    db.reserve_node(a.uuid, "dead").await.unwrap();
+    assert!(db.release_node(a.uuid, &LockHolder::new("inc-3")).await.unwrap());
+    // a dead incarnation's locks are cleared node by node, each only if
+    // that incarnation still holds it
+    let dead = LockHolder::new("dead");
+    db.reserve_node(a.uuid, &dead).await.unwrap();
     let b = node("b");
     db.create_node(&b).await.unwrap();
-    db.reserve_node(b.uuid, "dead").await.unwrap();
-    assert_eq!(db.clear_reservations_of("dead").await.unwrap(), 2);
+    db.reserve_node(b.uuid, &dead).await.unwrap();
+    assert_eq!(db.nodes_reserved_by(&dead).await.unwrap().len(), 2);
+    assert!(db.release_node(b.uuid, &dead).await.unwrap());
+    assert!(!db.release_node(b.uuid, &dead).await.unwrap(), "cleared twice");
     assert_eq!(db.get_node(b.uuid).await.unwrap().reservation, None);
+    assert_eq!(db.get_node(a.uuid).await.unwrap().reservation, Some(dead.clone()), "another node's lock went too");
+    assert!(db.release_node(a.uuid, &dead).await.unwrap());
 
     // list: filters, keyset paging, sorting
     for i in 0..7 {
@@ -113,9 +123,9 @@ async fn suite(db: Db) {
     assert_eq!(db.get_port(p.uuid).await.unwrap().extra, p3.extra);
     let listed = db.list_ports(&PortQuery { node_uuid: Some(b.uuid), ..Default::default() }).await.unwrap();
     assert_eq!(listed.len(), 1);
-    db.reserve_node(b.uuid, "inc-9").await.unwrap();
-    assert!(!db.delete_node_locked(b.uuid, "inc-1").await.unwrap(), "delete needs the lock");
-    assert!(db.delete_node_locked(b.uuid, "inc-9").await.unwrap());
+    db.reserve_node(b.uuid, &LockHolder::new("inc-9")).await.unwrap();
+    assert!(!db.delete_node_locked(b.uuid, &LockHolder::new("inc-1")).await.unwrap(), "delete needs the lock");
+    assert!(db.delete_node_locked(b.uuid, &LockHolder::new("inc-9")).await.unwrap());
     assert!(matches!(db.get_port(p.uuid).await, Err(DbError::NotFound)), "ports go with their node");
 
     // history keeps order
@@ -139,7 +149,7 @@ async fn suite(db: Db) {
     let kept: Vec<String> = db.history(c.uuid).await.unwrap().into_iter().map(|e| e.detail).collect();
     assert_eq!(kept, ["event 7", "event 8", "event 9", "event 10", "event 11"], "the newest are kept, in order");
     assert_eq!(db.history(a.uuid).await.unwrap().len(), 2, "another node's history is not touched");
-    assert!(db.delete_node_locked(c.uuid, "inc-h").await.unwrap());
+    assert!(db.delete_node_locked(c.uuid, &LockHolder::new("inc-h")).await.unwrap());
     assert!(db.history(c.uuid).await.unwrap().is_empty(), "a deleted node's history goes with it");
     db.record_history(c.uuid, "c1", "c1/1", "late", "written after the delete").await.unwrap();
     assert_eq!(db.prune_history(0, 1000).await.unwrap(), 1, "orphaned history is pruned even when all is kept");

@@ -314,14 +314,14 @@ async fn small_ones_flags_logs_and_lost_power_actions() {
         ferric_common::db::Db::connect(&format!("sqlite://{}/a/ferric.sqlite", dir.path().display()), 1).await.unwrap();
     let mut node = db.get_node(uuid).await.unwrap();
     node.target_power_state = Some("power on".into());
-    db.save_node_locked(&node, "").await.ok();
+    db.save_node_locked(&node, &Default::default()).await.ok();
     assert!(matches!(
-        db.reserve_node(uuid, "conductor-x/dead").await.unwrap(),
+        db.reserve_node(uuid, &"conductor-x/dead".into()).await.unwrap(),
         ferric_common::db::LockOutcome::Acquired(_)
     ));
     let mut n2 = db.get_node(uuid).await.unwrap();
     n2.target_power_state = Some("power on".into());
-    assert!(db.save_node_locked(&n2, "conductor-x/dead").await.unwrap());
+    assert!(db.save_node_locked(&n2, &"conductor-x/dead".into()).await.unwrap());
     db.close().await;
     aio.spawn();
     let start = Instant::now();

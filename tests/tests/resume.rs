@@ -240,8 +240,8 @@ async fn a_lock_cleared_under_a_running_operation_never_runs_it_twice() {
     let uuid = deploy_until_second_step(&c, &base).await;
     let db = Db::connect(&format!("sqlite://{}/ferric.sqlite", ferric.data_dir.path().display()), 1).await.unwrap();
     // write_image sleeps 700 ms; the orphan pass looks every second
-    let holder = get(&c, &base, "/v1/nodes/slow").await["reservation"].as_str().unwrap().to_string();
-    assert_eq!(db.clear_reservations_of(&holder).await.unwrap(), 1);
+    let holder = get(&c, &base, "/v1/nodes/slow").await["reservation"].as_str().unwrap().into();
+    assert!(db.release_node(uuid.parse().unwrap(), &holder).await.unwrap());
     db.close().await;
     wait_for(&c, &base, "slow", "active", |n| n["provision_state"] == "active" && n["reservation"].is_null()).await;
     // a second task would have been done later than the first: give it time

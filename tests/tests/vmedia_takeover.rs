@@ -376,7 +376,7 @@ async fn a_drained_conductor_reaps_only_what_moved_away_when_it_returns() {
     for n in &rows {
         let with = n.conductor_affinity.clone().unwrap();
         let url = n.driver_internal_info["vmedia"]["cd"]["url"].as_str().unwrap();
-        assert!(url.starts_with(&roots[&with]), "{}: {url} is not {with}'s", n.uuid);
+        assert!(url.starts_with(&roots[with.as_str()]), "{}: {url} is not {with}'s", n.uuid);
         let system = n.driver_info["redfish_system_id"].as_str().unwrap().rsplit('/').next().unwrap();
         assert_eq!(lab.media(system, "Cd").await["Image"], url);
         assert_eq!(ferric_tests::http().get(url).send().await.unwrap().status(), 200, "{url}");

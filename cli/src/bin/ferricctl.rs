@@ -136,8 +136,8 @@ fn main() -> anyhow::Result<()> {
                 let added: Vec<Member> = add
                     .iter()
                     .map(|id| Member {
-                        id: id.clone(),
-                        incarnation: format!("{id}/simulated"),
+                        id: id.clone().into(),
+                        incarnation: format!("{id}/simulated").into(),
                         grpc_url: String::new(),
                         http_url: String::new(),
                         conductor_group: add_group.clone(),
@@ -148,7 +148,15 @@ fn main() -> anyhow::Result<()> {
                     })
                     .collect();
                 let nodes = ctl::fetch_nodes(&api).await?;
-                print!("{}", ctl::simulate(&ring, &nodes, &remove, &added)?);
+                print!(
+                    "{}",
+                    ctl::simulate(
+                        &ring,
+                        &nodes,
+                        &remove.iter().map(|r| r.as_str().into()).collect::<Vec<_>>(),
+                        &added
+                    )?
+                );
             }
             Cmd::Node { cmd: NodeCmd::Owner { node } } => {
                 let n = ctl::fetch_node(&api, &node).await?;
@@ -162,7 +170,7 @@ fn main() -> anyhow::Result<()> {
                          FERRIC_CONDUCTOR__ID"
                     ),
                 };
-                ctl::drain(m.subscribe(), &id, wait, force).await?;
+                ctl::drain(m.subscribe(), &id.into(), wait, force).await?;
             }
         }
         Ok(())

@@ -65,6 +65,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{AssertSqlSafe, FromRow, PgPool, SqlitePool};
 use uuid::Uuid;
 
+use crate::ids::{ConductorId, LockHolder};
 use crate::model::{JsonObject, Node};
 use crate::states::ProvisionState;
 
@@ -121,8 +122,8 @@ impl DbError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum LockOutcome {
     Acquired(Box<Node>),
-    /// Held by someone else (their incarnation).
-    Busy(String),
+    /// Held by someone else.
+    Busy(LockHolder),
     NotFound,
 }
 
@@ -154,6 +155,21 @@ impl From<String> for Arg {
 impl From<Option<String>> for Arg {
     fn from(s: Option<String>) -> Arg {
         Arg::Text(s)
+    }
+}
+impl From<&LockHolder> for Arg {
+    fn from(h: &LockHolder) -> Arg {
+        Arg::Text(Some(h.as_str().to_string()))
+    }
+}
+impl From<Option<LockHolder>> for Arg {
+    fn from(h: Option<LockHolder>) -> Arg {
+        Arg::Text(h.map(LockHolder::into_string))
+    }
+}
+impl From<Option<ConductorId>> for Arg {
+    fn from(c: Option<ConductorId>) -> Arg {
+        Arg::Text(c.map(ConductorId::into_string))
     }
 }
 impl From<i64> for Arg {

@@ -9,6 +9,7 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::{Arg, Db, DbError, LockOutcome, Paging, obj, state, text, unique_field};
+use crate::ids::{ConductorId, LockHolder};
 use crate::model::{Interfaces, Node};
 
 table! {
@@ -168,8 +169,8 @@ impl TryFrom<NodeRow> for Node {
             maintenance: r.maintenance,
             maintenance_reason: r.maintenance_reason,
             fault: r.fault,
-            reservation: r.reservation,
-            conductor_affinity: r.conductor_affinity,
+            reservation: r.reservation.map(LockHolder::new),
+            conductor_affinity: r.conductor_affinity.map(ConductorId::new),
             conductor_group: r.conductor_group,
             ring_partition: r.ring_partition,
             driver_info: obj("driver_info", &r.driver_info)?,
@@ -274,17 +275,17 @@ impl Db {
 
     /// Write every field of `n` except its lock, as the holder of its lock.
     /// Returns false (and writes nothing) if `holder` no longer holds it.
-    pub async fn save_node_locked(&self, n: &Node, holder: &str) -> Result<bool, DbError> {
+    pub async fn save_node_locked(&self, n: &Node, holder: &LockHolder) -> Result<bool, DbError> {
         self.save_node(n, holder, false).await
     }
 
     /// Write the node and give up `holder`'s lock in one statement, so no
     /// reader ever sees the final state with the lock still held.
-    pub async fn save_node_and_release(&self, n: &Node, holder: &str) -> Result<bool, DbError> {
+    pub async fn save_node_and_release(&self, n: &Node, holder: &LockHolder) -> Result<bool, DbError> {
         self.save_node(n, holder, true).await
     }
 
-    async fn save_node(&self, n: &Node, holder: &str, release: bool) -> Result<bool, DbError> {
+    async fn save_node(&self, n: &Node, holder: &LockHolder, release: bool) -> Result<bool, DbError> {
         let mut args = node_save_args(n, Utc::now());
         let mut sets: Vec<String> =
             NODE_SAVE_COLUMNS.iter().enumerate().map(|(i, c)| format!("{c} = ${}", i + 1)).collect();
@@ -307,7 +308,7 @@ impl Db {
     }
 
     /// Take the exclusive node lock for `holder`: one conditional UPDATE.
-    pub async fn reserve_node(&self, uuid: Uuid, holder: &str) -> Result<LockOutcome, DbError> {
+    pub async fn reserve_node(&self, uuid: Uuid, holder: &LockHolder) -> Result<LockOutcome, DbError> {
         self.reserve(uuid, holder, None).await
     }
 
@@ -315,11 +316,16 @@ impl Db {
     /// `state`: a worker acting on an older read of the node (an orphaned
     /// operation seen a moment ago) never locks it once it moved on, so
     /// clients never see a finished node locked.
-    pub async fn reserve_node_in_state(&self, uuid: Uuid, holder: &str, state: &str) -> Result<LockOutcome, DbError> {
+    pub async fn reserve_node_in_state(
+        &self,
+        uuid: Uuid,
+        holder: &LockHolder,
+        state: &str,
+    ) -> Result<LockOutcome, DbError> {
         self.reserve(uuid, holder, Some(state)).await
     }
 
-    async fn reserve(&self, uuid: Uuid, holder: &str, state: Option<&str>) -> Result<LockOutcome, DbError> {
+    async fn reserve(&self, uuid: Uuid, holder: &LockHolder, state: Option<&str>) -> Result<LockOutcome, DbError> {
         let mut sql = "UPDATE nodes SET reservation = $1 WHERE uuid = $2 AND reservation IS NULL".to_string();
         let mut args: Vec<Arg> = vec![holder.into(), uuid.to_string().into()];
         if let Some(state) = state {
@@ -336,7 +342,7 @@ impl Db {
     }
 
     /// Release `holder`'s lock on a node. False if it did not hold it.
-    pub async fn release_node(&self, uuid: Uuid, holder: &str) -> Result<bool, DbError> {
+    pub async fn release_node(&self, uuid: Uuid, holder: &LockHolder) -> Result<bool, DbError> {
         let rows = self
             .execute(
                 "UPDATE nodes SET reservation = NULL WHERE uuid = $1 AND reservation = $2".into(),
@@ -347,7 +353,7 @@ impl Db {
     }
 
     /// The nodes whose lock `holder` holds.
-    pub async fn nodes_reserved_by(&self, holder: &str) -> Result<Vec<Uuid>, DbError> {
+    pub async fn nodes_reserved_by(&self, holder: &LockHolder) -> Result<Vec<Uuid>, DbError> {
         #[derive(FromRow)]
         struct Row {
             uuid: String,
@@ -359,15 +365,8 @@ impl Db {
             .collect()
     }
 
-    /// Clear every lock held by a (dead) incarnation. Returns how many.
-    pub async fn clear_reservations_of(&self, holder: &str) -> Result<u64, DbError> {
-        Ok(self
-            .execute("UPDATE nodes SET reservation = NULL WHERE reservation = $1".into(), vec![holder.into()])
-            .await?)
-    }
-
     /// Delete a node and its ports, as the holder of its lock.
-    pub async fn delete_node_locked(&self, uuid: Uuid, holder: &str) -> Result<bool, DbError> {
+    pub async fn delete_node_locked(&self, uuid: Uuid, holder: &LockHolder) -> Result<bool, DbError> {
         let rows = self
             .execute(
                 "DELETE FROM nodes WHERE uuid = $1 AND reservation = $2".into(),

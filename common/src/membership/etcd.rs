@@ -28,6 +28,7 @@ use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::ids::{ConductorId, Incarnation};
 use crate::ring::{Member, MemberState, Ring, RingSettings};
 
 pub const PREFIX: &str = "/ferric/conductors/";
@@ -56,11 +57,10 @@ async fn connect(endpoints: &[String]) -> Result<Client, EtcdError> {
 
 /// A member of `ring` (other than `me`) that works on another database
 /// than `database_id`, as the error that refuses this process.
-pub fn database_mismatch(ring: &Ring, me: &str, database_id: &str) -> Option<String> {
-    let other = ring
-        .members()
-        .iter()
-        .find(|m| m.id != me && !m.database_id.is_empty() && !database_id.is_empty() && m.database_id != database_id)?;
+pub fn database_mismatch(ring: &Ring, me: Option<&ConductorId>, database_id: &str) -> Option<String> {
+    let other = ring.members().iter().find(|m| {
+        Some(&m.id) != me && !m.database_id.is_empty() && !database_id.is_empty() && m.database_id != database_id
+    })?;
     Some(format!(
         "this process's database (id {database_id}) is not the cluster's: member {} works on database {}; every \
          process of a cluster needs the same database.url (a forgotten --database-url gives a process its own SQLite \
@@ -143,7 +143,7 @@ impl EtcdMembership {
                 other.id, other.ring_settings, member.ring_settings
             )));
         }
-        if let Some(other) = database_mismatch(&self.current(), &member.id, &member.database_id) {
+        if let Some(other) = database_mismatch(&self.current(), Some(&member.id), &member.database_id) {
             return Err(EtcdError(other));
         }
         let mut client = connect(&self.endpoints).await?;
@@ -160,6 +160,23 @@ impl EtcdMembership {
             .map_err(|_| EtcdError("our own registration did not show up in the watch within 10 s".into()))?
             .map_err(|_| EtcdError("membership watch stopped".into()))?;
         Ok(valid_until)
+    }
+
+    /// Whether `incarnation`'s member key exists (a linearizable read: the
+    /// answer reflects every write etcd acknowledged before it, whatever
+    /// this process's watch has seen). The key is attached to the
+    /// incarnation's lease and etcd deletes it when the lease expires or is
+    /// revoked; a key of the same conductor id with another incarnation
+    /// means that incarnation is gone (a new one registers only once the
+    /// old key is deleted).
+    pub async fn is_alive(&self, incarnation: &Incarnation) -> Result<bool, EtcdError> {
+        let mut client = connect(&self.endpoints).await?;
+        let resp = client.get(key(&incarnation.conductor()), None).await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .and_then(|kv| serde_json::from_slice::<Member>(kv.value()).ok())
+            .is_some_and(|m| m.incarnation == *incarnation))
     }
 
     /// Change our entry's state (active → draining), keeping the lease.
@@ -195,7 +212,7 @@ impl EtcdMembership {
     }
 }
 
-fn key(id: &str) -> String {
+fn key(id: &ConductorId) -> String {
     format!("{PREFIX}{id}")
 }
 
@@ -286,8 +303,8 @@ fn publish(tx: &watch::Sender<Ring>, members: &BTreeMap<String, Member>, rev: i6
     let before = tx.borrow().members().to_vec();
     let ids = |l: &[Member]| l.iter().map(|m| m.id.clone()).collect::<std::collections::BTreeSet<_>>();
     let (old, new) = (ids(&before), ids(&list));
-    let joined: Vec<&String> = new.difference(&old).collect();
-    let left: Vec<&String> = old.difference(&new).collect();
+    let joined: Vec<&ConductorId> = new.difference(&old).collect();
+    let left: Vec<&ConductorId> = old.difference(&new).collect();
     let changed: Vec<String> = list
         .iter()
         .filter_map(|m| {
@@ -298,7 +315,7 @@ fn publish(tx: &watch::Sender<Ring>, members: &BTreeMap<String, Member>, rev: i6
                 } else if b.incarnation != m.incarnation {
                     format!("{} (new incarnation)", m.id)
                 } else {
-                    m.id.clone()
+                    m.id.to_string()
                 }
             })
         })

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+use crate::ids::{ConductorId, Incarnation};
 use crate::ring::{Member, MemberState, Ring, RingSettings};
 
 /// The membership backend a process uses.
@@ -65,6 +66,20 @@ impl Membership {
         }
     }
 
+    /// Whether `incarnation` is alive, asked of the source of truth rather
+    /// than of the local ring (which a stalled watch or a reconnect can
+    /// leave behind): in etcd a linearizable read of its member key (the
+    /// key lives exactly as long as its lease); in-process, the membership
+    /// itself. A lock is cleared only when its holder is confirmed dead.
+    pub async fn is_alive(&self, incarnation: &Incarnation) -> Result<bool, etcd::EtcdError> {
+        match self {
+            Membership::Local(m) => {
+                Ok(m.current().member(&incarnation.conductor()).is_some_and(|x| x.incarnation == *incarnation))
+            }
+            Membership::Etcd(m) => m.is_alive(incarnation).await,
+        }
+    }
+
     /// Stop renewing our registration without revoking it (fencing).
     pub async fn abandon(&self) {
         if let Membership::Etcd(m) = self {
@@ -72,7 +87,7 @@ impl Membership {
         }
     }
 
-    pub async fn set_state(&self, id: &str, state: MemberState) -> Result<(), etcd::EtcdError> {
+    pub async fn set_state(&self, id: &ConductorId, state: MemberState) -> Result<(), etcd::EtcdError> {
         match self {
             Membership::Local(m) => {
                 m.set_state(id, state);
@@ -83,10 +98,10 @@ impl Membership {
     }
 
     /// Leave the ring now (the conductor has stopped acting on nodes).
-    pub async fn leave(&self, id: &str, incarnation: &str) -> Result<(), etcd::EtcdError> {
+    pub async fn leave(&self, id: &ConductorId, incarnation: &Incarnation) -> Result<(), etcd::EtcdError> {
         match self {
             Membership::Local(m) => {
-                if m.current().member(id).is_some_and(|x| x.incarnation == incarnation) {
+                if m.current().member(id).is_some_and(|x| x.incarnation == *incarnation) {
                     m.leave(id);
                 }
                 Ok(())
@@ -100,7 +115,7 @@ impl Membership {
 /// an etcd revision would.
 pub struct LocalMembership {
     settings: RingSettings,
-    state: Mutex<(u64, BTreeMap<String, Member>)>,
+    state: Mutex<(u64, BTreeMap<ConductorId, Member>)>,
     tx: watch::Sender<Ring>,
 }
 
@@ -118,7 +133,7 @@ impl LocalMembership {
         self.tx.borrow().clone()
     }
 
-    fn publish(&self, f: impl FnOnce(&mut BTreeMap<String, Member>)) {
+    fn publish(&self, f: impl FnOnce(&mut BTreeMap<ConductorId, Member>)) {
         let mut st = self.state.lock().expect("membership lock poisoned");
         f(&mut st.1);
         st.0 += 1;
@@ -133,7 +148,7 @@ impl LocalMembership {
         });
     }
 
-    pub fn set_state(&self, id: &str, state: MemberState) {
+    pub fn set_state(&self, id: &ConductorId, state: MemberState) {
         self.publish(|m| {
             if let Some(member) = m.get_mut(id) {
                 member.state = state;
@@ -141,7 +156,7 @@ impl LocalMembership {
         });
     }
 
-    pub fn leave(&self, id: &str) {
+    pub fn leave(&self, id: &ConductorId) {
         self.publish(|m| {
             m.remove(id);
         });
@@ -155,7 +170,7 @@ mod tests {
     fn member(id: &str) -> Member {
         Member {
             id: id.into(),
-            incarnation: format!("{id}-1"),
+            incarnation: format!("{id}-1").into(),
             grpc_url: "http://127.0.0.1:1".into(),
             http_url: String::new(),
             conductor_group: String::new(),
@@ -175,10 +190,10 @@ mod tests {
         rx.changed().await.unwrap();
         assert_eq!(rx.borrow().epoch(), 1);
         assert!(rx.borrow().serves("", "fake-hardware"));
-        m.set_state("a", MemberState::Draining);
+        m.set_state(&"a".into(), MemberState::Draining);
         rx.changed().await.unwrap();
         assert!(!rx.borrow().serves("", "fake-hardware"));
-        m.leave("a");
+        m.leave(&"a".into());
         assert_eq!(m.current().epoch(), 3);
         assert!(m.current().members().is_empty());
     }

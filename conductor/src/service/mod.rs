@@ -267,6 +267,9 @@ impl Conductor for ConductorService {
     }
 
     async fn whoami(&self, _req: Request<Empty>) -> Rpc<WhoamiReply> {
-        Ok(Response::new(WhoamiReply { id: self.inner.id.clone(), incarnation: self.inner.incarnation.clone() }))
+        Ok(Response::new(WhoamiReply {
+            id: self.inner.id.to_string(),
+            incarnation: self.inner.incarnation.to_string(),
+        }))
     }
 }
