@@ -93,9 +93,14 @@ async fn etcd_membership(cfg: &Config, shutdown: &CancellationToken) -> anyhow::
              (FERRIC_MEMBERSHIP__BACKEND=etcd FERRIC_MEMBERSHIP__ETCD_ENDPOINTS=[...] or --etcd-endpoints)"
         );
     }
-    let m = EtcdMembership::start(cfg.membership.etcd_endpoints.clone(), ring_settings(cfg), shutdown.clone())
-        .await
-        .with_context(|| format!("connecting to etcd at {}", cfg.membership.etcd_endpoints.join(",")))?;
+    let m = EtcdMembership::start(
+        cfg.membership.etcd_endpoints.clone(),
+        ring_settings(cfg),
+        ferric_common::membership::etcd::WatchSettings::from_config(&cfg.membership),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("connecting to etcd at {}", cfg.membership.etcd_endpoints.join(",")))?;
     Ok(Membership::Etcd(m))
 }
 
@@ -289,7 +294,7 @@ pub async fn run_conductor(
         }
         *media_slot.write().expect("media slot") = None;
         *ready.write().expect("ready slot") = None;
-        let fenced = conductor.inner.fenced.load(std::sync::atomic::Ordering::SeqCst);
+        let fenced = conductor.inner.fence.is_fenced();
         stop.cancel();
         conductor.wait().await;
         if !fenced || shutdown.is_cancelled() {

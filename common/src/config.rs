@@ -105,6 +105,11 @@ pub struct ConductorConfig {
     pub power_state_change_timeout: u64,
     /// How often a power action re-reads the BMC while it waits.
     pub power_state_poll_interval_ms: u64,
+    /// The longest one step of an operation, one power action or one node's
+    /// take-over may run before it fails: a hung BMC, agent or image server
+    /// must not hold a node lock forever. Above every bound of the work it
+    /// wraps (an iSCSI image write, an image download, a power wait).
+    pub step_timeout_secs: u64,
     /// The secret every conductor of the cluster derives agent tokens from
     /// (at least 16 bytes). Empty = one generated at the cluster's first
     /// start and kept in the database. Set it (the same on every conductor)
@@ -152,6 +157,14 @@ pub struct MembershipConfig {
     /// because every process of a cluster must share one database, and a
     /// SQLite file is shared only on one host; a lab may turn it on.
     pub allow_sqlite: bool,
+    /// How often a process asks etcd to confirm that its membership watch
+    /// is current (a progress request): a watch can stall without the
+    /// connection dropping (a member cut from its leader, a slow watcher),
+    /// and a stalled watch is a stale ring.
+    pub watch_progress_interval_ms: u64,
+    /// A watch that has not answered a progress request for this long is
+    /// stalled: it is dropped and the ring re-read from a fresh snapshot.
+    pub watch_stall_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -536,6 +549,7 @@ impl Default for ConductorConfig {
             node_history_cleanup_interval_secs: 3600,
             power_state_change_timeout: 60,
             power_state_poll_interval_ms: 1000,
+            step_timeout_secs: 10_800,
             cluster_secret: String::new(),
         }
     }
@@ -554,6 +568,8 @@ impl Default for MembershipConfig {
             etcd_endpoints: Vec::new(),
             lease_ttl_secs: 6,
             fence_margin_ms: 1000,
+            watch_progress_interval_ms: 1000,
+            watch_stall_timeout_ms: 5000,
             partition_exponent: 16,
             load_epsilon: 0.02,
             replicas: 0,
@@ -623,10 +639,13 @@ impl Config {
             ("conductor.periodic_interval_secs", c.periodic_interval_secs, s),
             ("conductor.power_state_change_timeout", c.power_state_change_timeout, s),
             ("conductor.power_state_poll_interval_ms", c.power_state_poll_interval_ms, ms),
+            ("conductor.step_timeout_secs", c.step_timeout_secs, s),
             ("conductor.node_history_cleanup_interval_secs", c.node_history_cleanup_interval_secs, s),
             ("database.acquire_timeout_secs", self.database.acquire_timeout_secs, s),
             ("membership.lease_ttl_secs", self.membership.lease_ttl_secs, s),
             ("membership.fence_margin_ms", self.membership.fence_margin_ms, ms),
+            ("membership.watch_progress_interval_ms", self.membership.watch_progress_interval_ms, ms),
+            ("membership.watch_stall_timeout_ms", self.membership.watch_stall_timeout_ms, ms),
             ("deploy.deploy_helper_images_ttl", self.deploy.deploy_helper_images_ttl, min),
             ("swift.swift_temp_url_duration", self.swift.swift_temp_url_duration, s),
             ("swift.request_timeout_secs", self.swift.request_timeout_secs, s),
@@ -672,6 +691,14 @@ impl Config {
                 self.membership.fence_margin_ms, self.membership.lease_ttl_secs
             )));
         }
+        let m = &self.membership;
+        if m.watch_progress_interval_ms == 0 || m.watch_stall_timeout_ms <= m.watch_progress_interval_ms {
+            return Err(ConfigError(format!(
+                "membership.watch_stall_timeout_ms ({}) must be above membership.watch_progress_interval_ms ({}), \
+                 which must be above 0",
+                m.watch_stall_timeout_ms, m.watch_progress_interval_ms
+            )));
+        }
         if self.pxe.tftp_max_transfers == 0 {
             return Err(ConfigError("pxe.tftp_max_transfers must be at least 1".into()));
         }
@@ -690,6 +717,19 @@ impl Config {
         }
         if self.ipxe.retry_delay_secs == 0 || self.ipxe.retry_delay_secs > 3600 {
             return Err(ConfigError("ipxe.retry_delay_secs must be within 1..=3600".into()));
+        }
+        for (key, bound) in [
+            ("iscsi.write_timeout_secs", self.iscsi.write_timeout_secs),
+            ("image_cache.download_timeout_secs", self.image_cache.download_timeout_secs),
+            ("conductor.power_state_change_timeout", self.conductor.power_state_change_timeout),
+        ] {
+            if self.conductor.step_timeout_secs <= bound {
+                return Err(ConfigError(format!(
+                    "conductor.step_timeout_secs ({}) must be above {key} ({bound}): a step that writes an image, \
+                     downloads one or waits for a power state would fail before its own bound",
+                    self.conductor.step_timeout_secs
+                )));
+            }
         }
         if self.conductor.lock_attempts == 0 {
             return Err(ConfigError("conductor.lock_attempts must be at least 1".into()));

@@ -60,10 +60,9 @@ pub struct Inner {
     /// Cancelled when the conductor asks its process to exit (a drain that
     /// finished).
     pub exit_requested: CancellationToken,
-    /// Set when this incarnation fenced itself (see [`fence`]).
-    pub fenced: std::sync::atomic::AtomicBool,
-    /// Cancelled on fencing: every in-flight action is dropped at once.
-    pub fence: CancellationToken,
+    /// Whether this incarnation may still act (see [`fence`]); every
+    /// in-flight action selects on it and is dropped when it fences.
+    pub fence: Arc<fence::Fence>,
     /// Set by a drain: no new operations, no take-overs.
     pub draining: std::sync::atomic::AtomicBool,
     pub stats: Stats,
@@ -78,7 +77,14 @@ pub struct Inner {
     /// Every node lock this incarnation takes, and the reaper of the ones
     /// its sections dropped without a release.
     pub locks: lock::Locks,
+    /// (ring epoch, etcd revision): the ring of that epoch was confirmed
+    /// current at that revision (see [`Inner::catch_up`]).
+    confirmed: std::sync::Mutex<(u64, u64)>,
 }
+
+/// How long a request whose ring epoch is newer than ours waits for our
+/// watch to deliver it before etcd is asked.
+const CATCH_UP_WAIT: Duration = Duration::from_millis(200);
 
 /// Marks a node's operation as running in this process until dropped (a
 /// panicking task drops it too).
@@ -109,6 +115,8 @@ pub struct Readiness {
     pub conductor: ConductorId,
     pub incarnation: Incarnation,
     pub joined: bool,
+    /// etcd confirmed our ring current within the watch's stall timeout.
+    pub ring_fresh: bool,
     pub fenced: bool,
     pub draining: bool,
     /// `ok`, or why the database did not answer.
@@ -118,21 +126,76 @@ pub struct Readiness {
 impl Inner {
     pub async fn readiness(&self) -> Readiness {
         let joined = self.ring.borrow().member(&self.id).is_some_and(|m| m.incarnation == self.incarnation);
-        let fenced = self.fenced.load(std::sync::atomic::Ordering::SeqCst);
+        let fenced = self.fence.is_fenced();
         let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
         let database = match self.db.ping(Duration::from_secs(2)).await {
             Ok(()) => "ok".to_string(),
             Err(e) => e,
         };
+        let ring_fresh = self.ring_is_fresh();
         Readiness {
-            ready: joined && !fenced && !draining && database == "ok",
+            ready: joined && ring_fresh && !fenced && !draining && database == "ok",
             conductor: self.id.clone(),
             incarnation: self.incarnation.clone(),
             joined,
+            ring_fresh,
             fenced,
             draining,
             database,
         }
+    }
+
+    /// The bound of one step, power action or take-over of a node.
+    pub fn step_timeout(&self) -> Duration {
+        Duration::from_secs(self.cfg.conductor.step_timeout_secs)
+    }
+
+    /// Makes sure the ring we act by is not older than `wanted` (the
+    /// epoch a request was routed by). Waits briefly for our watch; then
+    /// asks etcd whether our members are still the current ones — epochs
+    /// of equal member sets can differ (a snapshot is numbered by the
+    /// revision it was read at, a watched change by the change's) — and
+    /// remembers the answer for this ring. Refuses when our ring is
+    /// behind: the caller retries, and our watch catches up (or its stall
+    /// is detected and the ring re-read).
+    pub async fn catch_up(&self, wanted: u64) -> Result<(), String> {
+        if wanted <= self.epoch() {
+            return Ok(());
+        }
+        let mut rx = self.ring.clone();
+        if tokio::time::timeout(CATCH_UP_WAIT, rx.wait_for(|r| r.epoch() >= wanted)).await.is_ok_and(|r| r.is_ok()) {
+            return Ok(());
+        }
+        let ring = self.ring.borrow().clone();
+        {
+            let (epoch, rev) = *self.confirmed.lock().expect("confirmed ring");
+            if epoch == ring.epoch() && rev >= wanted {
+                return Ok(());
+            }
+        }
+        match self.membership.confirm(&ring).await {
+            Ok(Some(rev)) if rev >= wanted => {
+                *self.confirmed.lock().expect("confirmed ring") = (ring.epoch(), rev);
+                Ok(())
+            }
+            Ok(_) => {
+                metrics::counter!("ferric_requests_refused_stale_ring_total").increment(1);
+                Err(format!(
+                    "conductor {} is behind the ring this request was routed by (its epoch {}, the request's \
+                     {wanted}); retry",
+                    self.id,
+                    ring.epoch()
+                ))
+            }
+            Err(e) => Err(format!("conductor {} could not confirm its ring with etcd ({e}); retry", self.id)),
+        }
+    }
+
+    /// Whether our ring is known to be current (see
+    /// `Membership::ring_is_fresh`): take-overs and dead-lock decisions wait
+    /// for a fresh one.
+    pub fn ring_is_fresh(&self) -> bool {
+        self.membership.ring_is_fresh()
     }
 
     pub fn lock_interval(&self) -> Duration {
@@ -141,7 +204,7 @@ impl Inner {
 
     /// Whether the ring at our epoch gives us this node.
     pub fn owns(&self, node: &Node) -> bool {
-        if self.fenced.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.fence.is_fenced() {
             return false;
         }
         let ring = self.ring.borrow();
@@ -289,7 +352,7 @@ impl ConductorHandle {
     /// cleared by others once it is no longer a member, so it must not be
     /// acting on any node by then.
     pub async fn wait(self) {
-        if self.inner.fenced.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.inner.fence.is_fenced() {
             // everything was dropped mid-flight; the lease must expire on its
             // own before anybody may touch our nodes
             let _ = self.server.await;
@@ -446,7 +509,14 @@ pub async fn start(
     }
     let secret = secret::resolve(&db, &cfg.conductor.cluster_secret).await.context("the cluster secret")?;
     let tokens = ferric_deploy::token::AgentTokens::new(secret);
-    let services = Arc::new(Services::new(&cfg, &http_url, media, tokens, &id, &incarnation));
+    let exit_requested = CancellationToken::new();
+    let fence = Arc::new(fence::Fence::new(
+        id.clone(),
+        incarnation.clone(),
+        Duration::from_millis(cfg.membership.fence_margin_ms),
+        exit_requested.clone(),
+    ));
+    let services = Arc::new(Services::new(&cfg, &http_url, media, tokens, &id, &incarnation, fence.clone()));
     if services.settings.callback_url.is_empty() {
         warn!(
             "deploy.external_callback_url is empty: ramdisks cannot be booted by virtual media until it names the \
@@ -464,12 +534,12 @@ pub async fn start(
         cancel: shutdown.child_token(),
         membership: membership.clone(),
         draining: std::sync::atomic::AtomicBool::new(false),
-        exit_requested: CancellationToken::new(),
-        fenced: std::sync::atomic::AtomicBool::new(false),
-        fence: CancellationToken::new(),
+        exit_requested,
+        fence: fence.clone(),
         stats: Stats::default(),
         running: Default::default(),
-        locks: lock::Locks::new(db.clone(), LockHolder::of(&incarnation)),
+        locks: lock::Locks::new(db.clone(), LockHolder::of(&incarnation), fence),
+        confirmed: std::sync::Mutex::new((0, 0)),
         db,
         cfg,
     });
@@ -513,11 +583,13 @@ pub async fn start(
         database_id: ferric_common::identity::database_id(&inner.db).await.context("reading the database id")?,
     };
     match membership.join(member, inner.cfg.membership.lease_ttl_secs).await {
-        Ok(Some(valid_until)) => {
+        Ok(valid_until) => {
+            if let Some(v) = valid_until {
+                inner.fence.watch_lease(v);
+            }
             // the watchdog runs on its own task, apart from every worker pool
-            tokio::spawn(fence::watchdog(inner.clone(), valid_until));
+            tokio::spawn(fence::watchdog(inner.clone()));
         }
-        Ok(None) => {}
         Err(e) => {
             shutdown.cancel();
             return Err(anyhow::anyhow!("joining the ring: {e}"));

@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use ferric_common::db::{Db, DbError, LockOutcome};
 use ferric_common::ids::LockHolder;
+
+use crate::fence::Fence;
 use ferric_common::model::Node;
 use uuid::Uuid;
 
@@ -36,6 +38,8 @@ pub enum LockError {
     NotFound(Uuid),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Fenced(#[from] crate::fence::Fenced),
 }
 
 /// What this process holds, by node: how many live [`NodeLock`]s (and
@@ -109,11 +113,14 @@ pub struct Locks {
     db: Db,
     holder: LockHolder,
     held: Arc<Held>,
+    /// Checked before every lock, save and release: a fenced incarnation
+    /// (or one whose lease may have run out) writes nothing.
+    fence: Arc<Fence>,
 }
 
 impl Locks {
-    pub fn new(db: Db, holder: LockHolder) -> Locks {
-        Locks { db, holder, held: Arc::default() }
+    pub fn new(db: Db, holder: LockHolder, fence: Arc<Fence>) -> Locks {
+        Locks { db, holder, held: Arc::default(), fence }
     }
 
     /// Locks `node`, retrying a busy lock `attempts` times `interval` apart.
@@ -127,6 +134,7 @@ impl Locks {
                 last_holder = self.holder.clone();
                 continue;
             };
+            self.fence.check()?;
             match self.db.reserve_node(node, &self.holder).await? {
                 LockOutcome::Acquired(n) => return Ok((self.lock(node, mark), *n)),
                 LockOutcome::Busy(h) => last_holder = h,
@@ -142,6 +150,7 @@ impl Locks {
         let Some(mark) = self.held.mark(node) else {
             return Err(LockError::Busy { node, holder: self.holder.clone() });
         };
+        self.fence.check()?;
         match self.db.reserve_node_in_state(node, &self.holder, state).await? {
             LockOutcome::Acquired(n) => Ok((self.lock(node, mark), *n)),
             LockOutcome::Busy(h) => Err(LockError::Busy { node, holder: h }),
@@ -150,7 +159,7 @@ impl Locks {
     }
 
     fn lock(&self, node: Uuid, mark: Mark) -> NodeLock {
-        NodeLock { node, holder: self.holder.clone(), db: self.db.clone(), _mark: mark }
+        NodeLock { node, holder: self.holder.clone(), db: self.db.clone(), fence: self.fence.clone(), _mark: mark }
     }
 
     /// How many nodes live locks of this process hold.
@@ -166,6 +175,9 @@ impl Locks {
     pub async fn reap_orphans(&self) -> Result<Vec<Uuid>, DbError> {
         let mut reaped = Vec::new();
         for node in self.db.nodes_reserved_by(&self.holder).await? {
+            if self.fence.check().is_err() {
+                break;
+            }
             if !self.held.start_reap(node) {
                 continue;
             }
@@ -187,21 +199,34 @@ pub struct NodeLock {
     pub node: Uuid,
     pub holder: LockHolder,
     db: Db,
+    fence: Arc<Fence>,
     _mark: Mark,
 }
 
 impl NodeLock {
-    /// Write the node, as long as this lock is still ours.
+    /// Write the node, as long as this lock is still ours. A fenced
+    /// incarnation writes nothing: to it every lock is lost (false).
     pub async fn save(&self, node: &Node) -> Result<bool, DbError> {
+        if self.fence.check().is_err() {
+            return Ok(false);
+        }
         self.db.save_node_locked(node, &self.holder).await
     }
 
     /// Write the node and release the lock atomically.
     pub async fn save_and_release(self, node: &Node) -> Result<bool, DbError> {
+        if self.fence.check().is_err() {
+            return Ok(false);
+        }
         self.db.save_node_and_release(node, &self.holder).await
     }
 
+    /// Release the lock (a fenced incarnation leaves it for the node's
+    /// next owner, who clears it once our lease is gone).
     pub async fn release(self) -> Result<bool, DbError> {
+        if self.fence.check().is_err() {
+            return Ok(false);
+        }
         self.db.release_node(self.node, &self.holder).await
     }
 }
@@ -223,6 +248,45 @@ mod tests {
         (db, uuids)
     }
 
+    fn unfenced() -> Arc<Fence> {
+        Arc::new(Fence::new("c1".into(), "c1/one".into(), Duration::ZERO, Default::default()))
+    }
+
+    #[tokio::test]
+    async fn a_fenced_incarnation_locks_saves_and_releases_nothing() {
+        let (db, nodes) = db_with(2).await;
+        let fence = unfenced();
+        let locks = Locks::new(db.clone(), LockHolder::new("c1/one"), fence.clone());
+        let (held, mut node) = locks.acquire(nodes[0], 1, Duration::ZERO).await.unwrap();
+        fence.fence("test");
+        assert!(matches!(locks.acquire(nodes[1], 1, Duration::ZERO).await, Err(LockError::Fenced(_))));
+        assert!(matches!(locks.acquire_in_state(nodes[1], "available").await, Err(LockError::Fenced(_))));
+        node.maintenance = true;
+        assert!(!held.save(&node).await.unwrap(), "a fenced incarnation wrote a node");
+        assert!(!db.get_node(nodes[0]).await.unwrap().maintenance);
+        assert!(!held.release().await.unwrap());
+        // the lock stays for whoever takes the node once our lease is gone
+        assert_eq!(reservation(&db.get_node(nodes[0]).await.unwrap()), Some("c1/one"));
+        assert_eq!(reservation(&db.get_node(nodes[1]).await.unwrap()), None);
+        assert!(locks.reap_orphans().await.unwrap().is_empty(), "a fenced incarnation reaped");
+    }
+
+    #[tokio::test]
+    async fn a_lease_past_its_deadline_fences_at_the_first_write_without_a_watchdog() {
+        let (db, nodes) = db_with(1).await;
+        let exit = tokio_util::sync::CancellationToken::new();
+        let fence = Arc::new(Fence::new("c1".into(), "c1/one".into(), Duration::from_millis(100), exit.clone()));
+        let (tx, rx) = tokio::sync::watch::channel(tokio::time::Instant::now() + Duration::from_secs(60));
+        fence.watch_lease(rx);
+        let locks = Locks::new(db.clone(), LockHolder::new("c1/one"), fence.clone());
+        let (held, node) = locks.acquire(nodes[0], 1, Duration::ZERO).await.unwrap();
+        assert!(held.save(&node).await.unwrap());
+        // the last renewal etcd acknowledged is now too old; no watchdog runs
+        tx.send_replace(tokio::time::Instant::now() + Duration::from_millis(50));
+        assert!(!held.save(&node).await.unwrap(), "wrote after the lease deadline");
+        assert!(fence.is_fenced() && exit.is_cancelled(), "the inline check fences the incarnation");
+    }
+
     fn reservation(n: &Node) -> Option<&str> {
         n.reservation.as_deref()
     }
@@ -230,11 +294,11 @@ mod tests {
     #[tokio::test]
     async fn the_reaper_clears_only_locks_no_live_section_holds() {
         let (db, nodes) = db_with(3).await;
-        let locks = Locks::new(db.clone(), LockHolder::new("c1/one"));
+        let locks = Locks::new(db.clone(), LockHolder::new("c1/one"), unfenced());
         let (held, _) = locks.acquire(nodes[0], 1, Duration::ZERO).await.unwrap();
         let (dropped, _) = locks.acquire(nodes[1], 1, Duration::ZERO).await.unwrap();
         // another incarnation's lock is not ours to reap
-        let other = Locks::new(db.clone(), LockHolder::new("c2/two"));
+        let other = Locks::new(db.clone(), LockHolder::new("c2/two"), unfenced());
         let (theirs, _) = other.acquire(nodes[2], 1, Duration::ZERO).await.unwrap();
         assert_eq!(locks.held(), 2);
         assert_eq!(locks.reap_orphans().await.unwrap(), Vec::<Uuid>::new(), "both sections are live");
@@ -260,7 +324,7 @@ mod tests {
     #[tokio::test]
     async fn a_node_being_reaped_is_busy_and_a_lock_in_acquisition_is_not_reaped() {
         let (db, nodes) = db_with(1).await;
-        let locks = Locks::new(db.clone(), LockHolder::new("c1/one"));
+        let locks = Locks::new(db.clone(), LockHolder::new("c1/one"), unfenced());
         assert!(locks.held.start_reap(nodes[0]));
         match locks.acquire(nodes[0], 2, Duration::from_millis(1)).await {
             Err(LockError::Busy { holder, .. }) => assert_eq!(holder, "c1/one"),

@@ -80,7 +80,7 @@ pub async fn serve_tftp(cfg: &Config, cancel: CancellationToken) -> anyhow::Resu
 /// one, locked ones, or while fenced, draining or out of the ring. Returns
 /// how many nodes' files were removed.
 pub async fn reap_lost_nodes_files(inner: &Inner) -> usize {
-    if inner.fenced.load(Ordering::SeqCst) || inner.draining.load(Ordering::SeqCst) {
+    if inner.fence.is_fenced() || inner.draining.load(Ordering::SeqCst) {
         return 0;
     }
     let ring = inner.ring.borrow().clone();

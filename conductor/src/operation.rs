@@ -275,8 +275,14 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
             }
             inner.history(node.uuid, "step", &format!("{state} {}", step.full_name())).await;
             let mut task = inner.task(node.clone(), ports.clone());
+            let limit = inner.step_timeout();
             let outcome = tokio::select! {
-                r = driver.execute_step(&mut task, &step) => r,
+                r = tokio::time::timeout(limit, driver.execute_step(&mut task, &step)) => r.unwrap_or_else(|_| {
+                    Err(DriverError::Failed(format!(
+                        "it did not finish within {} s (conductor.step_timeout_secs)",
+                        limit.as_secs()
+                    )))
+                }),
                 // fenced: drop the step mid-flight and write nothing more
                 _ = inner.fence.cancelled() => return Finish::LostLock,
             };

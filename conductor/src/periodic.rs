@@ -170,7 +170,7 @@ pub async fn reap_lost_nodes_artefacts(
 ) -> (usize, usize) {
     // a fenced or draining conductor, or one that is not in the ring it
     // sees (a stale or empty view), decides nothing about other members
-    if inner.fenced.load(Ordering::SeqCst) || inner.draining.load(Ordering::SeqCst) {
+    if inner.fence.is_fenced() || inner.draining.load(Ordering::SeqCst) {
         return (0, 0);
     }
     let ring = inner.ring.borrow().clone();

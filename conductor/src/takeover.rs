@@ -142,6 +142,12 @@ pub async fn pass(inner: &Arc<Inner>) -> usize {
     if inner.draining.load(Ordering::Relaxed) {
         return 0;
     }
+    if !inner.ring_is_fresh() {
+        // the nodes my ring gives me may not be mine: a watch that stalled
+        // is being re-read; decide nothing about other members meanwhile
+        metrics::counter!("ferric_takeover_passes_skipped_total", "why" => "stale_ring").increment(1);
+        return 0;
+    }
     let mine = match inner.my_nodes().await {
         Ok(n) => n,
         Err(e) => {
@@ -314,8 +320,11 @@ async fn take_over_one_as(inner: &Arc<Inner>, uuid: Uuid, repair: bool) -> bool 
             driver.boot.take_over(&mut task).await?;
             driver.deploy.take_over(&driver, &mut task).await
         };
+        let limit = inner.step_timeout();
         let res = tokio::select! {
-            r = hooks => r,
+            r = tokio::time::timeout(limit, hooks) => r.unwrap_or_else(|_| Err(ferric_deploy::driver::DriverError::Retryable(
+                format!("it did not finish within {} s (conductor.step_timeout_secs)", limit.as_secs())
+            ))),
             // fenced: stop at once, write nothing
             _ = inner.fence.cancelled() => return false,
         };

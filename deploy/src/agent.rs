@@ -110,11 +110,14 @@ pub enum AgentError {
     BadAnswer { url: String, what: String, message: String },
     #[error("the agent's command {name} did not finish within {seconds} s")]
     Timeout { name: String, seconds: u64 },
+    /// Not sent: this conductor may not act on machines (it is fenced).
+    #[error("nothing sent to the agent: {0}")]
+    Fenced(String),
 }
 
 impl AgentError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, AgentError::Unreachable { .. } | AgentError::Timeout { .. })
+        matches!(self, AgentError::Unreachable { .. } | AgentError::Timeout { .. } | AgentError::Fenced(_))
     }
 }
 
@@ -151,6 +154,8 @@ impl Target {
 /// The agent client of one conductor incarnation.
 pub struct AgentClient {
     settings: AgentSettings,
+    /// Asked before every request (a fenced conductor sends none).
+    guard: std::sync::Arc<dyn crate::services::ActGuard>,
     user_agent: String,
     /// Clients by CA (one per CA an agent presented), plus the default.
     clients: Mutex<HashMap<String, reqwest::Client>>,
@@ -171,14 +176,24 @@ impl AgentClient {
                 env!("CARGO_PKG_VERSION")
             ),
             clients: Mutex::new(HashMap::new()),
+            guard: std::sync::Arc::new(crate::services::Unguarded),
         }
+    }
+
+    /// Every request first asks `guard` whether it may be sent.
+    pub fn with_guard(mut self, guard: std::sync::Arc<dyn crate::services::ActGuard>) -> AgentClient {
+        self.guard = guard;
+        self
     }
 
     pub fn settings(&self) -> &AgentSettings {
         &self.settings
     }
 
+    /// The HTTP client for an agent presenting `ca` — asked for before
+    /// every request, so this is where the guard says no.
     fn client(&self, ca: Option<&str>) -> Result<reqwest::Client, AgentError> {
+        self.guard.may_act().map_err(AgentError::Fenced)?;
         let key = ca.unwrap_or_default().to_string();
         let mut map = self.clients.lock().expect("agent clients");
         if let Some(c) = map.get(&key) {

@@ -11,6 +11,26 @@ use crate::bmc::redfish::{ClientSettings, RedfishClients};
 use crate::media::Media;
 use crate::token::AgentTokens;
 
+/// Asked before every request to a BMC or to a ramdisk's agent: a
+/// conductor that is fenced — or whose lease may have run out while no
+/// watchdog looked — must not act on any machine. The conductor's fence
+/// implements it; tools that drive a BMC outside a conductor use
+/// [`Unguarded`].
+pub trait ActGuard: Send + Sync + std::fmt::Debug {
+    /// `Err(why)` when no machine may be acted on now.
+    fn may_act(&self) -> Result<(), String>;
+}
+
+/// Always allows (a client used outside a conductor: tests, the lab).
+#[derive(Debug, Clone, Copy)]
+pub struct Unguarded;
+
+impl ActGuard for Unguarded {
+    fn may_act(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 pub struct Services {
     pub media: Arc<Media>,
@@ -114,16 +134,18 @@ impl Services {
         tokens: AgentTokens,
         conductor_id: &str,
         incarnation: &str,
+        guard: Arc<dyn ActGuard>,
     ) -> Services {
         Services {
             media,
             tokens,
-            redfish: Arc::new(RedfishClients::new(ClientSettings::from_config(&cfg.redfish))),
+            redfish: Arc::new(RedfishClients::new(ClientSettings::from_config(&cfg.redfish)).with_guard(guard.clone())),
             agent: crate::agent::AgentClient::new(
                 crate::agent::AgentSettings::from_config(&cfg.agent),
                 conductor_id,
                 incarnation,
-            ),
+            )
+            .with_guard(guard),
             settings: {
                 let mut s = DriverSettings::from_config(cfg);
                 s.netboot.http_url = http_url.trim_end_matches('/').to_string();

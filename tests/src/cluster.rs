@@ -120,6 +120,21 @@ impl Cluster {
         Cluster { etcd, api, api_url: format!("http://127.0.0.1:{port}"), conductors, db_url, pg, dir, client: http() }
     }
 
+    /// Starts one more conductor, `c{n+1}`, reaching etcd at `etcd` (the
+    /// cluster's own, or a proxy), with the ramdisk callback URL of this
+    /// cluster's API and `env`; returns its index in `conductors`.
+    pub fn add_conductor(&mut self, etcd: &str, ttl: u64, env: &[(&str, &str)]) -> usize {
+        let i = self.conductors.len() + 1;
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        if !env.iter().any(|(k, _)| *k == "FERRIC_DEPLOY__EXTERNAL_CALLBACK_URL") {
+            env.push(("FERRIC_DEPLOY__EXTERNAL_CALLBACK_URL", self.api_url.as_str()));
+        }
+        let grpc = free_port();
+        let p = conductor_process(self.dir.path(), etcd, &self.db_url, i, grpc, ttl, &env);
+        self.conductors.push((p, grpc));
+        i - 1
+    }
+
     /// Each live member's HTTP root URL, by conductor id, as published in
     /// its member record in etcd.
     pub fn member_http_urls(&self) -> BTreeMap<String, String> {

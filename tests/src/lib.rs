@@ -520,12 +520,49 @@ pub fn error_body(body: &str) -> serde_json::Value {
 
 /// Forwards loopback TCP to `target` until [`TcpProxy::cut`] drops every
 /// connection and refuses new ones (a network partition), and
-/// [`TcpProxy::restore`] heals it.
+/// [`TcpProxy::restore`] heals it. [`TcpProxy::freeze`] stalls the
+/// connections open at that moment — they stay open and carry nothing
+/// more, either way, as a hung peer or a black-holed route would — while
+/// new connections pass.
 pub struct TcpProxy {
     pub port: u16,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Connections numbered up to this are frozen.
+    frozen_upto: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// How many connections were accepted (the newest one's number).
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     accept: tokio::task::JoinHandle<()>,
+}
+
+/// Copies `from` to `to` until EOF, an error, or `id` is frozen (then it
+/// holds both sockets open and moves nothing until aborted).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    id: u64,
+    frozen_upto: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let frozen = || id <= frozen_upto.load(std::sync::atomic::Ordering::SeqCst);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if frozen() {
+            break;
+        }
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
+            // look again now and then, so that a freeze stops a quiet stream too
+            _ = tokio::time::sleep(Duration::from_millis(20)) => continue,
+        };
+        if frozen() || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    if frozen() {
+        let _keep_open = (from, to);
+        std::future::pending::<()>().await;
+    }
 }
 
 impl TcpProxy {
@@ -533,24 +570,32 @@ impl TcpProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let frozen_upto = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
-        let (c2, k2) = (cut.clone(), conns.clone());
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (c2, k2, f2, a2) = (cut.clone(), conns.clone(), frozen_upto.clone(), accepted.clone());
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                let Ok((inbound, _)) = listener.accept().await else { return };
                 if c2.load(std::sync::atomic::Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
+                let id = a2.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let frozen = f2.clone();
                 let h = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = tokio::net::TcpStream::connect(target).await {
+                        let (ir, iw) = inbound.into_split();
+                        let (or, ow) = outbound.into_split();
+                        tokio::join!(pump(ir, ow, id, frozen.clone()), pump(or, iw, id, frozen));
                     }
                 });
-                k2.lock().expect("conns").push(h);
+                let mut k = k2.lock().expect("conns");
+                k.retain(|h| !h.is_finished());
+                k.push(h);
             }
         });
-        TcpProxy { port, cut, conns, accept }
+        TcpProxy { port, cut, frozen_upto, accepted, conns, accept }
     }
 
     pub fn endpoint(&self) -> String {
@@ -566,6 +611,15 @@ impl TcpProxy {
 
     pub fn restore(&self) {
         self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stalls every connection open now (see the type's doc); new ones
+    /// pass. Returns how many were frozen.
+    pub fn freeze(&self) -> usize {
+        let conns = self.conns.lock().expect("conns");
+        let upto = self.accepted.load(std::sync::atomic::Ordering::SeqCst);
+        self.frozen_upto.store(upto, std::sync::atomic::Ordering::SeqCst);
+        conns.iter().filter(|h| !h.is_finished()).count()
     }
 }
 

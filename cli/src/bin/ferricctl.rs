@@ -116,8 +116,13 @@ fn main() -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
         let _stop = cancel.clone().drop_guard();
         let configured = ferric_cli::ring_settings(&cfg);
-        let m =
-            EtcdMembership::start(cfg.membership.etcd_endpoints.clone(), configured.clone(), cancel.clone()).await?;
+        let m = EtcdMembership::start(
+            cfg.membership.etcd_endpoints.clone(),
+            configured.clone(),
+            ferric_common::membership::etcd::WatchSettings::from_config(&cfg.membership),
+            cancel.clone(),
+        )
+        .await?;
         let ring = ctl::with_members_settings(m.current(), &configured)?;
         match cli.cmd {
             Cmd::Ring { cmd: RingCmd::Show } => {

@@ -10,6 +10,14 @@
 //! When etcd goes away, the watch breaks: the watcher keeps the ring it has,
 //! reconnects with back-off, re-reads the snapshot and publishes only if the
 //! members differ — an etcd restart that lost nobody changes no ownership.
+//! A watch can also **stall** without breaking: an etcd member cut from its
+//! leader keeps the stream open and sends nothing, a slow watcher lags.
+//! Every client asks for the leader (`require_leader`: a leaderless member
+//! refuses, and we go to another), and the watcher asks etcd for a
+//! progress notification every `watch_progress_interval_ms`; one not
+//! answered within `watch_stall_timeout_ms` means the ring may be stale,
+//! and the watch is dropped and the ring re-read. When the ring was last
+//! confirmed current is published ([`EtcdMembership::confirmed_at`]).
 //! A conductor's keep-alive retries likewise and publishes, after every
 //! acknowledged renewal, until when the lease is surely valid; the
 //! conductor fences itself before that instant (see `ferric_conductor::fence`).
@@ -51,7 +59,10 @@ impl From<etcd_client::Error> for EtcdError {
 async fn connect(endpoints: &[String]) -> Result<Client, EtcdError> {
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        // a member cut off from the cluster's leader answers nothing new:
+        // have it refuse instead of serving a stale view
+        .with_require_leader(true);
     Ok(Client::connect(endpoints, Some(opts)).await?)
 }
 
@@ -69,6 +80,29 @@ pub fn database_mismatch(ring: &Ring, me: Option<&ConductorId>, database_id: &st
     ))
 }
 
+/// How the membership watch is kept honest (`[membership]`
+/// `watch_progress_interval_ms`, `watch_stall_timeout_ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct WatchSettings {
+    pub progress_every: Duration,
+    pub stall_after: Duration,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        WatchSettings { progress_every: Duration::from_secs(1), stall_after: Duration::from_secs(5) }
+    }
+}
+
+impl WatchSettings {
+    pub fn from_config(m: &crate::config::MembershipConfig) -> WatchSettings {
+        WatchSettings {
+            progress_every: Duration::from_millis(m.watch_progress_interval_ms),
+            stall_after: Duration::from_millis(m.watch_stall_timeout_ms),
+        }
+    }
+}
+
 /// Watches the membership and publishes the ring; optionally registers
 /// this process as a member.
 pub struct EtcdMembership {
@@ -76,6 +110,10 @@ pub struct EtcdMembership {
     /// The etcd cluster's id (from its response headers), hex.
     cluster_id: String,
     tx: watch::Sender<Ring>,
+    /// When etcd last confirmed that the published ring is current (an
+    /// event, a progress notification or a fresh snapshot).
+    confirmed: watch::Sender<Instant>,
+    watch_settings: WatchSettings,
     cancel: CancellationToken,
     registration: Mutex<Option<Registration>>,
 }
@@ -92,21 +130,55 @@ impl EtcdMembership {
     pub async fn start(
         endpoints: Vec<String>,
         settings: RingSettings,
+        watch_settings: WatchSettings,
         cancel: CancellationToken,
     ) -> Result<Arc<EtcdMembership>, EtcdError> {
         let mut client = connect(&endpoints).await?;
         let cluster_id = client.status().await?.header().map(|h| format!("{:x}", h.cluster_id())).unwrap_or_default();
         let (members, rev) = snapshot(&mut client).await?;
         let (tx, _) = watch::channel(Ring::new(rev as u64, members.values().cloned().collect(), settings.clone()));
+        let (confirmed, _) = watch::channel(Instant::now());
         let m = Arc::new(EtcdMembership {
             endpoints,
             cluster_id,
             tx,
+            confirmed,
+            watch_settings,
             cancel: cancel.clone(),
             registration: Mutex::new(None),
         });
-        tokio::spawn(watch_loop(m.endpoints.clone(), m.tx.clone(), settings, members, rev, cancel));
+        let watcher = Watcher {
+            endpoints: m.endpoints.clone(),
+            tx: m.tx.clone(),
+            confirmed: m.confirmed.clone(),
+            settings,
+            watch: watch_settings,
+            cancel,
+        };
+        tokio::spawn(watcher.run(members, rev));
         Ok(m)
+    }
+
+    /// When etcd last confirmed that the published ring is current.
+    pub fn confirmed_at(&self) -> Instant {
+        *self.confirmed.borrow()
+    }
+
+    /// How the watch is checked (its stall timeout tells how old a
+    /// confirmation may be before the ring counts as stale).
+    pub fn watch_settings(&self) -> WatchSettings {
+        self.watch_settings
+    }
+
+    /// Asks etcd (a linearizable read) whether `ring`'s members are the
+    /// current ones: the revision they are current at, or `None` when etcd
+    /// has other members (the ring is behind).
+    pub async fn confirm(&self, ring: &Ring) -> Result<Option<u64>, EtcdError> {
+        let mut client = connect(&self.endpoints).await?;
+        let (members, rev) = snapshot(&mut client).await?;
+        let mut now: Vec<Member> = members.into_values().collect();
+        now.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((now.as_slice() == ring.members()).then_some(rev as u64))
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Ring> {
@@ -333,75 +405,121 @@ fn publish(tx: &watch::Sender<Ring>, members: &BTreeMap<String, Member>, rev: i6
     tx.send_replace(Ring::new(rev as u64, list, settings.clone()));
 }
 
-async fn watch_loop(
+/// The task that keeps the published ring in step with etcd.
+struct Watcher {
     endpoints: Vec<String>,
     tx: watch::Sender<Ring>,
+    confirmed: watch::Sender<Instant>,
     settings: RingSettings,
-    mut members: BTreeMap<String, Member>,
-    mut rev: i64,
+    watch: WatchSettings,
     cancel: CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(100);
-    let mut trouble = crate::logonce::Repeated::new("membership watch");
-    loop {
-        let res: Result<(), EtcdError> = async {
-            let mut client = connect(&endpoints).await?;
-            let mut stream =
-                client.watch(PREFIX, Some(WatchOptions::new().with_prefix().with_start_revision(rev + 1))).await?;
-            loop {
-                let msg = tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    m = stream.message() => m?,
-                };
-                let Some(resp) = msg else {
-                    return Err(EtcdError("watch stream ended".into()));
-                };
-                if resp.canceled() {
-                    return Err(EtcdError(format!("watch cancelled (compacted at {})", resp.compact_revision())));
-                }
-                if resp.events().is_empty() {
-                    continue; // the "created" message or a progress notification
-                }
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    let k = String::from_utf8_lossy(kv.key()).into_owned();
-                    match ev.event_type() {
-                        EventType::Put => match serde_json::from_slice::<Member>(kv.value()) {
-                            Ok(m) => {
-                                members.insert(k, m);
-                            }
-                            Err(e) => warn!(key = %k, "ignoring a malformed membership entry: {e}"),
-                        },
-                        EventType::Delete => {
-                            members.remove(&k);
-                        }
-                    }
-                    rev = rev.max(kv.mod_revision());
-                }
-                publish(&tx, &members, rev, &settings);
-                backoff = Duration::from_millis(100);
+}
+
+impl Watcher {
+    async fn run(self, mut members: BTreeMap<String, Member>, mut rev: i64) {
+        let mut backoff = Duration::from_millis(100);
+        let mut trouble = crate::logonce::Repeated::new("membership watch");
+        loop {
+            let res = self.follow(&mut members, &mut rev, &mut backoff).await;
+            if self.cancel.is_cancelled() {
+                return;
+            }
+            if let Err(e) = res {
+                trouble.failed(&format!("membership watch interrupted: {e}; resyncing"));
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            // resync from a fresh snapshot; publish only a real change
+            if let Ok(mut client) = connect(&self.endpoints).await
+                && let Ok((m, r)) = snapshot(&mut client).await
+            {
+                members = m;
+                rev = r;
+                publish(&self.tx, &members, rev, &self.settings);
+                self.confirmed.send_replace(Instant::now());
+                trouble.succeeded();
             }
         }
-        .await;
-        if cancel.is_cancelled() {
-            return;
-        }
-        if let Err(e) = res {
-            trouble.failed(&format!("membership watch interrupted: {e}; resyncing"));
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-        // resync from a fresh snapshot; publish only a real change
-        if let Ok(mut client) = connect(&endpoints).await
-            && let Ok((m, r)) = snapshot(&mut client).await
-        {
-            members = m;
-            rev = r;
-            publish(&tx, &members, rev, &settings);
-            trouble.succeeded();
+    }
+
+    /// Follows the watch from `rev + 1` until it breaks, is cancelled, or
+    /// stalls: a progress request not answered within the stall timeout.
+    async fn follow(
+        &self,
+        members: &mut BTreeMap<String, Member>,
+        rev: &mut i64,
+        backoff: &mut Duration,
+    ) -> Result<(), EtcdError> {
+        let mut client = connect(&self.endpoints).await?;
+        let stream =
+            client.watch(PREFIX, Some(WatchOptions::new().with_prefix().with_start_revision(*rev + 1))).await?;
+        let (mut requests, mut responses) = stream.split();
+        let mut tick = tokio::time::interval(self.watch.progress_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // when the unanswered progress request was sent
+        let mut asked: Option<Instant> = None;
+        loop {
+            let msg = tokio::select! {
+                _ = self.cancel.cancelled() => return Ok(()),
+                _ = tick.tick() => {
+                    match asked {
+                        Some(t) if t.elapsed() >= self.watch.stall_after => {
+                            metrics::counter!("ferric_membership_watch_stalls_total").increment(1);
+                            return Err(EtcdError(format!(
+                                "the watch stalled: no answer to a progress request for {:?}",
+                                self.watch.stall_after
+                            )));
+                        }
+                        Some(_) => {}
+                        None => {
+                            requests.request_progress().await?;
+                            asked = Some(Instant::now());
+                        }
+                    }
+                    continue;
+                }
+                m = responses.message() => m?,
+            };
+            let Some(resp) = msg else {
+                return Err(EtcdError("watch stream ended".into()));
+            };
+            if resp.canceled() {
+                return Err(EtcdError(format!(
+                    "watch cancelled ({}; compacted at {})",
+                    if resp.cancel_reason().is_empty() { "no reason given" } else { resp.cancel_reason() },
+                    resp.compact_revision()
+                )));
+            }
+            // anything etcd sends on a synced watch (an event, the
+            // "created" message, a progress notification) says the ring is
+            // current up to the revision in its header
+            asked = None;
+            if resp.events().is_empty() {
+                self.confirmed.send_replace(Instant::now());
+                continue;
+            }
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let k = String::from_utf8_lossy(kv.key()).into_owned();
+                match ev.event_type() {
+                    EventType::Put => match serde_json::from_slice::<Member>(kv.value()) {
+                        Ok(m) => {
+                            members.insert(k, m);
+                        }
+                        Err(e) => warn!(key = %k, "ignoring a malformed membership entry: {e}"),
+                    },
+                    EventType::Delete => {
+                        members.remove(&k);
+                    }
+                }
+                *rev = (*rev).max(kv.mod_revision());
+            }
+            publish(&self.tx, members, *rev, &self.settings);
+            self.confirmed.send_replace(Instant::now());
+            *backoff = Duration::from_millis(100);
         }
     }
 }

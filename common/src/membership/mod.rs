@@ -80,6 +80,25 @@ impl Membership {
         }
     }
 
+    /// Whether the ring this process holds is known to be current: etcd
+    /// confirmed it (an event, a progress notification, a snapshot) within
+    /// the watch's stall timeout. In-process membership is always current.
+    pub fn ring_is_fresh(&self) -> bool {
+        match self {
+            Membership::Local(_) => true,
+            Membership::Etcd(m) => m.confirmed_at().elapsed() < m.watch_settings().stall_after,
+        }
+    }
+
+    /// Asks the source of truth whether `ring`'s members are the current
+    /// ones: the revision they are current at, or `None` (`ring` is behind).
+    pub async fn confirm(&self, ring: &Ring) -> Result<Option<u64>, etcd::EtcdError> {
+        match self {
+            Membership::Local(m) => Ok((m.current().members() == ring.members()).then_some(m.current().epoch())),
+            Membership::Etcd(m) => m.confirm(ring).await,
+        }
+    }
+
     /// Stop renewing our registration without revoking it (fencing).
     pub async fn abandon(&self) {
         if let Membership::Etcd(m) = self {

@@ -16,7 +16,7 @@ use super::*;
 impl ConductorService {
     pub(super) async fn heartbeat_rpc(&self, req: Request<HeartbeatRequest>) -> Rpc<Empty> {
         let r = req.into_inner();
-        let node = self.load_owned(&r.node_uuid).await?;
+        let node = self.load_owned(&r.node_uuid, r.epoch).await?;
         if r.agent_token.is_empty() {
             return Err(self.err(Reason::Invalid, "Agent token is required for heartbeat processing."));
         }
@@ -119,7 +119,7 @@ impl ConductorService {
 
     pub(super) async fn lookup_rpc(&self, req: Request<NodeRef>) -> Rpc<LookupReply> {
         let r = req.into_inner();
-        let node = self.load_owned(&r.node_uuid).await?;
+        let node = self.load_owned(&r.node_uuid, r.epoch).await?;
         let existing = |node: &Node| LookupReply {
             agent_token: String::new(),
             node_json: serde_json::to_string(node).expect("serialise"),
@@ -179,7 +179,7 @@ impl ConductorService {
     /// (or fails with the ramdisk's error).
     pub(super) async fn pass_deploy_info_rpc(&self, req: Request<NodeVendorRequest>) -> Rpc<Empty> {
         let r = req.into_inner();
-        let node = self.load_owned(&r.node_uuid).await?;
+        let node = self.load_owned(&r.node_uuid, r.epoch).await?;
         let names = self.inner.registry.resolve(&node).map_err(|e| self.driver_err(e))?;
         let deploy = names.get(&InterfaceKind::Deploy).copied().unwrap_or_default();
         if deploy != "iscsi" {

@@ -36,6 +36,7 @@ use crate::Inner;
 use crate::lock::{LockError, NodeLock};
 use crate::operation::{self, CLEAN_STEPS_KEY, DEPLOY_STEPS_KEY, RECORD_KEY, SERVICE_STEPS_KEY};
 
+#[derive(Clone)]
 pub struct ConductorService {
     inner: Arc<Inner>,
 }
@@ -95,6 +96,8 @@ impl ConductorService {
             LockError::Busy { ref holder, .. } => status(Reason::NodeLocked, e.to_string(), self.inner.epoch(), holder),
             LockError::NotFound(u) => self.err(Reason::NotFound, format!("Node {u} could not be found.")),
             LockError::Db(e) => self.db_err(e),
+            // a fenced conductor owns nothing: the API asks the next owner
+            LockError::Fenced(e) => self.err(Reason::NotOwner, e.to_string()),
         }
     }
 
@@ -111,9 +114,14 @@ impl ConductorService {
         Uuid::parse_str(s).map_err(|_| self.err(Reason::Invalid, format!("Expected a UUID but received {s}.")))
     }
 
-    /// Load a node and check that we own it at our epoch.
-    async fn load_owned(&self, uuid: &str) -> Result<Node, Status> {
+    /// Load a node and check that we own it at our epoch — after catching
+    /// up with the caller's epoch when it is newer than ours: a request is
+    /// never acted on from an older ring than the one it was routed by.
+    async fn load_owned(&self, uuid: &str, epoch: u64) -> Result<Node, Status> {
         let uuid = self.parse_uuid(uuid)?;
+        if let Err(why) = self.inner.catch_up(epoch).await {
+            return Err(self.err(Reason::Unavailable, why));
+        }
         let node = match self.inner.db.get_node(uuid).await {
             Ok(n) => n,
             Err(DbError::NotFound) => {
@@ -204,62 +212,99 @@ fn check_steps(v: &Value, what: &str) -> Result<Vec<ferric_deploy::driver::Step>
 
 type Rpc<T> = Result<Response<T>, Status>;
 
+impl ConductorService {
+    /// Runs a handler as a task of its own that runs to completion even if
+    /// the request is dropped (a deadline passed, the client went away):
+    /// a locked section is never cut between "save the `*ING` state" and
+    /// "spawn the operation". Only fencing cuts it — the handler selects on
+    /// the fence, and an incarnation that may not act answers NOT_OWNER
+    /// before it starts.
+    async fn guarded<T, F, Fut>(&self, handler: F) -> Rpc<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(ConductorService) -> Fut,
+        Fut: std::future::Future<Output = Rpc<T>> + Send + 'static,
+    {
+        if let Err(e) = self.inner.fence.check() {
+            return Err(self.err(Reason::NotOwner, e.to_string()));
+        }
+        let fence = self.inner.fence.clone();
+        let work = handler(self.clone());
+        let task = self.inner.tasks.spawn(async move {
+            tokio::select! {
+                r = work => Some(r),
+                _ = fence.cancelled() => None,
+            }
+        });
+        match task.await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                Err(self.err(Reason::NotOwner, format!("conductor {} fenced itself mid-request", self.inner.id)))
+            }
+            Err(e) => {
+                tracing::error!("a request handler failed: {e}");
+                Err(self.err(Reason::Internal, format!("the handler failed on conductor {}", self.inner.id)))
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Conductor for ConductorService {
     async fn do_provision_action(&self, req: Request<ProvisionActionRequest>) -> Rpc<ActionReply> {
-        self.do_provision_action_rpc(req).await
+        self.guarded(|s| async move { s.do_provision_action_rpc(req).await }).await
     }
 
     async fn change_power_state(&self, req: Request<PowerStateRequest>) -> Rpc<ActionReply> {
-        self.change_power_state_rpc(req).await
+        self.guarded(|s| async move { s.change_power_state_rpc(req).await }).await
     }
 
     async fn update_node(&self, req: Request<UpdateNodeRequest>) -> Rpc<NodeReply> {
-        self.update_node_rpc(req).await
+        self.guarded(|s| async move { s.update_node_rpc(req).await }).await
     }
 
     async fn destroy_node(&self, req: Request<NodeRef>) -> Rpc<Empty> {
-        self.destroy_node_rpc(req).await
+        self.guarded(|s| async move { s.destroy_node_rpc(req).await }).await
     }
 
     async fn update_port(&self, req: Request<UpdatePortRequest>) -> Rpc<PortReply> {
-        self.update_port_rpc(req).await
+        self.guarded(|s| async move { s.update_port_rpc(req).await }).await
     }
 
     async fn validate(&self, req: Request<NodeRef>) -> Rpc<ValidateReply> {
-        self.validate_rpc(req).await
+        self.guarded(|s| async move { s.validate_rpc(req).await }).await
     }
 
     async fn node_vendor_passthru(&self, req: Request<NodeVendorRequest>) -> Rpc<VendorReply> {
-        self.node_vendor_passthru_rpc(req).await
+        self.guarded(|s| async move { s.node_vendor_passthru_rpc(req).await }).await
     }
 
     async fn driver_vendor_passthru(&self, req: Request<DriverVendorRequest>) -> Rpc<VendorReply> {
-        self.driver_vendor_passthru_rpc(req).await
+        self.guarded(|s| async move { s.driver_vendor_passthru_rpc(req).await }).await
     }
 
     async fn get_vendor_methods(&self, req: Request<VendorMethodsRequest>) -> Rpc<VendorMethodsReply> {
-        self.get_vendor_methods_rpc(req).await
+        self.guarded(|s| async move { s.get_vendor_methods_rpc(req).await }).await
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Rpc<Empty> {
-        self.heartbeat_rpc(req).await
+        self.guarded(|s| async move { s.heartbeat_rpc(req).await }).await
     }
 
     async fn lookup(&self, req: Request<NodeRef>) -> Rpc<LookupReply> {
-        self.lookup_rpc(req).await
+        self.guarded(|s| async move { s.lookup_rpc(req).await }).await
     }
 
     async fn pass_deploy_info(&self, req: Request<NodeVendorRequest>) -> Rpc<Empty> {
-        self.pass_deploy_info_rpc(req).await
+        self.guarded(|s| async move { s.pass_deploy_info_rpc(req).await }).await
     }
 
     async fn get_driver_properties(&self, req: Request<DriverRef>) -> Rpc<DriverPropertiesReply> {
-        self.get_driver_properties_rpc(req).await
+        self.guarded(|s| async move { s.get_driver_properties_rpc(req).await }).await
     }
 
     async fn drain(&self, _req: Request<Empty>) -> Rpc<ConductorStatus> {
-        self.drain_rpc(_req).await
+        self.guarded(|s| async move { s.drain_rpc(_req).await }).await
     }
 
     async fn get_conductor_status(&self, _req: Request<Empty>) -> Rpc<ConductorStatus> {

@@ -8,7 +8,7 @@ impl ConductorService {
         let r = req.into_inner();
         let wanted: Node =
             serde_json::from_str(&r.node_json).map_err(|e| self.err(Reason::Invalid, format!("node document: {e}")))?;
-        let current = self.load_owned(&r.node_uuid).await?;
+        let current = self.load_owned(&r.node_uuid, r.epoch).await?;
         if wanted.uuid != current.uuid {
             return Err(self.err(Reason::Invalid, "the node uuid cannot be changed"));
         }
@@ -86,7 +86,7 @@ impl ConductorService {
 
     pub(super) async fn destroy_node_rpc(&self, req: Request<NodeRef>) -> Rpc<Empty> {
         let r = req.into_inner();
-        let node = self.load_owned(&r.node_uuid).await?;
+        let node = self.load_owned(&r.node_uuid, r.epoch).await?;
         let (lock, node) = self.lock(node.uuid).await?;
         let check = || -> Result<(), Status> {
             if node.protected {
@@ -139,7 +139,7 @@ impl ConductorService {
         port.address = normalize_mac(&port.address).ok_or_else(|| {
             self.err(Reason::Invalid, format!("Expected a MAC address but received {}.", port.address))
         })?;
-        let node = self.load_owned(&r.node_uuid).await?;
+        let node = self.load_owned(&r.node_uuid, r.epoch).await?;
         let (lock, _node) = self.lock(node.uuid).await?;
         let res = match op {
             update_port_request::Op::Create => self.inner.db.create_port(&port).await,
@@ -176,7 +176,7 @@ impl ConductorService {
 
     pub(super) async fn validate_rpc(&self, req: Request<NodeRef>) -> Rpc<ValidateReply> {
         let r = req.into_inner();
-        let node = self.load_owned(&r.node_uuid).await?;
+        let node = self.load_owned(&r.node_uuid, r.epoch).await?;
         let mut interfaces = Vec::new();
         match self.inner.registry.driver_for(&node) {
             Ok(driver) => {
@@ -204,7 +204,7 @@ impl ConductorService {
 
     pub(super) async fn node_vendor_passthru_rpc(&self, req: Request<NodeVendorRequest>) -> Rpc<VendorReply> {
         let r = req.into_inner();
-        let node = self.load_owned(&r.node_uuid).await?;
+        let node = self.load_owned(&r.node_uuid, r.epoch).await?;
         let driver = self.inner.registry.driver_for(&node).map_err(|e| self.driver_err(e))?;
         let method = driver
             .vendor
@@ -266,7 +266,7 @@ impl ConductorService {
     pub(super) async fn get_vendor_methods_rpc(&self, req: Request<VendorMethodsRequest>) -> Rpc<VendorMethodsReply> {
         let r = req.into_inner();
         let methods = if !r.node_uuid.is_empty() {
-            let node = self.load_owned(&r.node_uuid).await?;
+            let node = self.load_owned(&r.node_uuid, r.epoch).await?;
             self.inner.registry.driver_for(&node).map_err(|e| self.driver_err(e))?.vendor.methods()
         } else {
             let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll, 1);

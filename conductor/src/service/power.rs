@@ -16,7 +16,7 @@ use super::*;
 impl ConductorService {
     pub(super) async fn change_power_state_rpc(&self, req: Request<PowerStateRequest>) -> Rpc<ActionReply> {
         let r = req.into_inner();
-        let node = self.load_owned(&r.node_uuid).await?;
+        let node = self.load_owned(&r.node_uuid, r.epoch).await?;
         let action = PowerAction::parse(&r.target)
             .ok_or_else(|| self.err(Reason::Invalid, format!("Invalid power state {}.", r.target)))?;
         let final_state = action.target();
@@ -53,8 +53,11 @@ impl ConductorService {
                 }
                 driver.power.set_power_state(&mut task, action, timeout).await
             };
+            let limit = inner.step_timeout();
             let res = tokio::select! {
-                r = act => r,
+                r = tokio::time::timeout(limit, act) => r.unwrap_or_else(|_| Err(DriverError::Failed(format!(
+                    "the BMC did not finish within {} s (conductor.step_timeout_secs)", limit.as_secs()
+                )))),
                 // fenced: drop the BMC call, write nothing
                 _ = inner.fence.cancelled() => return,
             };

@@ -7,7 +7,7 @@ use super::*;
 impl ConductorService {
     pub(super) async fn do_provision_action_rpc(&self, req: Request<ProvisionActionRequest>) -> Rpc<ActionReply> {
         let r = req.into_inner();
-        let node = self.load_owned(&r.node_uuid).await?;
+        let node = self.load_owned(&r.node_uuid, r.epoch).await?;
         let verb = Verb::parse(&r.target)
             .ok_or_else(|| self.err(Reason::Invalid, format!("\"{}\" is not a valid provision target", r.target)))?;
         let event = verb.event();

@@ -37,8 +37,13 @@ async fn main() -> anyhow::Result<()> {
     let mut cl = Cluster::start(3, ttl, &[]);
     cl.wait_conductors(3).await;
     let cancel = CancellationToken::new();
-    let membership =
-        EtcdMembership::start(vec![cl.etcd.endpoint.clone()], RingSettings::default(), cancel.clone()).await?;
+    let membership = EtcdMembership::start(
+        vec![cl.etcd.endpoint.clone()],
+        RingSettings::default(),
+        Default::default(),
+        cancel.clone(),
+    )
+    .await?;
     let ring = membership.current();
     let db = Db::connect(&cl.db_url, 8).await?;
     let started = Instant::now();

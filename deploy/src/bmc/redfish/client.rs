@@ -55,12 +55,18 @@ pub enum BmcError {
     /// A state change did not happen within its time (power on, ...).
     #[error("BMC {address}: {message}")]
     Timeout { address: String, message: String },
+    /// Not sent: this conductor may not act on machines (it is fenced).
+    #[error("nothing sent to BMC {address}: {why}")]
+    Fenced { address: String, why: String },
 }
 
 impl BmcError {
     /// Whether trying again later may help.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, BmcError::Unreachable { .. } | BmcError::Server { .. } | BmcError::Timeout { .. })
+        matches!(
+            self,
+            BmcError::Unreachable { .. } | BmcError::Server { .. } | BmcError::Timeout { .. } | BmcError::Fenced { .. }
+        )
     }
 
     /// The HTTP status of a refusal, if the BMC answered one.
@@ -219,6 +225,8 @@ impl ClientSettings {
 pub struct RedfishClients {
     settings: ClientSettings,
     conns: Mutex<HashMap<String, Arc<Connection>>>,
+    /// Asked before every request (a fenced conductor sends none).
+    guard: Arc<dyn crate::services::ActGuard>,
     /// Requests sent (all BMCs), for metrics and tests.
     pub requests: AtomicU64,
 }
@@ -231,7 +239,18 @@ impl std::fmt::Debug for RedfishClients {
 
 impl RedfishClients {
     pub fn new(settings: ClientSettings) -> RedfishClients {
-        RedfishClients { settings, conns: Mutex::new(HashMap::new()), requests: AtomicU64::new(0) }
+        RedfishClients {
+            settings,
+            conns: Mutex::new(HashMap::new()),
+            guard: Arc::new(crate::services::Unguarded),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// Every request first asks `guard` whether it may be sent.
+    pub fn with_guard(mut self, guard: Arc<dyn crate::services::ActGuard>) -> RedfishClients {
+        self.guard = guard;
+        self
     }
 
     pub fn settings(&self) -> &ClientSettings {
@@ -461,6 +480,11 @@ impl Connection {
     }
 
     async fn send_once(&self, method: &Method, path: &str, body: Option<&Value>, auth: Option<&Auth>) -> Result<Reply> {
+        if let Some(c) = self.clients.upgrade()
+            && let Err(why) = c.guard.may_act()
+        {
+            return Err(BmcError::Fenced { address: self.endpoint.address.clone(), why });
+        }
         self.count_request();
         let m: &'static str = match *method {
             Method::GET => "GET",
