@@ -49,6 +49,20 @@ pub struct ApiConfig {
     /// so that load balancers (a Kubernetes Service's endpoints) stop
     /// sending before the listener closes. 0 = stop at once.
     pub shutdown_delay_ms: u64,
+    /// Largest node, in bytes of its JSON document, that a create or a
+    /// PATCH may leave; beyond it 413. Each PATCH body is bounded, but many
+    /// of them adding to `extra`, `instance_info`, `properties` or
+    /// `driver_info` grew a node without bound until the API→conductor
+    /// message that carries it twice (its base and its patched copy) passed
+    /// [`crate::rpc::MAX_MESSAGE_BYTES`] and every PATCH of it failed with a
+    /// 500. The conductor checks the merged node again under the lock (and
+    /// reads this key from its own configuration: give every process the
+    /// same value). Default 96 MiB: a deploy keeps its config drive in
+    /// `instance_info` (Ironic takes up to 64 MiB) and the node must still
+    /// take PATCHes then, with 32 MiB for everything else; two copies
+    /// (192 MiB) stay well below the 320 MiB message limit. Refused at
+    /// load above half of that limit.
+    pub max_node_document_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -510,6 +524,7 @@ impl Default for ApiConfig {
             request_deadline_ms: 30_000,
             max_request_body_size: 128 * 1024 * 1024,
             shutdown_delay_ms: 0,
+            max_node_document_bytes: 96 * 1024 * 1024,
         }
     }
 }
@@ -654,6 +669,7 @@ impl Config {
                 )));
             }
         }
+        self.validate_api()?;
         if !matches!(self.membership.backend.as_str(), "local" | "etcd") {
             return Err(ConfigError(format!(
                 "membership.backend must be \"local\" or \"etcd\", not {:?}",
@@ -747,6 +763,21 @@ impl Config {
         }
         if !matches!(self.log.format.as_str(), "human" | "json") {
             return Err(ConfigError(format!("log.format must be \"human\" or \"json\", not {:?}", self.log.format)));
+        }
+        Ok(())
+    }
+
+    fn validate_api(&self) -> Result<(), ConfigError> {
+        let api = &self.api;
+        // a new node alone is about 2 KB of JSON
+        const MIN_NODE_DOCUMENT_BYTES: usize = 16 * 1024;
+        let max_node = crate::rpc::MAX_MESSAGE_BYTES / 2;
+        if !(MIN_NODE_DOCUMENT_BYTES..=max_node).contains(&api.max_node_document_bytes) {
+            return Err(ConfigError(format!(
+                "api.max_node_document_bytes = {} must be within {MIN_NODE_DOCUMENT_BYTES}..={max_node} (half the \
+                 API-conductor message limit: an update carries the node twice)",
+                api.max_node_document_bytes
+            )));
         }
         Ok(())
     }
@@ -854,6 +885,22 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn api_bounds_are_refused_by_name() {
+        let api = |v: serde_json::Value| Config::load(None, serde_json::json!({ "api": v }));
+        let err = api(serde_json::json!({"max_node_document_bytes": 1024})).unwrap_err().to_string();
+        assert!(err.contains("api.max_node_document_bytes"), "{err}");
+        let half = crate::rpc::MAX_MESSAGE_BYTES / 2;
+        api(serde_json::json!({"max_node_document_bytes": half})).expect("half the message limit");
+        let err = api(serde_json::json!({"max_node_document_bytes": half + 1})).unwrap_err().to_string();
+        assert!(err.contains("half"), "{err}");
+        let cfg = Config::default();
+        assert!(
+            cfg.api.max_node_document_bytes > 64 * 1024 * 1024,
+            "a node must hold a config drive of Ironic's largest size (64 MiB)"
+        );
+    }
 
     #[test]
     fn layering_file_env_flags() {

@@ -1,0 +1,160 @@
+//! Bad input at the edges of the REST API (issue 19, scenario 10), against
+//! a real all-in-one: node documents that grow past their bound through
+//! many PATCHes.
+
+use std::time::{Duration, Instant};
+
+use ferric_tests::{Api, Ferric, error_body};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// The node document bound the growth tests set: small, so that a few
+/// PATCHes of a few KiB reach it.
+const DOCUMENT_LIMIT: usize = 64 * 1024;
+
+fn faultstring(body: &Value) -> String {
+    Api::fault(body)
+}
+
+/// A call's status, and its error message when it failed (a node body
+/// holding tens of KiB says nothing more).
+fn outcome((status, body): &(u16, Value)) -> String {
+    if (200..300).contains(status) { status.to_string() } else { format!("{status} {}", faultstring(body)) }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_grows_past_its_bound_is_refused_and_keeps_working() {
+    let limit = DOCUMENT_LIMIT.to_string();
+    let mut ferric = Ferric::start(None, &[("FERRIC_API__MAX_NODE_DOCUMENT_BYTES", &limit)]);
+    let api = Api::new(&ferric.endpoint);
+    let node = api.ok(Method::POST, "/v1/nodes", Some(json!({"driver": "fake-hardware", "name": "grower"}))).await;
+    let uuid = node["uuid"].as_str().expect("uuid").to_string();
+
+    // 8 KiB at a time into each of the free-form fields in turn: every
+    // body is far below the body limit, the node grows past its bound
+    let value = "v".repeat(8 * 1024);
+    let fields = ["extra", "instance_info", "properties", "driver_info"];
+    let mut accepted = 0;
+    let mut refused = None;
+    for i in 0..2 * DOCUMENT_LIMIT / value.len() {
+        let before = api.node(&uuid).await;
+        let path = format!("/{}/blob{i}", fields[i % fields.len()]);
+        let (status, body) = api
+            .call(
+                Method::PATCH,
+                &format!("/v1/nodes/{uuid}"),
+                Some(json!([{"op": "add", "path": path, "value": value}])),
+            )
+            .await;
+        match status {
+            200 => accepted += 1,
+            413 => {
+                refused = Some((before, body));
+                break;
+            }
+            other => panic!("PATCH {i} of a growing node: {other} {body}"),
+        }
+    }
+    let (before, body) = refused.unwrap_or_else(|| {
+        panic!("{accepted} PATCHes of 8 KiB were all taken: the node grew past {DOCUMENT_LIMIT} bytes unchecked")
+    });
+    assert!(accepted >= 4, "refused after only {accepted} PATCHes: the bound is not the node's size");
+    let e = error_body(&body.to_string());
+    assert_eq!(e["faultcode"], "Client", "{e}");
+    let message = faultstring(&body);
+    assert!(message.contains(&uuid), "the error names the node: {message}");
+    assert!(message.contains(&limit) && message.contains("api.max_node_document_bytes"), "and the limit: {message}");
+    assert_eq!(api.node(&uuid).await, before, "the refused PATCH changed the node");
+
+    // the node keeps working: smaller changes are taken
+    let n = api
+        .ok(
+            Method::PATCH,
+            &format!("/v1/nodes/{uuid}"),
+            Some(json!([{"op": "add", "path": "/extra/small", "value": "s"}])),
+        )
+        .await;
+    assert_eq!(n["extra"]["small"], "s");
+    let n = api.ok(Method::PATCH, "/v1/nodes/grower", Some(json!([{"op": "remove", "path": "/extra/blob0"}]))).await;
+    assert!(n["extra"].get("blob0").is_none(), "{n}");
+
+    // a node created too large is refused the same way, and not created
+    let big = json!({"driver": "fake-hardware", "name": "born-too-big", "extra": {"blob": "v".repeat(DOCUMENT_LIMIT)}});
+    let (status, body) = api.call(Method::POST, "/v1/nodes", Some(big)).await;
+    assert_eq!(status, 413, "{body}");
+    let message = faultstring(&body);
+    assert!(message.contains("born-too-big") && message.contains(&limit), "{message}");
+    let (status, _) = api.call(Method::GET, "/v1/nodes/born-too-big", None).await;
+    assert_eq!(status, 404, "a refused create left a node behind");
+    assert!(ferric.stop().is_some_and(|s| s.success()), "all-in-one did not stop cleanly");
+}
+
+/// Two PATCHes made to the same copy of a node, each small enough alone,
+/// are merged by the conductor onto the node as it is under the lock: the
+/// second merge would pass the bound, and the conductor refuses it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_merge_past_the_bound_is_refused_by_the_conductor() {
+    let limit = DOCUMENT_LIMIT.to_string();
+    let mut ferric = Ferric::start(
+        None,
+        &[
+            ("FERRIC_API__MAX_NODE_DOCUMENT_BYTES", &limit),
+            // the PATCHes wait for the lock a failing clean step holds
+            ("FERRIC_CONDUCTOR__LOCK_ATTEMPTS", "100"),
+            ("FERRIC_CONDUCTOR__LOCK_RETRY_INTERVAL_MS", "100"),
+        ],
+    );
+    let api = Api::new(&ferric.endpoint);
+    let n = api
+        .ok(
+            Method::POST,
+            "/v1/nodes",
+            Some(json!({"driver": "fake-hardware", "name": "merged",
+                        "driver_info": {"fake_step_delay_ms": 2000,
+                                        "fake_fail_step": "deploy.erase_devices_metadata"}})),
+        )
+        .await;
+    let uuid = n["uuid"].as_str().expect("uuid").to_string();
+    api.provision(&uuid, "manage").await;
+    api.wait_state(&uuid, "manageable", Duration::from_secs(30)).await;
+    api.provision(&uuid, "provide").await;
+    let start = Instant::now();
+    while api.node(&uuid).await["clean_step"]["step"] != "erase_devices_metadata" {
+        assert!(start.elapsed() < Duration::from_secs(30), "the clean step never ran: {}", api.node(&uuid).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // each adds 36 KiB to a node of a few KiB: alone it fits (the API lets
+    // it through), both do not
+    let value = "m".repeat(36 * 1024);
+    let rendered = api.node(&uuid).await.to_string().len();
+    assert!(rendered + value.len() < DOCUMENT_LIMIT, "the node is already {rendered} bytes");
+    assert!(rendered + 2 * value.len() > DOCUMENT_LIMIT);
+    let patch = |key: &str| {
+        let (api, uuid, value, key) = (api.clone(), uuid.clone(), value.clone(), key.to_string());
+        tokio::spawn(async move {
+            let ops = json!([{"op": "add", "path": format!("/extra/{key}"), "value": value}]);
+            api.call(Method::PATCH, &format!("/v1/nodes/{uuid}"), Some(ops)).await
+        })
+    };
+    let (a, b) = (patch("a"), patch("b"));
+    let (a, b) = (a.await.expect("PATCH a"), b.await.expect("PATCH b"));
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 413], "a: {}\nb: {}", outcome(&a), outcome(&b));
+    let refused = if a.0 == 413 { &a.1 } else { &b.1 };
+    let message = faultstring(refused);
+    assert!(message.contains(&uuid) && message.contains(&limit), "{message}");
+    let extra = api.node(&uuid).await["extra"].clone();
+    assert!(
+        extra.get("a").is_some() != extra.get("b").is_some(),
+        "exactly the accepted PATCH's key is stored: {:?}",
+        extra.as_object().map(|o| o.keys().collect::<Vec<_>>())
+    );
+    api.ok(
+        Method::PATCH,
+        &format!("/v1/nodes/{uuid}"),
+        Some(json!([{"op": "add", "path": "/extra/small", "value": 1}])),
+    )
+    .await;
+    assert!(ferric.stop().is_some_and(|s| s.success()), "all-in-one did not stop cleanly");
+}
