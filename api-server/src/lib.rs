@@ -1,15 +1,17 @@
 //! Ferric's stateless REST API: Ironic's v1 API, so `baremetal`,
 //! openstacksdk and metalsmith work unchanged.
 //!
-//! Layout: [`version`] (microversions), [`error`] (Ironic's error body),
-//! [`render`] (field sets, masking, links), [`patch`] (JSON Patch),
-//! [`forward`] (the owner-aware gRPC forwarder), and one module per
+//! Layout: [`connections`] (the HTTP server: header read timeout,
+//! graceful shutdown), [`version`] (microversions), [`error`] (Ironic's
+//! error body), [`render`] (field sets, masking, links), [`patch`] (JSON
+//! Patch), [`forward`] (the owner-aware gRPC forwarder), and one module per
 //! resource ([`nodes`], [`ports`], [`drivers`], [`root`]).
 //!
 //! The invariant: the API reads from the database but never changes a
 //! node itself; every change goes to the node's owning conductor, which
 //! makes it under the node lock.
 
+pub mod connections;
 pub mod context;
 pub mod drivers;
 pub mod error;
@@ -152,20 +154,14 @@ pub async fn serve(
         .with_context(|| format!("binding the API address {}", cfg.api.listen))?;
     let addr = listener.local_addr()?;
     let fwd = forward::Forwarder::new(ring, Duration::from_millis(cfg.api.request_deadline_ms));
+    let header_read_timeout = Duration::from_millis(cfg.api.header_read_timeout_ms);
     let ipxe = ipxe::IpxeState::new(&cfg);
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let state = Arc::new(AppState { cfg, db, fwd, metrics, ipxe, stopping: stopping.clone() });
     // clients ask for collections with a trailing slash (`/v1/ports/`)
     let app =
         tower::Layer::layer(&tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(), router(state));
-    // the client address feeds the iPXE endpoints' rate limit
-    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(app);
-    let join = tokio::spawn(async move {
-        let res = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-        if let Err(e) = res {
-            tracing::error!("API server stopped: {e}");
-        }
-    });
+    let join = tokio::spawn(connections::serve(listener, app, header_read_timeout, shutdown));
     tracing::info!(%addr, "Ironic API listening");
     Ok(ApiHandle { addr, join, stopping })
 }

@@ -63,6 +63,12 @@ pub struct ApiConfig {
     /// (192 MiB) stay well below the 320 MiB message limit. Refused at
     /// load above half of that limit.
     pub max_node_document_bytes: usize,
+    /// How long a client may take to send a request's headers (HTTP/1),
+    /// and so how long an idle keep-alive connection stays open; then the
+    /// connection is closed. Without it a client that opens connections
+    /// and sends its headers a byte at a time (slowloris) holds them — and
+    /// a task and a file descriptor each — forever.
+    pub header_read_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -525,6 +531,7 @@ impl Default for ApiConfig {
             max_request_body_size: 128 * 1024 * 1024,
             shutdown_delay_ms: 0,
             max_node_document_bytes: 96 * 1024 * 1024,
+            header_read_timeout_ms: 10_000,
         }
     }
 }
@@ -630,6 +637,7 @@ impl Config {
         vec![
             ("api.request_deadline_ms", self.api.request_deadline_ms, ms),
             ("api.shutdown_delay_ms", self.api.shutdown_delay_ms, ms),
+            ("api.header_read_timeout_ms", self.api.header_read_timeout_ms, ms),
             ("conductor.lock_retry_interval_ms", c.lock_retry_interval_ms, ms),
             ("conductor.shutdown_timeout_ms", c.shutdown_timeout_ms, ms),
             ("conductor.takeover_interval_ms", c.takeover_interval_ms, ms),
@@ -779,6 +787,9 @@ impl Config {
                 api.max_node_document_bytes
             )));
         }
+        if api.header_read_timeout_ms == 0 {
+            return Err(ConfigError("api.header_read_timeout_ms must be at least 1".into()));
+        }
         Ok(())
     }
 
@@ -895,6 +906,8 @@ mod tests {
         api(serde_json::json!({"max_node_document_bytes": half})).expect("half the message limit");
         let err = api(serde_json::json!({"max_node_document_bytes": half + 1})).unwrap_err().to_string();
         assert!(err.contains("half"), "{err}");
+        let err = api(serde_json::json!({"header_read_timeout_ms": 0})).unwrap_err().to_string();
+        assert!(err.contains("api.header_read_timeout_ms"), "{err}");
         let cfg = Config::default();
         assert!(
             cfg.api.max_node_document_bytes > 64 * 1024 * 1024,

@@ -1,16 +1,26 @@
 //! Bad input at the edges of the REST API (issue 19, scenario 10), against
 //! a real all-in-one: node documents that grow past their bound through
-//! many PATCHes.
+//! many PATCHes, and clients that send their headers slowly.
 
 use std::time::{Duration, Instant};
 
 use ferric_tests::{Api, Ferric, error_body};
 use reqwest::Method;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The node document bound the growth tests set: small, so that a few
 /// PATCHes of a few KiB reach it.
 const DOCUMENT_LIMIT: usize = 64 * 1024;
+
+/// A client that opens a connection per request: the tests that shorten
+/// the header read timeout would otherwise race the server closing an idle
+/// pooled connection.
+fn unpooled() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(30)).build().expect("http client")
+}
 
 fn faultstring(body: &Value) -> String {
     Api::fault(body)
@@ -156,5 +166,78 @@ async fn a_merge_past_the_bound_is_refused_by_the_conductor() {
         Some(json!([{"op": "add", "path": "/extra/small", "value": 1}])),
     )
     .await;
+    assert!(ferric.stop().is_some_and(|s| s.success()), "all-in-one did not stop cleanly");
+}
+
+// ---- raw HTTP: what a slow or hostile client does ----------------------------
+
+/// Open a connection and send `bytes`: a request cut short.
+async fn stalled(port: u16, bytes: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    s.write_all(bytes.as_bytes()).await.expect("send");
+    s
+}
+
+/// Whether the server closed `s` within `guard` (EOF or a reset), while
+/// the client sends one more header byte every `trickle`, if any.
+async fn closed_by_server(s: TcpStream, trickle: Option<Duration>, guard: Duration) -> bool {
+    let (mut r, mut w) = s.into_split();
+    let read_to_end = async move {
+        let mut sink = Vec::new();
+        let _ = r.read_to_end(&mut sink).await;
+    };
+    let keep_sending = async move {
+        match trickle {
+            Some(every) => loop {
+                tokio::time::sleep(every).await;
+                if w.write_all(b"a").await.is_err() {
+                    // the server is gone: wait for the reader to see it
+                    std::future::pending::<()>().await;
+                }
+            },
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::time::timeout(guard, async {
+        tokio::select! {
+            _ = read_to_end => {}
+            _ = keep_sending => {}
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_headers_are_cut_while_requests_are_served() {
+    let mut ferric = Ferric::start(None, &[("FERRIC_API__HEADER_READ_TIMEOUT_MS", "1000")]);
+    let client = unpooled();
+    // 50 connections: 30 start a request and never finish its headers, 10
+    // keep sending a header byte every 200 ms (each read makes progress),
+    // 10 send nothing at all
+    let mut attack = Vec::new();
+    for i in 0..50 {
+        let (start, trickle) = match i % 5 {
+            0 => ("GET /v1/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ", Some(Duration::from_millis(200))),
+            1 => ("", None),
+            _ => ("GET /v1/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ", None),
+        };
+        let s = stalled(ferric.port, start).await;
+        attack.push(tokio::spawn(closed_by_server(s, trickle, Duration::from_secs(30))));
+    }
+    // meanwhile the API serves
+    let r = client.get(format!("{}/v1/nodes", ferric.endpoint)).send().await.expect("a request during the attack");
+    assert_eq!(r.status(), 200, "a request during the attack");
+    let mut still_open = 0;
+    for a in attack {
+        if !a.await.expect("connection task") {
+            still_open += 1;
+        }
+    }
+    assert_eq!(still_open, 0, "{still_open} of 50 connections with unfinished headers were still open after 30 s");
+    let r = client.get(format!("{}/v1/nodes", ferric.endpoint)).send().await.expect("a request after the attack");
+    assert_eq!(r.status(), 200);
+    // graceful shutdown still ends the process, with a connection mid-headers
+    let _mid_headers = stalled(ferric.port, "GET /v1/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\n").await;
     assert!(ferric.stop().is_some_and(|s| s.success()), "all-in-one did not stop cleanly");
 }
