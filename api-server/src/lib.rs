@@ -2,7 +2,8 @@
 //! openstacksdk and metalsmith work unchanged.
 //!
 //! Layout: [`connections`] (the HTTP server: header read timeout,
-//! graceful shutdown), [`version`] (microversions), [`error`] (Ironic's
+//! graceful shutdown), [`timeout`] (the whole-request timeout),
+//! [`limit`] (body size), [`version`] (microversions), [`error`] (Ironic's
 //! error body), [`render`] (field sets, masking, links), [`patch`] (JSON
 //! Patch), [`forward`] (the owner-aware gRPC forwarder), and one module per
 //! resource ([`nodes`], [`ports`], [`drivers`], [`root`]).
@@ -25,6 +26,7 @@ pub mod patch;
 pub mod ports;
 pub mod render;
 pub mod root;
+pub mod timeout;
 pub mod version;
 
 use std::net::SocketAddr;
@@ -77,6 +79,7 @@ fn v1_routes() -> Router<State> {
 pub fn router(state: State) -> Router {
     let public = context::PublicUrl(state.cfg.api.public_url.clone());
     let body_limit = state.cfg.api.max_request_body_size;
+    let request_timeout = Duration::from_millis(state.cfg.api.request_timeout_ms);
     let v1_doc = get(root::v1).fallback(|| async {
         error::ApiError::new(
             axum::http::StatusCode::METHOD_NOT_ALLOWED,
@@ -105,6 +108,7 @@ pub fn router(state: State) -> Router {
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(move |req, next| limit::middleware(body_limit, req, next)))
+        .layer(axum::middleware::from_fn(move |req, next| timeout::middleware(request_timeout, req, next)))
         .layer(axum::middleware::from_fn(version::middleware))
         .layer(axum::Extension(public))
 }

@@ -69,6 +69,14 @@ pub struct ApiConfig {
     /// and sends its headers a byte at a time (slowloris) holds them — and
     /// a task and a file descriptor each — forever.
     pub header_read_timeout_ms: u64,
+    /// How long one request may take from its headers to its answer,
+    /// reading its body included; then 503 with an Ironic error body naming
+    /// this key. Bounds what a slow client or a stuck call holds. Must be
+    /// longer than `request_deadline_ms` (the forwarder answers first when
+    /// no conductor does). 60 s also bounds uploads: a config drive at
+    /// `max_request_body_size` needs about 18 Mbit/s; raise it for slower
+    /// links.
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -532,6 +540,7 @@ impl Default for ApiConfig {
             shutdown_delay_ms: 0,
             max_node_document_bytes: 96 * 1024 * 1024,
             header_read_timeout_ms: 10_000,
+            request_timeout_ms: 60_000,
         }
     }
 }
@@ -638,6 +647,7 @@ impl Config {
             ("api.request_deadline_ms", self.api.request_deadline_ms, ms),
             ("api.shutdown_delay_ms", self.api.shutdown_delay_ms, ms),
             ("api.header_read_timeout_ms", self.api.header_read_timeout_ms, ms),
+            ("api.request_timeout_ms", self.api.request_timeout_ms, ms),
             ("conductor.lock_retry_interval_ms", c.lock_retry_interval_ms, ms),
             ("conductor.shutdown_timeout_ms", c.shutdown_timeout_ms, ms),
             ("conductor.takeover_interval_ms", c.takeover_interval_ms, ms),
@@ -790,6 +800,13 @@ impl Config {
         if api.header_read_timeout_ms == 0 {
             return Err(ConfigError("api.header_read_timeout_ms must be at least 1".into()));
         }
+        if api.request_timeout_ms <= api.request_deadline_ms {
+            return Err(ConfigError(format!(
+                "api.request_timeout_ms ({}) must be longer than api.request_deadline_ms ({}): a request that finds \
+                 no conductor must be answered by the forwarder at its deadline, not cut short",
+                api.request_timeout_ms, api.request_deadline_ms
+            )));
+        }
         Ok(())
     }
 
@@ -900,6 +917,10 @@ mod tests {
     #[test]
     fn api_bounds_are_refused_by_name() {
         let api = |v: serde_json::Value| Config::load(None, serde_json::json!({ "api": v }));
+        let err =
+            api(serde_json::json!({"request_deadline_ms": 5000, "request_timeout_ms": 5000})).unwrap_err().to_string();
+        assert!(err.contains("api.request_timeout_ms") && err.contains("api.request_deadline_ms"), "{err}");
+        api(serde_json::json!({"request_deadline_ms": 5000, "request_timeout_ms": 5001})).expect("longer is fine");
         let err = api(serde_json::json!({"max_node_document_bytes": 1024})).unwrap_err().to_string();
         assert!(err.contains("api.max_node_document_bytes"), "{err}");
         let half = crate::rpc::MAX_MESSAGE_BYTES / 2;

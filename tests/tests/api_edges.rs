@@ -1,6 +1,7 @@
 //! Bad input at the edges of the REST API (issue 19, scenario 10), against
 //! a real all-in-one: node documents that grow past their bound through
-//! many PATCHes, and clients that send their headers slowly.
+//! many PATCHes, and clients that send their headers or their body
+//! slowly.
 
 use std::time::{Duration, Instant};
 
@@ -171,11 +172,59 @@ async fn a_merge_past_the_bound_is_refused_by_the_conductor() {
 
 // ---- raw HTTP: what a slow or hostile client does ----------------------------
 
+/// The server's answer on a raw connection.
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+    }
+}
+
 /// Open a connection and send `bytes`: a request cut short.
 async fn stalled(port: u16, bytes: &str) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
     s.write_all(bytes.as_bytes()).await.expect("send");
     s
+}
+
+/// The answer the server gives on `s`, or None when it gave none within
+/// `guard` (a test failure guard, not a timing).
+async fn answer(s: &mut TcpStream, guard: Duration) -> Option<Answer> {
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + length {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(guard, read).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Answer { status, head: head.to_string(), body: body.to_string() })
 }
 
 /// Whether the server closed `s` within `guard` (EOF or a reset), while
@@ -239,5 +288,32 @@ async fn slow_headers_are_cut_while_requests_are_served() {
     assert_eq!(r.status(), 200);
     // graceful shutdown still ends the process, with a connection mid-headers
     let _mid_headers = stalled(ferric.port, "GET /v1/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\n").await;
+    assert!(ferric.stop().is_some_and(|s| s.success()), "all-in-one did not stop cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_longer_than_its_timeout_gets_an_ironic_error() {
+    let mut ferric =
+        Ferric::start(None, &[("FERRIC_API__REQUEST_DEADLINE_MS", "1000"), ("FERRIC_API__REQUEST_TIMEOUT_MS", "2000")]);
+    // a create whose body never arrives in full: the handler waits for it
+    let mut s = stalled(
+        ferric.port,
+        "POST /v1/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         X-OpenStack-Ironic-API-Version: 1.115\r\nContent-Length: 200\r\n\r\n{\"driver\": ",
+    )
+    .await;
+    let a = answer(&mut s, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("no answer 30 s into a request whose timeout is 2 s"));
+    assert_eq!(a.status, 503, "{}\n{}", a.head, a.body);
+    assert_eq!(a.header("content-type"), Some("application/json"), "{}", a.head);
+    assert!(a.header("x-openstack-ironic-api-maximum-version").is_some(), "errors carry the version headers");
+    let e = error_body(&a.body);
+    assert_eq!(e["faultcode"], "Server", "{e}");
+    let message = e["faultstring"].as_str().unwrap_or_default();
+    assert!(message.contains("api.request_timeout_ms") && message.contains("2000"), "{message}");
+    // the API goes on serving
+    let (status, body) = Api::new(&ferric.endpoint).call(Method::GET, "/v1/nodes", None).await;
+    assert_eq!(status, 200, "{body}");
     assert!(ferric.stop().is_some_and(|s| s.success()), "all-in-one did not stop cleanly");
 }
