@@ -2,7 +2,8 @@
 //! openstacksdk and metalsmith work unchanged.
 //!
 //! Layout: [`connections`] (the HTTP server: header read timeout,
-//! graceful shutdown), [`timeout`] (the whole-request timeout),
+//! graceful shutdown), [`shed`] (the concurrency limit), [`timeout`] (the
+//! whole-request timeout),
 //! [`limit`] (body size), [`version`] (microversions), [`error`] (Ironic's
 //! error body), [`render`] (field sets, masking, links), [`patch`] (JSON
 //! Patch), [`forward`] (the owner-aware gRPC forwarder), and one module per
@@ -26,6 +27,7 @@ pub mod patch;
 pub mod ports;
 pub mod render;
 pub mod root;
+pub mod shed;
 pub mod timeout;
 pub mod version;
 
@@ -80,6 +82,8 @@ pub fn router(state: State) -> Router {
     let public = context::PublicUrl(state.cfg.api.public_url.clone());
     let body_limit = state.cfg.api.max_request_body_size;
     let request_timeout = Duration::from_millis(state.cfg.api.request_timeout_ms);
+    let in_handlers = shed::Limit::new(state.cfg.api.max_concurrent_requests);
+    metrics::counter!("ferric_api_requests_timed_out_total").increment(0);
     let v1_doc = get(root::v1).fallback(|| async {
         error::ApiError::new(
             axum::http::StatusCode::METHOD_NOT_ALLOWED,
@@ -109,6 +113,7 @@ pub fn router(state: State) -> Router {
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(move |req, next| limit::middleware(body_limit, req, next)))
         .layer(axum::middleware::from_fn(move |req, next| timeout::middleware(request_timeout, req, next)))
+        .layer(axum::middleware::from_fn(move |req, next| shed::middleware(in_handlers.clone(), req, next)))
         .layer(axum::middleware::from_fn(version::middleware))
         .layer(axum::Extension(public))
 }

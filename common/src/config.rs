@@ -77,6 +77,12 @@ pub struct ApiConfig {
     /// `max_request_body_size` needs about 18 Mbit/s; raise it for slower
     /// links.
     pub request_timeout_ms: u64,
+    /// Requests in handlers at once; beyond it a request is answered 503
+    /// with `Retry-After` at once (load shedding: a bounded process, never
+    /// an unbounded queue) and counted in `ferric_api_requests_shed_total`.
+    /// `/healthz`, `/readyz` and `/metrics` are never shed, so that a busy
+    /// API is not restarted or blinded.
+    pub max_concurrent_requests: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -541,6 +547,7 @@ impl Default for ApiConfig {
             max_node_document_bytes: 96 * 1024 * 1024,
             header_read_timeout_ms: 10_000,
             request_timeout_ms: 60_000,
+            max_concurrent_requests: 1024,
         }
     }
 }
@@ -807,6 +814,9 @@ impl Config {
                 api.request_timeout_ms, api.request_deadline_ms
             )));
         }
+        if api.max_concurrent_requests == 0 {
+            return Err(ConfigError("api.max_concurrent_requests must be at least 1".into()));
+        }
         Ok(())
     }
 
@@ -927,8 +937,10 @@ mod tests {
         api(serde_json::json!({"max_node_document_bytes": half})).expect("half the message limit");
         let err = api(serde_json::json!({"max_node_document_bytes": half + 1})).unwrap_err().to_string();
         assert!(err.contains("half"), "{err}");
-        let err = api(serde_json::json!({"header_read_timeout_ms": 0})).unwrap_err().to_string();
-        assert!(err.contains("api.header_read_timeout_ms"), "{err}");
+        for key in ["max_concurrent_requests", "header_read_timeout_ms"] {
+            let err = api(serde_json::json!({ key: 0 })).unwrap_err().to_string();
+            assert!(err.contains(&format!("api.{key}")), "{err}");
+        }
         let cfg = Config::default();
         assert!(
             cfg.api.max_node_document_bytes > 64 * 1024 * 1024,

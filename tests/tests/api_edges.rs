@@ -1,7 +1,7 @@
 //! Bad input at the edges of the REST API (issue 19, scenario 10), against
 //! a real all-in-one: node documents that grow past their bound through
-//! many PATCHes, and clients that send their headers or their body
-//! slowly.
+//! many PATCHes, clients that send their headers or their body slowly,
+//! and more requests at once than the API takes.
 
 use std::time::{Duration, Instant};
 
@@ -315,5 +315,79 @@ async fn a_request_longer_than_its_timeout_gets_an_ironic_error() {
     // the API goes on serving
     let (status, body) = Api::new(&ferric.endpoint).call(Method::GET, "/v1/nodes", None).await;
     assert_eq!(status, 200, "{body}");
+    assert!(ferric.stop().is_some_and(|s| s.success()), "all-in-one did not stop cleanly");
+}
+
+/// `ferric_api_requests_shed_total` as the API's /metrics reports it.
+async fn shed_total(client: &reqwest::Client, endpoint: &str) -> u64 {
+    let text = client.get(format!("{endpoint}/metrics")).send().await.expect("metrics").text().await.expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("ferric_api_requests_shed_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no ferric_api_requests_shed_total in /metrics:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_beyond_the_concurrency_limit_are_shed_at_once() {
+    let mut ferric = Ferric::start(None, &[("FERRIC_API__MAX_CONCURRENT_REQUESTS", "4")]);
+    let client = unpooled();
+    let nodes = format!("{}/v1/nodes", ferric.endpoint);
+    // slow requests: creates whose bodies never arrive in full hold their
+    // handlers (until the 60 s request timeout)
+    const SLOW: &str = "POST /v1/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                        Content-Length: 200\r\n\r\n{\"driver\": ";
+    let mut holding = Vec::new();
+    for _ in 0..4 {
+        holding.push(stalled(ferric.port, SLOW).await);
+    }
+    // they reach their handlers: the API is full
+    let start = Instant::now();
+    loop {
+        let status = client.get(&nodes).send().await.expect("request").status();
+        if status == 503 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "4 slow requests in handlers, a 5th still served after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // more slow requests are answered at once, never queued
+    for _ in 0..2 {
+        let mut s = stalled(ferric.port, SLOW).await;
+        let a = answer(&mut s, Duration::from_secs(20)).await.expect("no answer to a request beyond the limit");
+        assert_eq!(a.status, 503, "{}\n{}", a.head, a.body);
+        assert!(a.header("retry-after").is_some_and(|v| v.parse::<u64>().is_ok()), "Retry-After: {}", a.head);
+        assert_eq!(a.header("content-type"), Some("application/json"));
+        let e = error_body(&a.body);
+        assert_eq!(e["faultcode"], "Server", "{e}");
+        let message = e["faultstring"].as_str().unwrap_or_default();
+        assert!(message.contains("api.max_concurrent_requests"), "{message}");
+    }
+    let r = client.get(&nodes).send().await.expect("request");
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    // health is never shed
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = client.get(format!("{}{path}", ferric.endpoint)).send().await.expect("health");
+        assert_eq!(r.status(), 200, "{path} while the API is full");
+    }
+    let shed = shed_total(&client, &ferric.endpoint).await;
+    assert!(shed >= 4, "ferric_api_requests_shed_total = {shed}, at least 4 requests were shed");
+
+    // the load goes: every request is served again
+    drop(holding);
+    let start = Instant::now();
+    while client.get(&nodes).send().await.expect("request").status() != 200 {
+        assert!(start.elapsed() < Duration::from_secs(20), "still shedding 20 s after the slow requests went");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..20 {
+        let r = client.get(&nodes).send().await.expect("request");
+        assert_eq!(r.status(), 200, "after the load");
+    }
     assert!(ferric.stop().is_some_and(|s| s.success()), "all-in-one did not stop cleanly");
 }
