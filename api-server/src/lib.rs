@@ -3,11 +3,11 @@
 //!
 //! Layout: [`connections`] (the HTTP server: header read timeout,
 //! graceful shutdown), [`shed`] (the concurrency limit), [`timeout`] (the
-//! whole-request timeout),
-//! [`limit`] (body size), [`version`] (microversions), [`error`] (Ironic's
-//! error body), [`render`] (field sets, masking, links), [`patch`] (JSON
-//! Patch), [`forward`] (the owner-aware gRPC forwarder), and one module per
-//! resource ([`nodes`], [`ports`], [`drivers`], [`root`]).
+//! whole-request timeout), [`limit`] (body size), [`version`]
+//! (microversions), [`error`] (Ironic's error body), [`render`] (field
+//! sets, masking, links), [`patch`] (JSON Patch), [`forward`] (the
+//! owner-aware gRPC forwarder), and one module per resource ([`nodes`],
+//! [`ports`], [`drivers`], [`root`]).
 //!
 //! The invariant: the API reads from the database but never changes a
 //! node itself; every change goes to the node's owning conductor, which
@@ -110,6 +110,9 @@ pub fn router(state: State) -> Router {
         .merge(v1_routes())
         .fallback(root::not_found)
         .with_state(state)
+        // the last layer is the outermost: every answer, a shed or timed-out
+        // request's too, gets the version headers and is counted; a shed
+        // request costs no timer; the timeout covers reading the body
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(move |req, next| limit::middleware(body_limit, req, next)))
         .layer(axum::middleware::from_fn(move |req, next| timeout::middleware(request_timeout, req, next)))
