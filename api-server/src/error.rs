@@ -60,6 +60,7 @@ impl ApiError {
         let status = match d.reason() {
             Reason::NotFound => StatusCode::NOT_FOUND,
             Reason::Invalid => StatusCode::BAD_REQUEST,
+            Reason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::NodeLocked | Reason::Conflict => StatusCode::CONFLICT,
             Reason::Forbidden => StatusCode::FORBIDDEN,
             Reason::Unavailable | Reason::NotOwner => StatusCode::SERVICE_UNAVAILABLE,

@@ -1,15 +1,19 @@
 //! Ferric's stateless REST API: Ironic's v1 API, so `baremetal`,
 //! openstacksdk and metalsmith work unchanged.
 //!
-//! Layout: [`version`] (microversions), [`error`] (Ironic's error body),
-//! [`render`] (field sets, masking, links), [`patch`] (JSON Patch),
-//! [`forward`] (the owner-aware gRPC forwarder), and one module per
-//! resource ([`nodes`], [`ports`], [`drivers`], [`root`]).
+//! Layout: [`connections`] (the HTTP server: header read timeout,
+//! graceful shutdown), [`shed`] (the concurrency limit), [`timeout`] (the
+//! whole-request timeout), [`limit`] (body size), [`version`]
+//! (microversions), [`error`] (Ironic's error body), [`render`] (field
+//! sets, masking, links), [`patch`] (JSON Patch), [`forward`] (the
+//! owner-aware gRPC forwarder), and one module per resource ([`nodes`],
+//! [`ports`], [`drivers`], [`root`]).
 //!
 //! The invariant: the API reads from the database but never changes a
 //! node itself; every change goes to the node's owning conductor, which
 //! makes it under the node lock.
 
+pub mod connections;
 pub mod context;
 pub mod drivers;
 pub mod error;
@@ -23,6 +27,8 @@ pub mod patch;
 pub mod ports;
 pub mod render;
 pub mod root;
+pub mod shed;
+pub mod timeout;
 pub mod version;
 
 use std::net::SocketAddr;
@@ -75,6 +81,9 @@ fn v1_routes() -> Router<State> {
 pub fn router(state: State) -> Router {
     let public = context::PublicUrl(state.cfg.api.public_url.clone());
     let body_limit = state.cfg.api.max_request_body_size;
+    let request_timeout = Duration::from_millis(state.cfg.api.request_timeout_ms);
+    let in_handlers = shed::Limit::new(state.cfg.api.max_concurrent_requests);
+    metrics::counter!("ferric_api_requests_timed_out_total").increment(0);
     let v1_doc = get(root::v1).fallback(|| async {
         error::ApiError::new(
             axum::http::StatusCode::METHOD_NOT_ALLOWED,
@@ -101,8 +110,13 @@ pub fn router(state: State) -> Router {
         .merge(v1_routes())
         .fallback(root::not_found)
         .with_state(state)
+        // the last layer is the outermost: every answer, a shed or timed-out
+        // request's too, gets the version headers and is counted; a shed
+        // request costs no timer; the timeout covers reading the body
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(move |req, next| limit::middleware(body_limit, req, next)))
+        .layer(axum::middleware::from_fn(move |req, next| timeout::middleware(request_timeout, req, next)))
+        .layer(axum::middleware::from_fn(move |req, next| shed::middleware(in_handlers.clone(), req, next)))
         .layer(axum::middleware::from_fn(version::middleware))
         .layer(axum::Extension(public))
 }
@@ -152,20 +166,14 @@ pub async fn serve(
         .with_context(|| format!("binding the API address {}", cfg.api.listen))?;
     let addr = listener.local_addr()?;
     let fwd = forward::Forwarder::new(ring, Duration::from_millis(cfg.api.request_deadline_ms));
+    let header_read_timeout = Duration::from_millis(cfg.api.header_read_timeout_ms);
     let ipxe = ipxe::IpxeState::new(&cfg);
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let state = Arc::new(AppState { cfg, db, fwd, metrics, ipxe, stopping: stopping.clone() });
     // clients ask for collections with a trailing slash (`/v1/ports/`)
     let app =
         tower::Layer::layer(&tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(), router(state));
-    // the client address feeds the iPXE endpoints' rate limit
-    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(app);
-    let join = tokio::spawn(async move {
-        let res = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-        if let Err(e) = res {
-            tracing::error!("API server stopped: {e}");
-        }
-    });
+    let join = tokio::spawn(connections::serve(listener, app, header_read_timeout, shutdown));
     tracing::info!(%addr, "Ironic API listening");
     Ok(ApiHandle { addr, join, stopping })
 }

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use ferric_common::db::{DbError, NODE_SORT_KEYS, NodeQuery, PortQuery};
-use ferric_common::model::{NODE_INTERFACES, Node};
+use ferric_common::model::{DocumentTooLarge, NODE_INTERFACES, Node};
 use ferric_common::proto::{
     DriverRef, NodeRef, NodeVendorRequest, PowerStateRequest, ProvisionActionRequest, UpdateNodeRequest,
     VendorMethodsRequest,
@@ -211,6 +211,7 @@ pub async fn create_node(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> 
     // a new node has no boot artefacts anywhere: its owner needs no take-over
     node.conductor_affinity = st.conductor_of(&node);
     node.created_at = Utc::now();
+    node.check_document_size(st.cfg.api.max_node_document_bytes).map_err(too_large)?;
     st.db.create_node(&node).await.map_err(|e| match e {
         DbError::Duplicate { field: "name" } => {
             ApiError::conflict(format!("A node with name {} already exists.", node.name.clone().unwrap_or_default()))
@@ -228,10 +229,16 @@ pub async fn create_node(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> 
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)).into_response())
 }
 
+fn too_large(e: DocumentTooLarge) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+}
+
 /// Send a changed node to its owner, which applies what changed from
-/// `base` (the copy the change was made to) to the node under the lock.
+/// `base` (the copy the change was made to) to the node under the lock
+/// (and checks the size of the result again: `base` may be stale).
 async fn push_update(st: &AppState, base: &Node, node: &Node) -> ApiResult<Node> {
     let node_json = serde_json::to_string(node).expect("nodes serialise");
+    DocumentTooLarge::check(node, node_json.len(), st.cfg.api.max_node_document_bytes).map_err(too_large)?;
     let base_json = serde_json::to_string(base).expect("nodes serialise");
     let reply = st
         .fwd

@@ -49,6 +49,40 @@ pub struct ApiConfig {
     /// so that load balancers (a Kubernetes Service's endpoints) stop
     /// sending before the listener closes. 0 = stop at once.
     pub shutdown_delay_ms: u64,
+    /// Largest node, in bytes of its JSON document, that a create or a
+    /// PATCH may leave; beyond it 413. Each PATCH body is bounded, but many
+    /// of them adding to `extra`, `instance_info`, `properties` or
+    /// `driver_info` grew a node without bound until the API→conductor
+    /// message that carries it twice (its base and its patched copy) passed
+    /// [`crate::rpc::MAX_MESSAGE_BYTES`] and every PATCH of it failed with a
+    /// 500. The conductor checks the merged node again under the lock (and
+    /// reads this key from its own configuration: give every process the
+    /// same value). Default 96 MiB: a deploy keeps its config drive in
+    /// `instance_info` (Ironic takes up to 64 MiB) and the node must still
+    /// take PATCHes then, with 32 MiB for everything else; two copies
+    /// (192 MiB) stay well below the 320 MiB message limit. Refused at
+    /// load above half of that limit.
+    pub max_node_document_bytes: usize,
+    /// How long a client may take to send a request's headers (HTTP/1),
+    /// and so how long an idle keep-alive connection stays open; then the
+    /// connection is closed. Without it a client that opens connections
+    /// and sends its headers a byte at a time (slowloris) holds them — and
+    /// a task and a file descriptor each — forever.
+    pub header_read_timeout_ms: u64,
+    /// How long one request may take from its headers to its answer,
+    /// reading its body included; then 503 with an Ironic error body naming
+    /// this key. Bounds what a slow client or a stuck call holds. Must be
+    /// longer than `request_deadline_ms` (the forwarder answers first when
+    /// no conductor does). 60 s also bounds uploads: a config drive at
+    /// `max_request_body_size` needs about 18 Mbit/s; raise it for slower
+    /// links.
+    pub request_timeout_ms: u64,
+    /// Requests in handlers at once; beyond it a request is answered 503
+    /// with `Retry-After` at once (load shedding: a bounded process, never
+    /// an unbounded queue) and counted in `ferric_api_requests_shed_total`.
+    /// `/healthz`, `/readyz` and `/metrics` are never shed, so that a busy
+    /// API is not restarted or blinded.
+    pub max_concurrent_requests: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -523,6 +557,10 @@ impl Default for ApiConfig {
             request_deadline_ms: 30_000,
             max_request_body_size: 128 * 1024 * 1024,
             shutdown_delay_ms: 0,
+            max_node_document_bytes: 96 * 1024 * 1024,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 60_000,
+            max_concurrent_requests: 1024,
         }
     }
 }
@@ -631,6 +669,8 @@ impl Config {
         vec![
             ("api.request_deadline_ms", self.api.request_deadline_ms, ms),
             ("api.shutdown_delay_ms", self.api.shutdown_delay_ms, ms),
+            ("api.header_read_timeout_ms", self.api.header_read_timeout_ms, ms),
+            ("api.request_timeout_ms", self.api.request_timeout_ms, ms),
             ("conductor.lock_retry_interval_ms", c.lock_retry_interval_ms, ms),
             ("conductor.shutdown_timeout_ms", c.shutdown_timeout_ms, ms),
             ("conductor.takeover_interval_ms", c.takeover_interval_ms, ms),
@@ -673,6 +713,7 @@ impl Config {
                 )));
             }
         }
+        self.validate_api()?;
         if !matches!(self.membership.backend.as_str(), "local" | "etcd") {
             return Err(ConfigError(format!(
                 "membership.backend must be \"local\" or \"etcd\", not {:?}",
@@ -791,6 +832,34 @@ impl Config {
         Ok(())
     }
 
+    fn validate_api(&self) -> Result<(), ConfigError> {
+        let api = &self.api;
+        // a new node alone is about 2 KB of JSON
+        const MIN_NODE_DOCUMENT_BYTES: usize = 16 * 1024;
+        let max_node = crate::rpc::MAX_MESSAGE_BYTES / 2;
+        if !(MIN_NODE_DOCUMENT_BYTES..=max_node).contains(&api.max_node_document_bytes) {
+            return Err(ConfigError(format!(
+                "api.max_node_document_bytes = {} must be within {MIN_NODE_DOCUMENT_BYTES}..={max_node} (half the \
+                 API-conductor message limit: an update carries the node twice)",
+                api.max_node_document_bytes
+            )));
+        }
+        if api.header_read_timeout_ms == 0 {
+            return Err(ConfigError("api.header_read_timeout_ms must be at least 1".into()));
+        }
+        if api.request_timeout_ms <= api.request_deadline_ms {
+            return Err(ConfigError(format!(
+                "api.request_timeout_ms ({}) must be longer than api.request_deadline_ms ({}): a request that finds \
+                 no conductor must be answered by the forwarder at its deadline, not cut short",
+                api.request_timeout_ms, api.request_deadline_ms
+            )));
+        }
+        if api.max_concurrent_requests == 0 {
+            return Err(ConfigError("api.max_concurrent_requests must be at least 1".into()));
+        }
+        Ok(())
+    }
+
     /// The database URL, defaulting to a SQLite file in the data dir.
     pub fn database_url(&self) -> String {
         if self.database.url.is_empty() {
@@ -894,6 +963,30 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn api_bounds_are_refused_by_name() {
+        let api = |v: serde_json::Value| Config::load(None, serde_json::json!({ "api": v }));
+        let err =
+            api(serde_json::json!({"request_deadline_ms": 5000, "request_timeout_ms": 5000})).unwrap_err().to_string();
+        assert!(err.contains("api.request_timeout_ms") && err.contains("api.request_deadline_ms"), "{err}");
+        api(serde_json::json!({"request_deadline_ms": 5000, "request_timeout_ms": 5001})).expect("longer is fine");
+        let err = api(serde_json::json!({"max_node_document_bytes": 1024})).unwrap_err().to_string();
+        assert!(err.contains("api.max_node_document_bytes"), "{err}");
+        let half = crate::rpc::MAX_MESSAGE_BYTES / 2;
+        api(serde_json::json!({"max_node_document_bytes": half})).expect("half the message limit");
+        let err = api(serde_json::json!({"max_node_document_bytes": half + 1})).unwrap_err().to_string();
+        assert!(err.contains("half"), "{err}");
+        for key in ["max_concurrent_requests", "header_read_timeout_ms"] {
+            let err = api(serde_json::json!({ key: 0 })).unwrap_err().to_string();
+            assert!(err.contains(&format!("api.{key}")), "{err}");
+        }
+        let cfg = Config::default();
+        assert!(
+            cfg.api.max_node_document_bytes > 64 * 1024 * 1024,
+            "a node must hold a config drive of Ironic's largest size (64 MiB)"
+        );
+    }
 
     #[test]
     fn layering_file_env_flags() {

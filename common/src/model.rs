@@ -211,6 +211,59 @@ impl Node {
     pub fn hardware_type(&self) -> &str {
         &self.driver
     }
+
+    /// The size of this node's JSON document, as it travels between the
+    /// API and its conductor (`[api] max_node_document_bytes` bounds it);
+    /// counted, not built.
+    pub fn document_bytes(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        serde_json::to_writer(&mut count, self).expect("nodes serialise");
+        count.0
+    }
+
+    /// Refuse this node when its document is larger than `limit` (`[api]
+    /// max_node_document_bytes`).
+    pub fn check_document_size(&self, limit: usize) -> Result<(), DocumentTooLarge> {
+        DocumentTooLarge::check(self, self.document_bytes(), limit)
+    }
+}
+
+/// A node whose JSON document would pass `[api] max_node_document_bytes`:
+/// the client's error (413), never written.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "Node {node} would be {bytes} bytes of JSON, more than the {limit} bytes api.max_node_document_bytes allows; \
+     remove or shrink values of its extra, instance_info, properties or driver_info."
+)]
+pub struct DocumentTooLarge {
+    /// `name (uuid)`, or the UUID of a node without a name.
+    pub node: String,
+    pub bytes: usize,
+    pub limit: usize,
+}
+
+impl DocumentTooLarge {
+    /// Refuse `node`, whose document is `bytes` long, when that is more than `limit`.
+    pub fn check(node: &Node, bytes: usize, limit: usize) -> Result<(), DocumentTooLarge> {
+        if bytes <= limit {
+            return Ok(());
+        }
+        let node = match &node.name {
+            Some(name) => format!("{name} ({})", node.uuid),
+            None => node.uuid.to_string(),
+        };
+        Err(DocumentTooLarge { node, bytes, limit })
+    }
 }
 
 /// A NIC of a node.
@@ -265,6 +318,19 @@ pub fn normalize_mac(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn document_bytes_is_the_length_of_the_json() {
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", ProvisionState::Enroll, 8);
+        n.extra.insert("k".into(), Value::String("é\"\n".repeat(100)));
+        assert_eq!(n.document_bytes(), serde_json::to_string(&n).unwrap().len());
+        let size = n.document_bytes();
+        assert_eq!(n.check_document_size(size), Ok(()));
+        let e = n.check_document_size(size - 1).unwrap_err();
+        assert_eq!((e.bytes, e.limit), (size, size - 1));
+        let text = e.to_string();
+        assert!(text.contains(&n.uuid.to_string()) && text.contains("api.max_node_document_bytes"), "{text}");
+    }
 
     #[test]
     fn mac_normalisation() {

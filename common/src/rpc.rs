@@ -21,7 +21,7 @@ pub fn status(reason: Reason, message: impl Into<String>, epoch: u64, holder: &s
     let code = match reason {
         Reason::NotOwner | Reason::Conflict => Code::FailedPrecondition,
         Reason::NodeLocked => Code::Aborted,
-        Reason::Invalid => Code::InvalidArgument,
+        Reason::Invalid | Reason::TooLarge => Code::InvalidArgument,
         Reason::NotFound => Code::NotFound,
         Reason::Forbidden => Code::PermissionDenied,
         Reason::Unavailable => Code::Unavailable,
@@ -70,6 +70,13 @@ mod tests {
         let d = detail(&status(Reason::NodeLocked, "busy", 1, "inc-7"));
         assert_eq!(d.reason(), Reason::NodeLocked);
         assert_eq!(d.holder, "inc-7");
+    }
+
+    #[test]
+    fn too_large_is_invalid_input_with_its_own_reason() {
+        let s = status(Reason::TooLarge, "node too large", 3, "");
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(detail(&s).reason(), Reason::TooLarge);
     }
 
     #[test]

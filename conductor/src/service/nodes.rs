@@ -74,6 +74,10 @@ impl ConductorService {
             if self.inner.registry.get(&node.driver).is_some() {
                 self.inner.registry.resolve(&node).map_err(|e| self.driver_err(e))?;
             }
+            // the API checked the copy it patched; merged onto the node as
+            // it is now (another PATCH may have grown it since) it can be larger
+            node.check_document_size(self.inner.cfg.api.max_node_document_bytes)
+                .map_err(|e| self.err(Reason::TooLarge, e.to_string()))?;
             self.save(&lock, &node).await?;
             Ok(node)
         }
