@@ -124,19 +124,23 @@ async fn driver_vendor(st: &State, name: &str, method_name: &str, method: Method
         return Err(unknown_driver(name));
     }
     let body_json = vendor_body(&method, &body)?;
-    let reply = st
-        .fwd
-        .call(Route::Driver(name), |mut c, epoch| {
-            let r = DriverVendorRequest {
-                epoch,
-                driver: name.to_string(),
-                method: method_name.to_string(),
-                http_method: method.as_str().to_string(),
-                body_json: body_json.clone(),
-            };
-            async move { c.driver_vendor_passthru(r).await }
-        })
-        .await?;
+    let send = |mut c: crate::forward::Client, epoch| {
+        let r = DriverVendorRequest {
+            epoch,
+            driver: name.to_string(),
+            method: method_name.to_string(),
+            http_method: method.as_str().to_string(),
+            body_json: body_json.clone(),
+        };
+        async move { c.driver_vendor_passthru(r).await }
+    };
+    // a driver's method has effects of its own that no conductor records:
+    // only a read may be sent twice
+    let reply = if method == axum::http::Method::GET {
+        st.fwd.call(Route::Driver(name), send).await?
+    } else {
+        st.fwd.call_once(Route::Driver(name), send).await?
+    };
     Ok(vendor_response(reply))
 }
 

@@ -7,6 +7,14 @@
 //! against the new owner, within the request deadline. Ring churn is
 //! therefore invisible to clients; only a deadline with no owner at all
 //! becomes a 503.
+//!
+//! A retry must not apply a change twice. Every call carries an id (the
+//! `x-ferric-call-id` header, one for all its attempts) that conductors
+//! record with the change it makes, in one transaction, and answer
+//! "applied" when it comes again — so a call whose reply was lost, or whose
+//! conductor died right after applying it, is retried safely. Calls no
+//! conductor records (vendor passthru: the driver's effect is its own) are
+//! retried only when they surely never arrived: [`Forwarder::call_once`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,15 +23,42 @@ use std::time::Duration;
 
 use ferric_common::proto::conductor_client::ConductorClient;
 use ferric_common::ring::{Member, Ring};
-use ferric_common::rpc::{Reason, detail};
+use ferric_common::rpc::{CALL_ID_HEADER, Reason, detail, surely_not_delivered};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tonic::codegen::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Response, Status};
 
 use crate::error::ApiError;
 
-pub type Client = ConductorClient<Channel>;
+tokio::task_local! {
+    /// The id of the call being made: one for all its attempts.
+    static CALL_ID: String;
+}
+
+/// Puts the current call's id on every request.
+type Attach = fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>;
+
+fn attach_call_id(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+    if let Ok(Ok(v)) = CALL_ID.try_with(|id| id.parse()) {
+        req.metadata_mut().insert(CALL_ID_HEADER, v);
+    }
+    Ok(req)
+}
+
+pub type Client = ConductorClient<InterceptedService<Channel, Attach>>;
+
+/// Which failed attempts may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Any the conductor did not answer or answered "not mine" /
+    /// "unavailable": conductors deduplicate the call by its id.
+    Deduplicated,
+    /// Only those that surely never reached a conductor (refused, or
+    /// NOT_OWNER): nobody deduplicates the call.
+    NotDelivered,
+}
 
 pub struct Forwarder {
     ring: watch::Receiver<Ring>,
@@ -52,7 +87,7 @@ impl Forwarder {
     fn client(&self, url: &str) -> Result<Client, ApiError> {
         let mut map = self.channels.lock().expect("channel cache poisoned");
         if let Some(ch) = map.get(url) {
-            return Ok(Self::limited(ConductorClient::new(ch.clone())));
+            return Ok(Self::limited(ConductorClient::with_interceptor(ch.clone(), attach_call_id as Attach)));
         }
         let ch = Endpoint::from_shared(url.to_string())
             .map_err(|e| ApiError::internal(format!("bad conductor URL {url}: {e}")))?
@@ -60,7 +95,7 @@ impl Forwarder {
             .timeout(self.deadline)
             .connect_lazy();
         map.insert(url.to_string(), ch.clone());
-        Ok(Self::limited(ConductorClient::new(ch)))
+        Ok(Self::limited(ConductorClient::with_interceptor(ch, attach_call_id as Attach)))
     }
 
     fn limited(c: Client) -> Client {
@@ -82,8 +117,29 @@ impl Forwarder {
     }
 
     /// Call `f(client, epoch)` on the right conductor, retrying across ring
-    /// changes until the deadline.
+    /// changes until the deadline (every attempt with the same call id).
     pub async fn call<T, F, Fut>(&self, route: Route<'_>, f: F) -> Result<T, ApiError>
+    where
+        F: Fn(Client, u64) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let id = format!("call-{}", uuid::Uuid::new_v4());
+        CALL_ID.scope(id, self.attempt(route, Retry::Deduplicated, f)).await
+    }
+
+    /// [`Forwarder::call`] for a call no conductor deduplicates: sent again
+    /// only when it surely never arrived (the connection was refused, or
+    /// the conductor answered NOT_OWNER before doing anything).
+    pub async fn call_once<T, F, Fut>(&self, route: Route<'_>, f: F) -> Result<T, ApiError>
+    where
+        F: Fn(Client, u64) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let id = format!("call-{}", uuid::Uuid::new_v4());
+        CALL_ID.scope(id, self.attempt(route, Retry::NotDelivered, f)).await
+    }
+
+    async fn attempt<T, F, Fut>(&self, route: Route<'_>, retry_on: Retry, f: F) -> Result<T, ApiError>
     where
         F: Fn(Client, u64) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
@@ -114,7 +170,10 @@ impl Forwarder {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(status) => {
                     let d = detail(&status);
-                    let retry = matches!(d.reason(), Reason::NotOwner | Reason::Unavailable);
+                    let retry = match retry_on {
+                        Retry::Deduplicated => matches!(d.reason(), Reason::NotOwner | Reason::Unavailable),
+                        Retry::NotDelivered => d.reason() == Reason::NotOwner || surely_not_delivered(&status),
+                    };
                     if !retry || Instant::now() >= deadline {
                         if retry {
                             // a conductor that never answered: say which, and where we tried

@@ -609,19 +609,23 @@ async fn node_vendor_call(
         return pass_deploy_info(st, &node, &method, &body).await;
     }
     let body_json = vendor_body(&method, &body)?;
-    let reply = st
-        .fwd
-        .call(AppState::route(&node), |mut c, epoch| {
-            let r = NodeVendorRequest {
-                epoch,
-                node_uuid: node.uuid.to_string(),
-                method: name.to_string(),
-                http_method: method.as_str().to_string(),
-                body_json: body_json.clone(),
-            };
-            async move { c.node_vendor_passthru(r).await }
-        })
-        .await?;
+    let send = |mut c: crate::forward::Client, epoch| {
+        let r = NodeVendorRequest {
+            epoch,
+            node_uuid: node.uuid.to_string(),
+            method: name.to_string(),
+            http_method: method.as_str().to_string(),
+            body_json: body_json.clone(),
+        };
+        async move { c.node_vendor_passthru(r).await }
+    };
+    // a driver's method has effects of its own that no conductor records:
+    // only a read may be sent twice
+    let reply = if method == Method::GET {
+        st.fwd.call(AppState::route(&node), send).await?
+    } else {
+        st.fwd.call_once(AppState::route(&node), send).await?
+    };
     Ok(vendor_response(reply))
 }
 

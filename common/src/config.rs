@@ -134,6 +134,11 @@ pub struct ConductorConfig {
     /// active member with the smallest id); the history of deleted nodes
     /// goes too.
     pub node_history_cleanup_interval_secs: u64,
+    /// How long the record of an applied API call is kept (a call sent
+    /// again within it is answered as applied instead of being applied
+    /// twice); far above the API's request deadline, within which it
+    /// retries. Pruned with the history.
+    pub applied_call_retention_secs: u64,
     /// Seconds a power action waits for the BMC to report the new state
     /// (Ironic's `power_state_change_timeout`).
     pub power_state_change_timeout: u64,
@@ -585,6 +590,7 @@ impl Default for ConductorConfig {
             periodic_interval_secs: 60,
             node_history_max_entries: 300,
             node_history_cleanup_interval_secs: 3600,
+            applied_call_retention_secs: 3600,
             power_state_change_timeout: 60,
             power_state_poll_interval_ms: 1000,
             step_timeout_secs: 10_800,
@@ -681,6 +687,7 @@ impl Config {
             ("conductor.power_state_poll_interval_ms", c.power_state_poll_interval_ms, ms),
             ("conductor.step_timeout_secs", c.step_timeout_secs, s),
             ("conductor.node_history_cleanup_interval_secs", c.node_history_cleanup_interval_secs, s),
+            ("conductor.applied_call_retention_secs", c.applied_call_retention_secs, s),
             ("database.acquire_timeout_secs", self.database.acquire_timeout_secs, s),
             ("membership.lease_ttl_secs", self.membership.lease_ttl_secs, s),
             ("membership.fence_margin_ms", self.membership.fence_margin_ms, ms),

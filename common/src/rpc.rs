@@ -16,6 +16,12 @@ pub use crate::proto::error_detail::Reason;
 /// its patched copy).
 pub const MAX_MESSAGE_BYTES: usize = 320 * 1024 * 1024;
 
+/// The gRPC header carrying the id the API gives each call it makes to a
+/// conductor — one id for all the attempts of one call, so that a
+/// conductor answers a call it applied already as applied (see
+/// `db::AppliedCall`).
+pub const CALL_ID_HEADER: &str = "x-ferric-call-id";
+
 pub fn status(reason: Reason, message: impl Into<String>, epoch: u64, holder: &str) -> Status {
     let message = message.into();
     let code = match reason {
@@ -48,6 +54,28 @@ pub fn detail(status: &Status) -> ErrorDetail {
             message: status.message().to_string(),
         },
     }
+}
+
+/// Whether the request surely never reached a conductor: its connection
+/// was refused. (A reset, a timeout or a dropped connection may come after
+/// the conductor received — and applied — it.)
+pub fn surely_not_delivered(status: &Status) -> bool {
+    if !is_transport_error(status) {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        if e.to_string().contains("tcp connect error") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Whether a Status came from the transport (the conductor never

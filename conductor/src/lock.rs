@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferric_common::db::{Db, DbError, LockOutcome};
+use ferric_common::db::{AppliedCall, Db, DbError, LockOutcome};
 use ferric_common::ids::LockHolder;
 
 use crate::fence::Fence;
@@ -211,6 +211,23 @@ impl NodeLock {
             return Ok(false);
         }
         self.db.save_node_locked(node, &self.holder).await
+    }
+
+    /// [`NodeLock::save`], recording the API's `call` in the same
+    /// transaction.
+    pub async fn save_applying(&self, node: &Node, call: Option<&AppliedCall<'_>>) -> Result<bool, DbError> {
+        if self.fence.check().is_err() {
+            return Ok(false);
+        }
+        self.db.save_node_applying(node, &self.holder, call).await
+    }
+
+    /// Delete the node (recording `call`), as long as this lock is ours.
+    pub async fn delete(self, call: Option<&AppliedCall<'_>>) -> Result<bool, DbError> {
+        if self.fence.check().is_err() {
+            return Ok(false);
+        }
+        self.db.delete_node_locked(self.node, &self.holder, call).await
     }
 
     /// Write the node and release the lock atomically.

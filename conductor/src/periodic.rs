@@ -29,7 +29,8 @@
 //!   `node_history_max_entries` of each node, and those of deleted nodes,
 //!   are deleted every `node_history_cleanup_interval_secs` by one
 //!   conductor (the active member with the smallest id in this one's view;
-//!   two doing it at once delete the same rows).
+//!   two doing it at once delete the same rows), and with them the records
+//!   of applied API calls older than `applied_call_retention_secs`.
 //!
 //! Busy nodes (locked) and nodes in maintenance are left alone.
 
@@ -105,6 +106,21 @@ async fn prune_history(inner: &Inner) {
     if removed > 0 {
         info!(removed, keep, "node history pruned");
         metrics::counter!("ferric_node_history_pruned_total").increment(removed);
+    }
+    let before = Utc::now() - chrono::Duration::seconds(inner.cfg.conductor.applied_call_retention_secs as i64);
+    let mut calls = 0;
+    for _ in 0..100 {
+        match inner.db.prune_applied_calls(before, 1000).await {
+            Ok(0) => break,
+            Ok(n) => calls += n,
+            Err(e) => {
+                warn!("pruning applied call records: {e}");
+                break;
+            }
+        }
+    }
+    if calls > 0 {
+        info!(removed = calls, "applied call records pruned");
     }
 }
 

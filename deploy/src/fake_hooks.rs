@@ -6,6 +6,8 @@
 //!   tests);
 //! * `fake_fail_step`: the `interface.step` (or `power.set_power_state`,
 //!   `boot.prepare_ramdisk`, ...) that fails, to drive the failure paths;
+//! * `fake_power_delay_ms`: every power read and power change sleeps this
+//!   long first (a slow BMC: to catch what happens while one answers);
 //! * `fake_wait_after`: the deploy step (`deploy.deploy`,
 //!   `deploy.write_image`, ...) after which the node waits for a ramdisk
 //!   heartbeat (`wait call-back`), as a real agent deploy does.
@@ -19,6 +21,13 @@ use crate::driver::{DriverError, DriverResult, Task};
 /// Sleep `fake_step_delay_ms`.
 pub async fn delay(task: &Task) {
     if let Some(ms) = task.node.driver_info.get("fake_step_delay_ms").and_then(Value::as_u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+/// Sleep `fake_power_delay_ms` (a slow BMC).
+pub async fn power_delay(task: &Task) {
+    if let Some(ms) = task.node.driver_info.get("fake_power_delay_ms").and_then(Value::as_u64) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }
@@ -42,10 +51,12 @@ pub fn record(task: &mut Task, key: &str, value: Value) {
 }
 
 pub fn validate(task: &Task) -> DriverResult<()> {
-    if let Some(v) = task.node.driver_info.get("fake_step_delay_ms")
-        && v.as_u64().is_none()
-    {
-        return Err(DriverError::Invalid("driver_info.fake_step_delay_ms must be a non-negative integer".into()));
+    for key in ["fake_step_delay_ms", "fake_power_delay_ms"] {
+        if let Some(v) = task.node.driver_info.get(key)
+            && v.as_u64().is_none()
+        {
+            return Err(DriverError::Invalid(format!("driver_info.{key} must be a non-negative integer")));
+        }
     }
     Ok(())
 }

@@ -86,6 +86,25 @@ impl Cluster {
         ttl: u64,
         env: &[(&str, &str)],
     ) -> Cluster {
+        let ports = endpoints.iter().map(|_| (free_port(), Vec::new())).collect();
+        Cluster::start_full(etcd, endpoints, pg, db_url, processes_db_url, ttl, env, ports)
+    }
+
+    /// [`Cluster::start_on`], with conductor i+1 listening for gRPC on
+    /// `conductors[i].0` and getting the extra settings `conductors[i].1`
+    /// (e.g. an advertised gRPC URL through a proxy to that port).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_full(
+        etcd: Etcd,
+        endpoints: Vec<String>,
+        pg: Postgres,
+        db_url: String,
+        processes_db_url: &str,
+        ttl: u64,
+        env: &[(&str, &str)],
+        conductors_at: Vec<(u16, Vec<(String, String)>)>,
+    ) -> Cluster {
+        assert_eq!(endpoints.len(), conductors_at.len(), "one etcd endpoint and one port per conductor");
         let dir = tempfile::tempdir().expect("tempdir");
         // ramdisks call back the API: its port is known before the conductors start
         let port = free_port();
@@ -95,9 +114,10 @@ impl Cluster {
             env.push(("FERRIC_DEPLOY__EXTERNAL_CALLBACK_URL", callback.as_str()));
         }
         let mut conductors = Vec::new();
-        for (i, ep) in endpoints.iter().enumerate() {
-            let grpc = free_port();
-            conductors.push((conductor_process(dir.path(), ep, processes_db_url, i + 1, grpc, ttl, &env), grpc));
+        for (i, (ep, (grpc, extra))) in endpoints.iter().zip(&conductors_at).enumerate() {
+            let mut env = env.clone();
+            env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            conductors.push((conductor_process(dir.path(), ep, processes_db_url, i + 1, *grpc, ttl, &env), *grpc));
         }
         let args: Vec<String> = [
             "api",

@@ -529,22 +529,22 @@ pub struct TcpProxy {
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Connections numbered up to this are frozen.
     frozen_upto: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Connections numbered up to this carry nothing back to the client.
+    replies_frozen_upto: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// How many connections were accepted (the newest one's number).
     accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
-/// Copies `from` to `to` until EOF, an error, or `id` is frozen (then it
+/// Copies `from` to `to` until EOF, an error, or `frozen()` (then it
 /// holds both sockets open and moves nothing until aborted).
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    id: u64,
-    frozen_upto: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    frozen: impl Fn() -> bool,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let frozen = || id <= frozen_upto.load(std::sync::atomic::Ordering::SeqCst);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         if frozen() {
@@ -572,8 +572,10 @@ impl TcpProxy {
         let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let frozen_upto = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
+        let replies_frozen_upto = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (c2, k2, f2, a2) = (cut.clone(), conns.clone(), frozen_upto.clone(), accepted.clone());
+        let (c2, k2, f2, r2, a2) =
+            (cut.clone(), conns.clone(), frozen_upto.clone(), replies_frozen_upto.clone(), accepted.clone());
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else { return };
@@ -582,12 +584,16 @@ impl TcpProxy {
                     continue;
                 }
                 let id = a2.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                let frozen = f2.clone();
+                let (frozen, replies_frozen) = (f2.clone(), r2.clone());
                 let h = tokio::spawn(async move {
                     if let Ok(outbound) = tokio::net::TcpStream::connect(target).await {
                         let (ir, iw) = inbound.into_split();
                         let (or, ow) = outbound.into_split();
-                        tokio::join!(pump(ir, ow, id, frozen.clone()), pump(or, iw, id, frozen));
+                        let upto = |a: &std::sync::atomic::AtomicU64| id <= a.load(std::sync::atomic::Ordering::SeqCst);
+                        tokio::join!(
+                            pump(ir, ow, || upto(&frozen)),
+                            pump(or, iw, || upto(&frozen) || upto(&replies_frozen))
+                        );
                     }
                 });
                 let mut k = k2.lock().expect("conns");
@@ -595,7 +601,7 @@ impl TcpProxy {
                 k.push(h);
             }
         });
-        TcpProxy { port, cut, frozen_upto, accepted, conns, accept }
+        TcpProxy { port, cut, frozen_upto, replies_frozen_upto, accepted, conns, accept }
     }
 
     pub fn endpoint(&self) -> String {
@@ -611,6 +617,20 @@ impl TcpProxy {
 
     pub fn restore(&self) {
         self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The connections open now still carry requests to the server but no
+    /// answer back to the client (a reply lost on its way); new ones pass.
+    pub fn freeze_replies(&self) {
+        let upto = self.accepted.load(std::sync::atomic::Ordering::SeqCst);
+        self.replies_frozen_upto.store(upto, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes every connection open now; new ones pass.
+    pub fn drop_connections(&self) {
+        for h in self.conns.lock().expect("conns").drain(..) {
+            h.abort();
+        }
     }
 
     /// Stalls every connection open now (see the type's doc); new ones

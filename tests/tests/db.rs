@@ -2,7 +2,7 @@
 //! suite runs against both.
 
 use chrono::Utc;
-use ferric_common::db::{Db, DbError, LockOutcome, NodeQuery, Paging, PortQuery};
+use ferric_common::db::{AppliedCall, Db, DbError, LockOutcome, NodeQuery, Paging, PortQuery};
 use ferric_common::ids::LockHolder;
 use ferric_common::model::{Node, Port};
 use ferric_common::states::ProvisionState;
@@ -124,8 +124,8 @@ async fn suite(db: Db) {
     let listed = db.list_ports(&PortQuery { node_uuid: Some(b.uuid), ..Default::default() }).await.unwrap();
     assert_eq!(listed.len(), 1);
     db.reserve_node(b.uuid, &LockHolder::new("inc-9")).await.unwrap();
-    assert!(!db.delete_node_locked(b.uuid, &LockHolder::new("inc-1")).await.unwrap(), "delete needs the lock");
-    assert!(db.delete_node_locked(b.uuid, &LockHolder::new("inc-9")).await.unwrap());
+    assert!(!db.delete_node_locked(b.uuid, &LockHolder::new("inc-1"), None).await.unwrap(), "delete needs the lock");
+    assert!(db.delete_node_locked(b.uuid, &LockHolder::new("inc-9"), None).await.unwrap());
     assert!(matches!(db.get_port(p.uuid).await, Err(DbError::NotFound)), "ports go with their node");
 
     // history keeps order
@@ -149,11 +149,45 @@ async fn suite(db: Db) {
     let kept: Vec<String> = db.history(c.uuid).await.unwrap().into_iter().map(|e| e.detail).collect();
     assert_eq!(kept, ["event 7", "event 8", "event 9", "event 10", "event 11"], "the newest are kept, in order");
     assert_eq!(db.history(a.uuid).await.unwrap().len(), 2, "another node's history is not touched");
-    assert!(db.delete_node_locked(c.uuid, &LockHolder::new("inc-h")).await.unwrap());
+    assert!(db.delete_node_locked(c.uuid, &LockHolder::new("inc-h"), None).await.unwrap());
     assert!(db.history(c.uuid).await.unwrap().is_empty(), "a deleted node's history goes with it");
     db.record_history(c.uuid, "c1", "c1/1", "late", "written after the delete").await.unwrap();
     assert_eq!(db.prune_history(0, 1000).await.unwrap(), 1, "orphaned history is pruned even when all is kept");
     assert_eq!(db.history(a.uuid).await.unwrap().len(), 2);
+
+    // an applied call is recorded with its change, in one transaction, or
+    // not at all
+    let d = node("calls");
+    db.create_node(&d).await.unwrap();
+    let holder = LockHolder::new("inc-c");
+    let call = |id: &'static str, kind: &'static str| AppliedCall { id, node: d.uuid, kind, conductor: "c1" };
+    let mut changed = d.clone();
+    changed.extra = json!({"k": 1}).as_object().unwrap().clone();
+    assert!(!db.save_node_applying(&changed, &holder, Some(&call("req-1", "update_node"))).await.unwrap());
+    assert!(!db.call_applied("req-1").await.unwrap(), "a save that did not happen recorded its call");
+    db.reserve_node(d.uuid, &holder).await.unwrap();
+    assert!(db.save_node_applying(&changed, &holder, Some(&call("req-1", "update_node"))).await.unwrap());
+    assert!(db.call_applied("req-1").await.unwrap());
+    assert_eq!(db.get_node(d.uuid).await.unwrap().extra, changed.extra);
+    // the same call again cannot be recorded twice, and writes nothing
+    let mut again = changed.clone();
+    again.extra = json!({"k": 2}).as_object().unwrap().clone();
+    assert!(db.save_node_applying(&again, &holder, Some(&call("req-1", "update_node"))).await.is_err());
+    assert_eq!(db.get_node(d.uuid).await.unwrap().extra, changed.extra, "a duplicate call's change was written");
+    let port = Port::new(Uuid::new_v4(), "52:54:00:aa:bb:cc", d.uuid);
+    db.create_port_applying(&port, Some(&call("req-2", "port"))).await.unwrap();
+    assert!(db.call_applied("req-2").await.unwrap());
+    assert!(matches!(
+        db.delete_port_applying(Uuid::new_v4(), Some(&call("req-3", "port"))).await,
+        Err(DbError::NotFound)
+    ));
+    assert!(!db.call_applied("req-3").await.unwrap());
+    assert!(db.delete_node_locked(d.uuid, &holder, Some(&call("req-4", "destroy_node"))).await.unwrap());
+    assert!(db.call_applied("req-4").await.unwrap(), "the delete's call outlives its node");
+    assert_eq!(db.prune_applied_calls(Utc::now() - chrono::Duration::hours(1), 100).await.unwrap(), 0);
+    assert_eq!(db.prune_applied_calls(Utc::now() + chrono::Duration::seconds(1), 2).await.unwrap(), 2, "in batches");
+    assert_eq!(db.prune_applied_calls(Utc::now() + chrono::Duration::seconds(1), 100).await.unwrap(), 1);
+    assert!(!db.call_applied("req-4").await.unwrap());
 }
 
 #[tokio::test]

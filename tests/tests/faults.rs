@@ -390,3 +390,98 @@ async fn node_history_is_kept_to_its_limit_and_goes_with_its_node() {
     assert_eq!(db.history(uuid(&a)).await.unwrap().len(), 4);
     db.close().await;
 }
+
+/// Scenario 11 (retries that are not idempotent): the API's call reaches
+/// the conductor, which applies it, but the reply is lost on the way back
+/// (the connection carried the request, then died); the API sends the call
+/// again. Before, the second attempt met the first one's effect: a deploy
+/// or a power action found the node locked by the operation it had started
+/// (409 for an action that was running), a delete found no node (404 for
+/// a node it had deleted). Now every call carries an id the conductor
+/// records with its change, and the call that comes again is answered as
+/// applied — once, whoever receives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_whose_reply_was_lost_is_answered_as_applied_not_refused() {
+    let grpc = ferric_tests::free_port();
+    let proxy = TcpProxy::start(format!("127.0.0.1:{grpc}").parse().unwrap()).await;
+    let etcd = Etcd::start();
+    let endpoints = vec![etcd.endpoint.clone()];
+    let pg = Postgres::start();
+    let db_url = pg.database("faults_lost_reply");
+    let via_proxy = vec![("FERRIC_CONDUCTOR__GRPC_URL".to_string(), proxy.endpoint())];
+    let cl = Cluster::start_full(etcd, endpoints, pg, db_url.clone(), &db_url, 6, &[], vec![(grpc, via_proxy)]);
+    cl.wait_conductors(1).await;
+    let api = Api::new(&cl.api_url);
+    // each step and power action holds the node (and its lock) long
+    // enough for the retry
+    let uuids = cl.create_nodes("lost", 2, json!({"fake_step_delay_ms": 1500})).await;
+    cl.drive(&uuids, "manage", "manageable", Duration::from_secs(60)).await;
+    cl.drive(&uuids, "provide", "available", Duration::from_secs(60)).await;
+
+    // sends `method path body` with every reply of the connection it goes
+    // over lost, until `applied` sees the change made; then the connection
+    // dies and the API sends the call again
+    let lose_the_reply = |method: Method, path: String, body: Option<Value>, applied: fn(&Value) -> bool| {
+        let (api, proxy) = (api.clone(), &proxy);
+        async move {
+            proxy.freeze_replies();
+            let sent = {
+                let (api, path, method) = (api.clone(), path.clone(), method.clone());
+                tokio::spawn(async move { api.call(method, &path, body).await })
+            };
+            let node_path = path.split("/states").next().unwrap().to_string();
+            let start = Instant::now();
+            loop {
+                let (_, n) = api.call(Method::GET, &node_path, None).await;
+                if applied(&n) {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(20), "{method} {path} was never applied: {n}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            proxy.drop_connections();
+            sent.await.unwrap()
+        }
+    };
+
+    let deploy = format!("/v1/nodes/{}/states/provision", uuids[0]);
+    let (s, body) =
+        lose_the_reply(Method::PUT, deploy, Some(json!({"target": "active"})), |n| n["provision_state"] == "deploying")
+            .await;
+    assert_eq!(s, 202, "a deploy that was applied came back as {s}: {body}");
+
+    // a slow BMC: the reboot holds the node's lock for seconds
+    cl.ok(
+        Method::PATCH,
+        &format!("/v1/nodes/{}", uuids[1]),
+        Some(json!([{"op": "add", "path": "/driver_info/fake_power_delay_ms", "value": 3000}])),
+    )
+    .await;
+    let power = format!("/v1/nodes/{}/states/power", uuids[1]);
+    let (s, body) = lose_the_reply(Method::PUT, power, Some(json!({"target": "rebooting"})), |n| {
+        n["target_power_state"] == "power on"
+    })
+    .await;
+    assert_eq!(s, 202, "a power action that was applied came back as {s}: {body}");
+    wait_node(&api, &uuids[1], "rebooted", Duration::from_secs(30), |n| n["target_power_state"].is_null()).await;
+    let db = ferric_common::db::Db::connect(&cl.db_url, 1).await.unwrap();
+    let h = db.history(uuids[1].parse().unwrap()).await.unwrap();
+    let reboots = h.iter().filter(|e| e.event == "power" && e.detail == "rebooting").count();
+    assert_eq!(reboots, 1, "the machine was rebooted {reboots} times for one request: {h:?}");
+    db.close().await;
+
+    let delete = format!("/v1/nodes/{}", uuids[1]);
+    let (s, body) = lose_the_reply(Method::DELETE, delete, None, |n| {
+        n["error_message"].as_str().is_some_and(|m| m.contains("could not be found"))
+    })
+    .await;
+    assert_eq!(s, 204, "a delete that was applied came back as {s}: {body}");
+
+    // the deploy ran once and finished
+    wait_node(&api, &uuids[0], "active", Duration::from_secs(60), |n| n["provision_state"] == "active").await;
+    let db = ferric_common::db::Db::connect(&cl.db_url, 1).await.unwrap();
+    let h = db.history(uuids[0].parse().unwrap()).await.unwrap();
+    let accepted = h.iter().filter(|e| e.event == "provision" && e.detail.starts_with("active")).count();
+    assert_eq!(accepted, 1, "the deploy was accepted {accepted} times: {h:?}");
+    db.close().await;
+}

@@ -20,29 +20,44 @@ fn clearings_of(log: &str, conductor: &str) -> Vec<String> {
         .collect()
 }
 
-/// Waits until every node is `active`, unlocked, and recorded as served by
-/// the conductor the API's ring names (its take-over is done).
-async fn wait_taken_over(cl: &Cluster, uuids: &[String], timeout: Duration) -> std::collections::BTreeMap<String, Value> {
+/// Waits until every node is `active`, unlocked, and recorded (in the
+/// database: the API does not show it) as served by the conductor the
+/// API's ring names — its take-over is done. Returns the nodes as the API
+/// shows them.
+async fn wait_taken_over(
+    cl: &Cluster,
+    uuids: &[String],
+    timeout: Duration,
+) -> std::collections::BTreeMap<String, Value> {
+    let db = ferric_common::db::Db::connect(&cl.db_url, 2).await.expect("the cluster's database");
     let start = Instant::now();
     loop {
         let all = cl.nodes().await;
-        let pending: Vec<(&String, &Value, &Value, &Value)> = uuids
-            .iter()
-            .filter_map(|u| {
-                let n = &all[u];
-                let done = n["provision_state"] == "active"
-                    && n["reservation"].is_null()
-                    && n["conductor"].is_string()
-                    && n["conductor"] == n["conductor_affinity"];
-                (!done).then_some((u, &n["provision_state"], &n["reservation"], &n["conductor_affinity"]))
-            })
-            .collect();
+        let mut pending = Vec::new();
+        for u in uuids {
+            let n = &all[u];
+            let stored = db.get_node(u.parse().unwrap()).await.expect("a node");
+            let affinity = stored.conductor_affinity.as_deref().unwrap_or_default().to_string();
+            let done = n["provision_state"] == "active"
+                && n["reservation"].is_null()
+                && n["conductor"].as_str().is_some_and(|c| c == affinity);
+            if !done {
+                pending.push((
+                    u.clone(),
+                    n["provision_state"].clone(),
+                    n["reservation"].clone(),
+                    n["conductor"].clone(),
+                    affinity,
+                ));
+            }
+        }
         if pending.is_empty() {
+            db.close().await;
             return all;
         }
         assert!(
             start.elapsed() < timeout,
-            "{} nodes not taken over after {timeout:?}: {:?}",
+            "{} nodes not taken over after {timeout:?} (uuid, state, lock, owner, affinity): {:?}",
             pending.len(),
             &pending[..pending.len().min(5)]
         );

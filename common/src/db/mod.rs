@@ -12,7 +12,7 @@
 //! Layout: this file holds the connection, the schema policy and the
 //! query plumbing; one module per table holds that table's columns (each
 //! declared once) and queries: [`nodes`] (with the node lock), [`ports`],
-//! [`history`], [`settings`].
+//! [`history`], [`settings`], [`calls`] (the API's calls already applied).
 
 /// Declares a table's columns once: the row type read back, the list of
 /// every column (for SELECT), and what a save writes — every `saved`
@@ -47,11 +47,13 @@ macro_rules! table {
     };
 }
 
+mod calls;
 mod history;
 mod nodes;
 mod ports;
 mod settings;
 
+pub use calls::AppliedCall;
 pub use history::HistoryEntry;
 pub use nodes::{NODE_SORT_KEYS, NodeQuery, NodeRef};
 pub use ports::{PORT_SORT_KEYS, PortQuery};
@@ -563,6 +565,36 @@ impl Db {
             Pool::Sqlite(p) => bind_all!(sqlx::query(AssertSqlSafe(sql)), args).execute(p).await?.rows_affected(),
             Pool::Postgres(p) => bind_all!(sqlx::query(AssertSqlSafe(sql)), args).execute(p).await?.rows_affected(),
         })
+    }
+
+    /// Runs `first`, and — only if it changed exactly one row — `then`, in
+    /// one transaction; otherwise nothing is written. Returns whether it
+    /// was all written.
+    async fn execute_one_then(
+        &self,
+        first: (String, Vec<Arg>),
+        then: Vec<(String, Vec<Arg>)>,
+    ) -> Result<bool, sqlx::Error> {
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                let (sql, args) = first;
+                let rows = bind_all!(sqlx::query(AssertSqlSafe(sql)), args).execute(&mut *tx).await?.rows_affected();
+                if rows != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                for (sql, args) in then {
+                    bind_all!(sqlx::query(AssertSqlSafe(sql)), args).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }};
+        }
+        match &self.pool {
+            Pool::Sqlite(p) => run!(p),
+            Pool::Postgres(p) => run!(p),
+        }
     }
 
     async fn fetch_all<T>(&self, sql: String, args: Vec<Arg>) -> Result<Vec<T>, sqlx::Error>

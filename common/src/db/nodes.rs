@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use super::{Arg, Db, DbError, LockOutcome, Paging, obj, state, text, unique_field};
+use super::{AppliedCall, Arg, Db, DbError, LockOutcome, Paging, obj, state, text, unique_field};
 use crate::ids::{ConductorId, LockHolder};
 use crate::model::{Interfaces, Node};
 
@@ -276,16 +276,34 @@ impl Db {
     /// Write every field of `n` except its lock, as the holder of its lock.
     /// Returns false (and writes nothing) if `holder` no longer holds it.
     pub async fn save_node_locked(&self, n: &Node, holder: &LockHolder) -> Result<bool, DbError> {
-        self.save_node(n, holder, false).await
+        self.save_node(n, holder, false, None).await
+    }
+
+    /// [`Db::save_node_locked`], recording `call` in the same transaction
+    /// (see [`AppliedCall`]): the save and the record land together or
+    /// neither does.
+    pub async fn save_node_applying(
+        &self,
+        n: &Node,
+        holder: &LockHolder,
+        call: Option<&AppliedCall<'_>>,
+    ) -> Result<bool, DbError> {
+        self.save_node(n, holder, false, call).await
     }
 
     /// Write the node and give up `holder`'s lock in one statement, so no
     /// reader ever sees the final state with the lock still held.
     pub async fn save_node_and_release(&self, n: &Node, holder: &LockHolder) -> Result<bool, DbError> {
-        self.save_node(n, holder, true).await
+        self.save_node(n, holder, true, None).await
     }
 
-    async fn save_node(&self, n: &Node, holder: &LockHolder, release: bool) -> Result<bool, DbError> {
+    async fn save_node(
+        &self,
+        n: &Node,
+        holder: &LockHolder,
+        release: bool,
+        call: Option<&AppliedCall<'_>>,
+    ) -> Result<bool, DbError> {
         let mut args = node_save_args(n, Utc::now());
         let mut sets: Vec<String> =
             NODE_SAVE_COLUMNS.iter().enumerate().map(|(i, c)| format!("{c} = ${}", i + 1)).collect();
@@ -300,11 +318,14 @@ impl Db {
             args.len() - 1,
             args.len()
         );
-        let rows = self.execute(sql, args).await.map_err(|e| match unique_field(&e, &["instance_uuid", "name"]) {
+        let dup = |e: sqlx::Error| match unique_field(&e, &["instance_uuid", "name"]) {
             Some(field) => DbError::Duplicate { field },
             None => DbError::Sqlx(e),
-        })?;
-        Ok(rows == 1)
+        };
+        match call {
+            None => Ok(self.execute(sql, args).await.map_err(dup)? == 1),
+            Some(c) => self.execute_one_then((sql, args), vec![c.insert()]).await.map_err(dup),
+        }
     }
 
     /// Take the exclusive node lock for `holder`: one conditional UPDATE.
@@ -365,22 +386,27 @@ impl Db {
             .collect()
     }
 
-    /// Delete a node and its ports, as the holder of its lock.
-    pub async fn delete_node_locked(&self, uuid: Uuid, holder: &LockHolder) -> Result<bool, DbError> {
-        let rows = self
-            .execute(
-                "DELETE FROM nodes WHERE uuid = $1 AND reservation = $2".into(),
-                vec![uuid.to_string().into(), holder.into()],
-            )
-            .await?;
-        if rows == 1 {
+    /// Delete a node and its ports, as the holder of its lock (recording
+    /// `call` with it).
+    pub async fn delete_node_locked(
+        &self,
+        uuid: Uuid,
+        holder: &LockHolder,
+        call: Option<&AppliedCall<'_>>,
+    ) -> Result<bool, DbError> {
+        let delete = (
+            "DELETE FROM nodes WHERE uuid = $1 AND reservation = $2".to_string(),
+            vec![uuid.to_string().into(), holder.into()],
+        );
+        let deleted = self.execute_one_then(delete, call.iter().map(|c| c.insert()).collect()).await?;
+        if deleted {
             // its history goes with it (what is left after an error here,
             // the periodic pruning takes)
             let _ = self
                 .execute("DELETE FROM node_history WHERE node_uuid = $1".into(), vec![uuid.to_string().into()])
                 .await;
         }
-        Ok(rows == 1)
+        Ok(deleted)
     }
 
     /// How many nodes have `column = value` (column is one of

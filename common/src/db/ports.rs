@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Arg, Db, DbError, Paging, obj, text, unique_field};
+use super::{AppliedCall, Arg, Db, DbError, Paging, obj, text, unique_field};
 use crate::model::Port;
 
 pub const PORT_SORT_KEYS: &[&str] = &["id", "uuid", "address", "node_uuid", "name", "created_at", "updated_at"];
@@ -74,7 +74,20 @@ impl Db {
         }
     }
 
+    /// Writes a port change, recording `call` in the same transaction.
+    async fn write_port(&self, sql: String, args: Vec<Arg>, call: Option<&AppliedCall<'_>>) -> Result<(), DbError> {
+        let written = match call {
+            None => self.execute(sql, args).await.map_err(Self::port_error)? == 1,
+            Some(c) => self.execute_one_then((sql, args), vec![c.insert()]).await.map_err(Self::port_error)?,
+        };
+        if written { Ok(()) } else { Err(DbError::NotFound) }
+    }
+
     pub async fn create_port(&self, p: &Port) -> Result<(), DbError> {
+        self.create_port_applying(p, None).await
+    }
+
+    pub async fn create_port_applying(&self, p: &Port, call: Option<&AppliedCall<'_>>) -> Result<(), DbError> {
         let mut cols = vec!["uuid", "created_at"];
         cols.extend_from_slice(PORT_SAVE_COLUMNS);
         let mut args: Vec<Arg> = vec![p.uuid.to_string().into(), p.created_at.into()];
@@ -83,27 +96,28 @@ impl Db {
         *args.last_mut().expect("updated_at is last") = Arg::Time(None);
         let ph: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
         let sql = format!("INSERT INTO ports ({}) VALUES ({})", cols.join(", "), ph.join(", "));
-        self.execute(sql, args).await.map_err(Self::port_error)?;
-        Ok(())
+        self.write_port(sql, args, call).await
     }
 
     pub async fn update_port(&self, p: &Port) -> Result<(), DbError> {
+        self.update_port_applying(p, None).await
+    }
+
+    pub async fn update_port_applying(&self, p: &Port, call: Option<&AppliedCall<'_>>) -> Result<(), DbError> {
         let mut args = port_save_args(p, Utc::now());
         let sets: Vec<String> =
             PORT_SAVE_COLUMNS.iter().enumerate().map(|(i, c)| format!("{c} = ${}", i + 1)).collect();
         args.push(p.uuid.to_string().into());
         let sql = format!("UPDATE ports SET {} WHERE uuid = ${}", sets.join(", "), args.len());
-        match self.execute(sql, args).await.map_err(Self::port_error)? {
-            0 => Err(DbError::NotFound),
-            _ => Ok(()),
-        }
+        self.write_port(sql, args, call).await
     }
 
     pub async fn delete_port(&self, uuid: Uuid) -> Result<(), DbError> {
-        match self.execute("DELETE FROM ports WHERE uuid = $1".into(), vec![uuid.to_string().into()]).await? {
-            0 => Err(DbError::NotFound),
-            _ => Ok(()),
-        }
+        self.delete_port_applying(uuid, None).await
+    }
+
+    pub async fn delete_port_applying(&self, uuid: Uuid, call: Option<&AppliedCall<'_>>) -> Result<(), DbError> {
+        self.write_port("DELETE FROM ports WHERE uuid = $1".into(), vec![uuid.to_string().into()], call).await
     }
 
     pub async fn get_port(&self, uuid: Uuid) -> Result<Port, DbError> {

@@ -95,7 +95,7 @@ impl ConductorService {
         match outcome {
             HeartbeatOutcome::Resume => {
                 if let Ok(t) = transition(node.provision_state, node.target_provision_state, Event::Resume) {
-                    return self.resume_on_callback(lock, node, t).await;
+                    return self.resume_on_callback(lock, node, t, None).await;
                 }
             }
             HeartbeatOutcome::KeepWaiting => {
@@ -154,6 +154,7 @@ impl ConductorService {
         lock: NodeLock,
         mut node: Node,
         t: ferric_common::states::Transition,
+        call: Option<&AppliedCall<'_>>,
     ) -> Rpc<Empty> {
         let permit = match self.permit() {
             Ok(p) => p,
@@ -165,7 +166,7 @@ impl ConductorService {
         operation::note_callback(&mut node);
         node.provision_state = t.to;
         node.target_provision_state = t.target;
-        if let Err(e) = self.save(&lock, &node).await {
+        if let Err(e) = self.save_applying(&lock, &node, call).await {
             Self::give_back(lock).await;
             return Err(e);
         }
@@ -178,7 +179,15 @@ impl ConductorService {
     /// interface, its state, the deploy key), then the operation resumes
     /// (or fails with the ramdisk's error).
     pub(super) async fn pass_deploy_info_rpc(&self, req: Request<NodeVendorRequest>) -> Rpc<Empty> {
-        let r = req.into_inner();
+        let call = call_id(&req);
+        if self.already_applied(&call).await? {
+            return Ok(Response::new(Empty {}));
+        }
+        let res = self.pass_deploy_info(req.into_inner(), &call).await;
+        self.unless_applied(res, &call, || async { Ok(Response::new(Empty {})) }).await
+    }
+
+    async fn pass_deploy_info(&self, r: NodeVendorRequest, call: &Option<String>) -> Rpc<Empty> {
         let node = self.load_owned(&r.node_uuid, r.epoch).await?;
         let names = self.inner.registry.resolve(&node).map_err(|e| self.driver_err(e))?;
         let deploy = names.get(&InterfaceKind::Deploy).copied().unwrap_or_default();
@@ -219,7 +228,9 @@ impl ConductorService {
         if !tokens.verify(&node, &key) {
             return Err(self.err(Reason::Invalid, "Deploy key does not match"));
         }
-        let (lock, mut node) = self.lock(node.uuid).await?;
+        let Some((lock, mut node)) = self.lock_for(node.uuid, call).await? else {
+            return Ok(Response::new(Empty {}));
+        };
         // the node may have moved on while we waited for the lock
         if node.provision_state != ProvisionState::DeployWait {
             let e = not_waiting(&node);
@@ -263,7 +274,8 @@ impl ConductorService {
                         return Err(self.err(Reason::Invalid, e.to_string()));
                     }
                 };
-                self.resume_on_callback(lock, node, t).await
+                let uuid = node.uuid;
+                self.resume_on_callback(lock, node, t, self.applied(call, uuid, "pass_deploy_info").as_ref()).await
             }
             HeartbeatOutcome::KeepWaiting => {
                 let res = self.save(&lock, &node).await;

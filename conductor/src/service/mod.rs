@@ -14,11 +14,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::Utc;
-use ferric_common::db::DbError;
+use ferric_common::db::{AppliedCall, DbError};
 use ferric_common::model::{Node, Port, normalize_mac};
 use ferric_common::proto::conductor_server::Conductor;
 use ferric_common::proto::*;
-use ferric_common::rpc::{Reason, status};
+use ferric_common::rpc::{CALL_ID_HEADER, Reason, status};
 use ferric_common::states::{Event, ProvisionState, Verb, transition};
 use ferric_deploy::driver::{DriverError, Heartbeat, InterfaceKind, PowerState, VendorReturn};
 use serde_json::Value;
@@ -151,8 +151,55 @@ impl ConductorService {
         Ok((lock, node))
     }
 
+    /// A call that failed may have failed because an earlier attempt of it
+    /// was applied meanwhile (the node is already deploying, already gone):
+    /// then it is answered as applied, by `replay`.
+    async fn unless_applied<T, F, Fut>(&self, res: Rpc<T>, call: &Option<String>, replay: F) -> Rpc<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Rpc<T>>,
+    {
+        match res {
+            Err(e) if call.is_some() && matches!(self.already_applied(call).await, Ok(true)) => {
+                let _ = e;
+                replay().await
+            }
+            other => other,
+        }
+    }
+
+    /// Locks the node for the API's `call`: `Ok(None)` when the call turns
+    /// out to have been applied already — looked at under the lock, and
+    /// when the lock cannot be had (another attempt of the same call may
+    /// hold it for the operation it started, or have deleted the node).
+    async fn lock_for(&self, uuid: Uuid, call: &Option<String>) -> Result<Option<(NodeLock, Node)>, Status> {
+        match self.lock(uuid).await {
+            Ok((lock, node)) => match self.already_applied(call).await {
+                Ok(false) => Ok(Some((lock, node))),
+                done => {
+                    Self::give_back(lock).await;
+                    done.map(|_| None)
+                }
+            },
+            Err(e) if call.is_some() => {
+                if self.already_applied(call).await? {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn save(&self, lock: &NodeLock, node: &Node) -> Result<(), Status> {
-        match lock.save(node).await {
+        self.save_applying(lock, node, None).await
+    }
+
+    /// [`Self::save`], recording the API's call `call` with it: the change
+    /// and the record land together (see `ferric_common::db::AppliedCall`).
+    async fn save_applying(&self, lock: &NodeLock, node: &Node, call: Option<&AppliedCall<'_>>) -> Result<(), Status> {
+        match lock.save_applying(node, call).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.err(Reason::Unavailable, "the node lock was lost; retry")),
             Err(DbError::Duplicate { field }) => Err(self.err(Reason::Conflict, duplicate_message(field, node))),
@@ -171,6 +218,35 @@ impl ConductorService {
         if let Err(e) = lock.release().await {
             warn!("releasing a node lock failed: {e}");
         }
+    }
+}
+
+/// The id the API gave this call, if any.
+fn call_id<T>(req: &Request<T>) -> Option<String> {
+    req.metadata().get(CALL_ID_HEADER).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(String::from)
+}
+
+impl ConductorService {
+    /// The record of `call` (if the API gave one) as a change by this
+    /// conductor of `node`.
+    fn applied<'a>(&'a self, call: &'a Option<String>, node: Uuid, kind: &'a str) -> Option<AppliedCall<'a>> {
+        call.as_deref().map(|id| AppliedCall { id, node, kind, conductor: self.inner.id.as_str() })
+    }
+
+    /// Whether `call` was applied already — by this conductor or another,
+    /// before its reply was lost: the API sends a call again when it may
+    /// not have arrived, and its effect must not be applied twice nor the
+    /// call refused as conflicting with its own effect. Asked before
+    /// anything else, and again under the node lock (an attempt still
+    /// running holds the lock until it saved).
+    async fn already_applied(&self, call: &Option<String>) -> Result<bool, Status> {
+        let Some(id) = call else { return Ok(false) };
+        let applied = self.inner.db.call_applied(id).await.map_err(|e| self.db_err(e))?;
+        if applied {
+            info!(call = %id, "a call already applied came again; answering it as applied");
+            metrics::counter!("ferric_calls_replayed_total").increment(1);
+        }
+        Ok(applied)
     }
 }
 

@@ -4,15 +4,34 @@
 use super::*;
 
 impl ConductorService {
+    /// The stored node, as an update answers (a replayed one too).
+    async fn node_reply(&self, uuid: Uuid) -> Rpc<NodeReply> {
+        let mut node = self.inner.db.get_node(uuid).await.map_err(|e| self.db_err(e))?;
+        node.reservation = None;
+        Ok(Response::new(NodeReply { node_json: serde_json::to_string(&node).expect("nodes serialise") }))
+    }
+
     pub(super) async fn update_node_rpc(&self, req: Request<UpdateNodeRequest>) -> Rpc<NodeReply> {
+        let call = call_id(&req);
         let r = req.into_inner();
+        let uuid = self.parse_uuid(&r.node_uuid)?;
+        if self.already_applied(&call).await? {
+            return self.node_reply(uuid).await;
+        }
+        let res = self.update_node(r, &call).await;
+        self.unless_applied(res, &call, || self.node_reply(uuid)).await
+    }
+
+    async fn update_node(&self, r: UpdateNodeRequest, call: &Option<String>) -> Rpc<NodeReply> {
         let wanted: Node =
             serde_json::from_str(&r.node_json).map_err(|e| self.err(Reason::Invalid, format!("node document: {e}")))?;
         let current = self.load_owned(&r.node_uuid, r.epoch).await?;
         if wanted.uuid != current.uuid {
             return Err(self.err(Reason::Invalid, "the node uuid cannot be changed"));
         }
-        let (lock, mut node) = self.lock(current.uuid).await?;
+        let Some((lock, mut node)) = self.lock_for(current.uuid, call).await? else {
+            return self.node_reply(current.uuid).await;
+        };
         let result = async {
             // only what the patch changed, applied to the node as it is now
             let wanted = if r.base_json.is_empty() {
@@ -78,7 +97,7 @@ impl ConductorService {
             // it is now (another PATCH may have grown it since) it can be larger
             node.check_document_size(self.inner.cfg.api.max_node_document_bytes)
                 .map_err(|e| self.err(Reason::TooLarge, e.to_string()))?;
-            self.save(&lock, &node).await?;
+            self.save_applying(&lock, &node, self.applied(call, node.uuid, "update_node").as_ref()).await?;
             Ok(node)
         }
         .await;
@@ -89,9 +108,19 @@ impl ConductorService {
     }
 
     pub(super) async fn destroy_node_rpc(&self, req: Request<NodeRef>) -> Rpc<Empty> {
-        let r = req.into_inner();
+        let call = call_id(&req);
+        if self.already_applied(&call).await? {
+            return Ok(Response::new(Empty {}));
+        }
+        let res = self.destroy_node(req.into_inner(), &call).await;
+        self.unless_applied(res, &call, || async { Ok(Response::new(Empty {})) }).await
+    }
+
+    async fn destroy_node(&self, r: NodeRef, call: &Option<String>) -> Rpc<Empty> {
         let node = self.load_owned(&r.node_uuid, r.epoch).await?;
-        let (lock, node) = self.lock(node.uuid).await?;
+        let Some((lock, node)) = self.lock_for(node.uuid, call).await? else {
+            return Ok(Response::new(Empty {}));
+        };
         let check = || -> Result<(), Status> {
             if node.protected {
                 return Err(self.err(
@@ -122,20 +151,20 @@ impl ConductorService {
             Self::give_back(lock).await;
             return Err(e);
         }
-        match self.inner.db.delete_node_locked(node.uuid, &lock.holder).await {
+        let uuid = node.uuid;
+        match lock.delete(self.applied(call, uuid, "destroy_node").as_ref()).await {
             Ok(true) => {
-                info!(node = %node.uuid, "node deleted");
+                info!(node = %uuid, "node deleted");
                 Ok(Response::new(Empty {}))
             }
             Ok(false) => Err(self.err(Reason::Unavailable, "the node lock was lost; retry")),
-            Err(e) => {
-                Self::give_back(lock).await;
-                Err(self.db_err(e))
-            }
+            // the lock stays with a live section no more: the reaper frees it
+            Err(e) => Err(self.db_err(e)),
         }
     }
 
     pub(super) async fn update_port_rpc(&self, req: Request<UpdatePortRequest>) -> Rpc<PortReply> {
+        let call = call_id(&req);
         let r = req.into_inner();
         let op = r.op();
         let mut port: Port =
@@ -143,12 +172,26 @@ impl ConductorService {
         port.address = normalize_mac(&port.address).ok_or_else(|| {
             self.err(Reason::Invalid, format!("Expected a MAC address but received {}.", port.address))
         })?;
+        let replay = |port: Port| self.port_reply(op, port);
+        if self.already_applied(&call).await? {
+            return replay(port).await;
+        }
+        let res = self.update_port(&r, &call, port.clone()).await;
+        self.unless_applied(res, &call, || replay(port)).await
+    }
+
+    async fn update_port(&self, r: &UpdatePortRequest, call: &Option<String>, port: Port) -> Rpc<PortReply> {
+        let op = r.op();
         let node = self.load_owned(&r.node_uuid, r.epoch).await?;
-        let (lock, _node) = self.lock(node.uuid).await?;
+        let Some((lock, _node)) = self.lock_for(node.uuid, call).await? else {
+            return self.port_reply(op, port).await;
+        };
+        let applied = self.applied(call, node.uuid, "port");
+        let db = &self.inner.db;
         let res = match op {
-            update_port_request::Op::Create => self.inner.db.create_port(&port).await,
-            update_port_request::Op::Update => self.inner.db.update_port(&port).await,
-            update_port_request::Op::Delete => self.inner.db.delete_port(port.uuid).await,
+            update_port_request::Op::Create => db.create_port_applying(&port, applied.as_ref()).await,
+            update_port_request::Op::Update => db.update_port_applying(&port, applied.as_ref()).await,
+            update_port_request::Op::Delete => db.delete_port_applying(port.uuid, applied.as_ref()).await,
             update_port_request::Op::Unspecified => Err(DbError::Corrupt("no port operation given".into())),
         };
         Self::give_back(lock).await;
@@ -171,6 +214,12 @@ impl ConductorService {
             Err(DbError::Corrupt(m)) => return Err(self.err(Reason::Invalid, m)),
             Err(e) => return Err(self.db_err(e)),
         }
+        self.port_reply(op, port).await
+    }
+
+    /// A port change's answer: the stored port (the deleted one for a
+    /// delete).
+    async fn port_reply(&self, op: update_port_request::Op, port: Port) -> Rpc<PortReply> {
         let stored = match op {
             update_port_request::Op::Delete => port,
             _ => self.inner.db.get_port(port.uuid).await.map_err(|e| self.db_err(e))?,

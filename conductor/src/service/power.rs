@@ -15,7 +15,15 @@ use super::*;
 
 impl ConductorService {
     pub(super) async fn change_power_state_rpc(&self, req: Request<PowerStateRequest>) -> Rpc<ActionReply> {
-        let r = req.into_inner();
+        let call = call_id(&req);
+        if self.already_applied(&call).await? {
+            return Ok(Response::new(ActionReply {}));
+        }
+        let res = self.power_action(req.into_inner(), &call).await;
+        self.unless_applied(res, &call, || async { Ok(Response::new(ActionReply {})) }).await
+    }
+
+    async fn power_action(&self, r: PowerStateRequest, call: &Option<String>) -> Rpc<ActionReply> {
         let node = self.load_owned(&r.node_uuid, r.epoch).await?;
         let action = PowerAction::parse(&r.target)
             .ok_or_else(|| self.err(Reason::Invalid, format!("Invalid power state {}.", r.target)))?;
@@ -34,10 +42,12 @@ impl ConductorService {
         }
         let driver = self.inner.registry.driver_for(&node).map_err(|e| self.driver_err(e))?;
         let permit = self.permit()?;
-        let (lock, mut node) = self.lock(node.uuid).await?;
+        let Some((lock, mut node)) = self.lock_for(node.uuid, call).await? else {
+            return Ok(Response::new(ActionReply {}));
+        };
         node.target_power_state = Some(final_state.as_str().into());
         node.last_error = None;
-        if let Err(e) = self.save(&lock, &node).await {
+        if let Err(e) = self.save_applying(&lock, &node, self.applied(call, node.uuid, "power").as_ref()).await {
             Self::give_back(lock).await;
             return Err(e);
         }

@@ -6,7 +6,15 @@ use super::*;
 
 impl ConductorService {
     pub(super) async fn do_provision_action_rpc(&self, req: Request<ProvisionActionRequest>) -> Rpc<ActionReply> {
-        let r = req.into_inner();
+        let call = call_id(&req);
+        if self.already_applied(&call).await? {
+            return Ok(Response::new(ActionReply {}));
+        }
+        let res = self.provision_action(req.into_inner(), &call).await;
+        self.unless_applied(res, &call, || async { Ok(Response::new(ActionReply {})) }).await
+    }
+
+    async fn provision_action(&self, r: ProvisionActionRequest, call: &Option<String>) -> Rpc<ActionReply> {
         let node = self.load_owned(&r.node_uuid, r.epoch).await?;
         let verb = Verb::parse(&r.target)
             .ok_or_else(|| self.err(Reason::Invalid, format!("\"{}\" is not a valid provision target", r.target)))?;
@@ -83,7 +91,9 @@ impl ConductorService {
         }
 
         let permit = self.permit()?;
-        let (lock, mut node) = self.lock(node.uuid).await?;
+        let Some((lock, mut node)) = self.lock_for(node.uuid, call).await? else {
+            return Ok(Response::new(ActionReply {}));
+        };
         let t = match transition(node.provision_state, node.target_provision_state, event) {
             Ok(t) => t,
             Err(_) => {
@@ -146,7 +156,7 @@ impl ConductorService {
         if event == Event::Unrescue {
             node.instance_info.remove("rescue_password");
         }
-        if let Err(e) = self.save(&lock, &node).await {
+        if let Err(e) = self.save_applying(&lock, &node, self.applied(call, node.uuid, "provision").as_ref()).await {
             Self::give_back(lock).await;
             return Err(e);
         }
