@@ -57,6 +57,10 @@ async fn list(st: &AppState, ctx: &Ctx, q: &HashMap<String, String>, detail: boo
         instance_uuid: q.get("instance_uuid").cloned(),
         description_contains: q.get("description_contains").cloned(),
         partitions: None,
+        affinity: None,
+        provision_states: None,
+        unlocked: false,
+        power_pending: false,
         paging,
     };
     if let Some(s) = &query.provision_state

@@ -113,9 +113,14 @@ pub struct ConductorConfig {
     /// Nodes taken over at once after a ring change; bounds the BMC and
     /// image work a rebalance starts.
     pub takeover_concurrency: usize,
-    /// How often a take-over pass runs when the ring did not change (retries
-    /// nodes that were busy, resumes orphaned operations).
+    /// How often a light take-over pass runs when the ring did not change:
+    /// my own orphaned locks, nodes nobody took over yet, lost power
+    /// actions and orphaned operations, found through indexes.
     pub takeover_interval_ms: u64,
+    /// How often a full pass reads every node the ring gives this conductor
+    /// when nothing asked for one (a ring change, work left by the previous
+    /// full pass): a safety net, not the way work is found.
+    pub takeover_full_interval_secs: u64,
     /// How long a drain (ferricctl conductor drain, SIGTERM of a conductor
     /// process) waits for every node to have a new owner before it exits
     /// anyway.
@@ -134,6 +139,11 @@ pub struct ConductorConfig {
     /// active member with the smallest id); the history of deleted nodes
     /// goes too.
     pub node_history_cleanup_interval_secs: u64,
+    /// A conductor that has not reached the database for this long while
+    /// another live conductor does fences itself, so the ring gives its
+    /// nodes to those that can act on them (0 = never). When nobody
+    /// reaches the database, nobody leaves.
+    pub database_unreachable_fence_secs: u64,
     /// How long the record of an applied API call is kept (a call sent
     /// again within it is answered as applied instead of being applied
     /// twice); far above the API's request deadline, within which it
@@ -144,6 +154,10 @@ pub struct ConductorConfig {
     pub power_state_change_timeout: u64,
     /// How often a power action re-reads the BMC while it waits.
     pub power_state_poll_interval_ms: u64,
+    /// BMCs the periodic power sync reads at once (Ironic's
+    /// `sync_power_state_workers`): a round over N nodes takes about
+    /// N / workers BMC answers; a hung BMC holds one worker for its timeout.
+    pub power_sync_workers: usize,
     /// The longest one step of an operation, one power action or one node's
     /// take-over may run before it fails: a hung BMC, agent or image server
     /// must not hold a node lock forever. Above every bound of the work it
@@ -171,6 +185,9 @@ pub struct DatabaseConfig {
     /// behind refuses to start, naming the missing migrations. A schema
     /// newer than the binary is refused either way.
     pub auto_migrate: bool,
+    /// How often a conductor checks that it reaches the database (and tells
+    /// the others: `conductor.database_unreachable_fence_secs`).
+    pub health_check_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -585,14 +602,17 @@ impl Default for ConductorConfig {
             shutdown_timeout_ms: 60_000,
             takeover_concurrency: 16,
             takeover_interval_ms: 1000,
+            takeover_full_interval_secs: 300,
             drain_timeout_ms: 300_000,
             callback_timeout_secs: 1800,
             periodic_interval_secs: 60,
             node_history_max_entries: 300,
             node_history_cleanup_interval_secs: 3600,
             applied_call_retention_secs: 3600,
+            database_unreachable_fence_secs: 60,
             power_state_change_timeout: 60,
             power_state_poll_interval_ms: 1000,
+            power_sync_workers: 8,
             step_timeout_secs: 10_800,
             cluster_secret: String::new(),
         }
@@ -601,7 +621,7 @@ impl Default for ConductorConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { url: String::new(), max_connections: 10, acquire_timeout_secs: 30, auto_migrate: true }
+        DatabaseConfig { url: String::new(), max_connections: 10, acquire_timeout_secs: 30, auto_migrate: true, health_check_interval_ms: 2000 }
     }
 }
 
@@ -680,6 +700,7 @@ impl Config {
             ("conductor.lock_retry_interval_ms", c.lock_retry_interval_ms, ms),
             ("conductor.shutdown_timeout_ms", c.shutdown_timeout_ms, ms),
             ("conductor.takeover_interval_ms", c.takeover_interval_ms, ms),
+            ("conductor.takeover_full_interval_secs", c.takeover_full_interval_secs, s),
             ("conductor.drain_timeout_ms", c.drain_timeout_ms, ms),
             ("conductor.callback_timeout_secs", c.callback_timeout_secs, s),
             ("conductor.periodic_interval_secs", c.periodic_interval_secs, s),
@@ -688,6 +709,8 @@ impl Config {
             ("conductor.step_timeout_secs", c.step_timeout_secs, s),
             ("conductor.node_history_cleanup_interval_secs", c.node_history_cleanup_interval_secs, s),
             ("conductor.applied_call_retention_secs", c.applied_call_retention_secs, s),
+            ("conductor.database_unreachable_fence_secs", c.database_unreachable_fence_secs, s),
+            ("database.health_check_interval_ms", self.database.health_check_interval_ms, ms),
             ("database.acquire_timeout_secs", self.database.acquire_timeout_secs, s),
             ("membership.lease_ttl_secs", self.membership.lease_ttl_secs, s),
             ("membership.fence_margin_ms", self.membership.fence_margin_ms, ms),
@@ -781,6 +804,9 @@ impl Config {
         }
         if self.conductor.lock_attempts == 0 {
             return Err(ConfigError("conductor.lock_attempts must be at least 1".into()));
+        }
+        if self.conductor.power_sync_workers == 0 {
+            return Err(ConfigError("conductor.power_sync_workers must be at least 1".into()));
         }
         if self.conductor.max_operations == 0 {
             return Err(ConfigError("conductor.max_operations must be at least 1".into()));

@@ -4,7 +4,10 @@
 //! locks by incarnation), [`operation`] (the persisted, resumable step
 //! engine), [`takeover`] (what the conductor does on every new ring epoch:
 //! clear dead incarnations' locks, take over gained nodes, resume orphaned
-//! operations), [`drain`] (leave the ring without failing anything).
+//! operations), [`drain`] (leave the ring without failing anything),
+//! [`fence`] (stop acting when the lease may be gone),
+//! [`reachability`] (leave the ring when the database is out of reach
+//! while others reach it).
 //!
 //! The invariant: a conductor acts on a node only if the ring at its own
 //! epoch says it owns the node, and only while it holds the node's lock;
@@ -16,6 +19,7 @@ pub mod lock;
 pub mod netboot;
 pub mod operation;
 pub mod periodic;
+pub mod reachability;
 pub mod secret;
 pub mod service;
 pub mod takeover;
@@ -601,6 +605,7 @@ pub async fn start(
     let watcher = inner.clone();
     inner.tasks.spawn(takeover::run(watcher));
     inner.tasks.spawn(periodic::run(inner.clone()));
+    inner.tasks.spawn(reachability::watch(inner.clone()));
 
     Ok(ConductorHandle { inner, grpc_addr, grpc_url, server, membership })
 }

@@ -6,7 +6,10 @@
 //!   clock, in the database, so a new owner keeps it) fails with a clear
 //!   `last_error`;
 //! * **power sync**: a node in a stable state whose BMC reports another
-//!   power state than the database gets the database corrected.
+//!   power state than the database gets the database corrected — BMCs read
+//!   `power_sync_workers` at a time, each read bounded, and the answer
+//!   written only if the node did not change since it was listed
+//!   ([`power_to_record`]: a power action's word is newer than the read).
 //!
 //! * **helper image expiry**: parameters floppies in the HTTP root past
 //!   `deploy_helper_images_ttl` are deleted (Swift expires them itself);
@@ -224,63 +227,204 @@ pub async fn pass(inner: &Arc<Inner>) -> (usize, usize) {
             return (0, 0);
         }
     };
-    let (mut synced, mut timed_out) = (0, 0);
+    let mut timed_out = 0;
+    let mut to_sync = Vec::new();
     for node in nodes {
         if inner.cancel.is_cancelled() || node.reservation.is_some() || node.maintenance {
             continue;
         }
         if node.provision_state.is_wait() {
-            let expired =
-                |n: &Node| OperationRecord::load(n).and_then(|r| r.wait_deadline).is_some_and(|d| d < Utc::now());
-            if expired(&node)
-                && let Ok((lock, mut n)) = inner.locks.acquire(node.uuid, 1, inner.lock_interval()).await
-            {
-                // a heartbeat between the listing and the lock moved the
-                // deadline (or the callback ended the wait): look again
-                if n.provision_state == node.provision_state && expired(&n) && inner.owns(&n) {
-                    let msg = format!("Timeout reached while waiting for callback for node {}", n.uuid);
-                    operation::fail(inner, &mut n, &msg).await;
-                    if lock.save_and_release(&n).await.unwrap_or(false) {
-                        timed_out += 1;
-                    }
-                } else {
-                    let _ = lock.release().await;
-                }
+            if fail_expired_wait(inner, &node).await {
+                timed_out += 1;
             }
-            continue;
-        }
-        if !node.provision_state.is_stable() {
-            continue;
-        }
-        let Ok(driver) = inner.registry.driver_for(&node) else { continue };
-        let task = inner.task(node.clone(), Vec::new());
-        let actual = match tokio::time::timeout(BMC_TIMEOUT, driver.power.get_power_state(&task)).await {
-            Ok(Ok(s)) => s.as_str().to_string(),
-            Ok(Err(e)) => {
-                warn!(node = %node.uuid, "power sync: {e}");
-                continue;
-            }
-            Err(_) => {
-                warn!(node = %node.uuid, "power sync: the BMC did not answer within {BMC_TIMEOUT:?}");
-                continue;
-            }
-        };
-        if node.power_state.as_deref() == Some(actual.as_str()) {
-            continue;
-        }
-        if let Ok((lock, mut n)) = inner.locks.acquire(node.uuid, 1, inner.lock_interval()).await {
-            // the BMC was read outside the lock: a power action since then
-            // (or a newer sync) has the newer word
-            if inner.owns(&n) && n.target_power_state.is_none() && n.power_state == node.power_state {
-                info!(node = %n.uuid, db = ?n.power_state, bmc = %actual, "power sync: correcting the recorded power state");
-                n.power_state = Some(actual.clone());
-                if lock.save(&n).await.unwrap_or(false) {
-                    inner.history(n.uuid, "power_sync", &actual).await;
-                    synced += 1;
-                }
-            }
-            let _ = lock.release().await;
+        } else if node.provision_state.is_stable() {
+            to_sync.push(node);
         }
     }
+    let synced = sync_power(inner, to_sync).await;
     (synced, timed_out)
+}
+
+/// Whether a waiting node's ramdisk missed its callback deadline at `now`.
+pub fn wait_expired(n: &Node, now: chrono::DateTime<Utc>) -> bool {
+    n.provision_state.is_wait() && OperationRecord::load(n).and_then(|r| r.wait_deadline).is_some_and(|d| d < now)
+}
+
+/// Whether to fail a node for a missed callback: it was seen expired in
+/// the listing, and — read again under the lock — it still waits in the
+/// same state past its deadline (a heartbeat in between moved the
+/// deadline, a callback ended the wait).
+pub fn callback_timed_out(listed: &Node, locked: &Node, now: chrono::DateTime<Utc>) -> bool {
+    wait_expired(listed, now) && locked.provision_state == listed.provision_state && wait_expired(locked, now)
+}
+
+/// What the power sync writes, if anything: `actual` (the BMC's word, read
+/// outside the lock after `listed` was read) — unless, read again under
+/// the lock, the node changed since the listing (a power action, or
+/// anything else: its word is newer than the BMC read), or a power action
+/// is pending.
+pub fn power_to_record(listed: &Node, locked: &Node, actual: &str) -> Option<String> {
+    let changed_since = locked.updated_at != listed.updated_at || locked.power_state != listed.power_state;
+    (listed.power_state.as_deref() != Some(actual) && !changed_since && locked.target_power_state.is_none())
+        .then(|| actual.to_string())
+}
+
+/// Fails a node whose ramdisk did not call back before its deadline.
+async fn fail_expired_wait(inner: &Arc<Inner>, node: &Node) -> bool {
+    if !wait_expired(node, Utc::now()) {
+        return false;
+    }
+    let Ok((lock, mut n)) = inner.locks.acquire(node.uuid, 1, inner.lock_interval()).await else {
+        return false;
+    };
+    if callback_timed_out(node, &n, Utc::now()) && inner.owns(&n) {
+        let msg = format!("Timeout reached while waiting for callback for node {}", n.uuid);
+        operation::fail(inner, &mut n, &msg).await;
+        return lock.save_and_release(&n).await.unwrap_or(false);
+    }
+    let _ = lock.release().await;
+    false
+}
+
+/// Reads the BMCs of `nodes` — at most `conductor.power_sync_workers` at
+/// once, each within [`BMC_TIMEOUT`] — and corrects the recorded power
+/// state where the BMC says otherwise. A fleet's round takes about
+/// nodes / workers BMC answers, not the sum of them; a BMC that hangs
+/// holds one worker for its timeout. Returns how many were corrected.
+async fn sync_power(inner: &Arc<Inner>, nodes: Vec<Node>) -> usize {
+    let workers = Arc::new(tokio::sync::Semaphore::new(inner.cfg.conductor.power_sync_workers.max(1)));
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut set = tokio::task::JoinSet::new();
+    for node in nodes {
+        if inner.cancel.is_cancelled() {
+            break;
+        }
+        let Ok(permit) = workers.clone().acquire_owned().await else { break };
+        let (inner, in_flight, peak) = (inner.clone(), in_flight.clone(), peak.clone());
+        set.spawn(async move {
+            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            let read = read_power(&inner, &node).await;
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            drop(permit);
+            match read {
+                Some(actual) => correct_power(&inner, &node, actual).await,
+                None => false,
+            }
+        });
+    }
+    let mut synced = 0;
+    while let Some(r) = set.join_next().await {
+        if let Ok(true) = r {
+            synced += 1;
+        }
+    }
+    // how many BMCs the round read at once (at most the workers)
+    metrics::gauge!("ferric_power_sync_concurrency").set(peak.load(Ordering::SeqCst) as f64);
+    synced
+}
+
+/// The power state the node's BMC reports, or `None` (logged) when it
+/// did not answer.
+async fn read_power(inner: &Inner, node: &Node) -> Option<String> {
+    let driver = inner.registry.driver_for(node).ok()?;
+    let task = inner.task(node.clone(), Vec::new());
+    match tokio::time::timeout(BMC_TIMEOUT, driver.power.get_power_state(&task)).await {
+        Ok(Ok(s)) => Some(s.as_str().to_string()),
+        Ok(Err(e)) => {
+            warn!(node = %node.uuid, "power sync: {e}");
+            None
+        }
+        Err(_) => {
+            warn!(node = %node.uuid, "power sync: the BMC did not answer within {BMC_TIMEOUT:?}");
+            None
+        }
+    }
+}
+
+/// Records `actual` (read from the BMC outside the lock) unless the node
+/// changed meanwhile.
+async fn correct_power(inner: &Inner, node: &Node, actual: String) -> bool {
+    if node.power_state.as_deref() == Some(actual.as_str()) {
+        return false;
+    }
+    let Ok((lock, mut n)) = inner.locks.acquire(node.uuid, 1, inner.lock_interval()).await else {
+        return false;
+    };
+    let mut synced = false;
+    if let Some(actual) = power_to_record(node, &n, &actual).filter(|_| inner.owns(&n)) {
+        info!(node = %n.uuid, db = ?n.power_state, bmc = %actual, "power sync: correcting the recorded power state");
+        n.power_state = Some(actual.clone());
+        if lock.save(&n).await.unwrap_or(false) {
+            inner.history(n.uuid, "power_sync", &actual).await;
+            synced = true;
+        }
+    }
+    let _ = lock.release().await;
+    synced
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+    use ferric_common::states::ProvisionState;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn node(power: &str) -> Node {
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", ProvisionState::Active, 16);
+        n.power_state = Some(power.into());
+        n.updated_at = Some(Utc::now() - Duration::seconds(60));
+        n
+    }
+
+    #[test]
+    fn the_power_sync_never_writes_over_a_newer_word() {
+        // the BMC says off, the database on, nothing happened since: record it
+        let listed = node("power on");
+        assert_eq!(power_to_record(&listed, &listed.clone(), "power off").as_deref(), Some("power off"));
+        // the BMC agrees: nothing to write
+        assert_eq!(power_to_record(&listed, &listed.clone(), "power on"), None);
+        // a power action is running: its outcome is the word that counts
+        let mut pending = listed.clone();
+        pending.target_power_state = Some("power off".into());
+        assert_eq!(power_to_record(&listed, &pending, "power off"), None);
+        // the race: the BMC read "off" (before a power-on landed); the power
+        // action then finished and wrote "power on" — the same value the
+        // listing had. Comparing power states alone (the old decision) wrote
+        // the stale "off" over it.
+        let mut newer = listed.clone();
+        newer.updated_at = Some(Utc::now());
+        assert_eq!(power_to_record(&listed, &newer, "power off"), None, "a stale BMC read overwrote a newer state");
+        // and a change of the value itself
+        let mut other = listed.clone();
+        other.power_state = Some("power off".into());
+        assert_eq!(power_to_record(&listed, &other, "power on"), None);
+    }
+
+    #[test]
+    fn a_callback_deadline_is_read_again_under_the_lock() {
+        let now = Utc::now();
+        let waiting = |deadline: chrono::DateTime<Utc>| {
+            let mut n = node("power on");
+            n.provision_state = ProvisionState::DeployWait;
+            let rec = serde_json::json!({"state": "deploying", "steps": [], "next": 0, "started_by": "c1",
+                                         "wait_deadline": deadline});
+            n.driver_internal_info.insert(crate::operation::RECORD_KEY.into(), rec);
+            n
+        };
+        let expired = waiting(now - Duration::seconds(1));
+        assert!(callback_timed_out(&expired, &expired.clone(), now));
+        // a heartbeat between the listing and the lock moved the deadline
+        assert!(!callback_timed_out(&expired, &waiting(now + Duration::seconds(600)), now));
+        // the callback ended the wait
+        let mut resumed = expired.clone();
+        resumed.provision_state = ProvisionState::Deploying;
+        assert!(!callback_timed_out(&expired, &resumed, now));
+        // not expired when listed: nothing to do
+        let fresh = waiting(now + Duration::seconds(5));
+        assert!(!callback_timed_out(&fresh, &expired, now));
+    }
 }

@@ -46,6 +46,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use ferric_common::db::NodeQuery;
 use ferric_common::model::Node;
 use ferric_common::states::ProvisionState;
 use tokio::task::JoinSet;
@@ -102,89 +103,112 @@ pub fn plan(me: &str, mine: &[Node]) -> Vec<Uuid> {
     gained.into_iter().map(|(_, u)| u).collect()
 }
 
-/// Take-over passes until shutdown: on every ring change and periodically.
-/// The first pass (start-up) also repairs nodes of mine whose artefacts are
-/// gone from my store.
+/// Take-over passes until shutdown. A **full pass** (every node the ring
+/// gives me is read) runs at start-up, on every ring change, while the
+/// previous full pass left work (a node busy or failing), and every
+/// `conductor.takeover_full_interval_secs` as a safety net. In between, a
+/// **light pass** every `conductor.takeover_interval_ms` looks only at what
+/// needs doing, through indexes: my own orphaned locks, my nodes nobody
+/// took over yet (no affinity: new, or moved to me), power actions lost
+/// with their conductor, and my operations that lost their runner — so an
+/// idle conductor reads what needs doing, not every node it owns.
 pub async fn run(inner: Arc<Inner>) {
     let mut rx = inner.ring.clone();
     let interval = Duration::from_millis(inner.cfg.conductor.takeover_interval_ms);
+    let full_every = Duration::from_secs(inner.cfg.conductor.takeover_full_interval_secs.max(1));
     let mut repaired = false;
+    let mut full_due = true;
+    let mut last_full = tokio::time::Instant::now();
     loop {
         rx.borrow_and_update();
-        pass(&inner).await;
+        reap_own(&inner).await;
+        if full_due || last_full.elapsed() >= full_every {
+            last_full = tokio::time::Instant::now();
+            full_due = full_pass(&inner).await.left_work;
+        } else {
+            light_pass(&inner).await;
+        }
         if !repaired && !inner.cancel.is_cancelled() {
             repaired = repair_own(&inner).await.is_ok();
         }
         tokio::select! {
             _ = inner.cancel.cancelled() => return,
-            changed = rx.changed() => if changed.is_err() { return },
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                full_due = true;
+            }
             _ = tokio::time::sleep(interval) => {}
         }
     }
 }
 
-/// One pass; returns how many nodes were taken over.
-pub async fn pass(inner: &Arc<Inner>) -> usize {
-    // my own locks that no section of mine holds any more (a save lost to
-    // a database outage, a request dropped mid-section) are cleared — also
-    // while draining, which waits for my locks to go — and the orphan pass
-    // below (or the nodes' next owners) resume their operations
-    if !inner.fence.is_cancelled() {
-        match inner.locks.reap_orphans().await {
-            Ok(reaped) if !reaped.is_empty() => {
-                metrics::counter!("ferric_orphaned_locks_reaped_total").increment(reaped.len() as u64);
-                warn!(nodes = reaped.len(), first = %reaped[0], "cleared locks of mine that no running section held");
-            }
-            Ok(_) => {}
-            Err(e) => warn!("checking my own locks failed: {e}"),
-        }
+/// My own locks that no section of mine holds any more (a save lost to a
+/// database outage, a request dropped mid-section) are cleared — also
+/// while draining, which waits for my locks to go — and the passes (or the
+/// nodes' next owners) resume their operations.
+async fn reap_own(inner: &Arc<Inner>) {
+    if inner.fence.is_cancelled() {
+        return;
     }
-    if inner.draining.load(Ordering::Relaxed) {
-        return 0;
+    match inner.locks.reap_orphans().await {
+        Ok(reaped) if !reaped.is_empty() => {
+            metrics::counter!("ferric_orphaned_locks_reaped_total").increment(reaped.len() as u64);
+            warn!(nodes = reaped.len(), first = %reaped[0], "cleared locks of mine that no running section held");
+        }
+        Ok(_) => {}
+        Err(e) => warn!("checking my own locks failed: {e}"),
+    }
+}
+
+/// What a full pass did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassOutcome {
+    pub taken_over: usize,
+    /// Something could not be done now (a node busy or failing, no free
+    /// worker, a lock holder that could not be checked): look again soon.
+    pub left_work: bool,
+}
+
+/// Whether passes may decide anything now (not draining; a ring known to
+/// be current: the nodes a stale ring gives me may not be mine).
+fn may_decide(inner: &Inner) -> bool {
+    if inner.draining.load(Ordering::Relaxed) || inner.fence.is_cancelled() {
+        return false;
     }
     if !inner.ring_is_fresh() {
-        // the nodes my ring gives me may not be mine: a watch that stalled
-        // is being re-read; decide nothing about other members meanwhile
         metrics::counter!("ferric_takeover_passes_skipped_total", "why" => "stale_ring").increment(1);
-        return 0;
+        return false;
     }
+    true
+}
+
+/// A full pass over every node the ring gives me.
+pub async fn full_pass(inner: &Arc<Inner>) -> PassOutcome {
+    let mut out = PassOutcome::default();
+    if !may_decide(inner) {
+        // a draining conductor has nothing to take; a stale ring: soon again
+        out.left_work = !inner.draining.load(Ordering::Relaxed);
+        return out;
+    }
+    metrics::counter!("ferric_takeover_full_passes_total").increment(1);
     let mine = match inner.my_nodes().await {
         Ok(n) => n,
         Err(e) => {
             warn!("take-over: listing my nodes failed: {e}");
-            return 0;
+            out.left_work = true;
+            return out;
         }
     };
-    clear_dead_locks(inner, &mine).await;
+    out.left_work |= clear_dead_locks(inner, &mine).await;
     metrics::gauge!("ferric_owned_nodes").set(mine.len() as f64);
     metrics::gauge!("ferric_operations_in_flight").set(inner.operations_in_flight() as f64);
-    if let Ok(locks) = inner.db.count_nodes_with(ferric_common::db::NodeRef::Reservation, &inner.incarnation).await {
-        metrics::gauge!("ferric_locks_held").set(locks as f64);
-    }
+    metrics::gauge!("ferric_locks_held").set(inner.locks.held() as f64);
     let order = plan(&inner.id, &mine);
-    let mut taken = 0;
-    if !order.is_empty() {
-        info!(nodes = order.len(), epoch = inner.epoch(), "taking over nodes");
-        let limit = inner.cfg.conductor.takeover_concurrency.max(1);
-        let mut set = JoinSet::new();
-        for uuid in order {
-            if inner.cancel.is_cancelled() {
-                break;
-            }
-            while set.len() >= limit {
-                if let Some(Ok(true)) = set.join_next().await {
-                    taken += 1;
-                }
-            }
-            let inner = inner.clone();
-            set.spawn(async move { take_over_one(&inner, uuid).await });
-        }
-        while let Some(r) = set.join_next().await {
-            if let Ok(true) = r {
-                taken += 1;
-            }
-        }
-    }
+    let wanted = order.len();
+    out.taken_over = take_over_all(inner, order).await;
+    out.left_work |= out.taken_over < wanted;
     // power actions whose conductor stopped before they finished
     for n in mine.iter().filter(|n| n.target_power_state.is_some() && n.reservation.is_none()) {
         settle_lost_power_action(inner, n.uuid).await;
@@ -195,7 +219,90 @@ pub async fn pass(inner: &Arc<Inner>) -> usize {
             && n.provision_state.is_in_progress()
             && n.reservation.is_none()
         {
-            resume(inner, n.uuid, n.provision_state).await;
+            out.left_work |= !resume(inner, n.uuid, n.provision_state).await;
+        }
+    }
+    out
+}
+
+/// The work a light pass looks for, found through indexes.
+pub async fn light_pass(inner: &Arc<Inner>) {
+    if !may_decide(inner) {
+        return;
+    }
+    metrics::counter!("ferric_takeover_light_passes_total").increment(1);
+    let me = inner.ring.borrow().member(&inner.id).filter(|m| m.incarnation == inner.incarnation).cloned();
+    let Some(me) = me else { return };
+    let query = |q: NodeQuery| async move {
+        match inner.db.list_nodes(&q).await {
+            Ok(nodes) => nodes.into_iter().filter(|n| inner.owns(n)).collect::<Vec<Node>>(),
+            Err(e) => {
+                warn!("take-over: looking for work failed: {e}");
+                Vec::new()
+            }
+        }
+    };
+    // my nodes nobody took over yet: new ones, or moved to me
+    let mut fresh = Vec::new();
+    for hw in &me.hardware_types {
+        fresh.extend(
+            query(NodeQuery {
+                affinity: Some(None),
+                conductor_group: Some(me.conductor_group.clone()),
+                driver: Some(hw.clone()),
+                unlocked: true,
+                ..Default::default()
+            })
+            .await,
+        );
+    }
+    if !fresh.is_empty() {
+        take_over_all(inner, plan(&inner.id, &fresh)).await;
+    }
+    // power actions whose conductor stopped before they finished
+    for n in query(NodeQuery { power_pending: true, unlocked: true, ..Default::default() }).await {
+        settle_lost_power_action(inner, n.uuid).await;
+    }
+    // my operations that lost their runner
+    let running: Vec<String> =
+        ProvisionState::ALL.iter().filter(|s| s.is_in_progress()).map(|s| s.as_str().to_string()).collect();
+    let orphans = query(NodeQuery {
+        affinity: Some(Some(inner.id.to_string())),
+        provision_states: Some(running),
+        unlocked: true,
+        ..Default::default()
+    })
+    .await;
+    for n in orphans {
+        resume(inner, n.uuid, n.provision_state).await;
+    }
+}
+
+/// Takes over `order` (most urgent first), at most
+/// `conductor.takeover_concurrency` at a time; returns how many were done.
+async fn take_over_all(inner: &Arc<Inner>, order: Vec<Uuid>) -> usize {
+    if order.is_empty() {
+        return 0;
+    }
+    info!(nodes = order.len(), epoch = inner.epoch(), "taking over nodes");
+    let limit = inner.cfg.conductor.takeover_concurrency.max(1);
+    let mut taken = 0;
+    let mut set = JoinSet::new();
+    for uuid in order {
+        if inner.cancel.is_cancelled() {
+            break;
+        }
+        while set.len() >= limit {
+            if let Some(Ok(true)) = set.join_next().await {
+                taken += 1;
+            }
+        }
+        let inner = inner.clone();
+        set.spawn(async move { take_over_one(&inner, uuid).await });
+    }
+    while let Some(r) = set.join_next().await {
+        if let Ok(true) = r {
+            taken += 1;
         }
     }
     taken
@@ -206,8 +313,9 @@ pub async fn pass(inner: &Arc<Inner>) -> usize {
 /// read in etcd), not by my ring, which a stalled watch or a reconnect can
 /// leave behind a member that joined; each node cleared on its own, only
 /// while that holder still has it. A holder that cannot be checked keeps
-/// its locks until the next pass.
-async fn clear_dead_locks(inner: &Arc<Inner>, mine: &[Node]) {
+/// its locks until the next pass (returns true: look again).
+async fn clear_dead_locks(inner: &Arc<Inner>, mine: &[Node]) -> bool {
+    let mut unsure = false;
     let mut verdict: HashMap<LockHolder, bool> = HashMap::new();
     for n in mine {
         let Some(holder) = n.reservation.as_ref() else { continue };
@@ -221,6 +329,7 @@ async fn clear_dead_locks(inner: &Arc<Inner>, mine: &[Node]) {
                     Ok(alive) => !alive,
                     Err(e) => {
                         warn!(holder = %holder, "could not check whether a lock holder lives: {e}; keeping its locks");
+                        unsure = true;
                         false
                     }
                 };
@@ -237,9 +346,13 @@ async fn clear_dead_locks(inner: &Arc<Inner>, mine: &[Node]) {
                 metrics::counter!("ferric_dead_locks_cleared_total").increment(1);
             }
             Ok(false) => {}
-            Err(e) => warn!(node = %n.uuid, "clearing the lock of {holder} failed: {e}"),
+            Err(e) => {
+                warn!(node = %n.uuid, "clearing the lock of {holder} failed: {e}");
+                unsure = true;
+            }
         }
     }
+    unsure
 }
 
 /// Nodes of mine (affinity = me already: a restart with the same id) whose
@@ -392,28 +505,36 @@ async fn settle_lost_power_action(inner: &Arc<Inner>, uuid: Uuid) {
     }
 }
 
-async fn resume(inner: &Arc<Inner>, uuid: Uuid, seen: ProvisionState) {
+/// Resumes an orphaned operation; false when it could not be now (its
+/// task still runs, no free worker, the node is busy): a later pass does.
+async fn resume(inner: &Arc<Inner>, uuid: Uuid, seen: ProvisionState) -> bool {
     if inner.is_running(uuid) {
         // "orphaned" in the database (its lock was cleared), but its task
         // here is alive: it stops by itself when its next save finds the
         // lock gone, and a later pass resumes it then
-        return;
+        return false;
     }
     let Ok(permit) = inner.operations.clone().try_acquire_owned() else {
-        return; // busy; a later pass picks it up
+        return false; // busy; a later pass picks it up
     };
     // `seen` is from the start of this pass: the operation may have been
     // resumed and even finished since, so lock only if it is still there
     let (lock, node) = match inner.locks.acquire_in_state(uuid, seen.as_str()).await {
         Ok(x) => x,
-        Err(_) => return,
+        Err(LockError::NotFound(_)) => return true,
+        Err(LockError::Busy { .. }) => {
+            // moved on (then nothing to do) or held: look at it again
+            return inner.db.get_node(uuid).await.is_ok_and(|n| n.provision_state != seen);
+        }
+        Err(_) => return false,
     };
     if !node.provision_state.is_in_progress() || !inner.owns(&node) {
         let _ = lock.release().await;
-        return;
+        return true;
     }
     info!(node = %uuid, state = %node.provision_state, "resuming an orphaned operation");
     inner.spawn_operation(lock, node, permit);
+    true
 }
 
 #[cfg(test)]

@@ -92,7 +92,8 @@ impl Cluster {
 
     /// [`Cluster::start_on`], with conductor i+1 listening for gRPC on
     /// `conductors[i].0` and getting the extra settings `conductors[i].1`
-    /// (e.g. an advertised gRPC URL through a proxy to that port).
+    /// (e.g. an advertised gRPC URL through a proxy to that port; a
+    /// `FERRIC_DATABASE__URL` there is that conductor's database URL).
     #[allow(clippy::too_many_arguments)]
     pub fn start_full(
         etcd: Etcd,
@@ -116,8 +117,10 @@ impl Cluster {
         let mut conductors = Vec::new();
         for (i, (ep, (grpc, extra))) in endpoints.iter().zip(&conductors_at).enumerate() {
             let mut env = env.clone();
-            env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-            conductors.push((conductor_process(dir.path(), ep, processes_db_url, i + 1, *grpc, ttl, &env), *grpc));
+            env.extend(extra.iter().filter(|(k, _)| k != "FERRIC_DATABASE__URL").map(|(k, v)| (k.as_str(), v.as_str())));
+            let db = extra.iter().find(|(k, _)| k == "FERRIC_DATABASE__URL").map(|(_, v)| v.as_str());
+            let db = db.unwrap_or(processes_db_url);
+            conductors.push((conductor_process(dir.path(), ep, db, i + 1, *grpc, ttl, &env), *grpc));
         }
         let args: Vec<String> = [
             "api",

@@ -485,3 +485,180 @@ async fn a_call_whose_reply_was_lost_is_answered_as_applied_not_refused() {
     assert_eq!(accepted, 1, "the deploy was accepted {accepted} times: {h:?}");
     db.close().await;
 }
+
+/// Rows of the `nodes` table PostgreSQL has read so far (by sequential and
+/// index scans), from its statistics.
+fn node_rows_read(db_url: &str) -> i64 {
+    let out = std::process::Command::new("psql")
+        .args([
+            db_url,
+            "-Atc",
+            "SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = 'nodes'",
+        ])
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a row count")
+}
+
+/// Scenario 9 (load that grows with the fleet, not with the work): the
+/// take-over pass read every node a conductor owns every second, whether
+/// or not anything had changed — an idle fleet of 100,000 nodes made every
+/// conductor re-read its share each second. Now a full pass runs on a ring
+/// change (or when the last one left work, or as a rare safety net), and
+/// the passes in between find what needs doing through indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_conductor_reads_what_needs_doing_not_every_node_it_owns() {
+    const N: usize = 150;
+    let pg = Postgres::start();
+    let db_url = pg.database("faults_idle");
+    // a table of a few hundred rows is read whole whatever the query (the
+    // cheaper plan): have PostgreSQL plan as it does for a fleet-sized one,
+    // through the indexes, so what is read is what the queries ask for
+    let out = std::process::Command::new("psql")
+        .args([&db_url, "-Atc", "ALTER DATABASE faults_idle SET enable_seqscan = off"])
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    let etcd = Etcd::start();
+    let endpoints = vec![etcd.endpoint.clone()];
+    let cl = Cluster::start_on(
+        etcd,
+        endpoints,
+        pg,
+        db_url.clone(),
+        &db_url,
+        6,
+        &[
+            ("FERRIC_CONDUCTOR__TAKEOVER_INTERVAL_MS", "200"),
+            ("FERRIC_CONDUCTOR__TAKEOVER_FULL_INTERVAL_SECS", "3600"),
+            ("FERRIC_CONDUCTOR__PERIODIC_INTERVAL_SECS", "0"),
+        ],
+    );
+    cl.wait_conductors(1).await;
+    let uuids = cl.create_nodes("idle", N, json!({})).await;
+    // the light passes take the new nodes over (they have no affinity yet)
+    let db = ferric_common::db::Db::connect(&cl.db_url, 1).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let q = ferric_common::db::NodeQuery { affinity: Some(None), ..Default::default() };
+        let left = db.list_nodes(&q).await.unwrap().len();
+        if left == 0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{left} new nodes never taken over");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    db.close().await;
+    assert_eq!(uuids.len(), N);
+    // ten idle seconds: 50 light passes. (With statistics, as autovacuum
+    // keeps them: without, the planner guesses that a filter on the
+    // conductor group — every node's — is as selective as one on a missing
+    // affinity.)
+    let out = std::process::Command::new("psql").args([&cl.db_url, "-Atc", "ANALYZE nodes"]).output().expect("psql");
+    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    // an idle backend reports what it read within 10 s: let the reads
+    // before the window land before it
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let before = node_rows_read(&cl.db_url);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let read = node_rows_read(&cl.db_url) - before;
+    eprintln!("an idle conductor owning {N} nodes read {read} node rows in 10 s");
+    assert!(read < N as i64, "an idle conductor read {read} node rows in 10 s: it reads every node it owns");
+}
+
+/// Scenario 9 (load that grows with the fleet): the power sync read one BMC
+/// after another, each bounded by 30 s: a round over a fleet took the sum
+/// of its BMCs' answers. Now it reads `power_sync_workers` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_power_sync_reads_bmcs_in_parallel_under_its_bound() {
+    let f = Ferric::start(
+        None,
+        &[("FERRIC_CONDUCTOR__PERIODIC_INTERVAL_SECS", "1"), ("FERRIC_CONDUCTOR__POWER_SYNC_WORKERS", "4")],
+    );
+    let api = Api::new(&f.endpoint);
+    for i in 0..12 {
+        api.create_node(
+            json!({"name": format!("slow-bmc-{i}"), "driver": "fake-hardware",
+                   "driver_info": {"fake_power_delay_ms": 1000}}),
+            &[],
+        )
+        .await;
+    }
+    let gauge = |text: &str| -> Option<f64> {
+        text.lines().find(|l| l.starts_with("ferric_power_sync_concurrency "))?.split_whitespace().nth(1)?.parse().ok()
+    };
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while start.elapsed() < Duration::from_secs(40) {
+        let text = api.client.get(format!("{}/metrics", f.endpoint)).send().await.unwrap().text().await.unwrap();
+        if let Some(v) = gauge(&text) {
+            seen.push(v);
+            if seen.iter().filter(|v| **v == 4.0).count() >= 2 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(seen.iter().all(|v| *v <= 4.0), "the power sync read more BMCs at once than its bound: {seen:?}");
+    assert!(
+        seen.iter().filter(|v| **v == 4.0).count() >= 2,
+        "the power sync never read 4 slow BMCs at once (serial?): {seen:?}"
+    );
+}
+
+/// Scenario 6 (a conductor that reaches etcd but not the database): one
+/// conductor of three loses its database connection while etcd and the
+/// others are fine. Before, it kept its lease and its place in the ring:
+/// its nodes stayed its own, every request for them failed and every
+/// deploy on them stood still until its connection came back. Now it
+/// fences itself once it has not reached the database for
+/// `conductor.database_unreachable_fence_secs` while the others say they
+/// do; the ring gives its nodes to them, and every deploy finishes while
+/// it is still cut off. When the database answers it again, it rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_conductor_cut_from_the_database_while_others_reach_it_leaves_the_ring() {
+    const N: usize = 30;
+    let pg = Postgres::start();
+    let url = pg.database("faults_db_partition");
+    let proxy = TcpProxy::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await;
+    let c1_url = url.replace(&format!(":{}/", pg.port()), &format!(":{}/", proxy.port));
+    let etcd = Etcd::start();
+    let endpoints = vec![etcd.endpoint.clone(); 3];
+    let env = [
+        ("FERRIC_CONDUCTOR__DATABASE_UNREACHABLE_FENCE_SECS", "4"),
+        ("FERRIC_DATABASE__HEALTH_CHECK_INTERVAL_MS", "500"),
+        ("FERRIC_DATABASE__ACQUIRE_TIMEOUT_SECS", "2"),
+        ("FERRIC_CONDUCTOR__TAKEOVER_INTERVAL_MS", "500"),
+    ];
+    let conductors = vec![
+        (ferric_tests::free_port(), vec![("FERRIC_DATABASE__URL".to_string(), c1_url)]),
+        (ferric_tests::free_port(), Vec::new()),
+        (ferric_tests::free_port(), Vec::new()),
+    ];
+    let cl = Cluster::start_full(etcd, endpoints, pg, url.clone(), &url, 6, &env, conductors);
+    cl.wait_conductors(3).await;
+    let api = Api::new(&cl.api_url);
+    let uuids = cl.create_nodes("p", N, json!({"fake_step_delay_ms": STEP_MS})).await;
+    let wait = Duration::from_secs(120);
+    cl.drive(&uuids, "manage", "manageable", wait).await;
+    cl.drive(&uuids, "provide", "available", wait).await;
+    cl.act(&uuids, "active").await;
+    wait_deploying(&api, N / 2).await;
+    let all = cl.nodes().await;
+    let on_c1 = uuids.iter().filter(|u| all[*u]["conductor"] == "c1").count();
+    assert!(on_c1 > 0, "c1 owns none of the nodes");
+
+    // c1 alone loses the database; etcd and the others are fine
+    proxy.cut();
+    let cut = Instant::now();
+    wait_settled(&api, &uuids, "active", Duration::from_secs(120)).await;
+    eprintln!("{N} deploys ({on_c1} of them on c1) active {:?} after c1 lost the database", cut.elapsed());
+    cl.wait_conductors(2).await;
+    let log = cl.conductors[0].0.log_tail(usize::MAX);
+    assert!(log.contains("FENCED: the database has not answered"), "c1 did not say why it left the ring");
+
+    // the database answers c1 again: it rejoins
+    proxy.restore();
+    cl.wait_conductors(3).await;
+}

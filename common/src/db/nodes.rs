@@ -132,6 +132,14 @@ pub struct NodeQuery {
     /// Only nodes in these ring partitions of `conductor_group` (the "my
     /// nodes" index scan); empty means no restriction.
     pub partitions: Option<Vec<i64>>,
+    /// Only nodes whose `conductor_affinity` is this (`Some(None)`: none).
+    pub affinity: Option<Option<String>>,
+    /// Only nodes in one of these provision states.
+    pub provision_states: Option<Vec<String>>,
+    /// Only nodes nobody holds the lock of.
+    pub unlocked: bool,
+    /// Only nodes with a power action pending (`target_power_state` set).
+    pub power_pending: bool,
     pub paging: Paging,
 }
 
@@ -474,6 +482,32 @@ fn node_filter(q: &NodeQuery) -> (Vec<String>, Vec<Arg>) {
     if let Some(v) = &q.description_contains {
         args.push(format!("%{}%", v.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")).into());
         wh.push(format!("description LIKE ${} ESCAPE '\\'", args.len()));
+    }
+    match &q.affinity {
+        Some(Some(a)) => {
+            args.push(a.as_str().into());
+            wh.push(format!("conductor_affinity = ${}", args.len()));
+        }
+        Some(None) => wh.push("conductor_affinity IS NULL".into()),
+        None => {}
+    }
+    if let Some(states) = &q.provision_states {
+        if states.is_empty() {
+            wh.push("1 = 0".into());
+        } else {
+            let mut list = Vec::new();
+            for s in states {
+                args.push(s.as_str().into());
+                list.push(format!("${}", args.len()));
+            }
+            wh.push(format!("provision_state IN ({})", list.join(", ")));
+        }
+    }
+    if q.unlocked {
+        wh.push("reservation IS NULL".into());
+    }
+    if q.power_pending {
+        wh.push("target_power_state IS NOT NULL".into());
     }
     if let Some(parts) = &q.partitions {
         if parts.is_empty() {

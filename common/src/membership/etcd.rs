@@ -41,6 +41,18 @@ use crate::ring::{Member, MemberState, Ring, RingSettings};
 
 pub const PREFIX: &str = "/ferric/conductors/";
 
+/// Where each conductor says whether it reaches the database
+/// (`<prefix><id>` → JSON [`DatabaseHealth`]), on its own lease: written
+/// when that changes, gone with the conductor.
+pub const DB_HEALTH_PREFIX: &str = "/ferric/dbhealth/";
+
+/// A conductor's word on its database connection.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DatabaseHealth {
+    pub incarnation: Incarnation,
+    pub reaches_database: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("etcd: {0}")]
 pub struct EtcdError(String);
@@ -249,6 +261,38 @@ impl EtcdMembership {
             .first()
             .and_then(|kv| serde_json::from_slice::<Member>(kv.value()).ok())
             .is_some_and(|m| m.incarnation == *incarnation))
+    }
+
+    /// Publishes whether this conductor reaches the database (on its lease).
+    pub async fn report_database(&self, reaches: bool) -> Result<(), EtcdError> {
+        let reg = self.registration.lock().await;
+        let reg = reg.as_ref().ok_or_else(|| EtcdError("not registered".into()))?;
+        let health = DatabaseHealth { incarnation: reg.member.incarnation.clone(), reaches_database: reaches };
+        let mut client = connect(&self.endpoints).await?;
+        let value = serde_json::to_string(&health).expect("health serialises");
+        client
+            .put(format!("{DB_HEALTH_PREFIX}{}", reg.member.id), value, Some(PutOptions::new().with_lease(reg.lease)))
+            .await?;
+        Ok(())
+    }
+
+    /// The live conductors other than `me` that say they reach the
+    /// database (a linearizable read; a word is there only while its
+    /// writer's lease lives).
+    pub async fn others_reaching_database(&self, me: &ConductorId) -> Result<Vec<ConductorId>, EtcdError> {
+        let mut client = connect(&self.endpoints).await?;
+        let resp = client.get(DB_HEALTH_PREFIX, Some(GetOptions::new().with_prefix())).await?;
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            let id = ConductorId::new(String::from_utf8_lossy(kv.key()).trim_start_matches(DB_HEALTH_PREFIX));
+            if id != *me
+                && let Ok(h) = serde_json::from_slice::<DatabaseHealth>(kv.value())
+                && h.reaches_database
+            {
+                out.push(id);
+            }
+        }
+        Ok(out)
     }
 
     /// Change our entry's state (active → draining), keeping the lease.

@@ -99,6 +99,24 @@ impl Membership {
         }
     }
 
+    /// Publishes whether this conductor reaches the database, for the
+    /// others (in-process membership has no others).
+    pub async fn report_database(&self, reaches: bool) -> Result<(), etcd::EtcdError> {
+        match self {
+            Membership::Local(_) => Ok(()),
+            Membership::Etcd(m) => m.report_database(reaches).await,
+        }
+    }
+
+    /// The live conductors other than `me` that say they reach the
+    /// database.
+    pub async fn others_reaching_database(&self, me: &ConductorId) -> Result<Vec<ConductorId>, etcd::EtcdError> {
+        match self {
+            Membership::Local(_) => Ok(Vec::new()),
+            Membership::Etcd(m) => m.others_reaching_database(me).await,
+        }
+    }
+
     /// Stop renewing our registration without revoking it (fencing).
     pub async fn abandon(&self) {
         if let Membership::Etcd(m) = self {
