@@ -621,7 +621,13 @@ impl Default for ConductorConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { url: String::new(), max_connections: 10, acquire_timeout_secs: 30, auto_migrate: true, health_check_interval_ms: 2000 }
+        DatabaseConfig {
+            url: String::new(),
+            max_connections: 10,
+            acquire_timeout_secs: 30,
+            auto_migrate: true,
+            health_check_interval_ms: 2000,
+        }
     }
 }
 

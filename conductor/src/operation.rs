@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use ferric_common::model::{JsonObject, Node};
-use ferric_common::states::{Event, ProvisionState, transition};
+use ferric_common::states::{Event, ProvisionState, Transition, transition};
 use ferric_deploy::driver::{Driver, DriverError, Step, StepOutcome, Task};
 use ferric_deploy::token::AgentTokens;
 use serde::{Deserialize, Serialize};
@@ -221,6 +221,139 @@ async fn save(inner: &Inner, lock: &NodeLock, node: &Node) -> bool {
     }
 }
 
+/// What the engine does next with an operation at a step boundary (pure).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Stop here and leave the record for whoever holds the node next:
+    /// shutdown or drain (`cancelled`), or the ring gave the node away.
+    HandOff { ring_moved: bool },
+    /// Run this step.
+    Run(Step),
+    /// Every step ran: the operation is done.
+    Complete,
+}
+
+/// The decision at a step boundary.
+pub fn next(record: &OperationRecord, cancelled: bool, owns: bool) -> Next {
+    if cancelled || !owns {
+        return Next::HandOff { ring_moved: !cancelled };
+    }
+    match record.steps.get(record.next) {
+        Some(step) => Next::Run(step.clone()),
+        None => Next::Complete,
+    }
+}
+
+/// The record of a node's operation in `state`: the stored one, or a new
+/// one with `planned` steps when there is none for this state (pure).
+pub fn record_for(node: &Node, me: &ConductorId, planned: impl FnOnce() -> Vec<Step>) -> OperationRecord {
+    match OperationRecord::load(node) {
+        Some(r) if r.state == node.provision_state => r,
+        _ => OperationRecord {
+            state: node.provision_state,
+            steps: planned(),
+            next: 0,
+            started_by: me.clone(),
+            last_run_by: ConductorId::default(),
+            wait_deadline: None,
+            ramdisk_up: false,
+        },
+    }
+}
+
+/// The node as it is saved before `step` runs: the step shown, and who ran
+/// it last (pure).
+pub fn start_step(node: &mut Node, record: &mut OperationRecord, step: &Step, me: &ConductorId) {
+    record.last_run_by = me.clone();
+    record.store(node);
+    show_step(node, Some(step));
+}
+
+/// The node as it is left at a hand-off: the record (at the step to run
+/// next) and no step shown (pure).
+pub fn hand_off(node: &mut Node, record: &OperationRecord) {
+    record.store(node);
+    show_step(node, None);
+}
+
+/// What a step's outcome does to the operation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AfterStep {
+    /// Save, then go on with the next step.
+    Continue,
+    /// The node now waits for its ramdisk (its wait state is set): settled.
+    Waiting,
+    /// The operation fails with this message.
+    Fail(String),
+}
+
+/// Applies a step's outcome to the node and its record (pure): the next
+/// step on success; on a wait, the wait state with a deadline of
+/// `callback_timeout` from `now` (and, for `Wait`, the next step after the
+/// callback); the failure message otherwise.
+pub fn after_step(
+    node: &mut Node,
+    record: &mut OperationRecord,
+    step: &Step,
+    outcome: Result<StepOutcome, DriverError>,
+    now: chrono::DateTime<Utc>,
+    callback_timeout: chrono::Duration,
+) -> AfterStep {
+    match outcome {
+        Ok(StepOutcome::Done) => {
+            record.next += 1;
+            record.store(node);
+            AfterStep::Continue
+        }
+        Ok(outcome @ (StepOutcome::Wait | StepOutcome::WaitHere)) => {
+            if outcome == StepOutcome::Wait {
+                // a ramdisk boots: its callback resumes at the next step
+                record.next += 1;
+                record.ramdisk_up = false;
+            }
+            // WaitHere: the running ramdisk's command ends the wait and the
+            // same step looks how it ended
+            record.wait_deadline = Some(now + callback_timeout);
+            record.store(node);
+            match transition(record.state, node.target_provision_state, Event::Wait) {
+                Ok(t) => {
+                    node.provision_state = t.to;
+                    node.target_provision_state = t.target;
+                    node.provision_updated_at = Some(now);
+                    AfterStep::Waiting
+                }
+                Err(e) => AfterStep::Fail(e.to_string()),
+            }
+        }
+        Err(e) => AfterStep::Fail(step_error(step, &e)),
+    }
+}
+
+/// Every step ran: the node leaves its `*ING` state (pure). Returns the
+/// transition taken, or why none could be.
+pub fn complete(node: &mut Node, now: chrono::DateTime<Utc>) -> Result<Transition, String> {
+    let state = node.provision_state;
+    node.driver_internal_info.remove(RECORD_KEY);
+    show_step(node, None);
+    // the ramdisk session (if any) ended with the operation: the next one
+    // gets a new token (Ironic's wipe_token_and_url)
+    AgentTokens::end_session(node);
+    finish_state(node, state);
+    let t = transition(state, node.target_provision_state, Event::Done).map_err(|e| e.to_string())?;
+    node.provision_state = t.to;
+    node.target_provision_state = t.target;
+    node.provision_updated_at = Some(now);
+    node.last_error = None;
+    Ok(t)
+}
+
+/// Runs the node's operation, step by step, until it settles, hands off or
+/// loses its lock. The decisions are the pure functions above; this is the
+/// executor: the save before each step (the step shown) and after it (the
+/// step done), the history, the driver's step itself. Order of writes:
+/// save(step shown) → run → save(next) … → (settled: written by `run`
+/// with the release). A chained operation (deleting → cleaning) is saved
+/// before it starts.
 async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &CancellationToken) -> Finish {
     loop {
         let state = node.provision_state;
@@ -232,119 +365,68 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
             Err(e) => return fail(inner, node, &e.to_string()).await,
         };
         let ports = inner.ports_of(node.uuid).await;
-        let mut record = match OperationRecord::load(node) {
-            Some(r) if r.state == state => {
-                if r.next > 0 {
-                    info!(node = %node.uuid, state = %state, next = r.next, "resuming operation at recorded step");
-                    inner.history(node.uuid, "resume", &format!("{state} at step {}", r.next)).await;
+        let mut record = record_for(node, &inner.id, || plan(&driver, &inner.task(node.clone(), ports.clone())));
+        if record.next > 0 {
+            info!(node = %node.uuid, state = %state, next = record.next, "resuming operation at recorded step");
+            inner.history(node.uuid, "resume", &format!("{state} at step {}", record.next)).await;
+        }
+        loop {
+            match next(&record, cancel.is_cancelled(), inner.owns(node)) {
+                Next::HandOff { ring_moved } => {
+                    if ring_moved {
+                        info!(node = %node.uuid, "the ring moved the node; handing the operation off at a step boundary");
+                        inner.history(node.uuid, "hand_off", &format!("{state} at step {}", record.next)).await;
+                    }
+                    hand_off(node, &record);
+                    return Finish::HandedOff;
                 }
-                r
-            }
-            _ => {
-                let task = inner.task(node.clone(), ports.clone());
-                let steps = plan(&driver, &task);
-                OperationRecord {
-                    state,
-                    steps,
-                    next: 0,
-                    started_by: inner.id.clone(),
-                    last_run_by: ConductorId::default(),
-                    wait_deadline: None,
-                    ramdisk_up: false,
-                }
-            }
-        };
-        while record.next < record.steps.len() {
-            // hand off at a step boundary: shutdown, drain, or the ring
-            // gave the node to someone else
-            if cancel.is_cancelled() || !inner.owns(node) {
-                if !cancel.is_cancelled() {
-                    info!(node = %node.uuid, "the ring moved the node; handing the operation off at a step boundary");
-                    inner.history(node.uuid, "hand_off", &format!("{state} at step {}", record.next)).await;
-                }
-                record.store(node);
-                show_step(node, None);
-                return Finish::HandedOff;
-            }
-            let step = record.steps[record.next].clone();
-            record.last_run_by = inner.id.clone();
-            record.store(node);
-            show_step(node, Some(&step));
-            if !save(inner, lock, node).await {
-                return Finish::LostLock;
-            }
-            inner.history(node.uuid, "step", &format!("{state} {}", step.full_name())).await;
-            let mut task = inner.task(node.clone(), ports.clone());
-            let limit = inner.step_timeout();
-            let outcome = tokio::select! {
-                r = tokio::time::timeout(limit, driver.execute_step(&mut task, &step)) => r.unwrap_or_else(|_| {
-                    Err(DriverError::Failed(format!(
-                        "it did not finish within {} s (conductor.step_timeout_secs)",
-                        limit.as_secs()
-                    )))
-                }),
-                // fenced: drop the step mid-flight and write nothing more
-                _ = inner.fence.cancelled() => return Finish::LostLock,
-            };
-            *node = task.node;
-            match outcome {
-                Ok(StepOutcome::Done) => {
-                    record.next += 1;
-                    record.store(node);
+                Next::Run(step) => {
+                    start_step(node, &mut record, &step, &inner.id);
                     if !save(inner, lock, node).await {
                         return Finish::LostLock;
                     }
-                }
-                Ok(outcome @ (StepOutcome::Wait | StepOutcome::WaitHere)) => {
-                    if outcome == StepOutcome::Wait {
-                        // a ramdisk boots: its callback resumes at the next step
-                        record.next += 1;
-                        record.ramdisk_up = false;
-                    }
-                    // WaitHere: the running ramdisk's command ends the wait
-                    // and the same step looks how it ended
-                    let timeout = chrono::Duration::seconds(inner.cfg.conductor.callback_timeout_secs as i64);
-                    record.wait_deadline = Some(Utc::now() + timeout);
-                    record.store(node);
-                    return match transition(state, node.target_provision_state, Event::Wait) {
-                        Ok(t) => {
-                            node.provision_state = t.to;
-                            node.target_provision_state = t.target;
-                            node.provision_updated_at = Some(Utc::now());
-                            Finish::Settled
-                        }
-                        Err(e) => fail(inner, node, &e.to_string()).await,
+                    inner.history(node.uuid, "step", &format!("{state} {}", step.full_name())).await;
+                    let mut task = inner.task(node.clone(), ports.clone());
+                    let limit = inner.step_timeout();
+                    let outcome = tokio::select! {
+                        r = tokio::time::timeout(limit, driver.execute_step(&mut task, &step)) => r.unwrap_or_else(|_| {
+                            Err(DriverError::Failed(format!(
+                                "it did not finish within {} s (conductor.step_timeout_secs)",
+                                limit.as_secs()
+                            )))
+                        }),
+                        // fenced: drop the step mid-flight and write nothing more
+                        _ = inner.fence.cancelled() => return Finish::LostLock,
                     };
+                    *node = task.node;
+                    let timeout = chrono::Duration::seconds(inner.cfg.conductor.callback_timeout_secs as i64);
+                    match after_step(node, &mut record, &step, outcome, Utc::now(), timeout) {
+                        AfterStep::Continue => {
+                            if !save(inner, lock, node).await {
+                                return Finish::LostLock;
+                            }
+                        }
+                        AfterStep::Waiting => return Finish::Settled,
+                        AfterStep::Fail(msg) => return fail(inner, node, &msg).await,
+                    }
                 }
-                Err(e) => {
-                    let msg = step_error(&step, &e);
-                    return fail(inner, node, &msg).await;
+                Next::Complete => {
+                    let t = match complete(node, Utc::now()) {
+                        Ok(t) => t,
+                        Err(e) => return fail(inner, node, &e).await,
+                    };
+                    // a settled node is written by `run`, together with the
+                    // release, so no client ever sees it settled and still
+                    // locked; a chained operation is recorded before it starts
+                    if t.to.is_in_progress() && !save(inner, lock, node).await {
+                        return Finish::LostLock;
+                    }
+                    inner.history(node.uuid, "done", &format!("{state} -> {}", t.to)).await;
+                    info!(node = %node.uuid, from = %state, to = %t.to, "operation finished");
+                    break;
                 }
             }
         }
-        // every step ran
-        node.driver_internal_info.remove(RECORD_KEY);
-        show_step(node, None);
-        // the ramdisk session (if any) ended with the operation: the next
-        // one gets a new token (Ironic's wipe_token_and_url)
-        AgentTokens::end_session(node);
-        finish_state(node, state);
-        let t = match transition(state, node.target_provision_state, Event::Done) {
-            Ok(t) => t,
-            Err(e) => return fail(inner, node, &e.to_string()).await,
-        };
-        node.provision_state = t.to;
-        node.target_provision_state = t.target;
-        node.provision_updated_at = Some(Utc::now());
-        node.last_error = None;
-        // a settled node is written by `run`, together with the release, so
-        // no client ever sees it settled and still locked; a chained
-        // operation (deleting -> cleaning) is recorded before it starts
-        if t.to.is_in_progress() && !save(inner, lock, node).await {
-            return Finish::LostLock;
-        }
-        inner.history(node.uuid, "done", &format!("{state} -> {}", t.to)).await;
-        info!(node = %node.uuid, from = %state, to = %t.to, "operation finished");
     }
 }
 
@@ -401,4 +483,96 @@ pub async fn fail(inner: &Inner, node: &mut Node, message: &str) -> Finish {
     node.provision_updated_at = Some(Utc::now());
     inner.history(node.uuid, "fail", message).await;
     Finish::Settled
+}
+
+#[cfg(test)]
+mod tests {
+    use ferric_common::states::ProvisionState as S;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn deploying() -> (Node, OperationRecord) {
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", S::Deploying, 16);
+        n.target_provision_state = Some(S::Active);
+        let me = ConductorId::new("c1");
+        let r =
+            record_for(&n, &me, || vec![Step::new("deploy", "deploy", 100), Step::new("deploy", "write_image", 80)]);
+        (n, r)
+    }
+
+    #[test]
+    fn a_boundary_hands_off_runs_the_next_step_or_completes() {
+        let (_, mut r) = deploying();
+        assert_eq!(next(&r, false, true), Next::Run(Step::new("deploy", "deploy", 100)));
+        assert_eq!(next(&r, true, true), Next::HandOff { ring_moved: false }, "shutdown or drain");
+        assert_eq!(next(&r, false, false), Next::HandOff { ring_moved: true });
+        r.next = 2;
+        assert_eq!(next(&r, false, true), Next::Complete);
+        assert_eq!(next(&r, true, true), Next::HandOff { ring_moved: false }, "even the last boundary hands off");
+    }
+
+    #[test]
+    fn a_stored_record_of_this_state_is_resumed_another_is_replanned() {
+        let (mut n, mut r) = deploying();
+        r.next = 1;
+        r.store(&mut n);
+        let me = ConductorId::new("c2");
+        let resumed = record_for(&n, &me, || panic!("a recorded operation was planned again"));
+        assert_eq!((resumed.next, resumed.started_by.as_str()), (1, "c1"));
+        // a record of another state (a failed clean's, say) is not resumed
+        n.provision_state = S::Cleaning;
+        let fresh = record_for(&n, &me, Vec::new);
+        assert_eq!((fresh.state, fresh.next, fresh.started_by.as_str()), (S::Cleaning, 0, "c2"));
+    }
+
+    #[test]
+    fn a_step_outcome_moves_the_record_and_the_node() {
+        let now = Utc::now();
+        let timeout = chrono::Duration::seconds(1800);
+        let step = Step::new("deploy", "deploy", 100);
+        // done: the next step, recorded in the node
+        let (mut n, mut r) = deploying();
+        start_step(&mut n, &mut r, &step, &ConductorId::new("c1"));
+        assert_eq!(n.deploy_step["step"], "deploy", "the running step is shown");
+        assert_eq!(after_step(&mut n, &mut r, &step, Ok(StepOutcome::Done), now, timeout), AfterStep::Continue);
+        assert_eq!(OperationRecord::load(&n).unwrap().next, 1);
+        // wait: the next step after the ramdisk's callback, a deadline, the wait state
+        let (mut n, mut r) = deploying();
+        assert_eq!(after_step(&mut n, &mut r, &step, Ok(StepOutcome::Wait), now, timeout), AfterStep::Waiting);
+        let stored = OperationRecord::load(&n).unwrap();
+        assert_eq!((stored.next, stored.ramdisk_up, stored.wait_deadline), (1, false, Some(now + timeout)));
+        assert_eq!(n.provision_state, S::DeployWait);
+        // wait here: the same step again after the callback
+        let (mut n, mut r) = deploying();
+        assert_eq!(after_step(&mut n, &mut r, &step, Ok(StepOutcome::WaitHere), now, timeout), AfterStep::Waiting);
+        assert_eq!(OperationRecord::load(&n).unwrap().next, 0);
+        // an error fails the operation, naming the step
+        let (mut n, mut r) = deploying();
+        let failed = after_step(&mut n, &mut r, &step, Err(DriverError::Failed("disk on fire".into())), now, timeout);
+        assert_eq!(failed, AfterStep::Fail("Step deploy.deploy failed: disk on fire".into()));
+    }
+
+    #[test]
+    fn completion_leaves_the_operation_and_forgets_what_it_used() {
+        let now = Utc::now();
+        let (mut n, mut r) = deploying();
+        r.next = 2;
+        r.store(&mut n);
+        n.last_error = Some("an old failure".into());
+        n.driver_internal_info.insert("agent_url".into(), serde_json::json!("http://10.0.0.9:9999"));
+        let t = complete(&mut n, now).unwrap();
+        assert_eq!((t.to, n.provision_state, n.target_provision_state), (S::Active, S::Active, None));
+        assert!(!n.driver_internal_info.contains_key(RECORD_KEY) && !n.driver_internal_info.contains_key("agent_url"));
+        assert_eq!((n.last_error.as_deref(), n.provision_updated_at), (None, Some(now)));
+        // an undeploy forgets the instance and chains into cleaning
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", S::Deleting, 16);
+        n.target_provision_state = Some(S::Available);
+        n.instance_uuid = Some("inst-1".into());
+        n.instance_info.insert("image_source".into(), serde_json::json!("http://images/x.qcow2"));
+        let t = complete(&mut n, now).unwrap();
+        assert_eq!(t.to, S::Cleaning);
+        assert!(t.to.is_in_progress(), "a chained operation starts at once");
+        assert!(n.instance_uuid.is_none() && n.instance_info.is_empty());
+    }
 }

@@ -117,7 +117,9 @@ impl Cluster {
         let mut conductors = Vec::new();
         for (i, (ep, (grpc, extra))) in endpoints.iter().zip(&conductors_at).enumerate() {
             let mut env = env.clone();
-            env.extend(extra.iter().filter(|(k, _)| k != "FERRIC_DATABASE__URL").map(|(k, v)| (k.as_str(), v.as_str())));
+            env.extend(
+                extra.iter().filter(|(k, _)| k != "FERRIC_DATABASE__URL").map(|(k, v)| (k.as_str(), v.as_str())),
+            );
             let db = extra.iter().find(|(k, _)| k == "FERRIC_DATABASE__URL").map(|(_, v)| v.as_str());
             let db = db.unwrap_or(processes_db_url);
             conductors.push((conductor_process(dir.path(), ep, db, i + 1, *grpc, ttl, &env), *grpc));

@@ -192,6 +192,15 @@ impl ConductorService {
         }
     }
 
+    /// A node this conductor is about to write must stay within
+    /// `api.max_node_document_bytes` (it travels to and from the API in one
+    /// message, twice in an update): a PATCH merged onto a node that grew
+    /// since the API's copy, a provision request's config drive.
+    fn check_size(&self, node: &Node) -> Result<(), Status> {
+        node.check_document_size(self.inner.cfg.api.max_node_document_bytes)
+            .map_err(|e| self.err(Reason::TooLarge, e.to_string()))
+    }
+
     async fn save(&self, lock: &NodeLock, node: &Node) -> Result<(), Status> {
         self.save_applying(lock, node, None).await
     }

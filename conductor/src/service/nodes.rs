@@ -95,8 +95,7 @@ impl ConductorService {
             }
             // the API checked the copy it patched; merged onto the node as
             // it is now (another PATCH may have grown it since) it can be larger
-            node.check_document_size(self.inner.cfg.api.max_node_document_bytes)
-                .map_err(|e| self.err(Reason::TooLarge, e.to_string()))?;
+            self.check_size(&node)?;
             self.save_applying(&lock, &node, self.applied(call, node.uuid, "update_node").as_ref()).await?;
             Ok(node)
         }
