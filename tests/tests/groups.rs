@@ -8,6 +8,8 @@
 //! the API sent the update to the new owner, which refused a node it did
 //! not own yet (NOT_OWNER), and the client got a 503 at the request
 //! deadline (the first two tests, run on that routing: 503 after 30 s).
+//! A move while an operation is in flight is refused with 409, as Ironic
+//! refuses it.
 
 use std::time::{Duration, Instant};
 
@@ -269,5 +271,89 @@ async fn a_driver_only_another_conductor_enables_moves_the_node_to_it() {
     assert_eq!(s, 400, "{body}");
     assert!(Api::fault(&body).contains("No valid host"), "{body}");
     assert!(took < AT_ONCE, "the refusal took {took:?}");
+    db.close().await;
+}
+
+/// A move while an operation is in flight is refused at once with 409, as
+/// Ironic refuses updates during a transition — a deploy that runs (its
+/// conductor holds the lock) and one that waits for its ramdisk (nobody
+/// does) — and changes nothing: the deploys finish where they started.
+/// Once they are over, the same moves are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_during_a_transition_is_refused_and_changes_nothing() {
+    let cl = cluster(6, &[("", "fake-hardware"), ("rack2", "fake-hardware")]);
+    cl.wait_conductors(2).await;
+    let api = Api::new(&cl.api_url);
+    let db = Db::connect(&cl.db_url, 2).await.expect("the cluster's database");
+    let waiting = cl.create_nodes("w", 1, json!({"fake_wait_after": "deploy.deploy"})).await.remove(0);
+    let running = cl.create_nodes("r", 1, json!({})).await.remove(0);
+    for u in [&waiting, &running] {
+        drive(&api, u, "manage", "manageable").await;
+        drive(&api, u, "provide", "available").await;
+    }
+    // from now on every step of `running` takes 1.5 s
+    cl.ok(
+        Method::PATCH,
+        &format!("/v1/nodes/{running}"),
+        Some(json!([{"op": "add", "path": "/driver_info/fake_step_delay_ms", "value": 1500}])),
+    )
+    .await;
+    api.provision(&waiting, "active").await;
+    api.wait_state(&waiting, "wait call-back", WAIT).await;
+    api.provision(&running, "active").await;
+    let start = Instant::now();
+    while cl.ok(Method::GET, &format!("/v1/nodes/{running}"), None).await["provision_state"] != "deploying" {
+        assert!(start.elapsed() < WAIT, "the deploy never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    for (u, what) in [(&waiting, "waiting for its ramdisk"), (&running, "deploying")] {
+        let (s, body, took) = patch(&cl, u, to_group("rack2")).await;
+        assert_eq!(s, 409, "a move of a node {what}: {body}");
+        assert!(Api::fault(&body).contains("state transition is in progress"), "{body}");
+        // (not NODE_LOCKED after the lock's retries: the running deploy holds it)
+        assert!(took < AT_ONCE, "the refusal of a move of a node {what} took {took:?}");
+        let n = cl.ok(Method::GET, &format!("/v1/nodes/{u}"), None).await;
+        assert_eq!(n["conductor_group"], "", "a node {what} moved: {n}");
+        assert_eq!(n["conductor"], "c1", "{n}");
+    }
+    // a PATCH of other fields of a waiting node is still applied
+    cl.ok(
+        Method::PATCH,
+        &format!("/v1/nodes/{waiting}"),
+        Some(json!([{"op": "add", "path": "/extra/note", "value": "still here"}])),
+    )
+    .await;
+
+    // the ramdisk of the waiting one calls back; both deploys end on c1
+    let lookup: Value = cl
+        .client
+        .get(format!("{}/v1/lookup?node_uuid={waiting}", cl.api_url))
+        .header("X-OpenStack-Ironic-API-Version", "1.62")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = lookup["config"]["agent_token"].as_str().expect("an agent token").to_string();
+    assert_eq!(api.heartbeat(&waiting, &token).await, 202);
+    for u in [&waiting, &running] {
+        api.wait_state(u, "active", WAIT).await;
+        let stored = db.get_node(u.parse().unwrap()).await.unwrap();
+        assert_eq!(stored.conductor_affinity.as_deref(), Some("c1"), "{u}");
+        assert_eq!(stored.conductor_group, "", "{u}");
+    }
+
+    // over: now they move, and c2 takes their boot over
+    for u in [&waiting, &running] {
+        let n = move_node(&cl, u, to_group("rack2")).await;
+        assert_eq!(n["conductor"], "c2", "{n}");
+    }
+    for u in [&waiting, &running] {
+        let n = wait_taken_over(&cl, &db, u, &["c2"]).await;
+        assert_eq!(n["driver_internal_info"]["fake_take_over"]["by"], "c2", "{n}");
+        assert_eq!(n["provision_state"], "active", "{n}");
+    }
     db.close().await;
 }
