@@ -8,8 +8,9 @@
 //! the API sent the update to the new owner, which refused a node it did
 //! not own yet (NOT_OWNER), and the client got a 503 at the request
 //! deadline (the first two tests, run on that routing: 503 after 30 s).
-//! A move while an operation is in flight is refused with 409, as Ironic
-//! refuses it.
+//! A node nobody owns as stored (its group's last conductor is gone) is
+//! moved by its owner as moved; a move while an operation is in flight is
+//! refused with 409, as Ironic refuses it.
 
 use std::time::{Duration, Instant};
 
@@ -355,5 +356,45 @@ async fn a_move_during_a_transition_is_refused_and_changes_nothing() {
         assert_eq!(n["driver_internal_info"]["fake_take_over"]["by"], "c2", "{n}");
         assert_eq!(n["provision_state"], "active", "{n}");
     }
+    db.close().await;
+}
+
+/// The last conductor of a group is gone for good (its nodes have no
+/// owner; every action on them is refused with "No valid host"): moving
+/// its nodes to a group that has conductors is what an operator does, and
+/// it must work — the node's new owner applies the move, since the old
+/// group has nobody to apply it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_of_a_group_without_conductors_can_be_moved_out() {
+    let ttl = 3;
+    let mut cl = cluster(ttl, &[("", "fake-hardware"), ("rack2", "fake-hardware")]);
+    cl.wait_conductors(2).await;
+    let api = Api::new(&cl.api_url);
+    let db = Db::connect(&cl.db_url, 2).await.expect("the cluster's database");
+    let uuids = cl.create_nodes("s", 2, json!({})).await;
+    cl.drive(&uuids, "manage", "manageable", WAIT).await;
+    cl.drive(&uuids[1..], "provide", "available", WAIT).await;
+    cl.drive(&uuids[1..], "active", "active", WAIT).await;
+    for u in &uuids {
+        move_node(&cl, u, to_group("rack2")).await;
+        wait_taken_over(&cl, &db, u, &["c2"]).await;
+    }
+
+    // rack2's only conductor dies and stays dead
+    cl.conductors[1].0.kill();
+    cl.wait_conductors(1).await;
+    let (s, body) = cl.req(Method::GET, &format!("/v1/nodes/{}/validate", uuids[0]), None).await;
+    assert_eq!(s, 400, "an action on a node without a conductor: {body}");
+
+    for u in &uuids {
+        let n = move_node(&cl, u, to_group("")).await;
+        assert_eq!(n["conductor"], "c1", "{n}");
+        let n = wait_taken_over(&cl, &db, u, &["c1"]).await;
+        if n["provision_state"] == "active" {
+            assert_eq!(n["driver_internal_info"]["fake_take_over"]["by"], "c1", "{n}");
+        }
+    }
+    drive(&api, &uuids[0], "provide", "available").await;
+    drive(&api, &uuids[1], "deleted", "available").await;
     db.close().await;
 }

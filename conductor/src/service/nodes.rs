@@ -27,11 +27,15 @@ impl ConductorService {
     ///
     /// A move — a new `conductor_group`, or a `driver` another conductor
     /// serves — is applied here by the node's owner as stored, and the
-    /// node's new owner takes it over on its next take-over pass.
+    /// node's new owner takes it over on its next take-over pass. When
+    /// nobody owns the node as stored (its group's last conductor is gone)
+    /// the API sends the update to the node's owner as moved, which may
+    /// apply it: else such a node could never be moved out.
     async fn update_node(&self, r: UpdateNodeRequest, call: &Option<String>) -> Rpc<NodeReply> {
         let wanted: Node =
             serde_json::from_str(&r.node_json).map_err(|e| self.err(Reason::Invalid, format!("node document: {e}")))?;
-        let current = self.load_owned(&r.node_uuid, r.epoch).await?;
+        let may_update = |n: &Node| self.inner.owns(n) || self.inner.nobody_owns(n);
+        let current = self.load_if(&r.node_uuid, r.epoch, may_update).await?;
         if wanted.uuid != current.uuid {
             return Err(self.err(Reason::Invalid, "the node uuid cannot be changed"));
         }
@@ -39,9 +43,10 @@ impl ConductorService {
         // operation holds; and again under the lock
         refuse_in_transition(&current, &self.merged(&r, wanted.clone(), &current)?)
             .map_err(|m| self.err(Reason::Conflict, m))?;
-        let Some((lock, mut node)) = self.lock_for(current.uuid, call).await? else {
+        let Some((lock, mut node)) = self.lock_for_if(current.uuid, call, may_update).await? else {
             return self.node_reply(current.uuid).await;
         };
+        let owned_as_stored = self.inner.owns(&node);
         let result: Result<Node, Status> = async {
             // only what the patch changed, applied to the node as it is now
             let wanted = self.merged(&r, wanted, &node)?;
@@ -75,6 +80,12 @@ impl ConductorService {
             node.fault = if node.maintenance { wanted.fault } else { None };
             node.conductor_group = wanted.conductor_group.to_ascii_lowercase();
             node.console_enabled = wanted.console_enabled;
+            if !owned_as_stored && !self.inner.owns(&node) {
+                return Err(self.err(
+                    Reason::NotOwner,
+                    format!("conductor {} owns node {} neither as stored nor as updated", self.inner.id, node.uuid),
+                ));
+            }
             if self.inner.registry.get(&node.driver).is_some() {
                 self.inner.registry.resolve(&node).map_err(|e| self.driver_err(e))?;
             }
