@@ -239,14 +239,16 @@ fn too_large(e: DocumentTooLarge) -> ApiError {
 
 /// Send a changed node to its owner, which applies what changed from
 /// `base` (the copy the change was made to) to the node under the lock
-/// (and checks the size of the result again: `base` may be stale).
+/// (and checks the size of the result again: `base` may be stale). The
+/// owner of the node as stored applies a move too; the node's new owner
+/// takes it over on its own (see [`Route::Update`]).
 async fn push_update(st: &AppState, base: &Node, node: &Node) -> ApiResult<Node> {
     let node_json = serde_json::to_string(node).expect("nodes serialise");
     DocumentTooLarge::check(node, node_json.len(), st.cfg.api.max_node_document_bytes).map_err(too_large)?;
     let base_json = serde_json::to_string(base).expect("nodes serialise");
     let reply = st
         .fwd
-        .call(AppState::route(base), |mut c, epoch| {
+        .call(AppState::route_update(base, node), |mut c, epoch| {
             let req = UpdateNodeRequest {
                 epoch,
                 node_uuid: node.uuid.to_string(),

@@ -216,6 +216,15 @@ impl Inner {
             .is_some_and(|m| m.id == self.id && m.incarnation == self.incarnation)
     }
 
+    /// Whether the ring at our epoch gives this node to nobody: no active
+    /// conductor of its group enables its hardware type (the group's last
+    /// one is gone). Only a move can bring such a node back, and it is
+    /// applied by the node's owner as moved (`service::nodes`).
+    pub fn nobody_owns(&self, node: &Node) -> bool {
+        let ring = self.ring.borrow();
+        ring.owner(node.uuid.as_bytes(), &node.conductor_group, node.hardware_type()).is_none()
+    }
+
     pub fn epoch(&self) -> u64 {
         self.ring.borrow().epoch()
     }
