@@ -50,6 +50,8 @@ impl ConductorService {
         let result: Result<Node, Status> = async {
             // only what the patch changed, applied to the node as it is now
             let wanted = self.merged(&r, wanted, &node)?;
+            let moved =
+                wanted.driver != node.driver || !wanted.conductor_group.eq_ignore_ascii_case(&node.conductor_group);
             refuse_in_transition(&node, &wanted).map_err(|m| self.err(Reason::Conflict, m))?;
             // copy what a user may change; everything else stays as stored
             node.name = wanted.name;
@@ -80,6 +82,12 @@ impl ConductorService {
             node.fault = if node.maintenance { wanted.fault } else { None };
             node.conductor_group = wanted.conductor_group.to_ascii_lowercase();
             node.console_enabled = wanted.console_enabled;
+            if moved {
+                // nobody has taken the node over on its new ring yet: its
+                // new owner's next light pass finds it by this (the old
+                // owner keeps its artefacts until the new one has)
+                node.conductor_affinity = None;
+            }
             if !owned_as_stored && !self.inner.owns(&node) {
                 return Err(self.err(
                     Reason::NotOwner,
