@@ -166,14 +166,17 @@ pub async fn serve(
         .with_context(|| format!("binding the API address {}", cfg.api.listen))?;
     let addr = listener.local_addr()?;
     let fwd = forward::Forwarder::new(ring, Duration::from_millis(cfg.api.request_deadline_ms));
-    let header_read_timeout = Duration::from_millis(cfg.api.header_read_timeout_ms);
+    let timeouts = connections::Timeouts {
+        header_read: Duration::from_millis(cfg.api.header_read_timeout_ms),
+        keep_alive: Duration::from_millis(cfg.api.keep_alive_timeout_ms),
+    };
     let ipxe = ipxe::IpxeState::new(&cfg);
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let state = Arc::new(AppState { cfg, db, fwd, metrics, ipxe, stopping: stopping.clone() });
     // clients ask for collections with a trailing slash (`/v1/ports/`)
     let app =
         tower::Layer::layer(&tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(), router(state));
-    let join = tokio::spawn(connections::serve(listener, app, header_read_timeout, shutdown));
+    let join = tokio::spawn(connections::serve(listener, app, timeouts, shutdown));
     tracing::info!(%addr, "Ironic API listening");
     Ok(ApiHandle { addr, join, stopping })
 }
