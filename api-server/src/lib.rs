@@ -7,28 +7,34 @@
 //! (microversions), [`error`] (Ironic's error body), [`render`] (field
 //! sets, masking, links), [`patch`] (JSON Patch), [`forward`] (the
 //! owner-aware gRPC forwarder), and one module per resource ([`nodes`],
-//! [`ports`], [`drivers`], [`root`]).
+//! [`traits`], [`history`], [`ports`], [`portgroups`], [`chassis`],
+//! [`allocations`], [`drivers`], [`root`]).
 //!
 //! The invariant: the API reads from the database but never changes a
 //! node itself; every change goes to the node's owning conductor, which
 //! makes it under the node lock.
 
+pub mod allocations;
+pub mod chassis;
 pub mod connections;
 pub mod context;
 pub mod drivers;
 pub mod error;
 pub mod fields;
 pub mod forward;
+pub mod history;
 pub mod ipxe;
 pub mod limit;
 pub mod nodes;
 pub mod paging;
 pub mod patch;
+pub mod portgroups;
 pub mod ports;
 pub mod render;
 pub mod root;
 pub mod shed;
 pub mod timeout;
+pub mod traits;
 pub mod version;
 
 use std::net::SocketAddr;
@@ -59,12 +65,42 @@ fn v1_routes() -> Router<State> {
         .route("/nodes/{node}/validate", get(nodes::validate))
         .route("/nodes/{node}/maintenance", put(nodes::put_maintenance).delete(nodes::delete_maintenance))
         .route("/nodes/{node}/ports", get(nodes::node_ports))
+        .route("/nodes/{node}/portgroups", get(portgroups::node_portgroups))
+        .route("/nodes/{node}/traits", get(traits::list).put(traits::set_all).delete(traits::remove_all))
+        .route("/nodes/{node}/traits/{trait}", put(traits::add_one).delete(traits::remove_one))
+        .route(
+            "/nodes/{node}/allocation",
+            get(allocations::node_allocation).delete(allocations::delete_node_allocation),
+        )
+        .route("/nodes/{node}/history", get(history::list))
+        .route("/nodes/{node}/history/{event}", get(history::get))
         .route("/nodes/{node}/vendor_passthru/methods", get(nodes::vendor_methods))
         .route("/nodes/{node}/vendor_passthru/{method}", any(nodes::vendor_call))
         .route("/nodes/{node}/vendor_passthru", any(nodes::vendor_call_query))
         .route("/ports", get(ports::list_ports).post(ports::create_port))
         .route("/ports/detail", get(ports::list_ports_detail))
         .route("/ports/{port}", get(ports::get_port).patch(ports::patch_port).delete(ports::delete_port))
+        .route("/portgroups", get(portgroups::list_portgroups).post(portgroups::create_portgroup))
+        .route("/portgroups/detail", get(portgroups::list_portgroups_detail))
+        .route(
+            "/portgroups/{pg}",
+            get(portgroups::get_portgroup).patch(portgroups::patch_portgroup).delete(portgroups::delete_portgroup),
+        )
+        .route("/portgroups/{pg}/ports", get(portgroups::portgroup_ports))
+        .route("/chassis", get(chassis::list_chassis).post(chassis::create_chassis))
+        .route("/chassis/detail", get(chassis::list_chassis_detail))
+        .route(
+            "/chassis/{chassis}",
+            get(chassis::get_chassis).patch(chassis::patch_chassis).delete(chassis::delete_chassis),
+        )
+        .route("/chassis/{chassis}/nodes", get(nodes::chassis_nodes))
+        .route("/allocations", get(allocations::list_allocations).post(allocations::create_allocation))
+        .route(
+            "/allocations/{allocation}",
+            get(allocations::get_allocation)
+                .patch(allocations::patch_allocation)
+                .delete(allocations::delete_allocation),
+        )
         .route("/drivers", get(drivers::list_drivers))
         .route("/drivers/{driver}", get(drivers::get_driver))
         .route("/drivers/{driver}/properties", get(drivers::driver_properties))
