@@ -194,7 +194,7 @@ pub async fn create_node(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> 
     };
     // below 1.11 a new node is immediately available
     let state = if ctx.v.at_least(11) { ProvisionState::Enroll } else { ProvisionState::Available };
-    let mut node = Node::new(uuid, &driver, state, st.cfg.membership.partition_exponent);
+    let mut node = Node::new(uuid, &driver, state);
     let writable = fields::node_writable();
     for (k, v) in obj {
         if k == "uuid" || k == "driver" {

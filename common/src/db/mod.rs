@@ -12,7 +12,9 @@
 //! Layout: this file holds the connection, the schema policy and the
 //! query plumbing; one module per table holds that table's columns (each
 //! declared once) and queries: [`nodes`] (with the node lock), [`ports`],
-//! [`history`], [`settings`], [`calls`] (the API's calls already applied).
+//! [`history`], [`settings`], [`calls`] (the API's calls already applied),
+//! and [`partitions`]: the lock under which nodes' ring partitions and the
+//! exponent they were computed with are read and written.
 
 /// Declares a table's columns once: the row type read back, the list of
 /// every column (for SELECT), and what a save writes — every `saved`
@@ -47,15 +49,33 @@ macro_rules! table {
     };
 }
 
+/// Binds every [`Arg`] of `$args` to the query `$q`, in order.
+macro_rules! bind_all {
+    ($q:expr, $args:expr) => {{
+        let mut q = $q;
+        for a in $args {
+            q = match a {
+                Arg::Text(v) => q.bind(v),
+                Arg::Int(v) => q.bind(v),
+                Arg::Bool(v) => q.bind(v),
+                Arg::Time(v) => q.bind(v),
+            };
+        }
+        q
+    }};
+}
+
 mod calls;
 mod history;
 mod nodes;
+mod partitions;
 mod ports;
 mod settings;
 
 pub use calls::AppliedCall;
 pub use history::HistoryEntry;
 pub use nodes::{NODE_SORT_KEYS, NodeQuery, NodeRef};
+pub use partitions::{PARTITION_LOCK_KEY, PartitionLock, PartitionLockMode, Recomputed};
 pub use ports::{PORT_SORT_KEYS, PortQuery};
 
 use std::str::FromStr;
@@ -93,6 +113,10 @@ pub enum DbError {
     /// The database's schema is not the one this binary was built for.
     #[error("{0}")]
     Schema(String),
+    /// The database records no usable ring partition exponent, so no node
+    /// can be given a partition (`crate::partitions`).
+    #[error("{0}")]
+    PartitionExponent(String),
 }
 
 impl DbError {
@@ -198,21 +222,6 @@ impl From<Option<DateTime<Utc>>> for Arg {
     fn from(v: Option<DateTime<Utc>>) -> Arg {
         Arg::Time(v)
     }
-}
-
-macro_rules! bind_all {
-    ($q:expr, $args:expr) => {{
-        let mut q = $q;
-        for a in $args {
-            q = match a {
-                Arg::Text(v) => q.bind(v),
-                Arg::Int(v) => q.bind(v),
-                Arg::Bool(v) => q.bind(v),
-                Arg::Time(v) => q.bind(v),
-            };
-        }
-        q
-    }};
 }
 
 /// Which database a URL names.

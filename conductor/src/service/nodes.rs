@@ -314,7 +314,7 @@ impl ConductorService {
 
     pub(super) async fn driver_vendor_passthru_rpc(&self, req: Request<DriverVendorRequest>) -> Rpc<VendorReply> {
         let r = req.into_inner();
-        let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll, 1);
+        let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll);
         let driver = self.inner.registry.driver_for(&probe).map_err(|e| self.driver_err(e))?;
         let method = driver
             .vendor
@@ -340,7 +340,7 @@ impl ConductorService {
             let node = self.load_owned(&r.node_uuid, r.epoch).await?;
             self.inner.registry.driver_for(&node).map_err(|e| self.driver_err(e))?.vendor.methods()
         } else {
-            let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll, 1);
+            let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll);
             self.inner.registry.driver_for(&probe).map_err(|e| self.driver_err(e))?.vendor.driver_methods()
         };
         Ok(Response::new(VendorMethodsReply {
