@@ -200,3 +200,11 @@ pub async fn heartbeat(
 pub async fn not_found() -> ApiError {
     ApiError { framework: true, ..ApiError::not_found("") }
 }
+
+/// A method the path does not take: Ironic's 405.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "The server could not comply with the request since it is either malformed or otherwise incorrect.",
+    )
+}

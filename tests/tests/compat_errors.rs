@@ -105,6 +105,11 @@ async fn bad_input_and_protocol_details() {
     assert!(h["openstack-request-id"].to_str().unwrap().starts_with("req-"));
     let (s, _, _) = api.call(M::POST, "/v1", "", Some(json!({}))).await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    // every path answers a method it does not take with Ironic's 405
+    let no = "could not comply with the request";
+    api.fault(M::POST, "/v1/nodes/n1", "1.115", Some(json!({})), 405, no).await;
+    api.fault(M::PUT, "/ports", "1.115", Some(json!({})), 405, no).await;
+    api.fault(M::OPTIONS, "/v1/nodes/n1/vendor_passthru/x", "1.115", None, 405, no).await;
     let (s, _, b) = api.call(M::GET, "/v1/nope", "1.115", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(error_body(&b), json!({"code": 404, "title": "Not Found", "description": ""}));
