@@ -7,7 +7,8 @@
 //! (microversions), [`error`] (Ironic's error body), [`render`] (field
 //! sets, masking, links), [`patch`] (JSON Patch), [`forward`] (the
 //! owner-aware gRPC forwarder), [`routes`] (the router that remembers
-//! its routes), and one module per resource ([`nodes`], [`ports`], [`drivers`],
+//! its routes), [`openapi`] (the OpenAPI document, checked against them),
+//! and one module per resource ([`nodes`], [`ports`], [`drivers`],
 //! [`root`]).
 //!
 //! The invariant: the API reads from the database but never changes a
@@ -23,6 +24,7 @@ pub mod forward;
 pub mod ipxe;
 pub mod limit;
 pub mod nodes;
+pub mod openapi;
 pub mod paging;
 pub mod patch;
 pub mod ports;
@@ -90,7 +92,8 @@ fn v1_routes() -> Routes<State> {
 }
 
 /// Every route the API serves: Ferric's own endpoints, the discovery
-/// documents, and v1 under `/v1` and at the root.
+/// documents, and v1 under `/v1` and at the root. The OpenAPI document
+/// (`openapi.json`) lists exactly these; [`openapi`]'s tests check it.
 pub fn routes() -> Routes<State> {
     use axum::http::Method as M;
     Routes::new()
@@ -98,6 +101,7 @@ pub fn routes() -> Routes<State> {
         .at("/healthz", &[M::GET], healthz)
         .at("/readyz", &[M::GET], readyz)
         .at("/metrics", &[M::GET], prometheus_metrics)
+        .at("/openapi.json", &[M::GET], openapi::document)
         .at("/boot.ipxe", &[M::GET], ipxe::boot_ipxe)
         .at("/v1", &[M::GET], root::v1)
         .at("/v1/", &[M::GET], root::v1)
