@@ -214,6 +214,23 @@ async fn suite(db: Db) {
     assert_eq!(db.prune_applied_calls(Utc::now() + chrono::Duration::seconds(1), 2).await.unwrap(), 2, "in batches");
     assert_eq!(db.prune_applied_calls(Utc::now() + chrono::Duration::seconds(1), 100).await.unwrap(), 1);
     assert!(!db.call_applied("req-4").await.unwrap());
+
+    // text with a NUL character is bad input on both backends (PostgreSQL
+    // cannot store or compare it), in a write, a lookup and a filter;
+    // JSON columns take it, escaped
+    let mut nul = node("nul");
+    nul.description = Some("a\0b".into());
+    let invalid = |r: Result<(), DbError>| matches!(r, Err(e) if e.is_invalid_input());
+    assert!(invalid(db.create_node(&nul).await), "a NUL in a text column is refused");
+    assert!(matches!(db.get_node(nul.uuid).await, Err(DbError::NotFound)), "and nothing was written");
+    assert!(invalid(db.get_node_by_name("n\0").await.map(|_| ())));
+    let q = NodeQuery { driver: Some("\0".into()), ..Default::default() };
+    assert!(invalid(db.list_nodes(&q).await.map(|_| ())));
+    nul.description = None;
+    nul.extra = json!({"k\0": "v\0"}).as_object().unwrap().clone();
+    db.create_node(&nul).await.unwrap();
+    assert_eq!(db.get_node(nul.uuid).await.unwrap().extra, nul.extra);
+    assert!(!DbError::NotFound.is_invalid_input() && !DbError::Duplicate { field: "name" }.is_invalid_input());
 }
 
 /// Ring partitions: a save never writes one, a recompute rewrites every

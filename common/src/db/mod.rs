@@ -142,6 +142,35 @@ impl DbError {
             _ => false,
         }
     }
+
+    /// Bad data rather than a failing database: a value it cannot store or
+    /// compare — text with a NUL character (refused on both backends before
+    /// it is sent, see [`no_nul`]) or a PostgreSQL data exception (SQLSTATE
+    /// class 22). The request that carried it is at fault.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            DbError::Sqlx(sqlx::Error::Encode(_)) => true,
+            DbError::Sqlx(sqlx::Error::Database(e)) => e.code().is_some_and(|c| c.starts_with("22")),
+            _ => false,
+        }
+    }
+}
+
+/// What a client is told about a value [`DbError::is_invalid_input`]
+/// refuses (the database's own words go to the log).
+pub const INVALID_INPUT_MESSAGE: &str =
+    "Invalid input: a text value contains a NUL character, or a value does not fit its field.";
+
+/// PostgreSQL cannot store or compare a NUL character in text (SQLite
+/// can): such a value is refused on both backends, so they behave alike and
+/// the caller gets bad input ([`DbError::is_invalid_input`]), not a
+/// database error. JSON columns are not concerned: serialised JSON escapes
+/// NUL as `\u0000`.
+fn no_nul(args: &[Arg]) -> Result<(), sqlx::Error> {
+    if args.iter().any(|a| matches!(a, Arg::Text(Some(s)) if s.contains('\0'))) {
+        return Err(sqlx::Error::Encode("text values cannot contain NUL characters".into()));
+    }
+    Ok(())
 }
 
 /// Result of trying to take a node lock.
@@ -570,6 +599,7 @@ impl Db {
     }
 
     async fn execute(&self, sql: String, args: Vec<Arg>) -> Result<u64, sqlx::Error> {
+        no_nul(&args)?;
         Ok(match &self.pool {
             Pool::Sqlite(p) => bind_all!(sqlx::query(AssertSqlSafe(sql)), args).execute(p).await?.rows_affected(),
             Pool::Postgres(p) => bind_all!(sqlx::query(AssertSqlSafe(sql)), args).execute(p).await?.rows_affected(),
@@ -584,6 +614,10 @@ impl Db {
         first: (String, Vec<Arg>),
         then: Vec<(String, Vec<Arg>)>,
     ) -> Result<bool, sqlx::Error> {
+        no_nul(&first.1)?;
+        for (_, args) in &then {
+            no_nul(args)?;
+        }
         macro_rules! run {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await?;
@@ -610,6 +644,7 @@ impl Db {
     where
         T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin,
     {
+        no_nul(&args)?;
         match &self.pool {
             Pool::Sqlite(p) => bind_all!(sqlx::query_as::<_, T>(AssertSqlSafe(sql)), args).fetch_all(p).await,
             Pool::Postgres(p) => bind_all!(sqlx::query_as::<_, T>(AssertSqlSafe(sql)), args).fetch_all(p).await,
@@ -620,6 +655,7 @@ impl Db {
     where
         T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin,
     {
+        no_nul(&args)?;
         match &self.pool {
             Pool::Sqlite(p) => bind_all!(sqlx::query_as::<_, T>(AssertSqlSafe(sql)), args).fetch_optional(p).await,
             Pool::Postgres(p) => bind_all!(sqlx::query_as::<_, T>(AssertSqlSafe(sql)), args).fetch_optional(p).await,
