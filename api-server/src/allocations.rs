@@ -27,7 +27,7 @@ use crate::render::{self, ALLOCATION_FIELDS};
 use crate::traits::traits_from;
 use crate::{paging, patch};
 
-const CREATE_KEYS: [&str; 8] =
+pub const CREATE_KEYS: [&str; 8] =
     ["candidate_nodes", "extra", "name", "node", "owner", "resource_class", "traits", "uuid"];
 
 fn gone_below(ctx: &Ctx, min: u32, status: StatusCode) -> ApiResult<()> {

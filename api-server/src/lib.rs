@@ -6,9 +6,11 @@
 //! whole-request timeout), [`limit`] (body size), [`version`]
 //! (microversions), [`error`] (Ironic's error body), [`render`] (field
 //! sets, masking, links), [`patch`] (JSON Patch), [`forward`] (the
-//! owner-aware gRPC forwarder), and one module per resource ([`nodes`],
-//! [`traits`], [`history`], [`ports`], [`portgroups`], [`chassis`],
-//! [`allocations`], [`drivers`], [`root`]).
+//! owner-aware gRPC forwarder), [`routes`] (the router that remembers
+//! its routes), [`openapi`] (the OpenAPI document, checked against them),
+//! and one module per resource ([`nodes`], [`traits`], [`history`],
+//! [`ports`], [`portgroups`], [`chassis`], [`allocations`], [`drivers`],
+//! [`root`]).
 //!
 //! The invariant: the API reads from the database but never changes a
 //! node itself; every change goes to the node's owning conductor, which
@@ -26,12 +28,14 @@ pub mod history;
 pub mod ipxe;
 pub mod limit;
 pub mod nodes;
+pub mod openapi;
 pub mod paging;
 pub mod patch;
 pub mod portgroups;
 pub mod ports;
 pub mod render;
 pub mod root;
+pub mod routes;
 pub mod shed;
 pub mod timeout;
 pub mod traits;
@@ -43,7 +47,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::routing::{any, get, put};
 use ferric_common::config::Config;
 use ferric_common::db::Db;
 use ferric_common::ring::Ring;
@@ -51,67 +54,94 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use context::{AppState, MetricsRender, State};
+pub use routes::Routes;
 
 /// The routes of API v1, mounted both under `/v1` and at the root (the
 /// `bookmark` links have no `/v1`).
-fn v1_routes() -> Router<State> {
-    Router::new()
-        .route("/nodes", get(nodes::list_nodes).post(nodes::create_node))
-        .route("/nodes/detail", get(nodes::list_nodes_detail))
-        .route("/nodes/{node}", get(nodes::get_node).patch(nodes::patch_node).delete(nodes::delete_node))
-        .route("/nodes/{node}/states", get(nodes::get_states))
-        .route("/nodes/{node}/states/provision", put(nodes::set_provision_state))
-        .route("/nodes/{node}/states/power", put(nodes::set_power_state))
-        .route("/nodes/{node}/validate", get(nodes::validate))
-        .route("/nodes/{node}/maintenance", put(nodes::put_maintenance).delete(nodes::delete_maintenance))
-        .route("/nodes/{node}/ports", get(nodes::node_ports))
-        .route("/nodes/{node}/portgroups", get(portgroups::node_portgroups))
-        .route("/nodes/{node}/traits", get(traits::list).put(traits::set_all).delete(traits::remove_all))
-        .route("/nodes/{node}/traits/{trait}", put(traits::add_one).delete(traits::remove_one))
-        .route(
-            "/nodes/{node}/allocation",
-            get(allocations::node_allocation).delete(allocations::delete_node_allocation),
-        )
-        .route("/nodes/{node}/history", get(history::list))
-        .route("/nodes/{node}/history/{event}", get(history::get))
-        .route("/nodes/{node}/vendor_passthru/methods", get(nodes::vendor_methods))
-        .route("/nodes/{node}/vendor_passthru/{method}", any(nodes::vendor_call))
-        .route("/nodes/{node}/vendor_passthru", any(nodes::vendor_call_query))
-        .route("/ports", get(ports::list_ports).post(ports::create_port))
-        .route("/ports/detail", get(ports::list_ports_detail))
-        .route("/ports/{port}", get(ports::get_port).patch(ports::patch_port).delete(ports::delete_port))
-        .route("/portgroups", get(portgroups::list_portgroups).post(portgroups::create_portgroup))
-        .route("/portgroups/detail", get(portgroups::list_portgroups_detail))
-        .route(
-            "/portgroups/{pg}",
-            get(portgroups::get_portgroup).patch(portgroups::patch_portgroup).delete(portgroups::delete_portgroup),
-        )
-        .route("/portgroups/{pg}/ports", get(portgroups::portgroup_ports))
-        .route("/chassis", get(chassis::list_chassis).post(chassis::create_chassis))
-        .route("/chassis/detail", get(chassis::list_chassis_detail))
-        .route(
-            "/chassis/{chassis}",
-            get(chassis::get_chassis).patch(chassis::patch_chassis).delete(chassis::delete_chassis),
-        )
-        .route("/chassis/{chassis}/nodes", get(nodes::chassis_nodes))
-        .route("/allocations", get(allocations::list_allocations).post(allocations::create_allocation))
-        .route(
-            "/allocations/{allocation}",
-            get(allocations::get_allocation)
-                .patch(allocations::patch_allocation)
-                .delete(allocations::delete_allocation),
-        )
-        .route("/drivers", get(drivers::list_drivers))
-        .route("/drivers/{driver}", get(drivers::get_driver))
-        .route("/drivers/{driver}/properties", get(drivers::driver_properties))
-        .route("/drivers/{driver}/vendor_passthru/methods", get(drivers::driver_vendor_methods))
-        .route("/drivers/{driver}/vendor_passthru/ipxe_config", get(ipxe::ipxe_config))
-        .route("/drivers/{driver}/vendor_passthru/{method}", any(drivers::driver_vendor_call))
-        .route("/drivers/{driver}/vendor_passthru", any(drivers::driver_vendor_call_query))
-        .route("/conductors", get(drivers::list_conductors))
-        .route("/conductors/{host}", get(drivers::get_conductor))
-        .route("/lookup", get(root::lookup))
-        .route("/heartbeat/{node}", axum::routing::post(root::heartbeat))
+fn v1_routes() -> Routes<State> {
+    use axum::http::Method as M;
+    use routes::VENDOR_METHODS as VENDOR;
+    Routes::new()
+        .at("/nodes", &[M::GET], nodes::list_nodes)
+        .at("/nodes", &[M::POST], nodes::create_node)
+        .at("/nodes/detail", &[M::GET], nodes::list_nodes_detail)
+        .at("/nodes/{node}", &[M::GET], nodes::get_node)
+        .at("/nodes/{node}", &[M::PATCH], nodes::patch_node)
+        .at("/nodes/{node}", &[M::DELETE], nodes::delete_node)
+        .at("/nodes/{node}/states", &[M::GET], nodes::get_states)
+        .at("/nodes/{node}/states/provision", &[M::PUT], nodes::set_provision_state)
+        .at("/nodes/{node}/states/power", &[M::PUT], nodes::set_power_state)
+        .at("/nodes/{node}/validate", &[M::GET], nodes::validate)
+        .at("/nodes/{node}/maintenance", &[M::PUT], nodes::put_maintenance)
+        .at("/nodes/{node}/maintenance", &[M::DELETE], nodes::delete_maintenance)
+        .at("/nodes/{node}/ports", &[M::GET], nodes::node_ports)
+        .at("/nodes/{node}/portgroups", &[M::GET], portgroups::node_portgroups)
+        .at("/nodes/{node}/traits", &[M::GET], traits::list)
+        .at("/nodes/{node}/traits", &[M::PUT], traits::set_all)
+        .at("/nodes/{node}/traits", &[M::DELETE], traits::remove_all)
+        .at("/nodes/{node}/traits/{trait}", &[M::PUT], traits::add_one)
+        .at("/nodes/{node}/traits/{trait}", &[M::DELETE], traits::remove_one)
+        .at("/nodes/{node}/allocation", &[M::GET], allocations::node_allocation)
+        .at("/nodes/{node}/allocation", &[M::DELETE], allocations::delete_node_allocation)
+        .at("/nodes/{node}/history", &[M::GET], history::list)
+        .at("/nodes/{node}/history/{event}", &[M::GET], history::get)
+        .at("/nodes/{node}/vendor_passthru/methods", &[M::GET], nodes::vendor_methods)
+        .at("/nodes/{node}/vendor_passthru/{method}", &VENDOR, nodes::vendor_call)
+        .at("/nodes/{node}/vendor_passthru", &VENDOR, nodes::vendor_call_query)
+        .at("/ports", &[M::GET], ports::list_ports)
+        .at("/ports", &[M::POST], ports::create_port)
+        .at("/ports/detail", &[M::GET], ports::list_ports_detail)
+        .at("/ports/{port}", &[M::GET], ports::get_port)
+        .at("/ports/{port}", &[M::PATCH], ports::patch_port)
+        .at("/ports/{port}", &[M::DELETE], ports::delete_port)
+        .at("/portgroups", &[M::GET], portgroups::list_portgroups)
+        .at("/portgroups", &[M::POST], portgroups::create_portgroup)
+        .at("/portgroups/detail", &[M::GET], portgroups::list_portgroups_detail)
+        .at("/portgroups/{pg}", &[M::GET], portgroups::get_portgroup)
+        .at("/portgroups/{pg}", &[M::PATCH], portgroups::patch_portgroup)
+        .at("/portgroups/{pg}", &[M::DELETE], portgroups::delete_portgroup)
+        .at("/portgroups/{pg}/ports", &[M::GET], portgroups::portgroup_ports)
+        .at("/chassis", &[M::GET], chassis::list_chassis)
+        .at("/chassis", &[M::POST], chassis::create_chassis)
+        .at("/chassis/detail", &[M::GET], chassis::list_chassis_detail)
+        .at("/chassis/{chassis}", &[M::GET], chassis::get_chassis)
+        .at("/chassis/{chassis}", &[M::PATCH], chassis::patch_chassis)
+        .at("/chassis/{chassis}", &[M::DELETE], chassis::delete_chassis)
+        .at("/chassis/{chassis}/nodes", &[M::GET], nodes::chassis_nodes)
+        .at("/allocations", &[M::GET], allocations::list_allocations)
+        .at("/allocations", &[M::POST], allocations::create_allocation)
+        .at("/allocations/{allocation}", &[M::GET], allocations::get_allocation)
+        .at("/allocations/{allocation}", &[M::PATCH], allocations::patch_allocation)
+        .at("/allocations/{allocation}", &[M::DELETE], allocations::delete_allocation)
+        .at("/drivers", &[M::GET], drivers::list_drivers)
+        .at("/drivers/{driver}", &[M::GET], drivers::get_driver)
+        .at("/drivers/{driver}/properties", &[M::GET], drivers::driver_properties)
+        .at("/drivers/{driver}/vendor_passthru/methods", &[M::GET], drivers::driver_vendor_methods)
+        .at("/drivers/{driver}/vendor_passthru/ipxe_config", &[M::GET], ipxe::ipxe_config)
+        .at("/drivers/{driver}/vendor_passthru/{method}", &VENDOR, drivers::driver_vendor_call)
+        .at("/drivers/{driver}/vendor_passthru", &VENDOR, drivers::driver_vendor_call_query)
+        .at("/conductors", &[M::GET], drivers::list_conductors)
+        .at("/conductors/{host}", &[M::GET], drivers::get_conductor)
+        .at("/lookup", &[M::GET], root::lookup)
+        .at("/heartbeat/{node}", &[M::POST], root::heartbeat)
+}
+
+/// Every route the API serves: Ferric's own endpoints, the discovery
+/// documents, and v1 under `/v1` and at the root. The OpenAPI document
+/// (`openapi.json`) lists exactly these; [`openapi`]'s tests check it.
+pub fn routes() -> Routes<State> {
+    use axum::http::Method as M;
+    Routes::new()
+        .at("/", &[M::GET], root::root)
+        .at("/healthz", &[M::GET], healthz)
+        .at("/readyz", &[M::GET], readyz)
+        .at("/metrics", &[M::GET], prometheus_metrics)
+        .at("/openapi.json", &[M::GET], openapi::document)
+        .at("/boot.ipxe", &[M::GET], ipxe::boot_ipxe)
+        .at("/v1", &[M::GET], root::v1)
+        .at("/v1/", &[M::GET], root::v1)
+        .nest("/v1", v1_routes())
+        .merge(v1_routes())
 }
 
 pub fn router(state: State) -> Router {
@@ -120,30 +150,10 @@ pub fn router(state: State) -> Router {
     let request_timeout = Duration::from_millis(state.cfg.api.request_timeout_ms);
     let in_handlers = shed::Limit::new(state.cfg.api.max_concurrent_requests);
     metrics::counter!("ferric_api_requests_timed_out_total").increment(0);
-    let v1_doc = get(root::v1).fallback(|| async {
-        error::ApiError::new(
-            axum::http::StatusCode::METHOD_NOT_ALLOWED,
-            "The server could not comply with the request since it is either malformed or otherwise incorrect.",
-        )
-    });
-    Router::new()
-        .route("/", get(root::root))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/boot.ipxe", get(ipxe::boot_ipxe))
-        .route(
-            "/metrics",
-            get(|axum::extract::State(st): axum::extract::State<State>| async move {
-                match &st.metrics {
-                    Some(render) => Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], render())),
-                    None => Err(error::ApiError::not_found("metrics are not enabled in this process")),
-                }
-            }),
-        )
-        .route("/v1", v1_doc.clone())
-        .route("/v1/", v1_doc)
-        .nest("/v1", v1_routes())
-        .merge(v1_routes())
+    routes()
+        .into_router()
+        // after every route: it applies to the routes there are
+        .method_not_allowed_fallback(root::method_not_allowed)
         .fallback(root::not_found)
         .with_state(state)
         // the last layer is the outermost: every answer, a shed or timed-out
@@ -155,6 +165,20 @@ pub fn router(state: State) -> Router {
         .layer(axum::middleware::from_fn(move |req, next| shed::middleware(in_handlers.clone(), req, next)))
         .layer(axum::middleware::from_fn(version::middleware))
         .layer(axum::Extension(public))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `/metrics`: this process's Prometheus metrics, when a recorder is
+/// installed.
+async fn prometheus_metrics(axum::extract::State(st): axum::extract::State<State>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match &st.metrics {
+        Some(render) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], render()).into_response(),
+        None => error::ApiError::not_found("metrics are not enabled in this process").into_response(),
+    }
 }
 
 /// `/readyz`: 200 when this API process can serve (its database answers

@@ -24,7 +24,7 @@ use crate::render::{self, PORT_FIELDS, PORTGROUP_FIELDS};
 use crate::{paging, patch};
 
 /// Fields a client writes, and the version each needs.
-const WRITABLE: &[(&str, u32)] = &[
+pub const WRITABLE: &[(&str, u32)] = &[
     ("address", 23),
     ("extra", 23),
     ("name", 23),

@@ -3,7 +3,8 @@
 //! Layout: [`ids`] (conductor ids, incarnations and lock holders as
 //! distinct types), [`model`] (nodes, ports), [`states`] (the provision state
 //! machine, pure), [`db`] (SQLite + PostgreSQL, one set of queries),
-//! [`ring`] (pure placement of nodes on conductors), [`membership`] (who is
+//! [`ring`] (pure placement of nodes on conductors), [`partitions`] (the
+//! stored partition of every node, kept to the recorded exponent), [`membership`] (who is
 //! in the ring, as a `watch::Receiver<Ring>`), [`identity`] (which cluster a
 //! database belongs to), [`config`], [`rpc`] (typed
 //! errors across gRPC) and [`proto`] (the generated API↔conductor contract).
@@ -21,6 +22,7 @@ pub mod logonce;
 pub mod membership;
 pub mod merge;
 pub mod model;
+pub mod partitions;
 pub mod ring;
 pub mod rpc;
 pub mod states;

@@ -276,7 +276,7 @@ mod tests {
     use super::*;
 
     fn node(name: &str, rc: &str) -> Node {
-        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", ProvisionState::Available, 16);
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", ProvisionState::Available);
         n.name = Some(name.into());
         n.resource_class = Some(rc.into());
         n.power_state = Some("power off".into());

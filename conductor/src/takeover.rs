@@ -555,7 +555,7 @@ mod tests {
     use super::*;
 
     fn node(state: ProvisionState, affinity: Option<&str>) -> Node {
-        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", state, 16);
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", state);
         n.conductor_affinity = affinity.map(ConductorId::from);
         n
     }

@@ -290,7 +290,7 @@ mod tests {
     use super::*;
 
     fn node(state: S) -> Node {
-        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", state, 16);
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", state);
         n.resource_class = Some("gold".into());
         n
     }

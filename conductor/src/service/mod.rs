@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::Utc;
-use ferric_common::db::{AppliedCall, DbError};
+use ferric_common::db::{AppliedCall, DbError, INVALID_INPUT_MESSAGE};
 use ferric_common::model::{Node, Port, normalize_mac};
 use ferric_common::proto::conductor_server::Conductor;
 use ferric_common::proto::*;
@@ -81,6 +81,8 @@ impl ConductorService {
         match e {
             DbError::NotFound => self.err(Reason::NotFound, "Resource could not be found."),
             DbError::Duplicate { field } => self.err(Reason::Conflict, format!("duplicate {field}")),
+            // the value came with the request: the client is at fault
+            e if e.is_invalid_input() => self.err(Reason::Invalid, INVALID_INPUT_MESSAGE),
             // the driver's words go to the log, not to clients
             e if e.is_retryable() => {
                 tracing::warn!("database unavailable: {e}");

@@ -348,7 +348,7 @@ impl ConductorService {
 
     pub(super) async fn driver_vendor_passthru_rpc(&self, req: Request<DriverVendorRequest>) -> Rpc<VendorReply> {
         let r = req.into_inner();
-        let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll, 1);
+        let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll);
         let driver = self.inner.registry.driver_for(&probe).map_err(|e| self.driver_err(e))?;
         let method = driver
             .vendor
@@ -374,7 +374,7 @@ impl ConductorService {
             let node = self.load_owned(&r.node_uuid, r.epoch).await?;
             self.inner.registry.driver_for(&node).map_err(|e| self.driver_err(e))?.vendor.methods()
         } else {
-            let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll, 1);
+            let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll);
             self.inner.registry.driver_for(&probe).map_err(|e| self.driver_err(e))?.vendor.driver_methods()
         };
         Ok(Response::new(VendorMethodsReply {
@@ -433,7 +433,7 @@ mod tests {
     use super::*;
 
     fn node(state: ProvisionState, target: Option<ProvisionState>) -> Node {
-        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", state, 16);
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", state);
         n.target_provision_state = target;
         n
     }
@@ -655,7 +655,7 @@ mod trait_tests {
     #[test]
     fn traits_are_set_added_and_removed_within_the_bound() {
         use node_traits_request::Op;
-        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", ProvisionState::Available, 16);
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", ProvisionState::Available);
         n.traits = vec!["CUSTOM_B".into(), "CUSTOM_A".into()];
         let s = |v: &[&str]| v.iter().map(|t| t.to_string()).collect::<Vec<String>>();
         assert_eq!(
