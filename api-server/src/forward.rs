@@ -85,6 +85,9 @@ pub enum Route<'a> {
     },
     /// Any active conductor that enables a hardware type.
     Driver(&'a str),
+    /// The conductor the ring gives work of no node keyed by this UUID to
+    /// (an allocation that names no node: `Ring::any_owner`).
+    Any(&'a uuid::Uuid),
 }
 
 impl Forwarder {
@@ -129,6 +132,7 @@ impl Forwarder {
                     m.state == ferric_common::ring::MemberState::Active && m.hardware_types.iter().any(|h| h == hw)
                 })
                 .cloned(),
+            Route::Any(key) => ring.any_owner(key.as_bytes()).cloned(),
         }
     }
 
@@ -177,6 +181,11 @@ impl Forwarder {
                     Route::Node { group, hardware_type, .. } => (group, hardware_type),
                     Route::Update { new_group, new_hardware_type, .. } => (new_group, new_hardware_type),
                     Route::Driver(hw) => ("", hw),
+                    Route::Any(_) => {
+                        return Err(ApiError::unavailable(
+                            "Resource temporarily unavailable, please retry. (no conductor is running)",
+                        ));
+                    }
                 };
                 return Err(ApiError::bad_request(format!(
                     "No valid host was found. Reason: No conductor service registered which supports driver {hw} for conductor group \"{group}\"."

@@ -203,10 +203,19 @@ pub async fn run<R>(
 }
 
 async fn save(inner: &Inner, lock: &NodeLock, node: &Node) -> bool {
+    save_dropping(inner, lock, node, None).await
+}
+
+/// [`save`], deleting the allocation `allocation` (if any) with it.
+async fn save_dropping(inner: &Inner, lock: &NodeLock, node: &Node, allocation: Option<&str>) -> bool {
     if inner.fence.is_cancelled() {
         return false;
     }
-    match lock.save(node).await {
+    let saved = match allocation {
+        Some(a) => lock.save_dropping_allocation(node, a, None).await,
+        None => lock.save(node).await,
+    };
+    match saved {
         Ok(true) => true,
         Ok(false) => {
             error!(node = %node.uuid, conductor = %inner.id, "lost the node lock; stopping the operation");
@@ -411,14 +420,20 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                     }
                 }
                 Next::Complete => {
+                    let allocation = node.allocation_uuid.clone();
                     let t = match complete(node, Utc::now()) {
                         Ok(t) => t,
                         Err(e) => return fail(inner, node, &e).await,
                     };
+                    // a tear-down deletes the node's allocation in the same
+                    // transaction as the node forgets it
+                    let dropped = allocation.filter(|_| node.allocation_uuid.is_none());
                     // a settled node is written by `run`, together with the
                     // release, so no client ever sees it settled and still
                     // locked; a chained operation is recorded before it starts
-                    if t.to.is_in_progress() && !save(inner, lock, node).await {
+                    if (t.to.is_in_progress() || dropped.is_some())
+                        && !save_dropping(inner, lock, node, dropped.as_deref()).await
+                    {
                         return Finish::LostLock;
                     }
                     inner.history(node.uuid, "done", &format!("{state} -> {}", t.to)).await;
@@ -434,9 +449,12 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
 fn finish_state(node: &mut Node, state: ProvisionState) {
     match state {
         ProvisionState::Deleting => {
-            // an undeployed node forgets its instance (Ironic's tear-down)
+            // an undeployed node forgets its instance and its allocation
+            // (Ironic's tear-down; the executor deletes the allocation
+            // with the save that records this)
             node.instance_info = JsonObject::new();
             node.instance_uuid = None;
+            node.allocation_uuid = None;
             node.instance_name = None;
             node.driver_internal_info.remove(DEPLOY_STEPS_KEY);
         }
@@ -569,10 +587,11 @@ mod tests {
         let mut n = Node::new(Uuid::new_v4(), "fake-hardware", S::Deleting);
         n.target_provision_state = Some(S::Available);
         n.instance_uuid = Some("inst-1".into());
+        n.allocation_uuid = Some("inst-1".into());
         n.instance_info.insert("image_source".into(), serde_json::json!("http://images/x.qcow2"));
         let t = complete(&mut n, now).unwrap();
         assert_eq!(t.to, S::Cleaning);
         assert!(t.to.is_in_progress(), "a chained operation starts at once");
-        assert!(n.instance_uuid.is_none() && n.instance_info.is_empty());
+        assert!(n.instance_uuid.is_none() && n.allocation_uuid.is_none() && n.instance_info.is_empty());
     }
 }

@@ -29,6 +29,11 @@
 //!    change, the node did.
 //! 4. **Orphaned operations** (owned by me, affinity = me, `*ING`, unlocked:
 //!    e.g. after a restart or a hand-off at a step boundary) resume.
+//! 5. **Allocations** still `allocating` whose UUID the ring gives me
+//!    (`Ring::any_owner`) and that no task of mine processes — their
+//!    conductor died or left mid-way — are processed (see
+//!    [`crate::allocation`]). Every pass, light or full: they are few and
+//!    found through an index.
 //!
 //! A conductor killed in the middle of a take-over leaves the node either
 //! locked by a dead incarnation (cleared in step 2 by the next owner) or
@@ -217,6 +222,7 @@ pub async fn full_pass(inner: &Arc<Inner>) -> PassOutcome {
     for n in mine.iter().filter(|n| n.target_power_state.is_some() && n.reservation.is_none()) {
         settle_lost_power_action(inner, n.uuid).await;
     }
+    crate::allocation::pass(inner).await;
     // orphaned operations on nodes already mine
     for n in &mine {
         if n.conductor_affinity.as_deref() == Some(inner.id.as_str())
@@ -235,6 +241,7 @@ pub async fn light_pass(inner: &Arc<Inner>) {
         return;
     }
     metrics::counter!("ferric_takeover_light_passes_total").increment(1);
+    crate::allocation::pass(inner).await;
     let me = inner.ring.borrow().member(&inner.id).filter(|m| m.incarnation == inner.incarnation).cloned();
     let Some(me) = me else { return };
     let query = |q: NodeQuery| async move {

@@ -12,8 +12,11 @@
 //!   protocol) for the machines of a Redfish emulator.
 //! * [`Baremetal`]: the real `baremetal` CLI (python-ironicclient) from the
 //!   venv `scripts/deps.sh` creates (`FERRIC_TEST_VENV`).
+//! * [`neutron::NetworkStub`]: the networking endpoint metalsmith's output
+//!   asks for the instance's ports (it knows none).
 
 pub mod cluster;
+pub mod neutron;
 pub mod ramdisk;
 pub mod redfish;
 pub mod swift;

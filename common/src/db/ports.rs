@@ -14,6 +14,8 @@ pub const PORT_SORT_KEYS: &[&str] = &["id", "uuid", "address", "node_uuid", "nam
 pub struct PortQuery {
     pub node_uuid: Option<Uuid>,
     pub address: Option<String>,
+    /// Members of this portgroup.
+    pub portgroup_uuid: Option<String>,
     pub paging: Paging,
 }
 
@@ -140,6 +142,10 @@ impl Db {
         if let Some(a) = &q.address {
             args.push(a.as_str().into());
             wh.push(format!("address = ${}", args.len()));
+        }
+        if let Some(g) = &q.portgroup_uuid {
+            args.push(g.as_str().into());
+            wh.push(format!("portgroup_uuid = ${}", args.len()));
         }
         let sql = self.paged("ports", &PORT_COLUMNS, PORT_SORT_KEYS, wh, &mut args, &q.paging).await?;
         self.fetch_all::<PortRow>(sql, args).await?.into_iter().map(Port::try_from).collect()

@@ -1,6 +1,7 @@
 //! The gRPC service the API calls (`proto/ferric/v1/conductor.proto`),
-//! by concern: [`provision`], [`power`], [`nodes`] (updates, ports,
-//! validation, vendor passthru), [`agent`] (the ramdisk's callbacks),
+//! by concern: [`provision`], [`power`], [`nodes`] (updates, traits,
+//! ports, portgroups, validation, vendor passthru), [`allocations`],
+//! [`agent`] (the ramdisk's callbacks),
 //! [`admin`] (properties, drain, status). This file holds what they share:
 //! error mapping, ownership checks and locking.
 //!
@@ -31,6 +32,7 @@ use uuid::Uuid;
 
 mod admin;
 mod agent;
+mod allocations;
 mod nodes;
 mod power;
 mod provision;
@@ -242,6 +244,23 @@ impl ConductorService {
         }
     }
 
+    /// [`Self::save_applying`], deleting the node's former allocation
+    /// `allocation` in the same transaction.
+    async fn save_dropping(
+        &self,
+        lock: &NodeLock,
+        node: &Node,
+        allocation: &str,
+        call: Option<&AppliedCall<'_>>,
+    ) -> Result<(), Status> {
+        match lock.save_dropping_allocation(node, allocation, call).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.err(Reason::Unavailable, "the node lock was lost; retry")),
+            Err(DbError::Duplicate { field }) => Err(self.err(Reason::Conflict, duplicate_message(field, node))),
+            Err(e) => Err(self.db_err(e)),
+        }
+    }
+
     fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
         self.inner.operations.clone().try_acquire_owned().map_err(|_| {
             self.err(Reason::Unavailable, "Requested action cannot be performed due to lack of free conductor workers.")
@@ -420,6 +439,22 @@ impl Conductor for ConductorService {
 
     async fn get_conductor_status(&self, _req: Request<Empty>) -> Rpc<ConductorStatus> {
         self.get_conductor_status_rpc(_req).await
+    }
+
+    async fn set_node_traits(&self, req: Request<NodeTraitsRequest>) -> Rpc<NodeReply> {
+        self.guarded(|s| async move { s.set_node_traits_rpc(req).await }).await
+    }
+
+    async fn update_portgroup(&self, req: Request<UpdatePortgroupRequest>) -> Rpc<PortgroupReply> {
+        self.guarded(|s| async move { s.update_portgroup_rpc(req).await }).await
+    }
+
+    async fn create_allocation(&self, req: Request<AllocationRequest>) -> Rpc<AllocationReply> {
+        self.guarded(|s| async move { s.create_allocation_rpc(req).await }).await
+    }
+
+    async fn destroy_allocation(&self, req: Request<AllocationRef>) -> Rpc<Empty> {
+        self.guarded(|s| async move { s.destroy_allocation_rpc(req).await }).await
     }
 
     async fn whoami(&self, _req: Request<Empty>) -> Rpc<WhoamiReply> {
