@@ -83,7 +83,7 @@ pub fn router(state: State) -> Router {
     let body_limit = state.cfg.api.max_request_body_size;
     let request_timeout = Duration::from_millis(state.cfg.api.request_timeout_ms);
     let in_handlers = shed::Limit::new(state.cfg.api.max_concurrent_requests);
-    metrics::counter!("ferric_api_requests_timed_out_total").increment(0);
+    metrics::counter!(ferric_common::metrics::API_REQUESTS_TIMED_OUT_TOTAL).increment(0);
     let v1_doc = get(root::v1).fallback(|| async {
         error::ApiError::new(
             axum::http::StatusCode::METHOD_NOT_ALLOWED,

@@ -114,9 +114,9 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
     let id = HeaderValue::from_str(&request_id).expect("ascii");
     h.insert("openstack-request-id", id.clone());
     h.insert("x-openstack-request-id", id);
-    metrics::counter!("ferric_api_requests_total", "method" => method, "status" => resp.status().as_u16().to_string())
+    metrics::counter!(ferric_common::metrics::API_REQUESTS_TOTAL, "method" => method, "status" => resp.status().as_u16().to_string())
         .increment(1);
-    metrics::histogram!("ferric_api_request_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!(ferric_common::metrics::API_REQUEST_SECONDS).record(started.elapsed().as_secs_f64());
     resp
 }
 

@@ -5,7 +5,7 @@
 //! machine, pure), [`db`] (SQLite + PostgreSQL, one set of queries),
 //! [`ring`] (pure placement of nodes on conductors), [`membership`] (who is
 //! in the ring, as a `watch::Receiver<Ring>`), [`identity`] (which cluster a
-//! database belongs to), [`config`], [`rpc`] (typed
+//! database belongs to), [`config`], [`metrics`] (every metric name), [`rpc`] (typed
 //! errors across gRPC) and [`proto`] (the generated API↔conductor contract).
 //!
 //! The invariant a newcomer must not break: a node is acted on only by the
@@ -20,6 +20,7 @@ pub mod ids;
 pub mod logonce;
 pub mod membership;
 pub mod merge;
+pub mod metrics;
 pub mod model;
 pub mod ring;
 pub mod rpc;

@@ -183,7 +183,7 @@ impl Inner {
                 Ok(())
             }
             Ok(_) => {
-                metrics::counter!("ferric_requests_refused_stale_ring_total").increment(1);
+                metrics::counter!(ferric_common::metrics::REQUESTS_REFUSED_STALE_RING_TOTAL).increment(1);
                 Err(format!(
                     "conductor {} is behind the ring this request was routed by (its epoch {}, the request's \
                      {wanted}); retry",

@@ -189,7 +189,7 @@ pub async fn run<R>(
         Finish::HandedOff => "handed_off",
         Finish::LostLock => "stopped",
     };
-    metrics::counter!("ferric_operations_total", "outcome" => outcome).increment(1);
+    metrics::counter!(ferric_common::metrics::OPERATIONS_TOTAL, "outcome" => outcome).increment(1);
     if finish != Finish::LostLock && !inner.fence.is_cancelled() {
         // the final state and the release in one write: nobody sees a
         // settled node that is still locked

@@ -253,7 +253,7 @@ impl ConductorService {
         let applied = self.inner.db.call_applied(id).await.map_err(|e| self.db_err(e))?;
         if applied {
             info!(call = %id, "a call already applied came again; answering it as applied");
-            metrics::counter!("ferric_calls_replayed_total").increment(1);
+            metrics::counter!(ferric_common::metrics::CALLS_REPLAYED_TOTAL).increment(1);
         }
         Ok(applied)
     }

@@ -493,7 +493,7 @@ impl Connection {
             Method::DELETE => "DELETE",
             _ => "other",
         };
-        metrics::counter!("ferric_bmc_requests_total", "method" => m).increment(1);
+        metrics::counter!(ferric_common::metrics::BMC_REQUESTS_TOTAL, "method" => m).increment(1);
         let mut req = self.http.request(method.clone(), self.url(path)).header("Accept", "application/json");
         match auth {
             Some(Auth::Token(t)) => req = req.header("X-Auth-Token", t),
