@@ -2,7 +2,8 @@
 //! openstacksdk and metalsmith work unchanged.
 //!
 //! Layout: [`connections`] (the HTTP server: header read timeout,
-//! graceful shutdown), [`shed`] (the concurrency limit), [`timeout`] (the
+//! graceful shutdown), [`trace`] (every request's span and request id,
+//! W3C trace context), [`shed`] (the concurrency limit), [`timeout`] (the
 //! whole-request timeout), [`limit`] (body size), [`version`]
 //! (microversions), [`error`] (Ironic's error body), [`render`] (field
 //! sets, masking, links), [`patch`] (JSON Patch), [`forward`] (the
@@ -29,6 +30,7 @@ pub mod render;
 pub mod root;
 pub mod shed;
 pub mod timeout;
+pub mod trace;
 pub mod version;
 
 use std::net::SocketAddr;
@@ -111,13 +113,15 @@ pub fn router(state: State) -> Router {
         .fallback(root::not_found)
         .with_state(state)
         // the last layer is the outermost: every answer, a shed or timed-out
-        // request's too, gets the version headers and is counted; a shed
+        // request's too, gets the version headers and a request id, is counted
+        // and traced; a shed
         // request costs no timer; the timeout covers reading the body
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(move |req, next| limit::middleware(body_limit, req, next)))
         .layer(axum::middleware::from_fn(move |req, next| timeout::middleware(request_timeout, req, next)))
         .layer(axum::middleware::from_fn(move |req, next| shed::middleware(in_handlers.clone(), req, next)))
         .layer(axum::middleware::from_fn(version::middleware))
+        .layer(axum::middleware::from_fn(trace::middleware))
         .layer(axum::Extension(public))
 }
 

@@ -5,7 +5,8 @@
 //! machine, pure), [`db`] (SQLite + PostgreSQL, one set of queries),
 //! [`ring`] (pure placement of nodes on conductors), [`membership`] (who is
 //! in the ring, as a `watch::Receiver<Ring>`), [`identity`] (which cluster a
-//! database belongs to), [`config`], [`metrics`] (every metric name), [`rpc`] (typed
+//! database belongs to), [`config`], [`metrics`] (every metric name), [`telemetry`] (logs,
+//! traces, W3C trace context), [`rpc`] (typed
 //! errors across gRPC) and [`proto`] (the generated API↔conductor contract).
 //!
 //! The invariant a newcomer must not break: a node is acted on only by the
@@ -25,6 +26,7 @@ pub mod model;
 pub mod ring;
 pub mod rpc;
 pub mod states;
+pub mod telemetry;
 
 /// The gRPC contract (`proto/ferric/v1/conductor.proto`).
 pub mod proto {

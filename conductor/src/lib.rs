@@ -41,7 +41,7 @@ use ferric_deploy::services::Services;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 use uuid::Uuid;
 
 /// Shared state of one running conductor incarnation.
@@ -327,11 +327,15 @@ impl Inner {
         }
         let running = Running { inner: self.clone(), node: node.uuid };
         let inner = self.clone();
-        self.tasks.spawn(async move {
-            let cancel = inner.cancel.clone();
-            operation::run(inner, lock, node, cancel, running).await;
-            drop(permit);
-        });
+        let span = operation::span(&node);
+        self.tasks.spawn(
+            async move {
+                let cancel = inner.cancel.clone();
+                operation::run(inner, lock, node, cancel, running).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
         true
     }
 

@@ -45,7 +45,7 @@ use std::time::Duration;
 use chrono::Utc;
 use ferric_common::ids::ConductorId;
 use ferric_common::model::Node;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use crate::Inner;
 use crate::operation::{self, OperationRecord};
@@ -304,7 +304,9 @@ async fn sync_power(inner: &Arc<Inner>, nodes: Vec<Node>) -> usize {
         }
         let Ok(permit) = workers.clone().acquire_owned().await else { break };
         let (inner, in_flight, peak) = (inner.clone(), in_flight.clone(), peak.clone());
-        set.spawn(async move {
+        // a trace of its own per node and round: its BMC requests name the node
+        let span = tracing::info_span!(parent: None, "power sync", node.uuid = %node.uuid);
+        let read = async move {
             let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             peak.fetch_max(now, Ordering::SeqCst);
             let read = read_power(&inner, &node).await;
@@ -314,7 +316,8 @@ async fn sync_power(inner: &Arc<Inner>, nodes: Vec<Node>) -> usize {
                 Some(actual) => correct_power(&inner, &node, actual).await,
                 None => false,
             }
-        });
+        };
+        set.spawn(read.instrument(span));
     }
     let mut synced = 0;
     while let Some(r) = set.join_next().await {

@@ -10,10 +10,13 @@
 //! * [`redfish::SushyLab`]: a real Redfish BMC (sushy-tools' emulator).
 //! * [`ramdisk::RamdiskSim`]: simulated deploy ramdisks (the IPA agent
 //!   protocol) for the machines of a Redfish emulator.
+//! * [`otlp::Collector`]: an OTLP/gRPC trace receiver, what Ferric's spans
+//!   are exported to.
 //! * [`Baremetal`]: the real `baremetal` CLI (python-ironicclient) from the
 //!   venv `scripts/deps.sh` creates (`FERRIC_TEST_VENV`).
 
 pub mod cluster;
+pub mod otlp;
 pub mod ramdisk;
 pub mod redfish;
 pub mod swift;
