@@ -14,8 +14,9 @@
 #   npm + unzip + python3-venv, with which scripts/helm-check.sh fetches helm
 #   and kubernetes-validate for the chart checks)
 #   and a Python venv (.venv) with the OpenStack clients the compatibility
-#   tests drive and sushy-tools, the Redfish BMC emulator the driver tests
-#   drive.  Idempotent and quiet when everything is there.
+#   tests drive, sushy-tools, the Redfish BMC emulator the driver tests
+#   drive, and schemathesis, which fuzzes the API from its OpenAPI document
+#   (tests/tests/openapi.rs).  Idempotent and quiet when everything is there.
 #
 #   scripts/deps.sh            everything
 #   scripts/deps.sh build      only what `cargo build` needs (protoc + well-known protos)
@@ -29,7 +30,7 @@ TEST_PKGS="etcd-server etcd-client postgresql mtools dosfstools xorriso genisoim
   qemu-system-x86 ovmf busybox-static cpio qemu-utils qemu-block-extra tgt
   swift swift-proxy swift-account swift-container swift-object swift-object-expirer memcached tftp-hpa atftp pxelinux
   unzip python3-venv"
-PY_PKGS="python-ironicclient==6.3.0 openstacksdk==4.22.0 sushy-tools==2.2.0"
+PY_PKGS="python-ironicclient==6.3.0 openstacksdk==4.22.0 sushy-tools==2.2.0 schemathesis==4.32.5"
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 

@@ -15,27 +15,160 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::Response;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use std::time::Instant;
 use tokio::net::TcpListener;
+
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
+/// How long a connection may take between bytes that matter.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From the first byte of a request to its complete headers (and, for a
+    /// new connection, from the connect to its first request).
+    pub header_read: Duration,
+    /// How long an idle keep-alive connection (no request in progress, no
+    /// byte of a next one) stays open. Longer than clients' idle pools
+    /// should be: a server that closes first races the client's next
+    /// request on that connection (its request is lost with it).
+    pub keep_alive: Duration,
+}
+
+/// What a connection is doing, as its watchdog sees it: set by the reads
+/// (a byte arrives while no request is in progress: the clock of a new
+/// request's headers starts) and by the service (a request is dispatched;
+/// its answer is ready).
+#[derive(Debug)]
+struct Activity {
+    state: std::sync::Mutex<Phase>,
+    /// A request was dispatched on this connection: it is no longer new.
+    served: std::sync::atomic::AtomicBool,
+    changed: Notify,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Nothing in progress since this instant.
+    Idle(Instant),
+    /// The first byte of a request arrived at this instant; its headers
+    /// are not complete yet.
+    Heading(Instant),
+    /// This many requests are being served.
+    Serving(usize),
+    /// HTTP/2: this many streams are being served (frames of its own come
+    /// at any time), idle since the instant when none is.
+    Multiplexed(usize, Instant),
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            state: std::sync::Mutex::new(Phase::Idle(Instant::now())),
+            served: std::sync::atomic::AtomicBool::new(false),
+            changed: Notify::new(),
+        })
+    }
+
+    fn set(&self, f: impl FnOnce(Phase) -> Phase) {
+        let mut st = self.state.lock().expect("connection activity");
+        *st = f(*st);
+        self.changed.notify_one();
+    }
+
+    fn bytes_arrived(&self) {
+        let mut st = self.state.lock().expect("connection activity");
+        if let Phase::Idle(_) = *st {
+            *st = Phase::Heading(Instant::now());
+            self.changed.notify_one();
+        }
+    }
+
+    /// When the connection is to be closed if nothing changes, or `None`.
+    fn deadline(&self, t: Timeouts) -> Option<Instant> {
+        let first = !self.served.load(std::sync::atomic::Ordering::SeqCst);
+        match *self.state.lock().expect("connection activity") {
+            Phase::Idle(since) if first => Some(since + t.header_read),
+            Phase::Idle(since) => Some(since + t.keep_alive),
+            Phase::Heading(since) => Some(since + t.header_read),
+            Phase::Multiplexed(0, since) => Some(since + t.keep_alive),
+            Phase::Serving(_) | Phase::Multiplexed(..) => None,
+        }
+    }
+}
+
+/// The connection's stream, telling [`Activity`] when bytes arrive.
+struct Watched<T> {
+    io: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.bytes_arrived();
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
 /// Serve `app` on every connection `listener` accepts until `shutdown`.
 ///
-/// A connection's first request, and every HTTP/1 request's headers (and
-/// so the wait for the next request on an idle keep-alive connection),
-/// must arrive within `header_read_timeout`, or the connection is closed.
-pub async fn serve<S>(mut listener: TcpListener, app: S, header_read_timeout: Duration, shutdown: CancellationToken)
+/// A request's headers must arrive within `timeouts.header_read` of its
+/// first byte (and a new connection's first request within it of the
+/// connect); an idle keep-alive connection is closed after
+/// `timeouts.keep_alive`. Either way the connection is closed without an
+/// answer. The time between requests is not the time of a request's
+/// headers: a client that keeps a connection in its pool is not cut after
+/// the header timeout (racing its next request on it, which it then loses).
+pub async fn serve<S>(mut listener: TcpListener, app: S, timeouts: Timeouts, shutdown: CancellationToken)
 where
     S: Service<axum::extract::Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, client) = tokio::select! {
@@ -43,37 +176,63 @@ where
             accepted = axum::serve::Listener::accept(&mut listener) => accepted,
             () = shutdown.cancelled() => break,
         };
-        let first_request = Arc::new(Notify::new());
-        let seen = first_request.clone();
+        let activity = Activity::new();
+        let (dispatched, answered) = (activity.clone(), activity.clone());
         // the client's address reaches handlers as axum's ConnectInfo (the
         // iPXE endpoints' rate limit keys on it)
-        let service = app.clone().map_request(move |req: hyper::Request<hyper::body::Incoming>| {
-            seen.notify_one();
-            let mut req = req.map(Body::new);
-            req.extensions_mut().insert(ConnectInfo(client));
-            req
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)).into_owned();
+        let service = app
+            .clone()
+            .map_request(move |req: hyper::Request<hyper::body::Incoming>| {
+                let h2 = req.version() == hyper::Version::HTTP_2;
+                dispatched.served.store(true, std::sync::atomic::Ordering::SeqCst);
+                dispatched.set(|p| match p {
+                    Phase::Multiplexed(n, since) => Phase::Multiplexed(n + 1, since),
+                    _ if h2 => Phase::Multiplexed(1, Instant::now()),
+                    Phase::Serving(n) => Phase::Serving(n + 1),
+                    _ => Phase::Serving(1),
+                });
+                let mut req = req.map(Body::new);
+                req.extensions_mut().insert(ConnectInfo(client));
+                req
+            })
+            .map_response(move |resp| {
+                answered.set(|p| match p {
+                    Phase::Serving(n) if n > 1 => Phase::Serving(n - 1),
+                    Phase::Serving(_) => Phase::Idle(Instant::now()),
+                    Phase::Multiplexed(n, _) => Phase::Multiplexed(n.saturating_sub(1), Instant::now()),
+                    other => other,
+                });
+                resp
+            });
+        let io = Watched { io: stream, activity: activity.clone() };
+        let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service)).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
-            // hyper's header timer starts once the protocol is known: a
-            // client that sends nothing (or part of the HTTP/2 preface) never
-            // gets there, so the first request is bounded here
-            let ended = tokio::select! {
-                ended = conn.as_mut() => Some(ended),
-                () = first_request.notified() => None,
-                () = tokio::time::sleep(header_read_timeout) => {
-                    tracing::debug!(%client, "no request within the header read timeout: connection closed");
-                    return;
+            loop {
+                let deadline = activity.deadline(timeouts);
+                let wait = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    ended = conn.as_mut() => {
+                        if let Err(e) = ended {
+                            tracing::debug!(%client, "connection closed: {e}");
+                        }
+                        return;
+                    }
+                    () = activity.changed.notified() => {}
+                    () = wait => {
+                        // look again: a byte or a request may have come meanwhile
+                        if activity.deadline(timeouts).is_some_and(|d| d <= Instant::now()) {
+                            tracing::debug!(%client, "connection closed: header or keep-alive timeout");
+                            return;
+                        }
+                    }
                 }
-            };
-            let ended = match ended {
-                Some(ended) => ended,
-                None => conn.await,
-            };
-            if let Err(e) = ended {
-                tracing::debug!(%client, "connection closed: {e}");
             }
         });
     }
@@ -98,9 +257,18 @@ mod tests {
         header_read_timeout: Duration,
         shutdown: &CancellationToken,
     ) -> (tokio::task::JoinHandle<()>, SocketAddr) {
+        start_with(app, Timeouts { header_read: header_read_timeout, keep_alive: Duration::from_secs(120) }, shutdown)
+            .await
+    }
+
+    async fn start_with(
+        app: Router,
+        timeouts: Timeouts,
+        shutdown: &CancellationToken,
+    ) -> (tokio::task::JoinHandle<()>, SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        (tokio::spawn(serve(listener, app, header_read_timeout, shutdown.clone())), addr)
+        (tokio::spawn(serve(listener, app, timeouts, shutdown.clone())), addr)
     }
 
     async fn read_all(s: &mut TcpStream) -> String {
@@ -159,11 +327,36 @@ mod tests {
             s.write_all(start.as_bytes()).await.unwrap();
             assert_eq!(read_all(&mut s).await, "", "{start:?}: closed without an answer");
         }
-        // a keep-alive connection is served, then closed once idle
+        shutdown.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_outlives_the_header_timeout_and_closes_after_its_own() {
+        let app = Router::new().route("/", get(|| async { "ok" }));
+        let shutdown = CancellationToken::new();
+        let t = Timeouts { header_read: Duration::from_millis(200), keep_alive: Duration::from_millis(1500) };
+        let (server, addr) = start_with(app, t, &shutdown).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
-        let answer = read_all(&mut s).await;
-        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
+        let ask = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+        let mut buf = [0u8; 1024];
+        s.write_all(ask).await.unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).ends_with("ok"));
+        // idle for several header timeouts: a pooled connection is still there
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        s.write_all(ask).await.unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).ends_with("ok"), "the idle connection was closed");
+        // a request that starts and stalls is cut by the header timeout
+        s.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        assert_eq!(read_all(&mut s).await, "", "stalled headers were not cut");
+        // and an idle one by the keep-alive timeout
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(ask).await.unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).ends_with("ok"));
+        assert_eq!(read_all(&mut s).await, "", "an idle connection was not closed after its keep-alive timeout");
         shutdown.cancel();
         server.await.unwrap();
     }

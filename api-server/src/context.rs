@@ -76,6 +76,17 @@ impl AppState {
         Route::Node { uuid: &node.uuid, group: &node.conductor_group, hardware_type: &node.driver }
     }
 
+    /// Where an update of `stored` to `updated` goes (see [`Route::Update`]).
+    pub fn route_update<'a>(stored: &'a Node, updated: &'a Node) -> Route<'a> {
+        Route::Update {
+            uuid: &stored.uuid,
+            group: &stored.conductor_group,
+            hardware_type: &stored.driver,
+            new_group: &updated.conductor_group,
+            new_hardware_type: &updated.driver,
+        }
+    }
+
     /// The conductor the ring gives a node to (the `conductor` field).
     pub fn conductor_of(&self, node: &Node) -> Option<ferric_common::ids::ConductorId> {
         self.fwd.ring().owner(node.uuid.as_bytes(), &node.conductor_group, &node.driver).map(|m| m.id.clone())

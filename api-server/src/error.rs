@@ -5,7 +5,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ferric_common::db::DbError;
+use ferric_common::db::{DbError, INVALID_INPUT_MESSAGE};
 use ferric_common::rpc::{Reason, detail};
 use serde_json::json;
 
@@ -43,6 +43,7 @@ impl ApiError {
     pub fn from_db(e: DbError, what: impl FnOnce() -> String) -> ApiError {
         match e {
             DbError::NotFound => ApiError::not_found(what()),
+            e if e.is_invalid_input() => ApiError::bad_request(INVALID_INPUT_MESSAGE),
             // the driver's words go to the log, not to clients
             e if e.is_retryable() => {
                 tracing::warn!("database unavailable: {e}");

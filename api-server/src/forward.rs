@@ -92,6 +92,18 @@ pub struct Forwarder {
 pub enum Route<'a> {
     /// The owner of a node.
     Node { uuid: &'a uuid::Uuid, group: &'a str, hardware_type: &'a str },
+    /// An update of a node, which may move it to another group or hardware
+    /// type: the owner of the node as stored, which applies it under the
+    /// node's lock — or, when nobody owns the node as stored (its group's
+    /// last conductor is gone), the owner of the node as updated: nobody
+    /// else could move the node out.
+    Update {
+        uuid: &'a uuid::Uuid,
+        group: &'a str,
+        hardware_type: &'a str,
+        new_group: &'a str,
+        new_hardware_type: &'a str,
+    },
     /// Any active conductor that enables a hardware type.
     Driver(&'a str),
 }
@@ -127,6 +139,10 @@ impl Forwarder {
     fn pick(ring: &Ring, route: Route<'_>) -> Option<Member> {
         match route {
             Route::Node { uuid, group, hardware_type } => ring.owner(uuid.as_bytes(), group, hardware_type).cloned(),
+            Route::Update { uuid, group, hardware_type, new_group, new_hardware_type } => ring
+                .owner(uuid.as_bytes(), group, hardware_type)
+                .or_else(|| ring.owner(uuid.as_bytes(), new_group, new_hardware_type))
+                .cloned(),
             Route::Driver(hw) => ring
                 .members()
                 .iter()
@@ -204,6 +220,7 @@ impl Forwarder {
                 }
                 let (group, hw) = match route {
                     Route::Node { group, hardware_type, .. } => (group, hardware_type),
+                    Route::Update { new_group, new_hardware_type, .. } => (new_group, new_hardware_type),
                     Route::Driver(hw) => ("", hw),
                 };
                 return Err(ApiError::bad_request(format!(
@@ -252,5 +269,48 @@ impl Forwarder {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferric_common::ring::{MemberState, RingSettings};
+
+    use super::*;
+
+    fn member(id: &str, group: &str) -> Member {
+        Member {
+            id: id.into(),
+            incarnation: format!("{id}/1").into(),
+            grpc_url: String::new(),
+            http_url: String::new(),
+            conductor_group: group.into(),
+            hardware_types: vec!["fake-hardware".into()],
+            state: MemberState::Active,
+            ring_settings: String::new(),
+            database_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_update_goes_to_the_owner_as_stored_else_to_the_owner_as_updated() {
+        let uuid = uuid::Uuid::new_v4();
+        let update = |group, new_group| Route::Update {
+            uuid: &uuid,
+            group,
+            hardware_type: "fake-hardware",
+            new_group,
+            new_hardware_type: "fake-hardware",
+        };
+        let ring = Ring::new(1, vec![member("c1", ""), member("c3", "rack2")], RingSettings::default());
+        let picked = |route| Forwarder::pick(&ring, route).map(|m| m.id.to_string());
+        // a move is applied by the owner it has
+        assert_eq!(picked(update("", "rack2")).as_deref(), Some("c1"));
+        assert_eq!(picked(update("rack2", "")).as_deref(), Some("c3"));
+        // a node of a group nobody serves is moved by its owner as moved
+        assert_eq!(picked(update("gone", "rack2")).as_deref(), Some("c3"));
+        // and an update that moves it nowhere served goes nowhere
+        assert_eq!(picked(update("gone", "gone")), None);
+        assert_eq!(picked(update("gone", "nowhere")), None);
     }
 }

@@ -7,8 +7,10 @@
 //! whole-request timeout), [`limit`] (body size), [`version`]
 //! (microversions), [`error`] (Ironic's error body), [`render`] (field
 //! sets, masking, links), [`patch`] (JSON Patch), [`forward`] (the
-//! owner-aware gRPC forwarder), and one module per resource ([`nodes`],
-//! [`ports`], [`drivers`], [`root`]).
+//! owner-aware gRPC forwarder), [`routes`] (the router that remembers
+//! its routes), [`openapi`] (the OpenAPI document, checked against them),
+//! and one module per resource ([`nodes`], [`ports`], [`drivers`],
+//! [`root`]).
 //!
 //! The invariant: the API reads from the database but never changes a
 //! node itself; every change goes to the node's owning conductor, which
@@ -23,11 +25,13 @@ pub mod forward;
 pub mod ipxe;
 pub mod limit;
 pub mod nodes;
+pub mod openapi;
 pub mod paging;
 pub mod patch;
 pub mod ports;
 pub mod render;
 pub mod root;
+pub mod routes;
 pub mod shed;
 pub mod timeout;
 pub mod trace;
@@ -39,7 +43,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::routing::{any, get, put};
 use ferric_common::config::Config;
 use ferric_common::db::Db;
 use ferric_common::ring::Ring;
@@ -47,37 +50,65 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use context::{AppState, MetricsRender, State};
+pub use routes::Routes;
 
 /// The routes of API v1, mounted both under `/v1` and at the root (the
 /// `bookmark` links have no `/v1`).
-fn v1_routes() -> Router<State> {
-    Router::new()
-        .route("/nodes", get(nodes::list_nodes).post(nodes::create_node))
-        .route("/nodes/detail", get(nodes::list_nodes_detail))
-        .route("/nodes/{node}", get(nodes::get_node).patch(nodes::patch_node).delete(nodes::delete_node))
-        .route("/nodes/{node}/states", get(nodes::get_states))
-        .route("/nodes/{node}/states/provision", put(nodes::set_provision_state))
-        .route("/nodes/{node}/states/power", put(nodes::set_power_state))
-        .route("/nodes/{node}/validate", get(nodes::validate))
-        .route("/nodes/{node}/maintenance", put(nodes::put_maintenance).delete(nodes::delete_maintenance))
-        .route("/nodes/{node}/ports", get(nodes::node_ports))
-        .route("/nodes/{node}/vendor_passthru/methods", get(nodes::vendor_methods))
-        .route("/nodes/{node}/vendor_passthru/{method}", any(nodes::vendor_call))
-        .route("/nodes/{node}/vendor_passthru", any(nodes::vendor_call_query))
-        .route("/ports", get(ports::list_ports).post(ports::create_port))
-        .route("/ports/detail", get(ports::list_ports_detail))
-        .route("/ports/{port}", get(ports::get_port).patch(ports::patch_port).delete(ports::delete_port))
-        .route("/drivers", get(drivers::list_drivers))
-        .route("/drivers/{driver}", get(drivers::get_driver))
-        .route("/drivers/{driver}/properties", get(drivers::driver_properties))
-        .route("/drivers/{driver}/vendor_passthru/methods", get(drivers::driver_vendor_methods))
-        .route("/drivers/{driver}/vendor_passthru/ipxe_config", get(ipxe::ipxe_config))
-        .route("/drivers/{driver}/vendor_passthru/{method}", any(drivers::driver_vendor_call))
-        .route("/drivers/{driver}/vendor_passthru", any(drivers::driver_vendor_call_query))
-        .route("/conductors", get(drivers::list_conductors))
-        .route("/conductors/{host}", get(drivers::get_conductor))
-        .route("/lookup", get(root::lookup))
-        .route("/heartbeat/{node}", axum::routing::post(root::heartbeat))
+fn v1_routes() -> Routes<State> {
+    use axum::http::Method as M;
+    use routes::VENDOR_METHODS as VENDOR;
+    Routes::new()
+        .at("/nodes", &[M::GET], nodes::list_nodes)
+        .at("/nodes", &[M::POST], nodes::create_node)
+        .at("/nodes/detail", &[M::GET], nodes::list_nodes_detail)
+        .at("/nodes/{node}", &[M::GET], nodes::get_node)
+        .at("/nodes/{node}", &[M::PATCH], nodes::patch_node)
+        .at("/nodes/{node}", &[M::DELETE], nodes::delete_node)
+        .at("/nodes/{node}/states", &[M::GET], nodes::get_states)
+        .at("/nodes/{node}/states/provision", &[M::PUT], nodes::set_provision_state)
+        .at("/nodes/{node}/states/power", &[M::PUT], nodes::set_power_state)
+        .at("/nodes/{node}/validate", &[M::GET], nodes::validate)
+        .at("/nodes/{node}/maintenance", &[M::PUT], nodes::put_maintenance)
+        .at("/nodes/{node}/maintenance", &[M::DELETE], nodes::delete_maintenance)
+        .at("/nodes/{node}/ports", &[M::GET], nodes::node_ports)
+        .at("/nodes/{node}/vendor_passthru/methods", &[M::GET], nodes::vendor_methods)
+        .at("/nodes/{node}/vendor_passthru/{method}", &VENDOR, nodes::vendor_call)
+        .at("/nodes/{node}/vendor_passthru", &VENDOR, nodes::vendor_call_query)
+        .at("/ports", &[M::GET], ports::list_ports)
+        .at("/ports", &[M::POST], ports::create_port)
+        .at("/ports/detail", &[M::GET], ports::list_ports_detail)
+        .at("/ports/{port}", &[M::GET], ports::get_port)
+        .at("/ports/{port}", &[M::PATCH], ports::patch_port)
+        .at("/ports/{port}", &[M::DELETE], ports::delete_port)
+        .at("/drivers", &[M::GET], drivers::list_drivers)
+        .at("/drivers/{driver}", &[M::GET], drivers::get_driver)
+        .at("/drivers/{driver}/properties", &[M::GET], drivers::driver_properties)
+        .at("/drivers/{driver}/vendor_passthru/methods", &[M::GET], drivers::driver_vendor_methods)
+        .at("/drivers/{driver}/vendor_passthru/ipxe_config", &[M::GET], ipxe::ipxe_config)
+        .at("/drivers/{driver}/vendor_passthru/{method}", &VENDOR, drivers::driver_vendor_call)
+        .at("/drivers/{driver}/vendor_passthru", &VENDOR, drivers::driver_vendor_call_query)
+        .at("/conductors", &[M::GET], drivers::list_conductors)
+        .at("/conductors/{host}", &[M::GET], drivers::get_conductor)
+        .at("/lookup", &[M::GET], root::lookup)
+        .at("/heartbeat/{node}", &[M::POST], root::heartbeat)
+}
+
+/// Every route the API serves: Ferric's own endpoints, the discovery
+/// documents, and v1 under `/v1` and at the root. The OpenAPI document
+/// (`openapi.json`) lists exactly these; [`openapi`]'s tests check it.
+pub fn routes() -> Routes<State> {
+    use axum::http::Method as M;
+    Routes::new()
+        .at("/", &[M::GET], root::root)
+        .at("/healthz", &[M::GET], healthz)
+        .at("/readyz", &[M::GET], readyz)
+        .at("/metrics", &[M::GET], prometheus_metrics)
+        .at("/openapi.json", &[M::GET], openapi::document)
+        .at("/boot.ipxe", &[M::GET], ipxe::boot_ipxe)
+        .at("/v1", &[M::GET], root::v1)
+        .at("/v1/", &[M::GET], root::v1)
+        .nest("/v1", v1_routes())
+        .merge(v1_routes())
 }
 
 pub fn router(state: State) -> Router {
@@ -86,30 +117,10 @@ pub fn router(state: State) -> Router {
     let request_timeout = Duration::from_millis(state.cfg.api.request_timeout_ms);
     let in_handlers = shed::Limit::new(state.cfg.api.max_concurrent_requests);
     metrics::counter!(ferric_common::metrics::API_REQUESTS_TIMED_OUT_TOTAL).increment(0);
-    let v1_doc = get(root::v1).fallback(|| async {
-        error::ApiError::new(
-            axum::http::StatusCode::METHOD_NOT_ALLOWED,
-            "The server could not comply with the request since it is either malformed or otherwise incorrect.",
-        )
-    });
-    Router::new()
-        .route("/", get(root::root))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/boot.ipxe", get(ipxe::boot_ipxe))
-        .route(
-            "/metrics",
-            get(|axum::extract::State(st): axum::extract::State<State>| async move {
-                match &st.metrics {
-                    Some(render) => Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], render())),
-                    None => Err(error::ApiError::not_found("metrics are not enabled in this process")),
-                }
-            }),
-        )
-        .route("/v1", v1_doc.clone())
-        .route("/v1/", v1_doc)
-        .nest("/v1", v1_routes())
-        .merge(v1_routes())
+    routes()
+        .into_router()
+        // after every route: it applies to the routes there are
+        .method_not_allowed_fallback(root::method_not_allowed)
         .fallback(root::not_found)
         .with_state(state)
         // the last layer is the outermost: every answer, a shed or timed-out
@@ -123,6 +134,20 @@ pub fn router(state: State) -> Router {
         .layer(axum::middleware::from_fn(version::middleware))
         .layer(axum::middleware::from_fn(trace::middleware))
         .layer(axum::Extension(public))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `/metrics`: this process's Prometheus metrics, when a recorder is
+/// installed.
+async fn prometheus_metrics(axum::extract::State(st): axum::extract::State<State>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match &st.metrics {
+        Some(render) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], render()).into_response(),
+        None => error::ApiError::not_found("metrics are not enabled in this process").into_response(),
+    }
 }
 
 /// `/readyz`: 200 when this API process can serve (its database answers
@@ -170,14 +195,17 @@ pub async fn serve(
         .with_context(|| format!("binding the API address {}", cfg.api.listen))?;
     let addr = listener.local_addr()?;
     let fwd = forward::Forwarder::new(ring, Duration::from_millis(cfg.api.request_deadline_ms));
-    let header_read_timeout = Duration::from_millis(cfg.api.header_read_timeout_ms);
+    let timeouts = connections::Timeouts {
+        header_read: Duration::from_millis(cfg.api.header_read_timeout_ms),
+        keep_alive: Duration::from_millis(cfg.api.keep_alive_timeout_ms),
+    };
     let ipxe = ipxe::IpxeState::new(&cfg);
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let state = Arc::new(AppState { cfg, db, fwd, metrics, ipxe, stopping: stopping.clone() });
     // clients ask for collections with a trailing slash (`/v1/ports/`)
     let app =
         tower::Layer::layer(&tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(), router(state));
-    let join = tokio::spawn(connections::serve(listener, app, header_read_timeout, shutdown));
+    let join = tokio::spawn(connections::serve(listener, app, timeouts, shutdown));
     tracing::info!(%addr, "Ironic API listening");
     Ok(ApiHandle { addr, join, stopping })
 }

@@ -194,7 +194,7 @@ pub async fn create_node(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> 
     };
     // below 1.11 a new node is immediately available
     let state = if ctx.v.at_least(11) { ProvisionState::Enroll } else { ProvisionState::Available };
-    let mut node = Node::new(uuid, &driver, state, st.cfg.membership.partition_exponent);
+    let mut node = Node::new(uuid, &driver, state);
     let writable = fields::node_writable();
     for (k, v) in obj {
         if k == "uuid" || k == "driver" {
@@ -239,14 +239,16 @@ fn too_large(e: DocumentTooLarge) -> ApiError {
 
 /// Send a changed node to its owner, which applies what changed from
 /// `base` (the copy the change was made to) to the node under the lock
-/// (and checks the size of the result again: `base` may be stale).
+/// (and checks the size of the result again: `base` may be stale). The
+/// owner of the node as stored applies a move too; the node's new owner
+/// takes it over on its own (see [`Route::Update`]).
 async fn push_update(st: &AppState, base: &Node, node: &Node) -> ApiResult<Node> {
     let node_json = serde_json::to_string(node).expect("nodes serialise");
     DocumentTooLarge::check(node, node_json.len(), st.cfg.api.max_node_document_bytes).map_err(too_large)?;
     let base_json = serde_json::to_string(base).expect("nodes serialise");
     let reply = st
         .fwd
-        .call(AppState::route(base), |mut c, epoch| {
+        .call(AppState::route_update(base, node), |mut c, epoch| {
             let req = UpdateNodeRequest {
                 epoch,
                 node_uuid: node.uuid.to_string(),
@@ -340,6 +342,10 @@ fn json_text(v: Option<&Value>) -> String {
     }
 }
 
+/// What a provision request may carry.
+pub const PROVISION_KEYS: [&str; 7] =
+    ["target", "configdrive", "clean_steps", "deploy_steps", "service_steps", "rescue_password", "disable_ramdisk"];
+
 pub async fn set_provision_state(
     AxState(st): AxState<State>,
     ctx: Ctx,
@@ -348,9 +354,7 @@ pub async fn set_provision_state(
 ) -> ApiResult<Response> {
     let body = json_body(&body)?;
     let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The request body must be a JSON object"))?;
-    const KEYS: [&str; 7] =
-        ["target", "configdrive", "clean_steps", "deploy_steps", "service_steps", "rescue_password", "disable_ramdisk"];
-    if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+    if let Some(k) = obj.keys().find(|k| !PROVISION_KEYS.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!("Unknown argument: \"{k}\"")));
     }
     let target = obj
@@ -429,6 +433,10 @@ pub async fn set_provision_state(
     Ok(accepted(&ctx, &ident))
 }
 
+/// What a power request may carry, and the targets it may name.
+pub const POWER_KEYS: [&str; 2] = ["target", "timeout"];
+pub const POWER_TARGETS: [&str; 5] = ["power on", "power off", "rebooting", "soft power off", "soft rebooting"];
+
 pub async fn set_power_state(
     AxState(st): AxState<State>,
     ctx: Ctx,
@@ -437,14 +445,14 @@ pub async fn set_power_state(
 ) -> ApiResult<Response> {
     let body = json_body(&body)?;
     let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The request body must be a JSON object"))?;
-    if let Some(k) = obj.keys().find(|k| !["target", "timeout"].contains(&k.as_str())) {
+    if let Some(k) = obj.keys().find(|k| !POWER_KEYS.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!("Unknown argument: \"{k}\"")));
     }
     let target = obj
         .get("target")
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::bad_request("Mandatory field missing: 'target'"))?;
-    if !["power on", "power off", "rebooting", "soft power off", "soft rebooting"].contains(&target) {
+    if !POWER_TARGETS.contains(&target) {
         return Err(ApiError::bad_request(format!("Invalid power state {target}.")));
     }
     if target.starts_with("soft") && !ctx.v.at_least(27) {

@@ -21,7 +21,8 @@ use crate::fields::{boolean, object, opt_string};
 use crate::render::{self, PORT_FIELDS};
 use crate::{paging, patch};
 
-const PORT_WRITABLE: &[&str] = &[
+/// Port fields a client may set (create and PATCH).
+pub const PORT_WRITABLE: &[&str] = &[
     "address",
     "node_uuid",
     "name",

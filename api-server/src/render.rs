@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn node_view_hides_fields_newer_than_the_version() {
-        let n = Node::new(uuid::Uuid::new_v4(), "fake-hardware", ProvisionState::Available, 16);
+        let n = Node::new(uuid::Uuid::new_v4(), "fake-hardware", ProvisionState::Available);
         let v1 = node_view(&n, "http://h", None, Version(1), None, false);
         assert!(v1.get("name").is_none());
         assert_eq!(v1["provision_state"], Value::Null, "available renders as null below 1.2");

@@ -151,6 +151,10 @@ pub async fn lookup(
     })))
 }
 
+/// What a heartbeat may carry.
+pub const HEARTBEAT_KEYS: [&str; 6] =
+    ["callback_url", "agent_token", "agent_version", "agent_verify_ca", "agent_status", "agent_status_message"];
+
 pub async fn heartbeat(
     AxState(st): AxState<State>,
     ctx: Ctx,
@@ -163,9 +167,7 @@ pub async fn heartbeat(
     let body: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
     let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The request body must be a JSON object"))?;
-    let allowed =
-        ["callback_url", "agent_token", "agent_version", "agent_verify_ca", "agent_status", "agent_status_message"];
-    if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+    if let Some(k) = obj.keys().find(|k| !HEARTBEAT_KEYS.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!("Unknown argument: \"{k}\"")));
     }
     let s = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
@@ -199,4 +201,12 @@ pub async fn heartbeat(
 
 pub async fn not_found() -> ApiError {
     ApiError { framework: true, ..ApiError::not_found("") }
+}
+
+/// A method the path does not take: Ironic's 405.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "The server could not comply with the request since it is either malformed or otherwise incorrect.",
+    )
 }

@@ -219,6 +219,11 @@ pub async fn run_api(cfg: Config, shutdown: CancellationToken) -> anyhow::Result
     if let Some(e) = ferric_common::membership::etcd::database_mismatch(&membership.current(), None, &database_id) {
         anyhow::bail!(e);
     }
+    // nodes are created with the recorded exponent; bring the stored
+    // partitions to ours (or be refused) before serving
+    ferric_common::partitions::settle(&db, &membership, &ring_settings(&cfg))
+        .await
+        .map_err(|e| anyhow::anyhow!("the nodes' ring partitions: {e}"))?;
     let serve_stop = CancellationToken::new();
     let api = ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), install_metrics(), serve_stop.clone())
         .await?;

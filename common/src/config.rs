@@ -63,12 +63,17 @@ pub struct ApiConfig {
     /// (192 MiB) stay well below the 320 MiB message limit. Refused at
     /// load above half of that limit.
     pub max_node_document_bytes: usize,
-    /// How long a client may take to send a request's headers (HTTP/1),
-    /// and so how long an idle keep-alive connection stays open; then the
+    /// How long a client may take to send a request's headers, from its
+    /// first byte (and a new connection its first request); then the
     /// connection is closed. Without it a client that opens connections
     /// and sends its headers a byte at a time (slowloris) holds them — and
     /// a task and a file descriptor each — forever.
     pub header_read_timeout_ms: u64,
+    /// How long an idle keep-alive connection stays open. Above the idle
+    /// timeout of clients' connection pools (reqwest and Go: 90 s): a
+    /// server that closes an idle connection first races the client's
+    /// next request on it, which the client then loses.
+    pub keep_alive_timeout_ms: u64,
     /// How long one request may take from its headers to its answer,
     /// reading its body included; then 503 with an Ironic error body naming
     /// this key. Bounds what a slow client or a stuck call holds. Must be
@@ -581,6 +586,7 @@ impl Default for ApiConfig {
             shutdown_delay_ms: 0,
             max_node_document_bytes: 96 * 1024 * 1024,
             header_read_timeout_ms: 10_000,
+            keep_alive_timeout_ms: 120_000,
             request_timeout_ms: 60_000,
             max_concurrent_requests: 1024,
         }
@@ -702,6 +708,7 @@ impl Config {
             ("api.request_deadline_ms", self.api.request_deadline_ms, ms),
             ("api.shutdown_delay_ms", self.api.shutdown_delay_ms, ms),
             ("api.header_read_timeout_ms", self.api.header_read_timeout_ms, ms),
+            ("api.keep_alive_timeout_ms", self.api.keep_alive_timeout_ms, ms),
             ("api.request_timeout_ms", self.api.request_timeout_ms, ms),
             ("conductor.lock_retry_interval_ms", c.lock_retry_interval_ms, ms),
             ("conductor.shutdown_timeout_ms", c.shutdown_timeout_ms, ms),
@@ -883,8 +890,10 @@ impl Config {
                 api.max_node_document_bytes
             )));
         }
-        if api.header_read_timeout_ms == 0 {
-            return Err(ConfigError("api.header_read_timeout_ms must be at least 1".into()));
+        if api.header_read_timeout_ms == 0 || api.keep_alive_timeout_ms == 0 {
+            return Err(ConfigError(
+                "api.header_read_timeout_ms and api.keep_alive_timeout_ms must be at least 1".into(),
+            ));
         }
         if api.request_timeout_ms <= api.request_deadline_ms {
             return Err(ConfigError(format!(

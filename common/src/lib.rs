@@ -3,7 +3,8 @@
 //! Layout: [`ids`] (conductor ids, incarnations and lock holders as
 //! distinct types), [`model`] (nodes, ports), [`states`] (the provision state
 //! machine, pure), [`db`] (SQLite + PostgreSQL, one set of queries),
-//! [`ring`] (pure placement of nodes on conductors), [`membership`] (who is
+//! [`ring`] (pure placement of nodes on conductors), [`partitions`] (the
+//! stored partition of every node, kept to the recorded exponent), [`membership`] (who is
 //! in the ring, as a `watch::Receiver<Ring>`), [`identity`] (which cluster a
 //! database belongs to), [`config`], [`metrics`] (every metric name), [`telemetry`] (logs,
 //! traces, W3C trace context), [`rpc`] (typed
@@ -23,6 +24,7 @@ pub mod membership;
 pub mod merge;
 pub mod metrics;
 pub mod model;
+pub mod partitions;
 pub mod ring;
 pub mod rpc;
 pub mod states;

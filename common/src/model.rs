@@ -53,7 +53,9 @@ pub struct Node {
     pub conductor_affinity: Option<ConductorId>,
     pub conductor_group: String,
     /// SHA-256 of the UUID bytes reduced to the ring's partition space;
-    /// indexed so "my nodes" is an index scan.
+    /// indexed so "my nodes" is an index scan. As stored: `Db::create_node`
+    /// computes it with the exponent the database records (0 in a node not
+    /// yet created), and only a recompute changes it (`crate::partitions`).
     pub ring_partition: i64,
     pub driver_info: JsonObject,
     pub driver_internal_info: JsonObject,
@@ -153,7 +155,7 @@ impl Interfaces {
 
 impl Node {
     /// A new node in `state` with every optional field empty.
-    pub fn new(uuid: Uuid, driver: &str, state: ProvisionState, partition_exponent: u8) -> Node {
+    pub fn new(uuid: Uuid, driver: &str, state: ProvisionState) -> Node {
         Node {
             uuid,
             name: None,
@@ -170,7 +172,7 @@ impl Node {
             reservation: None,
             conductor_affinity: None,
             conductor_group: String::new(),
-            ring_partition: i64::from(crate::ring::partition_of(uuid.as_bytes(), partition_exponent)),
+            ring_partition: 0,
             driver_info: JsonObject::new(),
             driver_internal_info: JsonObject::new(),
             instance_info: JsonObject::new(),
@@ -321,7 +323,7 @@ mod tests {
 
     #[test]
     fn document_bytes_is_the_length_of_the_json() {
-        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", ProvisionState::Enroll, 8);
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", ProvisionState::Enroll);
         n.extra.insert("k".into(), Value::String("é\"\n".repeat(100)));
         assert_eq!(n.document_bytes(), serde_json::to_string(&n).unwrap().len());
         let size = n.document_bytes();

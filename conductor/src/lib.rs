@@ -216,6 +216,15 @@ impl Inner {
             .is_some_and(|m| m.id == self.id && m.incarnation == self.incarnation)
     }
 
+    /// Whether the ring at our epoch gives this node to nobody: no active
+    /// conductor of its group enables its hardware type (the group's last
+    /// one is gone). Only a move can bring such a node back, and it is
+    /// applied by the node's owner as moved (`service::nodes`).
+    pub fn nobody_owns(&self, node: &Node) -> bool {
+        let ring = self.ring.borrow();
+        ring.owner(node.uuid.as_bytes(), &node.conductor_group, node.hardware_type()).is_none()
+    }
+
     pub fn epoch(&self) -> u64 {
         self.ring.borrow().epoch()
     }
@@ -574,6 +583,11 @@ pub async fn start(
         shutdown.cancel();
         return Err(e);
     }
+    let ring_settings = ferric_common::ring::RingSettings {
+        partition_exponent: inner.cfg.membership.partition_exponent,
+        load_epsilon: inner.cfg.membership.load_epsilon,
+        replicas: inner.cfg.membership.replicas,
+    };
     let member = Member {
         id: id.clone(),
         incarnation: incarnation.clone(),
@@ -582,12 +596,7 @@ pub async fn start(
         conductor_group: inner.cfg.conductor.conductor_group.to_ascii_lowercase(),
         hardware_types: inner.registry.names().iter().map(|s| s.to_string()).collect(),
         state: MemberState::Active,
-        ring_settings: ferric_common::ring::RingSettings {
-            partition_exponent: inner.cfg.membership.partition_exponent,
-            load_epsilon: inner.cfg.membership.load_epsilon,
-            replicas: inner.cfg.membership.replicas,
-        }
-        .fingerprint(),
+        ring_settings: ring_settings.fingerprint(),
         database_id: ferric_common::identity::database_id(&inner.db).await.context("reading the database id")?,
     };
     match membership.join(member, inner.cfg.membership.lease_ttl_secs).await {
@@ -604,6 +613,17 @@ pub async fn start(
         }
     }
     info!(%id, %incarnation, %grpc_url, "conductor joined the ring");
+    // in the ring first, then the stored partitions checked (or recomputed)
+    // under the partition lock: a recompute to other settings after this
+    // sees us and is refused (ferric_common::partitions); "my nodes" are
+    // read by these partitions, so nothing that reads them starts before
+    if let Err(e) = ferric_common::partitions::settle(&inner.db, &membership, &ring_settings).await {
+        if let Err(left) = membership.leave(&id, &incarnation).await {
+            warn!("leaving the ring failed: {left}; the lease will expire");
+        }
+        shutdown.cancel();
+        return Err(anyhow::anyhow!("the nodes' ring partitions: {e}"));
+    }
 
     // react to every ring epoch (the first one is start-up)
     let watcher = inner.clone();

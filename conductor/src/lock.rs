@@ -256,9 +256,13 @@ mod tests {
 
     async fn db_with(n: usize) -> (Db, Vec<Uuid>) {
         let db = Db::connect("sqlite::memory:", 1).await.unwrap();
+        let settings = ferric_common::ring::RingSettings::default();
+        let local = ferric_common::membership::LocalMembership::new(settings.clone());
+        let membership = ferric_common::membership::Membership::Local(Arc::new(local));
+        ferric_common::partitions::settle(&db, &membership, &settings).await.unwrap();
         let mut uuids = Vec::new();
         for _ in 0..n {
-            let node = Node::new(Uuid::new_v4(), "fake-hardware", ProvisionState::Available, 16);
+            let node = Node::new(Uuid::new_v4(), "fake-hardware", ProvisionState::Available);
             db.create_node(&node).await.unwrap();
             uuids.push(node.uuid);
         }

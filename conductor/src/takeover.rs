@@ -23,6 +23,10 @@
 //!    `conductor_affinity = me` → unlock, or keep the lock and resume the
 //!    operation at its recorded step. A node still locked by a live member
 //!    (e.g. a draining conductor finishing a step) is retried next pass.
+//!    A node moved to my group or hardware type by an update (`PATCH
+//!    conductor_group` or `driver`, applied by its previous owner) is
+//!    gained the same way, at the next periodic pass: the ring did not
+//!    change, the node did.
 //! 4. **Orphaned operations** (owned by me, affinity = me, `*ING`, unlocked:
 //!    e.g. after a restart or a hand-off at a step boundary) resume.
 //!
@@ -544,7 +548,7 @@ mod tests {
     use super::*;
 
     fn node(state: ProvisionState, affinity: Option<&str>) -> Node {
-        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", state, 16);
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", state);
         n.conductor_affinity = affinity.map(ConductorId::from);
         n
     }

@@ -174,7 +174,7 @@ mod tests {
     fn any_process_with_the_secret_recomputes_the_token() {
         let a = tokens("0123456789abcdef-cluster");
         let b = tokens("0123456789abcdef-cluster");
-        let mut node = Node::new(Uuid::new_v4(), "redfish", ProvisionState::Deploying, 16);
+        let mut node = Node::new(Uuid::new_v4(), "redfish", ProvisionState::Deploying);
         let t = a.mint(&mut node, true);
         assert_eq!(t.len(), 43, "as long as Ironic's token_urlsafe()");
         assert_eq!(b.token(&node).as_deref(), Some(t.as_str()));
@@ -191,7 +191,7 @@ mod tests {
     fn another_secret_another_token_and_new_sessions_new_tokens() {
         let a = tokens("0123456789abcdef-cluster");
         let other = tokens("0123456789abcdef-another");
-        let mut node = Node::new(Uuid::new_v4(), "redfish", ProvisionState::Deploying, 16);
+        let mut node = Node::new(Uuid::new_v4(), "redfish", ProvisionState::Deploying);
         let t1 = a.mint(&mut node, false);
         assert!(!other.verify(&node, &t1));
         assert_ne!(a.fingerprint(), other.fingerprint());
@@ -202,7 +202,7 @@ mod tests {
         assert!(!a.verify(&node, &t2));
         assert!(a.token(&node).is_none());
         // the same nonce on another node gives another token
-        let mut n2 = Node::new(Uuid::new_v4(), "redfish", ProvisionState::Deploying, 16);
+        let mut n2 = Node::new(Uuid::new_v4(), "redfish", ProvisionState::Deploying);
         let t3 = a.mint(&mut n2, false);
         n2.driver_internal_info.insert(NONCE_KEY.into(), node_nonce(&n2));
         let mut n3 = n2.clone();

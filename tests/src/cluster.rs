@@ -181,6 +181,48 @@ impl Cluster {
             .collect()
     }
 
+    /// The ids of the members registered in etcd now.
+    pub fn member_ids(&self) -> Vec<String> {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.etcd.endpoint, "get", "--prefix", "/ferric/conductors/", "--print-value-only"])
+            .output()
+            .expect("etcdctl");
+        assert!(out.status.success(), "etcdctl: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|m| Some(m["id"].as_str()?.to_string()))
+            .collect()
+    }
+
+    /// Every process stops (SIGKILL: a crash or a power cut, whatever the
+    /// nodes were doing) and the test waits until etcd has no member left
+    /// (their leases expired), then every process starts again — the
+    /// conductors, then the API — with `env` added to its settings (a
+    /// cluster restarted with another configuration).
+    pub async fn restart_all(&mut self, env: &[(&str, &str)]) {
+        self.api.kill();
+        for (c, _) in &mut self.conductors {
+            c.kill();
+        }
+        let start = Instant::now();
+        while !self.member_ids().is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(30), "members still registered: {:?}", self.member_ids());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for (c, _) in &mut self.conductors {
+            for (k, v) in env {
+                c.set_env(k, v);
+            }
+            c.spawn();
+        }
+        for (k, v) in env {
+            self.api.set_env(k, v);
+        }
+        self.api.spawn();
+    }
+
     pub async fn status(&self, i: usize) -> Option<ConductorStatus> {
         status(self.conductors[i].1).await
     }

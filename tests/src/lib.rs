@@ -373,6 +373,13 @@ impl Process {
         }
     }
 
+    /// Sets (or replaces) an environment variable for the next [`Process::spawn`]
+    /// (a restart with other settings).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ferric_tests::{Ferric, error_body, http};
+use ferric_tests::{Ferric, Postgres, error_body, http};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -105,6 +105,11 @@ async fn bad_input_and_protocol_details() {
     assert!(h["openstack-request-id"].to_str().unwrap().starts_with("req-"));
     let (s, _, _) = api.call(M::POST, "/v1", "", Some(json!({}))).await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    // every path answers a method it does not take with Ironic's 405
+    let no = "could not comply with the request";
+    api.fault(M::POST, "/v1/nodes/n1", "1.115", Some(json!({})), 405, no).await;
+    api.fault(M::PUT, "/ports", "1.115", Some(json!({})), 405, no).await;
+    api.fault(M::OPTIONS, "/v1/nodes/n1/vendor_passthru/x", "1.115", None, 405, no).await;
     let (s, _, b) = api.call(M::GET, "/v1/nope", "1.115", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(error_body(&b), json!({"code": 404, "title": "Not Found", "description": ""}));
@@ -536,4 +541,37 @@ async fn bad_input_and_protocol_details() {
     ] {
         assert!(m.contains(metric), "{metric} missing from /metrics:\n{m}");
     }
+}
+
+/// PostgreSQL cannot store or compare a NUL character in text: a request
+/// carrying one in a path, a filter or a body was answered 500 with the
+/// database's error (by the API, or by the conductor for changes). It is
+/// bad input, refused before it reaches the database.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nul_character_is_bad_input_on_postgresql() {
+    let pg = Postgres::start();
+    let ferric = Ferric::start(Some(&pg.database("ferric_nul")), &[]);
+    let api = Api { base: ferric.endpoint.clone(), c: http() };
+    use Method as M;
+    let n = api.ok(M::POST, "/v1/nodes", Some(json!({"driver": "fake-hardware", "name": "n1"}))).await;
+    let uuid = n["uuid"].as_str().unwrap().to_string();
+    let bad = "Invalid input: a text value contains a NUL character";
+    for path in ["/v1/nodes/a%00b", "/v1/ports/a%00b", "/v1/nodes?driver=%00", "/v1/nodes?description_contains=a%00"] {
+        api.fault(M::GET, path, "1.115", None, 400, bad).await;
+    }
+    let with_nul = |field: &str| json!({"driver": "fake-hardware", field: "a\u{0}b"});
+    api.fault(M::POST, "/v1/nodes", "1.115", Some(with_nul("description")), 400, bad).await;
+    api.fault(M::POST, "/v1/nodes", "1.115", Some(with_nul("owner")), 400, bad).await;
+    let patch = json!([{"op": "add", "path": "/description", "value": "x\u{0}"}]);
+    api.fault(M::PATCH, "/v1/nodes/n1", "1.115", Some(patch), 400, bad).await;
+    api.fault(M::PUT, "/v1/nodes/n1/maintenance", "1.115", Some(json!({"reason": "\u{0}"})), 400, bad).await;
+    let port = json!({"address": "52:54:00:00:00:0a", "node_uuid": uuid, "name": "p\u{0}"});
+    api.fault(M::POST, "/v1/ports", "1.115", Some(port), 400, bad).await;
+    // nothing was written; a JSON field takes it (escaped in the column)
+    let n = api.ok(M::GET, "/v1/nodes/n1", None).await;
+    assert_eq!((n["description"].clone(), n["maintenance"].clone()), (Value::Null, json!(false)));
+    assert_eq!(api.ok(M::GET, "/v1/nodes", None).await["nodes"].as_array().unwrap().len(), 1);
+    assert!(api.ok(M::GET, "/v1/ports", None).await["ports"].as_array().unwrap().is_empty());
+    let patch = json!([{"op": "add", "path": "/extra/k", "value": "v\u{0}"}]);
+    assert_eq!(api.ok(M::PATCH, "/v1/nodes/n1", Some(patch)).await["extra"]["k"], "v\u{0}");
 }

@@ -1,22 +1,48 @@
 //! The database layer behaves the same on SQLite and PostgreSQL: the same
 //! suite runs against both.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use chrono::Utc;
-use ferric_common::db::{AppliedCall, Db, DbError, LockOutcome, NodeQuery, Paging, PortQuery};
+use ferric_common::db::{AppliedCall, Db, DbError, LockOutcome, NodeQuery, Paging, PartitionLockMode, PortQuery};
 use ferric_common::ids::LockHolder;
+use ferric_common::membership::{LocalMembership, Membership};
 use ferric_common::model::{Node, Port};
+use ferric_common::partitions::{self, Settled, partition};
+use ferric_common::ring::RingSettings;
 use ferric_common::states::ProvisionState;
 use ferric_tests::Postgres;
 use serde_json::json;
 use uuid::Uuid;
 
 fn node(name: &str) -> Node {
-    let mut n = Node::new(Uuid::new_v4(), "fake-hardware", ProvisionState::Enroll, 16);
+    let mut n = Node::new(Uuid::new_v4(), "fake-hardware", ProvisionState::Enroll);
     n.name = Some(name.into());
     n
 }
 
+/// What a process with `exponent` does with the stored partitions at start
+/// (alone: no other member).
+async fn settle(db: &Db, exponent: u8) -> Settled {
+    let settings = RingSettings { partition_exponent: exponent, ..RingSettings::default() };
+    let membership = Membership::Local(Arc::new(LocalMembership::new(settings.clone())));
+    partitions::settle(db, &membership, &settings).await.unwrap()
+}
+
+/// The nodes whose stored partition `exponent` does not give.
+async fn stale(db: &Db, exponent: u8) -> Vec<Uuid> {
+    let all = db.list_nodes(&NodeQuery::default()).await.unwrap();
+    all.iter().filter(|n| n.ring_partition != partition(&n.uuid, exponent)).map(|n| n.uuid).collect()
+}
+
 async fn suite(db: Db) {
+    // no node without a recorded partition exponent; the first start records it
+    assert!(matches!(db.create_node(&node("early")).await, Err(DbError::PartitionExponent(_))));
+    assert!(matches!(settle(&db, 16).await, Settled::Recomputed { checked: 0, changed: 0, .. }));
+    assert_eq!(db.cluster_setting(partitions::EXPONENT_SETTING).await.unwrap().as_deref(), Some("16"));
+    assert_eq!(settle(&db, 16).await, Settled::Current);
+
     // create / get / by name, JSON and timestamps round-trip
     let mut a = node("a");
     a.driver_info = json!({"k": "v", "nested": {"x": [1, 2]}}).as_object().unwrap().clone();
@@ -26,7 +52,7 @@ async fn suite(db: Db) {
     let got = db.get_node(a.uuid).await.unwrap();
     assert_eq!(got.driver_info, a.driver_info);
     assert_eq!(got.traits, a.traits);
-    assert_eq!(got.ring_partition, a.ring_partition);
+    assert_eq!(got.ring_partition, partition(&a.uuid, 16), "computed with the recorded exponent");
     assert_eq!(
         got.provision_updated_at.unwrap().timestamp_micros(),
         a.provision_updated_at.unwrap().timestamp_micros()
@@ -107,7 +133,7 @@ async fn suite(db: Db) {
     ));
     let like = NodeQuery { description_contains: Some("k_3%".into()), ..Default::default() };
     assert_eq!(db.list_nodes(&like).await.unwrap().len(), 1, "LIKE wildcards in the filter are literal");
-    let by_part = NodeQuery { partitions: Some(vec![a.ring_partition]), ..Default::default() };
+    let by_part = NodeQuery { partitions: Some(vec![partition(&a.uuid, 16)]), ..Default::default() };
     assert!(db.list_nodes(&by_part).await.unwrap().iter().any(|n| n.uuid == a.uuid));
     let none = NodeQuery { partitions: Some(vec![]), ..Default::default() };
     assert!(db.list_nodes(&none).await.unwrap().is_empty());
@@ -188,6 +214,104 @@ async fn suite(db: Db) {
     assert_eq!(db.prune_applied_calls(Utc::now() + chrono::Duration::seconds(1), 2).await.unwrap(), 2, "in batches");
     assert_eq!(db.prune_applied_calls(Utc::now() + chrono::Duration::seconds(1), 100).await.unwrap(), 1);
     assert!(!db.call_applied("req-4").await.unwrap());
+
+    // text with a NUL character is bad input on both backends (PostgreSQL
+    // cannot store or compare it), in a write, a lookup and a filter;
+    // JSON columns take it, escaped
+    let mut nul = node("nul");
+    nul.description = Some("a\0b".into());
+    let invalid = |r: Result<(), DbError>| matches!(r, Err(e) if e.is_invalid_input());
+    assert!(invalid(db.create_node(&nul).await), "a NUL in a text column is refused");
+    assert!(matches!(db.get_node(nul.uuid).await, Err(DbError::NotFound)), "and nothing was written");
+    assert!(invalid(db.get_node_by_name("n\0").await.map(|_| ())));
+    let q = NodeQuery { driver: Some("\0".into()), ..Default::default() };
+    assert!(invalid(db.list_nodes(&q).await.map(|_| ())));
+    nul.description = None;
+    nul.extra = json!({"k\0": "v\0"}).as_object().unwrap().clone();
+    db.create_node(&nul).await.unwrap();
+    assert_eq!(db.get_node(nul.uuid).await.unwrap().extra, nul.extra);
+    assert!(!DbError::NotFound.is_invalid_input() && !DbError::Duplicate { field: "name" }.is_invalid_input());
+}
+
+/// Ring partitions: a save never writes one, a recompute rewrites every
+/// node's and records its exponent in one transaction (or nothing), and a
+/// creation waits for a recompute in progress and uses its exponent.
+async fn partitions_suite(db: Db) {
+    settle(&db, 16).await;
+    for i in 0..25 {
+        db.create_node(&node(&format!("r{i}"))).await.unwrap();
+    }
+    assert!(stale(&db, 16).await.is_empty());
+    // a copy of a node read before a recompute, saved after it
+    let first = db.get_node_by_name("r0").await.unwrap();
+    let holder = LockHolder::new("inc-p");
+    assert!(matches!(db.reserve_node(first.uuid, &holder).await.unwrap(), LockOutcome::Acquired(_)));
+    let mut copy = db.get_node(first.uuid).await.unwrap();
+    copy.ring_partition = 12345;
+    copy.description = Some("saved".into());
+    assert!(db.save_node_and_release(&copy, &holder).await.unwrap());
+    let saved = db.get_node(first.uuid).await.unwrap();
+    assert_eq!((saved.description.as_deref(), saved.ring_partition), (Some("saved"), first.ring_partition));
+
+    // another exponent: every node checked, (nearly) every one changed
+    match settle(&db, 12).await {
+        Settled::Recomputed { checked: 25, changed, .. } => assert!(changed >= 20, "{changed}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(stale(&db, 12).await.is_empty());
+    assert_eq!(db.cluster_setting(partitions::EXPONENT_SETTING).await.unwrap().as_deref(), Some("12"));
+    assert_eq!(settle(&db, 12).await, Settled::Current);
+    let n = node("after");
+    db.create_node(&n).await.unwrap();
+    assert_eq!(db.get_node(n.uuid).await.unwrap().ring_partition, partition(&n.uuid, 12));
+
+    // a recompute in progress: a creation waits for it, then uses its exponent
+    let mut lock = db.lock_partitions(PartitionLockMode::Exclusive).await.unwrap();
+    let during = node("during");
+    let creating = tokio::spawn({
+        let (db, n) = (db.clone(), during.clone());
+        async move { db.create_node(&n).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!creating.is_finished(), "a creation waits for the partition lock");
+    let done = lock.recompute(10, 4).await.unwrap();
+    assert_eq!(done.checked, 26, "in batches of 4");
+    lock.record_exponent(10).await.unwrap();
+    lock.commit().await.unwrap();
+    creating.await.unwrap().unwrap();
+    assert_eq!(db.get_node(during.uuid).await.unwrap().ring_partition, partition(&during.uuid, 10));
+    assert!(stale(&db, 10).await.is_empty());
+
+    // a recompute not committed changes nothing
+    let mut lock = db.lock_partitions(PartitionLockMode::Exclusive).await.unwrap();
+    lock.recompute(8, 1000).await.unwrap();
+    drop(lock);
+    assert!(stale(&db, 10).await.is_empty());
+    assert_eq!(db.cluster_setting(partitions::EXPONENT_SETTING).await.unwrap().as_deref(), Some("10"));
+
+    // the sample: the first and the last by id, each once
+    let mut lock = db.lock_partitions(PartitionLockMode::Exclusive).await.unwrap();
+    let all = db.list_nodes(&NodeQuery::default()).await.unwrap();
+    let sample = lock.sample(3).await.unwrap();
+    let names: Vec<Uuid> = sample.iter().map(|r| r.uuid).collect();
+    let ends: Vec<Uuid> = all[..3].iter().chain(all[all.len() - 3..].iter().rev()).map(|n| n.uuid).collect();
+    assert_eq!(names, ends);
+    assert_eq!(lock.sample(100).await.unwrap().len(), all.len(), "a small table is sampled whole, once");
+    lock.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn partitions_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    partitions_suite(Db::connect(&format!("sqlite://{}/t.sqlite", dir.path().display()), 4).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn partitions_on_postgres() {
+    let pg = Postgres::start();
+    let db = Db::connect(&pg.database("ferric_partitions"), 4).await.unwrap();
+    partitions_suite(db.clone()).await;
+    db.close().await;
 }
 
 #[tokio::test]
@@ -211,6 +335,7 @@ async fn migrations_are_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/t.sqlite", dir.path().display());
     let db = Db::connect(&url, 1).await.unwrap();
+    settle(&db, 16).await;
     db.create_node(&node("keep")).await.unwrap();
     db.close().await;
     let db = Db::connect(&url, 1).await.unwrap();

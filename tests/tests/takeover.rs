@@ -68,9 +68,11 @@ async fn sigkill_mid_deploy_every_deploy_finishes() {
     cl.wait_conductors(3).await;
     let uuids = cl.create_nodes("d", n, json!({})).await;
     to_available(&cl, &uuids).await;
-    // four deploy steps of 2 s each: every deploy is still running when
-    // the last request has been accepted
-    set_delay(&cl, &uuids, 2000).await;
+    // four deploy steps of 3.5 s each: every deploy is still running when
+    // the last request has been accepted, even on a loaded machine (with
+    // 2 s steps, 300 requests accepted 16 at a time on a busy 2-core
+    // machine saw 40 of the victim's 108 deploys finish before the kill)
+    set_delay(&cl, &uuids, 3500).await;
     cl.act(&uuids, "active").await;
     // kill the conductor that owns the most nodes (about a third), mid-deploy
     let before = cl.nodes().await;

@@ -12,7 +12,9 @@
 //! Layout: this file holds the connection, the schema policy and the
 //! query plumbing; one module per table holds that table's columns (each
 //! declared once) and queries: [`nodes`] (with the node lock), [`ports`],
-//! [`history`], [`settings`], [`calls`] (the API's calls already applied).
+//! [`history`], [`settings`], [`calls`] (the API's calls already applied),
+//! and [`partitions`]: the lock under which nodes' ring partitions and the
+//! exponent they were computed with are read and written.
 
 /// Declares a table's columns once: the row type read back, the list of
 /// every column (for SELECT), and what a save writes — every `saved`
@@ -47,15 +49,33 @@ macro_rules! table {
     };
 }
 
+/// Binds every [`Arg`] of `$args` to the query `$q`, in order.
+macro_rules! bind_all {
+    ($q:expr, $args:expr) => {{
+        let mut q = $q;
+        for a in $args {
+            q = match a {
+                Arg::Text(v) => q.bind(v),
+                Arg::Int(v) => q.bind(v),
+                Arg::Bool(v) => q.bind(v),
+                Arg::Time(v) => q.bind(v),
+            };
+        }
+        q
+    }};
+}
+
 mod calls;
 mod history;
 mod nodes;
+mod partitions;
 mod ports;
 mod settings;
 
 pub use calls::AppliedCall;
 pub use history::HistoryEntry;
 pub use nodes::{NODE_SORT_KEYS, NodeQuery, NodeRef};
+pub use partitions::{PARTITION_LOCK_KEY, PartitionLock, PartitionLockMode, Recomputed};
 pub use ports::{PORT_SORT_KEYS, PortQuery};
 
 use std::str::FromStr;
@@ -93,6 +113,10 @@ pub enum DbError {
     /// The database's schema is not the one this binary was built for.
     #[error("{0}")]
     Schema(String),
+    /// The database records no usable ring partition exponent, so no node
+    /// can be given a partition (`crate::partitions`).
+    #[error("{0}")]
+    PartitionExponent(String),
 }
 
 impl DbError {
@@ -118,6 +142,35 @@ impl DbError {
             _ => false,
         }
     }
+
+    /// Bad data rather than a failing database: a value it cannot store or
+    /// compare — text with a NUL character (refused on both backends before
+    /// it is sent, see [`no_nul`]) or a PostgreSQL data exception (SQLSTATE
+    /// class 22). The request that carried it is at fault.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            DbError::Sqlx(sqlx::Error::Encode(_)) => true,
+            DbError::Sqlx(sqlx::Error::Database(e)) => e.code().is_some_and(|c| c.starts_with("22")),
+            _ => false,
+        }
+    }
+}
+
+/// What a client is told about a value [`DbError::is_invalid_input`]
+/// refuses (the database's own words go to the log).
+pub const INVALID_INPUT_MESSAGE: &str =
+    "Invalid input: a text value contains a NUL character, or a value does not fit its field.";
+
+/// PostgreSQL cannot store or compare a NUL character in text (SQLite
+/// can): such a value is refused on both backends, so they behave alike and
+/// the caller gets bad input ([`DbError::is_invalid_input`]), not a
+/// database error. JSON columns are not concerned: serialised JSON escapes
+/// NUL as `\u0000`.
+pub(super) fn no_nul(args: &[Arg]) -> Result<(), sqlx::Error> {
+    if args.iter().any(|a| matches!(a, Arg::Text(Some(s)) if s.contains('\0'))) {
+        return Err(sqlx::Error::Encode("text values cannot contain NUL characters".into()));
+    }
+    Ok(())
 }
 
 /// Result of trying to take a node lock.
@@ -198,21 +251,6 @@ impl From<Option<DateTime<Utc>>> for Arg {
     fn from(v: Option<DateTime<Utc>>) -> Arg {
         Arg::Time(v)
     }
-}
-
-macro_rules! bind_all {
-    ($q:expr, $args:expr) => {{
-        let mut q = $q;
-        for a in $args {
-            q = match a {
-                Arg::Text(v) => q.bind(v),
-                Arg::Int(v) => q.bind(v),
-                Arg::Bool(v) => q.bind(v),
-                Arg::Time(v) => q.bind(v),
-            };
-        }
-        q
-    }};
 }
 
 /// Which database a URL names.
@@ -561,6 +599,7 @@ impl Db {
     }
 
     async fn execute(&self, sql: String, args: Vec<Arg>) -> Result<u64, sqlx::Error> {
+        no_nul(&args)?;
         Ok(match &self.pool {
             Pool::Sqlite(p) => bind_all!(sqlx::query(AssertSqlSafe(sql)), args).execute(p).await?.rows_affected(),
             Pool::Postgres(p) => bind_all!(sqlx::query(AssertSqlSafe(sql)), args).execute(p).await?.rows_affected(),
@@ -575,6 +614,10 @@ impl Db {
         first: (String, Vec<Arg>),
         then: Vec<(String, Vec<Arg>)>,
     ) -> Result<bool, sqlx::Error> {
+        no_nul(&first.1)?;
+        for (_, args) in &then {
+            no_nul(args)?;
+        }
         macro_rules! run {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await?;
@@ -601,6 +644,7 @@ impl Db {
     where
         T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin,
     {
+        no_nul(&args)?;
         match &self.pool {
             Pool::Sqlite(p) => bind_all!(sqlx::query_as::<_, T>(AssertSqlSafe(sql)), args).fetch_all(p).await,
             Pool::Postgres(p) => bind_all!(sqlx::query_as::<_, T>(AssertSqlSafe(sql)), args).fetch_all(p).await,
@@ -611,6 +655,7 @@ impl Db {
     where
         T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin,
     {
+        no_nul(&args)?;
         match &self.pool {
             Pool::Sqlite(p) => bind_all!(sqlx::query_as::<_, T>(AssertSqlSafe(sql)), args).fetch_optional(p).await,
             Pool::Postgres(p) => bind_all!(sqlx::query_as::<_, T>(AssertSqlSafe(sql)), args).fetch_optional(p).await,

@@ -8,9 +8,10 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use super::{AppliedCall, Arg, Db, DbError, LockOutcome, Paging, obj, state, text, unique_field};
+use super::{AppliedCall, Arg, Db, DbError, LockOutcome, Paging, PartitionLockMode, obj, state, text, unique_field};
 use crate::ids::{ConductorId, LockHolder};
 use crate::model::{Interfaces, Node};
+use crate::partitions::{self, EXPONENT_SETTING, Recorded};
 
 table! {
     row NodeRow of Node;
@@ -21,6 +22,10 @@ table! {
         uuid: String,
         reservation: Option<String>,
         created_at: DateTime<Utc>,
+        // written at creation with the recorded exponent, and by a
+        // recompute under the partition lock; never by a save, whose copy
+        // of the node may predate a recompute (crate::partitions)
+        ring_partition: i64,
     }
     saved |n, now| {
         name: Option<String> = n.name.clone(),
@@ -48,7 +53,6 @@ table! {
         fault: Option<String> = n.fault.clone(),
         conductor_affinity: Option<String> = n.conductor_affinity.clone(),
         conductor_group: String = n.conductor_group.clone(),
-        ring_partition: i64 = n.ring_partition,
         driver_info: String = text(&n.driver_info),
         driver_internal_info: String = text(&n.driver_internal_info),
         instance_info: String = text(&n.instance_info),
@@ -219,20 +223,47 @@ impl TryFrom<NodeRow> for Node {
 }
 
 impl Db {
+    /// Insert a node, its ring partition computed with the exponent the
+    /// database records, read under the shared partition lock in the same
+    /// transaction (whatever `n.ring_partition` says): no node is created
+    /// with another exponent's partition, nor in the middle of a recompute.
     pub async fn create_node(&self, n: &Node) -> Result<(), DbError> {
-        let mut cols = vec!["uuid", "reservation", "created_at"];
+        let mut lock = self.lock_partitions(PartitionLockMode::Shared).await?;
+        let recorded = lock.recorded_exponent().await?;
+        let exponent = match Recorded::parse(recorded.as_deref()) {
+            Recorded::Exponent(e) => e,
+            Recorded::None => {
+                return Err(DbError::PartitionExponent(format!(
+                    "the database records no ring partition exponent (cluster_settings.{EXPONENT_SETTING}), so node \
+                     {} cannot be given a partition: every Ferric process records it at start",
+                    n.uuid
+                )));
+            }
+            Recorded::Unreadable(v) => {
+                return Err(DbError::PartitionExponent(format!(
+                    "cluster_settings.{EXPONENT_SETTING} is {v:?}, not a partition exponent: restart a Ferric process \
+                     to recompute the partitions"
+                )));
+            }
+        };
+        let mut cols = vec!["uuid", "reservation", "created_at", "ring_partition"];
         cols.extend_from_slice(NODE_SAVE_COLUMNS);
-        let mut args: Vec<Arg> = vec![n.uuid.to_string().into(), n.reservation.clone().into(), n.created_at.into()];
+        let mut args: Vec<Arg> = vec![
+            n.uuid.to_string().into(),
+            n.reservation.clone().into(),
+            n.created_at.into(),
+            partitions::partition(&n.uuid, exponent).into(),
+        ];
         args.extend(node_save_args(n, n.created_at));
         // a fresh node has never been updated
         *args.last_mut().expect("updated_at is last") = Arg::Time(None);
         let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
         let sql = format!("INSERT INTO nodes ({}) VALUES ({})", cols.join(", "), placeholders.join(", "));
-        self.execute(sql, args).await.map_err(|e| match unique_field(&e, &["instance_uuid", "name", "uuid"]) {
+        lock.execute(sql, args).await.map_err(|e| match unique_field(&e, &["instance_uuid", "name", "uuid"]) {
             Some(field) => DbError::Duplicate { field },
             None => DbError::Sqlx(e),
         })?;
-        Ok(())
+        lock.commit().await
     }
 
     pub async fn get_node(&self, uuid: Uuid) -> Result<Node, DbError> {

@@ -193,6 +193,13 @@ impl EtcdMembership {
         Ok((now.as_slice() == ring.members()).then_some(rev as u64))
     }
 
+    /// The members etcd has now (a linearizable read).
+    pub async fn members_now(&self) -> Result<Vec<Member>, EtcdError> {
+        let mut client = connect(&self.endpoints).await?;
+        let (members, _) = snapshot(&mut client).await?;
+        Ok(members.into_values().collect())
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<Ring> {
         self.tx.subscribe()
     }

@@ -117,6 +117,16 @@ impl Membership {
         }
     }
 
+    /// The members as the source of truth has them now, whatever this
+    /// process's ring says: in etcd a linearizable read of the prefix
+    /// (every registration etcd acknowledged before it is in it).
+    pub async fn members_now(&self) -> Result<Vec<Member>, etcd::EtcdError> {
+        match self {
+            Membership::Local(m) => Ok(m.current().members().to_vec()),
+            Membership::Etcd(m) => m.members_now().await,
+        }
+    }
+
     /// Stop renewing our registration without revoking it (fencing).
     pub async fn abandon(&self) {
         if let Membership::Etcd(m) = self {

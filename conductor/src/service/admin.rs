@@ -11,7 +11,7 @@ impl ConductorService {
                 format!("Could not find the following driver(s) or hardware type(s): {}.", r.driver),
             )
         })?;
-        let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll, 1);
+        let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll);
         let driver = self.inner.registry.driver_for(&probe).map_err(|e| self.driver_err(e))?;
         let mut default_interfaces = HashMap::new();
         let mut enabled_interfaces = HashMap::new();

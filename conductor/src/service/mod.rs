@@ -7,8 +7,11 @@
 //! Every handler that acts on a node first checks that the ring at this
 //! conductor's epoch gives it the node (else NOT_OWNER with our epoch, and
 //! the API retries against the right owner), then takes the node lock for
-//! mutations. Provision and power actions persist the transient state
-//! before replying and continue in the background.
+//! mutations. One exception: an update of a node the ring gives to nobody
+//! is applied by its owner as updated (a move out of a group that lost its
+//! last conductor; `nodes::update_node`). Provision and power actions
+//! persist the transient state before replying and continue in the
+//! background.
 //!
 //! Every node RPC runs in a server span (`ferric.v1.Conductor/<Method>`,
 //! with `node.uuid` and the REST request's `request_id`) whose parent is
@@ -20,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::Utc;
-use ferric_common::db::{AppliedCall, DbError};
+use ferric_common::db::{AppliedCall, DbError, INVALID_INPUT_MESSAGE};
 use ferric_common::model::{Node, Port, normalize_mac};
 use ferric_common::proto::conductor_server::Conductor;
 use ferric_common::proto::*;
@@ -83,6 +86,8 @@ impl ConductorService {
         match e {
             DbError::NotFound => self.err(Reason::NotFound, "Resource could not be found."),
             DbError::Duplicate { field } => self.err(Reason::Conflict, format!("duplicate {field}")),
+            // the value came with the request: the client is at fault
+            e if e.is_invalid_input() => self.err(Reason::Invalid, INVALID_INPUT_MESSAGE),
             // the driver's words go to the log, not to clients
             e if e.is_retryable() => {
                 tracing::warn!("database unavailable: {e}");
@@ -125,6 +130,11 @@ impl ConductorService {
     /// up with the caller's epoch when it is newer than ours: a request is
     /// never acted on from an older ring than the one it was routed by.
     async fn load_owned(&self, uuid: &str, epoch: u64) -> Result<Node, Status> {
+        self.load_if(uuid, epoch, |n| self.inner.owns(n)).await
+    }
+
+    /// [`Self::load_owned`] with another rule than "we own it": `may`.
+    async fn load_if(&self, uuid: &str, epoch: u64, may: impl Fn(&Node) -> bool) -> Result<Node, Status> {
         let uuid = self.parse_uuid(uuid)?;
         if let Err(why) = self.inner.catch_up(epoch).await {
             return Err(self.err(Reason::Unavailable, why));
@@ -136,13 +146,19 @@ impl ConductorService {
             }
             Err(e) => return Err(self.db_err(e)),
         };
-        if !self.inner.owns(&node) {
+        if !may(&node) {
             return Err(self.err(Reason::NotOwner, format!("conductor {} does not own node {uuid}", self.inner.id)));
         }
         Ok(node)
     }
 
     async fn lock(&self, uuid: Uuid) -> Result<(NodeLock, Node), Status> {
+        self.lock_if(uuid, |n| self.inner.owns(n)).await
+    }
+
+    /// [`Self::lock`] with another rule than "we own it": `may`, checked
+    /// again once the lock is ours.
+    async fn lock_if(&self, uuid: Uuid, may: impl Fn(&Node) -> bool) -> Result<(NodeLock, Node), Status> {
         let c = &self.inner.cfg.conductor;
         let (lock, node) = self
             .inner
@@ -151,7 +167,7 @@ impl ConductorService {
             .await
             .map_err(|e| self.lock_err(e))?;
         // the ring may have moved while we waited for the lock
-        if !self.inner.owns(&node) {
+        if !may(&node) {
             let _ = lock.release().await;
             return Err(self.err(Reason::NotOwner, format!("conductor {} no longer owns node {uuid}", self.inner.id)));
         }
@@ -180,7 +196,17 @@ impl ConductorService {
     /// when the lock cannot be had (another attempt of the same call may
     /// hold it for the operation it started, or have deleted the node).
     async fn lock_for(&self, uuid: Uuid, call: &Option<String>) -> Result<Option<(NodeLock, Node)>, Status> {
-        match self.lock(uuid).await {
+        self.lock_for_if(uuid, call, |n| self.inner.owns(n)).await
+    }
+
+    /// [`Self::lock_for`] with another rule than "we own it": `may`.
+    async fn lock_for_if(
+        &self,
+        uuid: Uuid,
+        call: &Option<String>,
+        may: impl Fn(&Node) -> bool,
+    ) -> Result<Option<(NodeLock, Node)>, Status> {
+        match self.lock_if(uuid, may).await {
             Ok((lock, node)) => match self.already_applied(call).await {
                 Ok(false) => Ok(Some((lock, node))),
                 done => {

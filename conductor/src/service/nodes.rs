@@ -22,45 +22,37 @@ impl ConductorService {
         self.unless_applied(res, &call, || self.node_reply(uuid)).await
     }
 
+    /// Applies what the API's PATCH changed (`base_json` → `node_json`) to
+    /// the node as it is under the lock.
+    ///
+    /// A move — a new `conductor_group`, or a `driver` another conductor
+    /// serves — is applied here by the node's owner as stored, and the
+    /// node's new owner takes it over on its next take-over pass. When
+    /// nobody owns the node as stored (its group's last conductor is gone)
+    /// the API sends the update to the node's owner as moved, which may
+    /// apply it: else such a node could never be moved out.
     async fn update_node(&self, r: UpdateNodeRequest, call: &Option<String>) -> Rpc<NodeReply> {
         let wanted: Node =
             serde_json::from_str(&r.node_json).map_err(|e| self.err(Reason::Invalid, format!("node document: {e}")))?;
-        let current = self.load_owned(&r.node_uuid, r.epoch).await?;
+        let may_update = |n: &Node| self.inner.owns(n) || self.inner.nobody_owns(n);
+        let current = self.load_if(&r.node_uuid, r.epoch, may_update).await?;
         if wanted.uuid != current.uuid {
             return Err(self.err(Reason::Invalid, "the node uuid cannot be changed"));
         }
-        let Some((lock, mut node)) = self.lock_for(current.uuid, call).await? else {
+        // refused at once, not after waiting for the lock a running
+        // operation holds; and again under the lock
+        refuse_in_transition(&current, &self.merged(&r, wanted.clone(), &current)?)
+            .map_err(|m| self.err(Reason::Conflict, m))?;
+        let Some((lock, mut node)) = self.lock_for_if(current.uuid, call, may_update).await? else {
             return self.node_reply(current.uuid).await;
         };
-        let result = async {
+        let owned_as_stored = self.inner.owns(&node);
+        let result: Result<Node, Status> = async {
             // only what the patch changed, applied to the node as it is now
-            let wanted = if r.base_json.is_empty() {
-                wanted
-            } else {
-                let base: serde_json::Value = serde_json::from_str(&r.base_json)
-                    .map_err(|e| self.err(Reason::Invalid, format!("base node document: {e}")))?;
-                let fresh = serde_json::to_value(&node).expect("nodes serialise");
-                let wanted_v = serde_json::to_value(&wanted).expect("nodes serialise");
-                let merged = ferric_common::merge::merge3(&base, &wanted_v, &fresh);
-                serde_json::from_value::<Node>(merged)
-                    .map_err(|e| self.err(Reason::Invalid, format!("node document after the merge: {e}")))?
-            };
-            let user_fields_changed = wanted.instance_info != node.instance_info
-                || wanted.driver != node.driver
-                || wanted.interfaces != node.interfaces
-                || wanted.driver_info != node.driver_info
-                || wanted.instance_uuid != node.instance_uuid
-                || wanted.properties != node.properties;
-            if node.target_provision_state.is_some()
-                && !UPDATE_ALLOWED_IN_TRANSITION.contains(&node.provision_state)
-                && user_fields_changed
-                && !(node.maintenance && wanted.instance_uuid.is_none())
-            {
-                return Err(self.err(
-                    Reason::Conflict,
-                    format!("Node {} can not be updated while a state transition is in progress.", node.uuid),
-                ));
-            }
+            let wanted = self.merged(&r, wanted, &node)?;
+            let moved =
+                wanted.driver != node.driver || !wanted.conductor_group.eq_ignore_ascii_case(&node.conductor_group);
+            refuse_in_transition(&node, &wanted).map_err(|m| self.err(Reason::Conflict, m))?;
             // copy what a user may change; everything else stays as stored
             node.name = wanted.name;
             node.driver = wanted.driver;
@@ -90,6 +82,18 @@ impl ConductorService {
             node.fault = if node.maintenance { wanted.fault } else { None };
             node.conductor_group = wanted.conductor_group.to_ascii_lowercase();
             node.console_enabled = wanted.console_enabled;
+            if moved {
+                // nobody has taken the node over on its new ring yet: its
+                // new owner's next light pass finds it by this (the old
+                // owner keeps its artefacts until the new one has)
+                node.conductor_affinity = None;
+            }
+            if !owned_as_stored && !self.inner.owns(&node) {
+                return Err(self.err(
+                    Reason::NotOwner,
+                    format!("conductor {} owns node {} neither as stored nor as updated", self.inner.id, node.uuid),
+                ));
+            }
             if self.inner.registry.get(&node.driver).is_some() {
                 self.inner.registry.resolve(&node).map_err(|e| self.driver_err(e))?;
             }
@@ -104,6 +108,21 @@ impl ConductorService {
         let mut node = result?;
         node.reservation = None;
         Ok(Response::new(NodeReply { node_json: serde_json::to_string(&node).expect("nodes serialise") }))
+    }
+
+    /// `wanted` as a change from the API's base copy (when it sent one)
+    /// applied to `fresh`: only what the PATCH changed.
+    fn merged(&self, r: &UpdateNodeRequest, wanted: Node, fresh: &Node) -> Result<Node, Status> {
+        if r.base_json.is_empty() {
+            return Ok(wanted);
+        }
+        let base: serde_json::Value = serde_json::from_str(&r.base_json)
+            .map_err(|e| self.err(Reason::Invalid, format!("base node document: {e}")))?;
+        let fresh = serde_json::to_value(fresh).expect("nodes serialise");
+        let wanted = serde_json::to_value(&wanted).expect("nodes serialise");
+        let merged = ferric_common::merge::merge3(&base, &wanted, &fresh);
+        serde_json::from_value::<Node>(merged)
+            .map_err(|e| self.err(Reason::Invalid, format!("node document after the merge: {e}")))
     }
 
     pub(super) async fn destroy_node_rpc(&self, req: Request<NodeRef>) -> Rpc<Empty> {
@@ -295,7 +314,7 @@ impl ConductorService {
 
     pub(super) async fn driver_vendor_passthru_rpc(&self, req: Request<DriverVendorRequest>) -> Rpc<VendorReply> {
         let r = req.into_inner();
-        let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll, 1);
+        let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll);
         let driver = self.inner.registry.driver_for(&probe).map_err(|e| self.driver_err(e))?;
         let method = driver
             .vendor
@@ -321,7 +340,7 @@ impl ConductorService {
             let node = self.load_owned(&r.node_uuid, r.epoch).await?;
             self.inner.registry.driver_for(&node).map_err(|e| self.driver_err(e))?.vendor.methods()
         } else {
-            let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll, 1);
+            let probe = Node::new(Uuid::nil(), &r.driver, ProvisionState::Enroll);
             self.inner.registry.driver_for(&probe).map_err(|e| self.driver_err(e))?.vendor.driver_methods()
         };
         Ok(Response::new(VendorMethodsReply {
@@ -347,4 +366,96 @@ fn vendor_reply(is_async: bool, attach: bool, value: VendorReturn) -> VendorRepl
         VendorReturn::None => Vec::new(),
     };
     VendorReply { r#async: is_async, attach, return_value }
+}
+
+/// Refuses (with Ironic's words; 409 at the API) to change while a state
+/// transition is in progress what a node is — its driver, interfaces,
+/// driver_info, instance, properties — or who serves it — its conductor
+/// group: the operation under way was started for the node as it was, by
+/// its owner as it was. Ironic refuses every update then; other fields
+/// (name, extra, ...) may change here. Every field may change in the
+/// states Ironic allows updates in, and in maintenance when the update
+/// leaves no instance (how an operator frees a stuck node).
+fn refuse_in_transition(node: &Node, wanted: &Node) -> Result<(), String> {
+    let what_or_where_changed = wanted.instance_info != node.instance_info
+        || wanted.driver != node.driver
+        || wanted.interfaces != node.interfaces
+        || wanted.driver_info != node.driver_info
+        || wanted.instance_uuid != node.instance_uuid
+        || wanted.properties != node.properties
+        || !wanted.conductor_group.eq_ignore_ascii_case(&node.conductor_group);
+    if node.target_provision_state.is_some()
+        && !UPDATE_ALLOWED_IN_TRANSITION.contains(&node.provision_state)
+        && what_or_where_changed
+        && !(node.maintenance && wanted.instance_uuid.is_none())
+    {
+        return Err(format!("Node {} can not be updated while a state transition is in progress.", node.uuid));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(state: ProvisionState, target: Option<ProvisionState>) -> Node {
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", state);
+        n.target_provision_state = target;
+        n
+    }
+
+    #[test]
+    fn moves_wait_for_the_transition_to_end() {
+        use ProvisionState as S;
+        let waiting = node(S::DeployWait, Some(S::Active));
+        let mut moved = waiting.clone();
+        moved.conductor_group = "rack2".into();
+        assert!(refuse_in_transition(&waiting, &moved).unwrap_err().contains("state transition is in progress"));
+        let mut other_driver = waiting.clone();
+        other_driver.driver = "redfish".into();
+        assert!(refuse_in_transition(&waiting, &other_driver).is_err());
+        // the group's case is not a move (it is stored lower-case)
+        let mut same = waiting.clone();
+        same.conductor_group = "".into();
+        assert_eq!(refuse_in_transition(&waiting, &same), Ok(()));
+        let mut upper = node(S::DeployWait, Some(S::Active));
+        upper.conductor_group = "rack2".into();
+        let mut to_upper = upper.clone();
+        to_upper.conductor_group = "RACK2".into();
+        assert_eq!(refuse_in_transition(&upper, &to_upper), Ok(()));
+        // what does not change the node or its owner may
+        let mut renamed = waiting.clone();
+        renamed.extra.insert("note".into(), serde_json::json!("x"));
+        renamed.name = Some("w".into());
+        assert_eq!(refuse_in_transition(&waiting, &renamed), Ok(()));
+        // a running deploy too
+        let deploying = node(S::Deploying, Some(S::Active));
+        let mut moved = deploying.clone();
+        moved.conductor_group = "rack2".into();
+        assert!(refuse_in_transition(&deploying, &moved).is_err());
+        // no transition, or one Ironic allows updates in, or a node freed
+        // by an operator (maintenance, no instance): the move is applied
+        for n in [
+            node(S::Available, None),
+            node(S::Active, None),
+            node(S::Manageable, None),
+            node(S::InspectWait, Some(S::Manageable)),
+            node(S::DeployFailed, Some(S::Active)),
+            {
+                let mut m = node(S::DeployWait, Some(S::Active));
+                m.maintenance = true;
+                m
+            },
+        ] {
+            let mut moved = n.clone();
+            moved.conductor_group = "rack2".into();
+            assert_eq!(
+                refuse_in_transition(&n, &moved),
+                Ok(()),
+                "{} -> {:?}",
+                n.provision_state,
+                n.target_provision_state
+            );
+        }
+    }
 }

@@ -240,7 +240,7 @@ mod tests {
     use uuid::Uuid;
 
     fn node(state: S, rec: Option<NetbootRecord>) -> Node {
-        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", state, 16);
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", state);
         n.interfaces.boot = Some("ipxe".into());
         if let Some(r) = rec {
             n.driver_internal_info.insert("netboot".into(), serde_json::to_value(r).unwrap());

@@ -55,7 +55,7 @@ mod tests {
 
     #[test]
     fn boot_option_precedence() {
-        let mut n = Node::new(uuid::Uuid::new_v4(), "redfish", ProvisionState::Available, 16);
+        let mut n = Node::new(uuid::Uuid::new_v4(), "redfish", ProvisionState::Available);
         assert_eq!(boot_option(&n), "local");
         n.instance_info.insert("capabilities".into(), json!("boot_mode:uefi,boot_option:ramdisk"));
         assert_eq!(boot_option(&n), "ramdisk");

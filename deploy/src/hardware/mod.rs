@@ -260,7 +260,7 @@ mod tests {
             for (kind, s) in &ht.interfaces {
                 assert!(s.names.contains(&s.default), "{name} {kind}");
             }
-            let node = Node::new(Uuid::new_v4(), name, ProvisionState::Enroll, 16);
+            let node = Node::new(Uuid::new_v4(), name, ProvisionState::Enroll);
             let d = reg.driver_for(&node).unwrap();
             assert_eq!(d.hardware_type, name);
         }
@@ -269,13 +269,13 @@ mod tests {
     #[test]
     fn one_boot_interface_is_shared_by_every_type_that_offers_it() {
         let reg = Registry::new(&["redfish".into(), "ilo".into()]).unwrap();
-        let mut a = Node::new(Uuid::new_v4(), "redfish", ProvisionState::Enroll, 16);
-        let b = Node::new(Uuid::new_v4(), "redfish", ProvisionState::Enroll, 16);
+        let mut a = Node::new(Uuid::new_v4(), "redfish", ProvisionState::Enroll);
+        let b = Node::new(Uuid::new_v4(), "redfish", ProvisionState::Enroll);
         let da = reg.driver_for(&a).unwrap();
         let db = reg.driver_for(&b).unwrap();
         assert!(Arc::ptr_eq(&da.boot, &db.boot), "built once per registry");
         assert_eq!(da.boot.name(), "redfish-virtual-media");
-        let ilo = Node::new(Uuid::new_v4(), "ilo", ProvisionState::Enroll, 16);
+        let ilo = Node::new(Uuid::new_v4(), "ilo", ProvisionState::Enroll);
         assert_eq!(reg.driver_for(&ilo).unwrap().boot.name(), "ilo-virtual-media");
         a.interfaces.deploy = Some("anaconda".into());
         let e = reg.driver_for(&a).unwrap_err().to_string();

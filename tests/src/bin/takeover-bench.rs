@@ -48,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
     let db = Db::connect(&cl.db_url, 8).await?;
     let started = Instant::now();
     for _ in 0..nodes {
-        let mut n = Node::new(uuid::Uuid::new_v4(), "fake-hardware", ProvisionState::Active, 16);
+        let mut n = Node::new(uuid::Uuid::new_v4(), "fake-hardware", ProvisionState::Active);
         n.power_state = Some("power on".into());
         n.conductor_affinity = ring.owner(n.uuid.as_bytes(), "", "fake-hardware").map(|m| m.id.clone());
         db.create_node(&n).await?;
