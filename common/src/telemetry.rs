@@ -50,6 +50,10 @@ pub const REQUEST_ID: &str = "request_id";
 /// The span field with the trace id, for log lines.
 pub const TRACE_ID: &str = "trace_id";
 
+/// The span field with the id of the trace that started the work a span
+/// resumes (see [`link`]).
+pub const ORIGIN_TRACE_ID: &str = "origin_trace_id";
+
 /// The header (and gRPC metadata key) that carries the request id.
 pub const REQUEST_ID_HEADER: &str = "x-openstack-request-id";
 
@@ -96,7 +100,11 @@ pub fn init(cfg: &LogConfig, service: &str) -> Result<Telemetry, String> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let fmt = if cfg.format == "json" { fmt.json().boxed() } else { fmt.boxed() };
-    let provider = if otlp_requested(|k| std::env::var(k).ok()) { Some(provider(service)?) } else { None };
+    let (provider, service) = if otlp_requested(|k| std::env::var(k).ok()) {
+        provider(service).map(|(p, s)| (Some(p), s))?
+    } else {
+        (None, String::new())
+    };
     let otel = provider.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider as _;
         opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
@@ -104,6 +112,15 @@ pub fn init(cfg: &LogConfig, service: &str) -> Result<Telemetry, String> {
         tracing_opentelemetry::layer().with_tracer(p.tracer("ferric")).with_filter(exported())
     });
     let _ = tracing_subscriber::registry().with(Inherit).with(fmt.with_filter(filter)).with(otel).try_init();
+    // one line saying whether this process exports: "why is my trace
+    // empty" starts here
+    if provider.is_some() {
+        tracing::info!(service.name = %service, "traces exported over OTLP/gRPC as OTEL_EXPORTER_OTLP_* say");
+    } else {
+        tracing::info!(
+            "traces not exported: neither OTEL_EXPORTER_OTLP_ENDPOINT nor OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set, or OTEL_SDK_DISABLED=true"
+        );
+    }
     Ok(Telemetry { provider })
 }
 
@@ -114,7 +131,9 @@ fn exported() -> tracing_subscriber::filter::Targets {
     tracing_subscriber::filter::Targets::new().with_target("ferric", tracing::Level::INFO)
 }
 
-fn provider(service: &str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+/// The tracer provider with its batch exporter, and the service name it
+/// reports.
+fn provider(service: &str) -> Result<(opentelemetry_sdk::trace::SdkTracerProvider, String), String> {
     use opentelemetry_sdk::Resource;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
@@ -125,17 +144,19 @@ fn provider(service: &str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider
     let detected = Resource::builder().build();
     let named = detected
         .get(&opentelemetry::Key::from_static_str("service.name"))
-        .is_some_and(|v| !v.as_str().starts_with("unknown_service"));
+        .map(|v| v.as_str().into_owned())
+        .filter(|v| !v.starts_with("unknown_service"));
     let mut resource =
         Resource::builder().with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
-    if !named {
+    if named.is_none() {
         resource = resource.with_service_name(service.to_string());
     }
     // the sampler comes from OTEL_TRACES_SAMPLER(_ARG), read by the SDK
-    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource.build())
-        .build())
+        .build();
+    Ok((provider, named.unwrap_or_else(|| service.to_string())))
 }
 
 // ---- propagation ------------------------------------------------------------
@@ -191,6 +212,39 @@ pub fn record_trace_id(span: &tracing::Span) {
     if sc.is_valid() {
         span.record(TRACE_ID, sc.trace_id().to_string());
     }
+}
+
+/// `span`'s W3C `traceparent` (`00-<trace id>-<span id>-<flags>`), to
+/// store with work another process may resume; None when traces are not
+/// exported.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
+}
+
+/// Links `span` to the span a stored `traceparent` names when that one is
+/// of another trace (work resumed by another request, or by a take-over
+/// after its conductor died), and records that trace's id in `span`'s
+/// [`ORIGIN_TRACE_ID`] field (if declared). Returns the linked trace id.
+/// Nothing when traces are not exported or `traceparent` is malformed.
+pub fn link(span: &tracing::Span, traceparent: &str) -> Option<String> {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    let own = span.context().span().span_context().clone();
+    if !own.is_valid() {
+        return None;
+    }
+    let carrier: std::collections::HashMap<String, String> =
+        [("traceparent".to_string(), traceparent.to_string())].into_iter().collect();
+    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    let origin = cx.span().span_context().clone();
+    if !origin.is_valid() || origin.trace_id() == own.trace_id() {
+        return None;
+    }
+    span.add_link(origin.clone());
+    let id = origin.trace_id().to_string();
+    span.record(ORIGIN_TRACE_ID, id.as_str());
+    Some(id)
 }
 
 /// Renames `span`'s OpenTelemetry side, also after it started (its
@@ -330,5 +384,29 @@ mod tests {
         let want: Vec<(String, String, String)> =
             want.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
         assert_eq!(got, want, "only the span with empty fields under a node and a request got them");
+    }
+
+    #[test]
+    fn a_stored_traceparent_links_work_resumed_in_another_trace() {
+        use opentelemetry::trace::TracerProvider as _;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = Registry::default().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("t")));
+        tracing::subscriber::with_default(subscriber, || {
+            let started = tracing::info_span!("operation", origin_trace_id = tracing::field::Empty);
+            let stored = traceparent(&started).expect("a sampled span has a traceparent");
+            let sc = started.context().span().span_context().clone();
+            assert_eq!(stored, format!("00-{}-{}-01", sc.trace_id(), sc.span_id()));
+
+            // a take-over's run: a root span of its own trace
+            let resumed = tracing::info_span!(parent: None, "operation", origin_trace_id = tracing::field::Empty);
+            assert_eq!(link(&resumed, &stored), Some(sc.trace_id().to_string()));
+            // a run resumed in the trace that started it links nothing
+            let same = tracing::info_span!(parent: &started, "operation", origin_trace_id = tracing::field::Empty);
+            assert_eq!(link(&same, &stored), None);
+            assert_eq!(link(&resumed, "00-not-a-traceparent"), None);
+        });
+        // without an OpenTelemetry layer there is nothing to store or link
+        let plain = tracing::info_span!("operation");
+        assert_eq!(traceparent(&plain), None);
     }
 }

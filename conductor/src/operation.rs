@@ -19,6 +19,10 @@
 //! whatever started it (the REST request's call, a heartbeat, a take-over
 //! pass), and every step a `<interface>.<step>` span inside it; both name
 //! the node, and the BMC and agent requests of a step are its children.
+//! The record keeps the `traceparent` of the run that planned it: a run
+//! resumed in another trace — after a ramdisk's callback, or by a
+//! take-over whose pass has no request behind it — links to that span and
+//! records its trace id as `origin_trace_id`.
 
 use std::sync::Arc;
 
@@ -65,6 +69,12 @@ pub struct OperationRecord {
     /// waits in place for the ramdisk's command does not add another.
     #[serde(default)]
     pub ramdisk_up: bool,
+    /// The W3C `traceparent` of the run that planned the operation, when
+    /// traces are exported: a run resumed in another trace (after a
+    /// ramdisk's callback, or by a take-over after its conductor died)
+    /// links its span to that one and names its trace (`origin_trace_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl OperationRecord {
@@ -171,6 +181,7 @@ pub fn span(node: &Node) -> tracing::Span {
         node.uuid = %node.uuid,
         request_id = Empty,
         trace_id = Empty,
+        origin_trace_id = Empty,
         outcome = Empty,
     );
     ferric_common::telemetry::inherit(&span);
@@ -286,6 +297,7 @@ pub fn record_for(node: &Node, me: &ConductorId, planned: impl FnOnce() -> Vec<S
             last_run_by: ConductorId::default(),
             wait_deadline: None,
             ramdisk_up: false,
+            traceparent: None,
         },
     }
 }
@@ -395,6 +407,14 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
         };
         let ports = inner.ports_of(node.uuid).await;
         let mut record = record_for(node, &inner.id, || plan(&driver, &inner.task(node.clone(), ports.clone())));
+        let span = tracing::Span::current();
+        match &record.traceparent {
+            Some(tp) => {
+                ferric_common::telemetry::link(&span, tp);
+            }
+            // stored with the record's next save
+            None => record.traceparent = ferric_common::telemetry::traceparent(&span),
+        }
         if record.next > 0 {
             info!(node = %node.uuid, state = %state, next = record.next, "resuming operation at recorded step");
             inner.history(node.uuid, "resume", &format!("{state} at step {}", record.next)).await;

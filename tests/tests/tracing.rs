@@ -7,8 +7,11 @@
 //! naming the node, none carrying a secret.
 //!
 //! Twice: in `ferric all-in-one` (API and conductor in one process, the
-//! gRPC hop over loopback) and in a cluster (an API process and a
-//! conductor process on etcd and PostgreSQL).
+//! gRPC hop over loopback; its spans reach the collector only through the
+//! flush at shutdown) and in a cluster (an API process and a conductor
+//! process on etcd and PostgreSQL). And off: with `OTEL_SDK_DISABLED=true`
+//! or without an endpoint, nothing is exported, the power action works
+//! and the log says traces are off.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -32,12 +35,12 @@ fn lab() -> SushyLab {
     })
 }
 
-/// What every Ferric process of these tests is started with.
-fn env(collector: &Collector) -> Vec<(&'static str, String)> {
+/// What every Ferric process of these tests is started with; spans are
+/// exported `delay_ms` after they end.
+fn env(collector: &Collector, delay_ms: u32) -> Vec<(&'static str, String)> {
     vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.clone()),
-        // export within a fraction of a second of a span's end (default 5 s)
-        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ("OTEL_BSP_SCHEDULE_DELAY", delay_ms.to_string()),
         ("FERRIC_CONDUCTOR__CLUSTER_SECRET", CLUSTER_SECRET.into()),
         ("FERRIC_CONDUCTOR__POWER_STATE_POLL_INTERVAL_MS", "50".into()),
         ("FERRIC_REDFISH__CONNECTION_RETRY_INTERVAL_MS", "100".into()),
@@ -178,10 +181,12 @@ fn assert_no_secret_in(log: &str, what: &str) {
 async fn a_power_action_is_one_trace_from_the_rest_request_to_the_bmc_in_all_in_one() {
     let collector = Collector::start().await;
     let lab = lab();
-    let env = env(&collector);
+    // no export before the process stops (the batch is sent every 10
+    // minutes): what arrives was sent by the shutdown's flush
+    let env = env(&collector, 600_000);
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     env.push(("FERRIC_LOG__FORMAT", "json"));
-    let ferric = Ferric::start(None, &env);
+    let mut ferric = Ferric::start(None, &env);
     let api = Api::new(&ferric.endpoint);
     let node =
         api.create_node(json!({"driver": "redfish", "name": "traced", "driver_info": lab.driver_info(0)}), &[]).await;
@@ -189,6 +194,8 @@ async fn a_power_action_is_one_trace_from_the_rest_request_to_the_bmc_in_all_in_
     let (trace_id, parent) = client_trace();
     let request_id = power_on(&api, &node, &trace_id, &parent).await;
     assert_eq!(lab.get(&lab.system_path(0)).await["PowerState"], "On");
+    let stopped = ferric.stop().expect("a running process");
+    assert!(stopped.success(), "ferric all-in-one did not stop cleanly: {stopped:?}");
     assert_one_trace(&collector, &trace_id, &parent, &node, &request_id, ("ferric", "ferric")).await;
 
     // the JSON log line of the outcome says which node, request and trace
@@ -210,7 +217,8 @@ async fn a_power_action_is_one_trace_from_the_rest_request_to_the_bmc_in_all_in_
 async fn a_power_action_is_one_trace_across_the_api_and_conductor_processes() {
     let collector = Collector::start().await;
     let lab = lab();
-    let env = env(&collector);
+    // export within a fraction of a second of a span's end (default 5 s)
+    let env = env(&collector, 100);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let cluster = Cluster::start(1, 6, &env);
     cluster.wait_conductors(1).await;
@@ -223,4 +231,66 @@ async fn a_power_action_is_one_trace_across_the_api_and_conductor_processes() {
     assert_one_trace(&collector, &trace_id, &parent, &node, &request_id, ("ferric-api", "ferric-conductor")).await;
     assert_no_secret_in(&cluster.api.log_tail(100_000), "the API process");
     assert_no_secret_in(&cluster.conductors[0].0.log_tail(100_000), "the conductor process");
+}
+
+/// The JSON lines of a log.
+fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_endpoint_or_with_the_sdk_disabled_nothing_is_exported_and_power_works() {
+    let collector = Collector::start().await;
+    let lab = SushyLab::start(SushyOptions {
+        systems: 2,
+        auth: Some(("admin".into(), PASSWORD.into())),
+        sessions: true,
+        ..Default::default()
+    });
+    let json = ("FERRIC_LOG__FORMAT", "json");
+    let fast = ("FERRIC_CONDUCTOR__POWER_STATE_POLL_INTERVAL_MS", "50");
+    // OTEL_SDK_DISABLED wins over an endpoint that reaches the collector
+    let disabled = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_SDK_DISABLED", "true"),
+        json,
+        fast,
+    ];
+    // other OTEL_* variables but no endpoint: no exporter either
+    let unset = [("OTEL_SERVICE_NAME", "ferric-untraced"), ("OTEL_TRACES_SAMPLER", "always_on"), json, fast];
+    for (i, env) in [&disabled[..], &unset[..]].into_iter().enumerate() {
+        let mut ferric = Ferric::start(None, env);
+        let api = Api::new(&ferric.endpoint);
+        let node = api
+            .create_node(json!({"driver": "redfish", "name": "untraced", "driver_info": lab.driver_info(i)}), &[])
+            .await;
+        let (trace_id, parent) = client_trace();
+        let request_id = power_on(&api, &node, &trace_id, &parent).await;
+        assert_eq!(lab.get(&lab.system_path(i)).await["PowerState"], "On");
+        // the shutdown would flush a batch if there were one
+        let stopped = ferric.stop().expect("a running process");
+        assert!(stopped.success(), "ferric all-in-one did not stop cleanly: {stopped:?}");
+
+        let log = ferric.process.log_tail(100_000);
+        let lines = json_lines(&log);
+        assert!(
+            lines.iter().any(|l| l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("traces not exported"))),
+            "no line says traces are not exported:\n{log}"
+        );
+        // request ids and nodes are on the lines all the same; no trace id
+        let done = lines
+            .iter()
+            .find(|l| l["fields"]["message"] == "power state set")
+            .unwrap_or_else(|| panic!("no JSON line says the power state was set:\n{log}"));
+        assert_eq!(done["span"]["node.uuid"], node.as_str(), "{done}");
+        assert_eq!(done["span"]["request_id"], request_id.as_str(), "{done}");
+        assert!(
+            !log.contains("trace_id") && !log.contains(&trace_id),
+            "a trace id in the log of an untraced process:\n{log}"
+        );
+        assert_no_secret_in(&log, "ferric all-in-one");
+    }
+    assert!(collector.spans().is_empty(), "spans were exported: {:?}", collector.spans());
+    assert!(collector.exported_bytes().is_empty());
 }
