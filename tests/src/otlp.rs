@@ -34,6 +34,8 @@ pub struct Span {
     pub attributes: BTreeMap<String, String>,
     /// Event names with their attributes (log lines written in the span).
     pub events: Vec<(String, BTreeMap<String, String>)>,
+    /// The spans this one links to, as (trace id, span id).
+    pub links: Vec<(String, String)>,
 }
 
 impl Span {
@@ -100,6 +102,7 @@ impl TraceService for Receiver {
                         kind: kind(s.kind),
                         attributes: map(&s.attributes),
                         events: s.events.iter().map(|e| (e.name.clone(), map(&e.attributes))).collect(),
+                        links: s.links.iter().map(|l| (hex::encode(&l.trace_id), hex::encode(&l.span_id))).collect(),
                     });
                 }
             }

@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 
 use ferric_tests::cluster::Cluster;
 use ferric_tests::otlp::{Collector, Span};
+use ferric_tests::ramdisk::{EmulatorConfig, RamdiskSim, SimConfig, lab_mac};
 use ferric_tests::redfish::{SushyLab, SushyOptions};
-use ferric_tests::{Api, Ferric};
+use ferric_tests::{Api, Ferric, free_port};
+use reqwest::Method;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -293,4 +295,118 @@ async fn without_an_endpoint_or_with_the_sdk_disabled_nothing_is_exported_and_po
     }
     assert!(collector.spans().is_empty(), "spans were exported: {:?}", collector.spans());
     assert!(collector.exported_bytes().is_empty());
+}
+
+/// An operation planned in one trace and resumed in another links back:
+/// `provide` (sent with a `traceparent`) starts cleaning, which boots the
+/// ramdisk and waits; the ramdisk's heartbeat (a REST request of its own,
+/// without a `traceparent`) resumes it in the heartbeat's trace, whose
+/// `operation cleaning` span links to the planning run's span and names
+/// its trace in `origin_trace_id`. A take-over's resume uses the same
+/// record. The agent's requests are client spans without the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_resumed_by_the_ramdisk_links_to_the_trace_that_planned_it() {
+    let collector = Collector::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim_port = free_port();
+    let lab = SushyLab::start(SushyOptions {
+        systems: 1,
+        notify_url: Some(format!("http://127.0.0.1:{sim_port}/notify")),
+        ..Default::default()
+    });
+    let sim = RamdiskSim::start(SimConfig {
+        listen: format!("127.0.0.1:{sim_port}"),
+        emulators: vec![EmulatorConfig::from_lab(&lab)],
+        disks_dir: Some(dir.path().join("disks")),
+        log_path: Some(dir.path().join("ramdisk-sim.jsonl")),
+        disk_size_bytes: 1024 * 1024,
+        boot_delay_ms: 100,
+        heartbeat_interval_ms: Some(1000),
+        heartbeat_retry_ms: Some(500),
+        forced_heartbeat_min_ms: 200,
+        lookup_interval_ms: 200,
+        lookup_max_interval_ms: 2000,
+        agent_restart_ms: 1000,
+        // the agent API over HTTPS (Ferric requires it), its CA handed
+        // over in the heartbeat
+        tls: true,
+        ..Default::default()
+    })
+    .await
+    .expect("ramdisk simulator");
+    let _sim_log = SimLog(&sim);
+    let http = format!("127.0.0.1:{}", free_port());
+    let env = env(&collector, 100);
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("FERRIC_CONDUCTOR__HTTP_LISTEN", http.as_str()));
+    let ferric = Ferric::start(None, &env);
+    let api = Api::new(&ferric.endpoint);
+    let (kernel, ramdisk) = (dir.path().join("vmlinuz"), dir.path().join("initrd"));
+    std::fs::write(&kernel, "deploy kernel ".repeat(4000)).unwrap();
+    std::fs::write(&ramdisk, "deploy ramdisk ".repeat(8000)).unwrap();
+    let mut info = lab.driver_info(0);
+    info["deploy_kernel"] = format!("file://{}", kernel.display()).into();
+    info["deploy_ramdisk"] = format!("file://{}", ramdisk.display()).into();
+    let node = api.create_node(json!({"driver": "redfish", "name": "cleaned", "driver_info": info}), &[]).await;
+    api.ok(Method::POST, "/v1/ports", Some(json!({"address": lab_mac(0), "node_uuid": node}))).await;
+    api.provision(&node, "manage").await;
+    api.wait_state(&node, "manageable", WAIT).await;
+
+    let (trace_id, parent) = client_trace();
+    let resp = api
+        .client
+        .put(format!("{}/v1/nodes/{node}/states/provision", api.endpoint))
+        .header("X-OpenStack-Ironic-API-Version", "1.115")
+        .header("traceparent", format!("00-{trace_id}-{parent}-01"))
+        .json(&json!({"target": "provide"}))
+        .send()
+        .await
+        .expect("PUT provide");
+    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+    let done = api.wait_state(&node, "available", Duration::from_secs(120)).await;
+    assert!(done["last_error"].is_null(), "{done}");
+
+    let is_cleaning = |s: &Span| s.name == "operation cleaning" && s.attr("node.uuid") == Some(node.as_str());
+    let spans = collector
+        .wait_for("the planning and the resumed cleaning runs", WAIT, |spans| {
+            spans.iter().any(|s| is_cleaning(s) && s.trace_id == trace_id)
+                && spans.iter().any(|s| is_cleaning(s) && s.trace_id != trace_id)
+        })
+        .await;
+    let planned = spans.iter().find(|s| is_cleaning(s) && s.trace_id == trace_id).unwrap();
+    assert_eq!(planned.attr("origin_trace_id"), None, "the planning run resumes nothing: {planned:?}");
+    assert!(planned.links.is_empty(), "{planned:?}");
+    let resumed: Vec<&Span> = spans.iter().filter(|s| is_cleaning(s) && s.trace_id != trace_id).collect();
+    for r in &resumed {
+        assert_eq!(r.attr("origin_trace_id"), Some(trace_id.as_str()), "{r:?}");
+        assert_eq!(r.links, vec![(trace_id.clone(), planned.span_id.clone())], "{r:?}");
+    }
+    // the resumed run is the heartbeat's: its trace holds the REST heartbeat
+    let by_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let root = *ancestry(resumed[0], &by_id).last().unwrap();
+    assert_eq!(root.attr("http.route"), Some("/v1/heartbeat/{node}"), "{}", describe(&ancestry(resumed[0], &by_id)));
+
+    // the agent's requests: client spans naming the node, no token
+    let agent: Vec<&Span> = spans.iter().filter(|s| s.name.starts_with("agent ")).collect();
+    assert!(!agent.is_empty(), "no agent request span");
+    for a in &agent {
+        assert_eq!(a.kind, "client");
+        assert_eq!(a.attr("node.uuid"), Some(node.as_str()), "{a:?}");
+        assert!(a.attr("url.full").is_some_and(|u| u.contains("/v1/commands") && !u.contains('?')), "{a:?}");
+    }
+    let exported = collector.exported_bytes();
+    assert!(!exported.windows(11).any(|w| w == b"agent_token"), "an agent token's query was exported");
+}
+
+/// Prints the tail of the ramdisk simulator's log when a test fails.
+struct SimLog<'a>(&'a RamdiskSim);
+
+impl Drop for SimLog<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.0.log_path()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("---- ramdisk-sim log (tail) ----\n{}", lines[lines.len().saturating_sub(15)..].join("\n"));
+        }
+    }
 }
