@@ -125,8 +125,8 @@ pub fn router(state: State) -> Router {
         .with_state(state)
         // the last layer is the outermost: every answer, a shed or timed-out
         // request's too, gets the version headers and a request id, is counted
-        // and traced; a shed
-        // request costs no timer; the timeout covers reading the body
+        // and traced; a shed request costs no timer; the timeout covers
+        // reading the body
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(move |req, next| limit::middleware(body_limit, req, next)))
         .layer(axum::middleware::from_fn(move |req, next| timeout::middleware(request_timeout, req, next)))

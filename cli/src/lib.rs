@@ -394,11 +394,12 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Runs a process mode: a Tokio runtime, logging and tracing as `cfg` and
-/// the `OTEL_*` environment say (`service`: the service name unless
-/// `OTEL_SERVICE_NAME` gives one), SIGINT/SIGTERM wired to `main`'s
+/// the `OTEL_*` environment say (`service`: a server's service name unless
+/// `OTEL_SERVICE_NAME` gives one; None for a one-shot command, which
+/// exports nothing), SIGINT/SIGTERM wired to `main`'s
 /// shutdown and hurry tokens. The spans not yet exported are sent after
 /// `main` returns, while the runtime still runs (the exporter needs it).
-pub fn run_process<F, Fut>(cfg: &Config, service: &str, main: F) -> anyhow::Result<()>
+pub fn run_process<F, Fut>(cfg: &Config, service: Option<&str>, main: F) -> anyhow::Result<()>
 where
     F: FnOnce(CancellationToken, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,

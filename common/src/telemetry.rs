@@ -89,21 +89,23 @@ pub fn otlp_requested(env: impl Fn(&str) -> Option<String>) -> bool {
     !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
-/// Installs the global subscriber: log lines as `cfg` says and, when the
-/// environment asks for it ([`otlp_requested`]), OTLP export with
-/// `service` as the default service name. Exporting needs a Tokio
-/// runtime: call it inside one (`Runtime::enter`). An exporter the
-/// environment describes wrongly (a malformed endpoint) is an error.
-pub fn init(cfg: &LogConfig, service: &str) -> Result<Telemetry, String> {
+/// Installs the global subscriber: log lines as `cfg` says and, for a
+/// server (`service` given) when the environment asks for it
+/// ([`otlp_requested`]), OTLP export with `service` as the default service
+/// name; a server says in one line whether it exports. A one-shot command
+/// (`None`: `ferric db …`) exports nothing and says nothing: its output is
+/// what it was asked for. Exporting needs a Tokio runtime: call it inside
+/// one (`Runtime::enter`). An exporter the environment describes wrongly
+/// (a malformed endpoint) is an error.
+pub fn init(cfg: &LogConfig, service: Option<&str>) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
     // colours only for a terminal: in a file or a log collector they are noise
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let fmt = if cfg.format == "json" { fmt.json().boxed() } else { fmt.boxed() };
-    let (provider, service) = if otlp_requested(|k| std::env::var(k).ok()) {
-        provider(service).map(|(p, s)| (Some(p), s))?
-    } else {
-        (None, String::new())
+    let (provider, name) = match service {
+        Some(service) if otlp_requested(|k| std::env::var(k).ok()) => provider(service).map(|(p, s)| (Some(p), s))?,
+        _ => (None, String::new()),
     };
     let otel = provider.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider as _;
@@ -114,12 +116,15 @@ pub fn init(cfg: &LogConfig, service: &str) -> Result<Telemetry, String> {
     let _ = tracing_subscriber::registry().with(Inherit).with(fmt.with_filter(filter)).with(otel).try_init();
     // one line saying whether this process exports: "why is my trace
     // empty" starts here
-    if provider.is_some() {
-        tracing::info!(service.name = %service, "traces exported over OTLP/gRPC as OTEL_EXPORTER_OTLP_* say");
-    } else {
-        tracing::info!(
+    match (service, &provider) {
+        // a command's output is its answer
+        (None, _) => {}
+        (Some(_), Some(_)) => {
+            tracing::info!(service.name = %name, "traces exported over OTLP/gRPC as OTEL_EXPORTER_OTLP_* say")
+        }
+        (Some(_), None) => tracing::info!(
             "traces not exported: neither OTEL_EXPORTER_OTLP_ENDPOINT nor OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set, or OTEL_SDK_DISABLED=true"
-        );
+        ),
     }
     Ok(Telemetry { provider })
 }

@@ -22,5 +22,5 @@ fn main() -> anyhow::Result<()> {
     let flags = ferric_cli::overrides(&cli.common, Some(&cli.flags), None, None);
     let cfg = Config::load(cli.config.as_deref(), flags)?;
     let run = cfg.clone();
-    ferric_cli::run_process(&cfg, "ferric-api", move |shutdown, _hurry| ferric_cli::run_api(run, shutdown))
+    ferric_cli::run_process(&cfg, Some("ferric-api"), move |shutdown, _hurry| ferric_cli::run_api(run, shutdown))
 }

@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     let flags = ferric_cli::overrides(&cli.common, None, Some(&cli.flags), Some(&cli.lease));
     let cfg = Config::load(cli.config.as_deref(), flags)?;
     let run = cfg.clone();
-    ferric_cli::run_process(&cfg, "ferric-conductor", move |shutdown, hurry| {
+    ferric_cli::run_process(&cfg, Some("ferric-conductor"), move |shutdown, hurry| {
         ferric_cli::run_conductor(run, shutdown, hurry)
     })
 }

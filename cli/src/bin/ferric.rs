@@ -63,11 +63,13 @@ fn main() -> anyhow::Result<()> {
         Mode::Db { common, .. } => overrides(common, None, None, None),
     };
     let cfg = Config::load(cli.config.as_deref(), flags)?;
-    // the default OpenTelemetry service name: the process's role
+    // the default OpenTelemetry service name: the server's role; `db`
+    // commands export nothing
     let service = match &cli.mode {
-        Mode::Api { .. } => "ferric-api",
-        Mode::Conductor { .. } => "ferric-conductor",
-        Mode::AllInOne { .. } | Mode::Db { .. } => "ferric",
+        Mode::Api { .. } => Some("ferric-api"),
+        Mode::Conductor { .. } => Some("ferric-conductor"),
+        Mode::AllInOne { .. } => Some("ferric"),
+        Mode::Db { .. } => None,
     };
     let run = cfg.clone();
     ferric_cli::run_process(&cfg, service, move |shutdown, hurry| async move {
