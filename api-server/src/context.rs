@@ -67,7 +67,9 @@ impl AppState {
             Err(_) if v.at_least(5) => self.db.get_node_by_name(ident).await,
             Err(_) => return Err(ApiError::not_found(not_found())),
         };
-        res.map_err(|e| ApiError::from_db(e, not_found))
+        let node = res.map_err(|e| ApiError::from_db(e, not_found))?;
+        crate::trace::record_node(&node.uuid);
+        Ok(node)
     }
 
     pub fn route(node: &Node) -> Route<'_> {

@@ -2,7 +2,8 @@
 //! openstacksdk and metalsmith work unchanged.
 //!
 //! Layout: [`connections`] (the HTTP server: header read timeout,
-//! graceful shutdown), [`shed`] (the concurrency limit), [`timeout`] (the
+//! graceful shutdown), [`trace`] (every request's span and request id,
+//! W3C trace context), [`shed`] (the concurrency limit), [`timeout`] (the
 //! whole-request timeout), [`limit`] (body size), [`version`]
 //! (microversions), [`error`] (Ironic's error body), [`render`] (field
 //! sets, masking, links), [`patch`] (JSON Patch), [`forward`] (the
@@ -38,6 +39,7 @@ pub mod root;
 pub mod routes;
 pub mod shed;
 pub mod timeout;
+pub mod trace;
 pub mod traits;
 pub mod version;
 
@@ -149,7 +151,7 @@ pub fn router(state: State) -> Router {
     let body_limit = state.cfg.api.max_request_body_size;
     let request_timeout = Duration::from_millis(state.cfg.api.request_timeout_ms);
     let in_handlers = shed::Limit::new(state.cfg.api.max_concurrent_requests);
-    metrics::counter!("ferric_api_requests_timed_out_total").increment(0);
+    metrics::counter!(ferric_common::metrics::API_REQUESTS_TIMED_OUT_TOTAL).increment(0);
     routes()
         .into_router()
         // after every route: it applies to the routes there are
@@ -157,13 +159,15 @@ pub fn router(state: State) -> Router {
         .fallback(root::not_found)
         .with_state(state)
         // the last layer is the outermost: every answer, a shed or timed-out
-        // request's too, gets the version headers and is counted; a shed
-        // request costs no timer; the timeout covers reading the body
+        // request's too, gets the version headers and a request id, is counted
+        // and traced; a shed request costs no timer; the timeout covers
+        // reading the body
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(move |req, next| limit::middleware(body_limit, req, next)))
         .layer(axum::middleware::from_fn(move |req, next| timeout::middleware(request_timeout, req, next)))
         .layer(axum::middleware::from_fn(move |req, next| shed::middleware(in_handlers.clone(), req, next)))
         .layer(axum::middleware::from_fn(version::middleware))
+        .layer(axum::middleware::from_fn(trace::middleware))
         .layer(axum::Extension(public))
 }
 

@@ -982,16 +982,6 @@ impl Config {
     }
 }
 
-/// Install the global tracing subscriber (human or JSON lines on stderr).
-pub fn init_logging(cfg: &LogConfig) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
-    // colours only for a terminal: in a file or a log collector they are noise
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    let _ = if cfg.format == "json" { builder.json().try_init() } else { builder.try_init() };
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

@@ -43,7 +43,7 @@ use ferric_deploy::services::Services;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 use uuid::Uuid;
 
 /// Shared state of one running conductor incarnation.
@@ -190,7 +190,7 @@ impl Inner {
                 Ok(())
             }
             Ok(_) => {
-                metrics::counter!("ferric_requests_refused_stale_ring_total").increment(1);
+                metrics::counter!(ferric_common::metrics::REQUESTS_REFUSED_STALE_RING_TOTAL).increment(1);
                 Err(format!(
                     "conductor {} is behind the ring this request was routed by (its epoch {}, the request's \
                      {wanted}); retry",
@@ -343,11 +343,15 @@ impl Inner {
         }
         let running = Running { inner: self.clone(), node: node.uuid };
         let inner = self.clone();
-        self.tasks.spawn(async move {
-            let cancel = inner.cancel.clone();
-            operation::run(inner, lock, node, cancel, running).await;
-            drop(permit);
-        });
+        let span = operation::span(&node);
+        self.tasks.spawn(
+            async move {
+                let cancel = inner.cancel.clone();
+                operation::run(inner, lock, node, cancel, running).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
         true
     }
 

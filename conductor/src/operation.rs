@@ -14,6 +14,15 @@
 //!
 //! Cancellation (shutdown, drain, fencing) is honoured between steps: the
 //! record stays, the lock is released, the next owner resumes.
+//!
+//! Traces: a run is an `operation <state>` span ([`span`]), a child of
+//! whatever started it (the REST request's call, a heartbeat, a take-over
+//! pass), and every step a `<interface>.<step>` span inside it; both name
+//! the node, and the BMC and agent requests of a step are its children.
+//! The record keeps the `traceparent` of the run that planned it: a run
+//! resumed in another trace — after a ramdisk's callback, or by a
+//! take-over whose pass has no request behind it — links to that span and
+//! records its trace id as `origin_trace_id`.
 
 use std::sync::Arc;
 
@@ -25,7 +34,8 @@ use ferric_deploy::token::AgentTokens;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::field::Empty;
+use tracing::{Instrument as _, error, info, warn};
 
 use ferric_common::ids::ConductorId;
 
@@ -59,6 +69,12 @@ pub struct OperationRecord {
     /// waits in place for the ramdisk's command does not add another.
     #[serde(default)]
     pub ramdisk_up: bool,
+    /// The W3C `traceparent` of the run that planned the operation, when
+    /// traces are exported: a run resumed in another trace (after a
+    /// ramdisk's callback, or by a take-over after its conductor died)
+    /// links its span to that one and names its trace (`origin_trace_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl OperationRecord {
@@ -154,6 +170,25 @@ fn show_step(node: &mut Node, step: Option<&Step>) {
     }
 }
 
+/// The span of one run of `node`'s operation: a child of the current span,
+/// with the node and (inherited) the request that started it.
+pub fn span(node: &Node) -> tracing::Span {
+    let span = tracing::info_span!(
+        "operation",
+        otel.name = %format_args!("operation {}", node.provision_state),
+        otel.status_code = Empty,
+        provision_state = %node.provision_state,
+        node.uuid = %node.uuid,
+        request_id = Empty,
+        trace_id = Empty,
+        origin_trace_id = Empty,
+        outcome = Empty,
+    );
+    ferric_common::telemetry::inherit(&span);
+    ferric_common::telemetry::record_trace_id(&span);
+    span
+}
+
 /// How an engine run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
@@ -189,7 +224,12 @@ pub async fn run<R>(
         Finish::HandedOff => "handed_off",
         Finish::LostLock => "stopped",
     };
-    metrics::counter!("ferric_operations_total", "outcome" => outcome).increment(1);
+    metrics::counter!(ferric_common::metrics::OPERATIONS_TOTAL, "outcome" => outcome).increment(1);
+    let span = tracing::Span::current();
+    span.record("outcome", outcome);
+    if outcome == "failed" {
+        span.record("otel.status_code", "error");
+    }
     if finish != Finish::LostLock && !inner.fence.is_cancelled() {
         // the final state and the release in one write: nobody sees a
         // settled node that is still locked
@@ -266,6 +306,7 @@ pub fn record_for(node: &Node, me: &ConductorId, planned: impl FnOnce() -> Vec<S
             last_run_by: ConductorId::default(),
             wait_deadline: None,
             ramdisk_up: false,
+            traceparent: None,
         },
     }
 }
@@ -375,6 +416,14 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
         };
         let ports = inner.ports_of(node.uuid).await;
         let mut record = record_for(node, &inner.id, || plan(&driver, &inner.task(node.clone(), ports.clone())));
+        let span = tracing::Span::current();
+        match &record.traceparent {
+            Some(tp) => {
+                ferric_common::telemetry::link(&span, tp);
+            }
+            // stored with the record's next save
+            None => record.traceparent = ferric_common::telemetry::traceparent(&span),
+        }
         if record.next > 0 {
             info!(node = %node.uuid, state = %state, next = record.next, "resuming operation at recorded step");
             inner.history(node.uuid, "resume", &format!("{state} at step {}", record.next)).await;
@@ -397,8 +446,17 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                     inner.history(node.uuid, "step", &format!("{state} {}", step.full_name())).await;
                     let mut task = inner.task(node.clone(), ports.clone());
                     let limit = inner.step_timeout();
+                    let span = tracing::info_span!(
+                        "step",
+                        otel.name = %step.full_name(),
+                        otel.status_code = Empty,
+                        node.uuid = %node.uuid,
+                        request_id = Empty,
+                    );
+                    ferric_common::telemetry::inherit(&span);
+                    let run_step = driver.execute_step(&mut task, &step).instrument(span.clone());
                     let outcome = tokio::select! {
-                        r = tokio::time::timeout(limit, driver.execute_step(&mut task, &step)) => r.unwrap_or_else(|_| {
+                        r = tokio::time::timeout(limit, run_step) => r.unwrap_or_else(|_| {
                             Err(DriverError::Failed(format!(
                                 "it did not finish within {} s (conductor.step_timeout_secs)",
                                 limit.as_secs()
@@ -407,6 +465,9 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                         // fenced: drop the step mid-flight and write nothing more
                         _ = inner.fence.cancelled() => return Finish::LostLock,
                     };
+                    if outcome.is_err() {
+                        span.record("otel.status_code", "error");
+                    }
                     *node = task.node;
                     let timeout = chrono::Duration::seconds(inner.cfg.conductor.callback_timeout_secs as i64);
                     match after_step(node, &mut record, &step, outcome, Utc::now(), timeout) {

@@ -10,6 +10,8 @@
 //! * [`redfish::SushyLab`]: a real Redfish BMC (sushy-tools' emulator).
 //! * [`ramdisk::RamdiskSim`]: simulated deploy ramdisks (the IPA agent
 //!   protocol) for the machines of a Redfish emulator.
+//! * [`otlp::Collector`]: an OTLP/gRPC trace receiver, what Ferric's spans
+//!   are exported to.
 //! * [`Baremetal`]: the real `baremetal` CLI (python-ironicclient) from the
 //!   venv `scripts/deps.sh` creates (`FERRIC_TEST_VENV`).
 //! * [`neutron::NetworkStub`]: the networking endpoint metalsmith's output
@@ -17,6 +19,7 @@
 
 pub mod cluster;
 pub mod neutron;
+pub mod otlp;
 pub mod ramdisk;
 pub mod redfish;
 pub mod swift;
