@@ -976,6 +976,12 @@ impl Config {
                     .into(),
             ));
         }
+        if set(&g.ca_file) && self.conductor.grpc_url.starts_with("http://") {
+            return Err(ConfigError(format!(
+                "conductor.grpc_url {} is plaintext but grpc.ca_file is set (mutual TLS): advertise https://",
+                self.conductor.grpc_url
+            )));
+        }
         let m = &self.membership;
         if set(&m.etcd_cert_file) && !set(&m.etcd_ca_file) {
             return Err(ConfigError("membership.etcd_cert_file needs membership.etcd_ca_file (TLS to etcd)".into()));
@@ -1192,8 +1198,11 @@ mod tests {
         assert!(e.contains("membership.etcd_ca_file"), "{e}");
         let e = load(serde_json::json!({"membership": {"etcd_password": "x"}})).unwrap_err();
         assert!(e.contains("etcd_username"), "{e}");
-        load(serde_json::json!({"grpc": {"ca_file": "/ca.pem", "cert_file": "/c.pem", "key_file": "/k.pem"}}))
-            .expect("all three");
+        let grpc = serde_json::json!({"ca_file": "/ca.pem", "cert_file": "/c.pem", "key_file": "/k.pem"});
+        load(serde_json::json!({ "grpc": grpc })).expect("all three");
+        let e = load(serde_json::json!({"grpc": grpc, "conductor": {"grpc_url": "http://c1:6391"}})).unwrap_err();
+        assert!(e.contains("conductor.grpc_url http://c1:6391 is plaintext"), "{e}");
+        load(serde_json::json!({"grpc": grpc, "conductor": {"grpc_url": "https://c1:6391"}})).expect("https");
     }
 
     #[test]
