@@ -374,8 +374,12 @@ node_scoped!(
     UpdatePortRequest,
     NodeVendorRequest,
     VendorMethodsRequest,
-    HeartbeatRequest
+    HeartbeatRequest,
+    NodeTraitsRequest,
+    UpdatePortgroupRequest,
+    AllocationRef
 );
+impl NodeScoped for AllocationRequest {}
 impl NodeScoped for DriverVendorRequest {}
 impl NodeScoped for DriverRef {}
 impl NodeScoped for Empty {}
@@ -533,19 +537,19 @@ impl Conductor for ConductorService {
     }
 
     async fn set_node_traits(&self, req: Request<NodeTraitsRequest>) -> Rpc<NodeReply> {
-        self.guarded(|s| async move { s.set_node_traits_rpc(req).await }).await
+        self.guarded(rpc_span("SetNodeTraits", &req), |s| async move { s.set_node_traits_rpc(req).await }).await
     }
 
     async fn update_portgroup(&self, req: Request<UpdatePortgroupRequest>) -> Rpc<PortgroupReply> {
-        self.guarded(|s| async move { s.update_portgroup_rpc(req).await }).await
+        self.guarded(rpc_span("UpdatePortgroup", &req), |s| async move { s.update_portgroup_rpc(req).await }).await
     }
 
     async fn create_allocation(&self, req: Request<AllocationRequest>) -> Rpc<AllocationReply> {
-        self.guarded(|s| async move { s.create_allocation_rpc(req).await }).await
+        self.guarded(rpc_span("CreateAllocation", &req), |s| async move { s.create_allocation_rpc(req).await }).await
     }
 
     async fn destroy_allocation(&self, req: Request<AllocationRef>) -> Rpc<Empty> {
-        self.guarded(|s| async move { s.destroy_allocation_rpc(req).await }).await
+        self.guarded(rpc_span("DestroyAllocation", &req), |s| async move { s.destroy_allocation_rpc(req).await }).await
     }
 
     async fn whoami(&self, _req: Request<Empty>) -> Rpc<WhoamiReply> {
