@@ -71,6 +71,7 @@ mod nodes;
 mod partitions;
 mod ports;
 mod settings;
+pub mod writes;
 
 pub use calls::AppliedCall;
 pub use history::HistoryEntry;
@@ -88,6 +89,7 @@ use sqlx::{AssertSqlSafe, FromRow, PgPool, SqlitePool};
 use uuid::Uuid;
 
 use crate::ids::{ConductorId, LockHolder};
+use writes::WriteClock;
 use crate::model::{JsonObject, Node};
 use crate::states::ProvisionState;
 
@@ -323,6 +325,8 @@ impl Default for Paging {
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
+    /// Advanced by every write through this `Db` (see [`writes`]).
+    writes: WriteClock,
 }
 
 impl std::fmt::Debug for Db {
@@ -481,7 +485,7 @@ impl Db {
                 .acquire_timeout(acquire_timeout)
                 .connect_with(opts)
                 .await?;
-            Db { pool: Pool::Postgres(pool) }
+            Db { pool: Pool::Postgres(pool), writes: WriteClock::default() }
         } else {
             let fail = |e: sqlx::Error| DbError::Connect {
                 what: "SQLite",
@@ -501,7 +505,7 @@ impl Db {
                 .connect_with(opts)
                 .await
                 .map_err(fail)?;
-            Db { pool: Pool::Sqlite(pool) }
+            Db { pool: Pool::Sqlite(pool), writes: WriteClock::default() }
         };
         if let Some(why) = db.schema_status().await?.refusal(schema) {
             return Err(DbError::Schema(why));
@@ -591,6 +595,12 @@ impl Db {
         }
     }
 
+    /// This `Db`'s write clock (see [`writes`]): whether anything was
+    /// written through it since a read.
+    pub fn writes(&self) -> &WriteClock {
+        &self.writes
+    }
+
     pub async fn close(&self) {
         match &self.pool {
             Pool::Sqlite(p) => p.close().await,
@@ -600,6 +610,7 @@ impl Db {
 
     async fn execute(&self, sql: String, args: Vec<Arg>) -> Result<u64, sqlx::Error> {
         no_nul(&args)?;
+        let _write = self.writes.start();
         Ok(match &self.pool {
             Pool::Sqlite(p) => bind_all!(sqlx::query(AssertSqlSafe(sql)), args).execute(p).await?.rows_affected(),
             Pool::Postgres(p) => bind_all!(sqlx::query(AssertSqlSafe(sql)), args).execute(p).await?.rows_affected(),
@@ -618,6 +629,7 @@ impl Db {
         for (_, args) in &then {
             no_nul(args)?;
         }
+        let _write = self.writes.start();
         macro_rules! run {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await?;
