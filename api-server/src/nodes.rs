@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{OriginalUri, Path, Query, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -23,6 +23,7 @@ use crate::context::{AppState, Ctx, State};
 use crate::error::{ApiError, ApiResult};
 use crate::fields::{self, check_node, set_node_field};
 use crate::forward::Route;
+use crate::node_cache::{self, AnswerKey};
 use crate::render::{self, NODE_FIELDS};
 use crate::{paging, patch};
 
@@ -168,17 +169,21 @@ async fn list(
 pub async fn list_nodes(
     AxState(st): AxState<State>,
     ctx: Ctx,
+    uri: OriginalUri,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
-    list(&st, &ctx, &q, false, "nodes", None).await.map(Json)
+) -> ApiResult<Response> {
+    let key = AnswerKey { uri: uri.to_string(), version: ctx.v.0, base: ctx.base.clone() };
+    node_cache::answer(&st, key, list(&st, &ctx, &q, false, "nodes", None)).await
 }
 
 pub async fn list_nodes_detail(
     AxState(st): AxState<State>,
     ctx: Ctx,
+    uri: OriginalUri,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
-    list(&st, &ctx, &q, true, "nodes/detail", None).await.map(Json)
+) -> ApiResult<Response> {
+    let key = AnswerKey { uri: uri.to_string(), version: ctx.v.0, base: ctx.base.clone() };
+    node_cache::answer(&st, key, list(&st, &ctx, &q, true, "nodes/detail", None)).await
 }
 
 /// `GET /v1/chassis/<chassis>/nodes`: the nodes of a chassis.
@@ -211,12 +216,23 @@ async fn check_chassis(st: &AppState, node: &Node) -> ApiResult<()> {
 pub async fn get_node(
     AxState(st): AxState<State>,
     ctx: Ctx,
+    uri: OriginalUri,
     Path(ident): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let fields = render::parse_fields(q.get("fields").map(String::as_str), NODE_FIELDS, ctx.v)?;
-    let node = st.node(&ident, ctx.v).await?;
-    Ok(Json(render::node_view(&node, &ctx.base, st.conductor_of(&node).as_deref(), ctx.v, fields.as_deref(), false)))
+    let key = AnswerKey { uri: uri.to_string(), version: ctx.v.0, base: ctx.base.clone() };
+    node_cache::answer(&st, key, async {
+        let node = st.node(&ident, ctx.v).await?;
+        let ring = st.fwd.ring();
+        Ok(render::node_view(&node, &ctx.base, conductor_in(&ring, &node).as_deref(), ctx.v, fields.as_deref(), false))
+    })
+    .await
+}
+
+/// The conductor `ring` gives a node to (the `conductor` field).
+fn conductor_in(ring: &ferric_common::ring::Ring, node: &Node) -> Option<ferric_common::ids::ConductorId> {
+    ring.owner(node.uuid.as_bytes(), &node.conductor_group, &node.driver).map(|m| m.id.clone())
 }
 
 fn json_body(body: &Bytes) -> ApiResult<Value> {
