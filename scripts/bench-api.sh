@@ -89,19 +89,19 @@ EOF
 first_uuid() { curl -s -H "$VER" "$1/v1/nodes?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["nodes"][0]["uuid"])'; }
 
 # --- Ferric, and Ferric without its answer cache --------------------------
-start_ferric() { # name, extra env...
-  local name=$1 port; shift
+start_ferric() { # variable for its URL, name, extra env... (not in a subshell: PIDS must see it)
+  local var=$1 name=$2 port; shift 2
   port=$(free_port)
   mkdir -p "$LAB/$name"
   env RUST_LOG=warn "$@" "$FERRIC" all-in-one --listen "127.0.0.1:$port" --data-dir "$LAB/$name" > "$LAB/$name.log" 2>&1 &
   PIDS+=($!)
   wait_http "http://127.0.0.1:$port/v1/nodes" 60
   populate "http://127.0.0.1:$port" "$NODES"
-  echo "http://127.0.0.1:$port"
+  printf -v "$var" '%s' "http://127.0.0.1:$port"
 }
-FERRIC_URL=$(start_ferric ferric)
+start_ferric FERRIC_URL ferric
 FUUID=$(first_uuid "$FERRIC_URL")
-UNCACHED_URL=$(start_ferric uncached FERRIC_API__NODE_CACHE_BYTES=0)
+start_ferric UNCACHED_URL uncached FERRIC_API__NODE_CACHE_BYTES=0
 UUUID=$(first_uuid "$UNCACHED_URL")
 
 # --- nginx with Ferric's own answer as a static file ----------------------
