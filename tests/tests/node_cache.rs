@@ -54,14 +54,17 @@ async fn every_read_after_a_change_sees_it(ferric: &Ferric) {
     }
 
     for i in 1..=WRITES {
-        api.ok(Method::PATCH, &format!("/v1/nodes/{uuid}"), Some(json!([{"op": "add", "path": "/extra/counter", "value": i}])))
-            .await;
+        api.ok(
+            Method::PATCH,
+            &format!("/v1/nodes/{uuid}"),
+            Some(json!([{"op": "add", "path": "/extra/counter", "value": i}])),
+        )
+        .await;
         // the PATCH answered: every read from now on sees it, by UUID and by name
         assert_eq!(counter(&api.node(&uuid).await), i, "GET by UUID after PATCH {i}");
         assert_eq!(counter(&api.node("cached").await), i, "GET by name after PATCH {i}");
         // another version and a field set are answers of their own
-        let (s, v) =
-            api.call(Method::GET, &format!("/v1/nodes/{uuid}?fields=uuid,extra"), None).await;
+        let (s, v) = api.call(Method::GET, &format!("/v1/nodes/{uuid}?fields=uuid,extra"), None).await;
         assert_eq!(s, 200);
         assert_eq!(counter(&v), i, "GET with fields= after PATCH {i}");
     }

@@ -96,9 +96,9 @@ use sqlx::{AssertSqlSafe, FromRow, PgPool, SqlitePool};
 use uuid::Uuid;
 
 use crate::ids::{ConductorId, LockHolder};
-use writes::WriteClock;
 use crate::model::{JsonObject, Node};
 use crate::states::ProvisionState;
+use writes::WriteClock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
