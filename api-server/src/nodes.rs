@@ -239,7 +239,7 @@ fn json_body(body: &Bytes) -> ApiResult<Value> {
     if body.is_empty() {
         return Err(ApiError::bad_request("The request body is empty; a JSON document is required"));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))
+    crate::error::json_value(body)
 }
 
 /// Fill unset interfaces with the hardware type's defaults and check the
