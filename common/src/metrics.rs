@@ -56,7 +56,8 @@ pub const LOCKS_HELD: &str = "ferric_locks_held";
 pub const ORPHANED_LOCKS_REAPED_TOTAL: &str = "ferric_orphaned_locks_reaped_total";
 /// Counter: locks of dead incarnations cleared.
 pub const DEAD_LOCKS_CLEARED_TOTAL: &str = "ferric_dead_locks_cleared_total";
-/// Counter `{state, outcome}`: nodes taken over from another conductor.
+/// Counter `{state, outcome}`: nodes taken over from another conductor
+/// (`ok`, `failed`, `stale_ring`: deferred, etcd had a newer ring).
 pub const TAKEOVERS_TOTAL: &str = "ferric_takeovers_total";
 /// Histogram: seconds one take-over took.
 pub const TAKEOVER_SECONDS: &str = "ferric_takeover_seconds";

@@ -86,6 +86,10 @@ pub struct Inner {
     /// (ring epoch, etcd revision): the ring of that epoch was confirmed
     /// current at that revision (see [`Inner::catch_up`]).
     confirmed: std::sync::Mutex<(u64, u64)>,
+    /// (ring epoch, when the read began) of the last etcd read that found
+    /// our ring current, for take-overs (see [`Inner::ring_current_since`]);
+    /// an async mutex so that concurrent take-overs share one read.
+    takeover_confirmed: tokio::sync::Mutex<Option<(u64, std::time::Instant)>>,
     /// The allocations this process picks a node for right now.
     pub allocations: allocation::Running,
     /// Bounds how many allocations are processed at once
@@ -96,6 +100,10 @@ pub struct Inner {
 /// How long a request whose ring epoch is newer than ours waits for our
 /// watch to deliver it before etcd is asked.
 const CATCH_UP_WAIT: Duration = Duration::from_millis(200);
+
+/// How long a take-over waits for etcd to confirm its ring (one
+/// linearizable read; the node stays locked meanwhile).
+const CONFIRM_WAIT: Duration = Duration::from_secs(5);
 
 /// Marks a node's operation as running in this process until dropped (a
 /// panicking task drops it too).
@@ -199,6 +207,42 @@ impl Inner {
                 ))
             }
             Err(e) => Err(format!("conductor {} could not confirm its ring with etcd ({e}); retry", self.id)),
+        }
+    }
+
+    /// Whether the source of truth found our ring's members current in a
+    /// read that began at or after `since` (a linearizable etcd read;
+    /// in-process membership is always current). A take-over asks with the
+    /// moment it locked the node: whatever another conductor did to the
+    /// node under an earlier lock was done by a ring that etcd had by then,
+    /// so a ring that etcd still calls current after our lock is at least
+    /// as new as theirs. Concurrent callers share one read.
+    pub async fn ring_current_since(&self, since: std::time::Instant) -> bool {
+        let mut last = self.takeover_confirmed.lock().await;
+        let ring = self.ring.borrow().clone();
+        if let Some((epoch, began)) = *last
+            && epoch == ring.epoch()
+            && began >= since
+        {
+            return true;
+        }
+        let began = std::time::Instant::now();
+        // a connection that hangs (a member cut off) must not keep the
+        // node locked: no answer in time is no confirmation
+        match tokio::time::timeout(CONFIRM_WAIT, self.membership.confirm(&ring)).await {
+            Ok(Ok(Some(_))) => {
+                *last = Some((ring.epoch(), began));
+                true
+            }
+            Ok(Ok(None)) => false,
+            Ok(Err(e)) => {
+                warn!("could not confirm my ring with etcd: {e}");
+                false
+            }
+            Err(_) => {
+                warn!("etcd did not confirm my ring within {CONFIRM_WAIT:?}");
+                false
+            }
         }
     }
 
@@ -577,6 +621,7 @@ pub async fn start(
         running: Default::default(),
         locks: lock::Locks::new(db.clone(), LockHolder::of(&incarnation), fence),
         confirmed: std::sync::Mutex::new((0, 0)),
+        takeover_confirmed: tokio::sync::Mutex::new(None),
         allocations: Default::default(),
         allocation_workers: Arc::new(Semaphore::new(cfg.conductor.allocation_workers)),
         db,

@@ -428,6 +428,17 @@ async fn take_over_one_as(inner: &Arc<Inner>, uuid: Uuid, repair: bool) -> bool 
         let _ = lock.release().await;
         return false;
     }
+    // A ring a moment behind (a member joined; our watch has not told us
+    // yet) still gives us the node, and the joiner may have taken it over
+    // already: taking it back would leave it with the wrong conductor until
+    // the joiner's next full pass. Only a ring etcd calls current after our
+    // lock may decide (the pass tries again once our watch caught up).
+    if !repair && !inner.ring_current_since(started).await {
+        metrics::counter!(ferric_common::metrics::TAKEOVERS_TOTAL, "state" => node.provision_state.as_str(), "outcome" => "stale_ring")
+            .increment(1);
+        let _ = lock.release().await;
+        return false;
+    }
     let previous = node.conductor_affinity.clone().unwrap_or_default();
     let p = policy(node.provision_state);
     if p != Policy::AffinityOnly {
