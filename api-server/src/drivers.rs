@@ -12,6 +12,7 @@ use ferric_common::proto::{DriverRef, DriverVendorRequest, VendorMethodsRequest}
 use ferric_common::ring::{MemberState, Ring};
 use serde_json::{Map, Value, json};
 
+use crate::auth::Rule;
 use crate::context::{Ctx, State};
 use crate::error::{ApiError, ApiResult};
 use crate::forward::Route;
@@ -62,6 +63,7 @@ pub async fn list_drivers(
     ctx: Ctx,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
+    ctx.authorize(Rule::SystemReader)?;
     match q.get("type").map(String::as_str) {
         None | Some("dynamic") => {}
         Some("classic") => return Ok(Json(json!({"drivers": []}))),
@@ -86,12 +88,18 @@ fn unknown_driver(name: &str) -> ApiError {
 }
 
 pub async fn get_driver(AxState(st): AxState<State>, ctx: Ctx, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    ctx.authorize(Rule::SystemReader)?;
     let all = hosts(&st.fwd.ring());
     let h = all.get(&name).ok_or_else(|| unknown_driver(&name))?;
     driver_detail(&st, &ctx, &name, h).await.map(Json)
 }
 
-pub async fn driver_properties(AxState(st): AxState<State>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn driver_properties(
+    AxState(st): AxState<State>,
+    ctx: Ctx,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    ctx.authorize(Rule::SystemReader)?;
     if !hosts(&st.fwd.ring()).contains_key(&name) {
         return Err(unknown_driver(&name));
     }
@@ -105,7 +113,12 @@ pub async fn driver_properties(AxState(st): AxState<State>, Path(name): Path<Str
     Ok(Json(json!(props.properties.into_iter().collect::<BTreeMap<_, _>>())))
 }
 
-pub async fn driver_vendor_methods(AxState(st): AxState<State>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn driver_vendor_methods(
+    AxState(st): AxState<State>,
+    ctx: Ctx,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    ctx.authorize(Rule::DriverVendorPassthru)?;
     if !hosts(&st.fwd.ring()).contains_key(&name) {
         return Err(unknown_driver(&name));
     }
@@ -146,20 +159,24 @@ async fn driver_vendor(st: &State, name: &str, method_name: &str, method: Method
 
 pub async fn driver_vendor_call(
     AxState(st): AxState<State>,
+    ctx: Ctx,
     method: Method,
     Path((name, m)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
+    ctx.authorize(Rule::DriverVendorPassthru)?;
     driver_vendor(&st, &name, &m, method, body).await
 }
 
 pub async fn driver_vendor_call_query(
     AxState(st): AxState<State>,
+    ctx: Ctx,
     method: Method,
     Path(name): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> ApiResult<Response> {
+    ctx.authorize(Rule::DriverVendorPassthru)?;
     let m = q.get("method").ok_or_else(|| ApiError::bad_request("Missing argument: \"method\""))?;
     driver_vendor(&st, &name, m, method, body).await
 }
@@ -193,6 +210,7 @@ pub async fn list_conductors(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     check_conductors_version(&ctx)?;
+    ctx.authorize(Rule::SystemReader)?;
     let detail = matches!(q.get("detail").map(|s| s.to_ascii_lowercase()).as_deref(), Some("true" | "1"));
     let ring = st.fwd.ring();
     let list: Vec<Value> = ring.members().iter().map(|m| conductor_json(&ctx, m, detail)).collect();
@@ -201,6 +219,7 @@ pub async fn list_conductors(
 
 pub async fn get_conductor(AxState(st): AxState<State>, ctx: Ctx, Path(host): Path<String>) -> ApiResult<Json<Value>> {
     check_conductors_version(&ctx)?;
+    ctx.authorize(Rule::SystemReader)?;
     let ring = st.fwd.ring();
     let m = ring
         .member(&host.as_str().into())

@@ -15,6 +15,7 @@
 //! node itself; every change goes to the node's owning conductor, which
 //! makes it under the node lock.
 
+pub mod auth;
 pub mod connections;
 pub mod context;
 pub mod drivers;
@@ -110,6 +111,7 @@ pub fn routes() -> Routes<State> {
 }
 
 pub fn router(state: State) -> Router {
+    let authenticator = state.auth.clone();
     let public = context::PublicUrl(state.cfg.api.public_url.clone());
     let body_limit = state.cfg.api.max_request_body_size;
     let request_timeout = Duration::from_millis(state.cfg.api.request_timeout_ms);
@@ -121,6 +123,9 @@ pub fn router(state: State) -> Router {
         .method_not_allowed_fallback(root::method_not_allowed)
         .fallback(root::not_found)
         .with_state(state)
+        // innermost: the shed limit and the request timeout cover a
+        // Keystone round trip too; refusals get the version headers
+        .layer(axum::middleware::from_fn(move |req, next| auth::middleware(authenticator.clone(), req, next)))
         // the last layer is the outermost: every answer, a shed or timed-out
         // request's too, gets the version headers and is counted; a shed
         // request costs no timer; the timeout covers reading the body
@@ -186,10 +191,17 @@ pub async fn serve(
     metrics: Option<MetricsRender>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ApiHandle> {
+    // refuse before binding when the address says enough
+    if let Ok(addr) = cfg.api.listen.parse::<SocketAddr>() {
+        auth::check_listener(&cfg, addr)?;
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
         .await
         .with_context(|| format!("binding the API address {}", cfg.api.listen))?;
     let addr = listener.local_addr()?;
+    auth::check_listener(&cfg, addr)?;
+    let strategy = cfg.auth.auth_strategy.clone();
+    let auth = Arc::new(auth::Authenticator::new(&cfg)?);
     let fwd = forward::Forwarder::new(ring, Duration::from_millis(cfg.api.request_deadline_ms));
     let timeouts = connections::Timeouts {
         header_read: Duration::from_millis(cfg.api.header_read_timeout_ms),
@@ -197,11 +209,11 @@ pub async fn serve(
     };
     let ipxe = ipxe::IpxeState::new(&cfg);
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let state = Arc::new(AppState { cfg, db, fwd, metrics, ipxe, stopping: stopping.clone() });
+    let state = Arc::new(AppState { cfg, db, fwd, metrics, ipxe, auth, stopping: stopping.clone() });
     // clients ask for collections with a trailing slash (`/v1/ports/`)
     let app =
         tower::Layer::layer(&tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(), router(state));
     let join = tokio::spawn(connections::serve(listener, app, timeouts, shutdown));
-    tracing::info!(%addr, "Ironic API listening");
+    tracing::info!(%addr, auth_strategy = %strategy, "Ironic API listening");
     Ok(ApiHandle { addr, join, stopping })
 }

@@ -14,6 +14,7 @@
 //!   venv `scripts/deps.sh` creates (`FERRIC_TEST_VENV`).
 
 pub mod cluster;
+pub mod keystone;
 pub mod ramdisk;
 pub mod redfish;
 pub mod swift;
@@ -434,16 +435,38 @@ pub fn venv() -> PathBuf {
 pub struct Baremetal {
     pub endpoint: String,
     bin: PathBuf,
+    /// The `--os-auth-type ...` arguments (`none` unless given).
+    auth: Vec<String>,
 }
 
 impl Baremetal {
     pub fn new(endpoint: &str) -> Baremetal {
-        Baremetal { endpoint: endpoint.to_string(), bin: venv().join("bin/baremetal") }
+        Baremetal { endpoint: endpoint.to_string(), bin: venv().join("bin/baremetal"), auth: vec![] }
+    }
+
+    /// The CLI as a user of an `http_basic` API.
+    pub fn basic(endpoint: &str, user: &str, password: &str) -> Baremetal {
+        let mut b = Baremetal::new(endpoint);
+        b.auth = ["--os-auth-type", "http_basic", "--os-username", user, "--os-password", password]
+            .map(String::from)
+            .to_vec();
+        b
+    }
+
+    /// The CLI with any other `--os-*` authentication arguments (a
+    /// Keystone password login, say); `--os-endpoint` is added.
+    pub fn with_auth(endpoint: &str, auth: &[&str]) -> Baremetal {
+        let mut b = Baremetal::new(endpoint);
+        b.auth = auth.iter().map(|a| a.to_string()).collect();
+        b
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
+        let auth =
+            if self.auth.is_empty() { vec!["--os-auth-type".to_string(), "none".into()] } else { self.auth.clone() };
         Command::new(&self.bin)
-            .args(["--os-auth-type", "none", "--os-endpoint", &self.endpoint])
+            .args(&auth)
+            .args(["--os-endpoint", &self.endpoint])
             // no client-side retries: the test must see the server's answer
             .args(["--max-retries", "0"])
             .args(args)
@@ -664,11 +687,25 @@ impl Drop for TcpProxy {
 pub struct Api {
     pub endpoint: String,
     pub client: reqwest::Client,
+    /// Credentials sent with every call: `(header, value)`.
+    pub auth: Option<(String, String)>,
 }
 
 impl Api {
     pub fn new(endpoint: &str) -> Api {
-        Api { endpoint: endpoint.trim_end_matches('/').to_string(), client: http() }
+        Api { endpoint: endpoint.trim_end_matches('/').to_string(), client: http(), auth: None }
+    }
+
+    /// Calls as a user of an `http_basic` API.
+    pub fn basic(endpoint: &str, user: &str, password: &str) -> Api {
+        use base64::Engine;
+        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        Api { auth: Some(("Authorization".into(), format!("Basic {pair}"))), ..Api::new(endpoint) }
+    }
+
+    /// Calls with a Keystone token.
+    pub fn token(endpoint: &str, token: &str) -> Api {
+        Api { auth: Some(("X-Auth-Token".into(), token.to_string())), ..Api::new(endpoint) }
     }
 
     /// Status and body (JSON, or the text as a JSON string).
@@ -682,6 +719,9 @@ impl Api {
             .client
             .request(method, format!("{}{path}", self.endpoint))
             .header("X-OpenStack-Ironic-API-Version", "1.115");
+        if let Some((h, v)) = &self.auth {
+            r = r.header(h.as_str(), v.as_str());
+        }
         if let Some(b) = body {
             r = r.json(&b);
         }

@@ -133,6 +133,9 @@ pub struct NodeQuery {
     pub shard: Option<String>,
     pub instance_uuid: Option<String>,
     pub description_contains: Option<String>,
+    /// Only nodes this project owns or leases (`owner = p OR lessee = p`):
+    /// what a project-scoped Keystone caller may list.
+    pub project: Option<String>,
     /// Only nodes in these ring partitions of `conductor_group` (the "my
     /// nodes" index scan); empty means no restriction.
     pub partitions: Option<Vec<i64>>,
@@ -504,6 +507,11 @@ fn node_filter(q: &NodeQuery) -> (Vec<String>, Vec<Arg>) {
     }
     if let Some(v) = &q.instance_uuid {
         eq("instance_uuid", v.as_str().into(), &mut wh);
+    }
+    if let Some(p) = &q.project {
+        args.push(p.as_str().into());
+        args.push(p.as_str().into());
+        wh.push(format!("(owner = ${} OR lessee = ${})", args.len() - 1, args.len()));
     }
     match q.associated {
         Some(true) => wh.push("instance_uuid IS NOT NULL".into()),
