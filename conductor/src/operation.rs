@@ -493,7 +493,7 @@ mod tests {
     use super::*;
 
     fn deploying() -> (Node, OperationRecord) {
-        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", S::Deploying, 16);
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", S::Deploying);
         n.target_provision_state = Some(S::Active);
         let me = ConductorId::new("c1");
         let r =
@@ -566,7 +566,7 @@ mod tests {
         assert!(!n.driver_internal_info.contains_key(RECORD_KEY) && !n.driver_internal_info.contains_key("agent_url"));
         assert_eq!((n.last_error.as_deref(), n.provision_updated_at), (None, Some(now)));
         // an undeploy forgets the instance and chains into cleaning
-        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", S::Deleting, 16);
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", S::Deleting);
         n.target_provision_state = Some(S::Available);
         n.instance_uuid = Some("inst-1".into());
         n.instance_info.insert("image_source".into(), serde_json::json!("http://images/x.qcow2"));

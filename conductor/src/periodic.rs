@@ -374,7 +374,7 @@ mod tests {
     use super::*;
 
     fn node(power: &str) -> Node {
-        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", ProvisionState::Active, 16);
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", ProvisionState::Active);
         n.power_state = Some(power.into());
         n.updated_at = Some(Utc::now() - Duration::seconds(60));
         n

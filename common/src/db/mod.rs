@@ -166,7 +166,7 @@ pub const INVALID_INPUT_MESSAGE: &str =
 /// the caller gets bad input ([`DbError::is_invalid_input`]), not a
 /// database error. JSON columns are not concerned: serialised JSON escapes
 /// NUL as `\u0000`.
-fn no_nul(args: &[Arg]) -> Result<(), sqlx::Error> {
+pub(super) fn no_nul(args: &[Arg]) -> Result<(), sqlx::Error> {
     if args.iter().any(|a| matches!(a, Arg::Text(Some(s)) if s.contains('\0'))) {
         return Err(sqlx::Error::Encode("text values cannot contain NUL characters".into()));
     }

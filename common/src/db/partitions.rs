@@ -103,6 +103,7 @@ impl Db {
 
 impl PartitionLock {
     pub(super) async fn execute(&mut self, sql: String, args: Vec<Arg>) -> Result<u64, sqlx::Error> {
+        super::no_nul(&args)?;
         Ok(on_tx!(&mut self.tx, c => {
             bind_all!(sqlx::query(AssertSqlSafe(sql)), args).execute(c).await?.rows_affected()
         }))

@@ -399,7 +399,7 @@ mod tests {
     use super::*;
 
     fn node(state: ProvisionState, target: Option<ProvisionState>) -> Node {
-        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", state, 16);
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", state);
         n.target_provision_state = target;
         n
     }

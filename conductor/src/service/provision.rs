@@ -250,7 +250,7 @@ mod tests {
     }
 
     fn node(state: S) -> Node {
-        Node::new(Uuid::new_v4(), "fake-hardware", state, 16)
+        Node::new(Uuid::new_v4(), "fake-hardware", state)
     }
 
     #[test]
