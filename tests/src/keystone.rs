@@ -173,6 +173,21 @@ impl Keystone {
         v["user"]["id"].as_str().unwrap().to_string()
     }
 
+    /// Put a service into the catalog (type `service_type`, one public
+    /// endpoint, no region), so clients find it by logging in.
+    pub async fn catalog(&self, service_type: &str, url: &str) {
+        let v = self
+            .admin(
+                reqwest::Method::POST,
+                "/services",
+                Some(json!({"service": {"type": service_type, "name": service_type}})),
+            )
+            .await;
+        let id = v["service"]["id"].as_str().unwrap().to_string();
+        let body = json!({"endpoint": {"service_id": id, "interface": "public", "url": url}});
+        self.admin(reqwest::Method::POST, "/endpoints", Some(body)).await;
+    }
+
     async fn role_id(&self, role: &str) -> String {
         let v = self.admin(reqwest::Method::GET, &format!("/roles?name={role}"), None).await;
         match v["roles"].as_array().and_then(|a| a.first()) {

@@ -464,9 +464,13 @@ impl Baremetal {
     pub fn run(&self, args: &[&str]) -> Output {
         let auth =
             if self.auth.is_empty() { vec!["--os-auth-type".to_string(), "none".into()] } else { self.auth.clone() };
+        // a Keystone login finds the API in Keystone's catalog, as in a
+        // cloud (and `--os-endpoint` is ambiguous there)
+        let endpoint: Vec<&str> =
+            if auth.iter().any(|a| a == "password") { vec![] } else { vec!["--os-endpoint", &self.endpoint] };
         Command::new(&self.bin)
             .args(&auth)
-            .args(["--os-endpoint", &self.endpoint])
+            .args(endpoint)
             // no client-side retries: the test must see the server's answer
             .args(["--max-retries", "0"])
             .args(args)

@@ -368,7 +368,9 @@ async fn keystone_tokens_roles_and_project_visibility() {
     let (s, _) = owner_admin.call(Method::DELETE, "/v1/nodes/mine", None).await;
     assert_eq!(s, 204, "an owner admin deletes its own node");
 
-    // the real CLI, logging in to Keystone with a password
+    // the real CLI, logging in to Keystone with a password and finding
+    // the API in its catalog
+    ks.catalog("baremetal", &ferric.endpoint).await;
     let login = |user: &str, password: &str, scope: &[&str]| {
         let mut a = vec![
             "--os-auth-type",
