@@ -14,12 +14,13 @@
 #   npm + unzip + python3-venv, with which scripts/helm-check.sh fetches helm
 #   and kubernetes-validate for the chart checks)
 #   and a Python venv (.venv) with the OpenStack clients the compatibility
-#   tests drive, sushy-tools, the Redfish BMC emulator the driver tests
-#   drive, and schemathesis, which fuzzes the API from its OpenAPI document
-#   (tests/tests/openapi.rs); and a second venv (.venv-keystone) with a
-#   real Keystone served by gunicorn, for the keystone auth strategy's tests
-#   (tests/tests/auth.rs; its own venv: its oslo pins must not move the
-#   clients').  Idempotent and quiet when everything is there.
+#   tests drive (baremetal CLI, openstacksdk, metalsmith), sushy-tools, the
+#   Redfish BMC emulator the driver tests drive, and schemathesis, which
+#   fuzzes the API from its OpenAPI document (tests/tests/openapi.rs); and a
+#   second venv (.venv-keystone) with a real Keystone served by gunicorn, for
+#   the keystone auth strategy's tests (tests/tests/auth.rs; its own venv: its
+#   oslo pins must not move the clients').  Idempotent and quiet when
+#   everything is there.
 #
 #   scripts/deps.sh            everything
 #   scripts/deps.sh build      only what `cargo build` needs (protoc + well-known protos)
@@ -34,7 +35,7 @@ TEST_PKGS="etcd-server etcd-client postgresql mtools dosfstools xorriso genisoim
   swift swift-proxy swift-account swift-container swift-object swift-object-expirer memcached tftp-hpa atftp pxelinux
   unzip python3-venv"
 KEYSTONE_PKGS="keystone==30.0.0 gunicorn==23.0.0"
-PY_PKGS="python-ironicclient==6.3.0 openstacksdk==4.22.0 sushy-tools==2.2.0 schemathesis==4.32.5"
+PY_PKGS="python-ironicclient==6.3.0 openstacksdk==4.22.0 metalsmith==2.5.0 sushy-tools==2.2.0 schemathesis==4.32.5"
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 

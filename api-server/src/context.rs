@@ -75,7 +75,9 @@ impl AppState {
             Err(_) if v.at_least(5) => self.db.get_node_by_name(ident).await,
             Err(_) => return Err(ApiError::not_found(not_found())),
         };
-        res.map_err(|e| ApiError::from_db(e, not_found))
+        let node = res.map_err(|e| ApiError::from_db(e, not_found))?;
+        crate::trace::record_node(&node.uuid);
+        Ok(node)
     }
 
     /// The node `ident` names, if `ctx`'s caller passes `rule` on it. A
@@ -124,6 +126,30 @@ impl Ctx {
         }
         if !self.caller.allows(Rule::NodeGet, t) {
             return Err(ApiError::not_found(format!("Node {ident} could not be found.")));
+        }
+        Err(forbidden(rule))
+    }
+}
+
+impl Ctx {
+    /// 403 unless the caller could pass `rule` on something of its own
+    /// project (Ironic's generic `check_policy` before it looks the target
+    /// up): a caller no target would let through is refused before its
+    /// request is read.
+    pub fn authorize_own(&self, rule: Rule) -> ApiResult<()> {
+        let p = self.caller.project();
+        if self.caller.allows(rule, Target { owner: p, lessee: p }) { Ok(()) } else { Err(forbidden(rule)) }
+    }
+
+    /// As [`Ctx::authorize_node`] for any target: 404 (`not_found`'s
+    /// words) when the caller may not even `read` it, 403 when it may but
+    /// does not pass `rule`.
+    pub fn authorize_on(&self, t: Target, rule: Rule, read: Rule, not_found: impl FnOnce() -> String) -> ApiResult<()> {
+        if self.caller.allows(rule, t) {
+            return Ok(());
+        }
+        if !self.caller.allows(read, t) {
+            return Err(ApiError::not_found(not_found()));
         }
         Err(forbidden(rule))
     }

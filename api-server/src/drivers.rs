@@ -17,7 +17,29 @@ use crate::context::{Ctx, State};
 use crate::error::{ApiError, ApiResult};
 use crate::forward::Route;
 use crate::nodes::{methods_json, vendor_body, vendor_response};
-use crate::render::link_pair;
+use crate::render::{self, CONDUCTOR_FIELDS, CONDUCTOR_LIST_FIELDS, link_pair};
+
+/// `fields=` of a driver request: from 1.77 (406 before), checked against
+/// the driver's fields.
+fn driver_fields(ctx: &Ctx, q: &HashMap<String, String>) -> ApiResult<Option<Vec<String>>> {
+    let Some(raw) = q.get("fields") else { return Ok(None) };
+    if !ctx.v.at_least(77) {
+        return Err(ApiError::too_old(77, "fields of drivers"));
+    }
+    let table = render::driver_fields();
+    let table: Vec<(&str, u32)> = table.iter().map(|(k, m)| (k.as_str(), *m)).collect();
+    render::parse_fields(Some(raw), &table, ctx.v)
+}
+
+/// Keeps the requested fields (and the links) of a driver document.
+fn narrow(doc: Value, fields: Option<&[String]>) -> Value {
+    match (doc, fields) {
+        (Value::Object(m), Some(f)) => {
+            Value::Object(m.into_iter().filter(|(k, _)| k == "links" || f.iter().any(|x| x == k)).collect())
+        }
+        (doc, _) => doc,
+    }
+}
 
 /// hardware type → conductors that enable it (active members only).
 fn hosts(ring: &Ring) -> BTreeMap<String, Vec<String>> {
@@ -71,14 +93,20 @@ pub async fn list_drivers(
             return Err(ApiError::bad_request(format!("Invalid driver type {other:?}: must be classic or dynamic")));
         }
     }
+    let fields = driver_fields(&ctx, &q)?;
     let detail = matches!(q.get("detail").map(|s| s.to_ascii_lowercase()).as_deref(), Some("true" | "1"));
+    // fields of the detail view are read from a conductor
+    let summary_only =
+        |f: &[String]| f.iter().all(|x| ["name", "hosts", "type", "links", "properties"].contains(&x.as_str()));
+    let detail = detail || fields.as_deref().is_some_and(|f| !summary_only(f));
     let mut out = Vec::new();
     for (name, h) in hosts(&st.fwd.ring()) {
-        out.push(if detail {
+        let doc = if detail {
             driver_detail(&st, &ctx, &name, &h).await?
         } else {
             Value::Object(driver_summary(&ctx, &name, &h))
-        });
+        };
+        out.push(narrow(doc, fields.as_deref()));
     }
     Ok(Json(json!({"drivers": out})))
 }
@@ -87,11 +115,17 @@ fn unknown_driver(name: &str) -> ApiError {
     ApiError::not_found(format!("Could not find the following driver(s) or hardware type(s): {name}."))
 }
 
-pub async fn get_driver(AxState(st): AxState<State>, ctx: Ctx, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get_driver(
+    AxState(st): AxState<State>,
+    ctx: Ctx,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let fields = driver_fields(&ctx, &q)?;
     ctx.authorize(Rule::SystemReader)?;
     let all = hosts(&st.fwd.ring());
     let h = all.get(&name).ok_or_else(|| unknown_driver(&name))?;
-    driver_detail(&st, &ctx, &name, h).await.map(Json)
+    Ok(Json(narrow(driver_detail(&st, &ctx, &name, h).await?, fields.as_deref())))
 }
 
 pub async fn driver_properties(
@@ -211,18 +245,43 @@ pub async fn list_conductors(
 ) -> ApiResult<Json<Value>> {
     check_conductors_version(&ctx)?;
     ctx.authorize(Rule::SystemReader)?;
+    let fields = render::parse_fields(q.get("fields").map(String::as_str), CONDUCTOR_FIELDS, ctx.v)?;
     let detail = matches!(q.get("detail").map(|s| s.to_ascii_lowercase()).as_deref(), Some("true" | "1"));
+    if detail && fields.is_some() {
+        return Err(ApiError::bad_request("Can not specify ?detail=True and fields in the same request."));
+    }
     let ring = st.fwd.ring();
-    let list: Vec<Value> = ring.members().iter().map(|m| conductor_json(&ctx, m, detail)).collect();
+    let list: Vec<Value> = ring
+        .members()
+        .iter()
+        .map(|m| match &fields {
+            Some(f) => narrow_conductor(conductor_json(&ctx, m, true), &ctx, Some(f)),
+            None if detail => conductor_json(&ctx, m, true),
+            None => narrow_conductor(conductor_json(&ctx, m, true), &ctx, None),
+        })
+        .collect();
     Ok(Json(json!({"conductors": list})))
 }
 
-pub async fn get_conductor(AxState(st): AxState<State>, ctx: Ctx, Path(host): Path<String>) -> ApiResult<Json<Value>> {
+/// A conductor document narrowed to `fields`, or to the list's fields.
+fn narrow_conductor(doc: Value, ctx: &Ctx, fields: Option<&[String]>) -> Value {
+    let Value::Object(m) = doc else { return doc };
+    render::select(m, CONDUCTOR_FIELDS, ctx.v, fields, fields.is_none().then_some(CONDUCTOR_LIST_FIELDS))
+}
+
+pub async fn get_conductor(
+    AxState(st): AxState<State>,
+    ctx: Ctx,
+    Path(host): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     check_conductors_version(&ctx)?;
     ctx.authorize(Rule::SystemReader)?;
+    let fields = render::parse_fields(q.get("fields").map(String::as_str), CONDUCTOR_FIELDS, ctx.v)?;
     let ring = st.fwd.ring();
     let m = ring
         .member(&host.as_str().into())
         .ok_or_else(|| ApiError::not_found(format!("Conductor {host} could not be found.")))?;
-    Ok(Json(conductor_json(&ctx, m, true)))
+    let doc = conductor_json(&ctx, m, true);
+    Ok(Json(if fields.is_some() { narrow_conductor(doc, &ctx, fields.as_deref()) } else { doc }))
 }

@@ -33,6 +33,14 @@ impl ApiError {
     pub fn not_acceptable(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::NOT_ACCEPTABLE, message: message.into(), framework: true }
     }
+    /// A feature of a later microversion (Ironic's `NotAcceptable`, 406):
+    /// `what` needs 1.`min`.
+    pub fn too_old(min: u32, what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            format!("Request not acceptable. The minimal required API version should be 1.{min} ({what})"),
+        )
+    }
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }

@@ -15,6 +15,12 @@
 //! conductor died right after applying it, is retried safely. Calls no
 //! conductor records (vendor passthru: the driver's effect is its own) are
 //! retried only when they surely never arrived: [`Forwarder::call_once`].
+//!
+//! Every attempt is a gRPC client span (`ferric.v1.Conductor/<Method>`,
+//! with the node and the conductor) whose W3C trace context travels in
+//! the call's metadata (`traceparent`, `tracestate`), with the REST
+//! request's id (`x-openstack-request-id`): the conductor's spans of the
+//! call are children of it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,11 +30,14 @@ use std::time::Duration;
 use ferric_common::proto::conductor_client::ConductorClient;
 use ferric_common::ring::{Member, Ring};
 use ferric_common::rpc::{CALL_ID_HEADER, Reason, detail, surely_not_delivered};
+use ferric_common::telemetry;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::codegen::InterceptedService;
+use tonic::codegen::{GrpcMethod, InterceptedService};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Response, Status};
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::error::ApiError;
 
@@ -37,13 +46,25 @@ tokio::task_local! {
     static CALL_ID: String;
 }
 
-/// Puts the current call's id on every request.
+/// Puts the current call's id, the REST request's id and the attempt's
+/// trace context on every request.
 type Attach = fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>;
 
-fn attach_call_id(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+fn attach(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
     if let Ok(Ok(v)) = CALL_ID.try_with(|id| id.parse()) {
         req.metadata_mut().insert(CALL_ID_HEADER, v);
     }
+    if let Some(Ok(v)) = crate::trace::request_id().map(|id| id.parse()) {
+        req.metadata_mut().insert(telemetry::REQUEST_ID_HEADER, v);
+    }
+    // called while the attempt's span is the current one: the method is
+    // known only here, from what the generated client put on the request
+    let span = tracing::Span::current();
+    if let Some(m) = req.extensions().get::<GrpcMethod>() {
+        span.record("rpc.method", m.method());
+        telemetry::rename(&span, format!("{}/{}", m.service(), m.method()));
+    }
+    telemetry::inject(&span, req.metadata_mut().as_mut());
     Ok(req)
 }
 
@@ -85,6 +106,9 @@ pub enum Route<'a> {
     },
     /// Any active conductor that enables a hardware type.
     Driver(&'a str),
+    /// The conductor the ring gives work of no node keyed by this UUID to
+    /// (an allocation that names no node: `Ring::any_owner`).
+    Any(&'a uuid::Uuid),
 }
 
 impl Forwarder {
@@ -99,7 +123,7 @@ impl Forwarder {
     fn client(&self, url: &str) -> Result<Client, ApiError> {
         let mut map = self.channels.lock().expect("channel cache poisoned");
         if let Some(ch) = map.get(url) {
-            return Ok(Self::limited(ConductorClient::with_interceptor(ch.clone(), attach_call_id as Attach)));
+            return Ok(Self::limited(ConductorClient::with_interceptor(ch.clone(), attach as Attach)));
         }
         let ch = Endpoint::from_shared(url.to_string())
             .map_err(|e| ApiError::internal(format!("bad conductor URL {url}: {e}")))?
@@ -107,7 +131,7 @@ impl Forwarder {
             .timeout(self.deadline)
             .connect_lazy();
         map.insert(url.to_string(), ch.clone());
-        Ok(Self::limited(ConductorClient::with_interceptor(ch, attach_call_id as Attach)))
+        Ok(Self::limited(ConductorClient::with_interceptor(ch, attach as Attach)))
     }
 
     fn limited(c: Client) -> Client {
@@ -129,6 +153,7 @@ impl Forwarder {
                     m.state == ferric_common::ring::MemberState::Active && m.hardware_types.iter().any(|h| h == hw)
                 })
                 .cloned(),
+            Route::Any(key) => ring.any_owner(key.as_bytes()).cloned(),
         }
     }
 
@@ -155,6 +180,30 @@ impl Forwarder {
         CALL_ID.scope(id, self.attempt(route, Retry::NotDelivered, f)).await
     }
 
+    /// The client span of one attempt; its method and name are recorded by
+    /// [`attach`].
+    fn attempt_span(route: Route<'_>, member: &Member) -> tracing::Span {
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = "ferric.v1.Conductor",
+            otel.kind = "client",
+            otel.status_code = Empty,
+            rpc.system = "grpc",
+            rpc.service = "ferric.v1.Conductor",
+            rpc.method = Empty,
+            rpc.grpc.status_code = Empty,
+            server.address = %member.grpc_url,
+            conductor = %member.id,
+            node.uuid = Empty,
+            request_id = Empty,
+        );
+        telemetry::inherit(&span);
+        if let Route::Node { uuid, .. } = route {
+            span.record(telemetry::NODE_UUID, tracing::field::display(uuid));
+        }
+        span
+    }
+
     async fn attempt<T, F, Fut>(&self, route: Route<'_>, retry_on: Retry, f: F) -> Result<T, ApiError>
     where
         F: Fn(Client, u64) -> Fut,
@@ -177,13 +226,24 @@ impl Forwarder {
                     Route::Node { group, hardware_type, .. } => (group, hardware_type),
                     Route::Update { new_group, new_hardware_type, .. } => (new_group, new_hardware_type),
                     Route::Driver(hw) => ("", hw),
+                    Route::Any(_) => {
+                        return Err(ApiError::unavailable(
+                            "Resource temporarily unavailable, please retry. (no conductor is running)",
+                        ));
+                    }
                 };
                 return Err(ApiError::bad_request(format!(
                     "No valid host was found. Reason: No conductor service registered which supports driver {hw} for conductor group \"{group}\"."
                 )));
             };
             let client = self.client(&member.grpc_url)?;
-            match f(client, ring.epoch()).await {
+            let span = Self::attempt_span(route, &member);
+            let res = f(client, ring.epoch()).instrument(span.clone()).await;
+            if let Err(status) = &res {
+                span.record("rpc.grpc.status_code", i32::from(status.code()));
+                span.record("otel.status_code", "error");
+            }
+            match res {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(status) => {
                     let d = detail(&status);

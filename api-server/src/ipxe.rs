@@ -114,7 +114,7 @@ impl IpxeState {
 }
 
 fn reply(script: Script) -> Response {
-    metrics::counter!("ferric_ipxe_scripts_total", "kind" => script.kind.as_str()).increment(1);
+    metrics::counter!(ferric_common::metrics::IPXE_SCRIPTS_TOTAL, "kind" => script.kind.as_str()).increment(1);
     (
         StatusCode::OK,
         [
@@ -128,7 +128,7 @@ fn reply(script: Script) -> Response {
 }
 
 fn rejected(reason: &'static str, e: ApiError) -> Response {
-    metrics::counter!("ferric_ipxe_rejected_total", "reason" => reason).increment(1);
+    metrics::counter!(ferric_common::metrics::IPXE_REJECTED_TOTAL, "reason" => reason).increment(1);
     e.into_response()
 }
 

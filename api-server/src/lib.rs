@@ -2,38 +2,46 @@
 //! openstacksdk and metalsmith work unchanged.
 //!
 //! Layout: [`connections`] (the HTTP server: header read timeout,
-//! graceful shutdown), [`shed`] (the concurrency limit), [`timeout`] (the
+//! graceful shutdown), [`trace`] (every request's span and request id,
+//! W3C trace context), [`shed`] (the concurrency limit), [`timeout`] (the
 //! whole-request timeout), [`limit`] (body size), [`version`]
 //! (microversions), [`error`] (Ironic's error body), [`render`] (field
 //! sets, masking, links), [`patch`] (JSON Patch), [`forward`] (the
 //! owner-aware gRPC forwarder), [`routes`] (the router that remembers
 //! its routes), [`openapi`] (the OpenAPI document, checked against them),
-//! and one module per resource ([`nodes`], [`ports`], [`drivers`],
+//! and one module per resource ([`nodes`], [`traits`], [`history`],
+//! [`ports`], [`portgroups`], [`chassis`], [`allocations`], [`drivers`],
 //! [`root`]).
 //!
 //! The invariant: the API reads from the database but never changes a
 //! node itself; every change goes to the node's owning conductor, which
 //! makes it under the node lock.
 
+pub mod allocations;
 pub mod auth;
+pub mod chassis;
 pub mod connections;
 pub mod context;
 pub mod drivers;
 pub mod error;
 pub mod fields;
 pub mod forward;
+pub mod history;
 pub mod ipxe;
 pub mod limit;
 pub mod nodes;
 pub mod openapi;
 pub mod paging;
 pub mod patch;
+pub mod portgroups;
 pub mod ports;
 pub mod render;
 pub mod root;
 pub mod routes;
 pub mod shed;
 pub mod timeout;
+pub mod trace;
+pub mod traits;
 pub mod version;
 
 use std::net::SocketAddr;
@@ -70,6 +78,16 @@ fn v1_routes() -> Routes<State> {
         .at("/nodes/{node}/maintenance", &[M::PUT], nodes::put_maintenance)
         .at("/nodes/{node}/maintenance", &[M::DELETE], nodes::delete_maintenance)
         .at("/nodes/{node}/ports", &[M::GET], nodes::node_ports)
+        .at("/nodes/{node}/portgroups", &[M::GET], portgroups::node_portgroups)
+        .at("/nodes/{node}/traits", &[M::GET], traits::list)
+        .at("/nodes/{node}/traits", &[M::PUT], traits::set_all)
+        .at("/nodes/{node}/traits", &[M::DELETE], traits::remove_all)
+        .at("/nodes/{node}/traits/{trait}", &[M::PUT], traits::add_one)
+        .at("/nodes/{node}/traits/{trait}", &[M::DELETE], traits::remove_one)
+        .at("/nodes/{node}/allocation", &[M::GET], allocations::node_allocation)
+        .at("/nodes/{node}/allocation", &[M::DELETE], allocations::delete_node_allocation)
+        .at("/nodes/{node}/history", &[M::GET], history::list)
+        .at("/nodes/{node}/history/{event}", &[M::GET], history::get)
         .at("/nodes/{node}/vendor_passthru/methods", &[M::GET], nodes::vendor_methods)
         .at("/nodes/{node}/vendor_passthru/{method}", &VENDOR, nodes::vendor_call)
         .at("/nodes/{node}/vendor_passthru", &VENDOR, nodes::vendor_call_query)
@@ -79,6 +97,25 @@ fn v1_routes() -> Routes<State> {
         .at("/ports/{port}", &[M::GET], ports::get_port)
         .at("/ports/{port}", &[M::PATCH], ports::patch_port)
         .at("/ports/{port}", &[M::DELETE], ports::delete_port)
+        .at("/portgroups", &[M::GET], portgroups::list_portgroups)
+        .at("/portgroups", &[M::POST], portgroups::create_portgroup)
+        .at("/portgroups/detail", &[M::GET], portgroups::list_portgroups_detail)
+        .at("/portgroups/{pg}", &[M::GET], portgroups::get_portgroup)
+        .at("/portgroups/{pg}", &[M::PATCH], portgroups::patch_portgroup)
+        .at("/portgroups/{pg}", &[M::DELETE], portgroups::delete_portgroup)
+        .at("/portgroups/{pg}/ports", &[M::GET], portgroups::portgroup_ports)
+        .at("/chassis", &[M::GET], chassis::list_chassis)
+        .at("/chassis", &[M::POST], chassis::create_chassis)
+        .at("/chassis/detail", &[M::GET], chassis::list_chassis_detail)
+        .at("/chassis/{chassis}", &[M::GET], chassis::get_chassis)
+        .at("/chassis/{chassis}", &[M::PATCH], chassis::patch_chassis)
+        .at("/chassis/{chassis}", &[M::DELETE], chassis::delete_chassis)
+        .at("/chassis/{chassis}/nodes", &[M::GET], nodes::chassis_nodes)
+        .at("/allocations", &[M::GET], allocations::list_allocations)
+        .at("/allocations", &[M::POST], allocations::create_allocation)
+        .at("/allocations/{allocation}", &[M::GET], allocations::get_allocation)
+        .at("/allocations/{allocation}", &[M::PATCH], allocations::patch_allocation)
+        .at("/allocations/{allocation}", &[M::DELETE], allocations::delete_allocation)
         .at("/drivers", &[M::GET], drivers::list_drivers)
         .at("/drivers/{driver}", &[M::GET], drivers::get_driver)
         .at("/drivers/{driver}/properties", &[M::GET], drivers::driver_properties)
@@ -116,7 +153,7 @@ pub fn router(state: State) -> Router {
     let body_limit = state.cfg.api.max_request_body_size;
     let request_timeout = Duration::from_millis(state.cfg.api.request_timeout_ms);
     let in_handlers = shed::Limit::new(state.cfg.api.max_concurrent_requests);
-    metrics::counter!("ferric_api_requests_timed_out_total").increment(0);
+    metrics::counter!(ferric_common::metrics::API_REQUESTS_TIMED_OUT_TOTAL).increment(0);
     routes()
         .into_router()
         // after every route: it applies to the routes there are
@@ -127,13 +164,15 @@ pub fn router(state: State) -> Router {
         // Keystone round trip too; refusals get the version headers
         .layer(axum::middleware::from_fn(move |req, next| auth::middleware(authenticator.clone(), req, next)))
         // the last layer is the outermost: every answer, a shed or timed-out
-        // request's too, gets the version headers and is counted; a shed
-        // request costs no timer; the timeout covers reading the body
+        // request's too, gets the version headers and a request id, is counted
+        // and traced; a shed request costs no timer; the timeout covers
+        // reading the body
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(move |req, next| limit::middleware(body_limit, req, next)))
         .layer(axum::middleware::from_fn(move |req, next| timeout::middleware(request_timeout, req, next)))
         .layer(axum::middleware::from_fn(move |req, next| shed::middleware(in_handlers.clone(), req, next)))
         .layer(axum::middleware::from_fn(version::middleware))
+        .layer(axum::middleware::from_fn(trace::middleware))
         .layer(axum::Extension(public))
 }
 

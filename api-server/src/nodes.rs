@@ -35,14 +35,77 @@ fn parse_bool(name: &str, v: &str) -> ApiResult<bool> {
     }
 }
 
-async fn list(st: &AppState, ctx: &Ctx, q: &HashMap<String, String>, detail: bool, path: &str) -> ApiResult<Value> {
+/// Node list filters and the microversion each needs (Ironic's
+/// `check_allow_filter_by_*`: 406 below it). The others (`maintenance`,
+/// `associated`, `instance_uuid`, `chassis_uuid`, `retired`,
+/// `description_contains`) have no gate.
+const FILTER_VERSIONS: &[(&str, u32)] = &[
+    ("provision_state", 9),
+    ("driver", 16),
+    ("resource_class", 21),
+    ("fault", 42),
+    ("conductor_group", 46),
+    ("conductor", 49),
+    ("owner", 50),
+    ("lessee", 65),
+    ("shard", 82),
+    ("sharded", 82),
+    ("instance_name", 104),
+];
+
+/// The faults a node may be in maintenance for (Ironic's `VALID_FAULTS`).
+const VALID_FAULTS: [&str; 4] = ["power failure", "clean failure", "rescue abort failure", "service failure"];
+
+/// Refuses filters (and a sort key) of a later version than the request's.
+fn check_list_version(ctx: &Ctx, q: &HashMap<String, String>) -> ApiResult<()> {
+    for (filter, min) in FILTER_VERSIONS {
+        if q.contains_key(*filter) && !ctx.v.at_least(*min) {
+            return Err(ApiError::too_old(*min, &format!("the {filter} filter")));
+        }
+    }
+    if let Some(key) = q.get("sort_key")
+        && let Some((_, min)) = NODE_FIELDS.iter().find(|(f, min)| f == key && !ctx.v.at_least(*min))
+    {
+        return Err(ApiError::too_old(*min, &format!("sorting by {key}")));
+    }
+    if let Some(f) = q.get("fault")
+        && !VALID_FAULTS.contains(&f.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "Unrecognized fault \"{f}\" is specified, allowed faults are {}",
+            VALID_FAULTS.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// A node list; `chassis` restricts it to the nodes of one chassis
+/// (`/v1/chassis/<c>/nodes`).
+async fn list(
+    st: &AppState,
+    ctx: &Ctx,
+    q: &HashMap<String, String>,
+    detail: bool,
+    path: &str,
+    chassis: Option<Uuid>,
+) -> ApiResult<Value> {
     let fields = render::parse_fields(q.get("fields").map(String::as_str), NODE_FIELDS, ctx.v)?;
     if detail && fields.is_some() {
         return Err(ApiError::bad_request("Can not specify ?detail=True and fields in the same request."));
     }
+    check_list_version(ctx, q)?;
     let detail = detail || q.get("detail").map(|d| parse_bool("detail", d)).transpose()?.unwrap_or(false);
     let paging = paging::parse(q, st.cfg.api.max_limit, NODE_SORT_KEYS)?;
     let limit = paging.limit.unwrap_or(i64::from(st.cfg.api.max_limit));
+    let chassis_uuid = match (chassis, q.get("chassis_uuid")) {
+        (Some(c), _) => Some(c.to_string()),
+        (None, Some(c)) => Some(
+            Uuid::parse_str(c)
+                .map_err(|_| ApiError::bad_request(format!("Expected a UUID for chassis_uuid but received {c}.")))?
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
     let mut query = NodeQuery {
         provision_state: q.get("provision_state").cloned(),
         driver: q.get("driver").cloned(),
@@ -55,15 +118,13 @@ async fn list(st: &AppState, ctx: &Ctx, q: &HashMap<String, String>, detail: boo
         fault: q.get("fault").cloned(),
         retired: q.get("retired").map(|v| parse_bool("retired", v)).transpose()?,
         shard: q.get("shard").cloned(),
+        sharded: q.get("sharded").map(|v| parse_bool("sharded", v)).transpose()?,
         instance_uuid: q.get("instance_uuid").cloned(),
+        instance_name: q.get("instance_name").cloned(),
+        chassis_uuid,
         description_contains: q.get("description_contains").cloned(),
-        project: None,
-        partitions: None,
-        affinity: None,
-        provision_states: None,
-        unlocked: false,
-        power_pending: false,
         paging,
+        ..Default::default()
     };
     if let Some(s) = &query.provision_state
         && ProvisionState::parse(s).is_none()
@@ -101,7 +162,7 @@ pub async fn list_nodes(
     ctx: Ctx,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    list(&st, &ctx, &q, false, "nodes").await.map(Json)
+    list(&st, &ctx, &q, false, "nodes", None).await.map(Json)
 }
 
 pub async fn list_nodes_detail(
@@ -109,7 +170,34 @@ pub async fn list_nodes_detail(
     ctx: Ctx,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    list(&st, &ctx, &q, true, "nodes/detail").await.map(Json)
+    list(&st, &ctx, &q, true, "nodes/detail", None).await.map(Json)
+}
+
+/// `GET /v1/chassis/<chassis>/nodes`: the nodes of a chassis.
+pub async fn chassis_nodes(
+    AxState(st): AxState<State>,
+    ctx: Ctx,
+    Path(ident): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let chassis = crate::chassis::get(&st, &ident).await?;
+    if q.contains_key("chassis_uuid") {
+        return Err(ApiError::bad_request("Chassis id not specified."));
+    }
+    list(&st, &ctx, &q, false, &format!("chassis/{ident}/nodes"), Some(chassis.uuid)).await.map(Json)
+}
+
+/// A node's `chassis_uuid` must name a chassis (400 otherwise, as Ironic's
+/// `ChassisNotFound` on node create and update).
+async fn check_chassis(st: &AppState, node: &Node) -> ApiResult<()> {
+    let Some(c) = &node.chassis_uuid else { return Ok(()) };
+    let uuid = Uuid::parse_str(c)
+        .map_err(|_| ApiError::bad_request(format!("Expected a UUID for chassis_uuid but received {c}.")))?;
+    match st.db.get_chassis(uuid).await {
+        Ok(_) => Ok(()),
+        Err(DbError::NotFound) => Err(ApiError::bad_request(format!("Chassis {c} could not be found."))),
+        Err(e) => Err(ApiError::from_db(e, String::new)),
+    }
 }
 
 pub async fn get_node(
@@ -265,6 +353,7 @@ pub async fn create_node(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> 
         }
     }
     check_node(&mut node, obj.contains_key("protected_reason"))?;
+    check_chassis(&st, &node).await?;
     if !st.fwd.ring().serves(&node.conductor_group, &node.driver) {
         return Err(no_valid_host(&node.driver, &node.conductor_group));
     }
@@ -331,6 +420,9 @@ pub async fn patch_node(
     patch::apply(&mut after, &ops)?;
     let mut changed = node.clone();
     fields::apply_document(&mut changed, &before, &after)?;
+    if changed.chassis_uuid != node.chassis_uuid {
+        check_chassis(&st, &changed).await?;
+    }
     if changed.driver != node.driver || changed.conductor_group != node.conductor_group {
         if !st.fwd.ring().serves(&changed.conductor_group, &changed.driver) {
             return Err(no_valid_host(&changed.driver, &changed.conductor_group));

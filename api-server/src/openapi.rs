@@ -22,13 +22,17 @@ pub async fn document() -> Response {
 mod tests {
     use std::collections::BTreeSet;
 
-    use ferric_common::db::{NODE_SORT_KEYS, PORT_SORT_KEYS};
+    use ferric_common::db::{
+        ALLOCATION_SORT_KEYS, CHASSIS_SORT_KEYS, NODE_SORT_KEYS, PORT_SORT_KEYS, PORTGROUP_SORT_KEYS,
+    };
     use ferric_common::model::{NODE_INTERFACES, normalize_mac};
     use ferric_common::states::{ProvisionState, Verb};
     use serde_json::Value;
 
     use super::DOCUMENT;
-    use crate::render::{NODE_FIELDS, PORT_FIELDS};
+    use crate::render::{
+        ALLOCATION_FIELDS, CHASSIS_FIELDS, CONDUCTOR_FIELDS, NODE_FIELDS, PORT_FIELDS, PORTGROUP_FIELDS,
+    };
     use crate::version::{MAX_MINOR, MIN_MINOR};
 
     const OPERATIONS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
@@ -163,7 +167,13 @@ mod tests {
     #[test]
     fn resources_have_the_fields_the_code_renders() {
         let doc = doc();
-        for (name, table, list_param) in [("Node", NODE_FIELDS, "nodeFields"), ("Port", PORT_FIELDS, "portFields")] {
+        for (name, table, list_param) in [
+            ("Node", NODE_FIELDS, "nodeFields"),
+            ("Port", PORT_FIELDS, "portFields"),
+            ("Portgroup", PORTGROUP_FIELDS, "portgroupFields"),
+            ("Chassis", CHASSIS_FIELDS, "chassisFields"),
+            ("Allocation", ALLOCATION_FIELDS, "allocationFields"),
+        ] {
             let props = &schema(&doc, name)["properties"];
             assert_eq!(keys(props), set(table.iter().map(|(f, _)| f)), "{name} properties");
             for (field, min) in table {
@@ -177,6 +187,19 @@ mod tests {
         let params = &doc["components"]["parameters"];
         assert_eq!(strings(&params["nodeSortKey"]["schema"]["enum"]), NODE_SORT_KEYS);
         assert_eq!(strings(&params["portSortKey"]["schema"]["enum"]), PORT_SORT_KEYS);
+        for (op, keys) in [
+            ("/v1/portgroups", PORTGROUP_SORT_KEYS),
+            ("/v1/chassis", CHASSIS_SORT_KEYS),
+            ("/v1/allocations", ALLOCATION_SORT_KEYS),
+        ] {
+            let list = doc["paths"][op]["get"]["parameters"].as_array().expect("parameters");
+            let sort = list.iter().find(|p| p["name"] == "sort_key").expect("a sort_key parameter");
+            assert_eq!(strings(&sort["schema"]["enum"]), keys, "{op} sort keys");
+        }
+        let conductor: Vec<&str> = CONDUCTOR_FIELDS.iter().map(|(f, _)| *f).collect();
+        assert_eq!(strings(&params["conductorFields"]["schema"]["items"]["enum"]), conductor);
+        let driver: Vec<String> = crate::render::driver_fields().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(strings(&params["driverFields"]["schema"]["items"]["enum"]), driver);
         let driver = schema(&doc, "Driver");
         let interfaces: BTreeSet<String> = keys(&driver["properties"])
             .into_iter()
@@ -208,6 +231,9 @@ mod tests {
         assert_eq!(keys(&power["properties"]), set(crate::nodes::POWER_KEYS));
         assert_eq!(strings(&power["properties"]["target"]["enum"]), crate::nodes::POWER_TARGETS);
         assert_eq!(keys(&schema(&doc, "Heartbeat")["properties"]), set(crate::root::HEARTBEAT_KEYS));
+        assert_eq!(keys(&schema(&doc, "AllocationCreate")["properties"]), set(crate::allocations::CREATE_KEYS));
+        let portgroup = crate::portgroups::WRITABLE.iter().map(|(f, _)| f);
+        assert_eq!(keys(&schema(&doc, "PortgroupCreate")["properties"]), set(portgroup));
         assert_eq!(strings(&schema(&doc, "ProvisionState")["enum"]), ProvisionState::ALL.map(ProvisionState::as_str));
     }
 

@@ -91,6 +91,21 @@ async fn list(st: &AppState, ctx: &Ctx, q: &HashMap<String, String>, detail: boo
             Err(e) => return Err(e),
         }
     }
+    if let Some(g) = q.get("portgroup") {
+        if !ctx.v.at_least(24) {
+            return Err(ApiError::too_old(24, "the portgroup filter"));
+        }
+        match Uuid::parse_str(g) {
+            Ok(u) => query.portgroup_uuid = Some(u.to_string()),
+            Err(_) => match st.db.get_portgroup_by_name(g).await {
+                Ok(pg) => query.portgroup_uuid = Some(pg.uuid.to_string()),
+                Err(DbError::NotFound) => {
+                    return Err(ApiError::bad_request(format!("Portgroup {g} could not be found.")));
+                }
+                Err(e) => return Err(ApiError::from_db(e, String::new)),
+            },
+        }
+    }
     if let Some(a) = q.get("address") {
         query.address = Some(
             normalize_mac(a)
@@ -144,7 +159,18 @@ fn set_field(p: &mut Port, k: &str, v: &Value) -> ApiResult<()> {
         "physical_network" => p.physical_network = opt_string(k, v)?,
         "extra" => p.extra = object(k, v)?,
         "is_smartnic" => p.is_smartnic = boolean(k, v)?,
-        "portgroup_uuid" => p.portgroup_uuid = opt_string(k, v)?,
+        "portgroup_uuid" => {
+            p.portgroup_uuid = match opt_string(k, v)? {
+                None => None,
+                Some(g) => Some(
+                    Uuid::parse_str(&g)
+                        .map_err(|_| {
+                            ApiError::bad_request(format!("Expected a UUID for portgroup_uuid but received {g}."))
+                        })?
+                        .to_string(),
+                ),
+            }
+        }
         other => {
             return Err(ApiError::bad_request(format!("'/{other}' is an internal attribute and can not be updated")));
         }

@@ -2,7 +2,7 @@
 //! negotiated microversion, links from the request's base URL, and secrets
 //! masked on every read.
 
-use ferric_common::model::{JsonObject, NODE_INTERFACES, Node, Port};
+use ferric_common::model::{Allocation, Chassis, JsonObject, NODE_INTERFACES, Node, Port, Portgroup};
 use ferric_common::states::ProvisionState;
 use serde_json::{Map, Value, json};
 
@@ -103,6 +103,79 @@ pub const PORT_FIELDS: &[(&str, u32)] = &[
 ];
 
 pub const PORT_LIST_FIELDS: &[&str] = &["uuid", "address", "links"];
+
+/// Portgroup fields (the resource itself is 1.23).
+pub const PORTGROUP_FIELDS: &[(&str, u32)] = &[
+    ("uuid", 23),
+    ("address", 23),
+    ("name", 23),
+    ("node_uuid", 23),
+    ("standalone_ports_supported", 23),
+    ("internal_info", 23),
+    ("extra", 23),
+    ("created_at", 23),
+    ("updated_at", 23),
+    ("links", 23),
+    ("ports", 23),
+    ("mode", 26),
+    ("properties", 26),
+    ("physical_network", 102),
+    ("category", 103),
+];
+
+pub const PORTGROUP_LIST_FIELDS: &[&str] = &["uuid", "address", "name", "links"];
+
+pub const CHASSIS_FIELDS: &[(&str, u32)] =
+    &[("uuid", 1), ("description", 1), ("extra", 1), ("created_at", 1), ("updated_at", 1), ("links", 1), ("nodes", 1)];
+
+pub const CHASSIS_LIST_FIELDS: &[&str] = &["uuid", "description", "links"];
+
+/// Allocation fields (the resource itself is 1.52); a list shows them all.
+pub const ALLOCATION_FIELDS: &[(&str, u32)] = &[
+    ("uuid", 52),
+    ("name", 52),
+    ("node_uuid", 52),
+    ("state", 52),
+    ("last_error", 52),
+    ("resource_class", 52),
+    ("traits", 52),
+    ("candidate_nodes", 52),
+    ("extra", 52),
+    ("created_at", 52),
+    ("updated_at", 52),
+    ("links", 52),
+    ("owner", 60),
+];
+
+pub const CONDUCTOR_FIELDS: &[(&str, u32)] = &[
+    ("hostname", 49),
+    ("conductor_group", 49),
+    ("alive", 49),
+    ("drivers", 49),
+    ("created_at", 49),
+    ("updated_at", 49),
+    ("links", 49),
+];
+
+pub const CONDUCTOR_LIST_FIELDS: &[&str] = &["hostname", "conductor_group", "alive", "links"];
+
+/// Driver fields, which `fields=` selects from 1.77 on.
+pub fn driver_fields() -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> =
+        ["name", "hosts", "type", "links", "properties"].iter().map(|f| (f.to_string(), 1)).collect();
+    for iface in NODE_INTERFACES {
+        let min = match iface {
+            "storage" => 33,
+            "rescue" => 38,
+            "bios" => 40,
+            "firmware" => 86,
+            _ => 30,
+        };
+        out.push((format!("default_{iface}_interface"), min));
+        out.push((format!("enabled_{iface}_interfaces"), min));
+    }
+    out
+}
 
 /// Substrings of a key that mark its value as secret (oslo's list).
 const SECRET_KEYS: &[&str] = &[
@@ -257,7 +330,7 @@ pub fn node_document(n: &Node, base: &str, conductor: Option<&str>) -> Map<Strin
     put("target_raid_config", Value::Object(n.target_raid_config.clone()));
     put("inspection_started_at", Value::Null);
     put("inspection_finished_at", Value::Null);
-    put("allocation_uuid", Value::Null);
+    put("allocation_uuid", json!(n.allocation_uuid));
     put("health", Value::Null);
     put("created_at", ts(Some(n.created_at)));
     put("updated_at", ts(n.updated_at));
@@ -269,24 +342,27 @@ pub fn node_document(n: &Node, base: &str, conductor: Option<&str>) -> Map<Strin
     m
 }
 
-/// Check a `fields=` list against what the version offers.
+/// Check a `fields=` list against what the version offers, as Ironic
+/// does: not before 1.8 (406), a field of a later version (406), a field
+/// the resource does not have (400 naming it).
 pub fn parse_fields(raw: Option<&str>, table: &[(&str, u32)], v: Version) -> Result<Option<Vec<String>>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
     if !v.at_least(8) {
         return Err(ApiError::not_acceptable("The fields parameter is not supported at this API version (needs 1.8)."));
     }
     let fields: Vec<String> = raw.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-    let bad: Vec<&String> =
-        fields.iter().filter(|f| !table.iter().any(|(k, min)| k == f && v.at_least(*min))).collect();
+    let bad: Vec<&str> = fields.iter().filter(|f| !table.iter().any(|(k, _)| k == f)).map(String::as_str).collect();
     if !bad.is_empty() {
-        let list: Vec<&str> = bad.iter().map(|s| s.as_str()).collect();
-        return Err(ApiError::bad_request(format!("Field(s) \"{}\" are not valid", list.join(", "))));
+        return Err(ApiError::bad_request(format!("Field(s) \"{}\" are not valid", bad.join(", "))));
+    }
+    if let Some((field, min)) = fields.iter().find_map(|f| table.iter().find(|(k, min)| k == f && !v.at_least(*min))) {
+        return Err(ApiError::too_old(*min, &format!("the field {field}")));
     }
     Ok(Some(fields))
 }
 
 /// Keep only the fields the version has (and, if given, the requested ones).
-fn select(
+pub fn select(
     doc: Map<String, Value>,
     table: &[(&str, u32)],
     v: Version,
@@ -350,6 +426,104 @@ pub fn port_document(p: &Port, base: &str) -> Map<String, Value> {
 
 pub fn port_view(p: &Port, base: &str, v: Version, fields: Option<&[String]>, list_item: bool) -> Value {
     select(port_document(p, base), PORT_FIELDS, v, fields, list_item.then_some(PORT_LIST_FIELDS))
+}
+
+pub fn portgroup_document(p: &Portgroup, base: &str) -> Map<String, Value> {
+    let id = p.uuid.to_string();
+    let mut m = Map::new();
+    m.insert("uuid".into(), json!(id));
+    m.insert("address".into(), json!(p.address));
+    m.insert("name".into(), json!(p.name));
+    m.insert("node_uuid".into(), json!(p.node_uuid.to_string()));
+    m.insert("standalone_ports_supported".into(), json!(p.standalone_ports_supported));
+    m.insert("internal_info".into(), Value::Object(p.internal_info.clone()));
+    m.insert("extra".into(), Value::Object(p.extra.clone()));
+    m.insert("mode".into(), json!(p.mode));
+    m.insert("properties".into(), Value::Object(p.properties.clone()));
+    m.insert("physical_network".into(), json!(p.physical_network));
+    m.insert("category".into(), json!(p.category));
+    m.insert("created_at".into(), ts(Some(p.created_at)));
+    m.insert("updated_at".into(), ts(p.updated_at));
+    m.insert("links".into(), link_pair(base, "portgroups", &id));
+    m.insert("ports".into(), link_pair(base, "portgroups", &format!("{id}/ports")));
+    m
+}
+
+pub fn portgroup_view(p: &Portgroup, base: &str, v: Version, fields: Option<&[String]>, list_item: bool) -> Value {
+    select(portgroup_document(p, base), PORTGROUP_FIELDS, v, fields, list_item.then_some(PORTGROUP_LIST_FIELDS))
+}
+
+pub fn chassis_document(c: &Chassis, base: &str) -> Map<String, Value> {
+    let id = c.uuid.to_string();
+    let mut m = Map::new();
+    m.insert("uuid".into(), json!(id));
+    m.insert("description".into(), json!(c.description));
+    m.insert("extra".into(), Value::Object(c.extra.clone()));
+    m.insert("created_at".into(), ts(Some(c.created_at)));
+    m.insert("updated_at".into(), ts(c.updated_at));
+    m.insert("links".into(), link_pair(base, "chassis", &id));
+    m.insert("nodes".into(), link_pair(base, "chassis", &format!("{id}/nodes")));
+    m
+}
+
+pub fn chassis_view(c: &Chassis, base: &str, v: Version, fields: Option<&[String]>, list_item: bool) -> Value {
+    select(chassis_document(c, base), CHASSIS_FIELDS, v, fields, list_item.then_some(CHASSIS_LIST_FIELDS))
+}
+
+pub fn allocation_document(a: &Allocation, base: &str) -> Map<String, Value> {
+    let id = a.uuid.to_string();
+    let mut m = Map::new();
+    m.insert("uuid".into(), json!(id));
+    m.insert("name".into(), json!(a.name));
+    m.insert("node_uuid".into(), json!(a.node_uuid.map(|u| u.to_string())));
+    m.insert("state".into(), json!(a.state.as_str()));
+    m.insert("last_error".into(), json!(a.last_error));
+    m.insert("resource_class".into(), json!(a.resource_class));
+    m.insert("traits".into(), json!(a.traits));
+    let candidates: Vec<String> = a.candidate_nodes.iter().map(|u| u.to_string()).collect();
+    m.insert("candidate_nodes".into(), json!(candidates));
+    m.insert("extra".into(), Value::Object(a.extra.clone()));
+    m.insert("owner".into(), json!(a.owner));
+    m.insert("created_at".into(), ts(Some(a.created_at)));
+    m.insert("updated_at".into(), ts(a.updated_at));
+    m.insert("links".into(), link_pair(base, "allocations", &id));
+    m
+}
+
+pub fn allocation_view(a: &Allocation, base: &str, v: Version, fields: Option<&[String]>) -> Value {
+    select(allocation_document(a, base), ALLOCATION_FIELDS, v, fields, None)
+}
+
+/// A node history entry as Ironic shows it (1.78): `uuid, created_at,
+/// severity, event` and a self link; with `detail` also `event_type,
+/// conductor, user` (and from 1.115 `state, target_provision_state,
+/// duration_seconds`, which Ferric does not record: null). The list
+/// shortens an event past 255 characters, as Ironic's does.
+pub fn history_view(e: &ferric_common::db::HistoryEntry, base: &str, v: Version, detail: bool) -> Value {
+    let id = e.uuid().to_string();
+    // failures are errors; everything else is information
+    let severity = if matches!(e.event.as_str(), "fail" | "power_lost") { "ERROR" } else { "INFO" };
+    let mut event = if e.detail.is_empty() { e.event.clone() } else { format!("{}: {}", e.event, e.detail) };
+    if !detail && event.chars().count() > 255 {
+        event = event.chars().take(251).collect::<String>() + "...";
+    }
+    let mut m = Map::new();
+    m.insert("uuid".into(), json!(id));
+    m.insert("created_at".into(), ts(Some(e.created_at)));
+    m.insert("severity".into(), json!(severity));
+    m.insert("event".into(), json!(event));
+    if detail {
+        m.insert("event_type".into(), json!(e.event));
+        m.insert("conductor".into(), json!(e.conductor));
+        m.insert("user".into(), Value::Null);
+        if v.at_least(115) {
+            m.insert("state".into(), Value::Null);
+            m.insert("target_provision_state".into(), Value::Null);
+            m.insert("duration_seconds".into(), Value::Null);
+        }
+    }
+    m.insert("links".into(), json!([{"href": format!("{base}/v1/nodes/{}/history/{id}", e.node_uuid), "rel": "self"}]));
+    Value::Object(m)
 }
 
 #[cfg(test)]

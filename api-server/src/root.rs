@@ -47,13 +47,15 @@ pub async fn v1(ctx: Ctx) -> Json<Value> {
         "drivers": link_pair(b, "drivers", ""),
         "version": version_doc(b),
     });
-    for (key, min) in [("lookup", 22), ("heartbeat", 22), ("conductors", 49)] {
+    for (key, min) in [("lookup", 22), ("heartbeat", 22), ("portgroups", 23), ("conductors", 49), ("allocations", 52)] {
         if ctx.v.at_least(min) {
             doc[key] = link_pair(b, key, "");
         }
     }
     // the listing links end in a slash, as Ironic's do
-    for key in ["chassis", "nodes", "ports", "drivers", "lookup", "heartbeat", "conductors"] {
+    for key in
+        ["chassis", "nodes", "ports", "drivers", "lookup", "heartbeat", "portgroups", "conductors", "allocations"]
+    {
         if let Some(Value::Array(links)) = doc.get_mut(key) {
             for l in links {
                 if let Some(Value::String(h)) = l.get_mut("href") {

@@ -33,13 +33,13 @@ pub struct Limit {
 impl Limit {
     pub fn new(max: usize) -> Limit {
         // present from the start, so that dashboards and alerts see a 0
-        metrics::counter!("ferric_api_requests_shed_total").increment(0);
+        metrics::counter!(ferric_common::metrics::API_REQUESTS_SHED_TOTAL).increment(0);
         Limit { in_handlers: Arc::new(Semaphore::new(max)), max }
     }
 }
 
 fn shed(max: usize) -> Response {
-    metrics::counter!("ferric_api_requests_shed_total").increment(1);
+    metrics::counter!(ferric_common::metrics::API_REQUESTS_SHED_TOTAL).increment(1);
     let mut resp = ApiError::unavailable(format!(
         "The API is busy: it serves at most api.max_concurrent_requests ({max}) requests at once. Retry in \
          {RETRY_AFTER_SECS} s."

@@ -31,7 +31,7 @@ pub async fn middleware(limit: Duration, req: Request, next: Next) -> Response {
         Ok(resp) => resp,
         Err(_) => {
             tracing::warn!(%method, %path, "request timed out after {} ms", limit.as_millis());
-            metrics::counter!("ferric_api_requests_timed_out_total").increment(1);
+            metrics::counter!(ferric_common::metrics::API_REQUESTS_TIMED_OUT_TOTAL).increment(1);
             timed_out(limit).into_response()
         }
     }

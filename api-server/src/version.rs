@@ -2,8 +2,9 @@
 //!
 //! The standard `OpenStack-API-Version: baremetal 1.N` header wins over
 //! the legacy `X-OpenStack-Ironic-API-Version`; no header means 1.1,
-//! `latest` the maximum. Every response carries the min/max headers and a
-//! request id; successful negotiation also echoes the version used.
+//! `latest` the maximum. Every response carries the min/max headers
+//! (the request id is [`crate::trace`]'s); successful negotiation also
+//! echoes the version used.
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue};
@@ -83,7 +84,6 @@ fn method_label(m: &axum::http::Method) -> &'static str {
 
 /// Middleware: negotiate, stash the version, decorate the response.
 pub async fn middleware(mut req: Request, next: Next) -> Response {
-    let request_id = format!("req-{}", uuid::Uuid::new_v4());
     let started = std::time::Instant::now();
     let method = method_label(req.method());
     let negotiated = negotiate(req.headers());
@@ -111,12 +111,9 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
         "x-openstack-ironic-api-maximum-version",
         HeaderValue::from_str(&format!("1.{MAX_MINOR}")).expect("ascii"),
     );
-    let id = HeaderValue::from_str(&request_id).expect("ascii");
-    h.insert("openstack-request-id", id.clone());
-    h.insert("x-openstack-request-id", id);
-    metrics::counter!("ferric_api_requests_total", "method" => method, "status" => resp.status().as_u16().to_string())
+    metrics::counter!(ferric_common::metrics::API_REQUESTS_TOTAL, "method" => method, "status" => resp.status().as_u16().to_string())
         .increment(1);
-    metrics::histogram!("ferric_api_request_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!(ferric_common::metrics::API_REQUEST_SECONDS).record(started.elapsed().as_secs_f64());
     resp
 }
 

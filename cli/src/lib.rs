@@ -393,6 +393,32 @@ pub fn redact(url: &str) -> String {
     ferric_common::db::redact_password(url)
 }
 
+/// Runs a process mode: a Tokio runtime, logging and tracing as `cfg` and
+/// the `OTEL_*` environment say (`service`: a server's service name unless
+/// `OTEL_SERVICE_NAME` gives one; None for a one-shot command, which
+/// exports nothing), SIGINT/SIGTERM wired to `main`'s
+/// shutdown and hurry tokens. The spans not yet exported are sent after
+/// `main` returns, while the runtime still runs (the exporter needs it).
+pub fn run_process<F, Fut>(cfg: &Config, service: Option<&str>, main: F) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let rt = tokio::runtime::Runtime::new()?;
+    let telemetry = {
+        let _in_runtime = rt.enter();
+        ferric_common::telemetry::init(&cfg.log, service).map_err(anyhow::Error::msg)?
+    };
+    let res = rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let hurry = CancellationToken::new();
+        cancel_on_signals(shutdown.clone(), hurry.clone());
+        main(shutdown, hurry).await
+    });
+    telemetry.shutdown();
+    res
+}
+
 /// Cancel `token` on SIGINT or SIGTERM; a second signal cancels `hurry`
 /// (a draining conductor then stops waiting for a hand-off and stops at
 /// the next step boundary).

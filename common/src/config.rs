@@ -168,6 +168,10 @@ pub struct ConductorConfig {
     /// `sync_power_state_workers`): a round over N nodes takes about
     /// N / workers BMC answers; a hung BMC holds one worker for its timeout.
     pub power_sync_workers: usize,
+    /// Allocations this conductor picks nodes for at once; the others wait
+    /// their turn `allocating` (each reads the free nodes of its resource
+    /// class and tries them one by one).
+    pub allocation_workers: usize,
     /// The longest one step of an operation, one power action or one node's
     /// take-over may run before it fails: a hung BMC, agent or image server
     /// must not hold a node lock forever. Above every bound of the work it
@@ -626,6 +630,7 @@ impl Default for ConductorConfig {
             power_state_change_timeout: 60,
             power_state_poll_interval_ms: 1000,
             power_sync_workers: 8,
+            allocation_workers: 16,
             step_timeout_secs: 10_800,
             cluster_secret: String::new(),
         }
@@ -829,6 +834,9 @@ impl Config {
         if self.conductor.power_sync_workers == 0 {
             return Err(ConfigError("conductor.power_sync_workers must be at least 1".into()));
         }
+        if self.conductor.allocation_workers == 0 {
+            return Err(ConfigError("conductor.allocation_workers must be at least 1".into()));
+        }
         if self.conductor.max_operations == 0 {
             return Err(ConfigError("conductor.max_operations must be at least 1".into()));
         }
@@ -980,16 +988,6 @@ impl Config {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "ferric-conductor".into())
     }
-}
-
-/// Install the global tracing subscriber (human or JSON lines on stderr).
-pub fn init_logging(cfg: &LogConfig) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
-    // colours only for a terminal: in a file or a log collector they are noise
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    let _ = if cfg.format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! [`ring`] (pure placement of nodes on conductors), [`partitions`] (the
 //! stored partition of every node, kept to the recorded exponent), [`membership`] (who is
 //! in the ring, as a `watch::Receiver<Ring>`), [`identity`] (which cluster a
-//! database belongs to), [`config`], [`rpc`] (typed
+//! database belongs to), [`config`], [`metrics`] (every metric name), [`telemetry`] (logs,
+//! traces, W3C trace context), [`rpc`] (typed
 //! errors across gRPC) and [`proto`] (the generated API↔conductor contract).
 //!
 //! The invariant a newcomer must not break: a node is acted on only by the
@@ -21,11 +22,13 @@ pub mod ids;
 pub mod logonce;
 pub mod membership;
 pub mod merge;
+pub mod metrics;
 pub mod model;
 pub mod partitions;
 pub mod ring;
 pub mod rpc;
 pub mod states;
+pub mod telemetry;
 
 /// The gRPC contract (`proto/ferric/v1/conductor.proto`).
 pub mod proto {

@@ -1,6 +1,7 @@
-//! The persisted resources: nodes, ports and the conductors' view of
-//! themselves. These are the database rows; the REST rendering (links,
-//! microversion-gated fields, secret masking) lives in the API crate.
+//! The persisted resources: nodes, ports, portgroups, chassis,
+//! allocations and the conductors' view of themselves. These are the
+//! database rows; the REST rendering (links, microversion-gated fields,
+//! secret masking) lives in the API crate.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,11 @@ pub struct Node {
     pub extra: JsonObject,
     pub network_data: JsonObject,
     pub instance_uuid: Option<String>,
+    /// The allocation that reserved the node (its UUID is then the node's
+    /// `instance_uuid` too); set and cleared with the allocation, never by
+    /// a client.
+    #[serde(default)]
+    pub allocation_uuid: Option<String>,
     pub instance_name: Option<String>,
     pub last_error: Option<String>,
     pub resource_class: Option<String>,
@@ -180,6 +186,7 @@ impl Node {
             extra: JsonObject::new(),
             network_data: JsonObject::new(),
             instance_uuid: None,
+            allocation_uuid: None,
             instance_name: None,
             last_error: None,
             resource_class: None,
@@ -305,6 +312,128 @@ impl Port {
             updated_at: None,
         }
     }
+}
+
+/// Where an allocation is: being processed, holding a node, or failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllocationState {
+    Allocating,
+    Active,
+    Error,
+}
+
+impl AllocationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocationState::Allocating => "allocating",
+            AllocationState::Active => "active",
+            AllocationState::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AllocationState> {
+        match s {
+            "allocating" => Some(AllocationState::Allocating),
+            "active" => Some(AllocationState::Active),
+            "error" => Some(AllocationState::Error),
+            _ => None,
+        }
+    }
+}
+
+/// A request for a node of a resource class (Ironic's allocation, what
+/// metalsmith reserves a node with). A conductor picks a matching node and
+/// marks it as the allocation's: the node's `instance_uuid` and
+/// `allocation_uuid` become the allocation's UUID.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub uuid: Uuid,
+    /// Unique; metalsmith's hostname.
+    pub name: Option<String>,
+    /// The node it holds (`active`), or the node a backfill names.
+    pub node_uuid: Option<Uuid>,
+    pub state: AllocationState,
+    pub last_error: Option<String>,
+    pub resource_class: Option<String>,
+    /// The node must have every one of these.
+    pub traits: Vec<String>,
+    /// The node must be one of these (UUIDs; empty: any).
+    pub candidate_nodes: Vec<Uuid>,
+    pub extra: JsonObject,
+    /// The project it is for: only nodes it owns or leases match.
+    pub owner: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Allocation {
+    pub fn new(uuid: Uuid, resource_class: Option<String>) -> Allocation {
+        Allocation {
+            uuid,
+            name: None,
+            node_uuid: None,
+            state: AllocationState::Allocating,
+            last_error: None,
+            resource_class,
+            traits: Vec::new(),
+            candidate_nodes: Vec::new(),
+            extra: JsonObject::new(),
+            owner: None,
+            created_at: Utc::now(),
+            updated_at: None,
+        }
+    }
+}
+
+/// Ports of a node bonded together (Ironic's portgroup).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Portgroup {
+    pub uuid: Uuid,
+    pub name: Option<String>,
+    pub node_uuid: Uuid,
+    /// Lower-case MAC address; unique when set.
+    pub address: Option<String>,
+    /// The bonding mode (`active-backup`, `802.3ad`, ...).
+    pub mode: Option<String>,
+    pub properties: JsonObject,
+    pub standalone_ports_supported: bool,
+    pub physical_network: Option<String>,
+    pub category: Option<String>,
+    pub extra: JsonObject,
+    pub internal_info: JsonObject,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Portgroup {
+    pub fn new(uuid: Uuid, node_uuid: Uuid) -> Portgroup {
+        Portgroup {
+            uuid,
+            name: None,
+            node_uuid,
+            address: None,
+            mode: None,
+            properties: JsonObject::new(),
+            standalone_ports_supported: true,
+            physical_network: None,
+            category: None,
+            extra: JsonObject::new(),
+            internal_info: JsonObject::new(),
+            created_at: Utc::now(),
+            updated_at: None,
+        }
+    }
+}
+
+/// A rack or enclosure nodes may name (`chassis_uuid`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Chassis {
+    pub uuid: Uuid,
+    pub description: Option<String>,
+    pub extra: JsonObject,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 /// Normalise a MAC address to lower-case `aa:bb:cc:dd:ee:ff`, or None if it

@@ -322,6 +322,20 @@ impl Ring {
         t.owner.iter().enumerate().filter(|(_, o)| **o as usize == pos).map(|(p, _)| p as u32).collect()
     }
 
+    /// The conductor that processes work keyed by `key` that belongs to no
+    /// node (an allocation that names none): rendezvous hashing over every
+    /// active member, of any group — so any live conductor may get it, and
+    /// when its conductor leaves only its keys move, each to the member
+    /// that ranks next (its take-over is the new owner's pass finding it).
+    pub fn any_owner(&self, key: &[u8; 16]) -> Option<&Member> {
+        let point = partition_of(key, 32);
+        self.inner
+            .members
+            .iter()
+            .filter(|m| m.state == MemberState::Active)
+            .max_by_key(|m| (weight(seed(m.id.as_str()), point), std::cmp::Reverse(m.id.clone())))
+    }
+
     /// (group, hardware type) pairs some member serves.
     pub fn served(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = self
@@ -362,6 +376,38 @@ mod tests {
         assert_eq!(RingSettings::from_fingerprint(&s.fingerprint()), Some(s));
         assert_eq!(RingSettings::from_fingerprint(""), None);
         assert_eq!(RingSettings::from_fingerprint("partition_exponent=12"), None);
+    }
+
+    #[test]
+    fn work_of_no_node_goes_to_any_active_member_and_moves_only_with_it() {
+        let mut all = members(4);
+        all[3].conductor_group = "rack2".into();
+        all[3].hardware_types = vec!["redfish".into()];
+        let ring = Ring::new(1, all.clone(), RingSettings::default());
+        let keys = uuids(2000, 7);
+        let owner = |r: &Ring, k: &[u8; 16]| r.any_owner(k).map(|m| m.id.to_string());
+        let before: Vec<Option<String>> = keys.iter().map(|k| owner(&ring, k)).collect();
+        // every member gets a share, whatever its group or hardware types
+        for m in &all {
+            let n = before.iter().filter(|o| o.as_deref() == Some(m.id.as_str())).count();
+            assert!(n > 300, "{} got {n} of 2000", m.id);
+        }
+        // the same members give the same answer in every process
+        let again = Ring::new(9, all.iter().rev().cloned().collect(), RingSettings::default());
+        assert!(keys.iter().zip(&before).all(|(k, o)| owner(&again, k) == *o));
+        // a member that drains or leaves takes only its own keys with it
+        let mut draining = all.clone();
+        draining[1].state = MemberState::Draining;
+        let ring2 = Ring::new(2, draining, RingSettings::default());
+        for (k, o) in keys.iter().zip(&before) {
+            let now = owner(&ring2, k);
+            if o.as_deref() == Some(all[1].id.as_str()) {
+                assert!(now.is_some() && now != *o);
+            } else {
+                assert_eq!(now, *o, "a key moved though its member stayed");
+            }
+        }
+        assert_eq!(Ring::new(3, Vec::new(), RingSettings::default()).any_owner(&keys[0]), None);
     }
 
     pub fn member(id: &str, group: &str, hw: &[&str]) -> Member {

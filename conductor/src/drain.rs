@@ -94,8 +94,8 @@ pub async fn drain_and_wait(inner: &Arc<Inner>) {
     let mut last = None;
     loop {
         let p = progress(inner).await;
-        metrics::gauge!("ferric_drain_nodes_held").set(p.nodes_held as f64);
-        metrics::gauge!("ferric_drain_operations_in_flight").set(p.operations_in_flight as f64);
+        metrics::gauge!(ferric_common::metrics::DRAIN_NODES_HELD).set(p.nodes_held as f64);
+        metrics::gauge!(ferric_common::metrics::DRAIN_OPERATIONS_IN_FLIGHT).set(p.operations_in_flight as f64);
         if last != Some(p) {
             info!(
                 nodes_held = p.nodes_held,

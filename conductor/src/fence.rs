@@ -135,7 +135,7 @@ impl Fence {
         }
         *self.why.lock().expect("fence reason") = why.to_string();
         error!(id = %self.id, incarnation = %self.incarnation, "FENCED: {why}; stopping every action and starting a new incarnation");
-        metrics::counter!("ferric_fenced_total").increment(1);
+        metrics::counter!(ferric_common::metrics::FENCED_TOTAL).increment(1);
         self.token.cancel();
         self.exit.cancel();
     }

@@ -4,7 +4,8 @@
 //! locks by incarnation), [`operation`] (the persisted, resumable step
 //! engine), [`takeover`] (what the conductor does on every new ring epoch:
 //! clear dead incarnations' locks, take over gained nodes, resume orphaned
-//! operations), [`drain`] (leave the ring without failing anything),
+//! operations and allocations), [`allocation`] (picking a node for an
+//! allocation), [`drain`] (leave the ring without failing anything),
 //! [`fence`] (stop acting when the lease may be gone),
 //! [`reachability`] (leave the ring when the database is out of reach
 //! while others reach it).
@@ -13,6 +14,7 @@
 //! epoch says it owns the node, and only while it holds the node's lock;
 //! everything it writes under the lock is conditional on still holding it.
 
+pub mod allocation;
 pub mod drain;
 pub mod fence;
 pub mod lock;
@@ -41,7 +43,7 @@ use ferric_deploy::services::Services;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 use uuid::Uuid;
 
 /// Shared state of one running conductor incarnation.
@@ -84,6 +86,11 @@ pub struct Inner {
     /// (ring epoch, etcd revision): the ring of that epoch was confirmed
     /// current at that revision (see [`Inner::catch_up`]).
     confirmed: std::sync::Mutex<(u64, u64)>,
+    /// The allocations this process picks a node for right now.
+    pub allocations: allocation::Running,
+    /// Bounds how many allocations are processed at once
+    /// (`conductor.allocation_workers`).
+    pub allocation_workers: Arc<Semaphore>,
 }
 
 /// How long a request whose ring epoch is newer than ours waits for our
@@ -183,7 +190,7 @@ impl Inner {
                 Ok(())
             }
             Ok(_) => {
-                metrics::counter!("ferric_requests_refused_stale_ring_total").increment(1);
+                metrics::counter!(ferric_common::metrics::REQUESTS_REFUSED_STALE_RING_TOTAL).increment(1);
                 Err(format!(
                     "conductor {} is behind the ring this request was routed by (its epoch {}, the request's \
                      {wanted}); retry",
@@ -336,11 +343,15 @@ impl Inner {
         }
         let running = Running { inner: self.clone(), node: node.uuid };
         let inner = self.clone();
-        self.tasks.spawn(async move {
-            let cancel = inner.cancel.clone();
-            operation::run(inner, lock, node, cancel, running).await;
-            drop(permit);
-        });
+        let span = operation::span(&node);
+        self.tasks.spawn(
+            async move {
+                let cancel = inner.cancel.clone();
+                operation::run(inner, lock, node, cancel, running).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
         true
     }
 
@@ -553,6 +564,8 @@ pub async fn start(
         running: Default::default(),
         locks: lock::Locks::new(db.clone(), LockHolder::of(&incarnation), fence),
         confirmed: std::sync::Mutex::new((0, 0)),
+        allocations: Default::default(),
+        allocation_workers: Arc::new(Semaphore::new(cfg.conductor.allocation_workers)),
         db,
         cfg,
     });

@@ -222,6 +222,35 @@ impl NodeLock {
         self.db.save_node_applying(node, &self.holder, call).await
     }
 
+    /// [`NodeLock::save_applying`], deleting the allocation `allocation`
+    /// in the same transaction (the node no longer names it).
+    pub async fn save_dropping_allocation(
+        &self,
+        node: &Node,
+        allocation: &str,
+        call: Option<&AppliedCall<'_>>,
+    ) -> Result<bool, DbError> {
+        if self.fence.check().is_err() {
+            return Ok(false);
+        }
+        self.db.save_node_dropping_allocation(node, &self.holder, allocation, call).await
+    }
+
+    /// Stores the allocation `a` for the node, saved as `node` (which names
+    /// it), in one transaction (recording `call`), as long as this lock is
+    /// ours.
+    pub async fn backfill_allocation(
+        &self,
+        a: &ferric_common::model::Allocation,
+        node: &Node,
+        call: Option<&AppliedCall<'_>>,
+    ) -> Result<bool, DbError> {
+        if self.fence.check().is_err() {
+            return Ok(false);
+        }
+        self.db.backfill_allocation(a, node, &self.holder, call).await
+    }
+
     /// Delete the node (recording `call`), as long as this lock is ours.
     pub async fn delete(self, call: Option<&AppliedCall<'_>>) -> Result<bool, DbError> {
         if self.fence.check().is_err() {

@@ -14,6 +14,15 @@
 //!
 //! Cancellation (shutdown, drain, fencing) is honoured between steps: the
 //! record stays, the lock is released, the next owner resumes.
+//!
+//! Traces: a run is an `operation <state>` span ([`span`]), a child of
+//! whatever started it (the REST request's call, a heartbeat, a take-over
+//! pass), and every step a `<interface>.<step>` span inside it; both name
+//! the node, and the BMC and agent requests of a step are its children.
+//! The record keeps the `traceparent` of the run that planned it: a run
+//! resumed in another trace — after a ramdisk's callback, or by a
+//! take-over whose pass has no request behind it — links to that span and
+//! records its trace id as `origin_trace_id`.
 
 use std::sync::Arc;
 
@@ -25,7 +34,8 @@ use ferric_deploy::token::AgentTokens;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::field::Empty;
+use tracing::{Instrument as _, error, info, warn};
 
 use ferric_common::ids::ConductorId;
 
@@ -59,6 +69,12 @@ pub struct OperationRecord {
     /// waits in place for the ramdisk's command does not add another.
     #[serde(default)]
     pub ramdisk_up: bool,
+    /// The W3C `traceparent` of the run that planned the operation, when
+    /// traces are exported: a run resumed in another trace (after a
+    /// ramdisk's callback, or by a take-over after its conductor died)
+    /// links its span to that one and names its trace (`origin_trace_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl OperationRecord {
@@ -154,6 +170,25 @@ fn show_step(node: &mut Node, step: Option<&Step>) {
     }
 }
 
+/// The span of one run of `node`'s operation: a child of the current span,
+/// with the node and (inherited) the request that started it.
+pub fn span(node: &Node) -> tracing::Span {
+    let span = tracing::info_span!(
+        "operation",
+        otel.name = %format_args!("operation {}", node.provision_state),
+        otel.status_code = Empty,
+        provision_state = %node.provision_state,
+        node.uuid = %node.uuid,
+        request_id = Empty,
+        trace_id = Empty,
+        origin_trace_id = Empty,
+        outcome = Empty,
+    );
+    ferric_common::telemetry::inherit(&span);
+    ferric_common::telemetry::record_trace_id(&span);
+    span
+}
+
 /// How an engine run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
@@ -189,7 +224,12 @@ pub async fn run<R>(
         Finish::HandedOff => "handed_off",
         Finish::LostLock => "stopped",
     };
-    metrics::counter!("ferric_operations_total", "outcome" => outcome).increment(1);
+    metrics::counter!(ferric_common::metrics::OPERATIONS_TOTAL, "outcome" => outcome).increment(1);
+    let span = tracing::Span::current();
+    span.record("outcome", outcome);
+    if outcome == "failed" {
+        span.record("otel.status_code", "error");
+    }
     if finish != Finish::LostLock && !inner.fence.is_cancelled() {
         // the final state and the release in one write: nobody sees a
         // settled node that is still locked
@@ -203,10 +243,19 @@ pub async fn run<R>(
 }
 
 async fn save(inner: &Inner, lock: &NodeLock, node: &Node) -> bool {
+    save_dropping(inner, lock, node, None).await
+}
+
+/// [`save`], deleting the allocation `allocation` (if any) with it.
+async fn save_dropping(inner: &Inner, lock: &NodeLock, node: &Node, allocation: Option<&str>) -> bool {
     if inner.fence.is_cancelled() {
         return false;
     }
-    match lock.save(node).await {
+    let saved = match allocation {
+        Some(a) => lock.save_dropping_allocation(node, a, None).await,
+        None => lock.save(node).await,
+    };
+    match saved {
         Ok(true) => true,
         Ok(false) => {
             error!(node = %node.uuid, conductor = %inner.id, "lost the node lock; stopping the operation");
@@ -257,6 +306,7 @@ pub fn record_for(node: &Node, me: &ConductorId, planned: impl FnOnce() -> Vec<S
             last_run_by: ConductorId::default(),
             wait_deadline: None,
             ramdisk_up: false,
+            traceparent: None,
         },
     }
 }
@@ -366,6 +416,14 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
         };
         let ports = inner.ports_of(node.uuid).await;
         let mut record = record_for(node, &inner.id, || plan(&driver, &inner.task(node.clone(), ports.clone())));
+        let span = tracing::Span::current();
+        match &record.traceparent {
+            Some(tp) => {
+                ferric_common::telemetry::link(&span, tp);
+            }
+            // stored with the record's next save
+            None => record.traceparent = ferric_common::telemetry::traceparent(&span),
+        }
         if record.next > 0 {
             info!(node = %node.uuid, state = %state, next = record.next, "resuming operation at recorded step");
             inner.history(node.uuid, "resume", &format!("{state} at step {}", record.next)).await;
@@ -388,8 +446,17 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                     inner.history(node.uuid, "step", &format!("{state} {}", step.full_name())).await;
                     let mut task = inner.task(node.clone(), ports.clone());
                     let limit = inner.step_timeout();
+                    let span = tracing::info_span!(
+                        "step",
+                        otel.name = %step.full_name(),
+                        otel.status_code = Empty,
+                        node.uuid = %node.uuid,
+                        request_id = Empty,
+                    );
+                    ferric_common::telemetry::inherit(&span);
+                    let run_step = driver.execute_step(&mut task, &step).instrument(span.clone());
                     let outcome = tokio::select! {
-                        r = tokio::time::timeout(limit, driver.execute_step(&mut task, &step)) => r.unwrap_or_else(|_| {
+                        r = tokio::time::timeout(limit, run_step) => r.unwrap_or_else(|_| {
                             Err(DriverError::Failed(format!(
                                 "it did not finish within {} s (conductor.step_timeout_secs)",
                                 limit.as_secs()
@@ -398,6 +465,9 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                         // fenced: drop the step mid-flight and write nothing more
                         _ = inner.fence.cancelled() => return Finish::LostLock,
                     };
+                    if outcome.is_err() {
+                        span.record("otel.status_code", "error");
+                    }
                     *node = task.node;
                     let timeout = chrono::Duration::seconds(inner.cfg.conductor.callback_timeout_secs as i64);
                     match after_step(node, &mut record, &step, outcome, Utc::now(), timeout) {
@@ -411,14 +481,20 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
                     }
                 }
                 Next::Complete => {
+                    let allocation = node.allocation_uuid.clone();
                     let t = match complete(node, Utc::now()) {
                         Ok(t) => t,
                         Err(e) => return fail(inner, node, &e).await,
                     };
+                    // a tear-down deletes the node's allocation in the same
+                    // transaction as the node forgets it
+                    let dropped = allocation.filter(|_| node.allocation_uuid.is_none());
                     // a settled node is written by `run`, together with the
                     // release, so no client ever sees it settled and still
                     // locked; a chained operation is recorded before it starts
-                    if t.to.is_in_progress() && !save(inner, lock, node).await {
+                    if (t.to.is_in_progress() || dropped.is_some())
+                        && !save_dropping(inner, lock, node, dropped.as_deref()).await
+                    {
                         return Finish::LostLock;
                     }
                     inner.history(node.uuid, "done", &format!("{state} -> {}", t.to)).await;
@@ -434,9 +510,12 @@ async fn drive(inner: &Arc<Inner>, lock: &NodeLock, node: &mut Node, cancel: &Ca
 fn finish_state(node: &mut Node, state: ProvisionState) {
     match state {
         ProvisionState::Deleting => {
-            // an undeployed node forgets its instance (Ironic's tear-down)
+            // an undeployed node forgets its instance and its allocation
+            // (Ironic's tear-down; the executor deletes the allocation
+            // with the save that records this)
             node.instance_info = JsonObject::new();
             node.instance_uuid = None;
+            node.allocation_uuid = None;
             node.instance_name = None;
             node.driver_internal_info.remove(DEPLOY_STEPS_KEY);
         }
@@ -569,10 +648,11 @@ mod tests {
         let mut n = Node::new(Uuid::new_v4(), "fake-hardware", S::Deleting);
         n.target_provision_state = Some(S::Available);
         n.instance_uuid = Some("inst-1".into());
+        n.allocation_uuid = Some("inst-1".into());
         n.instance_info.insert("image_source".into(), serde_json::json!("http://images/x.qcow2"));
         let t = complete(&mut n, now).unwrap();
         assert_eq!(t.to, S::Cleaning);
         assert!(t.to.is_in_progress(), "a chained operation starts at once");
-        assert!(n.instance_uuid.is_none() && n.instance_info.is_empty());
+        assert!(n.instance_uuid.is_none() && n.allocation_uuid.is_none() && n.instance_info.is_empty());
     }
 }

@@ -45,7 +45,7 @@ use std::time::Duration;
 use chrono::Utc;
 use ferric_common::ids::ConductorId;
 use ferric_common::model::Node;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use crate::Inner;
 use crate::operation::{self, OperationRecord};
@@ -108,7 +108,7 @@ async fn prune_history(inner: &Inner) {
     }
     if removed > 0 {
         info!(removed, keep, "node history pruned");
-        metrics::counter!("ferric_node_history_pruned_total").increment(removed);
+        metrics::counter!(ferric_common::metrics::NODE_HISTORY_PRUNED_TOTAL).increment(removed);
     }
     let before = Utc::now() - chrono::Duration::seconds(inner.cfg.conductor.applied_call_retention_secs as i64);
     let mut calls = 0;
@@ -150,13 +150,15 @@ async fn media_round(inner: &Inner) {
 fn media_metrics(inner: &Inner, inv: &ferric_deploy::publish::artefacts::Inventory) {
     let publisher = inner.media().publisher;
     let s = inner.media().images.stats();
-    metrics::gauge!("ferric_image_cache_bytes").set(s.bytes as f64);
-    metrics::gauge!("ferric_image_cache_images").set(s.images as f64);
-    metrics::counter!("ferric_image_cache_hits_total").absolute(s.hits);
-    metrics::counter!("ferric_image_cache_downloads_total").absolute(s.downloads);
-    metrics::counter!("ferric_image_cache_evictions_total").absolute(s.evictions);
-    metrics::gauge!("ferric_boot_isos_published", "publisher" => publisher).set(inv.boot_isos.len() as f64);
-    metrics::gauge!("ferric_floppies_published", "publisher" => publisher).set(inv.floppies.len() as f64);
+    metrics::gauge!(ferric_common::metrics::IMAGE_CACHE_BYTES).set(s.bytes as f64);
+    metrics::gauge!(ferric_common::metrics::IMAGE_CACHE_IMAGES).set(s.images as f64);
+    metrics::counter!(ferric_common::metrics::IMAGE_CACHE_HITS_TOTAL).absolute(s.hits);
+    metrics::counter!(ferric_common::metrics::IMAGE_CACHE_DOWNLOADS_TOTAL).absolute(s.downloads);
+    metrics::counter!(ferric_common::metrics::IMAGE_CACHE_EVICTIONS_TOTAL).absolute(s.evictions);
+    metrics::gauge!(ferric_common::metrics::BOOT_ISOS_PUBLISHED, "publisher" => publisher)
+        .set(inv.boot_isos.len() as f64);
+    metrics::gauge!(ferric_common::metrics::FLOPPIES_PUBLISHED, "publisher" => publisher)
+        .set(inv.floppies.len() as f64);
 }
 
 /// Whether this conductor's artefacts of `node` are no longer needed: the
@@ -302,7 +304,9 @@ async fn sync_power(inner: &Arc<Inner>, nodes: Vec<Node>) -> usize {
         }
         let Ok(permit) = workers.clone().acquire_owned().await else { break };
         let (inner, in_flight, peak) = (inner.clone(), in_flight.clone(), peak.clone());
-        set.spawn(async move {
+        // a trace of its own per node and round: its BMC requests name the node
+        let span = tracing::info_span!(parent: None, "power sync", node.uuid = %node.uuid);
+        let read = async move {
             let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             peak.fetch_max(now, Ordering::SeqCst);
             let read = read_power(&inner, &node).await;
@@ -312,7 +316,8 @@ async fn sync_power(inner: &Arc<Inner>, nodes: Vec<Node>) -> usize {
                 Some(actual) => correct_power(&inner, &node, actual).await,
                 None => false,
             }
-        });
+        };
+        set.spawn(read.instrument(span));
     }
     let mut synced = 0;
     while let Some(r) = set.join_next().await {
@@ -321,7 +326,7 @@ async fn sync_power(inner: &Arc<Inner>, nodes: Vec<Node>) -> usize {
         }
     }
     // how many BMCs the round read at once (at most the workers)
-    metrics::gauge!("ferric_power_sync_concurrency").set(peak.load(Ordering::SeqCst) as f64);
+    metrics::gauge!(ferric_common::metrics::POWER_SYNC_CONCURRENCY).set(peak.load(Ordering::SeqCst) as f64);
     synced
 }
 

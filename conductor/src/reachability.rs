@@ -52,14 +52,14 @@ pub async fn watch(inner: Arc<Inner>) {
             if failing_since.take().is_some() {
                 info!("the database answers again");
             }
-            metrics::gauge!("ferric_database_unreachable_seconds").set(0.0);
+            metrics::gauge!(ferric_common::metrics::DATABASE_UNREACHABLE_SECONDS).set(0.0);
             continue;
         };
         let since = *failing_since.get_or_insert_with(|| {
             warn!("the database does not answer: {why}");
             Instant::now()
         });
-        metrics::gauge!("ferric_database_unreachable_seconds").set(since.elapsed().as_secs_f64());
+        metrics::gauge!(ferric_common::metrics::DATABASE_UNREACHABLE_SECONDS).set(since.elapsed().as_secs_f64());
         if bound.is_zero() || since.elapsed() < bound {
             continue;
         }

@@ -29,6 +29,11 @@
 //!    change, the node did.
 //! 4. **Orphaned operations** (owned by me, affinity = me, `*ING`, unlocked:
 //!    e.g. after a restart or a hand-off at a step boundary) resume.
+//! 5. **Allocations** still `allocating` whose UUID the ring gives me
+//!    (`Ring::any_owner`) and that no task of mine processes — their
+//!    conductor died or left mid-way — are processed (see
+//!    [`crate::allocation`]). Every pass, light or full: they are few and
+//!    found through an index.
 //!
 //! A conductor killed in the middle of a take-over leaves the node either
 //! locked by a dead incarnation (cleared in step 2 by the next owner) or
@@ -158,7 +163,7 @@ async fn reap_own(inner: &Arc<Inner>) {
     }
     match inner.locks.reap_orphans().await {
         Ok(reaped) if !reaped.is_empty() => {
-            metrics::counter!("ferric_orphaned_locks_reaped_total").increment(reaped.len() as u64);
+            metrics::counter!(ferric_common::metrics::ORPHANED_LOCKS_REAPED_TOTAL).increment(reaped.len() as u64);
             warn!(nodes = reaped.len(), first = %reaped[0], "cleared locks of mine that no running section held");
         }
         Ok(_) => {}
@@ -182,7 +187,7 @@ fn may_decide(inner: &Inner) -> bool {
         return false;
     }
     if !inner.ring_is_fresh() {
-        metrics::counter!("ferric_takeover_passes_skipped_total", "why" => "stale_ring").increment(1);
+        metrics::counter!(ferric_common::metrics::TAKEOVER_PASSES_SKIPPED_TOTAL, "why" => "stale_ring").increment(1);
         return false;
     }
     true
@@ -196,7 +201,7 @@ pub async fn full_pass(inner: &Arc<Inner>) -> PassOutcome {
         out.left_work = !inner.draining.load(Ordering::Relaxed);
         return out;
     }
-    metrics::counter!("ferric_takeover_full_passes_total").increment(1);
+    metrics::counter!(ferric_common::metrics::TAKEOVER_FULL_PASSES_TOTAL).increment(1);
     let mine = match inner.my_nodes().await {
         Ok(n) => n,
         Err(e) => {
@@ -206,9 +211,9 @@ pub async fn full_pass(inner: &Arc<Inner>) -> PassOutcome {
         }
     };
     out.left_work |= clear_dead_locks(inner, &mine).await;
-    metrics::gauge!("ferric_owned_nodes").set(mine.len() as f64);
-    metrics::gauge!("ferric_operations_in_flight").set(inner.operations_in_flight() as f64);
-    metrics::gauge!("ferric_locks_held").set(inner.locks.held() as f64);
+    metrics::gauge!(ferric_common::metrics::OWNED_NODES).set(mine.len() as f64);
+    metrics::gauge!(ferric_common::metrics::OPERATIONS_IN_FLIGHT).set(inner.operations_in_flight() as f64);
+    metrics::gauge!(ferric_common::metrics::LOCKS_HELD).set(inner.locks.held() as f64);
     let order = plan(&inner.id, &mine);
     let wanted = order.len();
     out.taken_over = take_over_all(inner, order).await;
@@ -217,6 +222,7 @@ pub async fn full_pass(inner: &Arc<Inner>) -> PassOutcome {
     for n in mine.iter().filter(|n| n.target_power_state.is_some() && n.reservation.is_none()) {
         settle_lost_power_action(inner, n.uuid).await;
     }
+    crate::allocation::pass(inner).await;
     // orphaned operations on nodes already mine
     for n in &mine {
         if n.conductor_affinity.as_deref() == Some(inner.id.as_str())
@@ -234,7 +240,8 @@ pub async fn light_pass(inner: &Arc<Inner>) {
     if !may_decide(inner) {
         return;
     }
-    metrics::counter!("ferric_takeover_light_passes_total").increment(1);
+    metrics::counter!(ferric_common::metrics::TAKEOVER_LIGHT_PASSES_TOTAL).increment(1);
+    crate::allocation::pass(inner).await;
     let me = inner.ring.borrow().member(&inner.id).filter(|m| m.incarnation == inner.incarnation).cloned();
     let Some(me) = me else { return };
     let query = |q: NodeQuery| async move {
@@ -347,7 +354,7 @@ async fn clear_dead_locks(inner: &Arc<Inner>, mine: &[Node]) -> bool {
         match inner.db.release_node(n.uuid, holder).await {
             Ok(true) => {
                 info!(node = %n.uuid, dead = %holder, "cleared the lock of a dead incarnation");
-                metrics::counter!("ferric_dead_locks_cleared_total").increment(1);
+                metrics::counter!(ferric_common::metrics::DEAD_LOCKS_CLEARED_TOTAL).increment(1);
             }
             Ok(false) => {}
             Err(e) => {
@@ -453,7 +460,7 @@ async fn take_over_one_as(inner: &Arc<Inner>, uuid: Uuid, repair: bool) -> bool 
             let _ = lock.save(&task.node).await;
             let _ = lock.release().await;
             inner.stats.takeovers_failed.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("ferric_takeovers_total", "state" => node.provision_state.as_str(), "outcome" => "failed").increment(1);
+            metrics::counter!(ferric_common::metrics::TAKEOVERS_TOTAL, "state" => node.provision_state.as_str(), "outcome" => "failed").increment(1);
             return false;
         }
         node = task.node;
@@ -466,9 +473,9 @@ async fn take_over_one_as(inner: &Arc<Inner>, uuid: Uuid, repair: bool) -> bool 
     let event = if repair { "repair" } else { "take_over" };
     inner.history(uuid, event, &format!("{} from {previous:?} ({p:?})", node.provision_state)).await;
     inner.stats.takeovers.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("ferric_takeovers_total", "state" => node.provision_state.as_str(), "outcome" => "ok")
+    metrics::counter!(ferric_common::metrics::TAKEOVERS_TOTAL, "state" => node.provision_state.as_str(), "outcome" => "ok")
         .increment(1);
-    metrics::histogram!("ferric_takeover_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!(ferric_common::metrics::TAKEOVER_SECONDS).record(started.elapsed().as_secs_f64());
     if p == Policy::Resume && !repair {
         match inner.operations.clone().try_acquire_owned() {
             Ok(permit) => {

@@ -14,14 +14,22 @@
 //!   its heartbeat (`agent_verify_ca`), else the system trust store.
 //! * Every request says who sends it in `User-Agent` (conductor id and
 //!   incarnation), so a ramdisk's own log shows which conductor drove it.
+//! * Every request (each attempt) is a client span `agent <METHOD>` with
+//!   the command, `url.full` without the query (the token is in it) and
+//!   the node of the work that sent it; its W3C `traceparent` goes to the
+//!   agent. reqwest's errors name the URL they failed on: they are
+//!   reported without it, for the same reason.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use ferric_common::model::Node;
+use ferric_common::telemetry;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::driver::{DriverError, DriverResult};
 
@@ -236,14 +244,27 @@ impl AgentClient {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
             }
+            let span = request_span("POST", &url, name);
             let r = client
                 .post(with_query(&url, &[("wait", if wait { "true" } else { "false" }), ("agent_token", &t.token)]))
+                .headers(traceparent(&span))
                 .json(&body)
                 .send()
+                .instrument(span.clone())
                 .await;
             match r {
-                Ok(resp) => return Self::decode(&t.url, name, resp).await,
-                Err(e) => last = Some(AgentError::Unreachable { url: t.url.clone(), message: crate::error_chain(&e) }),
+                Ok(resp) => {
+                    span.record("http.response.status_code", resp.status().as_u16());
+                    let res = Self::decode(&t.url, name, resp).instrument(span.clone()).await;
+                    if res.is_err() {
+                        span.record("otel.status_code", "error");
+                    }
+                    return res;
+                }
+                Err(e) => {
+                    span.record("otel.status_code", "error");
+                    last = Some(AgentError::Unreachable { url: t.url.clone(), message: unreachable(e) })
+                }
             }
         }
         Err(last.expect("at least one attempt"))
@@ -253,7 +274,7 @@ impl AgentClient {
         let status = resp.status().as_u16();
         let text = resp.text().await.map_err(|e| AgentError::Unreachable {
             url: url.to_string(),
-            message: format!("reading the answer to {what}: {e}"),
+            message: format!("reading the answer to {what}: {}", unreachable(e)),
         })?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
         if status >= 400 {
@@ -280,10 +301,21 @@ impl AgentClient {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
             }
-            match client.get(with_query(&url, &[("agent_token", &t.token)])).send().await {
+            let span = request_span("GET", &url, "the command list");
+            let sent = client
+                .get(with_query(&url, &[("agent_token", &t.token)]))
+                .headers(traceparent(&span))
+                .send()
+                .instrument(span.clone())
+                .await;
+            match sent {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
-                    let v: Value = resp.json().await.unwrap_or(Value::Null);
+                    span.record("http.response.status_code", status);
+                    if status >= 400 {
+                        span.record("otel.status_code", "error");
+                    }
+                    let v: Value = resp.json().instrument(span).await.unwrap_or(Value::Null);
                     if status >= 400 {
                         let message = v.get("faultstring").and_then(Value::as_str).unwrap_or_default().to_string();
                         return Err(AgentError::Refused {
@@ -300,7 +332,10 @@ impl AgentClient {
                         message: e.to_string(),
                     });
                 }
-                Err(e) => last = Some(AgentError::Unreachable { url: t.url.clone(), message: crate::error_chain(&e) }),
+                Err(e) => {
+                    span.record("otel.status_code", "error");
+                    last = Some(AgentError::Unreachable { url: t.url.clone(), message: unreachable(e) })
+                }
             }
         }
         Err(last.expect("at least one attempt"))
@@ -333,6 +368,38 @@ impl AgentClient {
             seconds: (self.settings.command_wait_interval * self.settings.command_wait_attempts).as_secs(),
         })
     }
+}
+
+/// The client span of one request to an agent: `url` is the agent's URL
+/// without the query (which carries the token).
+fn request_span(method: &'static str, url: &str, command: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "agent",
+        otel.name = %format_args!("agent {method}"),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        http.request.method = method,
+        url.full = %crate::traced_url(url),
+        agent.command = command,
+        http.response.status_code = Empty,
+        node.uuid = Empty,
+        request_id = Empty,
+    );
+    telemetry::inherit(&span);
+    span
+}
+
+/// The W3C trace context of `span`, as headers.
+fn traceparent(span: &tracing::Span) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    telemetry::inject(span, &mut headers);
+    headers
+}
+
+/// A request that failed, in words without its URL (whose query carries
+/// the agent token).
+fn unreachable(e: reqwest::Error) -> String {
+    crate::error_chain(&e.without_url())
 }
 
 /// `url?k=v&...`, percent-encoded.

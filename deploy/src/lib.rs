@@ -54,3 +54,36 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+/// A URL as spans show it: without user info or query (neither is
+/// needed to follow a request, and either could carry a credential).
+pub fn traced_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => url.split(['?', '#']).next().unwrap_or_default().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traced_urls_carry_no_credentials() {
+        assert_eq!(
+            traced_url("https://admin:s3cret@bmc:8443/redfish/v1/Systems/1?$expand=.#x"),
+            "https://bmc:8443/redfish/v1/Systems/1"
+        );
+        assert_eq!(
+            traced_url("https://10.0.0.9:9999/v1/commands/?wait=true&agent_token=t0k3n"),
+            "https://10.0.0.9:9999/v1/commands/"
+        );
+        assert_eq!(traced_url("not a url?agent_token=t0k3n"), "not a url");
+    }
+}

@@ -263,14 +263,14 @@ struct Slot {
 
 impl Slot {
     fn new(permit: OwnedSemaphorePermit) -> Self {
-        metrics::gauge!("ferric_tftp_active_transfers").increment(1.0);
+        metrics::gauge!(ferric_common::metrics::TFTP_ACTIVE_TRANSFERS).increment(1.0);
         Slot { _permit: permit }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        metrics::gauge!("ferric_tftp_active_transfers").decrement(1.0);
+        metrics::gauge!(ferric_common::metrics::TFTP_ACTIVE_TRANSFERS).decrement(1.0);
     }
 }
 
@@ -299,7 +299,7 @@ impl Outcome {
 }
 
 fn count(outcome: Outcome) {
-    metrics::counter!("ferric_tftp_transfers_total", "result" => outcome.label()).increment(1);
+    metrics::counter!(ferric_common::metrics::TFTP_TRANSFERS_TOTAL, "result" => outcome.label()).increment(1);
 }
 
 /// Serves one read request from a socket of its own.
@@ -317,7 +317,7 @@ async fn transfer(shared: &Shared, request: Request, peer: SocketAddr, cancel: C
         timeout: shared.opts.default_timeout,
         retries: shared.opts.retries,
         cancel,
-        bytes_sent: metrics::counter!("ferric_tftp_bytes_sent_total"),
+        bytes_sent: metrics::counter!(ferric_common::metrics::TFTP_BYTES_SENT_TOTAL),
     };
     let name = request.filename.as_str();
     if !request.mode.eq_ignore_ascii_case("octet") && !request.mode.eq_ignore_ascii_case("netascii") {

@@ -138,9 +138,14 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        // the API shares the cluster's membership settings (ring settings above all)
+        // the API shares the cluster's membership settings (ring settings
+        // above all) and its OpenTelemetry settings
         let mut api_env: Vec<(&str, &str)> = vec![("FERRIC_API__REQUEST_DEADLINE_MS", "30000")];
-        api_env.extend(env.iter().filter(|(k, _)| k.starts_with("FERRIC_MEMBERSHIP__") && !k.contains("FENCE")));
+        api_env.extend(
+            env.iter().filter(|(k, _)| {
+                (k.starts_with("FERRIC_MEMBERSHIP__") && !k.contains("FENCE")) || k.starts_with("OTEL_")
+            }),
+        );
         let api = Process::start("api", dir.path(), args, &api_env, Some(port));
         Cluster { etcd, api, api_url: format!("http://127.0.0.1:{port}"), conductors, db_url, pg, dir, client: http() }
     }

@@ -10,11 +10,17 @@
 //! * [`redfish::SushyLab`]: a real Redfish BMC (sushy-tools' emulator).
 //! * [`ramdisk::RamdiskSim`]: simulated deploy ramdisks (the IPA agent
 //!   protocol) for the machines of a Redfish emulator.
+//! * [`otlp::Collector`]: an OTLP/gRPC trace receiver, what Ferric's spans
+//!   are exported to.
 //! * [`Baremetal`]: the real `baremetal` CLI (python-ironicclient) from the
 //!   venv `scripts/deps.sh` creates (`FERRIC_TEST_VENV`).
+//! * [`neutron::NetworkStub`]: the networking endpoint metalsmith's output
+//!   asks for the instance's ports (it knows none).
 
 pub mod cluster;
 pub mod keystone;
+pub mod neutron;
+pub mod otlp;
 pub mod ramdisk;
 pub mod redfish;
 pub mod swift;

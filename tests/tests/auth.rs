@@ -43,7 +43,15 @@ struct Call {
     body: Option<Value>,
 }
 
-fn calls(node: &str, port: &str) -> Vec<Call> {
+/// The other objects a route may name: a portgroup, a chassis and an
+/// allocation that exist.
+struct Objects<'a> {
+    portgroup: &'a str,
+    chassis: &'a str,
+    allocation: &'a str,
+}
+
+fn calls(node: &str, port: &str, o: &Objects) -> Vec<Call> {
     ferric_api::routes()
         .served()
         .iter()
@@ -51,6 +59,11 @@ fn calls(node: &str, port: &str) -> Vec<Call> {
             let path = route
                 .replace("{node}", node)
                 .replace("{port}", port)
+                .replace("{pg}", o.portgroup)
+                .replace("{chassis}", o.chassis)
+                .replace("{allocation}", o.allocation)
+                .replace("{trait}", "CUSTOM_WALKED")
+                .replace("{event}", "00000000-0000-4000-8000-000000000000")
                 .replace("{driver}", "fake-hardware")
                 .replace("{host}", "conductor-1")
                 .replace("{method}", "no_such_method")
@@ -60,6 +73,10 @@ fn calls(node: &str, port: &str) -> Vec<Call> {
             let body = match (m.as_str(), bare) {
                 ("POST", "/nodes") => Some(json!({"driver": "fake-hardware"})),
                 ("POST", "/ports") => Some(json!({"node_uuid": node, "address": "52:54:00:12:34:99"})),
+                ("POST", "/portgroups") => Some(json!({"node_uuid": node})),
+                ("POST", "/allocations") => Some(json!({"resource_class": "walked"})),
+                ("PUT", "/nodes/{node}/traits") => Some(json!({"traits": ["CUSTOM_WALKED"]})),
+                ("PUT", "/nodes/{node}/traits/{trait}") => None,
                 ("PATCH", _) => Some(json!([{"op": "add", "path": "/extra/touched", "value": 1}])),
                 ("PUT", "/nodes/{node}/states/provision") => Some(json!({"target": "manage"})),
                 ("PUT", "/nodes/{node}/states/power") => Some(json!({"target": "power on"})),
@@ -141,7 +158,9 @@ async fn http_basic_guards_every_private_route_and_the_cli_logs_in() {
     let port =
         admin.ok(Method::POST, "/v1/ports", Some(json!({"node_uuid": node, "address": "52:54:00:12:34:56"}))).await;
     let port = port["uuid"].as_str().unwrap().to_string();
-    let calls = calls(&node, &port);
+    // the 401 comes before any look-up: objects that do not exist will do
+    let none = "00000000-0000-4000-8000-000000000001";
+    let calls = calls(&node, &port, &Objects { portgroup: none, chassis: none, allocation: none });
 
     let realm = "Basic realm=\"Baremetal API\"";
     let refused = "Incorrect username or password";
@@ -265,7 +284,11 @@ async fn keystone_tokens_roles_and_project_visibility() {
         .as_str()
         .unwrap()
         .to_string();
-    let calls = calls(&n1, &port);
+    let uuid = |v: Value| v["uuid"].as_str().unwrap().to_string();
+    let pg = uuid(admin.ok(Method::POST, "/v1/portgroups", Some(json!({"node_uuid": n1, "name": "pg1"}))).await);
+    let chassis = uuid(admin.ok(Method::POST, "/v1/chassis", Some(json!({"description": "rack 1"}))).await);
+    let alloc = uuid(admin.ok(Method::POST, "/v1/allocations", Some(json!({"resource_class": "sys"}))).await);
+    let calls = calls(&n1, &port, &Objects { portgroup: &pg, chassis: &chassis, allocation: &alloc });
 
     // no token, a made-up token: 401 everywhere but the public routes
     let challenge = format!("Keystone uri=\"{}\"", ks.url);
@@ -297,6 +320,7 @@ async fn keystone_tokens_roles_and_project_visibility() {
     assert_eq!(admin.node(&n1).await["extra"], json!({}), "nothing was changed by the refused calls");
 
     // projects: the owner and the lessee see the leased node, nobody else does
+    let patch_extra = || Some(json!([{"op": "add", "path": "/extra/by", "value": "x"}]));
     let names = |v: &Value| -> Vec<String> {
         let mut n: Vec<String> =
             v["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap().to_string()).collect();
@@ -327,6 +351,81 @@ async fn keystone_tokens_roles_and_project_visibility() {
     assert_eq!(ports(stranger.get("/v1/ports").await), 0);
     let (s, _) = stranger.call(Method::GET, &format!("/v1/ports/{port}"), None).await;
     assert_eq!(s, 404);
+    // portgroups too; creating one is the owner admin's
+    let pgs = |v: Value| v["portgroups"].as_array().unwrap().len();
+    assert_eq!(pgs(owner.get("/v1/portgroups").await), 1);
+    assert_eq!(pgs(lessee.get("/v1/portgroups/detail").await), 1);
+    assert_eq!(pgs(stranger.get("/v1/portgroups").await), 0);
+    let (s, _) = stranger.call(Method::GET, &format!("/v1/portgroups/{pg}"), None).await;
+    assert_eq!(s, 404, "a portgroup of another project's node does not exist for the caller");
+    let (s, v) = stranger.call(Method::POST, "/v1/portgroups", Some(json!({"node_uuid": n1}))).await;
+    assert_eq!(s, 400, "nor does its node: {v}");
+    let (s, v) = lessee_admin.call(Method::POST, "/v1/portgroups", Some(json!({"node_uuid": n1}))).await;
+    assert_eq!(s, 403, "a lessee reads the node but does not add portgroups: {v}");
+    assert!(v.to_string().contains("baremetal:portgroup:create is disallowed by policy"), "{v}");
+    let (s, v) = lessee.call(Method::PATCH, &format!("/v1/portgroups/{pg}"), patch_extra()).await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = owner_admin.call(Method::PATCH, &format!("/v1/portgroups/{pg}"), patch_extra()).await;
+    assert_eq!(s, 200, "an owner admin updates its node's portgroup: {v}");
+    // traits: an owner admin sets them, a lessee reads them
+    let (s, v) = owner_admin.call(Method::PUT, &format!("/v1/nodes/{n1}/traits/CUSTOM_GPU"), None).await;
+    assert_eq!(s, 204, "{v}");
+    assert_eq!(lessee.get(&format!("/v1/nodes/{n1}/traits")).await["traits"], json!(["CUSTOM_GPU"]));
+    let (s, v) = lessee_admin.call(Method::DELETE, &format!("/v1/nodes/{n1}/traits/CUSTOM_GPU"), None).await;
+    assert_eq!(s, 403, "{v}");
+    // node history is the owner's, not the lessee's
+    let (s, _) = owner.call(Method::GET, &format!("/v1/nodes/{n1}/history"), None).await;
+    assert_eq!(s, 200);
+    let (s, v) = lessee.call(Method::GET, &format!("/v1/nodes/{n1}/history"), None).await;
+    assert_eq!(s, 403, "{v}");
+    // chassis are the system's
+    let (s, v) = owner_admin.call(Method::GET, "/v1/chassis", None).await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = owner_admin.call(Method::POST, "/v1/chassis", Some(json!({}))).await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = reader.call(Method::GET, &format!("/v1/chassis/{chassis}"), None).await;
+    assert_eq!(s, 200, "{v}");
+    // allocations are their project's: a member makes one its project owns,
+    // sees only its project's, and may not name another owner
+    let allocs = |v: Value| -> Vec<String> {
+        v["allocations"].as_array().unwrap().iter().map(|a| a["uuid"].as_str().unwrap().to_string()).collect()
+    };
+    let mine = owner.ok(Method::POST, "/v1/allocations", Some(json!({"resource_class": "p1-class"}))).await;
+    assert_eq!(mine["owner"].as_str(), Some(p1.as_str()), "{mine}");
+    let mine = uuid(mine);
+    let (s, v) =
+        owner.call(Method::POST, "/v1/allocations", Some(json!({"resource_class": "x", "owner": p3.clone()}))).await;
+    assert_eq!(s, 403, "{v}");
+    assert!(v.to_string().contains("baremetal:allocation:create_restricted"), "{v}");
+    assert_eq!(allocs(owner.get("/v1/allocations").await), vec![mine.clone()]);
+    assert!(allocs(stranger.get("/v1/allocations").await).is_empty());
+    let (s, v) = stranger.call(Method::GET, &format!("/v1/allocations?owner={p1}"), None).await;
+    assert_eq!(s, 403, "another project's allocations are not listed: {v}");
+    let mut all = allocs(reader.get("/v1/allocations").await);
+    all.sort();
+    let mut want = vec![alloc.clone(), mine.clone()];
+    want.sort();
+    assert_eq!(all, want, "a system reader lists every allocation");
+    let (s, _) = stranger.call(Method::GET, &format!("/v1/allocations/{mine}"), None).await;
+    assert_eq!(s, 404, "another project's allocation does not exist for the caller");
+    let (s, _) = owner.call(Method::GET, &format!("/v1/allocations/{alloc}"), None).await;
+    assert_eq!(s, 404, "nor does the system's");
+    let (s, v) = stranger.call(Method::DELETE, &format!("/v1/allocations/{mine}"), None).await;
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = owner.call(Method::PATCH, &format!("/v1/allocations/{mine}"), patch_extra()).await;
+    assert_eq!(s, 200, "{v}");
+    // its conductor finds no node of the class in p1 and fails it (bounded wait)
+    let mut state = Value::Null;
+    for _ in 0..200 {
+        state = owner.get(&format!("/v1/allocations/{mine}")).await["state"].clone();
+        if state != "allocating" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "error");
+    let (s, v) = owner.call(Method::DELETE, &format!("/v1/allocations/{mine}"), None).await;
+    assert_eq!(s, 204, "a member deletes its project's allocation: {v}");
 
     // what each may see: a lessee gets the infrastructure fields redacted
     let seen = owner.node(&n1).await;

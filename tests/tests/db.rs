@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ferric_common::db::{AppliedCall, Db, DbError, LockOutcome, NodeQuery, Paging, PartitionLockMode, PortQuery};
+use ferric_common::db::{
+    AppliedCall, ClaimOutcome, Db, DbError, LockOutcome, NodeQuery, Paging, PartitionLockMode, PortQuery,
+};
 use ferric_common::ids::LockHolder;
 use ferric_common::membership::{LocalMembership, Membership};
-use ferric_common::model::{Node, Port};
+use ferric_common::model::{Allocation, AllocationState, Node, Port};
 use ferric_common::partitions::{self, Settled, partition};
 use ferric_common::ring::RingSettings;
 use ferric_common::states::ProvisionState;
@@ -314,11 +316,120 @@ async fn partitions_on_postgres() {
     db.close().await;
 }
 
+/// A node an allocation of class `gold` may take.
+fn free_node(name: &str) -> Node {
+    let mut n = node(name);
+    n.provision_state = ProvisionState::Available;
+    n.resource_class = Some("gold".into());
+    n.power_state = Some("power off".into());
+    n
+}
+
+/// An allocation stored `allocating`.
+async fn allocating(db: &Db, name: Option<&str>) -> Allocation {
+    let mut a = Allocation::new(Uuid::new_v4(), Some("gold".into()));
+    a.name = name.map(String::from);
+    a.traits = vec!["CUSTOM_X".into()];
+    db.create_allocation(&a, None).await.unwrap();
+    a
+}
+
+/// Allocations take nodes with one transaction of conditional writes: never
+/// two of them one node, never one of them a node that changed or that
+/// its owner holds, and the node forgets an allocation with it.
+async fn allocation_suite(db: Db) {
+    let free = free_node("free");
+    db.create_node(&free).await.unwrap();
+    let first = allocating(&db, Some("host1")).await;
+    let mut dup = Allocation::new(Uuid::new_v4(), Some("gold".into()));
+    dup.name = Some("host1".into());
+    assert!(matches!(db.create_allocation(&dup, None).await, Err(DbError::Duplicate { field: "name" })));
+
+    // eight allocations claim the one free node at once: one gets it
+    let mut racers = vec![first.clone()];
+    for _ in 0..7 {
+        racers.push(allocating(&db, None).await);
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for a in racers.clone() {
+        let (db, n) = (db.clone(), free.clone());
+        set.spawn(async move { (a.uuid, db.claim_node(&a, &n).await.unwrap()) });
+    }
+    let mut winners = Vec::new();
+    while let Some(r) = set.join_next().await {
+        let (uuid, outcome) = r.unwrap();
+        match outcome {
+            ClaimOutcome::Claimed => winners.push(uuid),
+            other => assert_eq!(other, ClaimOutcome::NodeChanged),
+        }
+    }
+    assert_eq!(winners.len(), 1, "one node went to {} allocations", winners.len());
+    let winner = winners[0];
+    let n = db.get_node(free.uuid).await.unwrap();
+    assert_eq!(n.instance_uuid, Some(winner.to_string()));
+    assert_eq!(n.allocation_uuid, Some(winner.to_string()));
+    assert_eq!(n.instance_info["traits"], json!(["CUSTOM_X"]));
+    let a = db.get_allocation(winner).await.unwrap();
+    assert_eq!((a.state, a.node_uuid), (AllocationState::Active, Some(free.uuid)));
+    for r in racers.iter().filter(|a| a.uuid != winner) {
+        let a = db.get_allocation(r.uuid).await.unwrap();
+        assert_eq!((a.state, a.node_uuid), (AllocationState::Allocating, None), "a loser was changed");
+    }
+
+    // an allocation no longer allocating claims nothing (and the node stays free)
+    let spare = free_node("spare");
+    db.create_node(&spare).await.unwrap();
+    let late = allocating(&db, None).await;
+    assert!(db.fail_allocation(late.uuid, "gave up").await.unwrap());
+    assert!(!db.fail_allocation(late.uuid, "again").await.unwrap(), "failed twice");
+    assert_eq!(db.claim_node(&late, &spare).await.unwrap(), ClaimOutcome::AllocationGone);
+    assert_eq!(db.get_node(spare.uuid).await.unwrap().instance_uuid, None, "the node claim was not rolled back");
+    let failed = db.get_allocation(late.uuid).await.unwrap();
+    assert_eq!((failed.state, failed.last_error.as_deref()), (AllocationState::Error, Some("gave up")));
+    // a node its owner holds, or one that changed since it was read, is not taken
+    let next = allocating(&db, None).await;
+    assert!(matches!(db.reserve_node(spare.uuid, &LockHolder::new("c1/x")).await.unwrap(), LockOutcome::Acquired(_)));
+    assert_eq!(db.claim_node(&next, &spare).await.unwrap(), ClaimOutcome::NodeChanged);
+    let locked = db.get_node(spare.uuid).await.unwrap();
+    let mut renamed = locked.clone();
+    renamed.resource_class = Some("silver".into());
+    assert!(db.save_node_and_release(&renamed, &LockHolder::new("c1/x")).await.unwrap());
+    assert_eq!(db.claim_node(&next, &spare).await.unwrap(), ClaimOutcome::NodeChanged, "claimed a node as it was");
+    assert_eq!(db.get_allocation(next.uuid).await.unwrap().state, AllocationState::Allocating);
+
+    // lists filter by state and node
+    let q = ferric_common::db::AllocationQuery { state: Some(AllocationState::Allocating), ..Default::default() };
+    assert_eq!(db.list_allocations(&q).await.unwrap().len(), 8);
+    let q = ferric_common::db::AllocationQuery { node_uuid: Some(free.uuid), ..Default::default() };
+    assert_eq!(db.list_allocations(&q).await.unwrap().iter().map(|a| a.uuid).collect::<Vec<_>>(), [winner]);
+
+    // an allocation that holds a node is not deleted as a free one; the
+    // node's save that forgets it deletes it in the same transaction
+    assert!(!db.delete_free_allocation(winner, None).await.unwrap());
+    assert!(db.delete_free_allocation(next.uuid, None).await.unwrap());
+    let holder = LockHolder::new("c1/y");
+    let LockOutcome::Acquired(held) = db.reserve_node(free.uuid, &holder).await.unwrap() else { panic!("lock") };
+    let mut forgot = *held;
+    forgot.instance_uuid = None;
+    forgot.allocation_uuid = None;
+    assert!(db.save_node_dropping_allocation(&forgot, &holder, &winner.to_string(), None).await.unwrap());
+    assert!(matches!(db.get_allocation(winner).await, Err(DbError::NotFound)));
+    // and a deleted node takes its allocation with it
+    let claimer = allocating(&db, None).await;
+    assert!(db.release_node(free.uuid, &holder).await.unwrap());
+    let fresh = db.get_node(free.uuid).await.unwrap();
+    assert_eq!(db.claim_node(&claimer, &fresh).await.unwrap(), ClaimOutcome::Claimed);
+    let LockOutcome::Acquired(_) = db.reserve_node(free.uuid, &holder).await.unwrap() else { panic!("lock") };
+    assert!(db.delete_node_locked(free.uuid, &holder, None).await.unwrap());
+    assert!(matches!(db.get_allocation(claimer.uuid).await, Err(DbError::NotFound)));
+}
+
 #[tokio::test]
 async fn same_behaviour_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::connect(&format!("sqlite://{}/t.sqlite", dir.path().display()), 4).await.unwrap();
-    suite(db).await;
+    suite(db.clone()).await;
+    allocation_suite(db).await;
 }
 
 #[tokio::test]
@@ -327,6 +438,7 @@ async fn same_behaviour_on_postgres() {
     let url = pg.database("ferric_db");
     let db = Db::connect(&url, 4).await.unwrap();
     suite(db.clone()).await;
+    allocation_suite(db.clone()).await;
     db.close().await;
 }
 

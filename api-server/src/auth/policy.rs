@@ -29,6 +29,17 @@
 //! | `port:create`, `port:delete` | system admin or service; owner admin, manager or service |
 //! | `driver:get*`, `conductor:get` | system reader |
 //! | `node:vendor_passthru`, `driver:vendor_passthru` | system admin |
+//! | `node:traits:list`, `portgroup:get` | as `node:get` (of the portgroup's node) |
+//! | `node:traits:set`, `node:traits:delete`, `portgroup:update` | as `port:update` |
+//! | `node:history:get` | system reader or service; reader or service of the owner (not the lessee) |
+//! | `portgroup:create`, `portgroup:delete` | as `port:create` |
+//! | `portgroup:list`, `allocation:list` | any reader or service; only system readers see all (`*:list_all`), others their project's |
+//! | `chassis:get` | system reader |
+//! | `chassis:create`, `chassis:delete` | system admin |
+//! | `chassis:update`, `allocation:create_restricted` (an owner other than the caller's project) | system member |
+//! | `allocation:get` | system reader; reader of the allocation's owner |
+//! | `allocation:create` | system member; any member (the allocation is its project's) |
+//! | `allocation:update`, `allocation:delete` | system member; member of the allocation's owner |
 //!
 //! A node a caller may not even read answers 404, as if it did not exist
 //! (Ironic's `conceal_node`); one it may read but not change answers 403.
@@ -92,6 +103,28 @@ pub enum Rule {
     PortUpdate,
     SystemReader,
     DriverVendorPassthru,
+    NodeTraitsList,
+    NodeTraitsSet,
+    NodeTraitsDelete,
+    NodeHistoryGet,
+    PortgroupGet,
+    PortgroupList,
+    PortgroupListAll,
+    PortgroupCreate,
+    PortgroupDelete,
+    PortgroupUpdate,
+    ChassisGet,
+    ChassisCreate,
+    ChassisDelete,
+    ChassisUpdate,
+    /// Allocation rules: the target's `owner` is the allocation's owner.
+    AllocationGet,
+    AllocationList,
+    AllocationListAll,
+    AllocationCreate,
+    AllocationCreateRestricted,
+    AllocationUpdate,
+    AllocationDelete,
 }
 
 impl Rule {
@@ -118,6 +151,27 @@ impl Rule {
             Rule::PortUpdate => "baremetal:port:update",
             Rule::SystemReader => "baremetal:driver:get",
             Rule::DriverVendorPassthru => "baremetal:driver:vendor_passthru",
+            Rule::NodeTraitsList => "baremetal:node:traits:list",
+            Rule::NodeTraitsSet => "baremetal:node:traits:set",
+            Rule::NodeTraitsDelete => "baremetal:node:traits:delete",
+            Rule::NodeHistoryGet => "baremetal:node:history:get",
+            Rule::PortgroupGet => "baremetal:portgroup:get",
+            Rule::PortgroupList => "baremetal:portgroup:list",
+            Rule::PortgroupListAll => "baremetal:portgroup:list_all",
+            Rule::PortgroupCreate => "baremetal:portgroup:create",
+            Rule::PortgroupDelete => "baremetal:portgroup:delete",
+            Rule::PortgroupUpdate => "baremetal:portgroup:update",
+            Rule::ChassisGet => "baremetal:chassis:get",
+            Rule::ChassisCreate => "baremetal:chassis:create",
+            Rule::ChassisDelete => "baremetal:chassis:delete",
+            Rule::ChassisUpdate => "baremetal:chassis:update",
+            Rule::AllocationGet => "baremetal:allocation:get",
+            Rule::AllocationList => "baremetal:allocation:list",
+            Rule::AllocationListAll => "baremetal:allocation:list_all",
+            Rule::AllocationCreate => "baremetal:allocation:create",
+            Rule::AllocationCreateRestricted => "baremetal:allocation:create_restricted",
+            Rule::AllocationUpdate => "baremetal:allocation:update",
+            Rule::AllocationDelete => "baremetal:allocation:delete",
         }
     }
 }
@@ -153,6 +207,23 @@ impl Credentials {
         let r = |x: &str| self.role(x);
         let owner_service = r("service") && owner;
         match rule {
+            // the new resources' rules share their check strings with the
+            // node and port rules above (Ironic's SYSTEM_OR_PROJECT_READER,
+            // SYSTEM_MEMBER_OR_OWNER_ADMIN, SYSTEM_ADMIN_OR_OWNER_ADMIN, ...)
+            Rule::NodeTraitsList | Rule::PortgroupGet => self.allows(Rule::NodeGet, t),
+            Rule::NodeTraitsSet | Rule::NodeTraitsDelete | Rule::PortgroupUpdate => {
+                self.allows(Rule::NodeUpdateOwnerAdmin, t)
+            }
+            Rule::NodeHistoryGet => self.allows(Rule::NodeGetRestricted, t),
+            Rule::PortgroupList | Rule::AllocationList => self.allows(Rule::NodeList, t),
+            Rule::PortgroupListAll | Rule::ChassisGet | Rule::AllocationListAll => self.system_reader(),
+            Rule::PortgroupCreate | Rule::PortgroupDelete => self.allows(Rule::PortCreateDelete, t),
+            Rule::ChassisCreate | Rule::ChassisDelete => self.system_admin(),
+            Rule::ChassisUpdate | Rule::AllocationCreateRestricted => self.system_member(),
+            // ALLOCATION_READER, ALLOCATION_CREATOR, ALLOCATION_MEMBER
+            Rule::AllocationGet => self.system_reader() || (r("reader") && owner),
+            Rule::AllocationCreate => self.system_member() || r("member"),
+            Rule::AllocationUpdate | Rule::AllocationDelete => self.system_member() || (r("member") && owner),
             Rule::NodeCreate => self.system_admin() || self.system_service(),
             Rule::NodeCreateSelfOwned => r("admin") || r("service"),
             Rule::NodeList => r("reader") || r("service"),

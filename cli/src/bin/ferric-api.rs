@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use ferric_common::config::{Config, init_logging};
-use tokio_util::sync::CancellationToken;
+use ferric_common::config::Config;
 
 #[derive(Parser)]
 #[command(name = "ferric-api", version, about = "Ferric api process (membership in etcd, shared database)")]
@@ -22,11 +21,6 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let flags = ferric_cli::overrides(&cli.common, Some(&cli.flags), None, None);
     let cfg = Config::load(cli.config.as_deref(), flags)?;
-    init_logging(&cfg.log);
-    tokio::runtime::Runtime::new()?.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let hurry = CancellationToken::new();
-        ferric_cli::cancel_on_signals(shutdown.clone(), hurry.clone());
-        ferric_cli::run_api(cfg, shutdown).await
-    })
+    let run = cfg.clone();
+    ferric_cli::run_process(&cfg, Some("ferric-api"), move |shutdown, _hurry| ferric_cli::run_api(run, shutdown))
 }

@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use ferric_common::config::{Config, init_logging};
-use tokio_util::sync::CancellationToken;
+use ferric_common::config::Config;
 
 #[derive(Parser)]
 #[command(name = "ferric-conductor", version, about = "Ferric conductor process (membership in etcd, shared database)")]
@@ -24,11 +23,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let flags = ferric_cli::overrides(&cli.common, None, Some(&cli.flags), Some(&cli.lease));
     let cfg = Config::load(cli.config.as_deref(), flags)?;
-    init_logging(&cfg.log);
-    tokio::runtime::Runtime::new()?.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let hurry = CancellationToken::new();
-        ferric_cli::cancel_on_signals(shutdown.clone(), hurry.clone());
-        ferric_cli::run_conductor(cfg, shutdown, hurry).await
+    let run = cfg.clone();
+    ferric_cli::run_process(&cfg, Some("ferric-conductor"), move |shutdown, hurry| {
+        ferric_cli::run_conductor(run, shutdown, hurry)
     })
 }

@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use ferric_cli::{ApiFlags, CommonFlags, ConductorFlags, DbCmd, LeaseFlags, overrides};
-use ferric_common::config::{Config, init_logging};
-use tokio_util::sync::CancellationToken;
+use ferric_common::config::Config;
 
 #[derive(Parser)]
 #[command(name = "ferric", version, about = "Ferric: bare-metal provisioning with an Ironic-compatible API")]
@@ -64,17 +63,21 @@ fn main() -> anyhow::Result<()> {
         Mode::Db { common, .. } => overrides(common, None, None, None),
     };
     let cfg = Config::load(cli.config.as_deref(), flags)?;
-    init_logging(&cfg.log);
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let hurry = CancellationToken::new();
-        ferric_cli::cancel_on_signals(shutdown.clone(), hurry.clone());
+    // the default OpenTelemetry service name: the server's role; `db`
+    // commands export nothing
+    let service = match &cli.mode {
+        Mode::Api { .. } => Some("ferric-api"),
+        Mode::Conductor { .. } => Some("ferric-conductor"),
+        Mode::AllInOne { .. } => Some("ferric"),
+        Mode::Db { .. } => None,
+    };
+    let run = cfg.clone();
+    ferric_cli::run_process(&cfg, service, move |shutdown, hurry| async move {
         match cli.mode {
-            Mode::AllInOne { .. } => ferric_cli::run_all_in_one(cfg, shutdown).await,
-            Mode::Api { .. } => ferric_cli::run_api(cfg, shutdown).await,
-            Mode::Conductor { .. } => ferric_cli::run_conductor(cfg, shutdown, hurry).await,
-            Mode::Db { cmd, .. } => ferric_cli::run_db(cfg, cmd).await,
+            Mode::AllInOne { .. } => ferric_cli::run_all_in_one(run, shutdown).await,
+            Mode::Api { .. } => ferric_cli::run_api(run, shutdown).await,
+            Mode::Conductor { .. } => ferric_cli::run_conductor(run, shutdown, hurry).await,
+            Mode::Db { cmd, .. } => ferric_cli::run_db(run, cmd).await,
         }
     })
 }

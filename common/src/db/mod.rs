@@ -12,6 +12,7 @@
 //! Layout: this file holds the connection, the schema policy and the
 //! query plumbing; one module per table holds that table's columns (each
 //! declared once) and queries: [`nodes`] (with the node lock), [`ports`],
+//! [`portgroups`], [`chassis`], [`allocations`] (with the claim of a node),
 //! [`history`], [`settings`], [`calls`] (the API's calls already applied),
 //! and [`partitions`]: the lock under which nodes' ring partitions and the
 //! exponent they were computed with are read and written.
@@ -65,17 +66,23 @@ macro_rules! bind_all {
     }};
 }
 
+mod allocations;
 mod calls;
+mod chassis;
 mod history;
 mod nodes;
 mod partitions;
+mod portgroups;
 mod ports;
 mod settings;
 
+pub use allocations::{ALLOCATION_SORT_KEYS, AllocationQuery, ClaimOutcome};
 pub use calls::AppliedCall;
-pub use history::HistoryEntry;
+pub use chassis::{CHASSIS_SORT_KEYS, ChassisDelete};
+pub use history::{HistoryEntry, event_uuid};
 pub use nodes::{NODE_SORT_KEYS, NodeQuery, NodeRef};
 pub use partitions::{PARTITION_LOCK_KEY, PartitionLock, PartitionLockMode, Recomputed};
+pub use portgroups::{PORTGROUP_SORT_KEYS, PortgroupQuery};
 pub use ports::{PORT_SORT_KEYS, PortQuery};
 
 use std::str::FromStr;
@@ -632,6 +639,31 @@ impl Db {
                 }
                 tx.commit().await?;
                 Ok(true)
+            }};
+        }
+        match &self.pool {
+            Pool::Sqlite(p) => run!(p),
+            Pool::Postgres(p) => run!(p),
+        }
+    }
+
+    /// Runs `statements` in one transaction, committing only if each
+    /// changed exactly one row; otherwise nothing is written and the index
+    /// of the first that did not is returned.
+    async fn execute_all_one(&self, statements: Vec<(String, Vec<Arg>)>) -> Result<Option<usize>, sqlx::Error> {
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                for (i, (sql, args)) in statements.into_iter().enumerate() {
+                    let rows =
+                        bind_all!(sqlx::query(AssertSqlSafe(sql)), args).execute(&mut *tx).await?.rows_affected();
+                    if rows != 1 {
+                        tx.rollback().await?;
+                        return Ok(Some(i));
+                    }
+                }
+                tx.commit().await?;
+                Ok(None)
             }};
         }
         match &self.pool {

@@ -60,6 +60,7 @@ table! {
         extra: String = text(&n.extra),
         network_data: String = text(&n.network_data),
         instance_uuid: Option<String> = n.instance_uuid.clone(),
+        allocation_uuid: Option<String> = n.allocation_uuid.clone(),
         instance_name: Option<String> = n.instance_name.clone(),
         last_error: Option<String> = n.last_error.clone(),
         resource_class: Option<String> = n.resource_class.clone(),
@@ -132,10 +133,18 @@ pub struct NodeQuery {
     pub retired: Option<bool>,
     pub shard: Option<String>,
     pub instance_uuid: Option<String>,
+    pub instance_name: Option<String>,
+    pub chassis_uuid: Option<String>,
+    /// Nodes with a shard (`true`) or without (`false`).
+    pub sharded: Option<bool>,
     pub description_contains: Option<String>,
     /// Only nodes this project owns or leases (`owner = p OR lessee = p`):
     /// what a project-scoped Keystone caller may list.
     pub project: Option<String>,
+    /// Only these nodes (an allocation's candidates); empty matches none.
+    pub uuids: Option<Vec<Uuid>>,
+    /// Only nodes whose power state is known (an allocation's rule).
+    pub with_power_state: bool,
     /// Only nodes in these ring partitions of `conductor_group` (the "my
     /// nodes" index scan); empty means no restriction.
     pub partitions: Option<Vec<i64>>,
@@ -195,6 +204,7 @@ impl TryFrom<NodeRow> for Node {
             extra: obj("extra", &r.extra)?,
             network_data: obj("network_data", &r.network_data)?,
             instance_uuid: r.instance_uuid,
+            allocation_uuid: r.allocation_uuid,
             instance_name: r.instance_name,
             last_error: r.last_error,
             resource_class: r.resource_class,
@@ -262,9 +272,11 @@ impl Db {
         *args.last_mut().expect("updated_at is last") = Arg::Time(None);
         let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
         let sql = format!("INSERT INTO nodes ({}) VALUES ({})", cols.join(", "), placeholders.join(", "));
-        lock.execute(sql, args).await.map_err(|e| match unique_field(&e, &["instance_uuid", "name", "uuid"]) {
-            Some(field) => DbError::Duplicate { field },
-            None => DbError::Sqlx(e),
+        lock.execute(sql, args).await.map_err(|e| {
+            match unique_field(&e, &["instance_uuid", "allocation_uuid", "name", "uuid"]) {
+                Some(field) => DbError::Duplicate { field },
+                None => DbError::Sqlx(e),
+            }
         })?;
         lock.commit().await
     }
@@ -318,7 +330,7 @@ impl Db {
     /// Write every field of `n` except its lock, as the holder of its lock.
     /// Returns false (and writes nothing) if `holder` no longer holds it.
     pub async fn save_node_locked(&self, n: &Node, holder: &LockHolder) -> Result<bool, DbError> {
-        self.save_node(n, holder, false, None).await
+        self.save_node(n, holder, false, None, Vec::new()).await
     }
 
     /// [`Db::save_node_locked`], recording `call` in the same transaction
@@ -330,13 +342,28 @@ impl Db {
         holder: &LockHolder,
         call: Option<&AppliedCall<'_>>,
     ) -> Result<bool, DbError> {
-        self.save_node(n, holder, false, call).await
+        self.save_node(n, holder, false, call, Vec::new()).await
+    }
+
+    /// [`Db::save_node_applying`], deleting the allocation `allocation` in
+    /// the same transaction: a node that forgets its allocation (its
+    /// instance removed, its tear-down done) and the allocation go
+    /// together.
+    pub async fn save_node_dropping_allocation(
+        &self,
+        n: &Node,
+        holder: &LockHolder,
+        allocation: &str,
+        call: Option<&AppliedCall<'_>>,
+    ) -> Result<bool, DbError> {
+        let drop = ("DELETE FROM allocations WHERE uuid = $1".to_string(), vec![allocation.into()]);
+        self.save_node(n, holder, false, call, vec![drop]).await
     }
 
     /// Write the node and give up `holder`'s lock in one statement, so no
     /// reader ever sees the final state with the lock still held.
     pub async fn save_node_and_release(&self, n: &Node, holder: &LockHolder) -> Result<bool, DbError> {
-        self.save_node(n, holder, true, None).await
+        self.save_node(n, holder, true, None, Vec::new()).await
     }
 
     async fn save_node(
@@ -345,6 +372,7 @@ impl Db {
         holder: &LockHolder,
         release: bool,
         call: Option<&AppliedCall<'_>>,
+        mut then: Vec<(String, Vec<Arg>)>,
     ) -> Result<bool, DbError> {
         let mut args = node_save_args(n, Utc::now());
         let mut sets: Vec<String> =
@@ -360,13 +388,17 @@ impl Db {
             args.len() - 1,
             args.len()
         );
-        let dup = |e: sqlx::Error| match unique_field(&e, &["instance_uuid", "name"]) {
+        let dup = |e: sqlx::Error| match unique_field(&e, &["instance_uuid", "allocation_uuid", "name"]) {
             Some(field) => DbError::Duplicate { field },
             None => DbError::Sqlx(e),
         };
-        match call {
-            None => Ok(self.execute(sql, args).await.map_err(dup)? == 1),
-            Some(c) => self.execute_one_then((sql, args), vec![c.insert()]).await.map_err(dup),
+        if let Some(c) = call {
+            then.push(c.insert());
+        }
+        if then.is_empty() {
+            Ok(self.execute(sql, args).await.map_err(dup)? == 1)
+        } else {
+            self.execute_one_then((sql, args), then).await.map_err(dup)
         }
     }
 
@@ -508,10 +540,36 @@ fn node_filter(q: &NodeQuery) -> (Vec<String>, Vec<Arg>) {
     if let Some(v) = &q.instance_uuid {
         eq("instance_uuid", v.as_str().into(), &mut wh);
     }
+    if let Some(v) = &q.instance_name {
+        eq("instance_name", v.as_str().into(), &mut wh);
+    }
+    if let Some(v) = &q.chassis_uuid {
+        eq("chassis_uuid", v.as_str().into(), &mut wh);
+    }
     if let Some(p) = &q.project {
         args.push(p.as_str().into());
         args.push(p.as_str().into());
         wh.push(format!("(owner = ${} OR lessee = ${})", args.len() - 1, args.len()));
+    }
+    match q.sharded {
+        Some(true) => wh.push("shard IS NOT NULL".into()),
+        Some(false) => wh.push("shard IS NULL".into()),
+        None => {}
+    }
+    if q.with_power_state {
+        wh.push("power_state IS NOT NULL".into());
+    }
+    if let Some(uuids) = &q.uuids {
+        if uuids.is_empty() {
+            wh.push("1 = 0".into());
+        } else {
+            let mut list = Vec::new();
+            for u in uuids {
+                args.push(u.to_string().into());
+                list.push(format!("${}", args.len()));
+            }
+            wh.push(format!("uuid IN ({})", list.join(", ")));
+        }
     }
     match q.associated {
         Some(true) => wh.push("instance_uuid IS NOT NULL".into()),

@@ -17,6 +17,8 @@ pub struct PortQuery {
     /// project-scoped Keystone caller may list.
     pub node_project: Option<String>,
     pub address: Option<String>,
+    /// Members of this portgroup.
+    pub portgroup_uuid: Option<String>,
     pub paging: Paging,
 }
 
@@ -152,6 +154,10 @@ impl Db {
                 args.len() - 1,
                 args.len()
             ));
+        }
+        if let Some(g) = &q.portgroup_uuid {
+            args.push(g.as_str().into());
+            wh.push(format!("portgroup_uuid = ${}", args.len()));
         }
         let sql = self.paged("ports", &PORT_COLUMNS, PORT_SORT_KEYS, wh, &mut args, &q.paging).await?;
         self.fetch_all::<PortRow>(sql, args).await?.into_iter().map(Port::try_from).collect()

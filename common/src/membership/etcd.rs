@@ -518,7 +518,7 @@ impl Watcher {
                 _ = tick.tick() => {
                     match asked {
                         Some(t) if t.elapsed() >= self.watch.stall_after => {
-                            metrics::counter!("ferric_membership_watch_stalls_total").increment(1);
+                            metrics::counter!(crate::metrics::MEMBERSHIP_WATCH_STALLS_TOTAL).increment(1);
                             return Err(EtcdError(format!(
                                 "the watch stalled: no answer to a progress request for {:?}",
                                 self.watch.stall_after

@@ -1,6 +1,7 @@
 //! The gRPC service the API calls (`proto/ferric/v1/conductor.proto`),
-//! by concern: [`provision`], [`power`], [`nodes`] (updates, ports,
-//! validation, vendor passthru), [`agent`] (the ramdisk's callbacks),
+//! by concern: [`provision`], [`power`], [`nodes`] (updates, traits,
+//! ports, portgroups, validation, vendor passthru), [`allocations`],
+//! [`agent`] (the ramdisk's callbacks),
 //! [`admin`] (properties, drain, status). This file holds what they share:
 //! error mapping, ownership checks and locking.
 //!
@@ -12,6 +13,12 @@
 //! last conductor; `nodes::update_node`). Provision and power actions
 //! persist the transient state before replying and continue in the
 //! background.
+//!
+//! Every node RPC runs in a server span (`ferric.v1.Conductor/<Method>`,
+//! with `node.uuid` and the REST request's `request_id`) whose parent is
+//! the API's client span, from the W3C trace context in the call's
+//! metadata; the handler's task, and the power action or operation it
+//! starts, run inside it (see `ferric_common::telemetry`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,14 +30,16 @@ use ferric_common::proto::conductor_server::Conductor;
 use ferric_common::proto::*;
 use ferric_common::rpc::{CALL_ID_HEADER, Reason, status};
 use ferric_common::states::{Event, ProvisionState, Verb, transition};
+use ferric_common::telemetry;
 use ferric_deploy::driver::{DriverError, Heartbeat, InterfaceKind, PowerState, VendorReturn};
 use serde_json::Value;
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 use uuid::Uuid;
 
 mod admin;
 mod agent;
+mod allocations;
 mod nodes;
 mod power;
 mod provision;
@@ -242,6 +251,23 @@ impl ConductorService {
         }
     }
 
+    /// [`Self::save_applying`], deleting the node's former allocation
+    /// `allocation` in the same transaction.
+    async fn save_dropping(
+        &self,
+        lock: &NodeLock,
+        node: &Node,
+        allocation: &str,
+        call: Option<&AppliedCall<'_>>,
+    ) -> Result<(), Status> {
+        match lock.save_dropping_allocation(node, allocation, call).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.err(Reason::Unavailable, "the node lock was lost; retry")),
+            Err(DbError::Duplicate { field }) => Err(self.err(Reason::Conflict, duplicate_message(field, node))),
+            Err(e) => Err(self.db_err(e)),
+        }
+    }
+
     fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
         self.inner.operations.clone().try_acquire_owned().map_err(|_| {
             self.err(Reason::Unavailable, "Requested action cannot be performed due to lack of free conductor workers.")
@@ -279,7 +305,7 @@ impl ConductorService {
         let applied = self.inner.db.call_applied(id).await.map_err(|e| self.db_err(e))?;
         if applied {
             info!(call = %id, "a call already applied came again; answering it as applied");
-            metrics::counter!("ferric_calls_replayed_total").increment(1);
+            metrics::counter!(ferric_common::metrics::CALLS_REPLAYED_TOTAL).increment(1);
         }
         Ok(applied)
     }
@@ -323,14 +349,97 @@ fn check_steps(v: &Value, what: &str) -> Result<Vec<ferric_deploy::driver::Step>
 
 type Rpc<T> = Result<Response<T>, Status>;
 
+/// The node a request is about, named on its span.
+trait NodeScoped {
+    fn node_uuid(&self) -> &str {
+        ""
+    }
+}
+
+macro_rules! node_scoped {
+    ($($t:ty),*) => {$(
+        impl NodeScoped for $t {
+            fn node_uuid(&self) -> &str {
+                &self.node_uuid
+            }
+        }
+    )*};
+}
+
+node_scoped!(
+    ProvisionActionRequest,
+    PowerStateRequest,
+    UpdateNodeRequest,
+    NodeRef,
+    UpdatePortRequest,
+    NodeVendorRequest,
+    VendorMethodsRequest,
+    HeartbeatRequest,
+    NodeTraitsRequest,
+    UpdatePortgroupRequest,
+    AllocationRef
+);
+// the allocation's node is inside its JSON (a backfill) or not chosen yet
+impl NodeScoped for AllocationRequest {}
+impl NodeScoped for DriverVendorRequest {}
+impl NodeScoped for DriverRef {}
+impl NodeScoped for Empty {}
+
+/// The server span of a call of `method`: a child of the API's span (the
+/// trace context in its metadata), naming the node and the REST request.
+fn rpc_span<R: NodeScoped>(method: &'static str, req: &Request<R>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %format_args!("ferric.v1.Conductor/{method}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = "ferric.v1.Conductor",
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        node.uuid = tracing::field::Empty,
+        request_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let node = req.get_ref().node_uuid();
+    if !node.is_empty() {
+        span.record(telemetry::NODE_UUID, node);
+    }
+    if let Some(id) = req.metadata().get(telemetry::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()) {
+        span.record(telemetry::REQUEST_ID, id);
+    }
+    telemetry::set_parent(&span, req.metadata().as_ref());
+    span
+}
+
 impl ConductorService {
     /// Runs a handler as a task of its own that runs to completion even if
     /// the request is dropped (a deadline passed, the client went away):
     /// a locked section is never cut between "save the `*ING` state" and
     /// "spawn the operation". Only fencing cuts it — the handler selects on
     /// the fence, and an incarnation that may not act answers NOT_OWNER
-    /// before it starts.
-    async fn guarded<T, F, Fut>(&self, handler: F) -> Rpc<T>
+    /// before it starts. The task runs in the call's `span` (what it spawns
+    /// is its child), which records how the call ended.
+    async fn guarded<T, F, Fut>(&self, span: tracing::Span, handler: F) -> Rpc<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(ConductorService) -> Fut,
+        Fut: std::future::Future<Output = Rpc<T>> + Send + 'static,
+    {
+        let res = self.guarded_in(span.clone(), handler).await;
+        if let Err(e) = &res {
+            span.record("rpc.grpc.status_code", i32::from(e.code()));
+            if matches!(
+                e.code(),
+                tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::DataLoss
+            ) {
+                span.record("otel.status_code", "error");
+            }
+        }
+        res
+    }
+
+    async fn guarded_in<T, F, Fut>(&self, span: tracing::Span, handler: F) -> Rpc<T>
     where
         T: Send + 'static,
         F: FnOnce(ConductorService) -> Fut,
@@ -341,12 +450,15 @@ impl ConductorService {
         }
         let fence = self.inner.fence.clone();
         let work = handler(self.clone());
-        let task = self.inner.tasks.spawn(async move {
-            tokio::select! {
-                r = work => Some(r),
-                _ = fence.cancelled() => None,
+        let task = self.inner.tasks.spawn(
+            async move {
+                tokio::select! {
+                    r = work => Some(r),
+                    _ = fence.cancelled() => None,
+                }
             }
-        });
+            .instrument(span),
+        );
         match task.await {
             Ok(Some(r)) => r,
             Ok(None) => {
@@ -363,63 +475,82 @@ impl ConductorService {
 #[tonic::async_trait]
 impl Conductor for ConductorService {
     async fn do_provision_action(&self, req: Request<ProvisionActionRequest>) -> Rpc<ActionReply> {
-        self.guarded(|s| async move { s.do_provision_action_rpc(req).await }).await
+        self.guarded(rpc_span("DoProvisionAction", &req), |s| async move { s.do_provision_action_rpc(req).await }).await
     }
 
     async fn change_power_state(&self, req: Request<PowerStateRequest>) -> Rpc<ActionReply> {
-        self.guarded(|s| async move { s.change_power_state_rpc(req).await }).await
+        self.guarded(rpc_span("ChangePowerState", &req), |s| async move { s.change_power_state_rpc(req).await }).await
     }
 
     async fn update_node(&self, req: Request<UpdateNodeRequest>) -> Rpc<NodeReply> {
-        self.guarded(|s| async move { s.update_node_rpc(req).await }).await
+        self.guarded(rpc_span("UpdateNode", &req), |s| async move { s.update_node_rpc(req).await }).await
     }
 
     async fn destroy_node(&self, req: Request<NodeRef>) -> Rpc<Empty> {
-        self.guarded(|s| async move { s.destroy_node_rpc(req).await }).await
+        self.guarded(rpc_span("DestroyNode", &req), |s| async move { s.destroy_node_rpc(req).await }).await
     }
 
     async fn update_port(&self, req: Request<UpdatePortRequest>) -> Rpc<PortReply> {
-        self.guarded(|s| async move { s.update_port_rpc(req).await }).await
+        self.guarded(rpc_span("UpdatePort", &req), |s| async move { s.update_port_rpc(req).await }).await
     }
 
     async fn validate(&self, req: Request<NodeRef>) -> Rpc<ValidateReply> {
-        self.guarded(|s| async move { s.validate_rpc(req).await }).await
+        self.guarded(rpc_span("Validate", &req), |s| async move { s.validate_rpc(req).await }).await
     }
 
     async fn node_vendor_passthru(&self, req: Request<NodeVendorRequest>) -> Rpc<VendorReply> {
-        self.guarded(|s| async move { s.node_vendor_passthru_rpc(req).await }).await
+        self.guarded(rpc_span("NodeVendorPassthru", &req), |s| async move { s.node_vendor_passthru_rpc(req).await })
+            .await
     }
 
     async fn driver_vendor_passthru(&self, req: Request<DriverVendorRequest>) -> Rpc<VendorReply> {
-        self.guarded(|s| async move { s.driver_vendor_passthru_rpc(req).await }).await
+        self.guarded(rpc_span("DriverVendorPassthru", &req), |s| async move { s.driver_vendor_passthru_rpc(req).await })
+            .await
     }
 
     async fn get_vendor_methods(&self, req: Request<VendorMethodsRequest>) -> Rpc<VendorMethodsReply> {
-        self.guarded(|s| async move { s.get_vendor_methods_rpc(req).await }).await
+        self.guarded(rpc_span("GetVendorMethods", &req), |s| async move { s.get_vendor_methods_rpc(req).await }).await
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Rpc<Empty> {
-        self.guarded(|s| async move { s.heartbeat_rpc(req).await }).await
+        self.guarded(rpc_span("Heartbeat", &req), |s| async move { s.heartbeat_rpc(req).await }).await
     }
 
     async fn lookup(&self, req: Request<NodeRef>) -> Rpc<LookupReply> {
-        self.guarded(|s| async move { s.lookup_rpc(req).await }).await
+        self.guarded(rpc_span("Lookup", &req), |s| async move { s.lookup_rpc(req).await }).await
     }
 
     async fn pass_deploy_info(&self, req: Request<NodeVendorRequest>) -> Rpc<Empty> {
-        self.guarded(|s| async move { s.pass_deploy_info_rpc(req).await }).await
+        self.guarded(rpc_span("PassDeployInfo", &req), |s| async move { s.pass_deploy_info_rpc(req).await }).await
     }
 
     async fn get_driver_properties(&self, req: Request<DriverRef>) -> Rpc<DriverPropertiesReply> {
-        self.guarded(|s| async move { s.get_driver_properties_rpc(req).await }).await
+        self.guarded(rpc_span("GetDriverProperties", &req), |s| async move { s.get_driver_properties_rpc(req).await })
+            .await
     }
 
-    async fn drain(&self, _req: Request<Empty>) -> Rpc<ConductorStatus> {
-        self.guarded(|s| async move { s.drain_rpc(_req).await }).await
+    async fn drain(&self, req: Request<Empty>) -> Rpc<ConductorStatus> {
+        self.guarded(rpc_span("Drain", &req), |s| async move { s.drain_rpc(req).await }).await
     }
 
     async fn get_conductor_status(&self, _req: Request<Empty>) -> Rpc<ConductorStatus> {
         self.get_conductor_status_rpc(_req).await
+    }
+
+    async fn set_node_traits(&self, req: Request<NodeTraitsRequest>) -> Rpc<NodeReply> {
+        self.guarded(rpc_span("SetNodeTraits", &req), |s| async move { s.set_node_traits_rpc(req).await }).await
+    }
+
+    async fn update_portgroup(&self, req: Request<UpdatePortgroupRequest>) -> Rpc<PortgroupReply> {
+        self.guarded(rpc_span("UpdatePortgroup", &req), |s| async move { s.update_portgroup_rpc(req).await }).await
+    }
+
+    async fn create_allocation(&self, req: Request<AllocationRequest>) -> Rpc<AllocationReply> {
+        self.guarded(rpc_span("CreateAllocation", &req), |s| async move { s.create_allocation_rpc(req).await }).await
+    }
+
+    async fn destroy_allocation(&self, req: Request<AllocationRef>) -> Rpc<Empty> {
+        self.guarded(rpc_span("DestroyAllocation", &req), |s| async move { s.destroy_allocation_rpc(req).await }).await
     }
 
     async fn whoami(&self, _req: Request<Empty>) -> Rpc<WhoamiReply> {

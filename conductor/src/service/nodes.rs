@@ -53,6 +53,8 @@ impl ConductorService {
             let moved =
                 wanted.driver != node.driver || !wanted.conductor_group.eq_ignore_ascii_case(&node.conductor_group);
             refuse_in_transition(&node, &wanted).map_err(|m| self.err(Reason::Conflict, m))?;
+            let drop_allocation =
+                allocations::instance_change(&node, &wanted).map_err(|m| self.err(Reason::Conflict, m))?;
             // copy what a user may change; everything else stays as stored
             node.name = wanted.name;
             node.driver = wanted.driver;
@@ -100,7 +102,13 @@ impl ConductorService {
             // the API checked the copy it patched; merged onto the node as
             // it is now (another PATCH may have grown it since) it can be larger
             self.check_size(&node)?;
-            self.save_applying(&lock, &node, self.applied(call, node.uuid, "update_node").as_ref()).await?;
+            let applied = self.applied(call, node.uuid, "update_node");
+            // an instance removed takes its allocation with it
+            let dropped = if drop_allocation { node.allocation_uuid.take() } else { None };
+            match &dropped {
+                Some(allocation) => self.save_dropping(&lock, &node, allocation, applied.as_ref()).await?,
+                None => self.save_applying(&lock, &node, applied.as_ref()).await?,
+            }
             Ok(node)
         }
         .await;
@@ -204,6 +212,15 @@ impl ConductorService {
         let Some((lock, _node)) = self.lock_for(node.uuid, call).await? else {
             return self.port_reply(op, port).await;
         };
+        // a port joins a portgroup of its own node (checked under the lock
+        // that guards the node's portgroups too)
+        if op != update_port_request::Op::Delete
+            && let Some(pg) = &port.portgroup_uuid
+            && let Err(e) = self.check_portgroup(&port, pg).await
+        {
+            Self::give_back(lock).await;
+            return Err(e);
+        }
         let applied = self.applied(call, node.uuid, "port");
         let db = &self.inner.db;
         let res = match op {
@@ -233,6 +250,23 @@ impl ConductorService {
             Err(e) => return Err(self.db_err(e)),
         }
         self.port_reply(op, port).await
+    }
+
+    async fn check_portgroup(&self, port: &Port, pg: &str) -> Result<(), Status> {
+        let not_found = || self.err(Reason::Invalid, format!("Portgroup {pg} could not be found."));
+        let uuid = Uuid::parse_str(pg).map_err(|_| not_found())?;
+        match self.inner.db.get_portgroup(uuid).await {
+            Ok(g) if g.node_uuid == port.node_uuid => Ok(()),
+            Ok(g) => Err(self.err(
+                Reason::Invalid,
+                format!(
+                    "Port {} and portgroup {} belong to different nodes ({} and {}).",
+                    port.uuid, pg, port.node_uuid, g.node_uuid
+                ),
+            )),
+            Err(DbError::NotFound) => Err(not_found()),
+            Err(e) => Err(self.db_err(e)),
+        }
     }
 
     /// A port change's answer: the stored port (the deleted one for a
@@ -457,5 +491,187 @@ mod tests {
                 n.target_provision_state
             );
         }
+    }
+}
+
+/// The most traits a node may have (Ironic's `MAX_TRAITS_PER_NODE`).
+pub const MAX_TRAITS_PER_NODE: usize = 50;
+
+/// A node's traits after `op` with `given` (pure): sorted, each once; or
+/// why not (NOT_FOUND for a trait to remove the node lacks, INVALID past
+/// [`MAX_TRAITS_PER_NODE`]).
+pub fn traits_after(
+    node: &Node,
+    op: node_traits_request::Op,
+    given: &[String],
+) -> Result<Vec<String>, (Reason, String)> {
+    use node_traits_request::Op;
+    let traits: std::collections::BTreeSet<String> = match op {
+        Op::Set => given.iter().cloned().collect(),
+        Op::Add => node.traits.iter().chain(given).cloned().collect(),
+        Op::Remove => {
+            let mut t: std::collections::BTreeSet<String> = node.traits.iter().cloned().collect();
+            for g in given {
+                if !t.remove(g) {
+                    return Err((Reason::NotFound, format!("Node {} doesn't have a trait '{g}'", node.uuid)));
+                }
+            }
+            t
+        }
+        Op::Unspecified => return Err((Reason::Invalid, "no traits operation given".into())),
+    };
+    if traits.len() > MAX_TRAITS_PER_NODE {
+        return Err((
+            Reason::Invalid,
+            format!(
+                "Could not modify traits for node {} as it would exceed the maximum number of traits per node ({} vs. \
+                 {MAX_TRAITS_PER_NODE})",
+                node.uuid,
+                traits.len()
+            ),
+        ));
+    }
+    Ok(traits.into_iter().collect())
+}
+
+impl ConductorService {
+    pub(super) async fn set_node_traits_rpc(&self, req: Request<NodeTraitsRequest>) -> Rpc<NodeReply> {
+        let call = call_id(&req);
+        let r = req.into_inner();
+        let uuid = self.parse_uuid(&r.node_uuid)?;
+        if self.already_applied(&call).await? {
+            return self.node_reply(uuid).await;
+        }
+        let res = self.set_node_traits(&r, &call).await;
+        self.unless_applied(res, &call, || self.node_reply(uuid)).await
+    }
+
+    async fn set_node_traits(&self, r: &NodeTraitsRequest, call: &Option<String>) -> Rpc<NodeReply> {
+        let node = self.load_owned(&r.node_uuid, r.epoch).await?;
+        // refused at once, not after waiting for the lock; and again under it
+        traits_after(&node, r.op(), &r.traits).map_err(|(reason, m)| self.err(reason, m))?;
+        let Some((lock, mut node)) = self.lock_for(node.uuid, call).await? else {
+            return self.node_reply(node.uuid).await;
+        };
+        let res = async {
+            node.traits = traits_after(&node, r.op(), &r.traits).map_err(|(reason, m)| self.err(reason, m))?;
+            self.save_applying(&lock, &node, self.applied(call, node.uuid, "traits").as_ref()).await
+        }
+        .await;
+        Self::give_back(lock).await;
+        res?;
+        self.node_reply(node.uuid).await
+    }
+
+    pub(super) async fn update_portgroup_rpc(&self, req: Request<UpdatePortgroupRequest>) -> Rpc<PortgroupReply> {
+        let call = call_id(&req);
+        let r = req.into_inner();
+        let pg: ferric_common::model::Portgroup = serde_json::from_str(&r.portgroup_json)
+            .map_err(|e| self.err(Reason::Invalid, format!("portgroup document: {e}")))?;
+        let op = r.op();
+        if self.already_applied(&call).await? {
+            return self.portgroup_reply(op, pg).await;
+        }
+        let res = self.update_portgroup(&r, &call, pg.clone()).await;
+        self.unless_applied(res, &call, || self.portgroup_reply(op, pg)).await
+    }
+
+    async fn update_portgroup(
+        &self,
+        r: &UpdatePortgroupRequest,
+        call: &Option<String>,
+        pg: ferric_common::model::Portgroup,
+    ) -> Rpc<PortgroupReply> {
+        use update_portgroup_request::Op;
+        let op = r.op();
+        let node = self.load_owned(&r.node_uuid, r.epoch).await?;
+        if pg.node_uuid != node.uuid {
+            return Err(self.err(Reason::Invalid, "a portgroup stays with its node"));
+        }
+        let Some((lock, _node)) = self.lock_for(node.uuid, call).await? else {
+            return self.portgroup_reply(op, pg).await;
+        };
+        let applied = self.applied(call, node.uuid, "portgroup");
+        let db = &self.inner.db;
+        let res = match op {
+            Op::Create => db.create_portgroup(&pg, applied.as_ref()).await,
+            Op::Update => db.update_portgroup(&pg, applied.as_ref()).await,
+            Op::Delete => match db.delete_portgroup(pg.uuid, applied.as_ref()).await {
+                Ok(true) => Ok(()),
+                Ok(false) => match db.get_portgroup(pg.uuid).await {
+                    Ok(_) => Err(DbError::Corrupt(format!(
+                        "Cannot complete the requested action because portgroup {} contains ports.",
+                        pg.uuid
+                    ))),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
+            Op::Unspecified => Err(DbError::Corrupt("no portgroup operation given".into())),
+        };
+        Self::give_back(lock).await;
+        match res {
+            Ok(()) => self.portgroup_reply(op, pg).await,
+            Err(DbError::Duplicate { field: "address" }) => Err(self.err(
+                Reason::Conflict,
+                format!("A portgroup with MAC address {} already exists.", pg.address.clone().unwrap_or_default()),
+            )),
+            Err(DbError::Duplicate { field: "name" }) => Err(self.err(
+                Reason::Conflict,
+                format!("A portgroup with name {} already exists.", pg.name.clone().unwrap_or_default()),
+            )),
+            Err(DbError::Duplicate { .. }) => {
+                Err(self.err(Reason::Conflict, format!("A portgroup with UUID {} already exists.", pg.uuid)))
+            }
+            Err(DbError::NotFound) => {
+                Err(self.err(Reason::NotFound, format!("Portgroup {} could not be found.", pg.uuid)))
+            }
+            Err(DbError::Corrupt(m)) => Err(self.err(Reason::Invalid, m)),
+            Err(e) => Err(self.db_err(e)),
+        }
+    }
+
+    /// A portgroup change's answer: the stored portgroup (the deleted one
+    /// for a delete).
+    async fn portgroup_reply(
+        &self,
+        op: update_portgroup_request::Op,
+        pg: ferric_common::model::Portgroup,
+    ) -> Rpc<PortgroupReply> {
+        let stored = match op {
+            update_portgroup_request::Op::Delete => pg,
+            _ => self.inner.db.get_portgroup(pg.uuid).await.map_err(|e| self.db_err(e))?,
+        };
+        Ok(Response::new(PortgroupReply {
+            portgroup_json: serde_json::to_string(&stored).expect("portgroups serialise"),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod trait_tests {
+    use super::*;
+
+    #[test]
+    fn traits_are_set_added_and_removed_within_the_bound() {
+        use node_traits_request::Op;
+        let mut n = Node::new(Uuid::new_v4(), "fake-hardware", ProvisionState::Available);
+        n.traits = vec!["CUSTOM_B".into(), "CUSTOM_A".into()];
+        let s = |v: &[&str]| v.iter().map(|t| t.to_string()).collect::<Vec<String>>();
+        assert_eq!(
+            traits_after(&n, Op::Add, &s(&["CUSTOM_C", "CUSTOM_A"])),
+            Ok(s(&["CUSTOM_A", "CUSTOM_B", "CUSTOM_C"]))
+        );
+        assert_eq!(traits_after(&n, Op::Set, &s(&["HW_X", "HW_X"])), Ok(s(&["HW_X"])));
+        assert_eq!(traits_after(&n, Op::Set, &[]), Ok(Vec::new()));
+        assert_eq!(traits_after(&n, Op::Remove, &s(&["CUSTOM_A"])), Ok(s(&["CUSTOM_B"])));
+        let (reason, m) = traits_after(&n, Op::Remove, &s(&["CUSTOM_Z"])).unwrap_err();
+        assert_eq!(reason, Reason::NotFound);
+        assert_eq!(m, format!("Node {} doesn't have a trait 'CUSTOM_Z'", n.uuid));
+        let fifty: Vec<String> = (0..50).map(|i| format!("CUSTOM_{i}")).collect();
+        assert_eq!(traits_after(&n, Op::Set, &fifty).map(|t| t.len()), Ok(50));
+        let (reason, m) = traits_after(&n, Op::Add, &fifty).unwrap_err();
+        assert_eq!(reason, Reason::Invalid);
+        assert!(m.contains("(52 vs. 50)"), "{m}");
     }
 }

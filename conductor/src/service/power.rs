@@ -7,6 +7,10 @@
 //! A power-off or reboot ends a ramdisk session that was not put into the
 //! boot media (Ironic's `wipe_internal_info_on_power_off`), so the next
 //! ramdisk can look up a new token.
+//!
+//! The background action is a `power action` span (`power.target`,
+//! `node.uuid`), a child of the call's span: the BMC requests it makes are
+//! in the trace of the REST request that asked for it.
 
 use ferric_deploy::driver::PowerAction;
 use ferric_deploy::token::AgentTokens;
@@ -54,7 +58,18 @@ impl ConductorService {
         let inner = self.inner.clone();
         let timeout = (r.timeout > 0).then(|| std::time::Duration::from_secs(u64::from(r.timeout)));
         let target = r.target.clone();
-        self.inner.tasks.spawn(async move {
+        let span = tracing::info_span!(
+            "power action",
+            power.target = %target,
+            node.uuid = %node.uuid,
+            request_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        telemetry::inherit(&span);
+        telemetry::record_trace_id(&span);
+        let act_span = span.clone();
+        let task = async move {
             let mut task = inner.task_with_ports(node.clone()).await;
             let runs_instance = matches!(task.node.provision_state, ProvisionState::Active | ProvisionState::Rescue);
             let act = async {
@@ -75,6 +90,7 @@ impl ConductorService {
             node.target_power_state = None;
             match res {
                 Ok(()) => {
+                    info!("power state set");
                     node.power_state = Some(final_state.as_str().into());
                     if final_state == PowerState::Off || action.is_reboot() {
                         AgentTokens::forget_agent(&mut node);
@@ -83,7 +99,11 @@ impl ConductorService {
                         }
                     }
                 }
-                Err(e) => node.last_error = Some(format!("Failed to change power state to '{target}': {e}")),
+                Err(e) => {
+                    act_span.record("otel.status_code", "error");
+                    warn!("power action failed: {e}");
+                    node.last_error = Some(format!("Failed to change power state to '{target}': {e}"));
+                }
             }
             inner.history(node.uuid, "power", &target).await;
             match lock.save_and_release(&node).await {
@@ -92,7 +112,8 @@ impl ConductorService {
                 Err(e) => warn!(node = %node.uuid, "saving the power state failed: {e}"),
             }
             drop(permit);
-        });
+        };
+        self.inner.tasks.spawn(task.instrument(span));
         Ok(Response::new(ActionReply {}))
     }
 }

@@ -200,7 +200,8 @@ impl Artefacts {
             }
         }
         if !present {
-            metrics::counter!("ferric_boot_iso_builds_total", "publisher" => self.store.kind()).increment(1);
+            metrics::counter!(ferric_common::metrics::BOOT_ISO_BUILDS_TOTAL, "publisher" => self.store.kind())
+                .increment(1);
             tokio::fs::create_dir_all(&self.scratch).await.map_err(|e| PublishError::io(&self.scratch, e))?;
             let path = self.scratch.join(format!(".build-{:032x}-{iso}", rand::random::<u128>()));
             let target = path.clone();

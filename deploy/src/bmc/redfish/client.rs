@@ -20,15 +20,24 @@
 //!   doubled each time (at most 30 s). Every request has a timeout.
 //! * **Errors** carry the BMC's own words: the `error.message` and every
 //!   `@Message.ExtendedInfo` entry (`MessageId: Message`) of a refusal.
+//! * **Traces**: every request sent (each retry too) is a client span
+//!   `redfish <METHOD>` with `url.full` (no user info, no query), the
+//!   status and the node of the work that sent it; its W3C `traceparent`
+//!   goes to the BMC. Credentials never: the password travels only in the
+//!   basic-auth header and the login body, the session token only in
+//!   `X-Auth-Token`, and no header or body is recorded.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ferric_common::telemetry;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::Digest;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -493,8 +502,23 @@ impl Connection {
             Method::DELETE => "DELETE",
             _ => "other",
         };
-        metrics::counter!("ferric_bmc_requests_total", "method" => m).increment(1);
-        let mut req = self.http.request(method.clone(), self.url(path)).header("Accept", "application/json");
+        metrics::counter!(ferric_common::metrics::BMC_REQUESTS_TOTAL, "method" => m).increment(1);
+        let url = self.url(path);
+        let span = tracing::info_span!(
+            "redfish",
+            otel.name = %format_args!("redfish {m}"),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            http.request.method = m,
+            url.full = %crate::traced_url(&url),
+            http.response.status_code = Empty,
+            node.uuid = Empty,
+            request_id = Empty,
+        );
+        telemetry::inherit(&span);
+        let mut headers = reqwest::header::HeaderMap::new();
+        telemetry::inject(&span, &mut headers);
+        let mut req = self.http.request(method.clone(), url).header("Accept", "application/json").headers(headers);
         match auth {
             Some(Auth::Token(t)) => req = req.header("X-Auth-Token", t),
             Some(Auth::Basic) => req = req.basic_auth(&self.endpoint.username, Some(&self.endpoint.password)),
@@ -503,6 +527,23 @@ impl Connection {
         if let Some(b) = body {
             req = req.json(b);
         }
+        let reply = self.exchange(method, path, req).instrument(span.clone()).await;
+        match &reply {
+            Ok(r) => {
+                span.record("http.response.status_code", r.status);
+                if r.status >= 500 {
+                    span.record("otel.status_code", "error");
+                }
+            }
+            Err(_) => {
+                span.record("otel.status_code", "error");
+            }
+        }
+        reply
+    }
+
+    /// Sends `req` and reads the answer.
+    async fn exchange(&self, method: &Method, path: &str, req: reqwest::RequestBuilder) -> Result<Reply> {
         let resp = req.send().await.map_err(|e| BmcError::Unreachable {
             address: self.endpoint.address.clone(),
             message: crate::error_chain(&e),
