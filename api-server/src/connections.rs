@@ -3,6 +3,10 @@
 //! client that opened connections and sent its headers a byte at a time
 //! (slowloris) held each one — a task and a file descriptor — forever.
 //!
+//! With a TLS acceptor every connection starts with its handshake, bounded
+//! by the header read timeout (a client that connects and sends nothing,
+//! or a TLS hello a byte at a time, is cut like a slow request).
+//!
 //! Shutdown is `axum::serve`'s graceful one: when `shutdown` is cancelled
 //! the listener closes, every connection is asked to finish the requests
 //! it is serving (idle ones close at once), and [`serve`] returns when the
@@ -154,7 +158,17 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
     }
 }
 
-/// Serve `app` on every connection `listener` accepts until `shutdown`.
+/// In a request's extensions when it came over TLS: links to the API are
+/// then `https://`.
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
+
+/// A connection's byte stream: plain TCP or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Serve `app` on every connection `listener` accepts until `shutdown`;
+/// with `tls`, HTTPS only.
 ///
 /// A request's headers must arrive within `timeouts.header_read` of its
 /// first byte (and a new connection's first request within it of the
@@ -163,8 +177,13 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
 /// answer. The time between requests is not the time of a request's
 /// headers: a client that keeps a connection in its pool is not cut after
 /// the header timeout (racing its next request on it, which it then loses).
-pub async fn serve<S>(mut listener: TcpListener, app: S, timeouts: Timeouts, shutdown: CancellationToken)
-where
+pub async fn serve<S>(
+    mut listener: TcpListener,
+    app: S,
+    timeouts: Timeouts,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) where
     S: Service<axum::extract::Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
@@ -178,6 +197,7 @@ where
         };
         let activity = Activity::new();
         let (dispatched, answered) = (activity.clone(), activity.clone());
+        let over_tls = tls.is_some();
         // the client's address reaches handlers as axum's ConnectInfo (the
         // iPXE endpoints' rate limit keys on it)
         let service = app
@@ -193,6 +213,9 @@ where
                 });
                 let mut req = req.map(Body::new);
                 req.extensions_mut().insert(ConnectInfo(client));
+                if over_tls {
+                    req.extensions_mut().insert(OverTls);
+                }
                 req
             })
             .map_response(move |resp| {
@@ -204,10 +227,28 @@ where
                 });
                 resp
             });
-        let io = Watched { io: stream, activity: activity.clone() };
-        let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service)).into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher, tls, stopping) = (builder.clone(), graceful.watcher(), tls.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let stream: Box<dyn Io> = match tls {
+                None => Box::new(stream),
+                Some(acceptor) => match tokio::time::timeout(timeouts.header_read, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => Box::new(s),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%client, "TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%client, "connection closed: TLS handshake timeout");
+                        return;
+                    }
+                },
+            };
+            if stopping.is_cancelled() {
+                return;
+            }
+            let io = Watched { io: stream, activity: activity.clone() };
+            let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service)).into_owned();
+            let conn = watcher.watch(conn);
             let mut conn = std::pin::pin!(conn);
             loop {
                 let deadline = activity.deadline(timeouts);
@@ -268,7 +309,7 @@ mod tests {
     ) -> (tokio::task::JoinHandle<()>, SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        (tokio::spawn(serve(listener, app, timeouts, shutdown.clone())), addr)
+        (tokio::spawn(serve(listener, app, timeouts, None, shutdown.clone())), addr)
     }
 
     async fn read_all(s: &mut TcpStream) -> String {

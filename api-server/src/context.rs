@@ -49,12 +49,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
         let base = match parts.extensions.get::<PublicUrl>() {
             Some(PublicUrl(u)) if !u.is_empty() => u.trim_end_matches('/').to_string(),
             _ => {
+                // HTTP/2 carries the host in the URI's authority
                 let host = parts
                     .headers
                     .get(axum::http::header::HOST)
                     .and_then(|h| h.to_str().ok())
+                    .or_else(|| parts.uri.authority().map(|a| a.as_str()))
                     .unwrap_or("127.0.0.1:6385");
-                format!("http://{host}")
+                let scheme =
+                    if parts.extensions.get::<crate::connections::OverTls>().is_some() { "https" } else { "http" };
+                format!("{scheme}://{host}")
             }
         };
         let caller = parts.extensions.get::<Caller>().cloned().unwrap_or(Caller::Admin);

@@ -34,7 +34,7 @@ use ferric_common::telemetry;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::codegen::{GrpcMethod, InterceptedService};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Response, Status};
 use tracing::Instrument as _;
 use tracing::field::Empty;
@@ -85,6 +85,10 @@ pub struct Forwarder {
     ring: watch::Receiver<Ring>,
     channels: Mutex<HashMap<String, Channel>>,
     deadline: Duration,
+    /// Mutual TLS to conductors (`[grpc]`), and a watch on its files: a
+    /// renewed client certificate drops the cached channels, so new ones
+    /// present it.
+    tls: Option<(ferric_common::tls::GrpcTls, ferric_common::tls::FileWatch)>,
 }
 
 /// What to route by.
@@ -113,7 +117,16 @@ pub enum Route<'a> {
 
 impl Forwarder {
     pub fn new(ring: watch::Receiver<Ring>, deadline: Duration) -> Forwarder {
-        Forwarder { ring, channels: Mutex::new(HashMap::new()), deadline }
+        Forwarder { ring, channels: Mutex::new(HashMap::new()), deadline, tls: None }
+    }
+
+    /// Calls conductors with mutual TLS.
+    pub fn with_tls(mut self, tls: Option<ferric_common::tls::GrpcTls>) -> Forwarder {
+        self.tls = tls.map(|t| {
+            let w = t.watch();
+            (t, w)
+        });
+        self
     }
 
     pub fn ring(&self) -> Ring {
@@ -122,11 +135,17 @@ impl Forwarder {
 
     fn client(&self, url: &str) -> Result<Client, ApiError> {
         let mut map = self.channels.lock().expect("channel cache poisoned");
+        if let Some((_, watch)) = &self.tls
+            && watch.changed()
+        {
+            tracing::info!("gRPC client certificate files changed: new connections to conductors present them");
+            map.clear();
+        }
         if let Some(ch) = map.get(url) {
             return Ok(Self::limited(ConductorClient::with_interceptor(ch.clone(), attach as Attach)));
         }
-        let ch = Endpoint::from_shared(url.to_string())
-            .map_err(|e| ApiError::internal(format!("bad conductor URL {url}: {e}")))?
+        let ch = ferric_common::rpc::endpoint(url, self.tls.as_ref().map(|(t, _)| t))
+            .map_err(ApiError::internal)?
             .connect_timeout(Duration::from_secs(2))
             .timeout(self.deadline)
             .connect_lazy();

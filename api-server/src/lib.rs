@@ -214,6 +214,19 @@ async fn readyz(axum::extract::State(st): axum::extract::State<State>) -> axum::
     (code, axum::Json(body)).into_response()
 }
 
+/// The REST API's TLS (`api.tls_cert_file`, `api.tls_key_file`), its
+/// certificate reloaded when the files change; `None`: plain HTTP.
+pub fn tls_acceptor(cfg: &Config) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    let a = &cfg.api;
+    let Some(cert) =
+        ferric_common::tls::listener_cert("api.tls_cert_file", &a.tls_cert_file, "api.tls_key_file", &a.tls_key_file)?
+    else {
+        return Ok(None);
+    };
+    let config = ferric_common::tls::server_config(cert, None, &[b"h2", b"http/1.1"])?;
+    Ok(Some(tokio_rustls::TlsAcceptor::from(config)))
+}
+
 /// A running API server.
 pub struct ApiHandle {
     pub addr: SocketAddr,
@@ -241,7 +254,9 @@ pub async fn serve(
     auth::check_listener(&cfg, addr)?;
     let strategy = cfg.auth.auth_strategy.clone();
     let auth = Arc::new(auth::Authenticator::new(&cfg)?);
-    let fwd = forward::Forwarder::new(ring, Duration::from_millis(cfg.api.request_deadline_ms));
+    let fwd = forward::Forwarder::new(ring, Duration::from_millis(cfg.api.request_deadline_ms))
+        .with_tls(ferric_common::tls::GrpcTls::from_config(&cfg.grpc));
+    let tls = tls_acceptor(&cfg)?;
     let timeouts = connections::Timeouts {
         header_read: Duration::from_millis(cfg.api.header_read_timeout_ms),
         keep_alive: Duration::from_millis(cfg.api.keep_alive_timeout_ms),
@@ -252,7 +267,8 @@ pub async fn serve(
     // clients ask for collections with a trailing slash (`/v1/ports/`)
     let app =
         tower::Layer::layer(&tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(), router(state));
-    let join = tokio::spawn(connections::serve(listener, app, timeouts, shutdown));
-    tracing::info!(%addr, auth_strategy = %strategy, "Ironic API listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let join = tokio::spawn(connections::serve(listener, app, timeouts, tls, shutdown));
+    tracing::info!(%addr, %scheme, auth_strategy = %strategy, "Ironic API listening");
     Ok(ApiHandle { addr, join, stopping })
 }

@@ -177,66 +177,9 @@ pub fn driver_fields() -> Vec<(String, u32)> {
     out
 }
 
-/// Substrings of a key that mark its value as secret (oslo's list).
-const SECRET_KEYS: &[&str] = &[
-    "adminpass",
-    "admin_pass",
-    "password",
-    "admin_password",
-    "auth_token",
-    "new_pass",
-    "auth_password",
-    "secret_uuid",
-    "secret",
-    "sys_pswd",
-    "token",
-    "configdrive",
-    "chappassword",
-    "encrypted_key",
-    "private_key",
-    "fernetkey",
-    "sslkey",
-    "passphrase",
-    "cephclusterfsid",
-    "octaviaheartbeatkey",
-    "rabbitcookie",
-    "cephmanilaclientkey",
-    "pacemakerremoteauthkey",
-    "designaterndckey",
-    "cephadminkey",
-    "heatauthencryptionkey",
-    "cephclientkey",
-    "keystonecredential",
-    "barbicansimplecryptokek",
-    "cephrgwkey",
-    "swifthashsuffix",
-    "migrationsshkey",
-    "cephmdskey",
-    "cephmonkey",
-    "chapsecret",
-];
-
-pub const MASK: &str = "******";
-
-fn mask_value(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(mask(m, &[])),
-        Value::Array(a) => Value::Array(a.iter().map(mask_value).collect()),
-        other => other.clone(),
-    }
-}
-
-/// Replace secret values (recursively, through objects and arrays) by `******`.
-pub fn mask(obj: &JsonObject, extra_keys: &[&str]) -> JsonObject {
-    obj.iter()
-        .map(|(k, v)| {
-            let lower = k.to_ascii_lowercase();
-            let secret = SECRET_KEYS.iter().any(|s| lower.contains(s)) || extra_keys.contains(&k.as_str());
-            let v = if secret { Value::String(MASK.into()) } else { mask_value(v) };
-            (k.clone(), v)
-        })
-        .collect()
-}
+/// Secrets are masked by the one list and function every process uses
+/// (`ferric_common::secrets`): in nested objects and arrays too.
+pub use ferric_common::secrets::{DRIVER_INFO_SECRET_KEYS, INSTANCE_INFO_SECRET_KEYS, MASK, mask};
 
 /// `driver_internal_info` as clients see it: secrets masked, and the agent
 /// session's nonce (from which conductors derive the token) shown as
@@ -396,9 +339,9 @@ pub fn node_view(
     list_item: bool,
 ) -> Value {
     let mut doc = node_document(n, base, conductor);
-    doc.insert("driver_info".into(), Value::Object(mask(&n.driver_info, &["snmp_auth_key", "snmp_priv_key"])));
+    doc.insert("driver_info".into(), Value::Object(mask(&n.driver_info, DRIVER_INFO_SECRET_KEYS)));
     doc.insert("driver_internal_info".into(), Value::Object(internal_info_view(&n.driver_internal_info)));
-    doc.insert("instance_info".into(), Value::Object(mask(&n.instance_info, &["image_url", "configdrive"])));
+    doc.insert("instance_info".into(), Value::Object(mask(&n.instance_info, INSTANCE_INFO_SECRET_KEYS)));
     doc.insert("provision_state".into(), state_value(Some(n.provision_state), v));
     doc.insert("target_provision_state".into(), state_value(n.target_provision_state, v));
     select(doc, NODE_FIELDS, v, fields, list_item.then_some(NODE_LIST_FIELDS))

@@ -145,7 +145,7 @@ pub async fn lookup(
         "node": {
             "uuid": node.uuid,
             "properties": node.properties,
-            "instance_info": mask(&node.instance_info, &["image_url", "configdrive"]),
+            "instance_info": mask(&node.instance_info, crate::render::INSTANCE_INFO_SECRET_KEYS),
             "driver_internal_info": crate::render::internal_info_view(&node.driver_internal_info),
             "links": link_pair(&ctx.base, "nodes", &node.uuid.to_string()),
         },

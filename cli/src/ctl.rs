@@ -275,6 +275,7 @@ pub async fn drain(
     id: &ConductorId,
     wait: bool,
     force: bool,
+    tls: Option<&ferric_common::tls::GrpcTls>,
 ) -> anyhow::Result<()> {
     use ferric_common::proto::Empty;
     use ferric_common::proto::conductor_client::ConductorClient;
@@ -297,8 +298,11 @@ pub async fn drain(
         }
         eprintln!("warning: no other conductor can take {id}'s nodes; draining anyway (--force)");
     }
-    let mut c = ConductorClient::connect(member.grpc_url.clone())
+    let channel = ferric_common::rpc::endpoint(&member.grpc_url, tls).map_err(|e| anyhow::anyhow!(e))?;
+    let mut c = channel
+        .connect()
         .await
+        .map(ConductorClient::new)
         .with_context(|| format!("connecting to {id} at {}", member.grpc_url))?;
     let s = c.drain(Empty {}).await.with_context(|| format!("asking {id} to drain"))?.into_inner();
     println!("{id}: draining ({} nodes held, {} operations in flight)", s.nodes_held, s.operations_in_flight);

@@ -56,14 +56,15 @@ pub async fn run_all_in_one(mut cfg: Config, shutdown: CancellationToken) -> any
     *ready.write().expect("ready slot") = Some(conductor.inner.clone());
     let api =
         ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), install_metrics(), shutdown.clone()).await?;
+    let scheme = if cfg.api.tls_cert_file.as_os_str().is_empty() { "http" } else { "https" };
     info!(
-        api = %format!("http://{}", api.addr),
+        api = %format!("{scheme}://{}", api.addr),
         conductor = %conductor.inner.id,
         database = %redact(&url),
         "ferric all-in-one ready"
     );
     println!(
-        "Ferric all-in-one: Ironic API on http://{0}\n  try: baremetal --os-auth-type none --os-endpoint http://{0} driver list",
+        "Ferric all-in-one: Ironic API on {scheme}://{0}\n  try: baremetal --os-auth-type none --os-endpoint {scheme}://{0} driver list",
         api.addr
     );
     shutdown.cancelled().await;
@@ -83,7 +84,8 @@ fn own_api_url(cfg: &Config) -> Option<String> {
         return Some(cfg.api.public_url.trim_end_matches('/').to_string());
     }
     let addr: std::net::SocketAddr = cfg.api.listen.parse().ok()?;
-    (!addr.ip().is_unspecified() && addr.port() != 0).then(|| format!("http://{addr}"))
+    let scheme = if cfg.api.tls_cert_file.as_os_str().is_empty() { "http" } else { "https" };
+    (!addr.ip().is_unspecified() && addr.port() != 0).then(|| format!("{scheme}://{addr}"))
 }
 
 async fn etcd_membership(cfg: &Config, shutdown: &CancellationToken) -> anyhow::Result<Membership> {
@@ -94,7 +96,7 @@ async fn etcd_membership(cfg: &Config, shutdown: &CancellationToken) -> anyhow::
         );
     }
     let m = EtcdMembership::start(
-        cfg.membership.etcd_endpoints.clone(),
+        ferric_common::membership::etcd::EtcdEndpoints::from_config(&cfg.membership)?,
         ring_settings(cfg),
         ferric_common::membership::etcd::WatchSettings::from_config(&cfg.membership),
         shutdown.clone(),
@@ -227,7 +229,8 @@ pub async fn run_api(cfg: Config, shutdown: CancellationToken) -> anyhow::Result
     let serve_stop = CancellationToken::new();
     let api = ferric_api::serve(cfg.clone(), db.clone(), membership.subscribe(), install_metrics(), serve_stop.clone())
         .await?;
-    info!(api = %format!("http://{}", api.addr), epoch = membership.current().epoch(), "ferric api ready");
+    let scheme = if cfg.api.tls_cert_file.as_os_str().is_empty() { "http" } else { "https" };
+    info!(api = %format!("{scheme}://{}", api.addr), epoch = membership.current().epoch(), "ferric api ready");
     shutdown.cancelled().await;
     api.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     if cfg.api.shutdown_delay_ms > 0 {
@@ -357,15 +360,26 @@ async fn serve_conductor_http(
         .await
         .with_context(|| format!("binding the conductor HTTP address {}", cfg.conductor.http_listen))?;
     let addr = listener.local_addr()?;
+    let c = &cfg.conductor;
+    let tls = ferric_common::tls::listener_cert(
+        "conductor.http_tls_cert_file",
+        &c.http_tls_cert_file,
+        "conductor.http_tls_key_file",
+        &c.http_tls_key_file,
+    )?
+    .map(|cert| ferric_common::tls::server_config(cert, None, &[b"h2", b"http/1.1"]))
+    .transpose()?
+    .map(tokio_rustls::TlsAcceptor::from);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     if cfg.deploy.http_server_url.is_empty() {
         if addr.ip().is_unspecified() {
             anyhow::bail!(
                 "conductor.http_listen {addr} is a wildcard address, so BMCs cannot be told where the HTTP root is: \
-                 set deploy.http_server_url (e.g. http://<this host's IP>:{}/httpboot)",
+                 set deploy.http_server_url (e.g. {scheme}://<this host's IP>:{}/httpboot)",
                 addr.port()
             );
         }
-        cfg.deploy.http_server_url = format!("http://{addr}/httpboot");
+        cfg.deploy.http_server_url = format!("{scheme}://{addr}/httpboot");
     }
     let root = cfg.http_server_root();
     std::fs::create_dir_all(&root).with_context(|| format!("creating the HTTP root {}", root.display()))?;
@@ -382,9 +396,22 @@ async fn serve_conductor_http(
         )
         .nest_service("/httpboot", ferric_deploy::publish::http::router(root))
         .merge(ferric_deploy::media::redirect_router(media));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-    });
+    match tls {
+        // HTTPS: the API's connection handling (handshake and headers
+        // bounded in time), the certificate reloaded when its files change
+        Some(tls) => {
+            let timeouts = ferric_api::connections::Timeouts {
+                header_read: Duration::from_millis(cfg.api.header_read_timeout_ms),
+                keep_alive: Duration::from_millis(cfg.api.keep_alive_timeout_ms),
+            };
+            tokio::spawn(ferric_api::connections::serve(listener, app, timeouts, Some(tls), shutdown));
+        }
+        None => {
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+            });
+        }
+    }
     Ok(())
 }
 

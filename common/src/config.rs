@@ -10,6 +10,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub mod auth;
+pub use crate::secrets::Secret;
 pub use auth::{AuthConfig, KeystoneAuthConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -21,6 +22,7 @@ pub struct Config {
     pub conductor: ConductorConfig,
     pub database: DatabaseConfig,
     pub membership: MembershipConfig,
+    pub grpc: GrpcConfig,
     pub log: LogConfig,
     pub deploy: DeployConfig,
     pub swift: SwiftConfig,
@@ -93,6 +95,32 @@ pub struct ApiConfig {
     /// `/healthz`, `/readyz` and `/metrics` are never shed, so that a busy
     /// API is not restarted or blinded.
     pub max_concurrent_requests: usize,
+    /// PEM certificate chain of the REST API; with `tls_key_file` it
+    /// serves HTTPS only (empty: plain HTTP). Read again when the files
+    /// change: a renewed certificate is served without a restart.
+    pub tls_cert_file: PathBuf,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: PathBuf,
+}
+
+/// Mutual TLS on the gRPC hop between API processes (and `ferricctl`)
+/// and conductors (docs/security.md). All three set, or none (plaintext:
+/// anyone who reaches a conductor's port may call it). One CA issues every
+/// certificate of the hop: a conductor accepts only clients presenting a
+/// certificate of this CA, and clients accept only conductors whose
+/// certificate of this CA names the host of their advertised `grpc_url`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// PEM CA certificate(s) of the hop.
+    pub ca_file: PathBuf,
+    /// This process's PEM certificate chain: a conductor's serves (and
+    /// authenticates its own reachability check, so it carries both the
+    /// serverAuth and clientAuth usages); an API process's or ferricctl's
+    /// authenticates it to conductors.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -181,7 +209,18 @@ pub struct ConductorConfig {
     /// (at least 16 bytes). Empty = one generated at the cluster's first
     /// start and kept in the database. Set it (the same on every conductor)
     /// so that reading the database is not enough to forge a ramdisk.
-    pub cluster_secret: String,
+    pub cluster_secret: Secret,
+    /// PEM certificate chain of the HTTP listener (`http_listen`: the HTTP
+    /// root BMCs fetch boot media from, /metrics, /healthz); with
+    /// `http_tls_key_file` it serves HTTPS only and the URLs handed to BMCs
+    /// are `https://` (many BMCs take https virtual media). Reloaded when
+    /// the files change.
+    pub http_tls_cert_file: PathBuf,
+    pub http_tls_key_file: PathBuf,
+    /// CA the conductor checks its own HTTP root's certificate with when it
+    /// probes `deploy.http_server_url` at start; empty = the system's
+    /// roots. (BMCs check it with theirs.)
+    pub http_tls_ca_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -189,7 +228,10 @@ pub struct ConductorConfig {
 pub struct DatabaseConfig {
     /// `sqlite://<path>` or `postgres://user@host:port/db`; empty =
     /// `sqlite://<data_dir>/ferric.sqlite`.
-    pub url: String,
+    /// A secret (it may carry a password): printed as `***`. TLS to
+    /// PostgreSQL is set in the URL: `?sslmode=verify-full&sslrootcert=
+    /// /path/ca.pem` (and `sslcert`/`sslkey` for a client certificate).
+    pub url: Secret,
     pub max_connections: u32,
     /// How long a query waits for a pooled connection (and so, during an
     /// outage, how long before it fails) — sqlx's default, 30 s.
@@ -211,6 +253,16 @@ pub struct MembershipConfig {
     pub backend: String,
     #[serde(deserialize_with = "list")]
     pub etcd_endpoints: Vec<String>,
+    /// PEM CA certificate etcd's server certificate is checked with; set
+    /// for `https://` endpoints (empty: plaintext `http://` endpoints).
+    pub etcd_ca_file: PathBuf,
+    /// Client certificate and key presented to etcd (etcd's
+    /// `--client-cert-auth`); both or neither, and only with `etcd_ca_file`.
+    pub etcd_cert_file: PathBuf,
+    pub etcd_key_file: PathBuf,
+    /// etcd user and password (etcd's `auth enable`); empty = none.
+    pub etcd_username: String,
+    pub etcd_password: Secret,
     pub lease_ttl_secs: u64,
     /// A conductor fences itself (stops every BMC/image action and task at
     /// once) when its lease might expire within this margin: at
@@ -344,15 +396,15 @@ pub struct SwiftConfig {
     pub auth_url: String,
     /// `account:user` for tempauth.
     pub user: String,
-    pub key: String,
+    pub key: Secret,
     /// `http://host:port/v1/AUTH_account`, when not obtained from auth_url.
     pub storage_url: String,
-    pub auth_token: String,
+    pub auth_token: Secret,
     /// Container for floppies and boot ISOs; created when missing.
     pub swift_ilo_container: String,
     /// The account's `X-Account-Meta-Temp-URL-Key`; set on the account at
     /// start-up when `set_temp_url_key` is true.
-    pub temp_url_key: String,
+    pub temp_url_key: Secret,
     pub set_temp_url_key: bool,
     /// Seconds a temporary URL to a boot ISO stays valid (floppies use the
     /// helper-image TTL).
@@ -538,11 +590,11 @@ impl Default for SwiftConfig {
         SwiftConfig {
             auth_url: String::new(),
             user: String::new(),
-            key: String::new(),
+            key: Secret::default(),
             storage_url: String::new(),
-            auth_token: String::new(),
+            auth_token: Secret::default(),
             swift_ilo_container: "ironic_ilo_container".into(),
-            temp_url_key: String::new(),
+            temp_url_key: Secret::default(),
             set_temp_url_key: false,
             swift_temp_url_duration: 1200,
             temp_url_digest: "sha256".into(),
@@ -571,6 +623,7 @@ impl Default for Config {
             conductor: ConductorConfig::default(),
             database: DatabaseConfig::default(),
             membership: MembershipConfig::default(),
+            grpc: GrpcConfig::default(),
             log: LogConfig::default(),
             deploy: DeployConfig::default(),
             swift: SwiftConfig::default(),
@@ -600,6 +653,8 @@ impl Default for ApiConfig {
             keep_alive_timeout_ms: 120_000,
             request_timeout_ms: 60_000,
             max_concurrent_requests: 1024,
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
         }
     }
 }
@@ -632,7 +687,10 @@ impl Default for ConductorConfig {
             power_sync_workers: 8,
             allocation_workers: 16,
             step_timeout_secs: 10_800,
-            cluster_secret: String::new(),
+            cluster_secret: Secret::default(),
+            http_tls_cert_file: PathBuf::new(),
+            http_tls_key_file: PathBuf::new(),
+            http_tls_ca_file: PathBuf::new(),
         }
     }
 }
@@ -640,7 +698,7 @@ impl Default for ConductorConfig {
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
-            url: String::new(),
+            url: Secret::default(),
             max_connections: 10,
             acquire_timeout_secs: 30,
             auto_migrate: true,
@@ -654,6 +712,11 @@ impl Default for MembershipConfig {
         MembershipConfig {
             backend: "local".into(),
             etcd_endpoints: Vec::new(),
+            etcd_ca_file: PathBuf::new(),
+            etcd_cert_file: PathBuf::new(),
+            etcd_key_file: PathBuf::new(),
+            etcd_username: String::new(),
+            etcd_password: Secret::default(),
             lease_ttl_secs: 6,
             fence_margin_ms: 1000,
             watch_progress_interval_ms: 1000,
@@ -858,8 +921,10 @@ impl Config {
         if self.deploy.deploy_helper_images_ttl == 0 {
             return Err(ConfigError("deploy.deploy_helper_images_ttl must be at least 1 (minutes)".into()));
         }
+        self.validate_tls()?;
         if !self.database.url.is_empty() {
-            crate::db::Backend::of(&self.database.url).map_err(|e| ConfigError(format!("database.url: {e}")))?;
+            crate::db::Backend::of(self.database.url.expose())
+                .map_err(|e| ConfigError(format!("database.url: {e}")))?;
         }
         if !matches!(self.deploy.default_boot_mode.as_str(), "uefi" | "bios") {
             return Err(ConfigError(format!(
@@ -890,6 +955,63 @@ impl Config {
         }
         if !matches!(self.log.format.as_str(), "human" | "json") {
             return Err(ConfigError(format!("log.format must be \"human\" or \"json\", not {:?}", self.log.format)));
+        }
+        Ok(())
+    }
+
+    /// TLS keys that go together are set together (the files themselves
+    /// are read by the process that serves or connects with them).
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        let pairs = [
+            ("api.tls_cert_file", &self.api.tls_cert_file, "api.tls_key_file", &self.api.tls_key_file),
+            (
+                "conductor.http_tls_cert_file",
+                &self.conductor.http_tls_cert_file,
+                "conductor.http_tls_key_file",
+                &self.conductor.http_tls_key_file,
+            ),
+            (
+                "membership.etcd_cert_file",
+                &self.membership.etcd_cert_file,
+                "membership.etcd_key_file",
+                &self.membership.etcd_key_file,
+            ),
+        ];
+        for (a, pa, b, pb) in pairs {
+            if set(pa) != set(pb) {
+                return Err(ConfigError(format!("{a} and {b} are set together or not at all")));
+            }
+        }
+        let g = &self.grpc;
+        if !(set(&g.ca_file) == set(&g.cert_file) && set(&g.cert_file) == set(&g.key_file)) {
+            return Err(ConfigError(
+                "grpc.ca_file, grpc.cert_file and grpc.key_file are set together (mutual TLS on the gRPC hop) or not \
+                 at all"
+                    .into(),
+            ));
+        }
+        if set(&g.ca_file) && self.conductor.grpc_url.starts_with("http://") {
+            return Err(ConfigError(format!(
+                "conductor.grpc_url {} is plaintext but grpc.ca_file is set (mutual TLS): advertise https://",
+                self.conductor.grpc_url
+            )));
+        }
+        let m = &self.membership;
+        if set(&m.etcd_cert_file) && !set(&m.etcd_ca_file) {
+            return Err(ConfigError("membership.etcd_cert_file needs membership.etcd_ca_file (TLS to etcd)".into()));
+        }
+        if set(&m.etcd_ca_file)
+            && let Some(e) = m.etcd_endpoints.iter().find(|e| !e.starts_with("https://"))
+        {
+            return Err(ConfigError(format!(
+                "membership.etcd_ca_file is set (TLS to etcd) but endpoint {e} is not https://"
+            )));
+        }
+        if m.etcd_username.is_empty() != m.etcd_password.is_empty() {
+            return Err(ConfigError(
+                "membership.etcd_username and membership.etcd_password are set together or not at all".into(),
+            ));
         }
         Ok(())
     }
@@ -929,7 +1051,7 @@ impl Config {
         if self.database.url.is_empty() {
             format!("sqlite://{}", self.data_dir.join("ferric.sqlite").display())
         } else {
-            self.database.url.clone()
+            self.database.url.expose().to_string()
         }
     }
 
@@ -1040,6 +1162,52 @@ mod tests {
             cfg.api.max_node_document_bytes > 64 * 1024 * 1024,
             "a node must hold a config drive of Ironic's largest size (64 MiB)"
         );
+    }
+
+    #[test]
+    fn debug_output_shows_no_configured_secret() {
+        let cfg = Config::load(
+            None,
+            serde_json::json!({
+                "database": {"url": "postgres://ferric:db-pass-1@db:5432/ferric"},
+                "conductor": {"cluster_secret": "cluster-secret-0123456789"},
+                "swift": {"key": "swift-key-2", "auth_token": "swift-token-3", "temp_url_key": "temp-url-key-4"},
+                "membership": {"etcd_username": "ferric", "etcd_password": "etcd-pass-5"},
+            }),
+        )
+        .unwrap();
+        let shown = format!("{cfg:?} {cfg:#?}");
+        for secret in ["db-pass-1", "cluster-secret", "swift-key-2", "swift-token-3", "temp-url-key-4", "etcd-pass-5"] {
+            assert!(!shown.contains(secret), "{secret} printed by Debug");
+        }
+        assert!(shown.contains("etcd_username: \"ferric\""), "the rest still prints");
+        // what uses them reads them whole
+        assert_eq!(cfg.database_url(), "postgres://ferric:db-pass-1@db:5432/ferric");
+        assert_eq!(cfg.membership.etcd_password.expose(), "etcd-pass-5");
+    }
+
+    #[test]
+    fn tls_keys_that_go_together_are_refused_apart_by_name() {
+        let load = |v: serde_json::Value| Config::load(None, v).map(|_| ()).map_err(|e| e.to_string());
+        let e = load(serde_json::json!({"api": {"tls_cert_file": "/c.pem"}})).unwrap_err();
+        assert!(e.contains("api.tls_cert_file and api.tls_key_file"), "{e}");
+        let e = load(serde_json::json!({"grpc": {"ca_file": "/ca.pem", "cert_file": "/c.pem"}})).unwrap_err();
+        assert!(e.contains("grpc.ca_file, grpc.cert_file and grpc.key_file"), "{e}");
+        let e = load(serde_json::json!({"conductor": {"http_tls_key_file": "/k.pem"}})).unwrap_err();
+        assert!(e.contains("conductor.http_tls_cert_file"), "{e}");
+        let e =
+            load(serde_json::json!({"membership": {"etcd_ca_file": "/ca.pem", "etcd_endpoints": ["http://e:2379"]}}))
+                .unwrap_err();
+        assert!(e.contains("http://e:2379") && e.contains("https://"), "{e}");
+        let e = load(serde_json::json!({"membership": {"etcd_cert_file": "/c", "etcd_key_file": "/k"}})).unwrap_err();
+        assert!(e.contains("membership.etcd_ca_file"), "{e}");
+        let e = load(serde_json::json!({"membership": {"etcd_password": "x"}})).unwrap_err();
+        assert!(e.contains("etcd_username"), "{e}");
+        let grpc = serde_json::json!({"ca_file": "/ca.pem", "cert_file": "/c.pem", "key_file": "/k.pem"});
+        load(serde_json::json!({ "grpc": grpc })).expect("all three");
+        let e = load(serde_json::json!({"grpc": grpc, "conductor": {"grpc_url": "http://c1:6391"}})).unwrap_err();
+        assert!(e.contains("conductor.grpc_url http://c1:6391 is plaintext"), "{e}");
+        load(serde_json::json!({"grpc": grpc, "conductor": {"grpc_url": "https://c1:6391"}})).expect("https");
     }
 
     #[test]

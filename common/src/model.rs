@@ -32,8 +32,9 @@ pub const NODE_INTERFACES: [&str; 13] = [
     "vendor",
 ];
 
-/// A bare-metal machine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A bare-metal machine. Its `Debug` output masks secrets (see
+/// [`Node::masked`]).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     pub uuid: Uuid,
     pub name: Option<String>,
@@ -98,6 +99,29 @@ pub struct Node {
     pub target_raid_config: JsonObject,
     pub created_at: DateTime<Utc>,
     pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Node {
+    /// A copy with the secrets of `driver_info` (BMC passwords),
+    /// `instance_info` (image URLs, config drive) and
+    /// `driver_internal_info` (agent session) replaced by `******`: what
+    /// leaves a conductor in a gRPC reply, and what `Debug` prints.
+    pub fn masked(&self) -> Node {
+        use crate::secrets::{DRIVER_INFO_SECRET_KEYS, INSTANCE_INFO_SECRET_KEYS, mask};
+        let mut n = self.clone();
+        n.driver_info = mask(&self.driver_info, DRIVER_INFO_SECRET_KEYS);
+        n.instance_info = mask(&self.instance_info, INSTANCE_INFO_SECRET_KEYS);
+        n.driver_internal_info = mask(&self.driver_internal_info, &[]);
+        n
+    }
+}
+
+impl std::fmt::Debug for Node {
+    /// The masked node as JSON: a node logged with `{:?}` shows no secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = serde_json::to_value(self.masked()).map_err(|_| std::fmt::Error)?;
+        write!(f, "Node {v}")
+    }
 }
 
 /// The interface implementations of a node; `None` means "the hardware
@@ -470,5 +494,30 @@ mod tests {
         assert_eq!(normalize_mac("52:54:00:ab:cd"), None);
         assert_eq!(normalize_mac("52:54:00:ab:cd:zz"), None);
         assert_eq!(normalize_mac("525400abcd01"), None);
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_node_masks_its_secrets() {
+        let mut n = Node::new(Uuid::new_v4(), "redfish", crate::states::ProvisionState::Available);
+        n.driver_info = serde_json::from_value(serde_json::json!({
+            "redfish_password": "bmc-pass-1", "redfish_username": "admin",
+            "extra_bmcs": [{"password": "bmc-pass-2"}], "snmp_priv_key": "snmp-3"
+        }))
+        .unwrap();
+        n.instance_info =
+            serde_json::from_value(serde_json::json!({"image_url": "http://x/?temp_url_sig=sig-4"})).unwrap();
+        n.driver_internal_info = serde_json::from_value(serde_json::json!({"agent_token_nonce": "nonce-5"})).unwrap();
+        let shown = format!("{n:?}");
+        for secret in ["bmc-pass-1", "bmc-pass-2", "snmp-3", "sig-4", "nonce-5"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("admin") && shown.contains(&n.uuid.to_string()), "{shown}");
+        assert_eq!(n.masked().driver_info["redfish_password"], crate::secrets::MASK);
+        assert_eq!(n.driver_info["redfish_password"], "bmc-pass-1", "masking copies");
     }
 }

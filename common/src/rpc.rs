@@ -1,5 +1,7 @@
 //! Typed errors across the gRPC boundary: a `tonic::Status` code plus an
-//! [`ErrorDetail`] in the status details — never a message to parse.
+//! [`ErrorDetail`] in the status details — never a message to parse; and
+//! [`endpoint`], the one way every client (API processes, `ferricctl`, a
+//! conductor checking its own address, the tests) reaches a conductor.
 
 use prost::Message;
 use tonic::{Code, Status};
@@ -21,6 +23,39 @@ pub const MAX_MESSAGE_BYTES: usize = 320 * 1024 * 1024;
 /// conductor answers a call it applied already as applied (see
 /// `db::AppliedCall`).
 pub const CALL_ID_HEADER: &str = "x-ferric-call-id";
+
+/// A conductor's gRPC endpoint at `url` (as it advertises it in the
+/// ring), with mutual TLS when `tls` is given.
+///
+/// With TLS configured the URL must be `https://`: a client never sends
+/// its calls (node updates, drains, agent tokens) in plaintext to a
+/// conductor that advertises one. The conductor's certificate must name
+/// the URL's host (an IP address SAN for an IP, a DNS SAN for a name).
+/// Without TLS an `https://` URL is refused, naming the setting that is
+/// missing.
+pub fn endpoint(url: &str, tls: Option<&crate::tls::GrpcTls>) -> Result<tonic::transport::Endpoint, String> {
+    let ep =
+        tonic::transport::Endpoint::from_shared(url.to_string()).map_err(|e| format!("bad gRPC URL {url}: {e}"))?;
+    let https = ep.uri().scheme_str() == Some("https");
+    match tls {
+        Some(tls) => {
+            if !https {
+                return Err(format!(
+                    "conductor gRPC URL {url} is plaintext but grpc.ca_file is set (mutual TLS): the conductor must \
+                     advertise an https:// URL (set its grpc.* TLS keys too)"
+                ));
+            }
+            let host = ep.uri().host().ok_or_else(|| format!("gRPC URL {url} has no host"))?.to_string();
+            let cfg = tls.client_config(&host).map_err(|e| format!("grpc TLS settings: {e}"))?;
+            ep.tls_config(cfg).map_err(|e| format!("grpc TLS settings for {url}: {e}"))
+        }
+        None if https => Err(format!(
+            "conductor gRPC URL {url} is https:// (mutual TLS) but this process has no grpc.ca_file, grpc.cert_file \
+             and grpc.key_file to present"
+        )),
+        None => Ok(ep),
+    }
+}
 
 pub fn status(reason: Reason, message: impl Into<String>, epoch: u64, holder: &str) -> Status {
     let message = message.into();

@@ -428,8 +428,8 @@ async fn check_reachable(inner: &Arc<Inner>, grpc_url: &str) -> anyhow::Result<(
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let answer = async {
-            let ch = tonic::transport::Endpoint::from_shared(grpc_url.to_string())
-                .map_err(|e| format!("not a URL: {e}"))?
+            let tls = ferric_common::tls::GrpcTls::from_config(&inner.cfg.grpc);
+            let ch = ferric_common::rpc::endpoint(grpc_url, tls.as_ref())?
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(Duration::from_secs(3))
                 .connect()
@@ -475,15 +475,16 @@ async fn check_reachable(inner: &Arc<Inner>, grpc_url: &str) -> anyhow::Result<(
         store.put_bytes(&name, nonce.clone().into_bytes(), Some(Duration::from_secs(60))).await?;
         let url = store.url(&name, Duration::from_secs(60))?;
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = &inner.cfg.conductor.http_tls_ca_file;
         let got = async {
-            let r = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .map_err(|e| e.to_string())?
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| format!("{e}"))?;
+            let mut client = reqwest::Client::builder().timeout(Duration::from_secs(5));
+            if !ca.as_os_str().is_empty() {
+                let pem = std::fs::read(ca).map_err(|e| format!("conductor.http_tls_ca_file {}: {e}", ca.display()))?;
+                let cert = reqwest::Certificate::from_pem(&pem)
+                    .map_err(|e| format!("conductor.http_tls_ca_file {}: {e}", ca.display()))?;
+                client = client.tls_certs_only([cert]);
+            }
+            let r = client.build().map_err(|e| e.to_string())?.get(&url).send().await.map_err(|e| format!("{e}"))?;
             let status = r.status();
             let body = r.text().await.map_err(|e| e.to_string())?;
             Ok::<_, String>((status, body))
@@ -505,6 +506,10 @@ async fn check_reachable(inner: &Arc<Inner>, grpc_url: &str) -> anyhow::Result<(
     Ok(())
 }
 
+/// How long a gRPC client may take to complete its TLS handshake; API
+/// processes on the cluster's network take milliseconds.
+const GRPC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub async fn start(
     cfg: Config,
     db: Db,
@@ -516,8 +521,16 @@ pub async fn start(
         .await
         .with_context(|| format!("binding the conductor gRPC address {}", cfg.conductor.grpc_listen))?;
     let grpc_addr = listener.local_addr()?;
-    let grpc_url =
-        if cfg.conductor.grpc_url.is_empty() { format!("http://{grpc_addr}") } else { cfg.conductor.grpc_url.clone() };
+    let grpc_tls = match ferric_common::tls::GrpcTls::from_config(&cfg.grpc) {
+        Some(t) => Some(t.server_config().context("grpc.cert_file / grpc.key_file / grpc.ca_file")?),
+        None => None,
+    };
+    let scheme = if grpc_tls.is_some() { "https" } else { "http" };
+    let grpc_url = if cfg.conductor.grpc_url.is_empty() {
+        format!("{scheme}://{grpc_addr}")
+    } else {
+        cfg.conductor.grpc_url.clone()
+    };
     let id = ConductorId::new(cfg.conductor_id());
     let incarnation = Incarnation::start(&id);
     let http_url = http_root_url(&cfg)?;
@@ -531,7 +544,7 @@ pub async fn start(
     if !cfg.pxe.tftp_listen.is_empty() {
         netboot::serve_tftp(&cfg, shutdown.child_token()).await?;
     }
-    let secret = secret::resolve(&db, &cfg.conductor.cluster_secret).await.context("the cluster secret")?;
+    let secret = secret::resolve(&db, cfg.conductor.cluster_secret.expose()).await.context("the cluster secret")?;
     let tokens = ferric_deploy::token::AgentTokens::new(secret);
     let exit_requested = CancellationToken::new();
     let fence = Arc::new(fence::Fence::new(
@@ -571,17 +584,26 @@ pub async fn start(
     });
 
     let svc = service::ConductorService::new(inner.clone());
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stop = shutdown.clone();
     let server = tokio::spawn(async move {
-        let res = tonic::transport::Server::builder()
-            .add_service(
-                ConductorServer::new(svc)
-                    .max_decoding_message_size(ferric_common::rpc::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(ferric_common::rpc::MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-            .await;
+        let router = tonic::transport::Server::builder().add_service(
+            ConductorServer::new(svc)
+                .max_decoding_message_size(ferric_common::rpc::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(ferric_common::rpc::MAX_MESSAGE_BYTES),
+        );
+        let res = match grpc_tls {
+            // mutual TLS: only clients with a certificate of grpc.ca_file
+            // complete a handshake
+            Some(tls) => {
+                let incoming = ferric_common::tls::incoming(listener, tls, GRPC_HANDSHAKE_TIMEOUT, stop.clone());
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
+                router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await
+            }
+            None => {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await
+            }
+        };
         if let Err(e) = res {
             warn!("conductor gRPC server stopped: {e}");
         }

@@ -211,7 +211,7 @@ async fn swift_publisher_against_a_real_swift() {
 
     // a fixed storage URL and token instead of tempauth
     let (storage_url, auth_token) = lab.token().await;
-    let fixed = SwiftConfig { auth_url: String::new(), storage_url, auth_token, ..cfg.clone() };
+    let fixed = SwiftConfig { auth_url: String::new(), storage_url, auth_token: auth_token.into(), ..cfg.clone() };
     let fixed_store = SwiftStore::connect(&fixed).await.unwrap();
     assert!(fixed_store.exists("p/b").await.unwrap());
     let e = SwiftStore::connect(&SwiftConfig { auth_token: "AUTH_tknope".into(), ..fixed.clone() })

@@ -23,6 +23,9 @@ pub struct Cluster {
     pub pg: Postgres,
     pub dir: tempfile::TempDir,
     pub client: reqwest::Client,
+    /// Mutual TLS on the gRPC hop, when the cluster was started with the
+    /// `FERRIC_GRPC__*` settings (every process gets them).
+    pub grpc_tls: Option<ferric_common::tls::GrpcTls>,
 }
 
 pub fn conductor_process(
@@ -146,8 +149,26 @@ impl Cluster {
                 (k.starts_with("FERRIC_MEMBERSHIP__") && !k.contains("FENCE")) || k.starts_with("OTEL_")
             }),
         );
+        // and the gRPC hop's TLS: it calls the conductors
+        api_env.extend(env.iter().filter(|(k, _)| k.starts_with("FERRIC_GRPC__")));
+        let setting = |k: &str| env.iter().find(|(key, _)| *key == k).map(|(_, v)| std::path::PathBuf::from(v));
+        let grpc_tls = setting("FERRIC_GRPC__CA_FILE").map(|ca| ferric_common::tls::GrpcTls {
+            ca,
+            cert: setting("FERRIC_GRPC__CERT_FILE").expect("FERRIC_GRPC__CERT_FILE"),
+            key: setting("FERRIC_GRPC__KEY_FILE").expect("FERRIC_GRPC__KEY_FILE"),
+        });
         let api = Process::start("api", dir.path(), args, &api_env, Some(port));
-        Cluster { etcd, api, api_url: format!("http://127.0.0.1:{port}"), conductors, db_url, pg, dir, client: http() }
+        Cluster {
+            etcd,
+            api,
+            api_url: format!("http://127.0.0.1:{port}"),
+            conductors,
+            db_url,
+            pg,
+            dir,
+            client: http(),
+            grpc_tls,
+        }
     }
 
     /// Starts one more conductor, `c{n+1}`, reaching etcd at `etcd` (the
@@ -224,7 +245,8 @@ impl Cluster {
     }
 
     pub async fn status(&self, i: usize) -> Option<ConductorStatus> {
-        status(self.conductors[i].1).await
+        let scheme = if self.grpc_tls.is_some() { "https" } else { "http" };
+        status_at(&format!("{scheme}://127.0.0.1:{}", self.conductors[i].1), self.grpc_tls.as_ref()).await.ok()
     }
 
     pub async fn req(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -350,8 +372,20 @@ impl Cluster {
 }
 
 pub async fn status(port: u16) -> Option<ConductorStatus> {
-    let mut c = ConductorClient::connect(format!("http://127.0.0.1:{port}")).await.ok()?;
-    c.get_conductor_status(Empty {}).await.ok().map(|r| r.into_inner())
+    status_at(&format!("http://127.0.0.1:{port}"), None).await.ok()
+}
+
+/// A conductor's status at `url`, through the one channel builder every
+/// client uses (mutual TLS with `tls`); Err says what failed.
+pub async fn status_at(url: &str, tls: Option<&ferric_common::tls::GrpcTls>) -> Result<ConductorStatus, String> {
+    let ch = ferric_common::rpc::endpoint(url, tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()))?;
+    let mut c = ConductorClient::new(ch);
+    c.get_conductor_status(Empty {}).await.map(|r| r.into_inner()).map_err(|e| e.to_string())
 }
 
 /// Continuous API requests that each go over gRPC to a node's owner

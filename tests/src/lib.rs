@@ -24,6 +24,7 @@ pub mod otlp;
 pub mod ramdisk;
 pub mod redfish;
 pub mod swift;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -83,8 +84,24 @@ fn pg_bin_dir() -> PathBuf {
     found.pop().expect("PostgreSQL server binaries not found under /usr/lib/postgresql (run scripts/deps.sh)")
 }
 
+/// A PostgreSQL server's TLS: its certificate and key (PEM files).
+pub struct PgTls<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
 impl Postgres {
     pub fn start() -> Postgres {
+        Postgres::start_inner(None)
+    }
+
+    /// A server with `ssl = on` that accepts TCP connections over TLS
+    /// only (pg_hba: `hostssl`, and `hostnossl ... reject`).
+    pub fn start_tls(tls: PgTls<'_>) -> Postgres {
+        Postgres::start_inner(Some(tls))
+    }
+
+    fn start_inner(tls: Option<PgTls<'_>>) -> Postgres {
         let bin = pg_bin_dir();
         let as_root = unsafe { libc::geteuid() } == 0;
         let dir = tempfile::Builder::new().prefix("ferric-pg").tempdir().expect("tempdir");
@@ -112,8 +129,26 @@ impl Postgres {
             bin.display(),
             data.display()
         ));
+        let mut ssl = String::new();
+        if let Some(tls) = tls {
+            // the key must belong to the server's user and be private to it
+            let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::copy(tls.cert, &cert).expect("copy the server certificate");
+            std::fs::copy(tls.key, &key).expect("copy the server key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod key");
+            if as_root {
+                let out = Command::new("chown").args(["postgres"]).arg(&cert).arg(&key).output().expect("chown");
+                assert!(out.status.success(), "chown: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .expect("pg_hba.conf");
+            ssl = format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", cert.display(), key.display());
+        }
         run(format!(
-            "{}/pg_ctl -D {} -l {d}/postgres.log -w -o \"-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off\" start >/dev/null",
+            "{}/pg_ctl -D {} -l {d}/postgres.log -w -o \"-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off{ssl}\" start >/dev/null",
             bin.display(),
             data.display()
         ));
@@ -229,20 +264,68 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+    tls: Option<EtcdTls>,
+}
+
+/// etcd's client TLS: its certificate and key, and the CA its clients'
+/// certificates must come from (`--client-cert-auth`); clients use
+/// `client_cert`/`client_key` (etcdctl for the readiness check).
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 impl Etcd {
     pub fn start() -> Etcd {
         let dir = tempfile::Builder::new().prefix("ferric-etcd").tempdir().expect("tempdir");
         let (client_port, peer_port) = (free_port(), free_port());
-        let mut e =
-            Etcd { endpoint: format!("http://127.0.0.1:{client_port}"), dir, client_port, peer_port, child: None };
+        let mut e = Etcd {
+            endpoint: format!("http://127.0.0.1:{client_port}"),
+            dir,
+            client_port,
+            peer_port,
+            child: None,
+            tls: None,
+        };
+        e.spawn();
+        e
+    }
+
+    /// etcd serving its clients over TLS only, requiring a client
+    /// certificate of `tls.ca`.
+    pub fn start_tls(tls: EtcdTls) -> Etcd {
+        let dir = tempfile::Builder::new().prefix("ferric-etcd").tempdir().expect("tempdir");
+        let (client_port, peer_port) = (free_port(), free_port());
+        let mut e = Etcd {
+            endpoint: format!("https://127.0.0.1:{client_port}"),
+            dir,
+            client_port,
+            peer_port,
+            child: None,
+            tls: Some(tls),
+        };
         e.spawn();
         e
     }
 
     fn spawn(&mut self) {
-        let c = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let c = format!("{scheme}://127.0.0.1:{}", self.client_port);
+        let mut server_tls: Vec<String> = Vec::new();
+        let mut client_tls: Vec<String> = Vec::new();
+        if let Some(t) = &self.tls {
+            for (flag, p) in [("--cert-file", &t.cert), ("--key-file", &t.key), ("--trusted-ca-file", &t.ca)] {
+                server_tls.extend([flag.to_string(), p.display().to_string()]);
+            }
+            server_tls.push("--client-cert-auth".into());
+            for (flag, p) in [("--cacert", &t.ca), ("--cert", &t.client_cert), ("--key", &t.client_key)] {
+                client_tls.extend([flag.to_string(), p.display().to_string()]);
+            }
+        }
         let p = format!("http://127.0.0.1:{}", self.peer_port);
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("etcd.log")).expect("log");
@@ -258,6 +341,7 @@ impl Etcd {
                 "--initial-cluster",
                 &format!("t={p}"),
             ])
+            .args(&server_tls)
             .stdout(log.try_clone().expect("dup"))
             .stderr(log)
             .spawn()
@@ -267,6 +351,7 @@ impl Etcd {
             Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
                 .args(["--endpoints", &c, "endpoint", "health"])
+                .args(&client_tls)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -443,11 +528,18 @@ pub struct Baremetal {
     bin: PathBuf,
     /// The `--os-auth-type ...` arguments (`none` unless given).
     auth: Vec<String>,
+    /// Options put before every command (e.g. `--os-cacert`).
+    options: Vec<String>,
 }
 
 impl Baremetal {
     pub fn new(endpoint: &str) -> Baremetal {
-        Baremetal { endpoint: endpoint.to_string(), bin: venv().join("bin/baremetal"), auth: vec![] }
+        Baremetal {
+            endpoint: endpoint.to_string(),
+            bin: venv().join("bin/baremetal"),
+            auth: vec![],
+            options: Vec::new(),
+        }
     }
 
     /// The CLI as a user of an `http_basic` API.
@@ -467,6 +559,12 @@ impl Baremetal {
         b
     }
 
+    /// Checks the API's certificate with the CA in `ca_file` (https).
+    pub fn with_cacert(mut self, ca_file: &Path) -> Baremetal {
+        self.options.extend(["--os-cacert".to_string(), ca_file.display().to_string()]);
+        self
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         let auth =
             if self.auth.is_empty() { vec!["--os-auth-type".to_string(), "none".into()] } else { self.auth.clone() };
@@ -479,6 +577,7 @@ impl Baremetal {
             .args(endpoint)
             // no client-side retries: the test must see the server's answer
             .args(["--max-retries", "0"])
+            .args(&self.options)
             .args(args)
             .stdin(Stdio::null())
             .output()

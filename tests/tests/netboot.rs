@@ -315,7 +315,7 @@ async fn with_use_swift_ipxe_downloads_temp_urls_and_no_conductor_holds_a_file()
     let r = http
         .post(&storage)
         .header("x-auth-token", &token)
-        .header("x-account-meta-temp-url-key", &c.temp_url_key)
+        .header("x-account-meta-temp-url-key", c.temp_url_key.expose())
         .send()
         .await
         .unwrap();
@@ -337,8 +337,8 @@ async fn with_use_swift_ipxe_downloads_temp_urls_and_no_conductor_holds_a_file()
         ("FERRIC_IPXE__USE_SWIFT", "true"),
         ("FERRIC_SWIFT__AUTH_URL", &c.auth_url),
         ("FERRIC_SWIFT__USER", &c.user),
-        ("FERRIC_SWIFT__KEY", &c.key),
-        ("FERRIC_SWIFT__TEMP_URL_KEY", &c.temp_url_key),
+        ("FERRIC_SWIFT__KEY", c.key.expose()),
+        ("FERRIC_SWIFT__TEMP_URL_KEY", c.temp_url_key.expose()),
     ]);
     let api = Api::new(&ferric.endpoint);
     let n = api.create_node(

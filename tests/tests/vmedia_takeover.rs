@@ -74,8 +74,8 @@ async fn take_over_virtual_media(publisher: Publisher) {
                 ("FERRIC_DEPLOY__USE_HTTP_WEB_SERVER_FOR_IMAGES".into(), "false".into()),
                 ("FERRIC_SWIFT__AUTH_URL".into(), c.auth_url),
                 ("FERRIC_SWIFT__USER".into(), c.user),
-                ("FERRIC_SWIFT__KEY".into(), c.key),
-                ("FERRIC_SWIFT__TEMP_URL_KEY".into(), c.temp_url_key),
+                ("FERRIC_SWIFT__KEY".into(), c.key.expose().to_string()),
+                ("FERRIC_SWIFT__TEMP_URL_KEY".into(), c.temp_url_key.expose().to_string()),
                 ("FERRIC_SWIFT__SET_TEMP_URL_KEY".into(), "true".into()),
                 ("FERRIC_SWIFT__SWIFT_ILO_CONTAINER".into(), c.swift_ilo_container),
             ]

@@ -130,7 +130,7 @@ fn main() -> anyhow::Result<()> {
         let _stop = cancel.clone().drop_guard();
         let configured = ferric_cli::ring_settings(&cfg);
         let m = EtcdMembership::start(
-            cfg.membership.etcd_endpoints.clone(),
+            ferric_common::membership::etcd::EtcdEndpoints::from_config(&cfg.membership)?,
             configured.clone(),
             ferric_common::membership::etcd::WatchSettings::from_config(&cfg.membership),
             cancel.clone(),
@@ -188,7 +188,8 @@ fn main() -> anyhow::Result<()> {
                          FERRIC_CONDUCTOR__ID"
                     ),
                 };
-                ctl::drain(m.subscribe(), &id.into(), wait, force).await?;
+                let tls = ferric_common::tls::GrpcTls::from_config(&cfg.grpc);
+                ctl::drain(m.subscribe(), &id.into(), wait, force, tls.as_ref()).await?;
             }
         }
         Ok(())

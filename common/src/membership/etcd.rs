@@ -68,14 +68,73 @@ impl From<etcd_client::Error> for EtcdError {
 /// dead server; their interval stays above etcd's
 /// `--grpc-keepalive-min-time` (5 s), or etcd closes the connection
 /// ("too many pings").
-async fn connect(endpoints: &[String]) -> Result<Client, EtcdError> {
-    let opts = ConnectOptions::new()
+async fn connect(endpoints: &EtcdEndpoints) -> Result<Client, EtcdError> {
+    let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
         // a member cut off from the cluster's leader answers nothing new:
         // have it refuse instead of serving a stale view
         .with_require_leader(true);
-    Ok(Client::connect(endpoints, Some(opts)).await?)
+    if let Some(tls) = &endpoints.tls {
+        opts = opts.with_tls(tls.clone());
+    }
+    if let Some((user, password)) = &endpoints.user {
+        opts = opts.with_user(user.clone(), password.expose());
+    }
+    Ok(Client::connect(&endpoints.urls, Some(opts)).await?)
+}
+
+/// Where etcd is and how to talk to it: its endpoints, TLS (a CA to check
+/// its certificate, optionally a client certificate) and a user.
+#[derive(Clone, Default)]
+pub struct EtcdEndpoints {
+    pub urls: Vec<String>,
+    tls: Option<etcd_client::TlsOptions>,
+    user: Option<(String, crate::secrets::Secret)>,
+}
+
+impl std::fmt::Debug for EtcdEndpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdEndpoints")
+            .field("urls", &self.urls)
+            .field("tls", &self.tls.is_some())
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+impl From<Vec<String>> for EtcdEndpoints {
+    fn from(urls: Vec<String>) -> EtcdEndpoints {
+        EtcdEndpoints { urls, tls: None, user: None }
+    }
+}
+
+impl EtcdEndpoints {
+    /// From `[membership]`: the endpoints, TLS files and user (the files
+    /// are read now, so a bad one is named at start).
+    pub fn from_config(m: &crate::config::MembershipConfig) -> Result<EtcdEndpoints, EtcdError> {
+        let mut e = EtcdEndpoints::from(m.etcd_endpoints.clone());
+        if !m.etcd_ca_file.as_os_str().is_empty() {
+            let read = |key: &str, p: &std::path::Path| {
+                std::fs::read(p).map_err(|err| EtcdError(format!("membership.{key} {}: {err}", p.display())))
+            };
+            crate::tls::read_roots(&m.etcd_ca_file)
+                .map_err(|err| EtcdError(format!("membership.etcd_ca_file: {err}")))?;
+            let mut tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read("etcd_ca_file", &m.etcd_ca_file)?));
+            if !m.etcd_cert_file.as_os_str().is_empty() {
+                tls = tls.identity(etcd_client::Identity::from_pem(
+                    read("etcd_cert_file", &m.etcd_cert_file)?,
+                    read("etcd_key_file", &m.etcd_key_file)?,
+                ));
+            }
+            e.tls = Some(tls);
+        }
+        if !m.etcd_username.is_empty() {
+            e.user = Some((m.etcd_username.clone(), m.etcd_password.clone()));
+        }
+        Ok(e)
+    }
 }
 
 /// A member of `ring` (other than `me`) that works on another database
@@ -118,7 +177,7 @@ impl WatchSettings {
 /// Watches the membership and publishes the ring; optionally registers
 /// this process as a member.
 pub struct EtcdMembership {
-    endpoints: Vec<String>,
+    endpoints: EtcdEndpoints,
     /// The etcd cluster's id (from its response headers), hex.
     cluster_id: String,
     tx: watch::Sender<Ring>,
@@ -140,11 +199,12 @@ struct Registration {
 impl EtcdMembership {
     /// Read the membership and keep watching it until `cancel`.
     pub async fn start(
-        endpoints: Vec<String>,
+        endpoints: impl Into<EtcdEndpoints>,
         settings: RingSettings,
         watch_settings: WatchSettings,
         cancel: CancellationToken,
     ) -> Result<Arc<EtcdMembership>, EtcdError> {
+        let endpoints = endpoints.into();
         let mut client = connect(&endpoints).await?;
         let cluster_id = client.status().await?.header().map(|h| format!("{:x}", h.cluster_id())).unwrap_or_default();
         let (members, rev) = snapshot(&mut client).await?;
@@ -458,7 +518,7 @@ fn publish(tx: &watch::Sender<Ring>, members: &BTreeMap<String, Member>, rev: i6
 
 /// The task that keeps the published ring in step with etcd.
 struct Watcher {
-    endpoints: Vec<String>,
+    endpoints: EtcdEndpoints,
     tx: watch::Sender<Ring>,
     confirmed: watch::Sender<Instant>,
     settings: RingSettings,
@@ -579,7 +639,7 @@ impl Watcher {
 /// it is valid. If etcd reports it expired, stop: the registration (and its
 /// incarnation) is dead, and the owner fences itself and starts anew.
 async fn keep_alive(
-    endpoints: Vec<String>,
+    endpoints: EtcdEndpoints,
     member: Member,
     lease: i64,
     ttl: i64,

@@ -120,30 +120,26 @@ impl ConductorService {
     pub(super) async fn lookup_rpc(&self, req: Request<NodeRef>) -> Rpc<LookupReply> {
         let r = req.into_inner();
         let node = self.load_owned(&r.node_uuid, r.epoch).await?;
-        let existing = |node: &Node| LookupReply {
-            agent_token: String::new(),
-            node_json: serde_json::to_string(node).expect("serialise"),
-        };
+        // the reply is the token alone: what the agent is told of its node
+        // the API reads from the database and masks
+        let existing = || LookupReply { agent_token: String::new() };
         if AgentTokens::has_session(&node) {
             // the agent already holds it (from the boot media, or an
             // earlier lookup): Ironic answers "******"
-            return Ok(Response::new(existing(&node)));
+            return Ok(Response::new(existing()));
         }
         // one attempt, as Ironic: the agent backs off on 409 by itself
         let (lock, mut node) =
             self.inner.locks.acquire(node.uuid, 1, self.inner.lock_interval()).await.map_err(|e| self.lock_err(e))?;
         if AgentTokens::has_session(&node) {
             Self::give_back(lock).await;
-            return Ok(Response::new(existing(&node)));
+            return Ok(Response::new(existing()));
         }
         let token = self.inner.services.tokens.mint(&mut node, false);
         let res = self.save(&lock, &node).await;
         Self::give_back(lock).await;
         res?;
-        Ok(Response::new(LookupReply {
-            agent_token: token,
-            node_json: serde_json::to_string(&node).expect("serialise"),
-        }))
+        Ok(Response::new(LookupReply { agent_token: token }))
     }
 
     /// A ramdisk's callback resumes the node's operation: a worker first

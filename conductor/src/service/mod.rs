@@ -379,7 +379,6 @@ node_scoped!(
     UpdatePortgroupRequest,
     AllocationRef
 );
-// the allocation's node is inside its JSON (a backfill) or not chosen yet
 impl NodeScoped for AllocationRequest {}
 impl NodeScoped for DriverVendorRequest {}
 impl NodeScoped for DriverRef {}

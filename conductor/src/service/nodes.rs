@@ -4,11 +4,13 @@
 use super::*;
 
 impl ConductorService {
-    /// The stored node, as an update answers (a replayed one too).
+    /// The stored node, as an update answers (a replayed one too), its
+    /// secrets masked: the API renders it masked anyway, and a reply is
+    /// no place for BMC passwords.
     async fn node_reply(&self, uuid: Uuid) -> Rpc<NodeReply> {
         let mut node = self.inner.db.get_node(uuid).await.map_err(|e| self.db_err(e))?;
         node.reservation = None;
-        Ok(Response::new(NodeReply { node_json: serde_json::to_string(&node).expect("nodes serialise") }))
+        Ok(Response::new(NodeReply { node_json: serde_json::to_string(&node.masked()).expect("nodes serialise") }))
     }
 
     pub(super) async fn update_node_rpc(&self, req: Request<UpdateNodeRequest>) -> Rpc<NodeReply> {
@@ -115,7 +117,7 @@ impl ConductorService {
         Self::give_back(lock).await;
         let mut node = result?;
         node.reservation = None;
-        Ok(Response::new(NodeReply { node_json: serde_json::to_string(&node).expect("nodes serialise") }))
+        Ok(Response::new(NodeReply { node_json: serde_json::to_string(&node.masked()).expect("nodes serialise") }))
     }
 
     /// `wanted` as a change from the API's base copy (when it sent one)

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::text;
@@ -132,23 +132,18 @@ fn image_info(task: &Task) -> DriverResult<Value> {
 /// The node as the agent gets it (Ironic's `node.as_dict(secure=True)`):
 /// what it needs to find disks and images, secrets masked.
 fn node_for_agent(task: &Task) -> Value {
+    use ferric_common::secrets::{DRIVER_INFO_SECRET_KEYS, mask};
     let n = &task.node;
-    let mask = |m: &Map<String, Value>| -> Map<String, Value> {
-        m.iter()
-            .map(|(k, v)| {
-                let secret = ["password", "token", "secret", "configdrive", "nonce"].iter().any(|s| k.contains(s));
-                (k.clone(), if secret { json!("******") } else { v.clone() })
-            })
-            .collect()
-    };
+    // the one masking every process uses (ferric_common::secrets), at every depth
     json!({
         "uuid": n.uuid,
         "name": n.name,
         "driver": n.driver,
         "properties": n.properties,
-        "instance_info": mask(&n.instance_info),
-        "driver_info": mask(&n.driver_info),
-        "driver_internal_info": mask(&n.driver_internal_info),
+        "instance_info": mask(&n.instance_info, &[]),
+        "driver_info": mask(&n.driver_info, DRIVER_INFO_SECRET_KEYS),
+        // the agent session's nonce (conductors derive the token from it)
+        "driver_internal_info": mask(&n.driver_internal_info, &[crate::token::NONCE_KEY]),
         "instance_uuid": n.instance_uuid,
     })
 }

@@ -162,7 +162,10 @@ impl SwiftStore {
             if cfg.storage_url.is_empty() || cfg.auth_token.is_empty() {
                 return Err(err("set swift.auth_url (tempauth) or swift.storage_url + swift.auth_token"));
             }
-            Auth { storage_url: cfg.storage_url.trim_end_matches('/').to_string(), token: cfg.auth_token.clone() }
+            Auth {
+                storage_url: cfg.storage_url.trim_end_matches('/').to_string(),
+                token: cfg.auth_token.expose().to_string(),
+            }
         } else {
             authenticate(&client, cfg).await?
         };
@@ -194,7 +197,7 @@ impl SwiftStore {
         if cfg.set_temp_url_key {
             let header = [(
                 "x-account-meta-temp-url-key",
-                HeaderValue::from_str(&cfg.temp_url_key)
+                HeaderValue::from_str(cfg.temp_url_key.expose())
                     .map_err(|_| err("swift.temp_url_key must be printable ASCII"))?,
             )];
             let resp = store.send(Method::POST, "", &header, Body::Empty, "account").await?;
@@ -386,7 +389,13 @@ fn backoff(attempt: u32) -> Duration {
 async fn authenticate(client: &reqwest::Client, cfg: &SwiftConfig) -> Result<Auth> {
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
-        match client.get(&cfg.auth_url).header("x-auth-user", &cfg.user).header("x-auth-key", &cfg.key).send().await {
+        match client
+            .get(&cfg.auth_url)
+            .header("x-auth-user", &cfg.user)
+            .header("x-auth-key", cfg.key.expose())
+            .send()
+            .await
+        {
             Ok(resp) if resp.status().is_success() => {
                 let h = resp.headers();
                 let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -550,7 +559,8 @@ impl Store for SwiftStore {
         // signed over the decoded path (PATH_INFO); the account part of a
         // storage URL is ASCII (reseller prefix + project id)
         let signed_path = format!("{base_path}/{}/{name}", self.cfg.swift_ilo_container);
-        let sig = temp_url_signature(self.cfg.temp_url_key.as_bytes(), "GET", expires, &signed_path, self.digest);
+        let sig =
+            temp_url_signature(self.cfg.temp_url_key.expose().as_bytes(), "GET", expires, &signed_path, self.digest);
         Ok(format!(
             "{origin}{base_path}{}/{}?temp_url_sig={sig}&temp_url_expires={expires}",
             self.container_path(),
@@ -634,7 +644,7 @@ impl TempUrlSigner {
             return Err(err("set swift.storage_url (or swift.auth_url) to sign temporary URLs"));
         };
         split_url(&storage_url)?;
-        Ok(TempUrlSigner { storage_url, key: cfg.temp_url_key.clone(), digest })
+        Ok(TempUrlSigner { storage_url, key: cfg.temp_url_key.expose().to_string(), digest })
     }
 
     /// A GET URL of `container`/`object` valid for `valid_for`.
