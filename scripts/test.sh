@@ -12,6 +12,15 @@ scripts/deps.sh
 
 export FERRIC_TEST_VENV="$PWD/.venv"
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# A clean CI build never reuses incremental state, which is about a quarter
+# of target/ (6 GB of 25 here): the last CI run died with the linker's bus
+# error when the disk filled while linking a test binary.
+if [[ "${CI:-}" == true ]]; then export CARGO_INCREMENTAL=0; fi
+# say so early when the build is likely to run out of disk
+free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+if (( free_kb < 15 * 1024 * 1024 )); then
+  echo "warning: only $((free_kb / 1024)) MiB free under $PWD; a full build and test run needs about 15 GiB" >&2
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

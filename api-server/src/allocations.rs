@@ -231,8 +231,7 @@ async fn parse_create(st: &AppState, ctx: &Ctx, body: &Value) -> ApiResult<Alloc
 pub async fn create_allocation(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> ApiResult<Response> {
     gone_below(&ctx, 52, StatusCode::METHOD_NOT_ALLOWED)?;
     ctx.authorize(Rule::AllocationCreate)?;
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
+    let body = crate::error::json_value(&body)?;
     let a = parse_create(&st, &ctx, &body).await?;
     let allocation_json = serde_json::to_string(&a).expect("allocations serialise");
     let send = |mut c: crate::forward::Client, epoch| {
@@ -264,8 +263,7 @@ pub async fn patch_allocation(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     gone_below(&ctx, 57, StatusCode::METHOD_NOT_ALLOWED)?;
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
+    let body = crate::error::json_value(&body)?;
     let ops = patch::parse(&body)?;
     for op in &ops {
         let root = op.path.first().map(String::as_str).unwrap_or_default();

@@ -100,8 +100,7 @@ pub async fn get_chassis(
 
 pub async fn create_chassis(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> ApiResult<Response> {
     ctx.authorize(Rule::ChassisCreate)?;
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
+    let body = crate::error::json_value(&body)?;
     let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The chassis must be a JSON object"))?;
     if let Some(k) = obj.keys().find(|k| !["uuid", "description", "extra"].contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!("Unknown attribute for chassis: '{k}'")));
@@ -138,8 +137,7 @@ pub async fn patch_chassis(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     ctx.authorize(Rule::ChassisUpdate)?;
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
+    let body = crate::error::json_value(&body)?;
     let ops = patch::parse(&body)?;
     let c = get(&st, &ident).await?;
     let before = render::chassis_document(&c, &ctx.base);

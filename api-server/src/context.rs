@@ -28,6 +28,9 @@ pub struct AppState {
     /// Set when the process was asked to stop: `/readyz` answers 503 while
     /// requests are still served for `api.shutdown_delay_ms`.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Rendered node answers, in a process that is its database's only
+    /// writer (see [`crate::node_cache`]).
+    pub node_cache: Option<crate::node_cache::NodeCache>,
 }
 
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;

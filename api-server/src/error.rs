@@ -93,3 +93,8 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A request body as JSON, or 400 naming why it is not.
+pub fn json_value(body: &[u8]) -> ApiResult<serde_json::Value> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))
+}

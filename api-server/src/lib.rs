@@ -29,6 +29,7 @@ pub mod forward;
 pub mod history;
 pub mod ipxe;
 pub mod limit;
+pub mod node_cache;
 pub mod nodes;
 pub mod openapi;
 pub mod paging;
@@ -263,7 +264,8 @@ pub async fn serve(
     };
     let ipxe = ipxe::IpxeState::new(&cfg);
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let state = Arc::new(AppState { cfg, db, fwd, metrics, ipxe, auth, stopping: stopping.clone() });
+    let node_cache = node_cache::NodeCache::for_sole_writer(&db, cfg.api.node_cache_bytes);
+    let state = Arc::new(AppState { cfg, db, fwd, metrics, ipxe, auth, stopping: stopping.clone(), node_cache });
     // clients ask for collections with a trailing slash (`/v1/ports/`)
     let app =
         tower::Layer::layer(&tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(), router(state));

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{OriginalUri, Path, Query, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -24,6 +24,7 @@ use crate::context::{AppState, Ctx, State};
 use crate::error::{ApiError, ApiResult};
 use crate::fields::{self, check_node, set_node_field};
 use crate::forward::Route;
+use crate::node_cache::{self, AnswerKey};
 use crate::render::{self, NODE_FIELDS};
 use crate::{paging, patch};
 
@@ -160,17 +161,21 @@ async fn list(
 pub async fn list_nodes(
     AxState(st): AxState<State>,
     ctx: Ctx,
+    uri: OriginalUri,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
-    list(&st, &ctx, &q, false, "nodes", None).await.map(Json)
+) -> ApiResult<Response> {
+    let key = AnswerKey { uri: uri.to_string(), version: ctx.v.0, base: ctx.base.clone() };
+    node_cache::answer(&st, &ctx, key, list(&st, &ctx, &q, false, "nodes", None)).await
 }
 
 pub async fn list_nodes_detail(
     AxState(st): AxState<State>,
     ctx: Ctx,
+    uri: OriginalUri,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
-    list(&st, &ctx, &q, true, "nodes/detail", None).await.map(Json)
+) -> ApiResult<Response> {
+    let key = AnswerKey { uri: uri.to_string(), version: ctx.v.0, base: ctx.base.clone() };
+    node_cache::answer(&st, &ctx, key, list(&st, &ctx, &q, true, "nodes/detail", None)).await
 }
 
 /// `GET /v1/chassis/<chassis>/nodes`: the nodes of a chassis.
@@ -203,12 +208,17 @@ async fn check_chassis(st: &AppState, node: &Node) -> ApiResult<()> {
 pub async fn get_node(
     AxState(st): AxState<State>,
     ctx: Ctx,
+    uri: OriginalUri,
     Path(ident): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let fields = render::parse_fields(q.get("fields").map(String::as_str), NODE_FIELDS, ctx.v)?;
-    let node = st.node_for(&ctx, &ident, Rule::NodeGet).await?;
-    Ok(Json(view(&st, &ctx, &node, fields.as_deref(), false)))
+    let key = AnswerKey { uri: uri.to_string(), version: ctx.v.0, base: ctx.base.clone() };
+    node_cache::answer(&st, &ctx, key, async {
+        let node = st.node_for(&ctx, &ident, Rule::NodeGet).await?;
+        Ok(view(&st, &ctx, &node, fields.as_deref(), false))
+    })
+    .await
 }
 
 /// A node as this caller may see it: Ironic's rendering, and for a
@@ -265,7 +275,7 @@ fn json_body(body: &Bytes) -> ApiResult<Value> {
     if body.is_empty() {
         return Err(ApiError::bad_request("The request body is empty; a JSON document is required"));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))
+    crate::error::json_value(body)
 }
 
 /// Fill unset interfaces with the hardware type's defaults and check the

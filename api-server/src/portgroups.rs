@@ -250,8 +250,7 @@ async fn push(st: &AppState, op: Op, pg: &Portgroup) -> ApiResult<Portgroup> {
 pub async fn create_portgroup(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> ApiResult<Response> {
     check_version(&ctx, 23)?;
     ctx.authorize_own(Rule::PortgroupCreate)?;
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
+    let body = crate::error::json_value(&body)?;
     let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The portgroup must be a JSON object"))?;
     let uuid = match obj.get("uuid") {
         None | Some(Value::Null) => Uuid::new_v4(),
@@ -292,8 +291,7 @@ pub async fn patch_portgroup(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     check_version(&ctx, 23)?;
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
+    let body = crate::error::json_value(&body)?;
     let ops = patch::parse(&body)?;
     let pg = get_for(&st, &ctx, &ident, Rule::PortgroupUpdate).await?;
     let before = render::portgroup_document(&pg, &ctx.base);

@@ -200,8 +200,7 @@ async fn push(st: &AppState, op: Op, port: &Port) -> ApiResult<Port> {
 }
 
 pub async fn create_port(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> ApiResult<Response> {
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
+    let body = crate::error::json_value(&body)?;
     let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The port must be a JSON object"))?;
     let uuid = match obj.get("uuid") {
         None | Some(Value::Null) => Uuid::new_v4(),
@@ -250,8 +249,7 @@ pub async fn patch_port(
     Path(ident): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
+    let body = crate::error::json_value(&body)?;
     let ops = patch::parse(&body)?;
     let port = port_for(&st, &ctx, &ident, Rule::PortUpdate).await?;
     let before = render::port_document(&port, &ctx.base);

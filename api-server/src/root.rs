@@ -166,8 +166,7 @@ pub async fn heartbeat(
     if !ctx.v.at_least(22) {
         return Err(ApiError { framework: true, ..generic_not_found() });
     }
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
+    let body = crate::error::json_value(&body)?;
     let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The request body must be a JSON object"))?;
     if let Some(k) = obj.keys().find(|k| !HEARTBEAT_KEYS.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!("Unknown argument: \"{k}\"")));

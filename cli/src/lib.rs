@@ -42,6 +42,9 @@ pub async fn run_all_in_one(mut cfg: Config, shutdown: CancellationToken) -> any
     guard::check_cluster(&db, &membership, &redact(&url)).await?;
     let claim_stop = CancellationToken::new();
     let claim = guard::claim_database(&db, &cfg.data_dir, claim_stop.clone()).await?;
+    // with the claim and the cluster check, no other process writes to this
+    // database: the API may keep answers while nothing was written
+    db.writes().declare_sole_writer();
     let http_stop = CancellationToken::new();
     let _stop_http = http_stop.clone().drop_guard();
     let media_slot = ferric_deploy::media::MediaSlot::default();

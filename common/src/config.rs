@@ -95,6 +95,13 @@ pub struct ApiConfig {
     /// `/healthz`, `/readyz` and `/metrics` are never shed, so that a busy
     /// API is not restarted or blinded.
     pub max_concurrent_requests: usize,
+    /// Bytes of rendered node answers (`GET /v1/nodes/{node}`, node lists)
+    /// kept by an API that is its database's only writer (all-in-one; a
+    /// cluster's API processes keep none), served only while nothing was
+    /// written since they were read. A node is about 3 KiB, a detailed
+    /// page of 1,000 about 2.5 MiB: 64 MiB holds a 10,000-node fleet's
+    /// nodes and a few pages. 0 = none.
+    pub node_cache_bytes: usize,
     /// PEM certificate chain of the REST API; with `tls_key_file` it
     /// serves HTTPS only (empty: plain HTTP). Read again when the files
     /// change: a renewed certificate is served without a restart.
@@ -655,6 +662,7 @@ impl Default for ApiConfig {
             max_concurrent_requests: 1024,
             tls_cert_file: PathBuf::new(),
             tls_key_file: PathBuf::new(),
+            node_cache_bytes: 64 << 20,
         }
     }
 }

@@ -17,6 +17,10 @@ pub const API_REQUEST_SECONDS: &str = "ferric_api_request_seconds";
 pub const API_REQUESTS_SHED_TOTAL: &str = "ferric_api_requests_shed_total";
 /// Counter: requests cut off by `api.request_timeout_ms`.
 pub const API_REQUESTS_TIMED_OUT_TOTAL: &str = "ferric_api_requests_timed_out_total";
+/// Counter: node reads (GET node, node lists) answered from all-in-one's answer cache.
+pub const API_NODE_CACHE_HITS_TOTAL: &str = "ferric_api_node_cache_hits_total";
+/// Counter: node reads rendered from the database where an answer cache exists.
+pub const API_NODE_CACHE_MISSES_TOTAL: &str = "ferric_api_node_cache_misses_total";
 /// Counter `{kind}`: iPXE scripts served.
 pub const IPXE_SCRIPTS_TOTAL: &str = "ferric_ipxe_scripts_total";
 /// Counter `{reason}`: iPXE script requests refused.

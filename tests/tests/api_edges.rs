@@ -349,6 +349,14 @@ async fn requests_beyond_the_concurrency_limit_are_shed_at_once() {
             break;
         }
         assert_eq!(status, 200);
+        // on a busy machine a slow request can arrive while that probe is
+        // in its handler, and is shed (the limit counts both): replace it
+        for s in holding.iter_mut() {
+            if let Some(a) = answer(s, Duration::from_millis(1)).await {
+                assert_eq!(a.status, 503, "a slow request was answered: {}\n{}", a.head, a.body);
+                *s = stalled(ferric.port, SLOW).await;
+            }
+        }
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "4 slow requests in handlers, a 5th still served after 20 s"

@@ -75,6 +75,7 @@ mod partitions;
 mod portgroups;
 mod ports;
 mod settings;
+pub mod writes;
 
 pub use allocations::{ALLOCATION_SORT_KEYS, AllocationQuery, ClaimOutcome};
 pub use calls::AppliedCall;
@@ -97,6 +98,7 @@ use uuid::Uuid;
 use crate::ids::{ConductorId, LockHolder};
 use crate::model::{JsonObject, Node};
 use crate::states::ProvisionState;
+use writes::WriteClock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -330,6 +332,8 @@ impl Default for Paging {
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
+    /// Advanced by every write through this `Db` (see [`writes`]).
+    writes: WriteClock,
 }
 
 impl std::fmt::Debug for Db {
@@ -488,7 +492,7 @@ impl Db {
                 .acquire_timeout(acquire_timeout)
                 .connect_with(opts)
                 .await?;
-            Db { pool: Pool::Postgres(pool) }
+            Db { pool: Pool::Postgres(pool), writes: WriteClock::default() }
         } else {
             let fail = |e: sqlx::Error| DbError::Connect {
                 what: "SQLite",
@@ -508,7 +512,7 @@ impl Db {
                 .connect_with(opts)
                 .await
                 .map_err(fail)?;
-            Db { pool: Pool::Sqlite(pool) }
+            Db { pool: Pool::Sqlite(pool), writes: WriteClock::default() }
         };
         if let Some(why) = db.schema_status().await?.refusal(schema) {
             return Err(DbError::Schema(why));
@@ -598,6 +602,12 @@ impl Db {
         }
     }
 
+    /// This `Db`'s write clock (see [`writes`]): whether anything was
+    /// written through it since a read.
+    pub fn writes(&self) -> &WriteClock {
+        &self.writes
+    }
+
     pub async fn close(&self) {
         match &self.pool {
             Pool::Sqlite(p) => p.close().await,
@@ -607,6 +617,7 @@ impl Db {
 
     async fn execute(&self, sql: String, args: Vec<Arg>) -> Result<u64, sqlx::Error> {
         no_nul(&args)?;
+        let _write = self.writes.start();
         Ok(match &self.pool {
             Pool::Sqlite(p) => bind_all!(sqlx::query(AssertSqlSafe(sql)), args).execute(p).await?.rows_affected(),
             Pool::Postgres(p) => bind_all!(sqlx::query(AssertSqlSafe(sql)), args).execute(p).await?.rows_affected(),
@@ -625,6 +636,7 @@ impl Db {
         for (_, args) in &then {
             no_nul(args)?;
         }
+        let _write = self.writes.start();
         macro_rules! run {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await?;

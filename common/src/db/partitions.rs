@@ -39,6 +39,8 @@ enum Tx {
 /// without it: rolled back, nothing written).
 pub struct PartitionLock {
     tx: Tx,
+    /// Declared after `tx`, so it is dropped after the transaction ends.
+    _write: super::writes::WriteTicket,
 }
 
 /// What a recompute did.
@@ -85,6 +87,7 @@ impl Db {
     /// Takes the partition lock (waiting for it as long as it takes: a
     /// recompute holds it for seconds).
     pub async fn lock_partitions(&self, mode: PartitionLockMode) -> Result<PartitionLock, DbError> {
+        let write = self.writes.start();
         let tx = match &self.pool {
             Pool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
             Pool::Postgres(p) => {
@@ -97,7 +100,7 @@ impl Db {
                 Tx::Postgres(t)
             }
         };
-        Ok(PartitionLock { tx })
+        Ok(PartitionLock { tx, _write: write })
     }
 }
 
