@@ -337,6 +337,17 @@ async fn keystone_tokens_roles_and_project_visibility() {
     assert_eq!(names(&owner.get("/v1/nodes").await), ["leased"]);
     assert_eq!(names(&lessee.get("/v1/nodes/detail").await), ["leased"]);
     assert_eq!(names(&stranger.get("/v1/nodes").await), Vec::<String>::new());
+    // all-in-one keeps rendered node answers: one rendered for a caller is
+    // never served to another, asked back to back for the same URI
+    for _ in 0..3 {
+        assert_eq!(names(&admin.get("/v1/nodes").await), ["house", "leased"]);
+        assert_eq!(names(&owner.get("/v1/nodes").await), ["leased"]);
+        assert_eq!(names(&stranger.get("/v1/nodes").await), Vec::<String>::new());
+        let full = admin.get(&format!("/v1/nodes/{n1}")).await;
+        assert_eq!(full["driver_info"]["fake_address"], "10.9.8.7");
+        let seen_by_lessee = lessee.get(&format!("/v1/nodes/{n1}")).await;
+        assert!(seen_by_lessee["driver_info"]["content"].as_str().unwrap().contains("Redacted"), "{seen_by_lessee}");
+    }
     let (s, _) = stranger.call(Method::GET, &format!("/v1/nodes/{n1}"), None).await;
     assert_eq!(s, 404, "a node of another project does not exist for the caller");
     let (s, _) = owner.call(Method::GET, &format!("/v1/nodes/{n2}"), None).await;
