@@ -136,7 +136,7 @@ impl Validator {
         let c = &self.cfg;
         let body = json!({"auth": {
             "identity": {"methods": ["password"], "password": {"user": {
-                "name": c.username, "domain": {"name": c.user_domain_name}, "password": c.password}}},
+                "name": c.username, "domain": {"name": c.user_domain_name}, "password": c.password.expose()}}},
             "scope": {"project": {"name": c.project_name, "domain": {"name": c.project_domain_name}}}}});
         let resp = self
             .http

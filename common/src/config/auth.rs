@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use crate::secrets::Secret;
 
 /// `[auth]`: the REST API's authentication strategy.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -46,7 +47,7 @@ impl Default for AuthConfig {
 
 /// `[keystone_authtoken]`: how the API validates tokens with `keystone`
 /// (keystonemiddleware's option names).
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct KeystoneAuthConfig {
     /// Keystone's identity endpoint the API talks to, e.g.
@@ -57,7 +58,8 @@ pub struct KeystoneAuthConfig {
     pub www_authenticate_uri: String,
     /// The API's own service user, whose token validates callers' tokens.
     pub username: String,
-    pub password: String,
+    /// Printed as `***` (a [`Secret`]).
+    pub password: Secret,
     pub user_domain_name: String,
     /// The service user's project (its token is project-scoped).
     pub project_name: String,
@@ -79,7 +81,7 @@ impl Default for KeystoneAuthConfig {
             auth_url: String::new(),
             www_authenticate_uri: String::new(),
             username: "ironic".into(),
-            password: String::new(),
+            password: Secret::default(),
             user_domain_name: "Default".into(),
             project_name: "service".into(),
             project_domain_name: "Default".into(),
@@ -87,24 +89,6 @@ impl Default for KeystoneAuthConfig {
             token_cache_size: 10_000,
             http_request_timeout: 10,
         }
-    }
-}
-
-impl std::fmt::Debug for KeystoneAuthConfig {
-    // the service password never goes to a log
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeystoneAuthConfig")
-            .field("auth_url", &self.auth_url)
-            .field("www_authenticate_uri", &self.www_authenticate_uri)
-            .field("username", &self.username)
-            .field("password", &"***")
-            .field("user_domain_name", &self.user_domain_name)
-            .field("project_name", &self.project_name)
-            .field("project_domain_name", &self.project_domain_name)
-            .field("token_cache_time", &self.token_cache_time)
-            .field("token_cache_size", &self.token_cache_size)
-            .field("http_request_timeout", &self.http_request_timeout)
-            .finish()
     }
 }
 
