@@ -16,8 +16,11 @@
 #   and a Python venv (.venv) with the OpenStack clients the compatibility
 #   tests drive (baremetal CLI, openstacksdk, metalsmith), sushy-tools, the
 #   Redfish BMC emulator the driver tests drive, and schemathesis, which
-#   fuzzes the API from its OpenAPI document (tests/tests/openapi.rs).
-#   Idempotent and quiet when everything is there.
+#   fuzzes the API from its OpenAPI document (tests/tests/openapi.rs); and a
+#   second venv (.venv-keystone) with a real Keystone served by gunicorn, for
+#   the keystone auth strategy's tests (tests/tests/auth.rs; its own venv: its
+#   oslo pins must not move the clients').  Idempotent and quiet when
+#   everything is there.
 #
 #   scripts/deps.sh            everything
 #   scripts/deps.sh build      only what `cargo build` needs (protoc + well-known protos)
@@ -31,6 +34,7 @@ TEST_PKGS="etcd-server etcd-client postgresql mtools dosfstools xorriso genisoim
   qemu-system-x86 ovmf busybox-static cpio qemu-utils qemu-block-extra tgt
   swift swift-proxy swift-account swift-container swift-object swift-object-expirer memcached tftp-hpa atftp pxelinux
   unzip python3-venv"
+KEYSTONE_PKGS="keystone==30.0.0 gunicorn==23.0.0"
 PY_PKGS="python-ironicclient==6.3.0 openstacksdk==4.22.0 metalsmith==2.5.0 sushy-tools==2.2.0 schemathesis==4.32.5"
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -75,4 +79,12 @@ if [ ! -x .venv/bin/baremetal ] || [ "$(cat "$stamp" 2>/dev/null)" != "$PY_PKGS"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check $PY_PKGS
   echo "$PY_PKGS" > "$stamp"
+fi
+
+kstamp=".venv-keystone/.ferric-deps"
+if [ ! -x .venv-keystone/bin/keystone-manage ] || [ "$(cat "$kstamp" 2>/dev/null)" != "$KEYSTONE_PKGS" ]; then
+  echo "deps: creating .venv-keystone with $KEYSTONE_PKGS" >&2
+  python3 -m venv .venv-keystone
+  .venv-keystone/bin/pip install -q --disable-pip-version-check $KEYSTONE_PKGS
+  echo "$KEYSTONE_PKGS" > "$kstamp"
 fi

@@ -19,6 +19,7 @@ use ferric_common::proto::{AllocationRef, AllocationRequest};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use crate::auth::policy::{Rule, Target};
 use crate::context::{AppState, Ctx, State};
 use crate::error::{ApiError, ApiResult};
 use crate::fields::{check_name, object, opt_string};
@@ -48,11 +49,35 @@ async fn get(st: &AppState, ident: &str) -> ApiResult<Allocation> {
     r.map_err(|e| ApiError::from_db(e, nf))
 }
 
-/// A node named in a request body (400 when it does not exist).
+/// A node named in a request body or a filter (400 when it does not
+/// exist, or the caller may not read it: Ironic's `baremetal:node:get`).
 async fn body_node(st: &AppState, ctx: &Ctx, ident: &str) -> ApiResult<ferric_common::model::Node> {
-    st.node(ident, ctx.v)
+    st.node_for(ctx, ident, Rule::NodeGet)
         .await
         .map_err(|e| if e.status == StatusCode::NOT_FOUND { ApiError::bad_request(e.message) } else { e })
+}
+
+/// 404 when the caller may not read `a` (Ironic answers so rather than
+/// tell another project's allocation exists), 403 when it may but does
+/// not pass `rule`.
+fn authorize(ctx: &Ctx, a: &Allocation, ident: &str, rule: Rule) -> ApiResult<()> {
+    ctx.authorize_own(rule)?;
+    let t = Target { owner: a.owner.as_deref(), lessee: None };
+    ctx.authorize_on(t, rule, Rule::AllocationGet, || format!("Allocation {ident} could not be found."))
+}
+
+/// The owner a project-scoped caller's list is limited to (Ironic's
+/// `check_list_policy`): its own project; asking for another's is 403.
+fn list_owner(ctx: &Ctx, asked: Option<&String>) -> ApiResult<Option<String>> {
+    ctx.authorize(Rule::AllocationList)?;
+    if ctx.caller.list_scope().is_none() {
+        return Ok(asked.cloned());
+    }
+    match (ctx.caller.project(), asked) {
+        (Some(p), None) => Ok(Some(p.to_string())),
+        (Some(p), Some(a)) if a == p => Ok(Some(p.to_string())),
+        _ => Err(crate::context::forbidden(Rule::AllocationListAll)),
+    }
 }
 
 fn owner_gate(ctx: &Ctx, used: bool) -> ApiResult<()> {
@@ -62,6 +87,7 @@ fn owner_gate(ctx: &Ctx, used: bool) -> ApiResult<()> {
 async fn list(st: &AppState, ctx: &Ctx, q: &HashMap<String, String>, node: Option<Uuid>) -> ApiResult<Value> {
     let fields = render::parse_fields(q.get("fields").map(String::as_str), ALLOCATION_FIELDS, ctx.v)?;
     owner_gate(ctx, q.contains_key("owner"))?;
+    ctx.authorize(Rule::AllocationList)?;
     let paging = paging::parse(q, st.cfg.api.max_limit, ALLOCATION_SORT_KEYS)?;
     let limit = paging.limit.unwrap_or(i64::from(st.cfg.api.max_limit));
     let mut query = AllocationQuery { paging, node_uuid: node, ..Default::default() };
@@ -69,7 +95,7 @@ async fn list(st: &AppState, ctx: &Ctx, q: &HashMap<String, String>, node: Optio
         query.node_uuid = Some(body_node(st, ctx, n).await?.uuid);
     }
     query.resource_class = q.get("resource_class").cloned();
-    query.owner = q.get("owner").cloned();
+    query.owner = list_owner(ctx, q.get("owner"))?;
     if let Some(s) = q.get("state") {
         query.state =
             Some(AllocationState::parse(s).ok_or_else(|| {
@@ -110,6 +136,7 @@ pub async fn get_allocation(
     gone_below(&ctx, 52, StatusCode::NOT_FOUND)?;
     let fields = render::parse_fields(q.get("fields").map(String::as_str), ALLOCATION_FIELDS, ctx.v)?;
     let a = get(&st, &ident).await?;
+    authorize(&ctx, &a, &ident, Rule::AllocationGet)?;
     Ok(Json(render::allocation_view(&a, &ctx.base, ctx.v, fields.as_deref())))
 }
 
@@ -162,6 +189,25 @@ async fn parse_create(st: &AppState, ctx: &Ctx, body: &Value) -> ApiResult<Alloc
     a.traits = traits_from(get("traits"), "traits")?;
     a.extra = object("extra", get("extra"))?;
     a.owner = opt_string("owner", get("owner"))?;
+    // Ironic's baremetal:allocation:create_restricted: only a system member
+    // names another owner; anyone else's allocation is their project's, and
+    // its conductor picks only nodes that project owns or leases
+    if !ctx.caller.allows(Rule::AllocationCreateRestricted, Target::default()) {
+        let project = ctx.caller.project().ok_or_else(|| crate::context::forbidden(Rule::AllocationCreate))?;
+        match &a.owner {
+            Some(o) if o != project => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "Cannot create allocation with an owner Project ID value {o} not matching the requestor \
+                         Project ID {project}. Policy baremetal:allocation:create_restricted is required for this \
+                         capability."
+                    ),
+                ));
+            }
+            _ => a.owner = Some(project.to_string()),
+        }
+    }
     match get("candidate_nodes") {
         Value::Null => {}
         Value::Array(list) => {
@@ -184,6 +230,7 @@ async fn parse_create(st: &AppState, ctx: &Ctx, body: &Value) -> ApiResult<Alloc
 
 pub async fn create_allocation(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> ApiResult<Response> {
     gone_below(&ctx, 52, StatusCode::METHOD_NOT_ALLOWED)?;
+    ctx.authorize(Rule::AllocationCreate)?;
     let body = crate::error::json_value(&body)?;
     let a = parse_create(&st, &ctx, &body).await?;
     let allocation_json = serde_json::to_string(&a).expect("allocations serialise");
@@ -227,7 +274,9 @@ pub async fn patch_allocation(
             )));
         }
     }
+    ctx.authorize_own(Rule::AllocationUpdate)?;
     let a = get(&st, &ident).await?;
+    authorize(&ctx, &a, &ident, Rule::AllocationUpdate)?;
     let before = render::allocation_document(&a, &ctx.base);
     let mut after: Map<String, Value> = before.clone();
     patch::apply(&mut after, &ops)?;
@@ -279,17 +328,25 @@ pub async fn delete_allocation(
     Path(ident): Path<String>,
 ) -> ApiResult<StatusCode> {
     gone_below(&ctx, 52, StatusCode::METHOD_NOT_ALLOWED)?;
+    ctx.authorize_own(Rule::AllocationDelete)?;
     let a = get(&st, &ident).await?;
+    authorize(&ctx, &a, &ident, Rule::AllocationDelete)?;
     destroy(&st, &a).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The allocation of a node (404 when it has none).
-async fn of_node(st: &AppState, ctx: &Ctx, ident: &str) -> ApiResult<Allocation> {
-    let node = st.node(ident, ctx.v).await?;
+/// The allocation of a node (404 when it has none, or the caller may not
+/// read the node or the allocation), if the caller passes `rule` on it.
+async fn of_node(st: &AppState, ctx: &Ctx, ident: &str, rule: Rule) -> ApiResult<Allocation> {
+    ctx.authorize_own(rule)?;
+    let node = st.node_for(ctx, ident, Rule::NodeGet).await?;
     let q = AllocationQuery { node_uuid: Some(node.uuid), ..Default::default() };
     let found = st.db.list_allocations(&q).await.map_err(|e| ApiError::from_db(e, String::new))?;
-    found.into_iter().next().ok_or_else(|| ApiError::not_found(format!("Allocation for node {ident} was not found")))
+    let nf = || format!("Allocation for node {ident} was not found");
+    let a = found.into_iter().next().ok_or_else(|| ApiError::not_found(nf()))?;
+    let t = Target { owner: a.owner.as_deref(), lessee: None };
+    ctx.authorize_on(t, rule, Rule::AllocationGet, nf)?;
+    Ok(a)
 }
 
 pub async fn node_allocation(
@@ -300,7 +357,7 @@ pub async fn node_allocation(
 ) -> ApiResult<Json<Value>> {
     gone_below(&ctx, 52, StatusCode::NOT_FOUND)?;
     let fields = render::parse_fields(q.get("fields").map(String::as_str), ALLOCATION_FIELDS, ctx.v)?;
-    let a = of_node(&st, &ctx, &ident).await?;
+    let a = of_node(&st, &ctx, &ident, Rule::AllocationGet).await?;
     Ok(Json(render::allocation_view(&a, &ctx.base, ctx.v, fields.as_deref())))
 }
 
@@ -310,7 +367,7 @@ pub async fn delete_node_allocation(
     Path(ident): Path<String>,
 ) -> ApiResult<StatusCode> {
     gone_below(&ctx, 52, StatusCode::NOT_FOUND)?;
-    let a = of_node(&st, &ctx, &ident).await?;
+    let a = of_node(&st, &ctx, &ident, Rule::AllocationDelete).await?;
     destroy(&st, &a).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -16,6 +16,7 @@ use ferric_common::model::{Chassis, JsonObject};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::auth::policy::Rule;
 use crate::context::{AppState, Ctx, State};
 use crate::error::{ApiError, ApiResult};
 use crate::fields::{object, opt_string};
@@ -43,6 +44,7 @@ fn description(v: &Value) -> ApiResult<Option<String>> {
 }
 
 async fn list(st: &AppState, ctx: &Ctx, q: &HashMap<String, String>, detail: bool, path: &str) -> ApiResult<Value> {
+    ctx.authorize(Rule::ChassisGet)?;
     let fields = render::parse_fields(q.get("fields").map(String::as_str), CHASSIS_FIELDS, ctx.v)?;
     if detail && fields.is_some() {
         return Err(ApiError::bad_request("Can not specify ?detail=True and fields in the same request."));
@@ -90,12 +92,14 @@ pub async fn get_chassis(
     Path(ident): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
+    ctx.authorize(Rule::ChassisGet)?;
     let fields = render::parse_fields(q.get("fields").map(String::as_str), CHASSIS_FIELDS, ctx.v)?;
     let c = get(&st, &ident).await?;
     Ok(Json(render::chassis_view(&c, &ctx.base, ctx.v, fields.as_deref(), false)))
 }
 
 pub async fn create_chassis(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> ApiResult<Response> {
+    ctx.authorize(Rule::ChassisCreate)?;
     let body = crate::error::json_value(&body)?;
     let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The chassis must be a JSON object"))?;
     if let Some(k) = obj.keys().find(|k| !["uuid", "description", "extra"].contains(&k.as_str())) {
@@ -132,6 +136,7 @@ pub async fn patch_chassis(
     Path(ident): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
+    ctx.authorize(Rule::ChassisUpdate)?;
     let body = crate::error::json_value(&body)?;
     let ops = patch::parse(&body)?;
     let c = get(&st, &ident).await?;
@@ -161,7 +166,8 @@ pub async fn patch_chassis(
     Ok(Json(render::chassis_view(&stored, &ctx.base, ctx.v, None, false)))
 }
 
-pub async fn delete_chassis(AxState(st): AxState<State>, Path(ident): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_chassis(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>) -> ApiResult<StatusCode> {
+    ctx.authorize(Rule::ChassisDelete)?;
     let uuid = parse_uuid(&ident)?;
     match st.db.delete_chassis(uuid).await.map_err(|e| ApiError::from_db(e, String::new))? {
         ChassisDelete::Deleted => Ok(StatusCode::NO_CONTENT),

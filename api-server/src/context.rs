@@ -9,6 +9,8 @@ use ferric_common::db::Db;
 use ferric_common::model::Node;
 use uuid::Uuid;
 
+use crate::auth::Caller;
+use crate::auth::policy::{Rule, Target};
 use crate::error::{ApiError, ApiResult};
 use crate::forward::{Forwarder, Route};
 use crate::version::Version;
@@ -21,6 +23,8 @@ pub struct AppState {
     pub metrics: Option<MetricsRender>,
     /// The public iPXE endpoints' rate limit and Swift signer.
     pub ipxe: crate::ipxe::IpxeState,
+    /// How callers are authenticated (`auth.auth_strategy`).
+    pub auth: Arc<crate::auth::Authenticator>,
     /// Set when the process was asked to stop: `/readyz` answers 503 while
     /// requests are still served for `api.shutdown_delay_ms`.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
@@ -36,6 +40,9 @@ pub type State = Arc<AppState>;
 pub struct Ctx {
     pub v: Version,
     pub base: String,
+    /// Who calls, as the auth middleware found (a router without it, as
+    /// in unit tests of handlers, serves as `noauth`).
+    pub caller: Caller,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Ctx {
@@ -57,7 +64,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
                 format!("{scheme}://{host}")
             }
         };
-        Ok(Ctx { v, base })
+        let caller = parts.extensions.get::<Caller>().cloned().unwrap_or(Caller::Admin);
+        Ok(Ctx { v, base, caller })
     }
 }
 
@@ -76,6 +84,16 @@ impl AppState {
         };
         let node = res.map_err(|e| ApiError::from_db(e, not_found))?;
         crate::trace::record_node(&node.uuid);
+        Ok(node)
+    }
+
+    /// The node `ident` names, if `ctx`'s caller passes `rule` on it. A
+    /// caller who may not even read the node gets the same 404 as for a
+    /// node that does not exist (Ironic's `conceal_node`); one who may
+    /// read it but not do this gets 403.
+    pub async fn node_for(&self, ctx: &Ctx, ident: &str, rule: Rule) -> ApiResult<Node> {
+        let node = self.node(ident, ctx.v).await?;
+        ctx.authorize_node(&node, ident, rule)?;
         Ok(node)
     }
 
@@ -98,4 +116,58 @@ impl AppState {
     pub fn conductor_of(&self, node: &Node) -> Option<ferric_common::ids::ConductorId> {
         self.fwd.ring().owner(node.uuid.as_bytes(), &node.conductor_group, &node.driver).map(|m| m.id.clone())
     }
+}
+
+impl Ctx {
+    /// 403 unless the caller passes `rule` (a rule with no node target).
+    pub fn authorize(&self, rule: Rule) -> ApiResult<()> {
+        if self.caller.allows(rule, Target::default()) { Ok(()) } else { Err(forbidden(rule)) }
+    }
+
+    /// 404 when the caller may not read `node`, 403 when it may but does
+    /// not pass `rule`.
+    pub fn authorize_node(&self, node: &Node, ident: &str, rule: Rule) -> ApiResult<()> {
+        let t = target(node);
+        if self.caller.allows(rule, t) {
+            return Ok(());
+        }
+        if !self.caller.allows(Rule::NodeGet, t) {
+            return Err(ApiError::not_found(format!("Node {ident} could not be found.")));
+        }
+        Err(forbidden(rule))
+    }
+}
+
+impl Ctx {
+    /// 403 unless the caller could pass `rule` on something of its own
+    /// project (Ironic's generic `check_policy` before it looks the target
+    /// up): a caller no target would let through is refused before its
+    /// request is read.
+    pub fn authorize_own(&self, rule: Rule) -> ApiResult<()> {
+        let p = self.caller.project();
+        if self.caller.allows(rule, Target { owner: p, lessee: p }) { Ok(()) } else { Err(forbidden(rule)) }
+    }
+
+    /// As [`Ctx::authorize_node`] for any target: 404 (`not_found`'s
+    /// words) when the caller may not even `read` it, 403 when it may but
+    /// does not pass `rule`.
+    pub fn authorize_on(&self, t: Target, rule: Rule, read: Rule, not_found: impl FnOnce() -> String) -> ApiResult<()> {
+        if self.caller.allows(rule, t) {
+            return Ok(());
+        }
+        if !self.caller.allows(read, t) {
+            return Err(ApiError::not_found(not_found()));
+        }
+        Err(forbidden(rule))
+    }
+}
+
+/// A node as the target of a policy rule.
+pub fn target(node: &Node) -> Target<'_> {
+    Target { owner: node.owner.as_deref(), lessee: node.lessee.as_deref() }
+}
+
+/// Ironic's 403 (`HTTPForbidden` from a failed policy check).
+pub fn forbidden(rule: Rule) -> ApiError {
+    ApiError::new(axum::http::StatusCode::FORBIDDEN, format!("{} is disallowed by policy", rule.name()))
 }

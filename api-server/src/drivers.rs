@@ -12,6 +12,7 @@ use ferric_common::proto::{DriverRef, DriverVendorRequest, VendorMethodsRequest}
 use ferric_common::ring::{MemberState, Ring};
 use serde_json::{Map, Value, json};
 
+use crate::auth::Rule;
 use crate::context::{Ctx, State};
 use crate::error::{ApiError, ApiResult};
 use crate::forward::Route;
@@ -84,6 +85,7 @@ pub async fn list_drivers(
     ctx: Ctx,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
+    ctx.authorize(Rule::SystemReader)?;
     match q.get("type").map(String::as_str) {
         None | Some("dynamic") => {}
         Some("classic") => return Ok(Json(json!({"drivers": []}))),
@@ -120,12 +122,18 @@ pub async fn get_driver(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let fields = driver_fields(&ctx, &q)?;
+    ctx.authorize(Rule::SystemReader)?;
     let all = hosts(&st.fwd.ring());
     let h = all.get(&name).ok_or_else(|| unknown_driver(&name))?;
     Ok(Json(narrow(driver_detail(&st, &ctx, &name, h).await?, fields.as_deref())))
 }
 
-pub async fn driver_properties(AxState(st): AxState<State>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn driver_properties(
+    AxState(st): AxState<State>,
+    ctx: Ctx,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    ctx.authorize(Rule::SystemReader)?;
     if !hosts(&st.fwd.ring()).contains_key(&name) {
         return Err(unknown_driver(&name));
     }
@@ -139,7 +147,12 @@ pub async fn driver_properties(AxState(st): AxState<State>, Path(name): Path<Str
     Ok(Json(json!(props.properties.into_iter().collect::<BTreeMap<_, _>>())))
 }
 
-pub async fn driver_vendor_methods(AxState(st): AxState<State>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn driver_vendor_methods(
+    AxState(st): AxState<State>,
+    ctx: Ctx,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    ctx.authorize(Rule::DriverVendorPassthru)?;
     if !hosts(&st.fwd.ring()).contains_key(&name) {
         return Err(unknown_driver(&name));
     }
@@ -180,20 +193,24 @@ async fn driver_vendor(st: &State, name: &str, method_name: &str, method: Method
 
 pub async fn driver_vendor_call(
     AxState(st): AxState<State>,
+    ctx: Ctx,
     method: Method,
     Path((name, m)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
+    ctx.authorize(Rule::DriverVendorPassthru)?;
     driver_vendor(&st, &name, &m, method, body).await
 }
 
 pub async fn driver_vendor_call_query(
     AxState(st): AxState<State>,
+    ctx: Ctx,
     method: Method,
     Path(name): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> ApiResult<Response> {
+    ctx.authorize(Rule::DriverVendorPassthru)?;
     let m = q.get("method").ok_or_else(|| ApiError::bad_request("Missing argument: \"method\""))?;
     driver_vendor(&st, &name, m, method, body).await
 }
@@ -227,6 +244,7 @@ pub async fn list_conductors(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     check_conductors_version(&ctx)?;
+    ctx.authorize(Rule::SystemReader)?;
     let fields = render::parse_fields(q.get("fields").map(String::as_str), CONDUCTOR_FIELDS, ctx.v)?;
     let detail = matches!(q.get("detail").map(|s| s.to_ascii_lowercase()).as_deref(), Some("true" | "1"));
     if detail && fields.is_some() {
@@ -258,6 +276,7 @@ pub async fn get_conductor(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     check_conductors_version(&ctx)?;
+    ctx.authorize(Rule::SystemReader)?;
     let fields = render::parse_fields(q.get("fields").map(String::as_str), CONDUCTOR_FIELDS, ctx.v)?;
     let ring = st.fwd.ring();
     let m = ring

@@ -10,6 +10,7 @@ use axum::extract::{Path, Query, State as AxState};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::auth::policy::Rule;
 use crate::context::{Ctx, State};
 use crate::error::{ApiError, ApiResult};
 use crate::render;
@@ -44,7 +45,7 @@ pub async fn list(
         .get("marker")
         .map(|m| Uuid::parse_str(m).map_err(|_| ApiError::bad_request(format!("Invalid marker {m}: expected a UUID"))))
         .transpose()?;
-    let node = st.node(&ident, ctx.v).await?;
+    let node = st.node_for(&ctx, &ident, Rule::NodeHistoryGet).await?;
     let entries = st.db.history(node.uuid).await.map_err(|e| ApiError::from_db(e, String::new))?;
     let start = match marker {
         None => 0,
@@ -77,7 +78,7 @@ pub async fn get(
     Path((ident, event)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     check_version(&ctx)?;
-    let node = st.node(&ident, ctx.v).await?;
+    let node = st.node_for(&ctx, &ident, Rule::NodeHistoryGet).await?;
     let not_found = || ApiError::not_found(format!("Node history record {event} could not be found."));
     let wanted = Uuid::parse_str(&event).map_err(|_| not_found())?;
     let entries = st.db.history(node.uuid).await.map_err(|e| ApiError::from_db(e, String::new))?;

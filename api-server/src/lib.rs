@@ -18,6 +18,7 @@
 //! makes it under the node lock.
 
 pub mod allocations;
+pub mod auth;
 pub mod chassis;
 pub mod connections;
 pub mod context;
@@ -148,6 +149,7 @@ pub fn routes() -> Routes<State> {
 }
 
 pub fn router(state: State) -> Router {
+    let authenticator = state.auth.clone();
     let public = context::PublicUrl(state.cfg.api.public_url.clone());
     let body_limit = state.cfg.api.max_request_body_size;
     let request_timeout = Duration::from_millis(state.cfg.api.request_timeout_ms);
@@ -159,6 +161,9 @@ pub fn router(state: State) -> Router {
         .method_not_allowed_fallback(root::method_not_allowed)
         .fallback(root::not_found)
         .with_state(state)
+        // innermost: the shed limit and the request timeout cover a
+        // Keystone round trip too; refusals get the version headers
+        .layer(axum::middleware::from_fn(move |req, next| auth::middleware(authenticator.clone(), req, next)))
         // the last layer is the outermost: every answer, a shed or timed-out
         // request's too, gets the version headers and a request id, is counted
         // and traced; a shed request costs no timer; the timeout covers
@@ -239,10 +244,17 @@ pub async fn serve(
     metrics: Option<MetricsRender>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ApiHandle> {
+    // refuse before binding when the address says enough
+    if let Ok(addr) = cfg.api.listen.parse::<SocketAddr>() {
+        auth::check_listener(&cfg, addr)?;
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
         .await
         .with_context(|| format!("binding the API address {}", cfg.api.listen))?;
     let addr = listener.local_addr()?;
+    auth::check_listener(&cfg, addr)?;
+    let strategy = cfg.auth.auth_strategy.clone();
+    let auth = Arc::new(auth::Authenticator::new(&cfg)?);
     let fwd = forward::Forwarder::new(ring, Duration::from_millis(cfg.api.request_deadline_ms))
         .with_tls(ferric_common::tls::GrpcTls::from_config(&cfg.grpc));
     let tls = tls_acceptor(&cfg)?;
@@ -253,12 +265,12 @@ pub async fn serve(
     let ipxe = ipxe::IpxeState::new(&cfg);
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let node_cache = node_cache::NodeCache::for_sole_writer(&db, cfg.api.node_cache_bytes);
-    let state = Arc::new(AppState { cfg, db, fwd, metrics, ipxe, stopping: stopping.clone(), node_cache });
+    let state = Arc::new(AppState { cfg, db, fwd, metrics, ipxe, auth, stopping: stopping.clone(), node_cache });
     // clients ask for collections with a trailing slash (`/v1/ports/`)
     let app =
         tower::Layer::layer(&tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(), router(state));
     let scheme = if tls.is_some() { "https" } else { "http" };
     let join = tokio::spawn(connections::serve(listener, app, timeouts, tls, shutdown));
-    tracing::info!(%addr, %scheme, "Ironic API listening");
+    tracing::info!(%addr, %scheme, auth_strategy = %strategy, "Ironic API listening");
     Ok(ApiHandle { addr, join, stopping })
 }

@@ -16,6 +16,12 @@
 //!
 //! Separate API processes (a cluster) have writers elsewhere (the
 //! conductors), so they keep nothing and every GET reads the database.
+//!
+//! An answer is shared only among callers who see everything the same way
+//! (`noauth` and htpasswd users, [`Caller::Admin`]): a Keystone caller's
+//! answer depends on its project and roles (lists filtered to what it owns
+//! or leases, fields redacted for a lessee, 404 for a node it may not
+//! read), so it is always rendered from the database and never kept.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -29,7 +35,8 @@ use ferric_common::db::writes::WriteStamp;
 use ferric_common::ring::RingEpoch;
 use serde_json::Value;
 
-use crate::context::AppState;
+use crate::auth::policy::Caller;
+use crate::context::{AppState, Ctx};
 use crate::error::ApiResult;
 
 /// What one answer depends on besides the database and the ring: the
@@ -120,11 +127,11 @@ impl NodeCache {
 /// Answers `key` from `cache` if it holds a current answer, else renders it
 /// with `render` (which reads the database and the ring) and keeps it if
 /// nothing changed meanwhile.
-pub async fn answer<F>(st: &AppState, key: AnswerKey, render: F) -> ApiResult<Response>
+pub async fn answer<F>(st: &AppState, ctx: &Ctx, key: AnswerKey, render: F) -> ApiResult<Response>
 where
     F: Future<Output = ApiResult<Value>>,
 {
-    let Some(cache) = &st.node_cache else {
+    let (Some(cache), Caller::Admin) = (&st.node_cache, &ctx.caller) else {
         return render.await.map(|v| Json(v).into_response());
     };
     let epoch = st.fwd.ring().epoch();

@@ -19,6 +19,7 @@ use ferric_common::states::{ProvisionState, Verb, VerbError, verb_check};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use crate::auth::Rule;
 use crate::context::{AppState, Ctx, State};
 use crate::error::{ApiError, ApiResult};
 use crate::fields::{self, check_node, set_node_field};
@@ -131,6 +132,8 @@ async fn list(
     {
         return Err(ApiError::bad_request(format!("Invalid provision_state filter {s:?}")));
     }
+    ctx.authorize(Rule::NodeList)?;
+    query.project = ctx.caller.list_scope();
     let conductor_filter = q.get("conductor").cloned();
     // fetch one more than a page to know whether there is a next one
     query.paging.limit = Some(limit + 1);
@@ -146,19 +149,8 @@ async fn list(
     }
     let more = nodes.len() as i64 > limit;
     nodes.truncate(limit as usize);
-    let items: Vec<Value> = nodes
-        .iter()
-        .map(|n| {
-            render::node_view(
-                n,
-                &ctx.base,
-                st.conductor_of(n).as_deref(),
-                ctx.v,
-                fields.as_deref(),
-                !detail && fields.is_none(),
-            )
-        })
-        .collect();
+    let items: Vec<Value> =
+        nodes.iter().map(|n| view(st, ctx, n, fields.as_deref(), !detail && fields.is_none())).collect();
     let mut out = json!({"nodes": items});
     if more && let Some(last) = nodes.last() {
         out["next"] = Value::String(paging::next_url(&ctx.base, path, q, limit, &last.uuid));
@@ -173,7 +165,7 @@ pub async fn list_nodes(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let key = AnswerKey { uri: uri.to_string(), version: ctx.v.0, base: ctx.base.clone() };
-    node_cache::answer(&st, key, list(&st, &ctx, &q, false, "nodes", None)).await
+    node_cache::answer(&st, &ctx, key, list(&st, &ctx, &q, false, "nodes", None)).await
 }
 
 pub async fn list_nodes_detail(
@@ -183,7 +175,7 @@ pub async fn list_nodes_detail(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let key = AnswerKey { uri: uri.to_string(), version: ctx.v.0, base: ctx.base.clone() };
-    node_cache::answer(&st, key, list(&st, &ctx, &q, true, "nodes/detail", None)).await
+    node_cache::answer(&st, &ctx, key, list(&st, &ctx, &q, true, "nodes/detail", None)).await
 }
 
 /// `GET /v1/chassis/<chassis>/nodes`: the nodes of a chassis.
@@ -222,17 +214,61 @@ pub async fn get_node(
 ) -> ApiResult<Response> {
     let fields = render::parse_fields(q.get("fields").map(String::as_str), NODE_FIELDS, ctx.v)?;
     let key = AnswerKey { uri: uri.to_string(), version: ctx.v.0, base: ctx.base.clone() };
-    node_cache::answer(&st, key, async {
-        let node = st.node(&ident, ctx.v).await?;
-        let ring = st.fwd.ring();
-        Ok(render::node_view(&node, &ctx.base, conductor_in(&ring, &node).as_deref(), ctx.v, fields.as_deref(), false))
+    node_cache::answer(&st, &ctx, key, async {
+        let node = st.node_for(&ctx, &ident, Rule::NodeGet).await?;
+        Ok(view(&st, &ctx, &node, fields.as_deref(), false))
     })
     .await
 }
 
-/// The conductor `ring` gives a node to (the `conductor` field).
-fn conductor_in(ring: &ferric_common::ring::Ring, node: &Node) -> Option<ferric_common::ids::ConductorId> {
-    ring.owner(node.uuid.as_bytes(), &node.conductor_group, &node.driver).map(|m| m.id.clone())
+/// A node as this caller may see it: Ironic's rendering, and for a
+/// caller below `baremetal:node:get:filter_threshold` (a lessee), the
+/// fields that tell of the infrastructure redacted in Ironic's words.
+fn view(st: &AppState, ctx: &Ctx, n: &Node, fields: Option<&[String]>, list_item: bool) -> Value {
+    let mut v = render::node_view(n, &ctx.base, st.conductor_of(n).as_deref(), ctx.v, fields, list_item);
+    if !ctx.caller.allows(Rule::NodeGetRestricted, crate::context::target(n))
+        && let Some(doc) = v.as_object_mut()
+    {
+        redact(doc);
+    }
+    v
+}
+
+/// Ironic's `_node_sanitize_extended` for a caller who may read a node but
+/// not its infrastructure details.
+pub fn redact(doc: &mut Map<String, Value>) {
+    const REDACTED: [(&str, &str); 4] = [
+        ("last_error", "** Value Redacted - Requires baremetal:node:get:last_error permission. **"),
+        ("reservation", "** Redacted - requires baremetal:node:get:reservation permission. **"),
+        ("driver_internal_info", "** Redacted - Requires baremetal:node:get:driver_internal_info permission. **"),
+        ("driver_info", "** Redacted - requires baremetal:node:get:driver_info permission. **"),
+    ];
+    for (field, text) in REDACTED {
+        if let Some(slot) = doc.get_mut(field) {
+            *slot = if field.starts_with("driver_") { json!({"content": text}) } else { json!(text) };
+        }
+    }
+}
+
+/// The node a PATCH changes, if the caller passes the rule of every field
+/// it touches (Ironic's `_authorize_patch_and_get_node`).
+async fn node_for_patch(st: &AppState, ctx: &Ctx, ident: &str, ops: &[patch::Op]) -> ApiResult<Node> {
+    let node = st.node_for(ctx, ident, Rule::NodeGet).await?;
+    let mut rules: Vec<Rule> = Vec::new();
+    let mut generic = ops.is_empty();
+    for op in ops {
+        match crate::auth::policy::patch_rule(&format!("/{}", op.path.join("/")), op.value.as_ref()) {
+            Some(r) => rules.push(r),
+            None => generic = true,
+        }
+    }
+    if generic {
+        rules.push(Rule::NodeUpdate);
+    }
+    for r in rules {
+        ctx.authorize_node(&node, ident, r)?;
+    }
+    Ok(node)
 }
 
 fn json_body(body: &Bytes) -> ApiResult<Value> {
@@ -277,6 +313,13 @@ fn no_valid_host(driver: &str, group: &str) -> ApiError {
 }
 
 pub async fn create_node(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> ApiResult<Response> {
+    // a project's admin may create a node its project owns
+    let self_owned = if ctx.caller.allows(Rule::NodeCreate, Default::default()) {
+        None
+    } else {
+        ctx.authorize(Rule::NodeCreateSelfOwned)?;
+        Some(ctx.caller.project().ok_or_else(|| crate::context::forbidden(Rule::NodeCreate))?.to_string())
+    };
     let body = json_body(&body)?;
     let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The node must be a JSON object"))?;
     let uuid = match obj.get("uuid") {
@@ -312,6 +355,13 @@ pub async fn create_node(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> 
         }
         set_node_field(&mut node, k, v)?;
     }
+    if let Some(project) = self_owned {
+        match node.owner.as_deref() {
+            None => node.owner = Some(project),
+            Some(o) if o == project => {}
+            Some(_) => return Err(crate::context::forbidden(Rule::NodeCreate)),
+        }
+    }
     check_node(&mut node, obj.contains_key("protected_reason"))?;
     check_chassis(&st, &node).await?;
     if !st.fwd.ring().serves(&node.conductor_group, &node.driver) {
@@ -334,7 +384,7 @@ pub async fn create_node(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> 
         e => ApiError::from_db(e, String::new),
     })?;
     let stored = st.db.get_node(uuid).await.map_err(|e| ApiError::from_db(e, String::new))?;
-    let view = render::node_view(&stored, &ctx.base, st.conductor_of(&stored).as_deref(), ctx.v, None, false);
+    let view = view(&st, &ctx, &stored, None, false);
     let location = format!("{}/v1/nodes/{uuid}", ctx.base);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)).into_response())
 }
@@ -374,7 +424,7 @@ pub async fn patch_node(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let ops = patch::parse(&json_body(&body)?)?;
-    let node = st.node(&ident, ctx.v).await?;
+    let node = node_for_patch(&st, &ctx, &ident, &ops).await?;
     let before = render::node_document(&node, &ctx.base, st.conductor_of(&node).as_deref());
     let mut after = before.clone();
     patch::apply(&mut after, &ops)?;
@@ -401,11 +451,14 @@ pub async fn patch_node(
         resolve_interfaces(&st, &mut changed).await?;
     }
     let stored = push_update(&st, &node, &changed).await?;
-    Ok(Json(render::node_view(&stored, &ctx.base, st.conductor_of(&stored).as_deref(), ctx.v, None, false)))
+    Ok(Json(view(&st, &ctx, &stored, None, false)))
 }
 
 pub async fn delete_node(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>) -> ApiResult<StatusCode> {
-    let node = st.node(&ident, ctx.v).await?;
+    let node = st.node_for(&ctx, &ident, Rule::NodeGet).await?;
+    if !ctx.caller.allows(Rule::NodeDelete, crate::context::target(&node)) {
+        ctx.authorize_node(&node, &ident, Rule::NodeDeleteSelfOwned)?;
+    }
     st.fwd
         .call(AppState::route(&node), |mut c, epoch| {
             let req = NodeRef { epoch, node_uuid: node.uuid.to_string() };
@@ -416,7 +469,7 @@ pub async fn delete_node(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Pat
 }
 
 pub async fn get_states(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>) -> ApiResult<Json<Value>> {
-    let n = st.node(&ident, ctx.v).await?;
+    let n = st.node_for(&ctx, &ident, Rule::NodeGet).await?;
     let view = render::node_view(&n, &ctx.base, None, ctx.v, None, false);
     let mut out = Map::new();
     for k in [
@@ -461,6 +514,8 @@ pub async fn set_provision_state(
     Path(ident): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
+    // the policy first, as Ironic: a caller who may not act learns nothing of the body's faults
+    let node = st.node_for(&ctx, &ident, Rule::NodeAction).await?;
     let body = json_body(&body)?;
     let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The request body must be a JSON object"))?;
     if let Some(k) = obj.keys().find(|k| !PROVISION_KEYS.contains(&k.as_str())) {
@@ -494,7 +549,6 @@ pub async fn set_provision_state(
             return Err(ApiError::bad_request(format!("rescue_password must be a string, not {other}")));
         }
     };
-    let node = st.node(&ident, ctx.v).await?;
     match verb_check(verb, ctx.v.0, node.provision_state) {
         Ok(_) => {}
         Err(VerbError::NotAcceptable { min_minor }) => {
@@ -552,6 +606,8 @@ pub async fn set_power_state(
     Path(ident): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
+    // the policy first, as Ironic: a caller who may not act learns nothing of the body's faults
+    let node = st.node_for(&ctx, &ident, Rule::NodeUpdate).await?;
     let body = json_body(&body)?;
     let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The request body must be a JSON object"))?;
     if let Some(k) = obj.keys().find(|k| !POWER_KEYS.contains(&k.as_str())) {
@@ -579,7 +635,6 @@ pub async fn set_power_state(
             }
         },
     };
-    let node = st.node(&ident, ctx.v).await?;
     if matches!(node.provision_state, ProvisionState::Cleaning | ProvisionState::CleanWait) {
         return Err(ApiError::bad_request(format!(
             "Can not change power state of node {} while it is in state {}.",
@@ -596,7 +651,7 @@ pub async fn set_power_state(
 }
 
 pub async fn validate(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>) -> ApiResult<Json<Value>> {
-    let node = st.node(&ident, ctx.v).await?;
+    let node = st.node_for(&ctx, &ident, Rule::NodeAction).await?;
     let reply = st
         .fwd
         .call(AppState::route(&node), |mut c, epoch| {
@@ -622,7 +677,7 @@ async fn set_maintenance(
     on: bool,
     reason: Option<String>,
 ) -> ApiResult<Response> {
-    let base = st.node(ident, ctx.v).await?;
+    let base = st.node_for(ctx, ident, Rule::NodeAction).await?;
     let mut node = base.clone();
     node.maintenance = on;
     node.maintenance_reason = if on { reason } else { None };
@@ -683,7 +738,7 @@ pub async fn vendor_methods(
     ctx: Ctx,
     Path(ident): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let node = st.node(&ident, ctx.v).await?;
+    let node = st.node_for(&ctx, &ident, Rule::NodeVendorPassthru).await?;
     let reply = st
         .fwd
         .call(AppState::route(&node), |mut c, epoch| {
@@ -726,9 +781,11 @@ async fn node_vendor_call(
     body: Bytes,
 ) -> ApiResult<Response> {
     let node = st.node(ident, ctx.v).await?;
+    // the ramdisk's callback is public (guarded by the deploy's key)
     if name == "pass_deploy_info" {
         return pass_deploy_info(st, &node, &method, &body).await;
     }
+    ctx.authorize_node(&node, ident, Rule::NodeVendorPassthru)?;
     let body_json = vendor_body(&method, &body)?;
     let send = |mut c: crate::forward::Client, epoch| {
         let r = NodeVendorRequest {
@@ -811,7 +868,7 @@ pub async fn node_ports(
     Path(ident): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let node = st.node(&ident, ctx.v).await?;
+    let node = st.node_for(&ctx, &ident, Rule::NodeGet).await?;
     let fields = render::parse_fields(q.get("fields").map(String::as_str), render::PORT_FIELDS, ctx.v)?;
     let query = PortQuery { node_uuid: Some(node.uuid), ..Default::default() };
     let ports = st.db.list_ports(&query).await.map_err(|e| ApiError::from_db(e, String::new))?;

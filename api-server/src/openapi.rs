@@ -98,6 +98,32 @@ mod tests {
     }
 
     #[test]
+    fn public_operations_take_no_credentials_and_the_others_document_401_and_403() {
+        let doc = doc();
+        for scheme in ["httpBasic", "keystoneToken"] {
+            assert!(doc["components"]["securitySchemes"].get(scheme).is_some(), "{scheme} is declared");
+        }
+        let mut public = 0;
+        for (m, path) in crate::routes().served() {
+            let item = resolve(&doc, &doc["paths"][path.as_str()]);
+            let op = &item[m.as_str().to_ascii_lowercase().as_str()];
+            // the middleware sees concrete paths: fill the parameters in
+            let concrete = path.replace(['{', '}'], "");
+            if crate::auth::is_public(m, &concrete, None) {
+                public += 1;
+                assert_eq!(op["security"], serde_json::json!([]), "{m} {path} is public: security []");
+                assert!(op["responses"].get("401").is_none(), "{m} {path} is public: no 401");
+            } else {
+                assert!(op.get("security").is_none(), "{m} {path} takes the document's security");
+                for code in ["401", "403"] {
+                    assert!(op["responses"].get(code).is_some(), "{m} {path} documents {code}");
+                }
+            }
+        }
+        assert_eq!(public, 14, "the public routes are the few the auth module names");
+    }
+
+    #[test]
     fn every_path_parameter_is_declared_and_every_reference_resolves() {
         let doc = doc();
         fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {

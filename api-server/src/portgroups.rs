@@ -17,6 +17,7 @@ use ferric_common::proto::update_portgroup_request::Op;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::auth::policy::Rule;
 use crate::context::{AppState, Ctx, State};
 use crate::error::{ApiError, ApiResult};
 use crate::fields::{boolean, check_name, object, opt_string};
@@ -53,6 +54,20 @@ async fn get(st: &AppState, ident: &str) -> ApiResult<Portgroup> {
     r.map_err(|e| ApiError::from_db(e, nf))
 }
 
+/// The portgroup `ident` names, if the caller passes `rule` on its node
+/// (404 when it may not even read the node, as for a port).
+async fn get_for(st: &AppState, ctx: &Ctx, ident: &str, rule: Rule) -> ApiResult<Portgroup> {
+    ctx.authorize_own(rule)?;
+    let pg = get(st, ident).await?;
+    if matches!(ctx.caller, crate::auth::Caller::Keystone(_)) {
+        let node = st.db.get_node(pg.node_uuid).await.map_err(|e| ApiError::from_db(e, String::new))?;
+        ctx.authorize_on(crate::context::target(&node), rule, Rule::PortgroupGet, || {
+            format!("Portgroup {ident} could not be found.")
+        })?;
+    }
+    Ok(pg)
+}
+
 async fn list(
     st: &AppState,
     ctx: &Ctx,
@@ -61,6 +76,7 @@ async fn list(
     path: &str,
     node: Option<Uuid>,
 ) -> ApiResult<Value> {
+    ctx.authorize(Rule::PortgroupList)?;
     let fields = render::parse_fields(q.get("fields").map(String::as_str), PORTGROUP_FIELDS, ctx.v)?;
     if detail && fields.is_some() {
         return Err(ApiError::bad_request("Can not specify ?detail=True and fields in the same request."));
@@ -68,9 +84,10 @@ async fn list(
     let detail = detail || q.get("detail").is_some_and(|d| d.eq_ignore_ascii_case("true"));
     let paging = paging::parse(q, st.cfg.api.max_limit, PORTGROUP_SORT_KEYS)?;
     let limit = paging.limit.unwrap_or(i64::from(st.cfg.api.max_limit));
-    let mut query = PortgroupQuery { paging, node_uuid: node, ..Default::default() };
+    let mut query =
+        PortgroupQuery { paging, node_uuid: node, node_project: ctx.caller.list_scope(), ..Default::default() };
     if let Some(n) = q.get("node") {
-        match st.node(n, ctx.v).await {
+        match st.node_for(ctx, n, Rule::NodeGet).await {
             Ok(node) => query.node_uuid = Some(node.uuid),
             Err(e) if e.status == StatusCode::NOT_FOUND => return Err(ApiError::bad_request(e.message)),
             Err(e) => return Err(e),
@@ -128,7 +145,7 @@ pub async fn node_portgroups(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     check_version(&ctx, 24)?;
-    let node = st.node(&ident, ctx.v).await?;
+    let node = st.node_for(&ctx, &ident, Rule::PortgroupGet).await?;
     list(&st, &ctx, &q, false, &format!("nodes/{ident}/portgroups"), Some(node.uuid)).await.map(Json)
 }
 
@@ -140,7 +157,7 @@ pub async fn get_portgroup(
 ) -> ApiResult<Json<Value>> {
     check_version(&ctx, 23)?;
     let fields = render::parse_fields(q.get("fields").map(String::as_str), PORTGROUP_FIELDS, ctx.v)?;
-    let p = get(&st, &ident).await?;
+    let p = get_for(&st, &ctx, &ident, Rule::PortgroupGet).await?;
     Ok(Json(render::portgroup_view(&p, &ctx.base, ctx.v, fields.as_deref(), false)))
 }
 
@@ -153,7 +170,8 @@ pub async fn portgroup_ports(
 ) -> ApiResult<Json<Value>> {
     check_version(&ctx, 24)?;
     let fields = render::parse_fields(q.get("fields").map(String::as_str), PORT_FIELDS, ctx.v)?;
-    let pg = get(&st, &ident).await?;
+    // Ironic's baremetal:port:get on the portgroup's node
+    let pg = get_for(&st, &ctx, &ident, Rule::PortgroupGet).await?;
     let query = PortQuery { portgroup_uuid: Some(pg.uuid.to_string()), ..Default::default() };
     let ports = st.db.list_ports(&query).await.map_err(|e| ApiError::from_db(e, String::new))?;
     let items: Vec<Value> =
@@ -231,6 +249,7 @@ async fn push(st: &AppState, op: Op, pg: &Portgroup) -> ApiResult<Portgroup> {
 
 pub async fn create_portgroup(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> ApiResult<Response> {
     check_version(&ctx, 23)?;
+    ctx.authorize_own(Rule::PortgroupCreate)?;
     let body = crate::error::json_value(&body)?;
     let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The portgroup must be a JSON object"))?;
     let uuid = match obj.get("uuid") {
@@ -243,7 +262,7 @@ pub async fn create_portgroup(AxState(st): AxState<State>, ctx: Ctx, body: Bytes
         _ => return Err(ApiError::bad_request("Mandatory field missing: 'node_uuid'")),
     };
     let node = st
-        .node(&node_ref, ctx.v)
+        .node_for(&ctx, &node_ref, Rule::PortgroupCreate)
         .await
         .map_err(|e| if e.status == StatusCode::NOT_FOUND { ApiError::bad_request(e.message) } else { e })?;
     let mut pg = Portgroup::new(uuid, node.uuid);
@@ -274,7 +293,7 @@ pub async fn patch_portgroup(
     check_version(&ctx, 23)?;
     let body = crate::error::json_value(&body)?;
     let ops = patch::parse(&body)?;
-    let pg = get(&st, &ident).await?;
+    let pg = get_for(&st, &ctx, &ident, Rule::PortgroupUpdate).await?;
     let before = render::portgroup_document(&pg, &ctx.base);
     let mut after = before.clone();
     patch::apply(&mut after, &ops)?;
@@ -300,7 +319,7 @@ pub async fn delete_portgroup(
     Path(ident): Path<String>,
 ) -> ApiResult<StatusCode> {
     check_version(&ctx, 23)?;
-    let pg = get(&st, &ident).await?;
+    let pg = get_for(&st, &ctx, &ident, Rule::PortgroupDelete).await?;
     push(&st, Op::Delete, &pg).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -15,6 +15,7 @@ use ferric_common::proto::update_port_request::Op;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::auth::Rule;
 use crate::context::{AppState, Ctx, State};
 use crate::error::{ApiError, ApiResult};
 use crate::fields::{boolean, object, opt_string};
@@ -43,6 +44,24 @@ async fn get(st: &AppState, ident: &str) -> ApiResult<Port> {
     r.map_err(|e| ApiError::from_db(e, nf))
 }
 
+/// The port `ident` names, if the caller passes `rule` on its node: a
+/// caller who may not read the node gets the 404 of a missing port.
+async fn port_for(st: &AppState, ctx: &Ctx, ident: &str, rule: Rule) -> ApiResult<Port> {
+    let port = get(st, ident).await?;
+    if matches!(ctx.caller, crate::auth::Caller::Admin) {
+        return Ok(port);
+    }
+    let node = st.db.get_node(port.node_uuid).await.map_err(|e| ApiError::from_db(e, String::new))?;
+    let t = crate::context::target(&node);
+    if !ctx.caller.allows(Rule::NodeGet, t) {
+        return Err(ApiError::not_found(format!("Port {ident} could not be found.")));
+    }
+    if !ctx.caller.allows(rule, t) {
+        return Err(crate::context::forbidden(rule));
+    }
+    Ok(port)
+}
+
 pub async fn list_ports(
     AxState(st): AxState<State>,
     ctx: Ctx,
@@ -63,9 +82,10 @@ async fn list(st: &AppState, ctx: &Ctx, q: &HashMap<String, String>, detail: boo
     let fields = render::parse_fields(q.get("fields").map(String::as_str), PORT_FIELDS, ctx.v)?;
     let paging = paging::parse(q, st.cfg.api.max_limit, PORT_SORT_KEYS)?;
     let limit = paging.limit.unwrap_or(i64::from(st.cfg.api.max_limit));
-    let mut query = PortQuery { paging, ..Default::default() };
+    ctx.authorize(Rule::NodeList)?;
+    let mut query = PortQuery { paging, node_project: ctx.caller.list_scope(), ..Default::default() };
     if let Some(n) = q.get("node").or(q.get("node_uuid")) {
-        match st.node(n, ctx.v).await {
+        match st.node_for(ctx, n, Rule::NodeGet).await {
             Ok(node) => query.node_uuid = Some(node.uuid),
             Err(e) if e.status == StatusCode::NOT_FOUND => return Ok(json!({"ports": []})),
             Err(e) => return Err(e),
@@ -117,7 +137,7 @@ pub async fn get_port(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let fields = render::parse_fields(q.get("fields").map(String::as_str), PORT_FIELDS, ctx.v)?;
-    let p = get(&st, &ident).await?;
+    let p = port_for(&st, &ctx, &ident, Rule::NodeGet).await?;
     Ok(Json(render::port_view(&p, &ctx.base, ctx.v, fields.as_deref(), false)))
 }
 
@@ -197,7 +217,7 @@ pub async fn create_port(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> 
         }
     };
     let node = st
-        .node(&node_ref, ctx.v)
+        .node_for(&ctx, &node_ref, Rule::PortCreateDelete)
         .await
         .map_err(|e| if e.status == StatusCode::NOT_FOUND { ApiError::bad_request(e.message) } else { e })?;
     let address = obj.get("address").ok_or_else(|| ApiError::bad_request("Mandatory field missing: 'address'"))?;
@@ -231,7 +251,7 @@ pub async fn patch_port(
 ) -> ApiResult<Json<Value>> {
     let body = crate::error::json_value(&body)?;
     let ops = patch::parse(&body)?;
-    let port = get(&st, &ident).await?;
+    let port = port_for(&st, &ctx, &ident, Rule::PortUpdate).await?;
     let before = render::port_document(&port, &ctx.base);
     let mut after = before.clone();
     patch::apply(&mut after, &ops)?;
@@ -248,8 +268,8 @@ pub async fn patch_port(
     Ok(Json(render::port_view(&stored, &ctx.base, ctx.v, None, false)))
 }
 
-pub async fn delete_port(AxState(st): AxState<State>, Path(ident): Path<String>) -> ApiResult<StatusCode> {
-    let port = get(&st, &ident).await?;
+pub async fn delete_port(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>) -> ApiResult<StatusCode> {
+    let port = port_for(&st, &ctx, &ident, Rule::PortCreateDelete).await?;
     push(&st, Op::Delete, &port).await?;
     Ok(StatusCode::NO_CONTENT)
 }

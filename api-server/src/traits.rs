@@ -12,6 +12,7 @@ use ferric_common::proto::NodeTraitsRequest;
 use ferric_common::proto::node_traits_request::Op;
 use serde_json::{Value, json};
 
+use crate::auth::policy::Rule;
 use crate::context::{AppState, Ctx, State};
 use crate::error::{ApiError, ApiResult};
 
@@ -72,7 +73,7 @@ async fn send(st: &AppState, node: &Node, op: Op, traits: Vec<String>) -> ApiRes
 
 pub async fn list(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>) -> ApiResult<Json<Value>> {
     check_version(&ctx)?;
-    let node = st.node(&ident, ctx.v).await?;
+    let node = st.node_for(&ctx, &ident, Rule::NodeTraitsList).await?;
     Ok(Json(json!({"traits": node.traits})))
 }
 
@@ -84,6 +85,7 @@ pub async fn set_all(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     check_version(&ctx)?;
+    ctx.authorize_own(Rule::NodeTraitsSet)?;
     let body: Value = serde_json::from_slice(&body).map_err(|_| {
         ApiError::bad_request(
             "A single node trait may be added via PUT /v1/nodes/<node identifier>/traits/<trait> with no body, or \
@@ -97,7 +99,7 @@ pub async fn set_all(
     }
     let traits =
         traits_from(obj.get("traits").ok_or_else(|| ApiError::bad_request("Missing argument: \"traits\""))?, "traits")?;
-    let node = st.node(&ident, ctx.v).await?;
+    let node = st.node_for(&ctx, &ident, Rule::NodeTraitsSet).await?;
     send(&st, &node, Op::Set, traits).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -110,13 +112,14 @@ pub async fn add_one(
     body: Bytes,
 ) -> ApiResult<Response> {
     check_version(&ctx)?;
+    ctx.authorize_own(Rule::NodeTraitsSet)?;
     if !valid_trait(&t) {
         return Err(invalid_trait(&t));
     }
     if !body.is_empty() && serde_json::from_slice::<Value>(&body).is_ok_and(|v| !v.is_null()) {
         return Err(ApiError::bad_request("No body should be provided when adding a trait"));
     }
-    let node = st.node(&ident, ctx.v).await?;
+    let node = st.node_for(&ctx, &ident, Rule::NodeTraitsSet).await?;
     send(&st, &node, Op::Add, vec![t.clone()]).await?;
     let location = format!("{}/v1/nodes/{ident}/traits/{t}", ctx.base);
     Ok((StatusCode::NO_CONTENT, [(header::LOCATION, location)]).into_response())
@@ -124,7 +127,8 @@ pub async fn add_one(
 
 pub async fn remove_all(AxState(st): AxState<State>, ctx: Ctx, Path(ident): Path<String>) -> ApiResult<StatusCode> {
     check_version(&ctx)?;
-    let node = st.node(&ident, ctx.v).await?;
+    ctx.authorize_own(Rule::NodeTraitsDelete)?;
+    let node = st.node_for(&ctx, &ident, Rule::NodeTraitsDelete).await?;
     send(&st, &node, Op::Set, Vec::new()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -135,7 +139,8 @@ pub async fn remove_one(
     Path((ident, t)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     check_version(&ctx)?;
-    let node = st.node(&ident, ctx.v).await?;
+    ctx.authorize_own(Rule::NodeTraitsDelete)?;
+    let node = st.node_for(&ctx, &ident, Rule::NodeTraitsDelete).await?;
     if !node.traits.contains(&t) {
         return Err(ApiError::not_found(format!("Node {} doesn't have a trait '{t}'", node.uuid)));
     }

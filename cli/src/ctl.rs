@@ -71,9 +71,52 @@ pub async fn fetch_node(api: &str, ident: &str) -> anyhow::Result<NodeKey> {
     })
 }
 
+/// How ferricctl authenticates to the API (`auth.auth_strategy`).
+#[derive(Debug, Clone, Default)]
+pub enum ApiCredentials {
+    /// `noauth`.
+    #[default]
+    None,
+    /// `http_basic`: a user of the htpasswd file.
+    Basic { username: String, password: String },
+    /// `keystone`: a token (`openstack token issue`).
+    Token(String),
+}
+
+static CREDENTIALS: std::sync::OnceLock<ApiCredentials> = std::sync::OnceLock::new();
+
+/// The credentials every API request of this process carries (set once,
+/// from the flags, before the first request).
+pub fn use_credentials(c: ApiCredentials) {
+    let _ = CREDENTIALS.set(c);
+}
+
 fn client() -> reqwest::Client {
+    use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().expect("http client")
+    let mut headers = HeaderMap::new();
+    match CREDENTIALS.get().cloned().unwrap_or_default() {
+        ApiCredentials::None => {}
+        ApiCredentials::Basic { username, password } => {
+            use base64::Engine;
+            let pair = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+            if let Ok(mut v) = HeaderValue::from_str(&format!("Basic {pair}")) {
+                v.set_sensitive(true);
+                headers.insert(AUTHORIZATION, v);
+            }
+        }
+        ApiCredentials::Token(t) => {
+            if let Ok(mut v) = HeaderValue::from_str(&t) {
+                v.set_sensitive(true);
+                headers.insert("X-Auth-Token", v);
+            }
+        }
+    }
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .default_headers(headers)
+        .build()
+        .expect("http client")
 }
 
 fn owner_id(ring: &Ring, n: &NodeKey) -> Option<ConductorId> {

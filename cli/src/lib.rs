@@ -511,6 +511,10 @@ pub struct ApiFlags {
     /// Address of the Ironic API [default: 127.0.0.1:6385]
     #[arg(long)]
     pub listen: Option<String>,
+    /// Serve the API without authentication (auth.auth_strategy = noauth) on an address that is not loopback
+    /// (sets auth.insecure_noauth): anyone who reaches the port can do anything
+    #[arg(long)]
+    pub insecure_noauth: bool,
 }
 
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -563,6 +567,9 @@ pub fn overrides(
         && let Some(l) = &a.listen
     {
         section(&mut o, "api").insert("listen".into(), json!(l));
+    }
+    if api.is_some_and(|a| a.insecure_noauth) {
+        section(&mut o, "auth").insert("insecure_noauth".into(), json!(true));
     }
     if let Some(c) = conductor {
         let s = section(&mut o, "conductor");

@@ -9,7 +9,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub mod auth;
 pub use crate::secrets::Secret;
+pub use auth::{AuthConfig, KeystoneAuthConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -30,6 +32,8 @@ pub struct Config {
     pub iscsi: IscsiConfig,
     pub pxe: PxeConfig,
     pub ipxe: IpxeConfig,
+    pub auth: AuthConfig,
+    pub keystone_authtoken: KeystoneAuthConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -636,6 +640,8 @@ impl Default for Config {
             iscsi: IscsiConfig::default(),
             pxe: PxeConfig::default(),
             ipxe: IpxeConfig::default(),
+            auth: AuthConfig::default(),
+            keystone_authtoken: KeystoneAuthConfig::default(),
         }
     }
 }
@@ -834,6 +840,7 @@ impl Config {
             }
         }
         self.validate_api()?;
+        auth::validate(&self.auth, &self.keystone_authtoken)?;
         if !matches!(self.membership.backend.as_str(), "local" | "etcd") {
             return Err(ConfigError(format!(
                 "membership.backend must be \"local\" or \"etcd\", not {:?}",

@@ -203,6 +203,9 @@ pub async fn process(inner: &Arc<Inner>, uuid: Uuid) {
             associated: Some(false),
             with_power_state: true,
             uuids: (!a.candidate_nodes.is_empty()).then(|| a.candidate_nodes.clone()),
+            // an owned allocation takes only nodes its project owns or
+            // leases, as Ironic's conductor filters them
+            project: a.owner.clone(),
             ..Default::default()
         };
         let listed = match inner.db.list_nodes(&query).await {

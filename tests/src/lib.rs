@@ -18,6 +18,7 @@
 //!   asks for the instance's ports (it knows none).
 
 pub mod cluster;
+pub mod keystone;
 pub mod neutron;
 pub mod otlp;
 pub mod ramdisk;
@@ -525,13 +526,37 @@ pub fn venv() -> PathBuf {
 pub struct Baremetal {
     pub endpoint: String,
     bin: PathBuf,
+    /// The `--os-auth-type ...` arguments (`none` unless given).
+    auth: Vec<String>,
     /// Options put before every command (e.g. `--os-cacert`).
     options: Vec<String>,
 }
 
 impl Baremetal {
     pub fn new(endpoint: &str) -> Baremetal {
-        Baremetal { endpoint: endpoint.to_string(), bin: venv().join("bin/baremetal"), options: Vec::new() }
+        Baremetal {
+            endpoint: endpoint.to_string(),
+            bin: venv().join("bin/baremetal"),
+            auth: vec![],
+            options: Vec::new(),
+        }
+    }
+
+    /// The CLI as a user of an `http_basic` API.
+    pub fn basic(endpoint: &str, user: &str, password: &str) -> Baremetal {
+        let mut b = Baremetal::new(endpoint);
+        b.auth = ["--os-auth-type", "http_basic", "--os-username", user, "--os-password", password]
+            .map(String::from)
+            .to_vec();
+        b
+    }
+
+    /// The CLI with any other `--os-*` authentication arguments (a
+    /// Keystone password login, say); `--os-endpoint` is added.
+    pub fn with_auth(endpoint: &str, auth: &[&str]) -> Baremetal {
+        let mut b = Baremetal::new(endpoint);
+        b.auth = auth.iter().map(|a| a.to_string()).collect();
+        b
     }
 
     /// Checks the API's certificate with the CA in `ca_file` (https).
@@ -541,8 +566,15 @@ impl Baremetal {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
+        let auth =
+            if self.auth.is_empty() { vec!["--os-auth-type".to_string(), "none".into()] } else { self.auth.clone() };
+        // a Keystone login finds the API in Keystone's catalog, as in a
+        // cloud (and `--os-endpoint` is ambiguous there)
+        let endpoint: Vec<&str> =
+            if auth.iter().any(|a| a == "password") { vec![] } else { vec!["--os-endpoint", &self.endpoint] };
         Command::new(&self.bin)
-            .args(["--os-auth-type", "none", "--os-endpoint", &self.endpoint])
+            .args(&auth)
+            .args(endpoint)
             // no client-side retries: the test must see the server's answer
             .args(["--max-retries", "0"])
             .args(&self.options)
@@ -764,11 +796,25 @@ impl Drop for TcpProxy {
 pub struct Api {
     pub endpoint: String,
     pub client: reqwest::Client,
+    /// Credentials sent with every call: `(header, value)`.
+    pub auth: Option<(String, String)>,
 }
 
 impl Api {
     pub fn new(endpoint: &str) -> Api {
-        Api { endpoint: endpoint.trim_end_matches('/').to_string(), client: http() }
+        Api { endpoint: endpoint.trim_end_matches('/').to_string(), client: http(), auth: None }
+    }
+
+    /// Calls as a user of an `http_basic` API.
+    pub fn basic(endpoint: &str, user: &str, password: &str) -> Api {
+        use base64::Engine;
+        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        Api { auth: Some(("Authorization".into(), format!("Basic {pair}"))), ..Api::new(endpoint) }
+    }
+
+    /// Calls with a Keystone token.
+    pub fn token(endpoint: &str, token: &str) -> Api {
+        Api { auth: Some(("X-Auth-Token".into(), token.to_string())), ..Api::new(endpoint) }
     }
 
     /// Status and body (JSON, or the text as a JSON string).
@@ -782,6 +828,9 @@ impl Api {
             .client
             .request(method, format!("{}{path}", self.endpoint))
             .header("X-OpenStack-Ironic-API-Version", "1.115");
+        if let Some((h, v)) = &self.auth {
+            r = r.header(h.as_str(), v.as_str());
+        }
         if let Some(b) = body {
             r = r.json(&b);
         }

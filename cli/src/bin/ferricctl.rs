@@ -27,6 +27,14 @@ struct Cli {
     /// Ferric API base URL, for the node list [default: api.public_url, else http://<api.listen>]
     #[arg(long)]
     api: Option<String>,
+    /// A user of the API's htpasswd file (auth_strategy http_basic); with --os-password
+    #[arg(long, env = "OS_USERNAME")]
+    os_username: Option<String>,
+    #[arg(long, env = "OS_PASSWORD", hide_env_values = true)]
+    os_password: Option<String>,
+    /// A Keystone token for the API (auth_strategy keystone), e.g. from `openstack token issue`
+    #[arg(long, env = "OS_TOKEN", hide_env_values = true)]
+    os_token: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -109,6 +117,11 @@ fn main() -> anyhow::Result<()> {
              in the --config file"
         );
     }
+    ferric_cli::ctl::use_credentials(match (&cli.os_token, &cli.os_username, &cli.os_password) {
+        (Some(t), _, _) => ferric_cli::ctl::ApiCredentials::Token(t.clone()),
+        (None, Some(u), Some(p)) => ferric_cli::ctl::ApiCredentials::Basic { username: u.clone(), password: p.clone() },
+        _ => ferric_cli::ctl::ApiCredentials::None,
+    });
     let api = cli.api.clone().unwrap_or_else(|| {
         if cfg.api.public_url.is_empty() { format!("http://{}", cfg.api.listen) } else { cfg.api.public_url.clone() }
     });

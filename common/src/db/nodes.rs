@@ -138,6 +138,9 @@ pub struct NodeQuery {
     /// Nodes with a shard (`true`) or without (`false`).
     pub sharded: Option<bool>,
     pub description_contains: Option<String>,
+    /// Only nodes this project owns or leases (`owner = p OR lessee = p`):
+    /// what a project-scoped Keystone caller may list.
+    pub project: Option<String>,
     /// Only these nodes (an allocation's candidates); empty matches none.
     pub uuids: Option<Vec<Uuid>>,
     /// Only nodes whose power state is known (an allocation's rule).
@@ -542,6 +545,11 @@ fn node_filter(q: &NodeQuery) -> (Vec<String>, Vec<Arg>) {
     }
     if let Some(v) = &q.chassis_uuid {
         eq("chassis_uuid", v.as_str().into(), &mut wh);
+    }
+    if let Some(p) = &q.project {
+        args.push(p.as_str().into());
+        args.push(p.as_str().into());
+        wh.push(format!("(owner = ${} OR lessee = ${})", args.len() - 1, args.len()));
     }
     match q.sharded {
         Some(true) => wh.push("shard IS NOT NULL".into()),

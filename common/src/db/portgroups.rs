@@ -14,6 +14,9 @@ pub const PORTGROUP_SORT_KEYS: &[&str] = &["id", "uuid", "name", "address", "nod
 #[derive(Debug, Clone, Default)]
 pub struct PortgroupQuery {
     pub node_uuid: Option<Uuid>,
+    /// Only portgroups of nodes this project owns or leases: what a
+    /// project-scoped Keystone caller may list.
+    pub node_project: Option<String>,
     pub address: Option<String>,
     pub paging: Paging,
 }
@@ -144,6 +147,15 @@ impl Db {
         if let Some(a) = &q.address {
             args.push(a.as_str().into());
             wh.push(format!("address = ${}", args.len()));
+        }
+        if let Some(p) = &q.node_project {
+            args.push(p.as_str().into());
+            args.push(p.as_str().into());
+            wh.push(format!(
+                "node_uuid IN (SELECT uuid FROM nodes WHERE owner = ${} OR lessee = ${})",
+                args.len() - 1,
+                args.len()
+            ));
         }
         let sql = self.paged("portgroups", &PORTGROUP_COLUMNS, PORTGROUP_SORT_KEYS, wh, &mut args, &q.paging).await?;
         self.fetch_all::<PortgroupRow>(sql, args).await?.into_iter().map(Portgroup::try_from).collect()

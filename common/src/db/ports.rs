@@ -13,6 +13,9 @@ pub const PORT_SORT_KEYS: &[&str] = &["id", "uuid", "address", "node_uuid", "nam
 #[derive(Debug, Clone, Default)]
 pub struct PortQuery {
     pub node_uuid: Option<Uuid>,
+    /// Only ports of nodes this project owns or leases: what a
+    /// project-scoped Keystone caller may list.
+    pub node_project: Option<String>,
     pub address: Option<String>,
     /// Members of this portgroup.
     pub portgroup_uuid: Option<String>,
@@ -142,6 +145,15 @@ impl Db {
         if let Some(a) = &q.address {
             args.push(a.as_str().into());
             wh.push(format!("address = ${}", args.len()));
+        }
+        if let Some(p) = &q.node_project {
+            args.push(p.as_str().into());
+            args.push(p.as_str().into());
+            wh.push(format!(
+                "node_uuid IN (SELECT uuid FROM nodes WHERE owner = ${} OR lessee = ${})",
+                args.len() - 1,
+                args.len()
+            ));
         }
         if let Some(g) = &q.portgroup_uuid {
             args.push(g.as_str().into());
