@@ -16,21 +16,27 @@ use crate::auth::policy::Rule;
 use crate::context::{AppState, Ctx, State};
 use crate::error::{ApiError, ApiResult};
 
-/// Namespaces of the standard traits (os-traits' top-level modules).
-const STANDARD_NAMESPACES: [&str; 4] = ["COMPUTE_", "HW_", "OWNER_", "STORAGE_"];
+/// os-traits' standard trait names, sorted (`scripts/gen-os-traits.sh`
+/// writes the file from the pinned release; its first line says which).
+const OS_TRAITS: &str = include_str!("os_traits.txt");
 
-/// Whether `t` is a trait name Ironic accepts (pure): at most 255
-/// characters, upper-case letters, digits and `_`; a custom trait
-/// (`CUSTOM_` and at least one more character) or one of os-traits'
-/// namespaces (checked by its shape, not against os-traits' list).
+fn is_standard(t: &str) -> bool {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| OS_TRAITS.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).collect());
+    names.binary_search(&t).is_ok()
+}
+
+/// Whether `t` is a trait name Ironic accepts (its `validate_trait`): at
+/// most 255 characters, and one of os-traits' standard traits or a custom
+/// one matching `^CUSTOM_[A-Z0-9_]+$`.
 pub fn valid_trait(t: &str) -> bool {
-    let charset =
-        !t.is_empty() && t.len() <= 255 && t.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-    let named = match t.strip_prefix("CUSTOM_") {
-        Some(rest) => !rest.is_empty(),
-        None => STANDARD_NAMESPACES.iter().any(|ns| t.strip_prefix(ns).is_some_and(|rest| !rest.is_empty())),
-    };
-    charset && named
+    if t.is_empty() || t.len() > 255 {
+        return false;
+    }
+    let custom = t.strip_prefix("CUSTOM_").is_some_and(|rest| {
+        !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    });
+    custom || is_standard(t)
 }
 
 /// Check a list of traits from a request body.
@@ -50,8 +56,8 @@ pub fn traits_from(v: &Value, field: &str) -> ApiResult<Vec<String>> {
 
 fn invalid_trait(t: &str) -> ApiError {
     ApiError::bad_request(format!(
-        "Invalid trait {t}: a trait is a standard trait (COMPUTE_, HW_, OWNER_ or STORAGE_ followed by upper-case \
-         letters, digits and _) or matches ^CUSTOM_[A-Z0-9_]+$, at most 255 characters"
+        "Invalid trait {t}: a valid trait is no longer than 255 characters and is either a standard trait of \
+         os-traits or a custom trait that matches ^CUSTOM_[A-Z0-9_]+$"
     ))
 }
 
@@ -161,6 +167,7 @@ mod tests {
             "COMPUTE_NET_ATTACH_INTERFACE",
             "STORAGE_DISK_SSD",
             "OWNER_NOVA",
+            "MISC_SHARES_VIA_AGGREGATE",
         ] {
             assert!(valid_trait(ok), "{ok}");
         }
@@ -175,13 +182,23 @@ mod tests {
             "GPU",
             "HW_",
             "FOO_BAR",
+            "HW_NOT_A_STANDARD_TRAIT",
+            "COMPUTE_",
             "CUSTOM_ A",
             long.as_str(),
         ] {
             assert!(!valid_trait(bad), "{bad:?}");
         }
         assert!(valid_trait(&long[..255]));
-        assert_eq!(traits_from(&json!(["CUSTOM_A", "HW_X"]), "traits").unwrap(), vec!["CUSTOM_A", "HW_X"]);
+        // binary search needs the generated list sorted as Rust compares
+        let names: Vec<&str> = OS_TRAITS.lines().filter(|l| !l.starts_with('#')).collect();
+        assert!(names.len() > 300, "{} standard traits", names.len());
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "os_traits.txt is not sorted");
+        assert!(names.iter().all(|n| is_standard(n)));
+        assert_eq!(
+            traits_from(&json!(["CUSTOM_A", "HW_CPU_X86_AVX2"]), "traits").unwrap(),
+            vec!["CUSTOM_A", "HW_CPU_X86_AVX2"]
+        );
         assert_eq!(traits_from(&Value::Null, "traits").unwrap(), Vec::<String>::new());
         assert!(traits_from(&json!("CUSTOM_A"), "traits").unwrap_err().message.contains("is not a list"));
         assert!(traits_from(&json!(["CUSTOM_A", 1]), "traits").unwrap_err().message.contains("Invalid trait 1"));
