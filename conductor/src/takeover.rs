@@ -211,6 +211,11 @@ pub async fn full_pass(inner: &Arc<Inner>) -> PassOutcome {
         }
     };
     out.left_work |= clear_dead_locks(inner, &mine).await;
+    // A node of mine that another live conductor holds may change under
+    // this pass: one whose ring was a moment older may be taking it over
+    // now, and saves its affinity after my listing showed me as its
+    // conductor, so this pass would leave it with them. Look again soon.
+    out.left_work |= mine.iter().any(|n| n.reservation.as_ref().is_some_and(|h| !h.is(&inner.incarnation)));
     metrics::gauge!(ferric_common::metrics::OWNED_NODES).set(mine.len() as f64);
     metrics::gauge!(ferric_common::metrics::OPERATIONS_IN_FLIGHT).set(inner.operations_in_flight() as f64);
     metrics::gauge!(ferric_common::metrics::LOCKS_HELD).set(inner.locks.held() as f64);
@@ -423,6 +428,7 @@ async fn take_over_one_as(inner: &Arc<Inner>, uuid: Uuid, repair: bool) -> bool 
             return false;
         }
     };
+    let locked_at = std::time::Instant::now();
     let already_mine = node.conductor_affinity.as_deref() == Some(inner.id.as_str());
     if !inner.owns(&node) || already_mine != repair {
         let _ = lock.release().await;
@@ -433,7 +439,7 @@ async fn take_over_one_as(inner: &Arc<Inner>, uuid: Uuid, repair: bool) -> bool 
     // already: taking it back would leave it with the wrong conductor until
     // the joiner's next full pass. Only a ring etcd calls current after our
     // lock may decide (the pass tries again once our watch caught up).
-    if !repair && !inner.ring_current_since(started).await {
+    if !repair && !inner.ring_current_since(locked_at).await {
         metrics::counter!(ferric_common::metrics::TAKEOVERS_TOTAL, "state" => node.provision_state.as_str(), "outcome" => "stale_ring")
             .increment(1);
         let _ = lock.release().await;

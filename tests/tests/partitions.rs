@@ -12,7 +12,7 @@ use ferric_common::ring::partition_of;
 use ferric_tests::cluster::{Cluster, conductor_args};
 use ferric_tests::{Api, Ferric, Process, free_port};
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const TTL: u64 = 3;
 const EXPONENT: &str = "FERRIC_MEMBERSHIP__PARTITION_EXPONENT";
@@ -79,9 +79,11 @@ async fn a_cluster_restarted_with_another_partition_exponent_owns_and_drives_eve
         }
         let nodes = cl.nodes().await;
         let affinity = affinities(&cl.db_url).await;
-        let not_taken: Vec<&String> = uuids
+        // (node, the API's conductor, the stored affinity, the lock)
+        let not_taken: Vec<(&String, &Value, Option<String>, &Value)> = uuids
             .iter()
-            .filter(|u| nodes[*u]["conductor"].as_str() != affinity.get(*u).cloned().flatten().as_deref())
+            .map(|u| (u, &nodes[u]["conductor"], affinity.get(u).cloned().flatten(), &nodes[u]["reservation"]))
+            .filter(|(_, conductor, affinity, _)| conductor.as_str() != affinity.as_deref())
             .collect();
         if owned == N as u64 && not_taken.is_empty() {
             break;
@@ -89,7 +91,7 @@ async fn a_cluster_restarted_with_another_partition_exponent_owns_and_drives_eve
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "30 s after the restart with 2^12 partitions the conductors own {owned} of {N} nodes, and {} nodes are not \
-             taken over by their owner: {not_taken:?}",
+             taken over by their owner (node, owner, affinity, lock): {not_taken:?}",
             not_taken.len()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
