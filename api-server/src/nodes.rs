@@ -54,6 +54,32 @@ const FILTER_VERSIONS: &[(&str, u32)] = &[
     ("instance_name", 104),
 ];
 
+/// Ironic's `reject_fields_in_newer_versions` / `_in_newer_versions` of a
+/// patch: a node field newer than the request's version may not be set
+/// (406). On create a null (and an empty `conductor_group`) counts as not
+/// set; in a patch every `add`/`replace` of the whole field counts.
+fn check_field_versions<'a>(
+    ctx: &Ctx,
+    set: impl IntoIterator<Item = (&'a str, Option<&'a Value>)>,
+    null_is_unset: bool,
+) -> ApiResult<()> {
+    for (field, value) in set {
+        let Some((_, min)) = NODE_FIELDS.iter().find(|(f, min)| *f == field && !ctx.v.at_least(*min)) else {
+            continue;
+        };
+        let unset = null_is_unset
+            && match value {
+                None | Some(Value::Null) => true,
+                Some(Value::String(s)) => field == "conductor_group" && s.is_empty(),
+                Some(_) => false,
+            };
+        if !unset {
+            return Err(ApiError::too_old(*min, &format!("the node field {field}")));
+        }
+    }
+    Ok(())
+}
+
 /// The faults a node may be in maintenance for (Ironic's `VALID_FAULTS`).
 const VALID_FAULTS: [&str; 4] = ["power failure", "clean failure", "rescue abort failure", "service failure"];
 
@@ -322,6 +348,7 @@ pub async fn create_node(AxState(st): AxState<State>, ctx: Ctx, body: Bytes) -> 
     };
     let body = json_body(&body)?;
     let obj = body.as_object().ok_or_else(|| ApiError::bad_request("The node must be a JSON object"))?;
+    check_field_versions(&ctx, obj.iter().map(|(k, v)| (k.as_str(), Some(v))), true)?;
     let uuid = match obj.get("uuid") {
         None | Some(Value::Null) => Uuid::new_v4(),
         Some(Value::String(s)) => {
@@ -425,6 +452,8 @@ pub async fn patch_node(
 ) -> ApiResult<Json<Value>> {
     let ops = patch::parse(&json_body(&body)?)?;
     let node = node_for_patch(&st, &ctx, &ident, &ops).await?;
+    let whole_fields = ops.iter().filter(|op| op.path.len() == 1 && op.value.is_some());
+    check_field_versions(&ctx, whole_fields.map(|op| (op.path[0].as_str(), op.value.as_ref())), false)?;
     let before = render::node_document(&node, &ctx.base, st.conductor_of(&node).as_deref());
     let mut after = before.clone();
     patch::apply(&mut after, &ops)?;

@@ -177,6 +177,43 @@ async fn bad_input_and_protocol_details() {
         "already exists",
     )
     .await;
+    // a field newer than the request's version may not be set (Ironic's
+    // reject_fields_in_newer_versions), on create or by a patch; a null name
+    // and an empty conductor group count as unset, a removal is no setting
+    api.fault(M::POST, "/v1/nodes", "1.4", Some(json!({"driver": "fake-hardware", "name": "old"})), 406, "1.5").await;
+    api.fault(
+        M::POST,
+        "/v1/nodes",
+        "1.45",
+        Some(json!({"driver": "fake-hardware", "conductor_group": "g"})),
+        406,
+        "1.46",
+    )
+    .await;
+    let (s, _, b) = api
+        .call(
+            M::POST,
+            "/v1/nodes",
+            "1.4",
+            Some(json!({"driver": "fake-hardware", "name": null, "conductor_group": ""})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let unset: Value = serde_json::from_str(&b).unwrap();
+    api.ok(M::DELETE, &format!("/v1/nodes/{}", unset["uuid"].as_str().unwrap()), None).await;
+    let add_class = json!([{"op": "add", "path": "/resource_class", "value": "gold"}]);
+    api.fault(M::PATCH, "/v1/nodes/n1", "1.20", Some(add_class.clone()), 406, "1.21").await;
+    let owner_null = json!([{"op": "replace", "path": "/owner", "value": null}]);
+    api.fault(M::PATCH, "/v1/nodes/n1", "1.49", Some(owner_null), 406, "1.50").await;
+    let (_, _, b) = api.call(M::GET, "/v1/nodes/n1", "1.115", None).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&b).unwrap()["resource_class"],
+        Value::Null,
+        "a refused patch changes nothing"
+    );
+    let (s, _, b) =
+        api.call(M::PATCH, "/v1/nodes/n1", "1.20", Some(json!([{"op": "remove", "path": "/resource_class"}]))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
     // below 1.11 a new node is available at once; below 1.2 that renders as null
     let old = api.call(M::POST, "/v1/nodes", "1.10", Some(json!({"driver": "fake-hardware"}))).await;
     let old: Value = serde_json::from_str(&old.2).unwrap();
