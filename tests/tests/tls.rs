@@ -200,13 +200,21 @@ async fn a_cluster_runs_on_mutual_tls_etcd_tls_and_postgres_tls_and_conductors_r
     cl.wait_conductors(2).await;
 
     // everything the API does on a node goes over mutual TLS
-    let uuids = cl.create_nodes("mtls-", 8, json!({"deploy_password": "pw-mtls"})).await;
+    // the ring places nodes by their random UUIDs, so 8 land on one
+    // conductor once in 128 runs: add a few until both own some
+    let mut uuids = cl.create_nodes("mtls-", 8, json!({"deploy_password": "pw-mtls"})).await;
+    for round in 0..5 {
+        let nodes = cl.nodes().await;
+        let owners: std::collections::BTreeSet<String> =
+            uuids.iter().map(|u| nodes[u]["conductor"].as_str().unwrap_or_default().to_string()).collect();
+        if owners.len() == 2 {
+            break;
+        }
+        assert!(round < 4, "nodes spread over both conductors: {owners:?} own {} nodes", uuids.len());
+        uuids.extend(cl.create_nodes(&format!("mtls{round}-"), 4, json!({"deploy_password": "pw-mtls"})).await);
+    }
     cl.drive(&uuids, "manage", "manageable", Duration::from_secs(60)).await;
     cl.drive(&uuids, "provide", "available", Duration::from_secs(60)).await;
-    let nodes = cl.nodes().await;
-    let owners: std::collections::BTreeSet<String> =
-        uuids.iter().map(|u| nodes[u]["conductor"].as_str().unwrap_or_default().to_string()).collect();
-    assert_eq!(owners.len(), 2, "nodes spread over both conductors: {owners:?}");
     for u in &uuids {
         let v = cl.ok(reqwest::Method::GET, &format!("/v1/nodes/{u}/validate"), None).await;
         assert_eq!(v["power"]["result"], true, "{v}");
