@@ -545,6 +545,28 @@ async fn a_second_live_process_with_a_conductors_id_is_refused_and_a_restart_wai
     }
     let log = cl.conductors[0].0.log_tail(200);
     assert!(log.contains("still registered by another incarnation: waiting for its lease to expire"), "{log}");
+
+    // again, with a lease shorter than the wait for the dead one's: the
+    // lease was granted before the wait and renewed by nothing, so it had
+    // expired when the key freed and the start failed ("requested lease not
+    // found"); it happened with equal TTLs on a loaded machine
+    cl.conductors[0].0.kill();
+    let dir = tempfile::tempdir().unwrap();
+    let args = conductor_args(dir.path(), &cl.etcd.endpoint, &cl.db_url, 1, free_port(), 1);
+    let mut short =
+        Process::start("c1-short-lease", dir.path(), args, &[("FERRIC_MEMBERSHIP__FENCE_MARGIN_MS", "300")], None);
+    let start = Instant::now();
+    loop {
+        let log = short.log_tail(200);
+        if log.contains("conductor joined the ring id=c1") {
+            assert!(log.contains("waiting for its lease to expire"), "it did not have to wait:\n{log}");
+            break;
+        }
+        assert!(short.is_running(), "c1 with a 1 s lease failed to start:\n{log}");
+        assert!(start.elapsed() < Duration::from_secs(30), "c1 with a 1 s lease never joined:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    short.kill();
 }
 
 fn ferric_cmd(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {

@@ -298,9 +298,8 @@ impl EtcdMembership {
             return Err(EtcdError(other));
         }
         let mut client = connect(&self.endpoints).await?;
-        let sent = Instant::now();
-        let lease = put_with_lease(&mut client, &member, ttl).await?;
-        let (valid_tx, valid_until) = watch::channel(sent + Duration::from_secs(ttl as u64));
+        let (lease, granted) = put_with_lease(&mut client, &member, ttl).await?;
+        let (valid_tx, valid_until) = watch::channel(granted + Duration::from_secs(ttl as u64));
         let stop = self.cancel.child_token();
         tokio::spawn(keep_alive(self.endpoints.clone(), member.clone(), lease, ttl, valid_tx, stop.clone()));
         *self.registration.lock().await = Some(Registration { member: member.clone(), lease, stop });
@@ -406,22 +405,36 @@ fn key(id: &ConductorId) -> String {
 /// with the same id (a cloned VM, a copied unit file), which would drive
 /// the same nodes: if the same lease is still renewed once its TTL has
 /// passed, we refuse to start, naming it.
-async fn put_with_lease(client: &mut Client, member: &Member, ttl: i64) -> Result<i64, EtcdError> {
+///
+/// Each attempt is made under a lease granted just before it (and revoked
+/// when the key was taken): nothing renews a lease while we wait, so one
+/// granted before a wait longer than its TTL would be gone when the key
+/// frees. Returns the lease and when it was asked for (its TTL runs from
+/// no earlier than that).
+async fn put_with_lease(client: &mut Client, member: &Member, ttl: i64) -> Result<(i64, Instant), EtcdError> {
     let k = key(&member.id);
     let value = serde_json::to_string(member).expect("members serialise");
-    let lease = client.lease_grant(ttl, None).await?.id();
     // the lease of the holder we wait for, and until when
     let mut waiting: Option<(i64, Instant)> = None;
     loop {
+        let granted = Instant::now();
+        let lease = client.lease_grant(ttl, None).await?.id();
         let txn = Txn::new()
             .when(vec![Compare::version(k.clone(), CompareOp::Equal, 0)])
             .and_then(vec![TxnOp::put(k.clone(), value.clone(), Some(PutOptions::new().with_lease(lease)))])
             .or_else(vec![TxnOp::get(k.clone(), None)]);
-        let resp = client.txn(txn).await?;
+        let resp = match client.txn(txn).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let _ = client.lease_revoke(lease).await;
+                return Err(e.into());
+            }
+        };
         if resp.succeeded() {
             info!(id = %member.id, incarnation = %member.incarnation, lease, ttl, "registered in etcd");
-            return Ok(lease);
+            return Ok((lease, granted));
         }
+        let _ = client.lease_revoke(lease).await;
         let holder = resp.op_responses().into_iter().find_map(|r| match r {
             TxnOpResponse::Get(g) => {
                 g.kvs().first().map(|kv| (kv.lease(), String::from_utf8_lossy(kv.value()).into_owned()))
@@ -445,7 +458,6 @@ async fn put_with_lease(client: &mut Client, member: &Member, ttl: i64) -> Resul
                 waiting = Some((their_lease, Instant::now() + Duration::from_secs(left + 2)));
             }
             Some((l, until)) if ttl_left > 0 && (l != their_lease || Instant::now() >= until) => {
-                let _ = client.lease_revoke(lease).await;
                 return Err(EtcdError(format!(
                     "conductor id {} is registered by a live process (incarnation {incarnation}, lease {their_lease} \
                      still renewed): two processes with one id would drive the same nodes. Give this one another \
