@@ -294,6 +294,18 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// What went wrong connecting, in the words an operator needs: the OS
 /// error of a refused connection, the server's message without its source
 /// file and line.
+/// Rows (ports, portgroups) of nodes that `project` owns or leases: the
+/// list scope of a project-scoped caller.
+fn node_project_filter(project: &str, wh: &mut Vec<String>, args: &mut Vec<Arg>) {
+    args.push(project.into());
+    args.push(project.into());
+    wh.push(format!(
+        "node_uuid IN (SELECT uuid FROM nodes WHERE owner = ${} OR lessee = ${})",
+        args.len() - 1,
+        args.len()
+    ));
+}
+
 fn connect_error(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Io(io) => io.to_string(),

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{AppliedCall, Arg, Db, DbError, Paging, obj, text, unique_field};
+use super::{AppliedCall, Arg, Db, DbError, Paging, node_project_filter, obj, text, unique_field};
 use crate::model::Portgroup;
 
 pub const PORTGROUP_SORT_KEYS: &[&str] = &["id", "uuid", "name", "address", "node_uuid", "created_at", "updated_at"];
@@ -149,13 +149,7 @@ impl Db {
             wh.push(format!("address = ${}", args.len()));
         }
         if let Some(p) = &q.node_project {
-            args.push(p.as_str().into());
-            args.push(p.as_str().into());
-            wh.push(format!(
-                "node_uuid IN (SELECT uuid FROM nodes WHERE owner = ${} OR lessee = ${})",
-                args.len() - 1,
-                args.len()
-            ));
+            node_project_filter(p, &mut wh, &mut args);
         }
         let sql = self.paged("portgroups", &PORTGROUP_COLUMNS, PORTGROUP_SORT_KEYS, wh, &mut args, &q.paging).await?;
         self.fetch_all::<PortgroupRow>(sql, args).await?.into_iter().map(Portgroup::try_from).collect()

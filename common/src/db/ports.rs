@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{AppliedCall, Arg, Db, DbError, Paging, obj, text, unique_field};
+use super::{AppliedCall, Arg, Db, DbError, Paging, node_project_filter, obj, text, unique_field};
 use crate::model::Port;
 
 pub const PORT_SORT_KEYS: &[&str] = &["id", "uuid", "address", "node_uuid", "name", "created_at", "updated_at"];
@@ -147,13 +147,7 @@ impl Db {
             wh.push(format!("address = ${}", args.len()));
         }
         if let Some(p) = &q.node_project {
-            args.push(p.as_str().into());
-            args.push(p.as_str().into());
-            wh.push(format!(
-                "node_uuid IN (SELECT uuid FROM nodes WHERE owner = ${} OR lessee = ${})",
-                args.len() - 1,
-                args.len()
-            ));
+            node_project_filter(p, &mut wh, &mut args);
         }
         if let Some(g) = &q.portgroup_uuid {
             args.push(g.as_str().into());
